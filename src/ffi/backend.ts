@@ -1,0 +1,24 @@
+/**
+ * What a runtime backend provides: the libc symbols and the few pointer
+ * operations that differ between `Deno.dlopen` and `bun:ffi`.
+ *
+ * @module
+ */
+
+import type { LibcSymbols, NativeFunction, Signature } from "./symbols.ts";
+
+/** One runtime's FFI over libc. */
+export interface Backend {
+  /** Which runtime this backend serves. */
+  readonly runtime: "deno" | "bun";
+  /** The functions of the symbol table. */
+  readonly libc: LibcSymbols;
+  /** The calling thread's errno; read it right after the failing call. */
+  errno(): number;
+  /** The address of a buffer's first byte. The buffer must stay referenced while the address is used. */
+  addressOf(buf: Uint8Array): bigint;
+  /** Reads the NUL-terminated string at `addr`. */
+  readCString(addr: bigint): string;
+  /** A callable for native code at `addr` with the given signature. */
+  fn<S extends Signature>(addr: bigint, sig: S): NativeFunction<S>;
+}

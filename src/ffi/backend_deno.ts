@@ -1,0 +1,82 @@
+/**
+ * The Deno backend: `Deno.dlopen` over libc.
+ *
+ * @module
+ */
+
+import { InstarError } from "../errors.ts";
+import type { Backend } from "./backend.ts";
+import {
+  ERRNO_SYMBOLS,
+  ERRNO_SYMBOLS_DARWIN,
+  type LibcSymbols,
+  type NativeFunction,
+  type Signature,
+  SYMBOLS,
+} from "./symbols.ts";
+
+function permissionHint(err: unknown): never {
+  throw new InstarError(
+    "FFI_UNAVAILABLE",
+    "instar calls libc through FFI and Deno refused it: run with --allow-ffi " +
+      "(or -A); compiled binaries need --allow-ffi at `deno compile` time",
+    { cause: err },
+  );
+}
+
+/** Opens the first library of `candidates` that loads; returns the Deno backend. */
+export function openDeno(candidates: readonly string[], darwin: boolean): Backend {
+  let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+  let errnoLib: { symbols: Record<string, () => number | bigint> } | undefined;
+  let lastError: unknown;
+  for (const path of candidates) {
+    try {
+      lib = Deno.dlopen(path, SYMBOLS);
+      errnoLib = Deno.dlopen(path, darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS);
+      break;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+        permissionHint(err);
+      }
+      lastError = err;
+    }
+  }
+  if (!lib || !errnoLib) {
+    throw new InstarError(
+      "FFI_UNAVAILABLE",
+      `could not load libc (tried ${candidates.join(", ")})`,
+      { cause: lastError },
+    );
+  }
+  const errnoFn = Object.values(errnoLib.symbols)[0];
+  let errnoView: Deno.UnsafePointerView | undefined;
+  return {
+    runtime: "deno",
+    libc: lib.symbols as unknown as LibcSymbols,
+    errno(): number {
+      // The errno address is per thread and never changes for the JS thread.
+      errnoView ??= new Deno.UnsafePointerView(
+        Deno.UnsafePointer.create(BigInt(errnoFn()))!,
+      );
+      return errnoView.getInt32(0);
+    },
+    addressOf(buf: Uint8Array): bigint {
+      return BigInt(
+        Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)),
+      );
+    },
+    readCString(addr: bigint): string {
+      const p = Deno.UnsafePointer.create(addr);
+      return p ? Deno.UnsafePointerView.getCString(p) : "";
+    },
+    fn<S extends Signature>(addr: bigint, sig: S): NativeFunction<S> {
+      const p = Deno.UnsafePointer.create(addr);
+      if (!p) throw new InstarError("INVALID_ARGUMENT", "function address is NULL");
+      const f = new Deno.UnsafeFnPointer(
+        p as Deno.PointerObject<Deno.ForeignFunction>,
+        sig as unknown as Deno.ForeignFunction,
+      );
+      return f.call.bind(f) as unknown as NativeFunction<S>;
+    },
+  };
+}

@@ -1,0 +1,498 @@
+/**
+ * The runtime seam: picks the FFI backend for the running runtime (loaded
+ * lazily, on first use) and wraps libc in thin typed functions that throw a
+ * {@link SystemError} carrying the errno name when a call fails.
+ *
+ * Nothing outside `src/ffi/` asks which runtime it runs on, except where a
+ * runtime API genuinely differs.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { InstarError, SystemError } from "../errors.ts";
+import type { Backend } from "./backend.ts";
+import { openBun } from "./backend_bun.ts";
+import { openDeno } from "./backend_deno.ts";
+import { DARWIN_ERRNO, LINUX_ERRNO } from "./errno.ts";
+import { C, platform } from "./layout.ts";
+
+export type { Backend } from "./backend.ts";
+export { C, platform, signalName, SIGNALS } from "./layout.ts";
+
+let opened: Backend | undefined;
+
+/** Which JavaScript runtime this is; `undefined` outside Deno and Bun. */
+export function runtimeName(): "deno" | "bun" | undefined {
+  const g = globalThis as { Deno?: unknown; Bun?: unknown };
+  if (g.Bun !== undefined) return "bun";
+  if (g.Deno !== undefined) return "deno";
+  return undefined;
+}
+
+/** The libc file names to try, in order, for this platform. */
+export function libcCandidates(
+  os: string = process.platform,
+  arch: string = process.arch,
+): string[] {
+  if (os === "darwin") return ["libSystem.B.dylib", "/usr/lib/libSystem.B.dylib"];
+  const muslArch = arch === "x64" ? "x86_64" : arch === "arm64" ? "aarch64" : arch;
+  return ["libc.so.6", `libc.musl-${muslArch}.so.1`, `/lib/ld-musl-${muslArch}.so.1`, "libc.so"];
+}
+
+/** The FFI backend of this runtime, opened on first use. */
+export function backend(): Backend {
+  if (opened) return opened;
+  const rt = runtimeName();
+  const darwin = process.platform === "darwin";
+  if (rt === "deno") opened = openDeno(libcCandidates(), darwin);
+  else if (rt === "bun") opened = openBun(libcCandidates(), darwin);
+  else {
+    throw new InstarError(
+      "UNSUPPORTED_RUNTIME",
+      "instar runs on Deno and Bun (it needs their FFI); this runtime has neither",
+    );
+  }
+  return opened;
+}
+
+/** The errno name of a number on this platform, or `E<n>` for an unknown one. */
+export function errnoName(errno: number): string {
+  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  return table[errno] ?? `E${errno}`;
+}
+
+/** The errno number of a name on this platform, or `undefined`. */
+export function errnoNumber(name: string): number | undefined {
+  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  for (const [n, v] of Object.entries(table)) if (v === name) return Number(n);
+  return undefined;
+}
+
+/** Throws the SystemError for a call that just failed; read errno before anything else runs. */
+export function fail(syscall: string, detail?: string): never {
+  const errno = backend().errno();
+  throw new SystemError(syscall, errno, errnoName(errno), detail);
+}
+
+function ok(result: number | bigint, syscall: string, detail?: () => string): number {
+  const n = Number(result);
+  if (n === -1) fail(syscall, detail?.());
+  return n;
+}
+
+function libc() {
+  return backend().libc;
+}
+
+const EINTR = 4;
+
+// ---------------------------------------------------------------- sockets
+
+/** `socket(2)`; returns the fd. */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return ok(libc().socket(domain, type, protocol), "socket");
+}
+
+/** `setsockopt(2)` with an int value. */
+export function setsockoptInt(fd: number, level: number, name: number, value: number): void {
+  const v = new Uint8Array(4);
+  new DataView(v.buffer).setInt32(0, value, true);
+  ok(libc().setsockopt(fd, level, name, v, 4), "setsockopt");
+}
+
+/** `getsockopt(2)` into a buffer of `size` bytes; returns the bytes the kernel wrote. */
+export function getsockopt(fd: number, level: number, name: number, size: number): Uint8Array {
+  const v = new Uint8Array(size);
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, size, true);
+  ok(libc().getsockopt(fd, level, name, v, len), "getsockopt", () => `fd ${fd}`);
+  return v.subarray(0, new DataView(len.buffer).getUint32(0, true));
+}
+
+/** `getsockopt(2)` of an int value. */
+export function getsockoptInt(fd: number, level: number, name: number): number {
+  const v = getsockopt(fd, level, name, 4);
+  return new DataView(v.buffer, v.byteOffset).getInt32(0, true);
+}
+
+/** `bind(2)` to an encoded sockaddr. */
+export function bind(fd: number, addr: Uint8Array, detail?: string): void {
+  ok(libc().bind(fd, addr, addr.byteLength), "bind", () => detail ?? `fd ${fd}`);
+}
+
+/** `listen(2)`. */
+export function listenFd(fd: number, backlog: number): void {
+  ok(libc().listen(fd, backlog), "listen", () => `fd ${fd}`);
+}
+
+/** `connect(2)` to an encoded sockaddr (blocking sockets; Unix paths connect at once). */
+export function connect(fd: number, addr: Uint8Array, detail?: string): void {
+  for (;;) {
+    if (libc().connect(fd, addr, addr.byteLength) === 0) return;
+    if (backend().errno() !== EINTR) fail("connect", detail ?? `fd ${fd}`);
+  }
+}
+
+/** `accept4(2)`; returns the new fd, or -1 when nothing is queued on a non-blocking socket. */
+export function accept4(fd: number, flags: number): number {
+  const r = libc().accept4(fd, null, null, flags);
+  if (r === -1) {
+    const errno = backend().errno();
+    if (errno === 11 /* EAGAIN */) return -1;
+    throw new SystemError("accept4", errno, errnoName(errno), `fd ${fd}`);
+  }
+  return r;
+}
+
+function nameOf(
+  f: (fd: number, buf: Uint8Array, len: Uint8Array) => number,
+  syscall: string,
+  fd: number,
+): Uint8Array {
+  const size = platform().layout.sockaddrStorage.size;
+  const buf = new Uint8Array(size);
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, size, true);
+  ok(f(fd, buf, len), syscall, () => `fd ${fd}`);
+  return buf.subarray(0, new DataView(len.buffer).getUint32(0, true));
+}
+
+/** `getsockname(2)`; returns the encoded sockaddr. */
+export function getsockname(fd: number): Uint8Array {
+  return nameOf(libc().getsockname, "getsockname", fd);
+}
+
+/** `getpeername(2)`; returns the encoded sockaddr. */
+export function getpeername(fd: number): Uint8Array {
+  return nameOf(libc().getpeername, "getpeername", fd);
+}
+
+/** The peer's credentials of a Unix socket (`SO_PEERCRED`). */
+export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
+  const l = platform().layout.ucred;
+  const v = getsockopt(fd, C.SOL_SOCKET, C.SO_PEERCRED, l.size);
+  const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);
+  return {
+    pid: dv.getInt32(l.pid, true),
+    uid: dv.getUint32(l.uid, true),
+    gid: dv.getUint32(l.gid, true),
+  };
+}
+
+/** `socketpair(2)`; returns both fds. */
+export function socketpair(domain: number, type: number): [number, number] {
+  const sv = new Int32Array(2);
+  ok(libc().socketpair(domain, type, 0, new Uint8Array(sv.buffer)), "socketpair");
+  return [sv[0], sv[1]];
+}
+
+// ---------------------------------------------------------------- fds
+
+/** `fcntl(2)` with an int argument. */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  return ok(libc().fcntl(fd, cmd, arg), "fcntl", () => `fd ${fd}`);
+}
+
+/** Sets or clears `FD_CLOEXEC`. */
+export function setCloexec(fd: number, on: boolean): void {
+  const flags = fcntl(fd, C.F_GETFD);
+  fcntl(fd, C.F_SETFD, on ? flags | C.FD_CLOEXEC : flags & ~C.FD_CLOEXEC);
+}
+
+/** Sets or clears `O_NONBLOCK` (on the open file description, shared by every dup). */
+export function setNonBlocking(fd: number, on: boolean): void {
+  const flags = fcntl(fd, C.F_GETFL);
+  fcntl(fd, C.F_SETFL, on ? flags | C.O_NONBLOCK : flags & ~C.O_NONBLOCK);
+}
+
+/** `dup3(2)`. */
+export function dup3(oldfd: number, newfd: number, flags: number): number {
+  return ok(libc().dup3(oldfd, newfd, flags), "dup3", () => `${oldfd} onto ${newfd}`);
+}
+
+/** A close-on-exec duplicate of `fd` (`F_DUPFD_CLOEXEC`) numbered at least `min`. */
+export function dupCloexec(fd: number, min = 3): number {
+  return fcntl(fd, C.F_DUPFD_CLOEXEC, min);
+}
+
+/** `close(2)`; EINTR is not retried (Linux closes the fd regardless). */
+export function close(fd: number): void {
+  const r = libc().close(fd);
+  if (r === -1 && backend().errno() !== EINTR) fail("close", `fd ${fd}`);
+}
+
+/** `pipe2(2)`; returns [read end, write end]. */
+export function pipe2(flags: number): [number, number] {
+  const fds = new Int32Array(2);
+  ok(libc().pipe2(new Uint8Array(fds.buffer), flags), "pipe2");
+  return [fds[0], fds[1]];
+}
+
+/** `read(2)`; returns the bytes read (0 at end of file), or `null` on EAGAIN. */
+export function read(fd: number, buf: Uint8Array): number | null {
+  for (;;) {
+    const n = Number(libc().read(fd, buf, buf.byteLength));
+    if (n >= 0) return n;
+    const errno = backend().errno();
+    if (errno === 11) return null;
+    if (errno !== EINTR) throw new SystemError("read", errno, errnoName(errno), `fd ${fd}`);
+  }
+}
+
+/** `write(2)`; returns the bytes written, or `null` on EAGAIN. */
+export function write(fd: number, buf: Uint8Array): number | null {
+  for (;;) {
+    const n = Number(libc().write(fd, buf, buf.byteLength));
+    if (n >= 0) return n;
+    const errno = backend().errno();
+    if (errno === 11) return null;
+    if (errno !== EINTR) throw new SystemError("write", errno, errnoName(errno), `fd ${fd}`);
+  }
+}
+
+/** One entry of {@link poll}. */
+export interface PollFd {
+  /** The fd to watch. */
+  fd: number;
+  /** `POLLIN`, `POLLOUT`, … */
+  events: number;
+  /** Filled in by {@link poll}. */
+  revents?: number;
+}
+
+/** `poll(2)`, blocking the calling thread up to `timeoutMs`; fills `revents`, returns how many are ready. */
+export function poll(fds: PollFd[], timeoutMs: number): number {
+  const l = platform().layout.pollfd;
+  const buf = new Uint8Array(l.size * fds.length);
+  const dv = new DataView(buf.buffer);
+  fds.forEach((p, i) => {
+    dv.setInt32(i * l.size + l.fd, p.fd, true);
+    dv.setInt16(i * l.size + l.events, p.events, true);
+  });
+  let n: number;
+  for (;;) {
+    n = libc().poll(buf, fds.length, timeoutMs);
+    if (n !== -1) break;
+    if (backend().errno() !== EINTR) fail("poll");
+  }
+  fds.forEach((p, i) => (p.revents = dv.getInt16(i * l.size + l.revents, true)));
+  return n;
+}
+
+// ---------------------------------------------------------------- SCM_RIGHTS
+
+/** The most fds {@link sendFds} and {@link recvFds} move in one message. */
+export const MAX_FDS_PER_MESSAGE = 253; // SCM_MAX_FD on Linux
+
+function cmsgAlign(n: number): number {
+  const a = platform().layout.cmsghdr.align;
+  return (n + a - 1) & ~(a - 1);
+}
+
+/**
+ * `sendmsg(2)` of `data` with `fds` attached as SCM_RIGHTS. Blocks the thread if
+ * the socket is blocking and full; returns the bytes sent.
+ */
+export function sendFds(fd: number, data: Uint8Array, fds: readonly number[]): number {
+  if (data.byteLength === 0) {
+    throw new InstarError("INVALID_ARGUMENT", "sendFds needs at least one byte of data");
+  }
+  if (fds.length > MAX_FDS_PER_MESSAGE) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `cannot pass ${fds.length} fds in one message (max ${MAX_FDS_PER_MESSAGE})`,
+    );
+  }
+  const b = backend();
+  const L = platform().layout;
+  const iov = new Uint8Array(L.iovec.size);
+  const iovDv = new DataView(iov.buffer);
+  iovDv.setBigUint64(L.iovec.base, b.addressOf(data), true);
+  iovDv.setBigUint64(L.iovec.len, BigInt(data.byteLength), true);
+  const dataLen = 4 * fds.length;
+  const control = fds.length
+    ? new Uint8Array(cmsgAlign(L.cmsghdr.size) + cmsgAlign(dataLen))
+    : null;
+  if (control) {
+    const cdv = new DataView(control.buffer);
+    cdv.setBigUint64(L.cmsghdr.len, BigInt(cmsgAlign(L.cmsghdr.size) + dataLen), true);
+    cdv.setInt32(L.cmsghdr.level, C.SOL_SOCKET, true);
+    cdv.setInt32(L.cmsghdr.type, C.SCM_RIGHTS, true);
+    fds.forEach((f, i) => cdv.setInt32(cmsgAlign(L.cmsghdr.size) + 4 * i, f, true));
+  }
+  const msg = new Uint8Array(L.msghdr.size);
+  const mdv = new DataView(msg.buffer);
+  mdv.setBigUint64(L.msghdr.iov, b.addressOf(iov), true);
+  mdv.setBigUint64(L.msghdr.iovlen, 1n, true);
+  if (control) {
+    mdv.setBigUint64(L.msghdr.control, b.addressOf(control), true);
+    mdv.setBigUint64(L.msghdr.controllen, BigInt(control.byteLength), true);
+  }
+  for (;;) {
+    const n = Number(b.libc.sendmsg(fd, msg, C.MSG_NOSIGNAL));
+    if (n >= 0) return n;
+    if (b.errno() !== EINTR) fail("sendmsg", `fd ${fd}`);
+  }
+}
+
+/** What {@link recvFds} received. */
+export interface Received {
+  /** The bytes received; empty at end of stream. */
+  data: Uint8Array;
+  /** The fds that came with them, close-on-exec. */
+  fds: number[];
+  /** True when the kernel dropped fds because the control buffer was too small. */
+  truncated: boolean;
+}
+
+/**
+ * `recvmsg(2)` of up to `maxBytes` and `maxFds` fds (received with
+ * MSG_CMSG_CLOEXEC). Returns `null` on EAGAIN for a non-blocking socket.
+ */
+export function recvFds(
+  fd: number,
+  maxBytes: number,
+  maxFds = MAX_FDS_PER_MESSAGE,
+): Received | null {
+  const b = backend();
+  const L = platform().layout;
+  const data = new Uint8Array(maxBytes);
+  const iov = new Uint8Array(L.iovec.size);
+  const iovDv = new DataView(iov.buffer);
+  iovDv.setBigUint64(L.iovec.base, b.addressOf(data), true);
+  iovDv.setBigUint64(L.iovec.len, BigInt(maxBytes), true);
+  const control = new Uint8Array(cmsgAlign(L.cmsghdr.size) + cmsgAlign(4 * maxFds));
+  const msg = new Uint8Array(L.msghdr.size);
+  const mdv = new DataView(msg.buffer);
+  mdv.setBigUint64(L.msghdr.iov, b.addressOf(iov), true);
+  mdv.setBigUint64(L.msghdr.iovlen, 1n, true);
+  mdv.setBigUint64(L.msghdr.control, b.addressOf(control), true);
+  mdv.setBigUint64(L.msghdr.controllen, BigInt(control.byteLength), true);
+  let n: number;
+  for (;;) {
+    n = Number(b.libc.recvmsg(fd, msg, C.MSG_CMSG_CLOEXEC));
+    if (n >= 0) break;
+    const errno = b.errno();
+    if (errno === 11) return null;
+    if (errno !== EINTR) throw new SystemError("recvmsg", errno, errnoName(errno), `fd ${fd}`);
+  }
+  const fds: number[] = [];
+  const controllen = Number(mdv.getBigUint64(L.msghdr.controllen, true));
+  const cdv = new DataView(control.buffer);
+  for (let off = 0; off + L.cmsghdr.size <= controllen;) {
+    const len = Number(cdv.getBigUint64(off + L.cmsghdr.len, true));
+    if (len < L.cmsghdr.size) break;
+    if (
+      cdv.getInt32(off + L.cmsghdr.level, true) === C.SOL_SOCKET &&
+      cdv.getInt32(off + L.cmsghdr.type, true) === C.SCM_RIGHTS
+    ) {
+      const start = off + cmsgAlign(L.cmsghdr.size);
+      for (let p = start; p + 4 <= off + len; p += 4) fds.push(cdv.getInt32(p, true));
+    }
+    off += cmsgAlign(len);
+  }
+  const flags = mdv.getInt32(L.msghdr.flags, true);
+  return { data: data.subarray(0, n), fds, truncated: (flags & C.MSG_CTRUNC) !== 0 };
+}
+
+// ---------------------------------------------------------------- processes
+
+/** `getpid(2)`. */
+export function getpid(): number {
+  return libc().getpid();
+}
+
+/** `getppid(2)`. */
+export function getppid(): number {
+  return libc().getppid();
+}
+
+/** `getuid(2)`. */
+export function getuid(): number {
+  return libc().getuid();
+}
+
+/** `kill(2)`. */
+export function kill(pid: number, signo: number): void {
+  ok(libc().kill(pid, signo), "kill", () => `pid ${pid}, signal ${signo}`);
+}
+
+/** How a reaped child ended. */
+export type WaitStatus =
+  | { pid: number; exited: true; code: number }
+  | { pid: number; exited: false; signal: number };
+
+/** `waitpid(pid, WNOHANG)`: the child's end if it has ended (and is now reaped), else `null`. */
+export function waitpidNoHang(pid: number): WaitStatus | null {
+  const status = new Int32Array(1);
+  for (;;) {
+    const r = libc().waitpid(pid, new Uint8Array(status.buffer), C.WNOHANG);
+    if (r === 0) return null;
+    if (r > 0) {
+      const s = status[0];
+      if ((s & 0x7f) === 0) return { pid: r, exited: true, code: (s >> 8) & 0xff };
+      return { pid: r, exited: false, signal: s & 0x7f };
+    }
+    if (backend().errno() !== EINTR) fail("waitpid", `pid ${pid}`);
+  }
+}
+
+/** `pidfd_open(2)`; returns a close-on-exec fd that becomes readable when the process ends. */
+export function pidfdOpen(pid: number): number {
+  return ok(libc().syscall(C.SYS_pidfd_open, pid, 0, 0, 0, 0), "pidfd_open", () => `pid ${pid}`);
+}
+
+/** `kcmp(KCMP_FILE)`: whether two of this process's fds refer to the same open file description. */
+export function sameFile(fd1: number, fd2: number): boolean {
+  const pid = getpid();
+  const r = ok(
+    libc().syscall(platform().sysKcmp, pid, pid, C.KCMP_FILE, fd1, fd2),
+    "kcmp",
+    () => `fds ${fd1} and ${fd2}`,
+  );
+  return r === 0;
+}
+
+/** CLOCK_MONOTONIC in microseconds (what systemd's MONOTONIC_USEC expects). */
+export function monotonicUsec(): bigint {
+  const l = platform().layout.timespec;
+  const ts = new Uint8Array(l.size);
+  ok(libc().clock_gettime(C.CLOCK_MONOTONIC, ts), "clock_gettime");
+  const dv = new DataView(ts.buffer);
+  return dv.getBigInt64(l.sec, true) * 1_000_000n + dv.getBigInt64(l.nsec, true) / 1000n;
+}
+
+// ---------------------------------------------------------------- memory and epoll
+
+/** `mmap(2)` of anonymous private memory; returns its address. */
+export function mmapAnonymous(length: number, prot: number): bigint {
+  const r = BigInt(libc().mmap(0, length, prot, C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0));
+  if (r === 0xffffffffffffffffn || r === -1n) fail("mmap", `${length} bytes`);
+  return r;
+}
+
+/** `mprotect(2)`. */
+export function mprotect(addr: bigint, length: number, prot: number): void {
+  ok(libc().mprotect(addr, length, prot), "mprotect");
+}
+
+/** `munmap(2)`. */
+export function munmap(addr: bigint, length: number): void {
+  ok(libc().munmap(addr, length), "munmap");
+}
+
+/** `epoll_ctl(2)`; `data` is the 64-bit user data. */
+export function epollCtl(epfd: number, op: number, fd: number, events = 0, data = 0n): void {
+  const l = platform().layout.epollEvent;
+  const ev = new Uint8Array(l.size);
+  const dv = new DataView(ev.buffer);
+  dv.setUint32(l.events, events, true);
+  dv.setBigUint64(l.data, data, true);
+  ok(libc().epoll_ctl(epfd, op, fd, ev), "epoll_ctl", () => `epfd ${epfd}, op ${op}, fd ${fd}`);
+}
+
+/** The C library's description of an errno number. */
+export function strerror(errno: number): string {
+  return backend().readCString(BigInt(libc().strerror(errno)));
+}
