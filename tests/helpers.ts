@@ -1,4 +1,5 @@
 // Shared helpers for the black-box tests: runtime binaries and child processes.
+import process from "node:process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
@@ -29,4 +30,297 @@ export function runtimeCmd(runtime: "deno" | "bun", script: string, args: string
   return runtime === "deno"
     ? [denoBin(), "run", "-A", "--no-check", script, ...args]
     : [bunBin(), script, ...args];
+}
+
+// ---------------------------------------------------------------- sockets (added by transplant/serve)
+
+/**
+ * A listening TCP socket made directly with libc (close-on-exec, non-blocking,
+ * SO_REUSEADDR): the kind of fd instar hands to a server. Close it with `close(fd)`.
+ */
+export async function rawListen(
+  hostname = "127.0.0.1",
+  backlog = 128,
+): Promise<{ fd: number; port: number }> {
+  const sys = await import("../src/ffi/mod.ts");
+  const { decode, encodeInet } = await import("../src/ffi/sockaddr.ts");
+  const family = hostname.includes(":") ? sys.C.AF_INET6 : sys.C.AF_INET;
+  const fd = sys.socket(family, sys.C.SOCK_STREAM | sys.C.SOCK_CLOEXEC | sys.C.SOCK_NONBLOCK);
+  sys.setsockoptInt(fd, sys.C.SOL_SOCKET, sys.C.SO_REUSEADDR, 1);
+  sys.bind(fd, encodeInet(hostname, 0)!);
+  sys.listenFd(fd, backlog);
+  const addr = decode(sys.getsockname(fd));
+  return { fd, port: addr.transport === "tcp" ? addr.port : 0 };
+}
+
+/** This process's open fds (numbers), from /proc/self/fd. */
+export async function openFds(): Promise<number[]> {
+  const { readdirSync } = await import("node:fs");
+  return readdirSync("/proc/self/fd").map(Number).sort((a, b) => a - b);
+}
+
+/** A connected client; {@link Client.request} writes and reads until the peer closes. */
+export interface Client {
+  /** Writes `payload` and resolves with everything received until the peer closes. */
+  request(payload: string): Promise<string>;
+  /** Writes `payload` without waiting for an answer. */
+  send(payload: string): void;
+  /** The client's own port. */
+  readonly localPort: number;
+  /** Closes the connection. */
+  destroy(): void;
+}
+
+/**
+ * Connects to `host`:`port` (127.0.0.1 by default) and resolves once the
+ * kernel has completed the handshake (the connection may still sit in the
+ * accept queue). Answers time out after `timeoutMs`.
+ */
+export async function connectClient(
+  port: number,
+  { host = "127.0.0.1", timeoutMs = 20_000 }: { host?: string; timeoutMs?: number } = {},
+): Promise<Client> {
+  const net = await import("node:net");
+  const s = net.connect({ port, host });
+  const chunks: Uint8Array[] = [];
+  let failure: Error | undefined;
+  const closed = new Promise<void>((resolve) => s.on("close", () => resolve()));
+  s.on("data", (c: Uint8Array) => chunks.push(new Uint8Array(c)));
+  s.on("error", (e: Error) => (failure = e));
+  await new Promise<void>((resolve, reject) => {
+    s.once("connect", () => resolve());
+    s.once("error", reject);
+  });
+  return {
+    async request(payload: string): Promise<string> {
+      s.write(payload);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          s.destroy();
+          reject(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`));
+        }, timeoutMs);
+      });
+      try {
+        await Promise.race([closed, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (failure && chunks.length === 0) throw failure;
+      const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+      let off = 0;
+      for (const c of chunks) out.set(c, (off += c.byteLength) - c.byteLength);
+      return new TextDecoder().decode(out);
+    },
+    send: (payload: string) => void s.write(payload),
+    localPort: s.localPort ?? 0,
+    destroy: () => s.destroy(),
+  };
+}
+
+/** Connects to `port`, writes `payload` and resolves with everything received until the peer closes. */
+export async function exchange(
+  port: number,
+  payload: string,
+  opts: { host?: string; timeoutMs?: number } = {},
+): Promise<string> {
+  return await (await connectClient(port, opts)).request(payload);
+}
+
+/** An HTTP/1.1 GET request that asks the server to close the connection afterwards. */
+export function httpGet(path = "/"): string {
+  return `GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
+}
+
+import { spawn as spawnProcess } from "node:child_process";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+
+/** A server process started by a test, with the log lines of every generation it starts. */
+export interface ServerProcess {
+  /** The first generation's pid. */
+  pid: number;
+  /** Every stderr/stdout line so far, from all generations. */
+  lines: string[];
+  /** Every pid seen in `[name pid=N gen=G]` log lines. */
+  pids: Set<number>;
+  /** Waits for a line matching `re` (searching lines after index `from`); returns the match. */
+  waitFor(re: RegExp, timeoutMs?: number, from?: number): Promise<RegExpMatchArray>;
+  /** Kills every generation seen with SIGKILL. */
+  killAll(): void;
+  /** Resolves when the first generation's process exits. */
+  exited: Promise<number | null>;
+}
+
+/** Starts `cmd` with stdio piped and collects its log lines. */
+export function startServer(cmd: string[], env: Record<string, string> = {}): ServerProcess {
+  const child = spawnProcess(cmd[0], cmd.slice(1), {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, NO_COLOR: "1", ...env },
+  });
+  const lines: string[] = [];
+  const pids = new Set<number>([child.pid!]);
+  const waiters: (() => void)[] = [];
+  const onData = (prefix: string) => {
+    let rest = "";
+    return (d: Buffer) => {
+      rest += d.toString();
+      const parts = rest.split("\n");
+      rest = parts.pop()!;
+      for (const l of parts) {
+        lines.push(prefix + l);
+        const m = /pid=(\d+)/.exec(l);
+        if (m) pids.add(Number(m[1]));
+      }
+      for (const w of [...waiters]) w();
+    };
+  };
+  child.stdout!.on("data", onData(""));
+  child.stderr!.on("data", onData(""));
+  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  return {
+    pid: child.pid!,
+    lines,
+    pids,
+    exited,
+    waitFor(re, timeoutMs = 30_000, from = 0) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          for (let i = from; i < lines.length; i++) {
+            const m = lines[i].match(re);
+            if (m) {
+              waiters.splice(waiters.indexOf(check), 1);
+              clearTimeout(timer);
+              resolve(m);
+              return;
+            }
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.splice(waiters.indexOf(check), 1);
+          reject(new Error(`timed out waiting for ${re}; log:\n${lines.slice(-30).join("\n")}`));
+        }, timeoutMs);
+        waiters.push(check);
+        check();
+      });
+    },
+    killAll() {
+      for (const pid of pids) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+    },
+  };
+}
+
+/** Whether `pid` is alive (not a zombie). */
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** The pids of `pid`'s zombie children. */
+export function zombieChildren(pid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (fields[0] === "Z" && Number(fields[1]) === pid) out.push(Number(e));
+    } catch { /* raced with exit */ }
+  }
+  return out;
+}
+
+/** The open fds of `pid` with what they point to. */
+export function fdTable(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const e of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(Number(e), readlinkSync(`/proc/${pid}/fd/${e}`));
+    } catch { /* closed meanwhile */ }
+  }
+  return out;
+}
+
+/** Resolves after `ms`. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+// ---------------------------------------------------------------- commands (added by packaging)
+
+/** What {@link runCommand} saw. */
+export interface CommandResult {
+  /** Exit code, or null when killed by a signal. */
+  code: number | null;
+  /** Everything the command wrote to stdout. */
+  stdout: string;
+  /** Everything the command wrote to stderr. */
+  stderr: string;
+}
+
+/**
+ * Runs `cmd` to completion without blocking the event loop (so a load client
+ * in this process keeps running) and collects its output. It is killed with
+ * SIGKILL after `timeoutMs`.
+ */
+export function runCommand(
+  cmd: string[],
+  { env = {}, cwd = ROOT, timeoutMs = 120_000 }: {
+    env?: Record<string, string>;
+    cwd?: string;
+    timeoutMs?: number;
+  } = {},
+): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawnProcess(cmd[0], cmd.slice(1), {
+      cwd,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, NO_COLOR: "1", ...env },
+    });
+    let stdout = "", stderr = "";
+    child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * The sockets open now that were not in `before` (fd numbers), ignoring
+ * duplicates of stdin/stdout/stderr (runtimes dup them lazily). Waits up to
+ * `settleMs` for sockets being closed asynchronously to go.
+ */
+export async function leakedSockets(before: number[], settleMs = 1000): Promise<number[]> {
+  const { readlinkSync } = await import("node:fs");
+  const link = (fd: number) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      return "";
+    }
+  };
+  const stdio = new Set([0, 1, 2].map(link));
+  const deadline = Date.now() + settleMs;
+  for (;;) {
+    const leaked = (await openFds()).filter((fd) => {
+      const l = link(fd);
+      return !before.includes(fd) && l.startsWith("socket:") && !stdio.has(l);
+    });
+    if (leaked.length === 0 || Date.now() >= deadline) return leaked;
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }

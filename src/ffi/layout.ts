@@ -154,6 +154,8 @@ export const C = {
   POSIX_SPAWN_SETSIGMASK: 0x08,
   KCMP_FILE: 0,
   SYS_pidfd_open: 434,
+  SYS_close_range: 436,
+  CLOSE_RANGE_CLOEXEC: 4,
 } as const;
 
 /** Linux signal numbers (identical on x86_64 and aarch64). */

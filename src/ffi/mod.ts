@@ -438,6 +438,20 @@ export function waitpidNoHang(pid: number): WaitStatus | null {
   }
 }
 
+/** `waitpid(pid, 0)`: waits for the child to end and reaps it. Only for a child known to be ending. */
+export function waitpidBlocking(pid: number): WaitStatus {
+  const status = new Int32Array(1);
+  for (;;) {
+    const n = libc().waitpid(pid, new Uint8Array(status.buffer), 0);
+    if (n > 0) {
+      const s = status[0];
+      if ((s & 0x7f) === 0) return { pid: n, exited: true, code: (s >> 8) & 0xff };
+      return { pid: n, exited: false, signal: s & 0x7f };
+    }
+    if (backend().errno() !== EINTR) fail("waitpid", `pid ${pid}`);
+  }
+}
+
 /** `pidfd_open(2)`; returns a close-on-exec fd that becomes readable when the process ends. */
 export function pidfdOpen(pid: number): number {
   return ok(libc().syscall(C.SYS_pidfd_open, pid, 0, 0, 0, 0), "pidfd_open", () => `pid ${pid}`);
@@ -480,6 +494,21 @@ export function mprotect(addr: bigint, length: number, prot: number): void {
 /** `munmap(2)`. */
 export function munmap(addr: bigint, length: number): void {
   ok(libc().munmap(addr, length), "munmap");
+}
+
+/** `epoll_create1(2)`; returns the epoll fd (pass `C.O_CLOEXEC`). */
+export function epollCreate(flags: number): number {
+  return ok(libc().epoll_create1(flags), "epoll_create1");
+}
+
+/** `close_range(2)` (Linux 5.9+; `C.CLOSE_RANGE_CLOEXEC` needs 5.11+). */
+export function closeRange(first: number, last: number, flags: number): void {
+  ok(libc().syscall(C.SYS_close_range, first, last, flags, 0, 0), "close_range");
+}
+
+/** Copies `bytes` to the native memory at `addr` (e.g. a mapping from {@link mmapAnonymous}). */
+export function copyToAddress(addr: bigint, bytes: Uint8Array): void {
+  libc().memcpy(addr, bytes, bytes.byteLength);
 }
 
 /** `epoll_ctl(2)`; `data` is the 64-bit user data. */

@@ -75,6 +75,8 @@ export const SYMBOLS = {
   munmap: { parameters: ["usize", "usize"], result: "i32" },
   // int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
   epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  // int epoll_create1(int flags);
+  epoll_create1: { parameters: ["i32"], result: "i32" },
   // int clock_gettime(clockid_t clockid, struct timespec *tp);
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   // int sigemptyset(sigset_t *set);
@@ -91,6 +93,10 @@ export const SYMBOLS = {
   posix_spawn_file_actions_init: { parameters: ["buffer"], result: "i32" },
   // int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int fildes, int newfildes);
   posix_spawn_file_actions_adddup2: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  // int posix_spawn_file_actions_addclose(posix_spawn_file_actions_t *fa, int fildes);
+  posix_spawn_file_actions_addclose: { parameters: ["buffer", "i32"], result: "i32" },
+  // int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *fa, const char *path);
+  posix_spawn_file_actions_addchdir_np: { parameters: ["buffer", "buffer"], result: "i32" },
   // int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *file_actions);
   posix_spawn_file_actions_destroy: { parameters: ["buffer"], result: "i32" },
   // int posix_spawnattr_init(posix_spawnattr_t *attr);
@@ -103,6 +109,8 @@ export const SYMBOLS = {
   posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
   // int posix_spawnattr_destroy(posix_spawnattr_t *attr);
   posix_spawnattr_destroy: { parameters: ["buffer"], result: "i32" },
+  // void *memcpy(void *dest, const void *src, size_t n); copies bytes into mapped memory
+  memcpy: { parameters: ["usize", "buffer", "usize"], result: "usize" },
   // char *strerror(int errnum);
   strerror: { parameters: ["i32"], result: "usize" },
 } as const satisfies Deno.ForeignLibraryInterface;
