@@ -1,0 +1,306 @@
+/**
+ * A bounded HTTP/1.1 load client used by the tests, the benchmarks and the
+ * demo. It counts every failure by kind (refused, reset, EOF without a
+ * response, timeout, bad status) and only ever talks to loopback addresses.
+ *
+ * @module
+ */
+
+import net from "node:net";
+
+/** Options of {@link runLoad}. */
+export interface LoadOptions {
+  /** Loopback address to hit (127.0.0.1 or ::1). */
+  hostname?: string;
+  /** Port to hit. */
+  port: number;
+  /** Concurrent connections (default 20). */
+  connections?: number;
+  /** Stop after this many ms (required bound). */
+  durationMs: number;
+  /** Stop after this many requests in total (default unbounded within the duration). */
+  maxRequests?: number;
+  /** Reuse connections (default true); false opens one connection per request. */
+  keepAlive?: boolean;
+  /** Per-request timeout in ms (default 5000). */
+  timeoutMs?: number;
+  /** Request path (default "/"). */
+  path?: string;
+  /** Called when a response arrives, with its body. */
+  onResponse?: (body: string) => void;
+  /** Stops early when it resolves. */
+  signal?: AbortSignal;
+}
+
+/** What {@link runLoad} measured. */
+export interface LoadResult {
+  /** Responses with status 200. */
+  ok: number;
+  /** Failures by kind. */
+  failures: {
+    refused: number;
+    reset: number;
+    eof: number;
+    timeout: number;
+    status: number;
+    other: number;
+  };
+  /** Total failures. */
+  failed: number;
+  /**
+   * Requests sent again because a reused keep-alive connection was closed by
+   * the server before any byte of the response arrived. HTTP clients retry
+   * such idempotent requests (RFC 9112 §9.3.1); they are not failures.
+   */
+  retried: number;
+  /** Latencies of successful requests, ms. */
+  latencies: number[];
+  /** Successful responses per second of the run (index = second). */
+  perSecond: number[];
+  /** Wall time of the run, ms. */
+  elapsedMs: number;
+  /** The first few failure messages, for diagnosis. */
+  samples: string[];
+}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+
+function emptyResult(): LoadResult {
+  return {
+    ok: 0,
+    failures: { refused: 0, reset: 0, eof: 0, timeout: 0, status: 0, other: 0 },
+    failed: 0,
+    retried: 0,
+    latencies: [],
+    perSecond: [],
+    elapsedMs: 0,
+    samples: [],
+  };
+}
+
+type FailureKind = keyof LoadResult["failures"];
+
+function classify(err: NodeJS.ErrnoException): FailureKind {
+  const code = err.code ?? err.message;
+  if (code === "ECONNREFUSED") return "refused";
+  if (code === "ECONNRESET" || code === "EPIPE") return "reset";
+  if (code === "TIMEOUT") return "timeout";
+  if (code === "STATUS") return "status";
+  if (err.message === "EOF") return "eof";
+  return "other";
+}
+
+function record(res: LoadResult, kind: FailureKind, msg: string): void {
+  res.failures[kind]++;
+  res.failed++;
+  if (res.samples.length < 10) res.samples.push(`${kind}: ${msg}`);
+}
+
+function success(res: LoadResult, start: number, t0: number): void {
+  const t1 = performance.now();
+  res.ok++;
+  res.latencies.push(t1 - t0);
+  const sec = Math.floor((t1 - start) / 1000);
+  res.perSecond[sec] = (res.perSecond[sec] ?? 0) + 1;
+}
+
+/** Runs load against a loopback HTTP server until the duration or request bound is reached. */
+export async function runLoad(o: LoadOptions): Promise<LoadResult> {
+  const hostname = o.hostname ?? "127.0.0.1";
+  if (!LOOPBACK.test(hostname)) {
+    throw new Error(`load client only targets loopback, not ${hostname}`);
+  }
+  const start = performance.now();
+  const deadline = start + o.durationMs;
+  const res = emptyResult();
+  let issued = 0;
+  const keepAlive = o.keepAlive ?? true;
+  const timeoutMs = o.timeoutMs ?? 5000;
+  const request = `GET ${o.path ?? "/"} HTTP/1.1\r\nHost: ${hostname}:${o.port}\r\n` +
+    (keepAlive ? "" : "Connection: close\r\n") + "\r\n";
+  const stopped = () => performance.now() >= deadline || o.signal?.aborted === true;
+  const more = () => !stopped() && (o.maxRequests === undefined || issued < o.maxRequests);
+
+  const worker = async () => {
+    let sock: net.Socket | null = null;
+    let buf = "";
+    let waiter: ((e: Error | null) => void) | null = null;
+    const open = () =>
+      new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host: hostname, port: o.port });
+        s.setNoDelay(true);
+        s.setEncoding("latin1");
+        s.once("connect", () => resolve(s));
+        s.once("error", reject);
+        s.on("data", (d: string) => {
+          buf += d;
+          waiter?.(null);
+        });
+        s.on("close", () => {
+          waiter?.(new Error("EOF"));
+          if (sock === s) sock = null;
+        });
+        s.on("error", (e) => waiter?.(e));
+      });
+    let retry = false;
+    while (retry || more()) {
+      if (!retry) issued++;
+      const wasRetry = retry;
+      retry = false;
+      const t0 = performance.now();
+      let reused = false;
+      try {
+        if (!sock || sock.destroyed) {
+          buf = "";
+          sock = await open();
+        } else {
+          reused = true;
+        }
+        const s: net.Socket = sock;
+        s.write(request);
+        const body = await new Promise<string>((resolve, reject) => {
+          const timer = setTimeout(
+            () => reject(Object.assign(new Error("timeout"), { code: "TIMEOUT" })),
+            timeoutMs,
+          );
+          const check = (e: Error | null) => {
+            const end = buf.indexOf("\r\n\r\n");
+            if (end >= 0) {
+              const head = buf.slice(0, end);
+              const m = /content-length:\s*(\d+)/i.exec(head);
+              const len = m ? Number(m[1]) : 0;
+              if (buf.length >= end + 4 + len) {
+                const status = Number(head.slice(9, 12));
+                const b = buf.slice(end + 4, end + 4 + len);
+                buf = buf.slice(end + 4 + len);
+                clearTimeout(timer);
+                waiter = null;
+                if (!keepAlive || /connection:\s*close/i.test(head)) {
+                  s.destroy();
+                  if (sock === s) sock = null;
+                }
+                if (status !== 200) {
+                  return reject(Object.assign(new Error(`status ${status}`), { code: "STATUS" }));
+                }
+                return resolve(b);
+              }
+            }
+            if (e) {
+              clearTimeout(timer);
+              waiter = null;
+              reject(e);
+            }
+          };
+          waiter = check;
+          check(null);
+        });
+        success(res, start, t0);
+        o.onResponse?.(body);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        const code = err.code ?? err.message;
+        const closedIdle = reused && buf.length === 0 && !wasRetry &&
+          (err.message === "EOF" || code === "ECONNRESET" || code === "EPIPE");
+        sock?.destroy();
+        sock = null;
+        if (closedIdle) {
+          res.retried++;
+          retry = true;
+          continue;
+        }
+        record(res, classify(err), `${code}: ${err.message}`);
+      }
+    }
+    sock?.destroy();
+  };
+  await Promise.all(Array.from({ length: o.connections ?? 20 }, worker));
+  res.elapsedMs = performance.now() - start;
+  for (let i = 0; i < res.perSecond.length; i++) res.perSecond[i] ??= 0;
+  return res;
+}
+
+/** The p-th percentile (0–100) of `values`. */
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+/** Options of {@link runEchoLoad}. */
+export interface EchoLoadOptions {
+  /** Loopback address (default 127.0.0.1). */
+  hostname?: string;
+  /** Port of the echo server. */
+  port: number;
+  /** Concurrent workers (default 10). */
+  connections?: number;
+  /** Stop after this many ms. */
+  durationMs: number;
+  /** Per-exchange timeout (default 5000 ms). */
+  timeoutMs?: number;
+  /** Stops early when aborted. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Opens a connection, sends a line, waits for the same bytes back and closes,
+ * over and over, counting every failure by kind.
+ */
+export async function runEchoLoad(o: EchoLoadOptions): Promise<LoadResult> {
+  const hostname = o.hostname ?? "127.0.0.1";
+  if (!LOOPBACK.test(hostname)) {
+    throw new Error(`load client only targets loopback, not ${hostname}`);
+  }
+  const start = performance.now();
+  const deadline = start + o.durationMs;
+  const res = emptyResult();
+  let seq = 0;
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      const msg = `ping ${seq++} ${"x".repeat(32)}\n`;
+      let got = "";
+      const s = net.connect({ host: hostname, port: o.port });
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(Object.assign(new Error("timeout"), { code: "TIMEOUT" }));
+      }, o.timeoutMs ?? 5000);
+      s.setEncoding("latin1");
+      s.on("connect", () => s.write(msg));
+      s.on("data", (d: string) => {
+        got += d;
+        if (got.length >= msg.length) {
+          clearTimeout(timer);
+          s.end();
+          s.destroy();
+          if (got === msg) resolve();
+          else {reject(
+              Object.assign(new Error(`echo mismatch: ${JSON.stringify(got)}`), { code: "STATUS" }),
+            );}
+        }
+      });
+      s.on("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      s.on("close", () => {
+        clearTimeout(timer);
+        reject(new Error("EOF"));
+      });
+    });
+  const worker = async () => {
+    while (performance.now() < deadline && !o.signal?.aborted) {
+      const t0 = performance.now();
+      try {
+        await one();
+        success(res, start, t0);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        record(res, classify(err), err.message);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.connections ?? 10 }, worker));
+  res.elapsedMs = performance.now() - start;
+  for (let i = 0; i < res.perSecond.length; i++) res.perSecond[i] ??= 0;
+  return res;
+}

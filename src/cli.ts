@@ -1,0 +1,323 @@
+#!/usr/bin/env bun
+/**
+ * The `instar` command: asks a running server to upgrade, or reports its
+ * status, through its control socket (or, with less detail, its PID file).
+ *
+ *   instar upgrade --control /run/app/instar.sock
+ *   instar upgrade --pid-file /run/app.pid
+ *   instar status  --control /run/app/instar.sock [--json]
+ *
+ * Runs under Bun (`bunx instar …` after `bun add instar`) and Deno
+ * (`deno run -A jsr:@instar/instar/cli …`).
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import * as sys from "./ffi/mod.ts";
+import { C } from "./ffi/mod.ts";
+import { encodeUnix } from "./ffi/sockaddr.ts";
+import { InstarError } from "./errors.ts";
+import { Channel, messageOf, PROTOCOL_VERSION, type StatusReport } from "./protocol.ts";
+
+const HELP: Record<string, string> = {
+  main: `instar — zero-downtime upgrades for Deno and Bun servers
+
+Usage:
+  instar upgrade (--control <path> | --pid-file <path>) [--timeout <ms>]
+  instar status  (--control <path> | --pid-file <path>) [--json]
+  instar <command> --help
+
+Commands:
+  upgrade   start the new version of a running server and wait until it is ready
+  status    print pid, generation, state, listeners and open connections
+`,
+  upgrade: `instar upgrade — start the new version of a running server
+
+Usage:
+  instar upgrade --control <path> [--timeout <ms>]
+  instar upgrade --pid-file <path> [--signal SIGHUP] [--timeout <ms>]
+
+With --control the server reports progress and the reason of a failure
+(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress).
+With --pid-file instar sends the upgrade signal and waits until the PID file
+names a new, live process; the reason of a failure is in the server's log.
+
+Exit status: 0 and the new pid on stdout when the new generation is ready;
+1 with the reason on stderr otherwise; 2 for bad usage.
+
+Options:
+  --control <path>   the server's control socket (Upgrader option controlSocket)
+  --pid-file <path>  the server's PID file (Upgrader option pidFile)
+  --signal <name>    upgrade signal for --pid-file (default SIGHUP)
+  --timeout <ms>     give up waiting after this long (default 120000)
+  -h, --help         this text
+`,
+  status: `instar status — report on a running server
+
+Usage:
+  instar status --control <path> [--json]
+  instar status --pid-file <path> [--json]
+
+Options:
+  --control <path>   the server's control socket
+  --pid-file <path>  the server's PID file (reports only the pid and whether it runs)
+  --json             print JSON
+  -h, --help         this text
+`,
+};
+
+class UsageError extends Error {}
+
+/** Runs the command line `args`; returns the exit status. Output goes to `out` and `err`. */
+export async function main(
+  args: string[],
+  out: (s: string) => void = (s) => process.stdout.write(s),
+  err: (s: string) => void = (s) => process.stderr.write(s),
+): Promise<number> {
+  try {
+    const [command, ...rest] = args;
+    if (command === undefined || command === "-h" || command === "--help" || command === "help") {
+      out(HELP.main);
+      return command === undefined ? 2 : 0;
+    }
+    if (command !== "upgrade" && command !== "status") {
+      throw new UsageError(
+        `unknown command ${JSON.stringify(command)}; expected upgrade or status`,
+      );
+    }
+    let values: Record<string, string | boolean | undefined>;
+    try {
+      ({ values } = parseArgs({
+        args: rest,
+        options: {
+          control: { type: "string" },
+          "pid-file": { type: "string" },
+          signal: { type: "string" },
+          timeout: { type: "string" },
+          json: { type: "boolean" },
+          help: { type: "boolean", short: "h" },
+        },
+        strict: true,
+        allowPositionals: false,
+      }));
+    } catch (e) {
+      // parseArgs explains over several lines; the usage error is one.
+      throw new UsageError((e as Error).message.replace(/\s*\n\s*/g, " "));
+    }
+    if (values.help) {
+      out(HELP[command]);
+      return 0;
+    }
+    const control = values.control as string | undefined;
+    const pidFile = values["pid-file"] as string | undefined;
+    if (!control === !pidFile) {
+      throw new UsageError("give exactly one of --control <path> or --pid-file <path>");
+    }
+    const timeout = values.timeout === undefined ? 120_000 : Number(values.timeout);
+    if (!Number.isFinite(timeout) || timeout <= 0) {
+      throw new UsageError(`--timeout ${values.timeout} is not a positive number of milliseconds`);
+    }
+    const signal = (values.signal as string | undefined) ?? "SIGHUP";
+    if (values.signal !== undefined && (command !== "upgrade" || !pidFile)) {
+      throw new UsageError("--signal applies only to upgrade --pid-file");
+    }
+    if (
+      sys.SIGNALS[signal] === undefined ||
+      ["SIGUSR1", "SIGKILL", "SIGSTOP", "SIGTERM", "SIGINT"].includes(signal)
+    ) {
+      // SIGTERM/SIGINT stop the server instead; SIGUSR1 opens Deno's inspector.
+      throw new UsageError(`--signal ${signal} is not an upgrade signal (default SIGHUP)`);
+    }
+    if (command === "status") {
+      const report = control ? statusByControl(control) : statusByPidFile(pidFile!);
+      out(values.json ? JSON.stringify(report) + "\n" : formatStatus(report));
+      return 0;
+    }
+    const progress = (line: string) => err(line + "\n");
+    const pid = control
+      ? await upgradeByControl(control, timeout, progress)
+      : await upgradeByPidFile(pidFile!, signal, timeout, progress);
+    out(`${pid}\n`);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`instar: ${e.message} (see instar --help)\n`);
+      return 2;
+    }
+    err(`instar: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+function connectControl(path: string): Channel {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  try {
+    sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+  } catch (e) {
+    sys.close(fd);
+    const code = (e as InstarError).code;
+    if (code === "ENOENT" || code === "ECONNREFUSED") {
+      throw new InstarError(
+        code,
+        `no server answers on ${path} (${code}): is it running with controlSocket set to this path?`,
+      );
+    }
+    throw e;
+  }
+  return new Channel(fd);
+}
+
+function statusByControl(
+  path: string,
+): StatusReport & { previous?: { pid: number; running: boolean } } {
+  const ch = connectControl(path);
+  try {
+    ch.send({ type: "status", v: PROTOCOL_VERSION });
+    const m = messageOf(ch.receiveSync(10_000).msg);
+    if (m.type === "failed") {
+      throw new InstarError("REFUSED", `the server refused: ${m.reason}: ${m.message}`);
+    }
+    if (m.type !== "status-reply") {
+      throw new InstarError("PROTOCOL_ERROR", `unexpected reply ${m.type}`);
+    }
+    const s = m.status;
+    return s.parentPid
+      ? { ...s, previous: { pid: s.parentPid, running: running(s.parentPid) } }
+      : s;
+  } finally {
+    ch.close();
+  }
+}
+
+function readPid(pidFile: string): number {
+  let text: string;
+  try {
+    text = readFileSync(pidFile, "utf8").trim();
+  } catch (e) {
+    throw new InstarError("ENOENT", `cannot read PID file ${pidFile}: ${(e as Error).message}`);
+  }
+  if (!/^\d+$/.test(text)) {
+    throw new InstarError(
+      "INVALID_PID_FILE",
+      `PID file ${pidFile} holds ${JSON.stringify(text)}, not a pid`,
+    );
+  }
+  return Number(text);
+}
+
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+function statusByPidFile(pidFile: string): { pid: number; running: boolean } {
+  const pid = readPid(pidFile);
+  return { pid, running: running(pid) };
+}
+
+function formatStatus(
+  r: ReturnType<typeof statusByControl> | ReturnType<typeof statusByPidFile>,
+): string {
+  if (!("generation" in r)) return `pid ${r.pid}: ${r.running ? "running" : "not running"}\n`;
+  const lines = [
+    `pid ${r.pid}  generation ${r.generation}  state ${r.state}`,
+    ...r.listeners.map((l) => `  ${l.addr}  ${l.connections} open connection(s)`),
+  ];
+  if (r.previous) {
+    lines.push(
+      `previous generation: pid ${r.previous.pid} ${r.previous.running ? "draining" : "exited"}`,
+    );
+  }
+  return lines.join("\n") + "\n";
+}
+
+async function upgradeByControl(
+  path: string,
+  timeout: number,
+  progress: (s: string) => void,
+): Promise<number> {
+  const ch = connectControl(path);
+  const started = Date.now();
+  try {
+    ch.send({ type: "upgrade", v: PROTOCOL_VERSION });
+    progress(`upgrade requested on ${path}`);
+    for (;;) {
+      const left = timeout - (Date.now() - started);
+      if (left <= 0) {
+        throw new InstarError("TIMEOUT", `no result within ${timeout} ms; the server keeps trying`);
+      }
+      for (const { msg } of ch.receive()) {
+        const m = messageOf(msg);
+        if (m.type === "progress") {
+          progress(`new generation started: pid ${m.pid}; waiting until it is ready…`);
+        } else if (m.type === "upgraded") {
+          progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+          return m.pid;
+        } else if (m.type === "failed") {
+          throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
+        }
+      }
+      if (ch.eof) {
+        throw new InstarError(
+          "PROTOCOL_ERROR",
+          "the server closed the connection without a result",
+        );
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    ch.close();
+  }
+}
+
+async function upgradeByPidFile(
+  pidFile: string,
+  signal: string,
+  timeout: number,
+  progress: (s: string) => void,
+): Promise<number> {
+  const old = readPid(pidFile);
+  const signo = sys.SIGNALS[signal];
+  if (!running(old)) {
+    throw new InstarError("ESRCH", `PID file ${pidFile} names ${old}, which is not running`);
+  }
+  sys.kill(old, signo);
+  progress(`sent ${signal} to ${old}; waiting for a new generation to write ${pidFile}…`);
+  const started = Date.now();
+  while (Date.now() - started < timeout) {
+    await new Promise((r) => setTimeout(r, 100));
+    let now: number;
+    try {
+      now = readPid(pidFile);
+    } catch {
+      continue; // being replaced
+    }
+    if (now !== old && running(now)) {
+      progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      return now;
+    }
+    if (!running(old) && now === old) {
+      throw new InstarError(
+        "UPGRADE_FAILED",
+        `server ${old} exited and no new generation wrote ${pidFile}`,
+      );
+    }
+  }
+  throw new InstarError(
+    "TIMEOUT",
+    `no new generation within ${timeout} ms; ${old} ${
+      running(old) ? "still serves" : "is gone"
+    } — see the server's log for the reason, or use --control for it`,
+  );
+}
+
+if (import.meta.main) {
+  process.exit(await main(process.argv.slice(2)));
+}

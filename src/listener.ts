@@ -1,0 +1,552 @@
+/**
+ * Listening sockets instar owns: created (or adopted) through libc, served
+ * through the runtime's native I/O.
+ *
+ * instar keeps its own close-on-exec fd of every listening socket
+ * ({@link Listener.fd}) and gives the runtime a duplicate. That fd is what a
+ * restart passes to the next generation; closing a listener closes both fds
+ * but never calls `shutdown(2)`, which would stop the socket for every
+ * process sharing it.
+ *
+ * Which runtime I/O carries the connections:
+ * - Deno: `Deno.listen`, with the socket transplanted under it (native
+ *   `Deno.Conn`s); `node:net` when the transplant is not possible.
+ * - Bun: `Bun.listen({ fd })`.
+ *
+ * @module
+ */
+
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { lookup } from "node:dns/promises";
+import { InstarError, invalid, SystemError } from "./errors.ts";
+import {
+  bind,
+  C,
+  close as closeFd,
+  connect,
+  dupCloexec,
+  fcntl,
+  getsockname,
+  getsockoptInt,
+  listenFd,
+  runtimeName,
+  setCloexec,
+  setNonBlocking,
+  setsockoptInt,
+  socket,
+} from "./ffi/mod.ts";
+import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
+import type { Acceptor, BaseConn, Conn } from "./runtime/conn.ts";
+import { bunAcceptor } from "./runtime/listener_bun.ts";
+import { denoAcceptor } from "./runtime/listener_deno.ts";
+import { nodeAcceptor } from "./runtime/listener_node.ts";
+
+export type { Conn } from "./runtime/conn.ts";
+export type { Addr } from "./ffi/sockaddr.ts";
+
+/**
+ * Listen on TCP.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * const listener = await listen({ hostname: "::", port: 8080, backlog: 1024 });
+ * ```
+ */
+export interface TcpListenOptions {
+  /** A numeric IPv4/IPv6 address or a name to resolve; default `"0.0.0.0"`. `"::"` is dual-stack. */
+  hostname?: string;
+  /** 0–65535; 0 picks a free port (see {@link Listener.addr}). */
+  port: number;
+  /** The kernel's accept queue length; default 511. */
+  backlog?: number;
+}
+
+/**
+ * Listen on a Unix stream socket.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * const listener = await listen({ path: "/run/app/app.sock", mode: 0o660 });
+ * ```
+ */
+export interface UnixListenOptions {
+  /**
+   * The socket path, or `@name` for the Linux abstract namespace. A stale
+   * socket file (one nobody listens on) is removed first; a live one or any
+   * other file gives `EADDRINUSE`. Closing the listener leaves the file in
+   * place, because the next generation may still be serving on it.
+   */
+  path: string;
+  /** The kernel's accept queue length; default 511. */
+  backlog?: number;
+  /** File mode of the socket file, e.g. `0o660` (set before listening). */
+  mode?: number;
+}
+
+/**
+ * Adopt a socket that is already listening (inherited, or received over SCM_RIGHTS).
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * const listener = await listen({ fd: 3 }); // e.g. passed by systemd or a parent
+ * ```
+ */
+export interface FdListenOptions {
+  /**
+   * The listening socket. The listener takes ownership: it becomes
+   * close-on-exec and non-blocking, and `close()` closes it.
+   */
+  fd: number;
+}
+
+/**
+ * Where {@link listen} listens: TCP, a Unix socket, or an fd that already listens.
+ *
+ * @example
+ * ```ts
+ * import { listen, type ListenOptions } from "@instar/instar";
+ *
+ * const where: ListenOptions = process.env.SOCKET
+ *   ? { path: process.env.SOCKET }
+ *   : { hostname: "127.0.0.1", port: 8080 };
+ * const listener = await listen(where);
+ * ```
+ */
+export type ListenOptions = TcpListenOptions | UnixListenOptions | FdListenOptions;
+
+/**
+ * A listening socket. Iterate it (or call `accept()`) for connections.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * await using listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * console.log(listener.addr); // { transport: "tcp", hostname: "127.0.0.1", port: 41234 }
+ * for await (const conn of listener) {
+ *   conn.readable.pipeTo(conn.writable).catch(() => {});
+ * }
+ * ```
+ */
+export interface Listener extends AsyncIterable<Conn>, AsyncDisposable {
+  /** The address the socket is bound to (the real port when 0 was asked for). */
+  readonly addr: Addr;
+  /** instar's own close-on-exec fd of the socket; valid until `close()`. */
+  readonly fd: number;
+  /** Which runtime I/O serves the connections: `Deno.listen`, `Bun.listen` or `node:net`. */
+  readonly kind: string;
+  /**
+   * The next connection. Rejects with `LISTENER_CLOSED` once the listener is
+   * closed and the connections accepted before that have been handed out.
+   */
+  accept(): Promise<Conn>;
+  /**
+   * Stops accepting and closes instar's fds of the socket (never `shutdown(2)`:
+   * another process may share it). Accepted connections keep working; the
+   * iterator hands out the ones already accepted, then ends. Idempotent.
+   */
+  close(): void;
+  /**
+   * Connections the runtime accepted (including ones still waiting for
+   * `accept()`) that are not closed yet.
+   */
+  readonly connections: number;
+  /** Resolves when {@link Listener.connections} is 0 (at once if it is). */
+  drained(): Promise<void>;
+  /** Closes every accepted connection still open (for a drain timeout). */
+  closeConnections(): void;
+}
+
+const DEFAULT_BACKLOG = 511;
+
+function checkBacklog(backlog: unknown): number {
+  if (backlog === undefined) return DEFAULT_BACKLOG;
+  if (typeof backlog !== "number" || !Number.isInteger(backlog) || backlog < 0) {
+    invalid("backlog", backlog, "a non-negative integer");
+  }
+  return backlog;
+}
+
+async function resolveHost(hostname: string): Promise<string> {
+  try {
+    return (await lookup(hostname)).address;
+  } catch (err) {
+    throw new InstarError(
+      "ENOTFOUND",
+      `hostname ${JSON.stringify(hostname)} did not resolve (${
+        (err as { code?: string }).code ?? (err as Error).message
+      }); use a numeric address or a name the resolver knows`,
+      { cause: err },
+    );
+  }
+}
+
+async function openTcp(o: TcpListenOptions): Promise<number> {
+  const hostname = o.hostname ?? "0.0.0.0";
+  if (typeof hostname !== "string" || hostname === "") {
+    invalid("hostname", hostname, "a numeric address or a host name");
+  }
+  if (typeof o.port !== "number" || !Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
+    invalid("port", o.port, "an integer from 0 to 65535");
+  }
+  const backlog = checkBacklog(o.backlog);
+  const numeric = encodeInet(hostname, o.port);
+  const sa = numeric ?? encodeInet(await resolveHost(hostname), o.port);
+  if (!sa) throw new InstarError("ENOTFOUND", `hostname ${hostname} resolved to no address`);
+  const family = new DataView(sa.buffer).getUint16(0, true);
+  const shown = formatAddr(decode(sa));
+  const fd = socket(family, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    setsockoptInt(fd, C.SOL_SOCKET, C.SO_REUSEADDR, 1);
+    // "::" means every address, IPv4 included, whatever net.ipv6.bindv6only says.
+    if (family === C.AF_INET6 && isV6Any(sa)) {
+      setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 0);
+    }
+    bindTo(fd, sa, shown);
+    listenFd(fd, backlog);
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+function isV6Any(sa: Uint8Array): boolean {
+  return (decode(sa) as { hostname: string }).hostname === "::";
+}
+
+/** `bind(2)`, with a message saying what the errno means for a listener. */
+function bindTo(fd: number, sa: Uint8Array, where: string): void {
+  try {
+    bind(fd, sa);
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+    const why: Record<string, string> = {
+      EADDRINUSE: `cannot listen on ${where}: the address is already in use`,
+      EACCES: `cannot listen on ${where}: permission denied (ports below 1024 need ` +
+        "CAP_NET_BIND_SERVICE; Unix paths need write access to the directory)",
+      EADDRNOTAVAIL: `cannot listen on ${where}: that address is not on this machine`,
+    };
+    throw new SystemError(
+      "bind",
+      err.errno,
+      err.code,
+      why[err.code] ?? `cannot listen on ${where}`,
+    );
+  }
+}
+
+function isStaleSocket(path: string, sa: Uint8Array): boolean {
+  try {
+    if (!lstatSync(path).isSocket()) return false;
+  } catch {
+    return false;
+  }
+  const probe = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    connect(probe, sa);
+    return false; // someone accepts there
+  } catch (err) {
+    return (err as SystemError).code === "ECONNREFUSED";
+  } finally {
+    closeFd(probe);
+  }
+}
+
+function openUnix(o: UnixListenOptions): number {
+  if (typeof o.path !== "string") invalid("path", o.path, "a Unix socket path");
+  const backlog = checkBacklog(o.backlog);
+  if (
+    o.mode !== undefined &&
+    (typeof o.mode !== "number" || !Number.isInteger(o.mode) || o.mode < 0 || o.mode > 0o7777)
+  ) {
+    invalid("mode", o.mode, "a file mode from 0 to 0o7777, e.g. 0o660");
+  }
+  const sa = encodeUnix(o.path);
+  const abstract = o.path.startsWith("@");
+  const fd = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    try {
+      bindTo(fd, sa, `unix:${o.path}`);
+    } catch (err) {
+      if ((err as SystemError).code !== "EADDRINUSE" || abstract) throw err;
+      if (!isStaleSocket(o.path, sa)) {
+        throw new SystemError(
+          "bind",
+          (err as SystemError).errno,
+          "EADDRINUSE",
+          `cannot listen on unix:${o.path}: a server listens there, or the path is not a socket`,
+        );
+      }
+      unlinkSync(o.path);
+      bindTo(fd, sa, `unix:${o.path}`);
+    }
+    if (o.mode !== undefined && !abstract) chmodSync(o.path, o.mode);
+    listenFd(fd, backlog);
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+function adopt(fd: unknown): number {
+  if (typeof fd !== "number" || !Number.isInteger(fd) || fd < 0) {
+    invalid("fd", fd, "the non-negative integer fd of a listening socket");
+  }
+  const rethrow = (err: unknown, what: string): never => {
+    if (!(err instanceof SystemError)) throw err;
+    throw new SystemError(err.syscall, err.errno, err.code, `fd ${fd} ${what}`);
+  };
+  try {
+    fcntl(fd, C.F_GETFD);
+  } catch (err) {
+    rethrow(err, "is not an open file descriptor; pass the fd of a listening socket");
+  }
+  let type = 0, domain = 0, accepting = 0;
+  try {
+    type = getsockoptInt(fd, C.SOL_SOCKET, C.SO_TYPE);
+    domain = getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN);
+    accepting = getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN);
+  } catch (err) {
+    rethrow(err, "is not a socket; pass the fd of a listening socket");
+  }
+  if (type !== C.SOCK_STREAM) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `fd ${fd} is a socket of type ${type}, not SOCK_STREAM; pass a listening TCP or Unix stream socket`,
+    );
+  }
+  if (domain !== C.AF_INET && domain !== C.AF_INET6 && domain !== C.AF_UNIX) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `fd ${fd} is a socket of address family ${domain}; pass an AF_INET, AF_INET6 or AF_UNIX socket`,
+    );
+  }
+  if (accepting !== 1) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `fd ${fd} is a stream socket that is not listening; call listen(2) on it first`,
+    );
+  }
+  setCloexec(fd, true);
+  // A blocking socket would make the runtime block in accept4.
+  setNonBlocking(fd, true);
+  return fd;
+}
+
+/** How {@link openListener} serves the socket (tests force the fallback). */
+export type ListenerBackend = "auto" | "node";
+
+async function startAcceptor(
+  fd: number,
+  addr: Addr,
+  backend: ListenerBackend,
+  track: (c: BaseConn) => void,
+): Promise<Acceptor> {
+  const rt = runtimeName();
+  if (backend === "auto" && rt === "deno") {
+    try {
+      return denoAcceptor(fd, addr, track); // the transplant makes Deno's duplicate itself
+    } catch (err) {
+      if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
+    }
+  }
+  // The runtime gets its own duplicate and closes it when it stops listening.
+  const dup = dupCloexec(fd);
+  try {
+    if (backend === "auto" && rt === "bun") return bunAcceptor(dup, addr, track);
+    return await nodeAcceptor(dup, addr, track);
+  } catch (err) {
+    try {
+      closeFd(dup);
+    } catch {
+      // the runtime took it and closed it already
+    }
+    throw err;
+  }
+}
+
+/**
+ * The connections the runtime accepted and nobody closed yet, counted from
+ * the moment the runtime accepts them (also while queued for `accept()`).
+ */
+class Tracker {
+  readonly conns: Set<BaseConn> = new Set();
+  #waiters: (() => void)[] = [];
+
+  add(c: BaseConn): void {
+    this.conns.add(c);
+    c.onClose(() => {
+      this.conns.delete(c);
+      if (this.conns.size === 0) { for (const w of this.#waiters.splice(0)) w(); }
+    });
+  }
+
+  drained(): Promise<void> {
+    if (this.conns.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+class ListenerImpl implements Listener {
+  readonly addr: Addr;
+  readonly kind: string;
+  #fd: number;
+  #acceptor: Acceptor;
+  #closed = false;
+  #tracker: Tracker;
+  #acceptChain: Promise<unknown> = Promise.resolve();
+
+  constructor(fd: number, addr: Addr, acceptor: Acceptor, tracker: Tracker) {
+    this.#tracker = tracker;
+    this.#fd = fd;
+    this.addr = addr;
+    this.#acceptor = acceptor;
+    this.kind = acceptor.kind;
+  }
+
+  get fd(): number {
+    return this.#fd;
+  }
+
+  get connections(): number {
+    return this.#tracker.conns.size;
+  }
+
+  #next(): Promise<BaseConn | null> {
+    // One accept at a time: Deno.listen refuses concurrent accepts.
+    const p = this.#acceptChain.then(() => this.#acceptor.accept());
+    this.#acceptChain = p.catch(() => {});
+    return p;
+  }
+
+  async accept(): Promise<Conn> {
+    const c = await this.#next();
+    if (c) return c;
+    throw new InstarError("LISTENER_CLOSED", `the listener on ${formatAddr(this.addr)} is closed`);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Conn> {
+    for (;;) {
+      const c = await this.#next();
+      if (!c) return;
+      yield c;
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#acceptor.close();
+    } finally {
+      closeFd(this.#fd);
+      this.#fd = -1;
+    }
+  }
+
+  drained(): Promise<void> {
+    return this.#tracker.drained();
+  }
+
+  closeConnections(): void {
+    for (const c of [...this.#tracker.conns]) c.close();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+/** A listening socket {@link openSocket} opened or adopted: the fd is the caller's to close. */
+export interface OpenSocket {
+  /** The close-on-exec, non-blocking listening fd. */
+  fd: number;
+  /** The address it is bound to (the real port when 0 was asked for). */
+  addr: Addr;
+}
+
+/**
+ * Opens (or adopts) the listening socket for `options` exactly as
+ * {@link listen} does, without serving it: for servers that take an fd
+ * (`serve()`). The caller owns the fd and closes it.
+ *
+ * @example
+ * ```ts
+ * import { openSocket } from "@instar/instar";
+ *
+ * const { fd, addr } = await openSocket({ hostname: "127.0.0.1", port: 0 });
+ * console.log(fd, addr);
+ * ```
+ */
+export async function openSocket(options: ListenOptions): Promise<OpenSocket> {
+  if (options === null || typeof options !== "object") {
+    invalid("options", options, "{ hostname?, port }, { path } or { fd }");
+  }
+  let fd: number;
+  if ("fd" in options) fd = adopt(options.fd);
+  else if ("path" in options) fd = openUnix(options);
+  else if ("port" in options) fd = await openTcp(options);
+  else invalid("options", JSON.stringify(options), "{ hostname?, port }, { path } or { fd }");
+  try {
+    return { fd, addr: decode(getsockname(fd)) };
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+}
+
+/**
+ * Like {@link listen}, choosing how the socket is served: `"node"` forces the
+ * `node:net` path (for tests of the fallback).
+ */
+export async function openListener(
+  options: ListenOptions,
+  backend: ListenerBackend = "auto",
+): Promise<Listener> {
+  const { fd, addr } = await openSocket(options);
+  try {
+    const tracker = new Tracker();
+    const acceptor = await startAcceptor(fd, addr, backend, (c) => tracker.add(c));
+    return new ListenerImpl(fd, addr, acceptor, tracker);
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+}
+
+/**
+ * Opens a listening socket and serves it with the runtime's native I/O.
+ *
+ * - `{ hostname?, port, backlog? }`: TCP. `hostname` defaults to `"0.0.0.0"`;
+ *   `"::"` listens on IPv6 and IPv4; names are resolved with `node:dns`
+ *   (`ENOTFOUND` when they do not resolve). Port 0 picks a free port.
+ * - `{ path, backlog?, mode? }`: a Unix stream socket (`@name` is abstract).
+ * - `{ fd }`: adopts a socket that already listens (inherited, systemd,
+ *   SCM_RIGHTS) and takes ownership of it.
+ *
+ * Errors: `INVALID_ARGUMENT` for bad options (naming the value), a
+ * {@link SystemError} such as `EADDRINUSE` or `EBADF`/`ENOTSOCK` naming the
+ * address or fd, `ENOTFOUND` for a name that does not resolve.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * const listener = await listen({ hostname: "127.0.0.1", port: 8080 });
+ * for await (const conn of listener) {
+ *   conn.readable.pipeTo(conn.writable).catch(() => {});
+ * }
+ * ```
+ */
+export function listen(options: ListenOptions): Promise<Listener> {
+  return openListener(options, "auto");
+}

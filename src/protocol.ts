@@ -1,0 +1,291 @@
+/**
+ * The protocol between generations, in one place.
+ *
+ * A control channel is a Unix stream socket carrying newline-delimited JSON
+ * messages, each tagged with the protocol version. Listening sockets travel
+ * either by inheritance (fork/exec: the message names fd numbers) or as
+ * SCM_RIGHTS attached to the message (handoff between independent processes).
+ *
+ * - `INSTAR_CONTROL_FD` names the child's end of a socketpair. The parent writes
+ *   a `hello` before it starts the child, so the child reads it at once.
+ * - The child answers `ready` (or `error` with a message) and closes its end.
+ * - A process connecting to a control socket sends `handover` (a new
+ *   generation), `upgrade` or `status` (the `instar` command).
+ *
+ * @module
+ */
+
+import * as sys from "./ffi/mod.ts";
+import { C } from "./ffi/mod.ts";
+import { type Addr, decode, formatAddr } from "./ffi/sockaddr.ts";
+import { InstarError } from "./errors.ts";
+
+/** The protocol version this build speaks. */
+export const PROTOCOL_VERSION = 1;
+
+/** The environment variable naming the child's end of the control channel. */
+export const CONTROL_FD_ENV = "INSTAR_CONTROL_FD";
+
+/** One listening socket handed to the next generation. */
+export interface ListenerMeta {
+  /** What the program asked for (`tcp:0.0.0.0:8080`, `unix:/run/app.sock`, `name:web`); port 0 stays 0. */
+  key: string;
+  /** The address the socket is bound to. */
+  addr: Addr;
+  /** The fd number in the receiving process (inherit), or the index among the attached fds (scm_rights). */
+  fd: number;
+}
+
+/** The first message from the running generation to the next one. */
+export interface Hello {
+  /** Always `"hello"`. */
+  type: "hello";
+  /** Protocol version. */
+  v: number;
+  /** The generation number the receiver becomes. */
+  generation: number;
+  /** The sender's pid. */
+  pid: number;
+  /** How the fds travel. */
+  transfer: "inherit" | "scm_rights";
+  /** The listening sockets. */
+  listeners: ListenerMeta[];
+}
+
+/** Every message of the protocol. */
+export type Message =
+  | Hello
+  | { type: "ready"; v: number; pid: number }
+  | { type: "error"; v: number; pid: number; message: string }
+  | { type: "handover"; v: number; pid: number }
+  | { type: "upgrade"; v: number }
+  | { type: "status"; v: number }
+  | { type: "progress"; v: number; event: string; pid?: number; detail?: string }
+  | { type: "upgraded"; v: number; pid: number }
+  | { type: "failed"; v: number; reason: string; message: string }
+  | { type: "status-reply"; v: number; status: StatusReport };
+
+/** What a generation reports about itself (`instar status`). */
+export interface StatusReport {
+  /** Process id. */
+  pid: number;
+  /** Generation number, 1 for the first. */
+  generation: number;
+  /** Lifecycle state. */
+  state: string;
+  /** Listening addresses and their open connections (`null`: unknown, e.g. Unix sockets of an HTTP server). */
+  listeners: { addr: string; connections: number | null }[];
+  /** The pid of the previous generation while it drains, if known. */
+  parentPid: number | null;
+}
+
+/** Throws `PROTOCOL_ERROR` with a message naming what was wrong. */
+export function protocolError(message: string): never {
+  throw new InstarError("PROTOCOL_ERROR", `instar control protocol: ${message}`);
+}
+
+function isAddr(a: unknown): a is Addr {
+  if (typeof a !== "object" || a === null) return false;
+  const o = a as Record<string, unknown>;
+  if (o.transport === "tcp") {
+    return typeof o.hostname === "string" && Number.isInteger(o.port) && (o.port as number) >= 0 &&
+      (o.port as number) <= 65535;
+  }
+  return o.transport === "unix" && typeof o.path === "string";
+}
+
+/** Validates a parsed `hello`; throws `PROTOCOL_ERROR` naming the first fault. */
+export function validateHello(m: unknown): Hello {
+  if (typeof m !== "object" || m === null) protocolError("hello is not an object");
+  const o = m as Record<string, unknown>;
+  if (o.type !== "hello") protocolError(`expected a hello message, got ${JSON.stringify(o.type)}`);
+  if (o.v !== PROTOCOL_VERSION) {
+    protocolError(
+      `the previous generation speaks version ${JSON.stringify(o.v)}, this one speaks ` +
+        `${PROTOCOL_VERSION}: upgrade through a version that speaks both`,
+    );
+  }
+  if (!Number.isInteger(o.generation) || (o.generation as number) < 2) {
+    protocolError(`generation ${JSON.stringify(o.generation)} is not an integer ≥ 2`);
+  }
+  if (!Number.isInteger(o.pid) || (o.pid as number) < 1) protocolError("pid is missing");
+  if (o.transfer !== "inherit" && o.transfer !== "scm_rights") {
+    protocolError(`unknown transfer ${JSON.stringify(o.transfer)}`);
+  }
+  if (!Array.isArray(o.listeners)) protocolError("listeners is not an array");
+  const seen = new Set<string>();
+  for (const l of o.listeners as unknown[]) {
+    const e = l as Record<string, unknown>;
+    if (typeof e !== "object" || e === null || typeof e.key !== "string" || !isAddr(e.addr)) {
+      protocolError(`malformed listener entry ${JSON.stringify(l)}`);
+    }
+    if (!Number.isInteger(e.fd) || (e.fd as number) < 0) {
+      protocolError(`listener ${e.key} has no valid fd (${JSON.stringify(e.fd)})`);
+    }
+    if (seen.has(e.key)) protocolError(`listener ${e.key} is listed twice`);
+    seen.add(e.key);
+  }
+  return o as unknown as Hello;
+}
+
+function sameAddr(a: Addr, b: Addr): boolean {
+  if (a.transport === "unix" || b.transport === "unix") {
+    return a.transport === b.transport &&
+      (a as { path: string }).path === (b as { path: string }).path;
+  }
+  return a.hostname === b.hostname && a.port === b.port;
+}
+
+/**
+ * Checks that `fd` is what the metadata says: an open, listening stream
+ * socket bound to `addr`. Throws `PROTOCOL_ERROR` naming the fd otherwise.
+ */
+export function checkListeningFd(fd: number, addr: Addr, key: string): void {
+  let type: number, accepting: number, bound: Addr;
+  try {
+    type = sys.getsockoptInt(fd, C.SOL_SOCKET, C.SO_TYPE);
+    accepting = sys.getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN);
+    bound = decode(sys.getsockname(fd));
+  } catch (err) {
+    throw new InstarError(
+      "PROTOCOL_ERROR",
+      `instar control protocol: fd ${fd} for listener ${key} is not a usable socket (${
+        (err as Error).message
+      })`,
+      { cause: err },
+    );
+  }
+  if (type !== C.SOCK_STREAM) protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
+  if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
+  if (!sameAddr(bound, addr)) {
+    protocolError(
+      `fd ${fd} for listener ${key} is bound to ${formatAddr(bound)}, not ${formatAddr(addr)}`,
+    );
+  }
+}
+
+/**
+ * One end of a control channel: a non-blocking Unix stream socket carrying
+ * newline-delimited JSON, read and written through FFI so that both runtimes
+ * behave the same. Reads never block; the caller polls.
+ */
+export class Channel {
+  /** The socket fd; -1 once closed. */
+  fd: number;
+  #buf = "";
+  #fds: number[] = [];
+  #eof = false;
+  #decoder = new TextDecoder();
+
+  /** Wraps `fd` and makes it non-blocking. */
+  constructor(fd: number) {
+    this.fd = fd;
+    sys.setNonBlocking(fd, true);
+  }
+
+  /** True once the peer closed its end and every message was read. */
+  get eof(): boolean {
+    return this.#eof && !this.#buf.includes("\n");
+  }
+
+  /**
+   * Sends one message, with `fds` attached as SCM_RIGHTS. Waits up to
+   * `timeoutMs` for room in the socket buffer (messages are small).
+   */
+  send(msg: Message, fds: readonly number[] = [], timeoutMs = 5000): void {
+    const bytes = new TextEncoder().encode(JSON.stringify(msg) + "\n");
+    let off = 0;
+    let first = true;
+    const deadline = Date.now() + timeoutMs;
+    while (off < bytes.byteLength) {
+      const chunk = bytes.subarray(off);
+      const n = first && fds.length ? sys.sendFds(this.fd, chunk, fds) : sys.write(this.fd, chunk);
+      if (n === null || n === 0) {
+        if (Date.now() > deadline) protocolError("the peer does not read the control channel");
+        sys.poll([{ fd: this.fd, events: C.POLLOUT }], 50);
+        continue;
+      }
+      off += n;
+      first = false;
+    }
+  }
+
+  /** Reads what has arrived; returns complete messages with the fds that came with them. */
+  receive(): { msg: unknown; fds: number[] }[] {
+    if (this.fd < 0) return [];
+    for (;;) {
+      let got: sys.Received | null;
+      try {
+        got = sys.recvFds(this.fd, 65536, 16);
+      } catch (err) {
+        // A peer that exits with unread data resets the connection: that is an end, not a fault.
+        if ((err as { code?: string }).code !== "ECONNRESET") throw err;
+        this.#eof = true;
+        break;
+      }
+      if (got === null) break;
+      this.#fds.push(...got.fds);
+      if (got.data.byteLength === 0) {
+        this.#eof = true;
+        break;
+      }
+      this.#buf += this.#decoder.decode(got.data, { stream: true });
+      if (this.#buf.length > 1 << 20) protocolError("message longer than 1 MiB");
+    }
+    const out: { msg: unknown; fds: number[] }[] = [];
+    let nl: number;
+    while ((nl = this.#buf.indexOf("\n")) >= 0) {
+      const line = this.#buf.slice(0, nl);
+      this.#buf = this.#buf.slice(nl + 1);
+      let msg: unknown;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        this.#closeFds();
+        protocolError(`malformed message ${JSON.stringify(line.slice(0, 200))}`);
+      }
+      out.push({ msg, fds: this.#fds });
+      this.#fds = [];
+    }
+    return out;
+  }
+
+  /**
+   * Waits (blocking the thread, up to `timeoutMs`) for the next complete
+   * message. Used only at start-up, before the program serves anything.
+   */
+  receiveSync(timeoutMs: number): { msg: unknown; fds: number[] } {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const got = this.receive();
+      if (got.length) return got[0];
+      if (this.#eof) protocolError("the control channel closed before a message arrived");
+      const left = deadline - Date.now();
+      if (left <= 0) protocolError(`no message within ${timeoutMs} ms`);
+      sys.poll([{ fd: this.fd, events: C.POLLIN }], Math.min(left, 1000));
+    }
+  }
+
+  #closeFds(): void {
+    for (const fd of this.#fds) sys.close(fd);
+    this.#fds = [];
+  }
+
+  /** Closes the socket and any received fds nobody took. */
+  close(): void {
+    this.#closeFds();
+    if (this.fd >= 0) sys.close(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** Validates the common shape of a message received from a peer. */
+export function messageOf(raw: unknown): Message {
+  if (typeof raw !== "object" || raw === null) protocolError("message is not an object");
+  const o = raw as Record<string, unknown>;
+  if (typeof o.type !== "string") protocolError("message has no type");
+  if (o.v !== PROTOCOL_VERSION) {
+    protocolError(`peer speaks version ${JSON.stringify(o.v)}, this one ${PROTOCOL_VERSION}`);
+  }
+  return o as unknown as Message;
+}

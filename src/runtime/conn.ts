@@ -1,0 +1,194 @@
+/**
+ * What every accepted connection shares, whichever runtime I/O carries it:
+ * the {@link Conn} interface, web streams built on `read`/`write`, and the
+ * close bookkeeping {@link Listener} counts connections with.
+ *
+ * @module
+ */
+
+import { InstarError } from "../errors.ts";
+import type { Addr } from "../ffi/sockaddr.ts";
+
+/**
+ * An accepted connection, in the spirit of `Deno.Conn`. The bytes move through
+ * the runtime's own I/O; instar only counts the connection until it closes.
+ *
+ * @example
+ * ```ts
+ * import { listen } from "@instar/instar";
+ *
+ * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * for await (const conn of listener) {
+ *   const buf = new Uint8Array(4096);
+ *   const n = await conn.read(buf);
+ *   if (n !== null) await conn.write(buf.subarray(0, n));
+ *   conn.close();
+ * }
+ * ```
+ */
+export interface Conn {
+  /**
+   * The bytes received, as a stream. It ends when the peer ends its side;
+   * cancelling it closes the connection.
+   */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** The bytes to send, as a stream. Closing or aborting it closes the connection. */
+  readonly writable: WritableStream<Uint8Array>;
+  /** Reads into `p`; resolves with the byte count, or `null` when the peer has ended its side. */
+  read(p: Uint8Array): Promise<number | null>;
+  /** Writes some of `p` (at least one byte); resolves with the byte count. `p` may be reused after. */
+  write(p: Uint8Array): Promise<number>;
+  /** Closes both directions. Idempotent. */
+  close(): void;
+  /** Ends our sending side (TCP FIN); reading goes on. */
+  closeWrite(): Promise<void>;
+  /** Our end's address. */
+  readonly localAddr: Addr;
+  /** The peer's address (`{ transport: "unix", path: "" }` for unnamed Unix peers). */
+  readonly remoteAddr: Addr;
+  /** Sets TCP_NODELAY (default on); a no-op on Unix sockets. */
+  setNoDelay(on?: boolean): void;
+  /** Sets SO_KEEPALIVE (default on); a no-op on Unix sockets. */
+  setKeepAlive(on?: boolean): void;
+}
+
+const CHUNK = 64 * 1024;
+
+/** Thrown by `read`/`write` on a connection that was closed. */
+export function connClosed(): InstarError {
+  return new InstarError("CONN_CLOSED", "the connection is closed");
+}
+
+/**
+ * The shared part of the runtime connections: streams over `read`/`write`
+ * and a close hook the listener counts with. Subclasses call
+ * {@link BaseConn.closed} when the transport went away by itself.
+ */
+export abstract class BaseConn implements Conn {
+  abstract readonly localAddr: Addr;
+  abstract readonly remoteAddr: Addr;
+  abstract read(p: Uint8Array): Promise<number | null>;
+  abstract write(p: Uint8Array): Promise<number>;
+  abstract closeWrite(): Promise<void>;
+  abstract setNoDelay(on?: boolean): void;
+  abstract setKeepAlive(on?: boolean): void;
+  /** Closes the transport; called once. */
+  protected abstract closeTransport(): void;
+
+  #closed = false;
+  #onClose: (() => void) | undefined;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+
+  /** Whether the connection is closed (by us or by the transport). */
+  get isClosed(): boolean {
+    return this.#closed;
+  }
+
+  /** Registers the one callback run when the connection closes. */
+  onClose(cb: () => void): void {
+    this.#onClose = cb;
+    if (this.#closed) cb();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    try {
+      this.closeTransport();
+    } finally {
+      this.closed();
+    }
+  }
+
+  /** Marks the connection closed without touching the transport again. */
+  protected closed(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const cb = this.#onClose;
+    this.#onClose = undefined;
+    cb?.();
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        const buf = new Uint8Array(CHUNK);
+        let n: number | null;
+        try {
+          n = await this.read(buf);
+        } catch (err) {
+          if (this.#closed) n = null;
+          else throw err;
+        }
+        if (n === null) controller.close();
+        else controller.enqueue(buf.subarray(0, n));
+      },
+      cancel: () => this.close(),
+    }, { highWaterMark: 0 });
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= new WritableStream<Uint8Array>({
+      write: async (chunk) => {
+        for (let off = 0; off < chunk.byteLength;) {
+          off += await this.write(chunk.subarray(off));
+        }
+      },
+      close: () => this.close(),
+      abort: () => this.close(),
+    });
+  }
+}
+
+/** A source of accepted connections: one per runtime I/O flavour. */
+export interface Acceptor {
+  /** Which runtime I/O carries the connections, e.g. `Bun.listen`. */
+  readonly kind: string;
+  /** The next accepted connection; `null` once closed and nothing is queued. */
+  accept(): Promise<BaseConn | null>;
+  /**
+   * Stops accepting and closes the runtime's duplicate of the socket (never
+   * `shutdown(2)`, which would stop the socket for every process sharing it).
+   */
+  close(): void;
+}
+
+/**
+ * Connections a push-style server (callbacks, events) accepted, waiting for
+ * `accept()`. After `end()` the queued ones are still handed out, so a close
+ * during a handover loses none of them.
+ */
+export class ConnQueue {
+  #items: BaseConn[] = [];
+  #head = 0;
+  #waiters: ((c: BaseConn | null) => void)[] = [];
+  #ended = false;
+
+  /** Hands `c` to a waiting `next()` or queues it. */
+  push(c: BaseConn): void {
+    const w = this.#waiters.shift();
+    if (w) w(c);
+    else this.#items.push(c);
+  }
+
+  /** The next connection, or `null` once ended and empty. */
+  next(): Promise<BaseConn | null> {
+    if (this.#head < this.#items.length) {
+      const c = this.#items[this.#head];
+      this.#items[this.#head++] = undefined as unknown as BaseConn;
+      if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+        this.#items = this.#items.slice(this.#head);
+        this.#head = 0;
+      }
+      return Promise.resolve(c);
+    }
+    if (this.#ended) return Promise.resolve(null);
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /** No more connections will come; waiting `next()` calls get `null`. */
+  end(): void {
+    this.#ended = true;
+    for (const w of this.#waiters.splice(0)) w(null);
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Deno: native `Deno.Conn`s. `Deno.listen` cannot take an fd, so it is
+ * started on a throwaway address of the socket's family and instar's socket
+ * is {@link transplant}ed under it; every byte then moves through Deno's own
+ * I/O. When a precondition of the transplant fails, the caller falls back to
+ * `node:net` (see `listener_node.ts`).
+ *
+ * @module
+ */
+
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InstarError } from "../errors.ts";
+import type { Addr } from "../ffi/sockaddr.ts";
+import { transplant } from "../transplant.ts";
+import { type Acceptor, BaseConn } from "./conn.ts";
+
+/** The parts of the Deno namespace instar uses (kept local so Bun type-checks too). */
+interface DenoConn {
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  read(p: Uint8Array): Promise<number | null>;
+  write(p: Uint8Array): Promise<number>;
+  closeWrite(): Promise<void>;
+  close(): void;
+  setNoDelay?(on?: boolean): void;
+  setKeepAlive?(on?: boolean): void;
+}
+
+interface DenoListener {
+  readonly addr: Addr;
+  accept(): Promise<DenoConn>;
+  close(): void;
+}
+
+interface DenoNs {
+  listen(options: Record<string, unknown>): DenoListener;
+}
+
+class NativeConn extends BaseConn {
+  readonly localAddr: Addr;
+  readonly remoteAddr: Addr;
+  #c: DenoConn;
+
+  constructor(c: DenoConn) {
+    super();
+    this.#c = c;
+    this.localAddr = c.localAddr;
+    this.remoteAddr = c.remoteAddr;
+  }
+
+  read(p: Uint8Array): Promise<number | null> {
+    return this.#c.read(p);
+  }
+
+  write(p: Uint8Array): Promise<number> {
+    return this.#c.write(p);
+  }
+
+  closeWrite(): Promise<void> {
+    return this.#c.closeWrite();
+  }
+
+  setNoDelay(on = true): void {
+    this.#c.setNoDelay?.(on);
+  }
+
+  setKeepAlive(on = true): void {
+    this.#c.setKeepAlive?.(on);
+  }
+
+  protected closeTransport(): void {
+    try {
+      this.#c.close();
+    } catch {
+      // already closed by the runtime (e.g. after a reset): nothing left to release
+    }
+  }
+}
+
+function throwawayListener(addr: Addr): { listener: DenoListener; cleanup: () => void } {
+  const D = (globalThis as unknown as { Deno: DenoNs }).Deno;
+  if (addr.transport === "unix") {
+    const dir = mkdtempSync(join(tmpdir(), "instar-"));
+    const listener = D.listen({ transport: "unix", path: join(dir, "t.sock") });
+    return { listener, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  }
+  const hostname = addr.hostname.includes(":") ? "::1" : "127.0.0.1";
+  return { listener: D.listen({ hostname, port: 0 }), cleanup: () => {} };
+}
+
+/**
+ * Serves `fd` with `Deno.listen` by transplanting it under a throwaway
+ * listener. `fd` stays the caller's (Deno gets a duplicate). Throws
+ * `TRANSPLANT_UNSUPPORTED` (nothing changed) when a precondition fails.
+ */
+export function denoAcceptor(
+  fd: number,
+  addr: Addr,
+  track: (c: BaseConn) => void,
+): Acceptor {
+  let throwaway: { listener: DenoListener; cleanup: () => void };
+  try {
+    throwaway = throwawayListener(addr);
+  } catch (err) {
+    // No loopback of this family, no permission, …: the node:net path needs none of it.
+    throw new InstarError(
+      "TRANSPLANT_UNSUPPORTED",
+      `cannot start the throwaway Deno.listen to transplant under: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  const { listener, cleanup } = throwaway;
+  try {
+    transplant({ throwaway: listener.addr, fd });
+  } catch (err) {
+    listener.close();
+    throw err;
+  } finally {
+    cleanup();
+  }
+  let closed = false;
+  return {
+    kind: "Deno.listen",
+    async accept() {
+      if (closed) return null;
+      try {
+        const c = new NativeConn(await listener.accept());
+        track(c);
+        return c;
+      } catch (err) {
+        if (closed) return null;
+        throw err;
+      }
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      // Closes Deno's duplicate of the socket; Deno never shutdown(2)s a listener.
+      listener.close();
+    },
+  };
+}

@@ -1,0 +1,118 @@
+/**
+ * The Deno side of {@link serve}: `Deno.serve` on a loopback port, with
+ * WebSockets tracked so a drain can wait for them (Deno's own `shutdown()`
+ * closes them at once with 1001).
+ *
+ * @module
+ */
+
+import { InstarError } from "./errors.ts";
+import type { Addr } from "./ffi/sockaddr.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "./serve.ts";
+
+type Info = { remoteAddr: Addr; completed: Promise<void> };
+type Handler = (req: Request, info: Info) => Response | Promise<Response>;
+
+interface DenoHttpServer {
+  addr: Addr;
+  finished: Promise<void>;
+  shutdown(): Promise<void>;
+  ref(): void;
+  unref(): void;
+}
+
+interface DenoServeNs {
+  serve(options: Record<string, unknown>, handler: Handler): DenoHttpServer;
+}
+
+// Deno keeps the WebSocket of an upgrade response under this symbol (ext/http 00_serve).
+const ASSOCIATED_WS = "[[associated_ws]]";
+
+/** Starts `Deno.serve` for {@link serve}. */
+export const denoAdapter: ServeAdapter = {
+  start(s: AdapterStart): NativeServer {
+    const D = (globalThis as unknown as { Deno: DenoServeNs }).Deno;
+    const options = s.options;
+    const handler = (s.handler ?? options.handler) as Handler | undefined;
+    if (typeof handler !== "function") {
+      throw new InstarError(
+        "INVALID_ARGUMENT",
+        "serve() needs a handler: serve(fd, options, (req, info) => Response) or options.handler",
+      );
+    }
+    const userOnListen = options.onListen as ((addr: Addr) => void) | undefined;
+    const signal = options.signal as AbortSignal | undefined;
+    const opts: Record<string, unknown> = { ...options };
+    for (const k of ["handler", "path", "signal", "transport", "hostname", "port"]) delete opts[k];
+    Object.assign(
+      opts,
+      "path" in s.listenOn
+        ? { path: s.listenOn.path, onListen() {} }
+        : { hostname: s.listenOn.hostname, port: 0, reusePort: false, onListen() {} },
+    );
+
+    const sockets = new Set<WebSocket>();
+    let allClosed: (() => void) | undefined;
+    let wsKey: symbol | undefined;
+    const track = (res: Response): Response => {
+      if (res?.status !== 101) return res;
+      const r = res as unknown as Record<symbol, unknown>;
+      wsKey ??= Object.getOwnPropertySymbols(res).find((k) => k.description === ASSOCIATED_WS);
+      const ws = wsKey === undefined ? undefined : r[wsKey];
+      if (ws instanceof WebSocket) {
+        sockets.add(ws);
+        ws.addEventListener("close", () => {
+          if (sockets.delete(ws) && sockets.size === 0) allClosed?.();
+        });
+      }
+      return res;
+    };
+    const wrapped: Handler = (req, info) => {
+      let i = info;
+      if (s.proxied) {
+        const real = s.remoteOf((info.remoteAddr as { port: number }).port);
+        if (real) {
+          i = {
+            remoteAddr: real,
+            get completed() {
+              return info.completed;
+            },
+          };
+        }
+      }
+      const out = handler(req, i);
+      return out instanceof Promise ? out.then(track) : track(out);
+    };
+    const server = D.serve(opts, wrapped);
+    signal?.addEventListener("abort", () => s.shutdown(), { once: true });
+    const tls = options.cert !== undefined && options.key !== undefined;
+    return {
+      native: server,
+      throwaway: server.addr,
+      tls,
+      async shutdown(timeoutMs: number): Promise<void> {
+        if (sockets.size > 0) {
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          await Promise.race([
+            new Promise<void>((r) => (allClosed = r)),
+            new Promise<void>((r) => (timer = setTimeout(r, timeoutMs))),
+          ]);
+          clearTimeout(timer);
+        }
+        // Closes what is left (WebSockets with 1001) and waits for in-flight responses.
+        await server.shutdown();
+      },
+      async close(): Promise<void> {
+        for (const ws of sockets) ws.close(1001);
+        await server.shutdown();
+      },
+      finished: server.finished,
+      listening(addr: Addr, url: URL): void {
+        if (userOnListen) userOnListen(addr);
+        else console.log(`Listening on ${url.href}`);
+      },
+      ref: () => server.ref(),
+      unref: () => server.unref(),
+    };
+  },
+};

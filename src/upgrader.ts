@@ -1,0 +1,1260 @@
+/**
+ * The lifecycle of one generation: adopt the listeners of the previous
+ * generation, tell it when this one is ready, start the next one on demand,
+ * and drain when this generation must stop.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import {
+  chmodSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import * as sys from "./ffi/mod.ts";
+import { C, signalName, SIGNALS } from "./ffi/mod.ts";
+import { InstarError, invalid } from "./errors.ts";
+import { type Addr, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
+import { listen, type Listener, type ListenOptions, openSocket } from "./listener.ts";
+import { serve, type Server } from "./serve.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
+import { spawn, type SpawnBackend } from "./spawn.ts";
+import {
+  type ActivatedSocket,
+  activatedSockets,
+  findActivated,
+  type SystemdNotifier,
+  systemdNotifier,
+} from "./systemd.ts";
+import {
+  Channel,
+  checkListeningFd,
+  CONTROL_FD_ENV,
+  type Hello,
+  type ListenerMeta,
+  messageOf,
+  PROTOCOL_VERSION,
+  protocolError,
+  type StatusReport,
+  validateHello,
+} from "./protocol.ts";
+
+/** Why a generation stops: a newer one took over, or it was told to stop. */
+export type ExitReason = "upgrade" | "stop";
+
+/** Where a generation is in its life, for readiness probes and `instar status`. */
+export type State = "starting" | "ready" | "upgrading" | "draining" | "stopped";
+
+/** Why an upgrade did not happen. */
+export type UpgradeFailure =
+  | "exited"
+  | "killed"
+  | "ready-timeout"
+  | "exec-failed"
+  | "protocol-error"
+  | "in-progress"
+  | "not-ready"
+  | "stopping";
+
+/**
+ * An upgrade failed or was refused; `reason` says why. The running generation
+ * keeps serving in every case.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, UpgradeError } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * try {
+ *   const pid = await up.upgrade();
+ *   console.log("new generation", pid);
+ * } catch (err) {
+ *   if (err instanceof UpgradeError) console.error(err.reason, err.message);
+ * }
+ * ```
+ */
+export class UpgradeError extends InstarError {
+  /** Why: the child exited, was killed, timed out, could not be executed, broke the protocol; or a trigger was refused. */
+  readonly reason: UpgradeFailure;
+  /** The new generation's pid, when one was started. */
+  readonly pid?: number;
+  /** Its exit code (`exited`). */
+  readonly exitCode?: number;
+  /** The signal that killed it (`killed`). */
+  readonly signal?: string;
+  /** The errno name (`exec-failed`). */
+  readonly errno?: string;
+
+  /**
+   * @param reason why the upgrade failed
+   * @param message what happened and what to do
+   * @param details pid, exit code, signal or errno
+   * @param options the underlying cause
+   */
+  constructor(
+    reason: UpgradeFailure,
+    message: string,
+    details: { pid?: number; exitCode?: number; signal?: string; errno?: string } = {},
+    options?: ErrorOptions,
+  ) {
+    super("UPGRADE_FAILED", message, options);
+    this.name = "UpgradeError";
+    this.reason = reason;
+    Object.assign(this, details);
+  }
+}
+
+/** Options of {@link Upgrader.create}. */
+export interface UpgraderOptions {
+  /** How long the new generation may take to call `ready()`, in ms (default 60 000). */
+  readyTimeout?: number;
+  /** How long in-flight connections may take to finish after a handover, in ms (default 30 000). */
+  drainTimeout?: number;
+  /** A file the ready generation writes its pid to, atomically. */
+  pidFile?: string;
+  /** The signal that triggers an upgrade (default `SIGHUP`); `null` for none. SIGUSR1 is refused. */
+  upgradeSignal?: string | null;
+  /** Signals that stop this generation gracefully (default `SIGTERM`, `SIGINT`). */
+  stopSignals?: string[];
+  /** How the next generation is started (default `auto`). */
+  spawnBackend?: SpawnBackend;
+  /** The executable of the next generation (default: this process's executable, captured at start-up). */
+  command?: string;
+  /** Its full argv after argv[0] (default: this process's, from /proc/self/cmdline). */
+  args?: string[];
+  /** Its environment (default: the one this process started with, from /proc/self/environ). */
+  env?: Record<string, string>;
+  /** Its working directory (default: this process's at start-up). */
+  cwd?: string;
+  /** Call `process.exit(0)` once drained (default true). */
+  exitAfterDrain?: boolean;
+  /**
+   * A Unix socket path (mode 0600) on which this generation hands its listeners
+   * to an independently started process (SCM_RIGHTS) and answers the `instar`
+   * command. A process started with the same path takes over from the running
+   * one; with nobody there it listens fresh.
+   */
+  controlSocket?: string;
+  /**
+   * Talk to systemd: sd_notify over `NOTIFY_SOCKET` (READY, RELOADING,
+   * MAINPID, STOPPING, …) and adopt socket-activated listeners (`LISTEN_FDS`).
+   * Default: on when systemd set those variables; `false` turns both off.
+   */
+  systemd?: boolean;
+}
+
+/** Events an {@link Upgrader} emits, with their payloads. */
+export interface UpgraderEvents {
+  /** The state changed. */
+  state: { state: State };
+  /** An upgrade began. */
+  "upgrade-started": { generation: number };
+  /** The new generation's process exists. */
+  "upgrade-spawned": { pid: number };
+  /** The new generation said ready; this one drains now. */
+  "upgrade-succeeded": { pid: number; ms: number };
+  /** The upgrade failed; this generation serves on. */
+  "upgrade-failed": { error: UpgradeError };
+  /** This generation stopped accepting and drains. */
+  draining: { reason: ExitReason };
+  /** Draining finished; `forced` connections were closed at the drain timeout. */
+  drained: { forced: number };
+  /** Something worth a log line that is not an error of the caller's. */
+  warning: { message: string };
+}
+
+type Handler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
+
+interface StartInfo {
+  execPath: string;
+  argv: string[];
+  env: string[];
+  cwd: string;
+}
+
+function readNulList(path: string): string[] {
+  const parts = new TextDecoder().decode(readFileSync(path)).split("\0");
+  if (parts.at(-1) === "") parts.pop();
+  return parts;
+}
+
+// Captured when this module loads: the binary may be replaced on disk later
+// (Deno then reports "… (deleted)"), and process.env may have been changed
+// (Bun loads .env into it) — the next generation gets what this one started with.
+const START: StartInfo = (() => {
+  let argv: string[] = [], env: string[] = [];
+  try {
+    argv = readNulList("/proc/self/cmdline");
+    env = readNulList("/proc/self/environ");
+  } catch {
+    // no procfs: the defaults below still let the program run; upgrades need command/args/env
+  }
+  return {
+    execPath: process.execPath.replace(/ \(deleted\)$/, ""),
+    argv,
+    env,
+    cwd: process.cwd(),
+  };
+})();
+
+function listenKey(options: ListenOptions): string {
+  if ("fd" in options) {
+    invalid("listen() options", "{ fd }", "hostname/port or path: fds are managed by the Upgrader");
+  }
+  if ("path" in options) return `unix:${options.path}`;
+  return `tcp:${options.hostname ?? "0.0.0.0"}:${options.port}`;
+}
+
+function signalNumber(option: string, name: string): number {
+  const n = SIGNALS[name];
+  if (n === undefined) invalid(option, name, "a signal name such as SIGHUP");
+  if (name === "SIGUSR1") {
+    invalid(option, name, "another signal: Deno's inspector owns SIGUSR1");
+  }
+  if (name === "SIGKILL" || name === "SIGSTOP") {
+    invalid(option, name, "a signal that can be handled");
+  }
+  return n;
+}
+
+function msOption(option: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value <= 0) {
+    invalid(option, value, "a positive number of milliseconds");
+  }
+  return value;
+}
+
+/**
+ * The lifecycle of one generation of a server.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create({ pidFile: "/tmp/app.pid" });
+ * const listener = await up.listen({ port: 8080 });
+ * (async () => {
+ *   for await (const conn of listener) {
+ *     conn.readable.pipeTo(conn.writable).catch(() => {});
+ *   }
+ * })();
+ * await up.ready(); // the previous generation, if any, drains now
+ * console.log("exiting because of", await up.exit);
+ * ```
+ */
+export class Upgrader {
+  /** This generation's number: 1 for a fresh start, then 2, 3, … */
+  readonly generation: number;
+  /** The pid of the generation that started this one, or `null`. */
+  readonly parentPid: number | null;
+  /** Resolves with the reason this generation must stop; draining starts at the same moment. */
+  readonly exit: Promise<ExitReason>;
+  /** Resolves once draining has finished. */
+  readonly drained: Promise<void>;
+
+  #state: State = "starting";
+  #options: UpgraderOptions;
+  #readyTimeout: number;
+  #drainTimeout: number;
+  #inherited = new Map<string, { fd: number; addr: Addr }>();
+  #parent: Channel | null;
+  #listeners: { key: string; listener: Listener }[] = [];
+  #servers: { key: string; fd: number; addr: Addr; server: Server }[] = [];
+  #paused: PausedSocket[] = [];
+  #handlers = new Map<string, Set<(p: unknown) => void>>();
+  #resolveExit!: (r: ExitReason) => void;
+  #resolveDrained!: () => void;
+  #pending: { abort: (e: UpgradeError) => void } | null = null;
+  #children = new Set<number>();
+  #reaper: ReturnType<typeof setInterval> | undefined;
+  #signalHandlers: [string, () => void][] = [];
+  #notify: SystemdNotifier;
+  #activated: ActivatedSocket[] = [];
+
+  private constructor(
+    options: UpgraderOptions,
+    hello: Hello | null,
+    parent: Channel | null,
+  ) {
+    this.#options = options;
+    this.#readyTimeout = msOption("readyTimeout", options.readyTimeout, 60_000);
+    this.#drainTimeout = msOption("drainTimeout", options.drainTimeout, 30_000);
+    this.generation = hello?.generation ?? 1;
+    this.parentPid = hello?.pid ?? null;
+    this.#parent = parent;
+    for (const l of hello?.listeners ?? []) {
+      if (l.key.startsWith("control:")) this.#controlFd = l.fd;
+      else this.#inherited.set(l.key, { fd: l.fd, addr: l.addr });
+    }
+    this.#notify = systemdNotifier({ enabled: options.systemd !== false });
+    // Activated sockets belong to the first generation; later ones inherit through instar.
+    if (!hello && options.systemd !== false) {
+      const activation = activatedSockets();
+      this.#activated = activation.sockets.filter((s) => s.kind === "stream" && s.listening);
+      for (const s of activation.sockets) {
+        if (!this.#activated.includes(s)) sys.close(s.fd); // not ours to serve: don't hold it open
+      }
+    }
+    this.#wireSystemd();
+    this.exit = new Promise((r) => (this.#resolveExit = r));
+    this.drained = new Promise((r) => (this.#resolveDrained = r));
+  }
+
+  /**
+   * Starts the lifecycle. In a generation started by instar this reads the
+   * previous generation's message and checks every fd it names; a malformed
+   * message or a wrong fd throws `PROTOCOL_ERROR` (and tells the parent).
+   */
+  static create(options: UpgraderOptions = {}): Promise<Upgrader> {
+    const upgradeSignal = options.upgradeSignal === undefined ? "SIGHUP" : options.upgradeSignal;
+    const stopSignals = options.stopSignals ?? ["SIGTERM", "SIGINT"];
+    if (upgradeSignal !== null) signalNumber("upgradeSignal", upgradeSignal);
+    for (const s of stopSignals) signalNumber("stopSignals", s);
+    if (options.command !== undefined && !options.command.startsWith("/")) {
+      invalid("command", options.command, "an absolute path");
+    }
+
+    let { hello, channel } = readHello();
+    if (!hello && options.controlSocket) {
+      ({ hello, channel } = requestHandover(options.controlSocket));
+    }
+    const up = new Upgrader(options, hello, channel);
+    up.#installSignals(upgradeSignal, stopSignals);
+    return Promise.resolve(up);
+  }
+
+  /** Where this generation is in its life. */
+  get state(): State {
+    return this.#state;
+  }
+
+  /** This process's pid. */
+  get pid(): number {
+    return process.pid;
+  }
+
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on<K extends keyof UpgraderEvents>(event: K, handler: Handler<K>): () => void {
+    let set = this.#handlers.get(event);
+    if (!set) this.#handlers.set(event, set = new Set());
+    set.add(handler as (p: unknown) => void);
+    return () => set.delete(handler as (p: unknown) => void);
+  }
+
+  #emit<K extends keyof UpgraderEvents>(event: K, payload: UpgraderEvents[K]): void {
+    for (const h of this.#handlers.get(event) ?? []) {
+      try {
+        h(payload);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  // Type=notify-reload: RELOADING at the start of an upgrade, EXTEND_TIMEOUT
+  // while the child starts, MAINPID + READY from the old generation before it
+  // stops accepting (systemd must know the new main pid before the old exits),
+  // READY + STATUS after a failure, STOPPING on stop.
+  #wireSystemd(): void {
+    if (!this.#notify.enabled) return;
+    let extend: ReturnType<typeof setInterval> | undefined;
+    const EXTEND_USEC = 15_000_000;
+    this.on("upgrade-started", () => {
+      this.#sd((n) => n.reloading());
+      extend = setInterval(() => this.#sd((n) => n.extendTimeout(EXTEND_USEC)), 5_000);
+    });
+    this.on("upgrade-succeeded", ({ pid }) => {
+      clearInterval(extend);
+      this.#sd((n) => n.readyWithMainPid(pid));
+    });
+    this.on("upgrade-failed", ({ error }) => {
+      if (["in-progress", "not-ready", "stopping"].includes(error.reason)) return; // a refused trigger
+      clearInterval(extend);
+      this.#sd((n) => n.upgradeFailed(`upgrade failed: ${error.reason}`));
+    });
+    this.on("draining", ({ reason }) => {
+      if (reason === "stop") this.#sd((n) => n.stopping());
+    });
+  }
+
+  // systemd must not stop us because a notification failed: report and go on.
+  #sd(send: (n: SystemdNotifier) => boolean): void {
+    try {
+      send(this.#notify);
+    } catch (err) {
+      this.#emit("warning", { message: `sd_notify: ${(err as Error).message}` });
+    }
+  }
+
+  #setState(state: State): void {
+    this.#state = state;
+    this.#emit("state", { state });
+  }
+
+  /**
+   * A listener for `options`: the previous generation's socket when it passed
+   * one for the same options (port 0 keeps the port it got), a fresh one
+   * otherwise.
+   */
+  async listen(options: ListenOptions): Promise<Listener> {
+    const key = this.#newKey(options);
+    const fd = this.#claim(key, options);
+    const listener = await listen(fd === undefined ? options : { fd });
+    if (fd !== undefined) this.#holdUntilReady(listener.fd);
+    this.#listeners.push({ key, listener });
+    return listener;
+  }
+
+  /**
+   * Serves HTTP with the runtime's own server (`Deno.serve` / `Bun.serve`, at
+   * full speed) on a socket for `listenOptions` that survives upgrades, like
+   * {@link Upgrader.listen}'s. `options` are the runtime's server options
+   * (plus instar's `mode`); on a handover the server stops accepting, reads
+   * what it accepted, and drains within the drain timeout.
+   *
+   * @example
+   * ```ts
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create();
+   * await up.serve({ port: 8080 }, {}, () => new Response("hello"));
+   * await up.ready();
+   * ```
+   */
+  async serve(
+    listenOptions: ListenOptions,
+    options: Record<string, unknown> = {},
+    handler?: (req: Request, info?: unknown) => Response | Promise<Response>,
+  ): Promise<Server> {
+    const key = this.#newKey(listenOptions);
+    const claimed = this.#claim(key, listenOptions);
+    const { fd, addr } = await openSocket(claimed === undefined ? listenOptions : { fd: claimed });
+    try {
+      const server = await serve(fd, { drainTimeoutMs: this.#drainTimeout, ...options }, handler);
+      if (claimed !== undefined) this.#holdUntilReady(fd);
+      this.#servers.push({ key, fd, addr, server });
+      return server;
+    } catch (err) {
+      sys.close(fd);
+      throw err;
+    }
+  }
+
+  // A new generation accepts nothing on a shared socket before it is ready: the
+  // previous one serves until then, and a new version that dies before ready()
+  // takes no connection with it. (Synchronous right after the runtime started
+  // serving: its reactor has not run yet.)
+  #holdUntilReady(fd: number): void {
+    if (this.#state === "starting" && this.parentPid !== null) this.#paused.push(pauseSocket(fd));
+  }
+
+  #newKey(options: ListenOptions): string {
+    const key = listenKey(options);
+    if (this.#listeners.some((l) => l.key === key) || this.#servers.some((s) => s.key === key)) {
+      invalid("listen options", key, "an address this Upgrader does not listen on yet");
+    }
+    return key;
+  }
+
+  // The previous generation's socket for this key, or systemd's; undefined: open a fresh one.
+  #claim(key: string, options: ListenOptions): number | undefined {
+    const inherited = this.#inherited.get(key);
+    if (inherited) {
+      this.#inherited.delete(key);
+      return inherited.fd;
+    }
+    const activated = findActivated(
+      this.#activated,
+      options as Parameters<typeof findActivated>[1],
+    );
+    if (activated) {
+      this.#activated.splice(this.#activated.indexOf(activated), 1);
+      return activated.fd;
+    }
+    return undefined;
+  }
+
+  /**
+   * Declares this generation ready: unclaimed inherited sockets are closed,
+   * the PID file is written, and the previous generation is told to drain.
+   */
+  ready(): Promise<void> {
+    if (this.#state !== "starting") {
+      return Promise.reject(
+        new InstarError("INVALID_STATE", `ready() called in state ${this.#state}; call it once`),
+      );
+    }
+    for (const [key, { fd }] of this.#inherited) {
+      // Nobody will accept on it here: close it so the kernel stops queueing for us.
+      this.#emit("warning", { message: `inherited listener ${key} was not claimed; closing it` });
+      sys.close(fd);
+    }
+    this.#inherited.clear();
+    for (const s of this.#activated) {
+      this.#emit("warning", {
+        message: `socket-activated fd ${s.fd} (${s.name}) was not claimed; closing it`,
+      });
+      sys.close(s.fd);
+    }
+    this.#activated = [];
+    for (const p of this.#paused) resumeSocket(p);
+    this.#paused = [];
+    if (this.#options.pidFile) writePidFile(this.#options.pidFile, process.pid);
+    if (this.#parent) {
+      try {
+        this.#parent.send({ type: "ready", v: PROTOCOL_VERSION, pid: process.pid });
+      } catch (err) {
+        // The previous generation is gone; this one serves alone, which is the goal anyway.
+        this.#emit("warning", {
+          message: `could not tell the previous generation: ${(err as Error).message}`,
+        });
+      }
+      this.#parent.close();
+      this.#parent = null;
+    }
+    if (this.#options.controlSocket) this.#startControl(this.#options.controlSocket);
+    // A later generation is announced by the one it replaces (MAINPID + READY).
+    if (this.generation === 1) this.#sd((n) => n.ready());
+    this.#setState("ready");
+    return Promise.resolve();
+  }
+
+  #control: { fd: number; timer: ReturnType<typeof setInterval>; peers: Set<Channel> } | null =
+    null;
+
+  // The control socket: inherited from the previous generation, or created here.
+  #startControl(path: string): void {
+    let fd = this.#controlFd ?? -1;
+    this.#controlFd = null;
+    if (fd < 0) fd = bindControlSocket(path);
+    const peers = new Set<Channel>();
+    const timer = setInterval(() => this.#pollControl(), 50);
+    (timer as { unref?: () => void }).unref?.();
+    this.#control = { fd, timer, peers };
+  }
+
+  #controlFd: number | null = null;
+
+  #pollControl(): void {
+    const ctl = this.#control;
+    if (!ctl) return;
+    for (;;) {
+      let fd: number;
+      try {
+        fd = sys.accept4(ctl.fd, C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+      } catch (err) {
+        this.#emit("warning", { message: `control socket: ${(err as Error).message}` });
+        break;
+      }
+      if (fd < 0) break;
+      const peer = new Channel(fd);
+      if (sys.peerCred(fd).uid !== sys.getuid()) {
+        // Only the same user may take the listeners or drive upgrades.
+        try {
+          peer.send({
+            type: "failed",
+            v: PROTOCOL_VERSION,
+            reason: "forbidden",
+            message: "peer uid differs from the server's",
+          });
+        } catch { /* it may be gone */ }
+        peer.close();
+        this.#emit("warning", { message: "control socket: refused a peer with another uid" });
+        continue;
+      }
+      ctl.peers.add(peer);
+    }
+    for (const peer of ctl.peers) {
+      try {
+        for (const { msg } of peer.receive()) this.#onControlMessage(peer, messageOf(msg));
+        if (peer.eof) {
+          ctl.peers.delete(peer);
+          peer.close();
+        }
+      } catch (err) {
+        ctl.peers.delete(peer);
+        try {
+          peer.send({
+            type: "failed",
+            v: PROTOCOL_VERSION,
+            reason: "protocol-error",
+            message: (err as Error).message,
+          });
+        } catch { /* gone */ }
+        peer.close();
+      }
+    }
+  }
+
+  #onControlMessage(peer: Channel, m: ReturnType<typeof messageOf>): void {
+    const ctl = this.#control!;
+    const reply = (msg: Parameters<Channel["send"]>[0]) => {
+      try {
+        peer.send(msg);
+      } catch { /* the peer went away */ }
+    };
+    if (m.type === "status") {
+      reply({ type: "status-reply", v: PROTOCOL_VERSION, status: this.status() });
+      return;
+    }
+    if (m.type === "upgrade") {
+      const off = this.on(
+        "upgrade-spawned",
+        ({ pid }) => reply({ type: "progress", v: PROTOCOL_VERSION, event: "spawned", pid }),
+      );
+      this.upgrade().then(
+        (pid) => reply({ type: "upgraded", v: PROTOCOL_VERSION, pid }),
+        (err: UpgradeError) =>
+          reply({ type: "failed", v: PROTOCOL_VERSION, reason: err.reason, message: err.message }),
+      ).finally(() => {
+        off();
+        ctl.peers.delete(peer);
+        peer.close();
+      });
+      return;
+    }
+    if (m.type === "handover") {
+      ctl.peers.delete(peer); // handled below, not by the poller
+      this.#handover(peer, m.pid);
+      return;
+    }
+    protocolError(`unexpected ${m.type} message on the control socket`);
+  }
+
+  // An independently started process asked for the listeners.
+  #handover(peer: Channel, peerPid: number): void {
+    const refuse = (reason: UpgradeError) => {
+      try {
+        peer.send({
+          type: "failed",
+          v: PROTOCOL_VERSION,
+          reason: reason.reason,
+          message: reason.message,
+        });
+      } catch { /* gone */ }
+      peer.close();
+      this.#emit("upgrade-failed", { error: reason });
+    };
+    if (this.#state !== "ready") {
+      return refuse(
+        new UpgradeError(
+          this.#state === "upgrading" ? "in-progress" : "stopping",
+          `cannot hand over while ${this.#state}`,
+        ),
+      );
+    }
+    this.#setState("upgrading");
+    this.#emit("upgrade-started", { generation: this.generation + 1 });
+    this.#emit("upgrade-spawned", { pid: peerPid });
+    const started = performance.now();
+    const entries = this.#passable();
+    try {
+      peer.send(
+        {
+          type: "hello",
+          v: PROTOCOL_VERSION,
+          generation: this.generation + 1,
+          pid: process.pid,
+          transfer: "scm_rights",
+          listeners: entries.map((e, i) => ({ key: e.key, addr: e.addr, fd: i })),
+        },
+        entries.map((e) => e.fd),
+      );
+    } catch (err) {
+      this.#setState("ready");
+      return refuse(
+        new UpgradeError(
+          "protocol-error",
+          `could not send the listeners: ${(err as Error).message}`,
+          { pid: peerPid },
+        ),
+      );
+    }
+    const fail = (err: UpgradeError) => {
+      clearInterval(tick);
+      clearTimeout(timer);
+      this.#pending = null;
+      peer.close();
+      if (this.#state === "upgrading") this.#setState("ready");
+      this.#emit("upgrade-failed", { error: err });
+    };
+    this.#pending = { abort: fail };
+    const timer = setTimeout(
+      () =>
+        fail(
+          new UpgradeError(
+            "ready-timeout",
+            `process ${peerPid} was not ready within ${this.#readyTimeout} ms`,
+            { pid: peerPid },
+          ),
+        ),
+      this.#readyTimeout,
+    );
+    const tick = setInterval(() => {
+      try {
+        for (const { msg } of peer.receive()) {
+          const m = messageOf(msg);
+          if (m.type === "ready") {
+            clearInterval(tick);
+            clearTimeout(timer);
+            this.#pending = null;
+            peer.close();
+            this.#emit("upgrade-succeeded", { pid: peerPid, ms: performance.now() - started });
+            this.#beginExit("upgrade");
+            return;
+          }
+          if (m.type === "error") throw new Error(m.message);
+        }
+        if (peer.eof) {
+          fail(
+            new UpgradeError(
+              "exited",
+              `process ${peerPid} closed the control connection before it was ready`,
+              { pid: peerPid },
+            ),
+          );
+        }
+      } catch (err) {
+        fail(new UpgradeError("protocol-error", (err as Error).message, { pid: peerPid }));
+      }
+    }, 20);
+  }
+
+  /** What this generation reports about itself. */
+  status(): StatusReport {
+    return {
+      pid: process.pid,
+      generation: this.generation,
+      state: this.#state,
+      listeners: [
+        ...this.#listeners.map(({ listener }) => ({
+          addr: formatAddr(listener.addr),
+          connections: listener.connections,
+        })),
+        // The native HTTP servers keep no count: ask the kernel.
+        ...this.#servers.map(({ addr }) => ({
+          addr: formatAddr(addr),
+          connections: openConnections(addr),
+        })),
+      ],
+      parentPid: this.parentPid,
+    };
+  }
+
+  // Every socket the next generation gets: listeners, HTTP servers' sockets, the control socket.
+  #passable(): ListenerMeta[] {
+    const out: ListenerMeta[] = [
+      ...this.#listeners.map(({ key, listener }) => ({
+        key,
+        addr: listener.addr,
+        fd: listener.fd,
+      })),
+      ...this.#servers.map(({ key, addr, fd }) => ({ key, addr, fd })),
+    ];
+    if (this.#control) {
+      const path = this.#options.controlSocket!;
+      out.push({ key: `control:${path}`, addr: { transport: "unix", path }, fd: this.#control.fd });
+    }
+    return out;
+  }
+
+  /**
+   * Starts the next generation of the program as it now is on disk, hands it
+   * the listeners, and resolves with its pid once it is ready; this generation
+   * then drains. Rejects with an {@link UpgradeError} (and keeps serving) when
+   * the new generation exits, is killed, is not ready in time, cannot be
+   * executed, or breaks the protocol.
+   */
+  upgrade(): Promise<number> {
+    if (this.#state !== "ready") {
+      const err = this.#state === "upgrading"
+        ? new UpgradeError("in-progress", "an upgrade is already in flight; wait for its result")
+        : this.#state === "starting"
+        ? new UpgradeError("not-ready", "cannot upgrade before ready() was called")
+        : new UpgradeError("stopping", `cannot upgrade while ${this.#state}`);
+      this.#emit("upgrade-failed", { error: err });
+      return Promise.reject(err);
+    }
+    this.#setState("upgrading");
+    this.#emit("upgrade-started", { generation: this.generation + 1 });
+    const started = performance.now();
+    return this.#startChild().then(
+      (pid) => {
+        this.#emit("upgrade-succeeded", { pid, ms: performance.now() - started });
+        this.#beginExit("upgrade");
+        return pid;
+      },
+      (err: UpgradeError) => {
+        if (this.#state === "upgrading") this.#setState("ready");
+        this.#emit("upgrade-failed", { error: err });
+        throw err;
+      },
+    );
+  }
+
+  /** Stops this generation gracefully: stop accepting, drain, exit. */
+  stop(): void {
+    this.#pending?.abort(new UpgradeError("stopping", "the running generation is stopping"));
+    this.#beginExit("stop");
+  }
+
+  #installSignals(upgradeSignal: string | null, stopSignals: string[]): void {
+    if (upgradeSignal) {
+      const onUpgrade = () => {
+        this.upgrade().catch(() => {/* reported through the upgrade-failed event */});
+      };
+      process.on(upgradeSignal, onUpgrade);
+      this.#signalHandlers.push([upgradeSignal, onUpgrade]);
+    }
+    let stops = 0;
+    const onStop = () => {
+      if (++stops > 1) {
+        // A second stop signal: the operator does not want to wait for the drain.
+        for (const { listener } of this.#listeners) listener.closeConnections();
+        for (const { server } of this.#servers) void server.stop(true);
+        process.exit(1);
+      }
+      this.stop();
+    };
+    for (const s of stopSignals) {
+      process.on(s, onStop);
+      this.#signalHandlers.push([s, onStop]);
+    }
+  }
+
+  #startChild(): Promise<number> {
+    const opts = this.#options;
+    const [mine, theirs] = sys.socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+    const channel = new Channel(mine);
+    const listeners = this.#passable();
+    const env = opts.env
+      ? Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)
+      : START.env.filter((e) => !e.startsWith(`${CONTROL_FD_ENV}=`) && !e.startsWith("LISTEN_"));
+    env.push(`${CONTROL_FD_ENV}=${theirs}`);
+    const path = opts.command ?? START.execPath;
+    const argv = opts.args ? [path, ...opts.args] : START.argv.length ? START.argv : [path];
+    let pid: number;
+    try {
+      // The hello waits in the socket buffer, so the child reads it at once.
+      channel.send({
+        type: "hello",
+        v: PROTOCOL_VERSION,
+        generation: this.generation + 1,
+        pid: process.pid,
+        transfer: "inherit",
+        listeners,
+      });
+      pid = spawn({
+        path,
+        argv,
+        env,
+        cwd: opts.cwd ?? START.cwd,
+        fds: [...listeners.map((l) => l.fd), theirs],
+        backend: opts.spawnBackend ?? "auto",
+      });
+    } catch (err) {
+      channel.close();
+      sys.close(theirs);
+      const code = (err as InstarError).code ?? "UNKNOWN";
+      return Promise.reject(
+        new UpgradeError(
+          "exec-failed",
+          `could not start ${path}: ${(err as Error).message}`,
+          { errno: code },
+          { cause: err },
+        ),
+      );
+    }
+    sys.close(theirs);
+    this.#children.add(pid);
+    this.#emit("upgrade-spawned", { pid });
+    return new Promise<number>((resolve, reject) => {
+      let done = false;
+      const finish = (err: UpgradeError | null) => {
+        if (done) return;
+        done = true;
+        clearInterval(tick);
+        clearTimeout(timer);
+        this.#pending = null;
+        channel.close();
+        if (err) {
+          if (this.#children.has(pid)) this.#killAndReap(pid);
+          reject(err);
+        } else {
+          this.#reapLater();
+          resolve(pid);
+        }
+      };
+      this.#pending = { abort: (e) => finish(e) };
+      const timer = setTimeout(() => {
+        finish(
+          new UpgradeError(
+            "ready-timeout",
+            `generation ${
+              this.generation + 1
+            } (pid ${pid}) was not ready within ${this.#readyTimeout} ms; killed it`,
+            { pid },
+          ),
+        );
+      }, this.#readyTimeout);
+      const tick = setInterval(() => {
+        try {
+          for (const { msg } of channel.receive()) {
+            const m = messageOf(msg);
+            if (m.type === "ready") return finish(null);
+            if (m.type === "error") {
+              return finish(
+                new UpgradeError(
+                  "protocol-error",
+                  `generation ${this.generation + 1} refused the handover: ${m.message}`,
+                  { pid },
+                ),
+              );
+            }
+            protocolError(`unexpected ${m.type} message from the new generation`);
+          }
+        } catch (err) {
+          return finish(
+            new UpgradeError("protocol-error", (err as Error).message, { pid }, { cause: err }),
+          );
+        }
+        // A closed channel without ready means the child is ending: its exit status says why.
+        const end = sys.waitpidNoHang(pid);
+        if (end) {
+          this.#children.delete(pid);
+          finish(
+            end.exited
+              ? new UpgradeError(
+                "exited",
+                `generation ${
+                  this.generation + 1
+                } (pid ${pid}) exited with code ${end.code} before it was ready`,
+                { pid, exitCode: end.code },
+              )
+              : new UpgradeError(
+                "killed",
+                `generation ${this.generation + 1} (pid ${pid}) was killed by ${
+                  signalName(end.signal)
+                } before it was ready`,
+                { pid, signal: signalName(end.signal) },
+              ),
+          );
+        }
+      }, 20);
+    });
+  }
+
+  // Kills a child that failed its upgrade and reaps it before the failure is
+  // reported: no zombie is ever left. pidfd tells when it is gone.
+  #killAndReap(pid: number): void {
+    let pidfd = -1;
+    try {
+      pidfd = sys.pidfdOpen(pid);
+    } catch { /* kernel without pidfd: the poll below falls back to a timer */ }
+    try {
+      sys.kill(pid, SIGNALS.SIGKILL);
+      if (pidfd >= 0) sys.poll([{ fd: pidfd, events: C.POLLIN }], 2000);
+    } catch {
+      /* already gone */
+    } finally {
+      if (pidfd >= 0) sys.close(pidfd);
+    }
+    if (sys.waitpidNoHang(pid)) {
+      this.#children.delete(pid);
+      return;
+    }
+    const t = setInterval(() => {
+      if (sys.waitpidNoHang(pid)) {
+        this.#children.delete(pid);
+        clearInterval(t);
+      }
+    }, 10);
+  }
+
+  // Children that outlive the handover are reaped while this generation drains.
+  #reapLater(): void {
+    this.#reaper ??= setInterval(() => {
+      for (const pid of this.#children) {
+        try {
+          if (sys.waitpidNoHang(pid)) this.#children.delete(pid);
+        } catch {
+          this.#children.delete(pid);
+        }
+      }
+    }, 200);
+    (this.#reaper as { unref?: () => void }).unref?.();
+  }
+
+  #beginExit(reason: ExitReason): void {
+    if (this.#state === "draining" || this.#state === "stopped") return;
+    this.#setState("draining");
+    this.#resolveExit(reason);
+    this.#emit("draining", { reason });
+    for (const [sig, h] of this.#signalHandlers) {
+      // Keep stop signals (a second one forces the exit); drop the upgrade trigger.
+      if (sig === (this.#options.upgradeSignal ?? "SIGHUP")) process.off(sig, h);
+    }
+    void this.#drain(reason);
+  }
+
+  async #drain(reason: ExitReason): Promise<void> {
+    for (const { listener } of this.#listeners) listener.close();
+    if (this.#control) {
+      clearInterval(this.#control.timer);
+      for (const p of this.#control.peers) p.close();
+      // After a handover the socket file belongs to the next generation; on stop it goes.
+      const path = this.#options.controlSocket!;
+      if (reason === "stop" && !path.startsWith("@")) rmSync(path, { force: true });
+      sys.close(this.#control.fd);
+      this.#control = null;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    // serve()'s shutdown stops accepting, reads what it accepted, then drains.
+    const shutdowns = this.#servers.map(({ server }) =>
+      server.shutdown().catch((err) => {
+        this.#emit("warning", { message: `server shutdown: ${(err as Error).message}` });
+      })
+    );
+    const timedOut = await Promise.race([
+      Promise.all([
+        ...this.#listeners.map(({ listener }) => listener.drained()),
+        ...shutdowns,
+      ]).then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), this.#drainTimeout))),
+    ]);
+    clearTimeout(timer);
+    let forced = 0;
+    if (timedOut) {
+      for (const { listener } of this.#listeners) {
+        forced += listener.connections;
+        listener.closeConnections();
+      }
+      for (const { server, addr } of this.#servers) {
+        forced += openConnections(addr) ?? 0;
+        await server.stop(true).catch(() => {});
+      }
+    }
+    for (const { fd } of this.#servers) sys.close(fd);
+    if (reason === "stop" && this.#options.pidFile) removePidFileIfOurs(this.#options.pidFile);
+    for (const [sig, h] of this.#signalHandlers) process.off(sig, h);
+    this.#setState("stopped");
+    this.#emit("drained", { forced });
+    this.#resolveDrained();
+    if (this.#options.exitAfterDrain ?? true) process.exit(0);
+  }
+}
+
+/** Reads and checks the previous generation's hello, if this process was started by one. */
+function readHello(): { hello: Hello | null; channel: Channel | null } {
+  const raw = process.env[CONTROL_FD_ENV];
+  if (raw === undefined) return { hello: null, channel: null };
+  delete process.env[CONTROL_FD_ENV];
+  if (!/^\d+$/.test(raw)) {
+    protocolError(`${CONTROL_FD_ENV}=${JSON.stringify(raw)} is not an fd number`);
+  }
+  const fd = Number(raw);
+  let channel: Channel;
+  try {
+    sys.setCloexec(fd, true);
+    channel = new Channel(fd);
+  } catch (err) {
+    throw new InstarError(
+      "PROTOCOL_ERROR",
+      `instar control protocol: ${CONTROL_FD_ENV}=${fd} is not an open socket (${
+        (err as Error).message
+      })`,
+      { cause: err },
+    );
+  }
+  return { hello: receiveHello(channel, "inherit"), channel };
+}
+
+/**
+ * Reads the hello on `channel` and checks every fd it names. Received fds are
+ * mapped by index (scm_rights); inherited ones are taken by number (inherit).
+ * On any fault the peer is told, every received fd is closed, and it throws.
+ */
+function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
+  let received: number[] = [];
+  try {
+    const { msg, fds } = channel.receiveSync(10_000);
+    received = fds;
+    const hello = validateHello(msg);
+    if (hello.transfer !== transfer) {
+      protocolError(`expected ${transfer} transfer, got ${hello.transfer}`);
+    }
+    if (transfer === "inherit") {
+      for (const f of received) sys.close(f); // nothing may arrive attached
+      received = [];
+    } else {
+      if (received.length !== hello.listeners.length) {
+        protocolError(
+          `${hello.listeners.length} listeners announced, ${received.length} fds received`,
+        );
+      }
+      for (const l of hello.listeners) {
+        if (l.fd >= received.length) protocolError(`listener ${l.key} names fd index ${l.fd}`);
+        l.fd = received[l.fd];
+      }
+    }
+    for (const l of hello.listeners) {
+      checkListeningFd(l.fd, l.addr, l.key);
+      sys.setCloexec(l.fd, true); // never leak into the program's own children
+    }
+    return hello;
+  } catch (err) {
+    for (const f of received) sys.close(f);
+    try {
+      channel.send({
+        type: "error",
+        v: PROTOCOL_VERSION,
+        pid: process.pid,
+        message: (err as Error).message,
+      });
+    } catch { /* the parent is gone; the error below still says what happened */ }
+    channel.close();
+    throw err;
+  }
+}
+
+/**
+ * Connects to a running generation's control socket and asks for its
+ * listeners. Nobody there (no file, or a stale one): a fresh start.
+ */
+function requestHandover(path: string): { hello: Hello | null; channel: Channel | null } {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  try {
+    sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+  } catch (err) {
+    sys.close(fd);
+    const code = (err as InstarError).code;
+    if (code === "ENOENT" || code === "ECONNREFUSED") return { hello: null, channel: null };
+    throw err;
+  }
+  if (sys.peerCred(fd).uid !== sys.getuid()) {
+    sys.close(fd);
+    throw new InstarError(
+      "PERMISSION_DENIED",
+      `control socket ${path} belongs to another user; refusing its listeners`,
+    );
+  }
+  const channel = new Channel(fd);
+  channel.send({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid });
+  return { hello: receiveHello(channel, "scm_rights"), channel };
+}
+
+/** Creates the control socket at `path`, replacing a stale file, readable by this user only. */
+function bindControlSocket(path: string): number {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    const addr = encodeUnix(path);
+    try {
+      sys.bind(fd, addr, `control socket ${path}`);
+    } catch (err) {
+      if ((err as InstarError).code !== "EADDRINUSE") throw err;
+      // A file is there but nobody answered requestHandover(): it is stale.
+      if (path.startsWith("@")) throw err; // abstract names have no file to remove
+      rmSync(path, { force: true });
+      sys.bind(fd, addr, `control socket ${path}`);
+    }
+    // Before listen(): nobody can connect in between. Abstract names have no mode;
+    // SO_PEERCRED still refuses other users.
+    if (!path.startsWith("@")) chmodSync(path, 0o600);
+    sys.listenFd(fd, 64);
+    return fd;
+  } catch (err) {
+    sys.close(fd);
+    throw err;
+  }
+}
+
+/**
+ * Established TCP connections of this process on `addr`'s local port, from
+ * /proc/net/tcp{,6} and /proc/self/fd; `null` for Unix sockets or without procfs.
+ */
+function openConnections(addr: Addr): number | null {
+  if (addr.transport !== "tcp") return null;
+  try {
+    const mine = new Set<string>();
+    for (const e of readdirSync("/proc/self/fd")) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${e}`));
+        if (m) mine.add(m[1]);
+      } catch { /* closed meanwhile */ }
+    }
+    const port = addr.port.toString(16).toUpperCase().padStart(4, "0");
+    let n = 0;
+    for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+      for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+        const f = line.trim().split(/\s+/);
+        // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
+        if (f.length > 9 && f[1].endsWith(`:${port}`) && f[3] === "01" && mine.has(f[9])) n++;
+      }
+    }
+    return n;
+  } catch {
+    return null;
+  }
+}
+
+function writePidFile(path: string, pid: number): void {
+  const tmp = `${path}.${pid}.tmp`;
+  writeFileSync(tmp, `${pid}\n`);
+  renameSync(tmp, path);
+}
+
+function removePidFileIfOurs(path: string): void {
+  try {
+    if (readFileSync(path, "utf8").trim() === String(process.pid)) rmSync(path);
+  } catch { /* already gone */ }
+}
+
+/**
+ * Writes one line per lifecycle event of `up` to stderr (or `write`), e.g.
+ * `[app pid=4242 gen=2] upgrade-failed: exited: generation 3 (pid 4250) exited with code 1…`.
+ *
+ * @example
+ * ```ts
+ * import { logLifecycle, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * logLifecycle(up, "api");
+ * ```
+ */
+export function logLifecycle(
+  up: Upgrader,
+  name = "instar",
+  write: (line: string) => void = (line) => process.stderr.write(line + "\n"),
+): void {
+  const say = (what: string) => write(`[${name} pid=${up.pid} gen=${up.generation}] ${what}`);
+  up.on("state", ({ state }) => {
+    if (state === "ready") {
+      const addrs = up.status().listeners.map((l) => l.addr).join(", ");
+      say(`ready on ${addrs || "(no listeners)"}`);
+    }
+  });
+  up.on(
+    "upgrade-started",
+    ({ generation }) => say(`upgrade-started: starting generation ${generation}`),
+  );
+  up.on("upgrade-spawned", ({ pid }) => say(`upgrade-spawned: pid ${pid}`));
+  up.on(
+    "upgrade-succeeded",
+    ({ pid, ms }) => say(`upgrade-succeeded: pid ${pid} ready after ${ms.toFixed(0)} ms`),
+  );
+  up.on("upgrade-failed", ({ error }) => say(`upgrade-failed: ${error.reason}: ${error.message}`));
+  up.on("draining", ({ reason }) => say(`draining: ${reason}`));
+  up.on(
+    "drained",
+    ({ forced }) => say(`drained: ${forced} connection(s) closed at the drain timeout`),
+  );
+  up.on("warning", ({ message }) => say(`warning: ${message}`));
+}

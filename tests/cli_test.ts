@@ -1,0 +1,340 @@
+// Black-box tests of the `instar` command (src/cli.ts) against real echo
+// servers of this runtime, and of the handoff between two independently
+// started processes over the control socket.
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { runEchoLoad } from "../bench/load_client.ts";
+import * as sys from "../src/ffi/mod.ts";
+import { encodeUnix } from "../src/ffi/sockaddr.ts";
+import {
+  alive,
+  type CommandResult,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  sleep,
+  startServer,
+} from "./helpers.ts";
+
+const CLI = join(ROOT, "src", "cli.ts");
+const ECHO = join(ROOT, "examples", "echo_server.ts");
+const GOOD = `import ${JSON.stringify(ECHO)};\n`;
+const EXITS = `import process from "node:process";\nprocess.exit(3);\n`;
+const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+
+const dirs: string[] = [];
+const servers: ServerProcess[] = [];
+
+after(() => {
+  for (const s of servers) s.killAll();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  dirs.push(dir);
+  return dir;
+}
+
+function instar(args: string[], env: Record<string, string> = {}): Promise<CommandResult> {
+  return runCommand(runtimeCmd(RUNTIME, CLI, args), { env, timeoutMs: 90_000 });
+}
+
+/** Runs the CLI as uid/gid 65534 (nobody), with a HOME it may write its caches to. */
+function instarAsNobody(args: string[]): Promise<CommandResult> {
+  const home = tempDir("instar-nobody-");
+  chmodSync(home, 0o777);
+  return runCommand([...NOBODY, ...runtimeCmd(RUNTIME, CLI, args)], {
+    env: { HOME: home, DENO_DIR: join(home, "deno"), XDG_CACHE_HOME: home },
+    timeoutMs: 90_000,
+  });
+}
+
+/** A deploy directory whose server.ts imports the echo example; `deploy` swaps in other code. */
+function deployDir(): { dir: string; script: string; deploy(source: string): void } {
+  const dir = tempDir("instar-cli-");
+  // Other users may traverse it: the socket's own mode must be what refuses them.
+  chmodSync(dir, 0o755);
+  const script = join(dir, "server.ts");
+  const deploy = (source: string) => writeFileSync(script, source);
+  deploy(GOOD);
+  return { dir, script, deploy };
+}
+
+async function startEcho(
+  script: string,
+  args: string[],
+): Promise<{ server: ServerProcess; port: number }> {
+  const server = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", ...args]));
+  servers.push(server);
+  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
+  return { server, port: Number(m[1]) };
+}
+
+function echoOnce(port: number, conn?: net.Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = conn ?? net.connect({ host: "127.0.0.1", port });
+    const msg = `hello ${Math.random()}\n`;
+    let got = "";
+    const onData = (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= msg.length) {
+        s.off("data", onData);
+        if (!conn) s.destroy();
+        got === msg ? resolve() : reject(new Error(`echo mismatch ${JSON.stringify(got)}`));
+      }
+    };
+    s.on("data", onData);
+    s.once("error", reject);
+    if (conn) s.write(msg);
+    else s.once("connect", () => s.write(msg));
+  });
+}
+
+async function waitGone(pid: number): Promise<boolean> {
+  for (let t = 0; t < 600 && alive(pid); t++) await sleep(50);
+  return !alive(pid);
+}
+
+function show(r: CommandResult): string {
+  return `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
+}
+
+describe(`instar command (${RUNTIME})`, () => {
+  test("--help of every command prints its usage and exits 0", async () => {
+    for (
+      const [args, text] of [
+        [["--help"], /Commands:\n\s+upgrade[\s\S]*status/],
+        [["-h"], /Commands:/],
+        [["help"], /Commands:/],
+        [["upgrade", "--help"], /instar upgrade --pid-file <path>/],
+        [["upgrade", "-h"], /Exit status: 0/],
+        [["status", "--help"], /instar status --control <path> \[--json\]/],
+      ] as const
+    ) {
+      const r = await instar([...args]);
+      assert.equal(r.code, 0, `${args.join(" ")}: ${show(r)}`);
+      assert.match(r.stdout, text, args.join(" "));
+      assert.equal(r.stderr, "");
+    }
+  });
+
+  test("bad usage prints one line naming the problem and exits 2", async () => {
+    for (
+      const [args, text] of [
+        [["frobnicate"], /unknown command "frobnicate"/],
+        [["upgrade", "--control", "/x", "--bogus"], /bogus/],
+        [["status"], /exactly one of --control <path> or --pid-file <path>/],
+        [["upgrade", "--control", "/a", "--pid-file", "/b"], /exactly one of/],
+        [["upgrade", "--control", "/a", "--timeout", "abc"], /--timeout abc is not a positive/],
+        [["upgrade", "--control", "/a", "--timeout=0"], /--timeout 0 is not a positive/],
+        [["upgrade", "--control", "/a", "--timeout", "-5"], /'--timeout' argument is ambiguous/],
+        [
+          ["upgrade", "--pid-file", "/a", "--signal", "SIGUSR1"],
+          /--signal SIGUSR1 is not an upgrade signal/,
+        ],
+        [["status", "--control", "/a", "--signal", "SIGHUP"], /--signal applies only to upgrade/],
+        [["status", "--control", "/a", "stray"], /stray|positional/i],
+      ] as const
+    ) {
+      const r = await instar([...args]);
+      assert.equal(r.code, 2, `${args.join(" ")}: ${show(r)}`);
+      const lines = r.stderr.trimEnd().split("\n");
+      assert.equal(lines.length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
+      assert.match(lines[0], /^instar: /);
+      assert.match(lines[0], text);
+      assert.equal(r.stdout, "");
+    }
+  });
+
+  test("no server at the path is a clear error with exit 1", async () => {
+    const dir = tempDir("instar-cli-none-");
+    const missing = join(dir, "nobody.sock");
+    for (const cmd of ["status", "upgrade"]) {
+      const r = await instar([cmd, "--control", missing]);
+      assert.equal(r.code, 1, show(r));
+      assert.match(r.stderr, new RegExp(`^instar: no server answers on ${missing} \\(ENOENT\\)`));
+    }
+    // A socket file nobody listens on any more (a crashed server): ECONNREFUSED.
+    const stale = join(dir, "stale.sock");
+    const fd = sys.socket(sys.C.AF_UNIX, sys.C.SOCK_STREAM | sys.C.SOCK_CLOEXEC);
+    sys.bind(fd, encodeUnix(stale));
+    sys.close(fd);
+    const refused = await instar(["status", "--control", stale]);
+    assert.equal(refused.code, 1, show(refused));
+    assert.match(refused.stderr, /no server answers on .*\(ECONNREFUSED\)/);
+    const r = await instar(["status", "--pid-file", join(dir, "none.pid")]);
+    assert.equal(r.code, 1, show(r));
+    assert.match(r.stderr, /^instar: cannot read PID file /);
+    writeFileSync(join(dir, "bad.pid"), "garbage\n");
+    const bad = await instar(["upgrade", "--pid-file", join(dir, "bad.pid")]);
+    assert.equal(bad.code, 1, show(bad));
+    assert.match(bad.stderr, /holds "garbage", not a pid/);
+  });
+
+  describe("against a running server", () => {
+    const { dir, script, deploy } = deployDir();
+    const ctl = join(dir, "ctl.sock");
+    const pidFile = join(dir, "app.pid");
+    let server: ServerProcess;
+    let port = 0;
+    let current = 0;
+
+    test("status reports pid, generation, state and listeners with connection counts", async () => {
+      ({ server, port } = await startEcho(script, [
+        "--control",
+        ctl,
+        "--pid-file",
+        pidFile,
+        "--ready-timeout",
+        "20000",
+      ]));
+      current = server.pid;
+      const text = await instar(["status", "--control", ctl]);
+      assert.equal(text.code, 0, show(text));
+      assert.equal(
+        text.stdout,
+        `pid ${current}  generation 1  state ready\n  127.0.0.1:${port}  0 open connection(s)\n`,
+      );
+      const open = net.connect({ host: "127.0.0.1", port });
+      await new Promise((r) => open.once("connect", r));
+      await echoOnce(port, open); // accepted and counted
+      const json = await instar(["status", "--control", ctl, "--json"]);
+      open.destroy();
+      assert.equal(json.code, 0, show(json));
+      const s = JSON.parse(json.stdout);
+      assert.equal(s.pid, current);
+      assert.equal(s.generation, 1);
+      assert.equal(s.state, "ready");
+      assert.deepEqual(s.listeners, [{ addr: `127.0.0.1:${port}`, connections: 1 }]);
+      assert.equal(s.parentPid, null);
+      const byPid = await instar(["status", "--pid-file", pidFile, "--json"]);
+      assert.equal(byPid.code, 0, show(byPid));
+      assert.deepEqual(JSON.parse(byPid.stdout), { pid: current, running: true });
+    });
+
+    test("upgrade --control prints the new pid, which then serves", async () => {
+      const r = await instar(["upgrade", "--control", ctl]);
+      assert.equal(r.code, 0, show(r));
+      const pid = Number(r.stdout.trim());
+      assert.ok(Number.isInteger(pid) && pid > 0 && pid !== current, r.stdout);
+      assert.match(r.stderr, /upgrade requested/);
+      await server.waitFor(new RegExp(`pid=${pid} gen=2\\] ready on`));
+      await echoOnce(port);
+      const s = await instar(["status", "--control", ctl, "--json"]);
+      assert.equal(s.code, 0, show(s));
+      assert.equal(JSON.parse(s.stdout).pid, pid);
+      assert.equal(JSON.parse(s.stdout).generation, 2);
+      assert.ok(await waitGone(current), "the old generation exits after draining");
+      current = pid;
+    });
+
+    test("upgrade --control of a broken deploy exits 1 and names the reason", async () => {
+      current = Number(readFileSync(pidFile, "utf8")); // whatever an earlier test left running
+      deploy(EXITS);
+      const r = await instar(["upgrade", "--control", ctl]);
+      deploy(GOOD);
+      assert.equal(r.code, 1, show(r));
+      assert.match(r.stderr, /upgrade failed: exited: .*exited with code 3/);
+      assert.equal(r.stdout, "");
+      await echoOnce(port);
+      const s = await instar(["status", "--control", ctl, "--json"]);
+      assert.equal(JSON.parse(s.stdout).pid, current, "the running generation keeps serving");
+      assert.equal(JSON.parse(s.stdout).state, "ready");
+    });
+
+    test("upgrade --pid-file signals the server and prints the new pid", async () => {
+      current = Number(readFileSync(pidFile, "utf8"));
+      const r = await instar(["upgrade", "--pid-file", pidFile]);
+      assert.equal(r.code, 0, show(r));
+      const pid = Number(r.stdout.trim());
+      assert.ok(pid > 0 && pid !== current, r.stdout);
+      assert.equal(readFileSync(pidFile, "utf8").trim(), String(pid));
+      await echoOnce(port);
+      assert.ok(await waitGone(current));
+      current = pid;
+      process.kill(current, "SIGTERM");
+      assert.ok(await waitGone(current), "SIGTERM stops the last generation");
+    });
+  });
+});
+
+describe(`handoff between independent processes (${RUNTIME})`, () => {
+  test("a second process with the same control path takes the listeners; no request fails", async () => {
+    const { dir, script } = deployDir();
+    const ctl = join(dir, "ctl.sock");
+    const { server: first, port } = await startEcho(script, ["--control", ctl]);
+    const ac = new AbortController();
+    const load = runEchoLoad({ port, connections: 6, durationMs: 90_000, signal: ac.signal });
+    let second: ServerProcess | undefined;
+    try {
+      await sleep(300);
+      second = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl]));
+      servers.push(second);
+      const m = await second.waitFor(/pid=(\d+) gen=2\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
+      assert.equal(Number(m[2]), port, "the same socket, so the same port");
+      await first.waitFor(/upgrade-succeeded/, 30_000);
+      assert.equal(await first.exited, 0, "the first process drains and exits");
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await load;
+    assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    assert.ok(r.ok > 20, `only ${r.ok} exchanges`);
+    await echoOnce(port);
+    const s = await instar(["status", "--control", ctl, "--json"]);
+    assert.equal(s.code, 0, show(s));
+    assert.equal(JSON.parse(s.stdout).pid, second.pid, "the control socket moved too");
+    assert.equal(JSON.parse(s.stdout).generation, 2);
+    process.kill(second.pid, "SIGTERM");
+    assert.equal(await second.exited, 0);
+  });
+
+  test("another user is refused: by the socket's mode, and by SO_PEERCRED when the mode allows", async () => {
+    const { dir, script } = deployDir();
+    const ctl = join(dir, "ctl.sock");
+    const { server, port } = await startEcho(script, ["--control", ctl]);
+    assert.equal(statSync(ctl).mode & 0o777, 0o600);
+
+    // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
+    const byMode = await instarAsNobody(["status", "--control", ctl]);
+    assert.equal(byMode.code, 1, show(byMode));
+    assert.match(byMode.stderr, /EACCES/);
+
+    // 2. With the mode opened up, the server's peer-credential check refuses.
+    chmodSync(ctl, 0o666);
+    const from = server.lines.length;
+    const status = await instarAsNobody(["status", "--control", ctl]);
+    assert.equal(status.code, 1, show(status));
+    assert.match(status.stderr, /forbidden: peer uid differs/);
+    const upgrade = await instarAsNobody(["upgrade", "--control", ctl]);
+    assert.equal(upgrade.code, 1, show(upgrade));
+    assert.match(upgrade.stderr, /forbidden/);
+    await server.waitFor(/refused a peer with another uid/, 10_000, from);
+
+    // 3. A process of another user started with the same control path refuses
+    //    a server that is not its own instead of taking its listeners.
+    const home = tempDir("instar-nobody-");
+    chmodSync(home, 0o777);
+    const thief = await runCommand(
+      [...NOBODY, ...runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl])],
+      { env: { HOME: home, DENO_DIR: join(home, "deno") }, timeoutMs: 60_000 },
+    );
+    assert.notEqual(thief.code, 0, show(thief));
+    assert.match(thief.stderr, /belongs to another user/);
+
+    assert.ok(!server.lines.slice(from).some((l) => /upgrade-(started|succeeded)/.test(l)));
+    await echoOnce(port);
+    assert.equal(alive(server.pid), true);
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0);
+  });
+});

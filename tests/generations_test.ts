@@ -1,0 +1,260 @@
+// Black-box tests of upgrades: real servers of this runtime, both spawn
+// backends, real load counting every failure.
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { runEchoLoad } from "../bench/load_client.ts";
+import {
+  alive,
+  fdTable,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  sleep,
+  startServer,
+  zombieChildren,
+} from "./helpers.ts";
+
+const BACKENDS = ["fork", "posix_spawn"] as const;
+const dirs: string[] = [];
+const servers: ServerProcess[] = [];
+
+after(() => {
+  for (const s of servers) s.killAll();
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+/** A deploy directory whose server.ts is the echo example, replaceable by a broken one. */
+function deployDir(): { dir: string; script: string; deploy(source: string): void } {
+  const dir = mkdtempSync(join(tmpdir(), "instar-gen-"));
+  dirs.push(dir);
+  const script = join(dir, "server.ts");
+  const deploy = (source: string) => writeFileSync(script, source);
+  deploy(GOOD);
+  return { dir, script, deploy };
+}
+
+const GOOD = `import ${JSON.stringify(join(ROOT, "examples", "echo_server.ts"))};\n`;
+const THROWS = `throw new Error("broken deploy: throws at start-up");\n`;
+const EXITS = `import process from "node:process";\nprocess.exit(1);\n`;
+const NEVER_READY = `import { Upgrader } from ${JSON.stringify(join(ROOT, "mod.ts"))};
+const up = await Upgrader.create();
+await up.listen({ hostname: "127.0.0.1", port: 0 });
+setInterval(() => {}, 1000); // never calls ready()
+`;
+
+async function start(
+  backend: string,
+  extra: string[] = [],
+): Promise<{ server: ServerProcess; port: number; deploy: (s: string) => void; dir: string }> {
+  const { script, deploy, dir } = deployDir();
+  const server = startServer(
+    runtimeCmd(RUNTIME, script, ["--port", "0", "--spawn-backend", backend, ...extra]),
+  );
+  servers.push(server);
+  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/);
+  return { server, port: Number(m[1]), deploy, dir };
+}
+
+async function upgradeAndWait(server: ServerProcess, pid: number): Promise<RegExpMatchArray> {
+  const from = server.lines.length;
+  process.kill(pid, "SIGHUP");
+  return await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
+}
+
+function echoOnce(port: number, conn?: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = conn ?? net.connect({ host: "127.0.0.1", port });
+    const msg = `hello ${Math.random()}\n`;
+    let got = "";
+    const onData = (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= msg.length) {
+        s.off("data", onData);
+        if (!conn) s.destroy();
+        got === msg ? resolve(got) : reject(new Error(`mismatch ${got}`));
+      }
+    };
+    s.on("data", onData);
+    s.once("error", reject);
+    if (conn || (s as net.Socket).readyState === "open") s.write(msg);
+    else s.once("connect", () => s.write(msg));
+  });
+}
+
+for (const backend of BACKENDS) {
+  describe(`upgrades (${RUNTIME}, ${backend})`, () => {
+    test("20 consecutive upgrades under load lose no connection", async () => {
+      const { server } = await start(backend);
+      const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/))[1]);
+      const ac = new AbortController();
+      const load = runEchoLoad({ port, connections: 8, durationMs: 120_000, signal: ac.signal });
+      let current = server.pid;
+      try {
+        for (let i = 0; i < 20; i++) {
+          const m = await upgradeAndWait(server, current);
+          assert.equal(m[1], "succeeded", m[2]);
+          current = Number(/pid (\d+)/.exec(m[2])![1]);
+          await server.waitFor(new RegExp(`pid=${current} gen=${i + 2}\\] ready on`), 30_000);
+        }
+      } finally {
+        ac.abort();
+      }
+      const r = await load;
+      assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+      assert.ok(r.ok > 100, `only ${r.ok} exchanges`);
+      assert.equal(alive(current), true);
+      process.kill(current, "SIGTERM");
+    });
+
+    test("a connection opened before an upgrade keeps working until it closes", async () => {
+      const { server, port } = await start(backend);
+      const conn = net.connect({ host: "127.0.0.1", port });
+      await new Promise((r) => conn.once("connect", r));
+      await echoOnce(port, conn);
+      const m = await upgradeAndWait(server, server.pid);
+      assert.equal(m[1], "succeeded", m[2]);
+      const child = Number(/pid (\d+)/.exec(m[2])![1]);
+      await echoOnce(port, conn); // served by the draining generation
+      assert.equal(alive(server.pid), true, "old generation drains while the connection is open");
+      await echoOnce(port); // new connections reach the new generation
+      conn.end();
+      assert.equal(await server.exited, 0, "old generation exits once drained");
+      assert.equal(alive(child), true);
+      process.kill(child, "SIGTERM");
+    });
+
+    for (
+      const [name, source, reason] of [
+        ["throws at start-up", THROWS, "exited"],
+        ["exits 1", EXITS, "exited"],
+        ["never becomes ready", NEVER_READY, "ready-timeout"],
+      ] as const
+    ) {
+      test(`a broken deploy that ${name} leaves the old generation serving`, async () => {
+        const { server, port, deploy } = await start(backend, ["--ready-timeout", "3000"]);
+        const ac = new AbortController();
+        const load = runEchoLoad({ port, connections: 4, durationMs: 60_000, signal: ac.signal });
+        deploy(source);
+        const m = await upgradeAndWait(server, server.pid);
+        ac.abort();
+        assert.equal(m[1], "failed");
+        assert.match(m[2], new RegExp(`^${reason}: `));
+        const r = await load;
+        assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+        await echoOnce(port);
+        assert.deepEqual(zombieChildren(server.pid), []);
+        deploy(GOOD);
+        const again = await upgradeAndWait(server, server.pid);
+        assert.equal(again[1], "succeeded", "a later upgrade can be tried again");
+        const child = Number(/pid (\d+)/.exec(again[2])![1]);
+        await server.exited;
+        process.kill(child, "SIGTERM");
+      });
+    }
+  });
+}
+
+describe(`generations (${RUNTIME})`, () => {
+  test("50 upgrades keep the fd count and zombies flat", async () => {
+    const { server } = await start("auto");
+    let current = server.pid;
+    const counts: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const m = await upgradeAndWait(server, current);
+      assert.equal(m[1], "succeeded", m[2]);
+      const next = Number(/pid (\d+)/.exec(m[2])![1]);
+      await server.waitFor(new RegExp(`pid=${next} gen=${i + 2}\\] ready on`), 30_000);
+      // wait until the previous generation has exited, then measure the new one
+      for (let t = 0; t < 200 && alive(current); t++) await sleep(25);
+      assert.equal(alive(current), false, `generation ${i + 1} exited`);
+      current = next;
+      counts.push(fdTable(current).size);
+      assert.deepEqual(zombieChildren(current), []);
+    }
+    const first = counts.slice(0, 5), last = counts.slice(-5);
+    assert.ok(
+      Math.max(...last) <= Math.max(...first) + 2,
+      `fd count grew: first ${first} last ${last}`,
+    );
+    process.kill(current, "SIGTERM");
+  });
+
+  test("only the listener and the control channel are passed to the new generation", async () => {
+    const { server, port } = await start("auto");
+    const idle = net.connect({ host: "127.0.0.1", port }); // an accepted connection in the parent
+    await new Promise((r) => idle.once("connect", r));
+    await echoOnce(port, idle);
+    // fds 0-2 are the test's pipes (socketpairs under Bun), inherited on purpose, and
+    // the runtime may hold duplicates of them.
+    const table = fdTable(server.pid);
+    const stdio = new Set([0, 1, 2].map((fd) => table.get(fd)));
+    const sockets = (pid: number) =>
+      [...fdTable(pid).values()].filter((l) => l.startsWith("socket:") && !stdio.has(l));
+    const parentSockets = new Set(sockets(server.pid));
+    const m = await upgradeAndWait(server, server.pid);
+    const child = Number(/pid (\d+)/.exec(m[2])![1]);
+    // The child may hold the listening socket twice (instar's fd and the runtime's duplicate).
+    const shared = new Set(sockets(child).filter((l) => parentSockets.has(l)));
+    assert.equal(shared.size, 1, `child shares ${[...shared]} with its parent`);
+    idle.end();
+    await server.exited;
+    process.kill(child, "SIGTERM");
+  });
+
+  test("the PID file names the ready generation, also after a failed upgrade", async () => {
+    const { dir } = deployDir();
+    const pidFile = join(dir, "app.pid");
+    const { server, deploy } = await start("auto", [
+      "--pid-file",
+      pidFile,
+      "--ready-timeout",
+      "3000",
+    ]);
+    assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
+    deploy(EXITS);
+    const failed = await upgradeAndWait(server, server.pid);
+    assert.equal(failed[1], "failed");
+    assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
+    deploy(GOOD);
+    const m = await upgradeAndWait(server, server.pid);
+    const child = Number(/pid (\d+)/.exec(m[2])![1]);
+    assert.equal(readFileSync(pidFile, "utf8").trim(), String(child));
+    await server.exited;
+    process.kill(child, "SIGTERM");
+    for (let t = 0; t < 200 && alive(child); t++) await sleep(25);
+    assert.throws(
+      () => readFileSync(pidFile),
+      { code: "ENOENT" },
+      "a stopped server removes its PID file",
+    );
+  });
+
+  test("an upgrade triggered while one is in flight is rejected with a clear reason", async () => {
+    const { server, deploy } = await start("auto", ["--ready-timeout", "2000"]);
+    deploy(NEVER_READY);
+    const from = server.lines.length;
+    process.kill(server.pid, "SIGHUP");
+    await server.waitFor(/upgrade-spawned/, 10_000, from);
+    process.kill(server.pid, "SIGHUP");
+    const m = await server.waitFor(/upgrade-failed: in-progress: (.*)/, 10_000, from);
+    assert.match(m[1], /already in flight/);
+    const t = await server.waitFor(/upgrade-failed: ready-timeout/, 10_000, from);
+    assert.ok(t);
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0);
+  });
+
+  test("SIGTERM drains and exits with code 0", async () => {
+    const { server, port } = await start("auto");
+    await echoOnce(port);
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0);
+    await assert.rejects(echoOnce(port), { code: "ECONNREFUSED" });
+  });
+});

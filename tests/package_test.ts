@@ -1,0 +1,156 @@
+// The published artefacts: the npm tarball (installed into a fresh Bun project
+// and used from there, command included) and the JSR package (`deno publish
+// --dry-run`, which fails on slow types).
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import {
+  alive,
+  bunBin,
+  type CommandResult,
+  denoBin,
+  ROOT,
+  runCommand,
+  type ServerProcess,
+  sleep,
+  startServer,
+} from "./helpers.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "instar-pkg-"));
+const servers: ServerProcess[] = [];
+
+after(() => {
+  for (const s of servers) s.killAll();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function show(r: CommandResult): string {
+  return `exit ${r.code}\nstdout: ${r.stdout.slice(-3000)}\nstderr: ${r.stderr.slice(-3000)}`;
+}
+
+function echoOnce(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: "127.0.0.1", port });
+    const msg = `ping ${Math.random()}\n`;
+    let got = "";
+    s.on("connect", () => s.write(msg));
+    s.on("data", (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= msg.length) {
+        s.destroy();
+        resolve(got);
+      }
+    });
+    s.once("error", reject);
+  });
+}
+
+// A program written by a user of the package: it knows only the name "instar".
+const APP = `import process from "node:process";
+import { logLifecycle, Upgrader } from "instar";
+
+const up = await Upgrader.create({ pidFile: process.argv[2] });
+logLifecycle(up, "app");
+const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
+(async () => {
+  for await (const conn of listener) {
+    conn.readable.pipeTo(conn.writable).catch(() => {});
+  }
+})();
+await up.ready();
+`;
+
+describe("packaging", () => {
+  let tarball = "";
+
+  test("npm pack ships mod.ts, src/, README.md and package.json, and no tests, bench, examples or docs", async () => {
+    const packed = await runCommand(["npm", "pack", "--json", "--pack-destination", dir]);
+    assert.equal(packed.code, 0, show(packed));
+    const [info] = JSON.parse(packed.stdout);
+    tarball = join(dir, info.filename);
+    const listed = await runCommand(["tar", "-tzf", tarball]);
+    assert.equal(listed.code, 0, show(listed));
+    const files = listed.stdout.trim().split("\n").map((f) => f.replace(/^package\//, ""));
+    for (const f of ["mod.ts", "README.md", "package.json", "src/upgrader.ts", "src/cli.ts"]) {
+      assert.ok(files.includes(f), `${f} is in the tarball: ${files.join(" ")}`);
+    }
+    assert.ok(files.includes("src/ffi/mod.ts"), "src/ is shipped recursively");
+    for (const f of files) {
+      assert.match(f, /^(mod\.ts|README\.md|LICENSE|package\.json|src\/.+)$/, `unexpected ${f}`);
+      assert.doesNotMatch(f, /^(tests|bench|examples|docs|scripts)\//);
+    }
+    const manifest = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
+    assert.deepEqual(Object.keys(manifest.dependencies ?? {}), [], "no runtime dependencies");
+    assert.match(String(manifest.bin?.instar), /^(\.\/)?src\/cli\.ts$/);
+    assert.match(readFileSync(join(ROOT, "src", "cli.ts"), "utf8"), /^#!\/usr\/bin\/env bun\n/);
+  });
+
+  test("a fresh Bun project installs the tarball, runs a server built on it and upgrades it with SIGHUP", async () => {
+    assert.ok(tarball, "the tarball was packed by the previous test");
+    const app = join(dir, "app");
+    mkdirSync(app);
+    writeFileSync(
+      join(app, "package.json"),
+      JSON.stringify({ name: "app", private: true, type: "module" }),
+    );
+    writeFileSync(join(app, "app.ts"), APP);
+    // No registry is involved: the package has no dependencies.
+    const env = { BUN_INSTALL_CACHE_DIR: join(dir, "bun-cache"), DO_NOT_TRACK: "1" };
+    const added = await runCommand([bunBin(), "add", tarball], { cwd: app, env });
+    assert.equal(added.code, 0, show(added));
+    assert.match(added.stdout + added.stderr, /installed instar@/);
+    const installed = JSON.parse(
+      readFileSync(join(app, "node_modules", "instar", "package.json"), "utf8"),
+    );
+    assert.equal(installed.name, "instar");
+
+    const pidFile = join(app, "app.pid");
+    const server = startServer([bunBin(), join(app, "app.ts"), pidFile]);
+    servers.push(server);
+    const m = await server.waitFor(/\[app pid=\d+ gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
+    const port = Number(m[1]);
+    assert.match(await echoOnce(port), /^ping /);
+
+    // The command the package installs, found through node_modules/.bin.
+    const PATH = `${join(app, "node_modules", ".bin")}:${join(ROOT, "node_modules", ".bin")}:` +
+      (process.env.PATH ?? "");
+    const status = await runCommand(["instar", "status", "--pid-file", pidFile, "--json"], {
+      cwd: app,
+      env: { PATH },
+    });
+    assert.equal(status.code, 0, show(status));
+    assert.deepEqual(JSON.parse(status.stdout), { pid: server.pid, running: true });
+
+    const from = server.lines.length;
+    process.kill(server.pid, "SIGHUP");
+    const up = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
+    assert.equal(up[1], "succeeded", up[2]);
+    const next = Number(/pid (\d+)/.exec(up[2])![1]);
+    await server.waitFor(
+      new RegExp(`\\[app pid=${next} gen=2\\] ready on 127\\.0\\.0\\.1:${port}`),
+    );
+    assert.match(await echoOnce(port), /^ping /);
+    assert.equal(await server.exited, 0, "the first generation drains and exits");
+    assert.equal(readFileSync(pidFile, "utf8").trim(), String(next));
+    process.kill(next, "SIGTERM");
+    for (let t = 0; t < 200 && alive(next); t++) await sleep(50);
+    assert.equal(alive(next), false);
+  });
+
+  test("deno publish --dry-run passes: no slow types, only the published files", async () => {
+    const r = await runCommand(
+      [denoBin(), "publish", "--dry-run", "--allow-dirty"],
+      { env: { DENO_NO_UPDATE_CHECK: "1" }, timeoutMs: 180_000 },
+    );
+    const out = r.stdout + r.stderr;
+    assert.equal(r.code, 0, show(r));
+    assert.doesNotMatch(out, /slow type/i);
+    assert.match(out, /Success Dry run complete/);
+    assert.match(out, /mod\.ts/);
+    assert.doesNotMatch(out, /file:\/\/\/.*\/(tests|bench|examples)\//);
+  });
+});

@@ -1,0 +1,420 @@
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import * as net from "node:net";
+import { readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import * as sys from "../src/ffi/mod.ts";
+import { C } from "../src/ffi/mod.ts";
+import { encodeUnix } from "../src/ffi/sockaddr.ts";
+import { InstarError } from "../src/errors.ts";
+import { serve, type Server } from "../src/serve.ts";
+import { KNOWN_EVENT_MASKS } from "../src/transplant.ts";
+import {
+  connectClient,
+  exchange,
+  httpGet,
+  leakedSockets,
+  openFds,
+  rawListen,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+} from "./helpers.ts";
+
+const CHUNKS = 8;
+
+/** Deno.upgradeWebSocket, typed just enough (this file also runs under Bun). */
+type Upgrade = (req: Request) => { socket: WebSocket; response: Response };
+
+/** The test app: "/" says hello and who asked, "/stream" streams slowly, "/ws" echoes. */
+function app(
+  fd: number | { fd: number },
+  mode: "transplant" | "fallback" | "auto",
+  extra: Record<string, unknown> = {},
+): Promise<Server> {
+  const stream = () => {
+    let i = 0;
+    return new Response(
+      new ReadableStream({
+        async pull(c) {
+          await new Promise((r) => setTimeout(r, 50));
+          c.enqueue(new TextEncoder().encode(`chunk${i}\n`));
+          if (++i === CHUNKS) c.close();
+        },
+      }),
+    );
+  };
+  if (RUNTIME === "deno") {
+    const upgrade = (globalThis as unknown as { Deno: { upgradeWebSocket: Upgrade } }).Deno
+      .upgradeWebSocket;
+    return serve(fd, { mode, onListen() {}, ...extra }, (
+      req: Request,
+      info: { remoteAddr: { hostname: string; port: number } },
+    ) => {
+      const path = new URL(req.url).pathname;
+      if (path === "/stream") return stream();
+      if (path === "/ws") {
+        const { socket, response } = upgrade(req);
+        socket.onmessage = (e) => socket.send("echo:" + e.data);
+        return response;
+      }
+      return new Response(`hello ${info.remoteAddr.hostname}:${info.remoteAddr.port}`);
+    });
+  }
+  type BunView = {
+    port: number;
+    upgrade(req: Request): boolean;
+    requestIP(req: Request): { address: string; port: number } | null;
+  };
+  return serve(fd, {
+    mode,
+    ...extra,
+    fetch(req: Request, server: BunView) {
+      const path = new URL(req.url).pathname;
+      if (path === "/stream") return stream();
+      if (path === "/ws") {
+        return server.upgrade(req) ? undefined : new Response("no", { status: 400 });
+      }
+      // requestIP() is null for a Unix socket client.
+      const ip = server.requestIP(req);
+      return new Response(`hello ${ip?.address}:${ip?.port} on ${server.port}`);
+    },
+    websocket: {
+      message(ws: { send(m: string): void }, m: string) {
+        ws.send("echo:" + m);
+      },
+    },
+  });
+}
+
+function body(raw: string): string {
+  return raw.split("\r\n\r\n").slice(1).join("\r\n\r\n");
+}
+
+/** Runs `fn` with our own listening socket; checks no socket leaked once it is closed. */
+async function withSocket(fn: (ours: { fd: number; port: number }) => Promise<void>) {
+  const before = await openFds();
+  const ours = await rawListen();
+  try {
+    await fn(ours);
+  } finally {
+    sys.close(ours.fd);
+  }
+  assert.deepEqual(await leakedSockets(before), [], "leaked sockets");
+}
+
+for (const mode of ["transplant", "fallback"] as const) {
+  describe(`serve() under ${RUNTIME}, ${mode} mode`, () => {
+    test("answers requests and the connections queued before serve(), reporting the real addresses", async () => {
+      await withSocket(async (ours) => {
+        const queued = await Promise.all([1, 2, 3].map(() => connectClient(ours.port)));
+        const server = await app({ fd: ours.fd }, mode);
+        try {
+          assert.equal(server.mode, mode);
+          assert.equal(server.port, ours.port);
+          assert.equal(server.url.href, `http://127.0.0.1:${ours.port}/`);
+          const answers = await Promise.all(queued.map((c) => c.request(httpGet())));
+          for (const a of answers) assert.match(body(a), /^hello 127\.0\.0\.1:\d+/);
+          // The handler sees the client's own address, even behind the proxy.
+          const c = await connectClient(ours.port);
+          const a = body(await c.request(httpGet()));
+          assert.match(a, new RegExp(`^hello 127\\.0\\.0\\.1:${c.localPort}\\b`));
+          if (RUNTIME === "bun") {
+            assert.ok(a.endsWith(` on ${ours.port}`), a);
+            assert.equal((server.native as { port: number }).port, ours.port);
+          }
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
+    test("a streaming response in flight during shutdown() completes", async () => {
+      await withSocket(async (ours) => {
+        const server = await app(ours.fd, mode);
+        const res = await fetch(`http://127.0.0.1:${ours.port}/stream`);
+        const reader = res.body!.getReader();
+        const first = await reader.read();
+        assert.equal(new TextDecoder().decode(first.value), "chunk0\n");
+        let shutDown = false;
+        const shutdown = server.shutdown().then(() => (shutDown = true));
+        let text = "chunk0\n";
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          text += new TextDecoder().decode(value);
+        }
+        assert.equal(text, Array.from({ length: CHUNKS }, (_, i) => `chunk${i}\n`).join(""));
+        await shutdown;
+        assert.ok(shutDown);
+      });
+    });
+
+    test("a WebSocket keeps exchanging messages during the drain until it closes", async () => {
+      await withSocket(async (ours) => {
+        const server = await app(ours.fd, mode);
+        const ws = new WebSocket(`ws://127.0.0.1:${ours.port}/ws`);
+        const received: string[] = [];
+        let waiter: (() => void) | undefined;
+        ws.onmessage = (e) => {
+          received.push(String(e.data));
+          waiter?.();
+        };
+        const closed = new Promise<number>((r) => (ws.onclose = (e) => r(e.code)));
+        await new Promise((r, j) => {
+          ws.onopen = r;
+          ws.onerror = j;
+        });
+        const roundTrip = async (m: string) => {
+          const got = new Promise<void>((r) => (waiter = r));
+          ws.send(m);
+          await got;
+          assert.equal(received.at(-1), "echo:" + m);
+        };
+        await roundTrip("before");
+        let shutDown = false;
+        const shutdown = server.shutdown().then(() => (shutDown = true));
+        for (let i = 0; i < 5; i++) {
+          await new Promise((r) => setTimeout(r, 60));
+          await roundTrip(`during ${i}`);
+        }
+        assert.equal(shutDown, false, "shutdown() finished while a WebSocket was open");
+        // New connections are not accepted while draining: they wait on the socket.
+        const waiting = await connectClient(ours.port);
+        waiting.send(httpGet());
+        ws.close(1000);
+        await closed;
+        await shutdown;
+        const conn = sys.accept4(ours.fd, C.SOCK_CLOEXEC);
+        assert.notEqual(conn, -1, "the draining server accepted a new connection");
+        sys.close(conn);
+        waiting.destroy();
+      });
+    });
+
+    test("drainTimeoutMs closes a WebSocket that stays open", async () => {
+      await withSocket(async (ours) => {
+        const server = await app(ours.fd, mode, { drainTimeoutMs: 300 });
+        const ws = new WebSocket(`ws://127.0.0.1:${ours.port}/ws`);
+        const closed = new Promise<void>((r) => (ws.onclose = () => r()));
+        await new Promise((r, j) => {
+          ws.onopen = r;
+          ws.onerror = j;
+        });
+        await server.shutdown();
+        await closed; // the client sees the close (a hung test here means it never came)
+      });
+    });
+
+    test("pauseAccepting() leaves connections queued; resumeAccepting() serves them", async () => {
+      await withSocket(async (ours) => {
+        const server = await app(ours.fd, mode);
+        try {
+          assert.equal(server.pauseAccepting(), true);
+          assert.equal(server.pauseAccepting(), false);
+          const c = await connectClient(ours.port);
+          const answer = c.request(httpGet());
+          await new Promise((r) => setTimeout(r, 150));
+          assert.equal(server.resumeAccepting(), true);
+          assert.match(body(await answer), /^hello/);
+          assert.match(body(await exchange(ours.port, httpGet())), /^hello/);
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
+    test("a server process that shuts down exits by itself, leaving no socket open", async () => {
+      const child = spawn(
+        runtimeCmd(RUNTIME, join(ROOT, "tests", "serve_child.ts"), [mode])[0],
+        runtimeCmd(RUNTIME, join(ROOT, "tests", "serve_child.ts"), [mode]).slice(1),
+        { stdio: ["ignore", "pipe", "inherit"] },
+      );
+      try {
+        let out = "";
+        const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+        const port = await new Promise<number>((resolve, reject) => {
+          child.stdout!.on("data", (d) => {
+            out += d;
+            const m = /port=(\d+)/.exec(out);
+            if (m) resolve(Number(m[1]));
+          });
+          child.on("exit", () => reject(new Error(`child exited early: ${out}`)));
+        });
+        assert.match(body(await exchange(port, httpGet())), /^hello/);
+        assert.match(body(await exchange(port, httpGet("/shutdown"))), /^hello/);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const code = await Promise.race([
+          exited,
+          new Promise<string>((r) => (timer = setTimeout(() => r("still running"), 20_000))),
+        ]);
+        clearTimeout(timer);
+        assert.equal(code, 0, out);
+        assert.match(out, /leaked=\[\]/);
+      } finally {
+        if (child.exitCode === null) child.kill("SIGKILL");
+      }
+    });
+  });
+}
+
+if (RUNTIME === "bun") {
+  describe("serve() under bun, Bun.serve options", () => {
+    test("routes (static, with params, per method) are served in both modes", async () => {
+      for (const mode of ["transplant", "fallback"] as const) {
+        await withSocket(async (ours) => {
+          const server = await serve(ours.fd, {
+            mode,
+            routes: {
+              "/health": new Response("ok"),
+              "/users/:id": (req: Request & { params: { id: string } }) =>
+                new Response(`user ${req.params.id}`),
+              "/items": { GET: () => new Response("list"), POST: () => new Response("made") },
+            },
+            fetch: () => new Response("fallthrough", { status: 404 }),
+          });
+          try {
+            const get = async (path: string, method = "GET") =>
+              await (await fetch(`http://127.0.0.1:${ours.port}${path}`, { method })).text();
+            assert.equal(await get("/health"), "ok");
+            assert.equal(await get("/users/42"), "user 42");
+            assert.equal(await get("/items"), "list");
+            assert.equal(await get("/items", "POST"), "made");
+            assert.equal(await get("/nothing"), "fallthrough");
+          } finally {
+            await server.shutdown();
+          }
+        });
+      }
+    });
+  });
+}
+
+describe(`serve() under ${RUNTIME}, handing the socket over`, () => {
+  for (const mode of ["transplant", "fallback"] as const) {
+    test(`shutdown() of a ${mode} server under load loses no connection to the server that stays`, async () => {
+      const { runLoad } = await import("../bench/load_client.ts");
+      await withSocket(async (ours) => {
+        const old = await app(ours.fd, mode);
+        const next = await app(ours.fd, "transplant");
+        // One connection per request: every connection either gets a response or is lost.
+        const load = runLoad({
+          port: ours.port,
+          connections: 8,
+          durationMs: 2500,
+          keepAlive: false,
+        });
+        await new Promise((r) => setTimeout(r, 800));
+        await old.shutdown();
+        const result = await load;
+        await next.shutdown();
+        assert.equal(result.failed, 0, JSON.stringify(result.samples));
+        assert.ok(result.ok > 50, `only ${result.ok} requests answered`);
+      });
+    });
+  }
+});
+
+describe(`serve() under ${RUNTIME}, choosing the mode`, () => {
+  test("a Unix socket is served by transplant, and the throwaway socket file is removed", async () => {
+    const before = await openFds();
+    const path = `@instar-serve-test-${sys.getpid()}`;
+    const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+    sys.bind(fd, encodeUnix(path));
+    sys.listenFd(fd, 16);
+    const tmp = () =>
+      readdirSync(tmpdir()).filter((f) => f.startsWith(`instar-serve-${process.pid}-`));
+    const server = await app(fd, "auto");
+    try {
+      assert.equal(server.mode, "transplant");
+      assert.deepEqual(server.addr, { transport: "unix", path });
+      assert.deepEqual(tmp(), []);
+      const answer = await new Promise<string>((resolve, reject) => {
+        let text = "";
+        // node:net spells the abstract namespace with a leading NUL.
+        const s = net.connect({ path: "\0" + path.slice(1) }, () => s.write(httpGet()));
+        s.on("data", (d) => (text += d)).on("error", reject).on("close", () => resolve(text));
+      });
+      assert.match(body(answer), /^hello/);
+    } finally {
+      await server.shutdown();
+      sys.close(fd);
+    }
+    assert.deepEqual(await leakedSockets(before), []);
+  });
+
+  test("auto mode falls back when the reactor is not one instar knows, and says why", async () => {
+    // What a runtime upgrade that changed its reactor would look like.
+    const masks = KNOWN_EVENT_MASKS as Record<string, Record<number, string>>;
+    const saved = masks[RUNTIME];
+    masks[RUNTIME] = {};
+    try {
+      await withSocket(async (ours) => {
+        const reasons: InstarError[] = [];
+        const server = await app(ours.fd, "auto", {
+          onFallback: (e: InstarError) => reasons.push(e),
+        });
+        try {
+          assert.equal(server.mode, "fallback");
+          assert.equal(reasons.length, 1);
+          assert.equal(reasons[0].code, "TRANSPLANT_UNSUPPORTED");
+          assert.match(reasons[0].message, /event mask 0x[0-9a-f]+ is not one instar knows/);
+          assert.equal(server.fallbackReason, reasons[0]);
+          assert.match(body(await exchange(ours.port, httpGet())), /^hello/);
+        } finally {
+          await server.shutdown();
+        }
+      });
+    } finally {
+      masks[RUNTIME] = saved;
+    }
+  });
+
+  test("serves an IPv6 socket by transplant", async () => {
+    let v6: { fd: number; port: number };
+    try {
+      v6 = await rawListen("::1");
+    } catch (err) {
+      // Containers without IPv6 loopback cannot run this; say so rather than pass silently.
+      console.warn(`no ::1 here (${(err as Error).message}); IPv6 serve test not run`);
+      return;
+    }
+    const server = await app(v6.fd, "auto");
+    try {
+      assert.equal(server.mode, "transplant");
+      assert.equal(server.url.href, `http://[::1]:${v6.port}/`);
+      assert.match(body(await exchange(v6.port, httpGet(), { host: "::1" })), /^hello ::1:\d+/);
+    } finally {
+      await server.shutdown();
+      sys.close(v6.fd);
+    }
+  });
+
+  test("transplant mode refuses with TRANSPLANT_UNSUPPORTED and leaves nothing running", async () => {
+    const masks = KNOWN_EVENT_MASKS as Record<string, Record<number, string>>;
+    const saved = masks[RUNTIME];
+    masks[RUNTIME] = {};
+    try {
+      await withSocket(async (ours) => {
+        await assert.rejects(app(ours.fd, "transplant"), (err: unknown) => {
+          assert.ok(err instanceof InstarError);
+          assert.equal(err.code, "TRANSPLANT_UNSUPPORTED");
+          return true;
+        });
+        // withSocket checks that the throwaway server's socket is gone too.
+      });
+    } finally {
+      masks[RUNTIME] = saved;
+    }
+  });
+
+  test("serve() rejects a bad target or mode with INVALID_ARGUMENT", async () => {
+    await assert.rejects(app(-1, "auto"), { code: "INVALID_ARGUMENT" });
+    await withSocket(async (ours) => {
+      await assert.rejects(app(ours.fd, "sideways" as "auto"), { code: "INVALID_ARGUMENT" });
+    });
+  });
+});
