@@ -30,6 +30,8 @@ export const bunAdapter: ServeAdapter = {
     const B = (globalThis as unknown as { Bun: BunServeNs }).Bun;
     const opts: Record<string, unknown> = { ...s.options };
     for (const k of ["unix", "fd", "hostname", "port"]) delete opts[k];
+    // serve(fd, options, handler) reads like Deno.serve; on Bun the handler is `fetch`.
+    if (s.handler !== undefined && opts.fetch === undefined) opts.fetch = s.handler;
     Object.assign(
       opts,
       "path" in s.listenOn
