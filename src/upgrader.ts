@@ -177,6 +177,9 @@ interface StartInfo {
   cwd: string;
 }
 
+/** How long a stopping generation lets its runtime deliver connections it already accepted. */
+const DRAIN_DELAY_MS = 100;
+
 function readNulList(path: string): string[] {
   const parts = new TextDecoder().decode(readFileSync(path)).split("\0");
   if (parts.at(-1) === "") parts.pop();
@@ -606,6 +609,7 @@ export class Upgrader {
       return;
     }
     if (m.type === "upgrade") {
+      ctl.peers.delete(peer); // answered below even while this generation drains
       const off = this.on(
         "upgrade-spawned",
         ({ pid }) => reply({ type: "progress", v: PROTOCOL_VERSION, event: "spawned", pid }),
@@ -616,7 +620,6 @@ export class Upgrader {
           reply({ type: "failed", v: PROTOCOL_VERSION, reason: err.reason, message: err.message }),
       ).finally(() => {
         off();
-        ctl.peers.delete(peer);
         peer.close();
       });
       return;
@@ -1006,7 +1009,7 @@ export class Upgrader {
   }
 
   async #drain(reason: ExitReason): Promise<void> {
-    for (const { listener } of this.#listeners) listener.close();
+    // The next generation answers the control socket from now on.
     if (this.#control) {
       clearInterval(this.#control.timer);
       for (const p of this.#control.peers) p.close();
@@ -1016,6 +1019,21 @@ export class Upgrader {
       sys.close(this.#control.fd);
       this.#control = null;
     }
+    // Stop accepting first and give the runtime a moment to hand over what it
+    // accepted but has not delivered yet; closing at once would drop those.
+    if (this.#listeners.length) {
+      for (const { listener } of this.#listeners) {
+        try {
+          pauseSocket(listener.fd);
+        } catch (err) {
+          this.#emit("warning", {
+            message: `pausing ${formatAddr(listener.addr)}: ${(err as Error).message}`,
+          });
+        }
+      }
+      await new Promise((r) => setTimeout(r, DRAIN_DELAY_MS));
+    }
+    for (const { listener } of this.#listeners) listener.close();
     let timer: ReturnType<typeof setTimeout> | undefined;
     // serve()'s shutdown stops accepting, reads what it accepted, then drains.
     const shutdowns = this.#servers.map(({ server }) =>
