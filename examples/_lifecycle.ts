@@ -1,0 +1,41 @@
+// For the examples: the flags every example server takes, and its Upgrader.
+//
+//   --port <n> (default 8080)        --hostname <addr> (default 127.0.0.1)
+//   --pid-file <path>                --control <socket path>
+//   --drain-timeout <ms>             --ready-timeout <ms>
+//   --spawn-backend fork|posix_spawn|auto
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import process from "node:process";
+import { logLifecycle, type SpawnBackend, Upgrader } from "../mod.ts";
+
+const COMMON = {
+  port: { type: "string", default: "8080" },
+  hostname: { type: "string", default: "127.0.0.1" },
+  "pid-file": { type: "string" },
+  control: { type: "string" },
+  "drain-timeout": { type: "string" },
+  "ready-timeout": { type: "string" },
+  "spawn-backend": { type: "string" },
+} as const;
+
+/** Parses the common flags plus `extra`, creates the Upgrader and logs its events as `name`. */
+export async function startGeneration(
+  name: string,
+  extra: NonNullable<ParseArgsConfig["options"]> = {},
+): Promise<{ up: Upgrader; port: number; hostname: string; flags: Record<string, unknown> }> {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: { ...COMMON, ...extra },
+    strict: true,
+  });
+  const ms = (v: unknown) => (v === undefined ? undefined : Number(v));
+  const up = await Upgrader.create({
+    pidFile: values["pid-file"] as string | undefined,
+    controlSocket: values.control as string | undefined,
+    drainTimeout: ms(values["drain-timeout"]),
+    readyTimeout: ms(values["ready-timeout"]),
+    spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
+  });
+  logLifecycle(up, name);
+  return { up, port: Number(values.port), hostname: values.hostname as string, flags: values };
+}
