@@ -65,6 +65,14 @@ export interface LoadResult {
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
 
+// Load is only ever sent to this machine.
+function loopbackHost(hostname = "127.0.0.1"): string {
+  if (!LOOPBACK.test(hostname)) {
+    throw new Error(`load client only targets loopback, not ${hostname}`);
+  }
+  return hostname;
+}
+
 function emptyResult(): LoadResult {
   return {
     ok: 0,
@@ -106,10 +114,7 @@ function success(res: LoadResult, start: number, t0: number): void {
 
 /** Runs load against a loopback HTTP server until the duration or request bound is reached. */
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
-  const hostname = o.hostname ?? "127.0.0.1";
-  if (!LOOPBACK.test(hostname)) {
-    throw new Error(`load client only targets loopback, not ${hostname}`);
-  }
+  const hostname = loopbackHost(o.hostname);
   const start = performance.now();
   const deadline = start + o.durationMs;
   const res = emptyResult();
@@ -247,10 +252,7 @@ export interface EchoLoadOptions {
  * over and over, counting every failure by kind.
  */
 export async function runEchoLoad(o: EchoLoadOptions): Promise<LoadResult> {
-  const hostname = o.hostname ?? "127.0.0.1";
-  if (!LOOPBACK.test(hostname)) {
-    throw new Error(`load client only targets loopback, not ${hostname}`);
-  }
+  const hostname = loopbackHost(o.hostname);
   const start = performance.now();
   const deadline = start + o.durationMs;
   const res = emptyResult();

@@ -6,14 +6,16 @@
  *   bun bench/upgrade.ts --runtime bun --upgrades 100
  *
  * For each runtime it measures, with examples/http_server.ts:
- * 1. fresh start: from spawning the program to its "ready on" log line;
- * 2. idle upgrades: from SIGHUP to the old generation's `upgrade-succeeded`
- *    line (and the time the server itself reports, trigger to ready);
- * 3. upgrades under load: the same, back to back, while `--connections`
- *    keep-alive clients send requests as fast as they can, counting every
- *    failed request.
- * The overhead of an upgrade is (2) − (1): what instar adds to the start-up the
- * program pays anyway (spawning, passing sockets, the ready handshake).
+ * 1. fresh start: from spawning the program until it answers an HTTP request
+ *    (polled every 2 ms on a port chosen beforehand);
+ * 2. idle upgrades, alternating with (1) so both see the same machine: the
+ *    time the running generation reports from the trigger until the new one
+ *    said ready, and from sending SIGHUP until that log line was read;
+ * 3. `--upgrades` upgrades back to back while `--connections` keep-alive
+ *    clients send requests as fast as they can, counting every failure.
+ * The overhead of an upgrade is (2) − (1), medians: what instar adds to the
+ * start-up the program pays anyway (spawning, passing sockets, the ready
+ * handshake).
  * Results go to stdout as Markdown and to .bench-out/upgrade-<runtime>.json.
  *
  * @module
@@ -34,8 +36,7 @@ const { values } = parseArgs({
   args: process.argv.slice(2),
   options: {
     runtime: { type: "string", default: "both" },
-    fresh: { type: "string", default: "10" },
-    idle: { type: "string", default: "10" },
+    idle: { type: "string", default: "15" },
     upgrades: { type: "string", default: "100" },
     connections: { type: "string", default: "20" },
   },
@@ -45,7 +46,7 @@ const runtimes = values.runtime === "both" ? ["deno", "bun"] : [values.runtime a
 for (const r of runtimes) {
   if (r !== "deno" && r !== "bun") throw new Error(`--runtime ${r}: expected deno, bun or both`);
 }
-const FRESH = Number(values.fresh), IDLE = Number(values.idle), LOADED = Number(values.upgrades);
+const IDLE = Number(values.idle), LOADED = Number(values.upgrades);
 const CONNECTIONS = Number(values.connections);
 
 function bin(name: string): string {
@@ -174,30 +175,27 @@ function httpOnce(port: number): Promise<string> {
 // From spawning the program until it answers HTTP: its own start-up, which an
 // upgrade pays too. Its log line is no clock for this: a runtime may write
 // stderr to a pipe asynchronously, tens of ms late while the program is busy.
-async function freshStarts(runtime: string): Promise<number[]> {
-  const out: number[] = [];
-  for (let i = 0; i < FRESH; i++) {
-    const port = await freePort();
-    const t0 = performance.now();
-    const s = start(runtime, port);
-    try {
-      for (;;) {
-        try {
-          await httpOnce(port);
-          break;
-        } catch {
-          if (performance.now() - t0 > 60_000) throw new Error(`${runtime} did not start`);
-          await sleep(2);
-        }
+async function freshStart(runtime: string): Promise<number> {
+  const port = await freePort();
+  const t0 = performance.now();
+  const s = start(runtime, port);
+  try {
+    for (;;) {
+      try {
+        await httpOnce(port);
+        break;
+      } catch {
+        if (performance.now() - t0 > 60_000) throw new Error(`${runtime} did not start`);
+        await sleep(2);
       }
-      out.push(performance.now() - t0);
-      await s.next(/gen=1\] ready on /);
-      await stop(s.child.pid!);
-    } finally {
-      s.killAll();
     }
+    const ms = performance.now() - t0;
+    await s.next(/gen=1\] ready on /);
+    await stop(s.child.pid!);
+    return ms;
+  } finally {
+    s.killAll();
   }
-  return out;
 }
 
 interface UpgradeTimes {
@@ -243,11 +241,9 @@ const ms = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : "-");
 const rows: string[] = [];
 mkdirSync(join(ROOT, ".bench-out"), { recursive: true });
 for (const runtime of runtimes) {
-  process.stderr.write(`${runtime}: ${FRESH} fresh starts…\n`);
-  const fresh = stats(await freshStarts(runtime));
-
-  process.stderr.write(`${runtime}: ${IDLE} idle upgrades…\n`);
+  process.stderr.write(`${runtime}: ${IDLE} fresh starts and idle upgrades, interleaved…\n`);
   const s = start(runtime);
+  let fresh: ReturnType<typeof stats>;
   let idle: ReturnType<typeof stats>, idleReported: ReturnType<typeof stats>;
   let loadedExt: ReturnType<typeof stats>, loadedRep: ReturnType<typeof stats>;
   let load: Awaited<ReturnType<typeof runLoad>>;
@@ -255,7 +251,23 @@ for (const runtime of runtimes) {
   try {
     const { m } = await s.next(/gen=1\] ready on 127\.0\.0\.1:(\d+)/);
     const port = Number(m[1]);
-    const a = await upgrades(s, IDLE, s.child.pid!);
+    // Alternate the two so that both see the same load from other jobs on the machine.
+    const freshMs: number[] = [];
+    const a = {
+      external: [] as number[],
+      reported: [] as number[],
+      failedUpgrades: [] as string[],
+    };
+    let last = s.child.pid!;
+    for (let i = 0; i < IDLE; i++) {
+      freshMs.push(await freshStart(runtime));
+      const one = await upgrades(s, 1, last);
+      a.external.push(...one.external);
+      a.reported.push(...one.reported);
+      a.failedUpgrades.push(...one.failedUpgrades);
+      last = one.last;
+    }
+    fresh = stats(freshMs);
     idle = stats(a.external);
     idleReported = stats(a.reported);
 
@@ -271,7 +283,7 @@ for (const runtime of runtimes) {
       timeoutMs: 10_000,
     });
     await sleep(1000);
-    const b = await upgrades(s, LOADED, a.last);
+    const b = await upgrades(s, LOADED, last);
     await sleep(1000);
     ac.abort();
     load = await loading;

@@ -1,8 +1,9 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import * as net from "node:net";
-import { readdirSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import * as https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
@@ -292,6 +293,50 @@ if (RUNTIME === "bun") {
     });
   });
 }
+
+describe(`serve() under ${RUNTIME}, TLS`, () => {
+  test("serves HTTPS with the runtime's TLS options in both modes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "instar-tls-"));
+    try {
+      const args = "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 " +
+        "-addext subjectAltName=IP:127.0.0.1";
+      const made = spawnSync("openssl", [
+        ...args.split(" "),
+        ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
+      ]);
+      if (made.error || made.status !== 0) {
+        // The certificate comes from openssl; without it there is nothing to serve.
+        console.warn(`openssl unavailable (${made.error ?? made.status}); TLS test not run`);
+        return;
+      }
+      const cert = readFileSync(join(dir, "cert.pem"), "utf8");
+      const key = readFileSync(join(dir, "key.pem"), "utf8");
+      for (const mode of ["transplant", "fallback"] as const) {
+        await withSocket(async (ours) => {
+          const hello = () => new Response("secure hello");
+          const server = RUNTIME === "bun"
+            ? await serve(ours.fd, { mode, tls: { cert, key }, fetch: hello })
+            : await serve(ours.fd, { mode, cert, key, onListen() {} }, hello);
+          try {
+            assert.equal(server.mode, mode);
+            assert.equal(server.url.href, `https://127.0.0.1:${ours.port}/`);
+            const text = await new Promise<string>((resolve, reject) => {
+              https.get({ host: "127.0.0.1", port: ours.port, ca: cert, agent: false }, (r) => {
+                let t = "";
+                r.on("data", (d) => (t += d)).on("end", () => resolve(t)).on("error", reject);
+              }).on("error", reject);
+            });
+            assert.equal(text, "secure hello");
+          } finally {
+            await server.shutdown();
+          }
+        });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe(`serve() under ${RUNTIME}, handing the socket over`, () => {
   for (const mode of ["transplant", "fallback"] as const) {
