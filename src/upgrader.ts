@@ -314,7 +314,8 @@ export class Upgrader {
    * previous generation's message and checks every fd it names; a malformed
    * message or a wrong fd throws `PROTOCOL_ERROR` (and tells the parent).
    */
-  static create(options: UpgraderOptions = {}): Promise<Upgrader> {
+  // deno-lint-ignore require-await -- async so that bad options reject rather than throw
+  static async create(options: UpgraderOptions = {}): Promise<Upgrader> {
     const upgradeSignal = options.upgradeSignal === undefined ? "SIGHUP" : options.upgradeSignal;
     const stopSignals = options.stopSignals ?? ["SIGTERM", "SIGINT"];
     if (upgradeSignal !== null) signalNumber("upgradeSignal", upgradeSignal);
@@ -329,7 +330,7 @@ export class Upgrader {
     }
     const up = new Upgrader(options, hello, channel);
     up.#installSignals(upgradeSignal, stopSignals);
-    return Promise.resolve(up);
+    return up;
   }
 
   /** Where this generation is in its life. */
