@@ -168,6 +168,15 @@ export interface UpgraderEvents {
   warning: { message: string };
 }
 
+// A new generation being waited for: how to hear from it and how to tell it ended.
+interface Attempt {
+  pid: number;
+  channel: Channel;
+  who: string;
+  ended(eof: boolean): UpgradeError | null;
+  abandon(): void;
+}
+
 type Handler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
 
 interface StartInfo {
@@ -635,101 +644,58 @@ export class Upgrader {
 
   // An independently started process asked for the listeners.
   #handover(peer: Channel, peerPid: number): void {
-    const refuse = (reason: UpgradeError) => {
+    this.#run(() => {
+      const entries = this.#passable();
+      try {
+        peer.send(
+          {
+            type: "hello",
+            v: PROTOCOL_VERSION,
+            generation: this.generation + 1,
+            pid: process.pid,
+            transfer: "scm_rights",
+            listeners: entries.map((e, i) => ({ key: e.key, addr: e.addr, fd: i })),
+          },
+          entries.map((e) => e.fd),
+        );
+      } catch (err) {
+        peer.close();
+        throw new UpgradeError(
+          "protocol-error",
+          `could not send the listeners to process ${peerPid}: ${(err as Error).message}`,
+          { pid: peerPid },
+        );
+      }
+      const who = `process ${peerPid}`;
+      return {
+        pid: peerPid,
+        channel: peer,
+        who,
+        ended: (eof) =>
+          eof
+            ? new UpgradeError(
+              "exited",
+              `${who} closed the control connection before it was ready`,
+              {
+                pid: peerPid,
+              },
+            )
+            : null,
+        abandon: () => {},
+      };
+    }).catch((err: UpgradeError) => {
+      // Refused before anything was sent: say why to the peer.
+      if (peer.fd < 0) return;
       try {
         peer.send({
           type: "failed",
           v: PROTOCOL_VERSION,
-          reason: reason.reason,
-          message: reason.message,
+          reason: err.reason,
+          message: err.message,
         });
       } catch { /* gone */ }
       peer.close();
-      this.#emit("upgrade-failed", { error: reason });
-    };
-    if (this.#state !== "ready") {
-      return refuse(
-        new UpgradeError(
-          this.#state === "upgrading" ? "in-progress" : "stopping",
-          `cannot hand over while ${this.#state}`,
-        ),
-      );
-    }
-    this.#setState("upgrading");
-    this.#emit("upgrade-started", { generation: this.generation + 1 });
-    this.#emit("upgrade-spawned", { pid: peerPid });
-    const started = performance.now();
-    const entries = this.#passable();
-    try {
-      peer.send(
-        {
-          type: "hello",
-          v: PROTOCOL_VERSION,
-          generation: this.generation + 1,
-          pid: process.pid,
-          transfer: "scm_rights",
-          listeners: entries.map((e, i) => ({ key: e.key, addr: e.addr, fd: i })),
-        },
-        entries.map((e) => e.fd),
-      );
-    } catch (err) {
-      this.#setState("ready");
-      return refuse(
-        new UpgradeError(
-          "protocol-error",
-          `could not send the listeners: ${(err as Error).message}`,
-          { pid: peerPid },
-        ),
-      );
-    }
-    const fail = (err: UpgradeError) => {
-      clearInterval(tick);
-      clearTimeout(timer);
-      this.#pending = null;
-      peer.close();
-      if (this.#state === "upgrading") this.#setState("ready");
-      this.#emit("upgrade-failed", { error: err });
-    };
-    this.#pending = { abort: fail };
-    const timer = setTimeout(
-      () =>
-        fail(
-          new UpgradeError(
-            "ready-timeout",
-            `process ${peerPid} was not ready within ${this.#readyTimeout} ms`,
-            { pid: peerPid },
-          ),
-        ),
-      this.#readyTimeout,
-    );
-    const tick = setInterval(() => {
-      try {
-        for (const { msg } of peer.receive()) {
-          const m = messageOf(msg);
-          if (m.type === "ready") {
-            clearInterval(tick);
-            clearTimeout(timer);
-            this.#pending = null;
-            peer.close();
-            this.#emit("upgrade-succeeded", { pid: peerPid, ms: performance.now() - started });
-            this.#beginExit("upgrade");
-            return;
-          }
-          if (m.type === "error") throw new Error(m.message);
-        }
-        if (peer.eof) {
-          fail(
-            new UpgradeError(
-              "exited",
-              `process ${peerPid} closed the control connection before it was ready`,
-              { pid: peerPid },
-            ),
-          );
-        }
-      } catch (err) {
-        fail(new UpgradeError("protocol-error", (err as Error).message, { pid: peerPid }));
-      }
-    }, 20);
+    });
   }
 
   /** What this generation reports about itself. */
@@ -778,30 +744,111 @@ export class Upgrader {
    * executed, or breaks the protocol.
    */
   upgrade(): Promise<number> {
-    if (this.#state !== "ready") {
-      const err = this.#state === "upgrading"
-        ? new UpgradeError("in-progress", "an upgrade is already in flight; wait for its result")
-        : this.#state === "starting"
-        ? new UpgradeError("not-ready", "cannot upgrade before ready() was called")
-        : new UpgradeError("stopping", `cannot upgrade while ${this.#state}`);
-      this.#emit("upgrade-failed", { error: err });
-      return Promise.reject(err);
+    return this.#run(() => this.#startChild());
+  }
+
+  // Why a trigger cannot start an upgrade now, or null.
+  #refusal(): UpgradeError | null {
+    if (this.#state === "ready") return null;
+    if (this.#state === "upgrading") {
+      return new UpgradeError(
+        "in-progress",
+        "an upgrade is already in flight; wait for its result",
+      );
+    }
+    if (this.#state === "starting") {
+      return new UpgradeError("not-ready", "cannot upgrade before ready() was called");
+    }
+    return new UpgradeError("stopping", `cannot upgrade while ${this.#state}`);
+  }
+
+  /**
+   * One upgrade, however the next generation comes to exist: `start` creates
+   * it and returns the channel it answers on. This generation serves on
+   * whatever happens; on success it drains.
+   */
+  #run(start: () => Attempt): Promise<number> {
+    const refused = this.#refusal();
+    if (refused) {
+      this.#emit("upgrade-failed", { error: refused });
+      return Promise.reject(refused);
     }
     this.#setState("upgrading");
     this.#emit("upgrade-started", { generation: this.generation + 1 });
     const started = performance.now();
-    return this.#startChild().then(
-      (pid) => {
-        this.#emit("upgrade-succeeded", { pid, ms: performance.now() - started });
+    const failed = (err: UpgradeError): never => {
+      if (this.#state === "upgrading") this.#setState("ready");
+      this.#emit("upgrade-failed", { error: err });
+      throw err;
+    };
+    let attempt: Attempt;
+    try {
+      attempt = start();
+    } catch (err) {
+      return Promise.reject(err).catch(failed);
+    }
+    this.#emit("upgrade-spawned", { pid: attempt.pid });
+    return this.#awaitReady(attempt).then(
+      () => {
+        attempt.channel.close();
+        if (this.#children.size) this.#reapLater();
+        this.#emit("upgrade-succeeded", { pid: attempt.pid, ms: performance.now() - started });
         this.#beginExit("upgrade");
-        return pid;
+        return attempt.pid;
       },
       (err: UpgradeError) => {
-        if (this.#state === "upgrading") this.#setState("ready");
-        this.#emit("upgrade-failed", { error: err });
-        throw err;
+        attempt.channel.close();
+        attempt.abandon();
+        return failed(err);
       },
     );
+  }
+
+  // Resolves when the new generation says ready; rejects when it refuses, breaks
+  // the protocol, ends, or is not ready in time. A stop aborts the wait.
+  #awaitReady(attempt: Attempt): Promise<void> {
+    const { channel, pid, who } = attempt;
+    return new Promise<void>((resolve, reject) => {
+      const done = (err: UpgradeError | null) => {
+        clearInterval(tick);
+        clearTimeout(timer);
+        this.#pending = null;
+        if (err) reject(err);
+        else resolve();
+      };
+      this.#pending = { abort: done };
+      const timer = setTimeout(() => {
+        done(
+          new UpgradeError(
+            "ready-timeout",
+            `${who} was not ready within ${this.#readyTimeout} ms`,
+            { pid },
+          ),
+        );
+      }, this.#readyTimeout);
+      const tick = setInterval(() => {
+        try {
+          for (const { msg } of channel.receive()) {
+            const m = messageOf(msg);
+            if (m.type === "ready") return done(null);
+            if (m.type === "error") {
+              return done(
+                new UpgradeError("protocol-error", `${who} refused the handover: ${m.message}`, {
+                  pid,
+                }),
+              );
+            }
+            protocolError(`unexpected ${m.type} message from ${who}`);
+          }
+        } catch (err) {
+          return done(
+            new UpgradeError("protocol-error", (err as Error).message, { pid }, { cause: err }),
+          );
+        }
+        const ended = attempt.ended(channel.eof);
+        if (ended) done(ended);
+      }, 20);
+    });
   }
 
   /** Stops this generation gracefully: stop accepting, drain, exit. */
@@ -834,7 +881,8 @@ export class Upgrader {
     }
   }
 
-  #startChild(): Promise<number> {
+  // Starts the program as it now is on disk with the sockets inherited.
+  #startChild(): Attempt {
     const opts = this.#options;
     const [mine, theirs] = sys.socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
     const channel = new Channel(mine);
@@ -866,94 +914,43 @@ export class Upgrader {
       });
     } catch (err) {
       channel.close();
-      sys.close(theirs);
-      const code = (err as InstarError).code ?? "UNKNOWN";
-      return Promise.reject(
-        new UpgradeError(
-          "exec-failed",
-          `could not start ${path}: ${(err as Error).message}`,
-          { errno: code },
-          { cause: err },
-        ),
+      throw new UpgradeError(
+        "exec-failed",
+        `could not start ${path}: ${(err as Error).message}`,
+        { errno: (err as InstarError).code ?? "UNKNOWN" },
+        { cause: err },
       );
+    } finally {
+      sys.close(theirs);
     }
-    sys.close(theirs);
     this.#children.add(pid);
-    this.#emit("upgrade-spawned", { pid });
-    return new Promise<number>((resolve, reject) => {
-      let done = false;
-      const finish = (err: UpgradeError | null) => {
-        if (done) return;
-        done = true;
-        clearInterval(tick);
-        clearTimeout(timer);
-        this.#pending = null;
-        channel.close();
-        if (err) {
-          if (this.#children.has(pid)) this.#killAndReap(pid);
-          reject(err);
-        } else {
-          this.#reapLater();
-          resolve(pid);
-        }
-      };
-      this.#pending = { abort: (e) => finish(e) };
-      const timer = setTimeout(() => {
-        finish(
-          new UpgradeError(
-            "ready-timeout",
-            `generation ${
-              this.generation + 1
-            } (pid ${pid}) was not ready within ${this.#readyTimeout} ms; killed it`,
-            { pid },
-          ),
-        );
-      }, this.#readyTimeout);
-      const tick = setInterval(() => {
-        try {
-          for (const { msg } of channel.receive()) {
-            const m = messageOf(msg);
-            if (m.type === "ready") return finish(null);
-            if (m.type === "error") {
-              return finish(
-                new UpgradeError(
-                  "protocol-error",
-                  `generation ${this.generation + 1} refused the handover: ${m.message}`,
-                  { pid },
-                ),
-              );
-            }
-            protocolError(`unexpected ${m.type} message from the new generation`);
-          }
-        } catch (err) {
-          return finish(
-            new UpgradeError("protocol-error", (err as Error).message, { pid }, { cause: err }),
-          );
-        }
-        // A closed channel without ready means the child is ending: its exit status says why.
+    const who = `generation ${this.generation + 1} (pid ${pid})`;
+    return {
+      pid,
+      channel,
+      who,
+      // A closed channel without ready means the child is ending: its exit status says why.
+      ended: () => {
         const end = sys.waitpidNoHang(pid);
-        if (end) {
-          this.#children.delete(pid);
-          finish(
-            end.exited
-              ? new UpgradeError(
-                "exited",
-                `generation ${
-                  this.generation + 1
-                } (pid ${pid}) exited with code ${end.code} before it was ready`,
-                { pid, exitCode: end.code },
-              )
-              : new UpgradeError(
-                "killed",
-                `generation ${this.generation + 1} (pid ${pid}) was killed by ${
-                  signalName(end.signal)
-                } before it was ready`,
-                { pid, signal: signalName(end.signal) },
-              ),
+        if (!end) return null;
+        this.#children.delete(pid);
+        if (end.exited) {
+          return new UpgradeError(
+            "exited",
+            `${who} exited with code ${end.code} before it was ready`,
+            { pid, exitCode: end.code },
           );
         }
-      }, 20);
-    });
+        const signal = signalName(end.signal);
+        return new UpgradeError("killed", `${who} was killed by ${signal} before it was ready`, {
+          pid,
+          signal,
+        });
+      },
+      abandon: () => {
+        if (this.#children.has(pid)) this.#killAndReap(pid);
+      },
+    };
   }
 
   // Kills a child that failed its upgrade and reaps it before the failure is
