@@ -1,39 +1,30 @@
 /**
- * Deno.serve on a listening socket instar owns, at Deno.serve's own speed.
+ * Deno.serve with its own options and handler, at Deno.serve's speed, on a
+ * socket that survives upgrades. Deno only: it uses Deno.upgradeWebSocket.
  *
- *   deno run -A examples/deno_serve.ts                  # makes a socket on 127.0.0.1:8080
- *   systemd-socket-activate -l 127.0.0.1:8080 deno run -A examples/deno_serve.ts --fd 3
+ *   deno run -A examples/deno_serve.ts --port 8080 --pid-file app.pid
+ *   kill -HUP $(cat app.pid)   # the new version takes over; open WebSockets stay on this one
  *
- * SIGTERM or Ctrl-C drains: stop accepting, finish what is in flight (WebSockets
- * included, up to 10 s), exit.
+ * Flags: see examples/_lifecycle.ts.
  *
  * @module
  */
-import { parseArgs } from "node:util";
-import { serve } from "../src/serve.ts";
-import { listenSocket } from "./_socket.ts";
+import { startGeneration } from "./_lifecycle.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: { fd: { type: "string" }, port: { type: "string", default: "8080" } },
-});
-const fd = values.fd ? Number(values.fd) : listenSocket("127.0.0.1", Number(values.port));
+const { up, hostname, port } = await startGeneration("deno_serve");
 
-const server = await serve(fd, {
-  drainTimeoutMs: 10_000,
-  onFallback: (why) => console.warn(`serving through the proxy: ${why.message}`),
-}, (req, info) => {
+await up.serve({ hostname, port }, {
+  onFallback: (why: Error) => console.warn(`serving through the proxy: ${why.message}`),
+}, (req: Request, info?: unknown) => {
   if (req.headers.get("upgrade") === "websocket") {
     const { socket, response } = Deno.upgradeWebSocket(req);
     socket.onmessage = (e) => socket.send(e.data);
     return response;
   }
-  return new Response(`hello ${info.remoteAddr.hostname} from ${Deno.pid}\n`);
+  const { remoteAddr } = info as Deno.ServeHandlerInfo<Deno.NetAddr>;
+  return new Response(
+    `hello ${remoteAddr.hostname} from ${Deno.pid} (generation ${up.generation})\n`,
+  );
 });
 
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  Deno.addSignalListener(signal, async () => {
-    await server.shutdown();
-    Deno.exit(0);
-  });
-}
+await up.ready();

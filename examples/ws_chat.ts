@@ -1,0 +1,112 @@
+/**
+ * A WebSocket chat that upgrades in place, on Deno and on Bun. Every text
+ * message a client sends is broadcast to all clients connected to the same
+ * generation, prefixed with the generation's pid.
+ *
+ * Across an upgrade, open sockets stay on the old generation and keep
+ * chatting until they close or the drain timeout closes them (code 1001);
+ * new sockets reach the new generation. When its generation starts draining,
+ * every client gets a `draining` notice, so it can reconnect when it suits it.
+ *
+ *   deno run -A examples/ws_chat.ts --port 8080     (or: bun examples/ws_chat.ts …)
+ *   kill -HUP $(cat app.pid)    # start the new generation; open chats stay on this one
+ *   kill -TERM $(cat app.pid)   # stop gracefully
+ *
+ * Messages from the server (text):
+ *   `welcome pid <pid> generation <n>`         on connecting
+ *   `pid <pid>: <message>`                     a broadcast (the sender gets it too)
+ *   `draining pid <pid>: reconnect to move on` this generation stopped accepting
+ * `GET /` without an upgrade answers `ws chat pid <pid> generation <n>: <k> client(s)`.
+ *
+ * Flags: --port <n> (default 8080), --hostname <addr> (default 127.0.0.1),
+ * --pid-file <path>, --drain-timeout <ms>, --ready-timeout <ms>,
+ * --spawn-backend fork|posix_spawn|auto, --control <socket path>.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import process from "node:process";
+import { logLifecycle, Upgrader } from "../mod.ts";
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    port: { type: "string", default: "8080" },
+    hostname: { type: "string", default: "127.0.0.1" },
+    "pid-file": { type: "string" },
+    "drain-timeout": { type: "string" },
+    "ready-timeout": { type: "string" },
+    "spawn-backend": { type: "string" },
+    control: { type: "string" },
+  },
+  strict: true,
+});
+
+const up = await Upgrader.create({
+  pidFile: values["pid-file"],
+  drainTimeout: values["drain-timeout"] ? Number(values["drain-timeout"]) : undefined,
+  readyTimeout: values["ready-timeout"] ? Number(values["ready-timeout"]) : undefined,
+  spawnBackend: values["spawn-backend"] as "fork" | "posix_spawn" | "auto" | undefined,
+  controlSocket: values.control,
+});
+logLifecycle(up, "chat");
+
+// ---------------------------------------------------------------- the chat, runtime-neutral
+
+interface Peer {
+  send(message: string): void;
+}
+
+const peers = new Set<Peer>();
+
+function broadcast(message: string): void {
+  for (const p of peers) p.send(message);
+}
+
+function joined(peer: Peer): void {
+  peers.add(peer);
+  peer.send(`welcome pid ${process.pid} generation ${up.generation}`);
+}
+
+function said(message: string | ArrayBuffer | Uint8Array): void {
+  if (typeof message === "string") broadcast(`pid ${process.pid}: ${message}`);
+}
+
+function page(): Response {
+  return new Response(
+    `ws chat pid ${process.pid} generation ${up.generation}: ${peers.size} client(s)\n`,
+  );
+}
+
+up.on("draining", () => broadcast(`draining pid ${process.pid}: reconnect to move on`));
+
+// ---------------------------------------------------------------- the runtime's WebSocket API
+
+const listenOptions = { hostname: values.hostname, port: Number(values.port) };
+
+if (process.versions.bun) {
+  // Bun upgrades inside `fetch` and delivers socket events to the `websocket` handlers.
+  interface BunServer {
+    upgrade(req: Request): boolean;
+  }
+  await up.serve(listenOptions, {
+    fetch: (req: Request, server: BunServer) => server.upgrade(req) ? undefined : page(),
+    websocket: {
+      open: (ws: Peer) => joined(ws),
+      message: (_ws: Peer, m: string | Uint8Array) => said(m),
+      close: (ws: Peer) => void peers.delete(ws),
+    },
+  });
+} else {
+  // Deno upgrades a request into a WebSocket object with its own event handlers.
+  await up.serve(listenOptions, {}, (req) => {
+    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") return page();
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onopen = () => joined(socket);
+    socket.onmessage = (e) => said(e.data);
+    socket.onclose = () => void peers.delete(socket);
+    return response;
+  });
+}
+
+await up.ready();
