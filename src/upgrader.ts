@@ -179,15 +179,17 @@ interface Attempt {
 
 type Handler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
 
-interface StartInfo {
-  execPath: string;
-  argv: string[];
-  env: string[];
-  cwd: string;
-}
-
 /** How long a stopping generation lets its runtime deliver connections it already accepted. */
 const DRAIN_DELAY_MS = 100;
+
+interface StartInfo {
+  execPath: string;
+  argv: string[] | null;
+  env: string[] | null;
+  cwd: string;
+  /** Why argv/env could not be read, if they could not. */
+  problem: string | null;
+}
 
 function readNulList(path: string): string[] {
   const parts = new TextDecoder().decode(readFileSync(path)).split("\0");
@@ -199,19 +201,20 @@ function readNulList(path: string): string[] {
 // (Deno then reports "… (deleted)"), and process.env may have been changed
 // (Bun loads .env into it) — the next generation gets what this one started with.
 const START: StartInfo = (() => {
-  let argv: string[] = [], env: string[] = [];
-  try {
-    argv = readNulList("/proc/self/cmdline");
-    env = readNulList("/proc/self/environ");
-  } catch {
-    // no procfs: the defaults below still let the program run; upgrades need command/args/env
-  }
-  return {
+  const info: StartInfo = {
     execPath: process.execPath.replace(/ \(deleted\)$/, ""),
-    argv,
-    env,
+    argv: null,
+    env: null,
     cwd: process.cwd(),
+    problem: null,
   };
+  try {
+    info.argv = readNulList("/proc/self/cmdline");
+    info.env = readNulList("/proc/self/environ");
+  } catch (err) {
+    info.problem = (err as Error).message;
+  }
+  return info;
 })();
 
 function listenKey(options: ListenOptions): string {
@@ -887,12 +890,23 @@ export class Upgrader {
     const [mine, theirs] = sys.socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
     const channel = new Channel(mine);
     const listeners = this.#passable();
+    const path = opts.command ?? START.execPath;
+    if ((!opts.args && !START.argv?.length) || (!opts.env && !START.env)) {
+      channel.close();
+      sys.close(theirs);
+      throw new UpgradeError(
+        "exec-failed",
+        `cannot tell how this program was started (${
+          START.problem ?? "empty /proc/self/cmdline"
+        }); ` +
+          "pass the command, args and env options",
+      );
+    }
     const env = opts.env
       ? Object.entries(opts.env).map(([k, v]) => `${k}=${v}`)
-      : START.env.filter((e) => !e.startsWith(`${CONTROL_FD_ENV}=`) && !e.startsWith("LISTEN_"));
+      : START.env!.filter((e) => !e.startsWith(`${CONTROL_FD_ENV}=`) && !e.startsWith("LISTEN_"));
     env.push(`${CONTROL_FD_ENV}=${theirs}`);
-    const path = opts.command ?? START.execPath;
-    const argv = opts.args ? [path, ...opts.args] : START.argv.length ? START.argv : [path];
+    const argv = opts.args ? [path, ...opts.args] : START.argv!;
     let pid: number;
     try {
       // The hello waits in the socket buffer, so the child reads it at once.

@@ -304,24 +304,29 @@ describe("ffi layer", () => {
     assert.throws(() => sys.mprotect(addr + 1n, 4096, C.PROT_READ), { code: "EINVAL" });
   });
 
-  test("Deno without --allow-ffi gets FFI_UNAVAILABLE naming the permission", () => {
-    const dir = mkdtempSync(join(tmpdir(), "instar-perm-"));
-    try {
-      const file = join(dir, "probe.ts");
-      const ffiMod = new URL("../src/ffi/mod.ts", import.meta.url).href;
-      writeFileSync(
-        file,
-        `import { getpid } from ${JSON.stringify(ffiMod)};\n` +
-          `try { getpid(); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }\n`,
-      );
-      const r = spawnSync(denoBin(), ["run", "--allow-read", "--allow-env", "--no-check", file], {
-        encoding: "utf8",
-      });
-      const out = JSON.parse(r.stdout.trim());
-      assert.equal(out.code, "FFI_UNAVAILABLE");
-      assert.match(out.message, /--allow-ffi/);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  for (
+    const [flags, code, hint] of [
+      [["--allow-read", "--allow-env"], "FFI_UNAVAILABLE", /--allow-ffi/],
+      [["--allow-ffi", "--allow-read", "--allow-env"], "PERMISSION_DENIED", /-A/],
+    ] as const
+  ) {
+    test(`Deno run with ${flags.join(" ")} gets ${code} saying what to grant`, () => {
+      const dir = mkdtempSync(join(tmpdir(), "instar-perm-"));
+      try {
+        const file = join(dir, "probe.ts");
+        const ffiMod = new URL("../src/ffi/mod.ts", import.meta.url).href;
+        writeFileSync(
+          file,
+          `import { getpid } from ${JSON.stringify(ffiMod)};\n` +
+            `try { getpid(); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }\n`,
+        );
+        const r = spawnSync(denoBin(), ["run", ...flags, "--no-check", file], { encoding: "utf8" });
+        const out = JSON.parse(r.stdout.trim());
+        assert.equal(out.code, code);
+        assert.match(out.message, hint);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
 });

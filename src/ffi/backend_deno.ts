@@ -24,6 +24,25 @@ function permissionHint(err: unknown): never {
   );
 }
 
+/**
+ * instar reads /proc/self (its fds, epoll registrations, how the program was
+ * started), which Deno allows only with --allow-all. Say so at once rather
+ * than fail later in a way that looks like something else.
+ */
+function requireProcAccess(): void {
+  try {
+    Deno.readDirSync("/proc/self/fd");
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return; // no procfs: the platform check speaks
+    throw new InstarError(
+      "PERMISSION_DENIED",
+      "instar reads /proc/self, which Deno allows only with --allow-all: run with -A " +
+        "(FFI access to libc, which instar also needs, already grants as much)",
+      { cause: err },
+    );
+  }
+}
+
 /** Opens the first library of `candidates` that loads; returns the Deno backend. */
 export function openDeno(candidates: readonly string[], darwin: boolean): Backend {
   let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
@@ -48,6 +67,7 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
       { cause: lastError },
     );
   }
+  requireProcAccess();
   const errnoFn = Object.values(errnoLib.symbols)[0];
   let errnoView: Deno.UnsafePointerView | undefined;
   return {
