@@ -28,6 +28,12 @@ export interface LoadOptions {
   path?: string;
   /** Called when a response arrives, with its body. */
   onResponse?: (body: string) => void;
+  /**
+   * Called for every successful request with the `performance.now()` at which
+   * it was sent and its latency in ms (e.g. to tell requests answered during
+   * an upgrade from the others).
+   */
+  onLatency?: (startMs: number, ms: number) => void;
   /** Stops early when it resolves. */
   signal?: AbortSignal;
 }
@@ -104,12 +110,13 @@ function record(res: LoadResult, kind: FailureKind, msg: string): void {
   if (res.samples.length < 10) res.samples.push(`${kind}: ${msg}`);
 }
 
-function success(res: LoadResult, start: number, t0: number): void {
+function success(res: LoadResult, start: number, t0: number): number {
   const t1 = performance.now();
   res.ok++;
   res.latencies.push(t1 - t0);
   const sec = Math.floor((t1 - start) / 1000);
   res.perSecond[sec] = (res.perSecond[sec] ?? 0) + 1;
+  return t1 - t0;
 }
 
 /** Runs load against a loopback HTTP server until the duration or request bound is reached. */
@@ -199,7 +206,8 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
           waiter = check;
           check(null);
         });
-        success(res, start, t0);
+        const ms = success(res, start, t0);
+        o.onLatency?.(t0, ms);
         o.onResponse?.(body);
       } catch (e) {
         const err = e as NodeJS.ErrnoException;

@@ -199,7 +199,7 @@ async function freshStart(runtime: string): Promise<number> {
 }
 
 interface UpgradeTimes {
-  external: number[]; // SIGHUP sent → upgrade-succeeded line read
+  external: number[]; // SIGHUP sent → a new connection answered by the new pid (or: log line read)
   reported: number[]; // the server's own "ready after X ms"
   failedUpgrades: string[];
 }
@@ -208,6 +208,7 @@ async function upgrades(
   s: Server,
   count: number,
   pid0: number,
+  probePort?: number,
 ): Promise<UpgradeTimes & { last: number }> {
   const res: UpgradeTimes = { external: [], reported: [], failedUpgrades: [] };
   let pid = pid0;
@@ -215,6 +216,17 @@ async function upgrades(
     const from = s.lines.length;
     const t0 = performance.now();
     process.kill(pid, "SIGHUP");
+    if (probePort !== undefined) {
+      // Until a new connection is answered by another pid: measured like a fresh start.
+      for (;;) {
+        const body = await httpOnce(probePort).catch(() => "");
+        const m = /hello from pid (\d+)/.exec(body);
+        if (m && Number(m[1]) !== pid) break;
+        if (performance.now() - t0 > 60_000) throw new Error("no new generation answered");
+        await sleep(2);
+      }
+      res.external.push(performance.now() - t0);
+    }
     const { m, at } = await s.next(
       new RegExp(`pid=${pid} gen=\\d+\\] upgrade-(succeeded|failed): (.*)`),
       from,
@@ -224,7 +236,7 @@ async function upgrades(
       continue;
     }
     const r = /pid (\d+) ready after (\d+) ms/.exec(m[2])!;
-    res.external.push(at - t0);
+    if (probePort === undefined) res.external.push(at - t0);
     res.reported.push(Number(r[2]));
     pid = Number(r[1]);
     await sleep(50); // the new generation's signal handler is installed before it says ready
@@ -261,7 +273,7 @@ for (const runtime of runtimes) {
     let last = s.child.pid!;
     for (let i = 0; i < IDLE; i++) {
       freshMs.push(await freshStart(runtime));
-      const one = await upgrades(s, 1, last);
+      const one = await upgrades(s, 1, last, port);
       a.external.push(...one.external);
       a.reported.push(...one.reported);
       a.failedUpgrades.push(...one.failedUpgrades);
@@ -294,7 +306,7 @@ for (const runtime of runtimes) {
   } finally {
     s.killAll();
   }
-  const overhead = idleReported.p50 - fresh.p50;
+  const overhead = idle.p50 - fresh.p50;
   const summary = {
     runtime,
     fresh,
@@ -315,20 +327,21 @@ for (const runtime of runtimes) {
     JSON.stringify(summary, null, 2),
   );
   rows.push(
-    `| ${runtime} | ${ms(fresh.p50)} / ${ms(fresh.p90)} | ${ms(idleReported.p50)} / ` +
-      `${ms(idleReported.p90)} | ${ms(idle.p50)} | **${ms(overhead)}** | ${ms(loadedRep.p50)} / ` +
-      `${
+    `| ${runtime} | ${ms(fresh.p50)} / ${ms(fresh.p90)} | ${ms(idle.p50)} / ${ms(idle.p90)} ` +
+      `| **${ms(overhead)}** | ${ms(idleReported.p50)} | ${ms(loadedRep.p50)} / ${
         ms(loadedRep.p90)
-      } | ${loadedRep.n} of ${LOADED} | ${summary.requests} | **${load.failed}** ` +
-      `| ${load.retried} | ${Math.round(summary.reqPerSec)} |`,
+      } ` +
+      `| ${loadedRep.n} of ${LOADED} | ${summary.requests} | **${load.failed}** | ${load.retried} ` +
+      `| ${Math.round(summary.reqPerSec)} |`,
   );
   process.stderr.write(`${runtime}: done ${JSON.stringify(summary)}\n`);
 }
 
 console.log(
-  "| runtime | fresh start p50 / p90 ms | upgrade, trigger → ready p50 / p90 ms | SIGHUP → log p50 ms " +
-    "| overhead p50 ms | under load, trigger → ready p50 / p90 ms | upgrades ok | requests | failed " +
-    "| re-sent idle | req/s |",
+  "| runtime | fresh start → answers, p50 / p90 ms | SIGHUP → new generation answers, p50 / p90 ms " +
+    "| overhead p50 ms | trigger → ready (server), p50 ms " +
+    "| under load: trigger → ready (server), p50 / p90 ms | upgrades ok | requests | failed " +
+    "| re-sent on closed idle conn. | req/s |",
 );
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows) console.log(r);

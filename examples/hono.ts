@@ -14,39 +14,16 @@
  *   GET /health        200 `ok`
  *   anything else      404
  *
- * Flags: --port <n> (default 8080), --hostname <addr> (default 127.0.0.1),
- * --pid-file <path>, --drain-timeout <ms>, --ready-timeout <ms>,
- * --spawn-backend fork|posix_spawn|auto, --control <socket path>.
+ * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file,
+ * --drain-timeout, --ready-timeout, --spawn-backend, --control).
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import process from "node:process";
 import { Hono } from "hono";
-import { logLifecycle, Upgrader } from "../mod.ts";
+import { startGeneration } from "./_lifecycle.ts";
 
-const { values } = parseArgs({
-  args: process.argv.slice(2),
-  options: {
-    port: { type: "string", default: "8080" },
-    hostname: { type: "string", default: "127.0.0.1" },
-    "pid-file": { type: "string" },
-    "drain-timeout": { type: "string" },
-    "ready-timeout": { type: "string" },
-    "spawn-backend": { type: "string" },
-    control: { type: "string" },
-  },
-  strict: true,
-});
-
-const up = await Upgrader.create({
-  pidFile: values["pid-file"],
-  drainTimeout: values["drain-timeout"] ? Number(values["drain-timeout"]) : undefined,
-  readyTimeout: values["ready-timeout"] ? Number(values["ready-timeout"]) : undefined,
-  spawnBackend: values["spawn-backend"] as "fork" | "posix_spawn" | "auto" | undefined,
-  controlSocket: values.control,
-});
-logLifecycle(up, "hono");
+const { up, hostname, port } = await startGeneration("hono");
 
 const app = new Hono();
 app.get("/", (c) => c.text(`hono from pid ${process.pid} generation ${up.generation}\n`));
@@ -56,6 +33,6 @@ app.get(
 );
 app.get("/health", (c) => c.text("ok\n"));
 
-await up.serve({ hostname: values.hostname, port: Number(values.port) }, {}, app.fetch);
+await up.serve({ hostname, port }, {}, app.fetch);
 
 await up.ready();

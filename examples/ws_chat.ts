@@ -18,38 +18,15 @@
  *   `draining pid <pid>: reconnect to move on` this generation stopped accepting
  * `GET /` without an upgrade answers `ws chat pid <pid> generation <n>: <k> client(s)`.
  *
- * Flags: --port <n> (default 8080), --hostname <addr> (default 127.0.0.1),
- * --pid-file <path>, --drain-timeout <ms>, --ready-timeout <ms>,
- * --spawn-backend fork|posix_spawn|auto, --control <socket path>.
+ * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file,
+ * --drain-timeout, --ready-timeout, --spawn-backend, --control).
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import process from "node:process";
-import { logLifecycle, Upgrader } from "../mod.ts";
+import { startGeneration } from "./_lifecycle.ts";
 
-const { values } = parseArgs({
-  args: process.argv.slice(2),
-  options: {
-    port: { type: "string", default: "8080" },
-    hostname: { type: "string", default: "127.0.0.1" },
-    "pid-file": { type: "string" },
-    "drain-timeout": { type: "string" },
-    "ready-timeout": { type: "string" },
-    "spawn-backend": { type: "string" },
-    control: { type: "string" },
-  },
-  strict: true,
-});
-
-const up = await Upgrader.create({
-  pidFile: values["pid-file"],
-  drainTimeout: values["drain-timeout"] ? Number(values["drain-timeout"]) : undefined,
-  readyTimeout: values["ready-timeout"] ? Number(values["ready-timeout"]) : undefined,
-  spawnBackend: values["spawn-backend"] as "fork" | "posix_spawn" | "auto" | undefined,
-  controlSocket: values.control,
-});
-logLifecycle(up, "chat");
+const { up, hostname, port } = await startGeneration("chat");
 
 // ---------------------------------------------------------------- the chat, runtime-neutral
 
@@ -82,7 +59,7 @@ up.on("draining", () => broadcast(`draining pid ${process.pid}: reconnect to mov
 
 // ---------------------------------------------------------------- the runtime's WebSocket API
 
-const listenOptions = { hostname: values.hostname, port: Number(values.port) };
+const listenOptions = { hostname, port };
 
 if (process.versions.bun) {
   // Bun upgrades inside `fetch` and delivers socket events to the `websocket` handlers.

@@ -180,7 +180,7 @@ interface Attempt {
 type Handler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
 
 /** How long a stopping generation lets its runtime deliver connections it already accepted. */
-const DRAIN_DELAY_MS = 100;
+const DRAIN_DELAY_MS = 250;
 
 interface StartInfo {
   execPath: string;
@@ -701,7 +701,18 @@ export class Upgrader {
     });
   }
 
-  /** What this generation reports about itself. */
+  /** The addresses this generation listens and serves on. */
+  addrs(): Addr[] {
+    return [
+      ...this.#listeners.map(({ listener }) => listener.addr),
+      ...this.#servers.map(({ addr }) => addr),
+    ];
+  }
+
+  /**
+   * What this generation reports about itself (`instar status`). Counting the
+   * HTTP servers' connections reads /proc/net/tcp: not for a hot path.
+   */
   status(): StatusReport {
     return {
       pid: process.pid,
@@ -1267,7 +1278,7 @@ export function logLifecycle(
   const say = (what: string) => write(`[${name} pid=${up.pid} gen=${up.generation}] ${what}`);
   up.on("state", ({ state }) => {
     if (state === "ready") {
-      const addrs = up.status().listeners.map((l) => l.addr).join(", ");
+      const addrs = up.addrs().map(formatAddr).join(", ");
       say(`ready on ${addrs || "(no listeners)"}`);
     }
   });

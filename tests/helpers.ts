@@ -168,8 +168,10 @@ export function startServer(cmd: string[], env: Record<string, string> = {}): Se
       rest = parts.pop()!;
       for (const l of parts) {
         lines.push(prefix + l);
-        const m = /pid=(\d+)/.exec(l);
-        if (m) pids.add(Number(m[1]));
+        // "[name pid=N …]" prefixes, and children named before they log anything
+        for (const m of l.matchAll(/pid=(\d+)|upgrade-spawned: pid (\d+)/g)) {
+          pids.add(Number(m[1] ?? m[2]));
+        }
       }
       for (const w of [...waiters]) w();
     };
