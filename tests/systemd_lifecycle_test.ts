@@ -1,0 +1,159 @@
+// systemd and the lifecycle, black-box: the exact sd_notify sequence a real
+// server sends for start, upgrade, failed upgrade and stop, and a
+// socket-activated server that passes its activated socket on.
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import * as sys from "../src/ffi/mod.ts";
+import { C } from "../src/ffi/mod.ts";
+import { encodeUnix } from "../src/ffi/sockaddr.ts";
+import {
+  fdTable,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  sleep,
+  startServer,
+} from "./helpers.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "instar-sdlife-"));
+const servers: ServerProcess[] = [];
+after(() => {
+  servers.forEach((s) => s.killAll());
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const ECHO = join(ROOT, "examples", "echo_server.ts");
+const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
+
+/** Datagrams arriving on a NOTIFY_SOCKET bound at `path`. */
+function notifySocket(path: string) {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  sys.bind(fd, encodeUnix(path), path);
+  const got: string[] = [];
+  return {
+    got,
+    /** Reads what arrived; waits until `n` datagrams arrived in total. */
+    async until(n: number, timeoutMs = 30_000): Promise<string[]> {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        for (let r = sys.recvFds(fd, 4096, 4); r; r = sys.recvFds(fd, 4096, 4)) {
+          got.push(new TextDecoder().decode(r.data));
+        }
+        if (got.length >= n) return got;
+        if (Date.now() > end) {
+          throw new Error(`only ${got.length} of ${n} datagrams: ${JSON.stringify(got)}`);
+        }
+        await sleep(20);
+      }
+    },
+    close: () => sys.close(fd),
+  };
+}
+
+function deploy(source: string): string {
+  const script = join(dir, "server.ts");
+  writeFileSync(script, source);
+  return script;
+}
+
+function echo(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: "127.0.0.1", port });
+    s.once("connect", () => s.write("ping\n"));
+    s.once("data", (d) => {
+      s.destroy();
+      resolve(d.toString());
+    });
+    s.once("error", reject);
+  });
+}
+
+describe(`systemd and the lifecycle (${RUNTIME})`, () => {
+  test("sd_notify: READY at start, RELOADING then MAINPID+READY on upgrade, READY+STATUS on failure, STOPPING on stop", async () => {
+    const notify = notifySocket(join(dir, "notify.sock"));
+    try {
+      const script = deploy(`import ${JSON.stringify(ECHO)};\n`);
+      const server = startServer(
+        runtimeCmd(RUNTIME, script, ["--port", "0", "--ready-timeout", "5000"]),
+        {
+          NOTIFY_SOCKET: join(dir, "notify.sock"),
+        },
+      );
+      servers.push(server);
+      await server.waitFor(/gen=1\] ready on/);
+      assert.deepEqual(await notify.until(1), ["READY=1\n"]);
+
+      process.kill(server.pid, "SIGHUP");
+      const ok = await server.waitFor(/upgrade-succeeded: pid (\d+)/);
+      const child = Number(ok[1]);
+      const afterUpgrade = await notify.until(3);
+      assert.match(afterUpgrade[1], /^RELOADING=1\nMONOTONIC_USEC=\d+\n$/);
+      assert.equal(afterUpgrade[2], `MAINPID=${child}\nREADY=1\n`);
+      await server.exited; // the first generation drained and exited
+
+      deploy(`throw new Error("broken deploy");\n`);
+      const from = server.lines.length;
+      process.kill(child, "SIGHUP");
+      await server.waitFor(/upgrade-failed: exited/, 30_000, from);
+      const afterFailure = await notify.until(5);
+      assert.match(afterFailure[3], /^RELOADING=1\nMONOTONIC_USEC=\d+\n$/);
+      assert.equal(afterFailure[4], "READY=1\nSTATUS=upgrade failed: exited\n");
+
+      process.kill(child, "SIGTERM");
+      const all = await notify.until(6);
+      assert.equal(all[5], "STOPPING=1\n");
+      await sleep(300);
+      assert.equal((await notify.until(6)).length, 6, "nothing else was sent");
+    } finally {
+      notify.close();
+    }
+  });
+
+  test(
+    "a socket-activated server adopts the socket and passes it on; LISTEN_* never reaches a later generation",
+    {
+      skip: existsSync(SOCKET_ACTIVATE)
+        ? false
+        : `${SOCKET_ACTIVATE} is missing (Debian package systemd; .ci/run installs it)`,
+    },
+    async () => {
+      const probe = net.createServer();
+      await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+      const port = (probe.address() as net.AddressInfo).port;
+      await new Promise((r) => probe.close(r));
+      const [cmd, ...args] = runtimeCmd(RUNTIME, ECHO, ["--port", String(port)]);
+      const server = startServer([
+        SOCKET_ACTIVATE,
+        "-l",
+        `127.0.0.1:${port}`,
+        "--fdname=web",
+        cmd,
+        ...args,
+      ]);
+      servers.push(server);
+      // systemd-socket-activate binds, and starts the program on the first connection,
+      // which waits in the activated socket's queue until the program serves it.
+      await server.waitFor(/Listening on/, 10_000); // systemd-socket-activate's own line
+      const first = echo(port);
+      await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/);
+      assert.equal(await first, "ping\n");
+      // fd 3 is the activated socket, now served by instar (not a second socket on the port)
+      assert.match(fdTable(server.pid).get(3) ?? "", /^socket:/);
+      process.kill(server.pid, "SIGHUP");
+      const ok = await server.waitFor(/upgrade-succeeded: pid (\d+)/);
+      const child = Number(ok[1]);
+      await server.exited;
+      assert.equal(await echo(port), "ping\n", "the new generation serves the activated socket");
+      const { readFileSync } = await import("node:fs");
+      const environ = readFileSync(`/proc/${child}/environ`, "utf8").split("\0");
+      assert.deepEqual(environ.filter((e) => e.startsWith("LISTEN_")), []);
+      process.kill(child, "SIGTERM");
+    },
+  );
+});
