@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
-import { C, LINUX_AARCH64, LINUX_X86_64, platform } from "../src/ffi/layout.ts";
+import { C, type Layout, LINUX_AARCH64, LINUX_X86_64, platform } from "../src/ffi/layout.ts";
 import { decode, encodeInet, encodeUnix, formatIPv6, parseIPv6 } from "../src/ffi/sockaddr.ts";
 import { SYMBOLS } from "../src/ffi/symbols.ts";
 import { SystemError } from "../src/errors.ts";
@@ -100,12 +100,14 @@ int main(void) {
 }
 `;
 
-function probeLayouts(): Map<string, number> {
+/** Compiles and runs the probe with `cc` (under `run`, e.g. qemu); returns what it printed. */
+function probeLayouts(cc: string, run: string[] = []): Map<string, number> {
   const dir = mkdtempSync(join(tmpdir(), "instar-layout-"));
   try {
     writeFileSync(join(dir, "probe.c"), LAYOUT_PROBE);
-    execFileSync("cc", ["-o", join(dir, "probe"), join(dir, "probe.c")]);
-    const out = execFileSync(join(dir, "probe"), { encoding: "utf8" });
+    execFileSync(cc, ["-static", "-o", join(dir, "probe"), join(dir, "probe.c")]);
+    const [cmd, ...args] = [...run, join(dir, "probe")];
+    const out = execFileSync(cmd, args, { encoding: "utf8" });
     return new Map(
       out.trim().split("\n").map((l) => {
         const [k, v] = l.split(" ");
@@ -117,24 +119,47 @@ function probeLayouts(): Map<string, number> {
   }
 }
 
+function which(cmd: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
+}
+
+/** Compares a layout table and the constants with what the compiler printed; returns how many. */
+function compareLayouts(layout: Layout, real: Map<string, number>): number {
+  const table = layout as unknown as Record<string, Record<string, number>>;
+  let checked = 0;
+  for (const [key, value] of real) {
+    const [group, field] = key.split(".");
+    if (group === "C") {
+      assert.equal((C as Record<string, number>)[field], value, `constant ${field}`);
+    } else if (group === "cmsghdr" && field === "data") {
+      assert.equal(Math.ceil(table.cmsghdr.size / 8) * 8, value, "CMSG_LEN(0)");
+    } else if (group === "spawnFileActions" || group === "spawnAttr") {
+      assert.ok(table.spawnOpaque.size >= value, `${group} fits in spawnOpaque`);
+    } else {
+      assert.equal(table[group]?.[field], value, `layout ${key}`);
+    }
+    checked++;
+  }
+  return checked;
+}
+
 describe("ffi layer", () => {
   test("struct layouts and constants match the C compiler on this machine", () => {
-    const real = probeLayouts();
-    const layout = platform().layout as unknown as Record<string, Record<string, number>>;
-    let checked = 0;
-    for (const [key, value] of real) {
-      const [group, field] = key.split(".");
-      if (group === "C") {
-        assert.equal((C as Record<string, number>)[field], value, `constant ${field}`);
-      } else if (group === "cmsghdr" && field === "data") {
-        assert.equal(Math.ceil(layout.cmsghdr.size / 8) * 8, value, "CMSG_LEN(0)");
-      } else if (group === "spawnFileActions" || group === "spawnAttr") {
-        assert.ok(layout.spawnOpaque.size >= value, `${group} fits in spawnOpaque`);
-      } else {
-        assert.equal(layout[group]?.[field], value, `layout ${key}`);
-      }
-      checked++;
-    }
+    const checked = compareLayouts(platform().layout, probeLayouts("cc"));
+    assert.ok(checked > 90, `compared ${checked} values`);
+  });
+
+  const cross = which("aarch64-linux-gnu-gcc") && which("qemu-aarch64");
+  test("the linux-aarch64 layouts match the aarch64 C compiler (run under qemu-user)", {
+    skip: cross
+      ? false
+      : "needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, " +
+        "qemu-user; .ci/run installs them)",
+  }, () => {
+    const checked = compareLayouts(
+      LINUX_AARCH64,
+      probeLayouts("aarch64-linux-gnu-gcc", ["qemu-aarch64"]),
+    );
     assert.ok(checked > 90, `compared ${checked} values`);
   });
 
