@@ -18,9 +18,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
+import { ROOT } from "./procs.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const { values } = parseArgs({
   args: process.argv.slice(2),
   options: {

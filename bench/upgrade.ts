@@ -23,13 +23,12 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { percentile, runLoad } from "./load_client.ts";
+import { alive, killAll, ROOT, runtimeCmd, sleep } from "./procs.ts";
 
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 
 const { values } = parseArgs({
@@ -49,28 +48,6 @@ for (const r of runtimes) {
 const IDLE = Number(values.idle), LOADED = Number(values.upgrades);
 const CONNECTIONS = Number(values.connections);
 
-function bin(name: string): string {
-  const local = join(ROOT, "node_modules", ".bin", name);
-  return existsSync(local) ? local : name;
-}
-
-function command(runtime: string): string[] {
-  return runtime === "deno"
-    ? [bin("deno"), "run", "-A", "--no-check", EXAMPLE]
-    : [bin("bun"), EXAMPLE];
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
 interface Server {
   child: ChildProcess;
   pids: Set<number>;
@@ -82,7 +59,7 @@ interface Server {
 }
 
 function start(runtime: string, port = 0): Server {
-  const [cmd, ...args] = command(runtime);
+  const [cmd, ...args] = runtimeCmd(runtime as "deno" | "bun", EXAMPLE);
   const child = spawn(cmd, [...args, "--port", String(port), "--drain-timeout", "5000"], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, NO_COLOR: "1" },
@@ -130,13 +107,7 @@ function start(runtime: string, port = 0): Server {
         check();
       });
     },
-    killAll() {
-      for (const pid of pids) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
-    },
+    killAll: () => killAll(pids),
   };
 }
 

@@ -20,13 +20,11 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { runLoad } from "../bench/load_client.ts";
-
-const ROOT = fileURLToPath(new URL("..", import.meta.url));
+import { alive, killAll, ROOT, runtimeCmd, sleep } from "../bench/procs.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -58,11 +56,6 @@ if (!(connections >= 1 && connections <= 200) || !(upgrades >= 2 && upgrades <= 
 }
 const BROKEN_AT = 2; // the second upgrade deploys a program that crashes at start-up
 
-function bin(name: string): string {
-  const local = join(ROOT, "node_modules", ".bin", name);
-  return existsSync(local) ? local : name;
-}
-
 // ------------------------------------------------------------ the deploy directory
 
 const deployDir = mkdtempSync(join(tmpdir(), "instar-demo-"));
@@ -89,14 +82,12 @@ interface Upgrade {
 
 const log: string[] = [];
 let onLine: (line: string) => void = () => {};
-const cmd = runtime === "deno"
-  ? [bin("deno"), "run", "-A", "--no-check", script]
-  : [bin("bun"), script];
-const server: ChildProcess = spawn(
-  cmd[0],
-  [...cmd.slice(1), "--port", "0", "--ready-timeout", "20000", "--drain-timeout", "5000"],
-  { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_COLOR: "1" } },
-);
+const flags = ["--port", "0", "--ready-timeout", "20000", "--drain-timeout", "5000"];
+const cmd = runtimeCmd(runtime, script, flags);
+const server: ChildProcess = spawn(cmd[0], cmd.slice(1), {
+  stdio: ["ignore", "pipe", "pipe"],
+  env: { ...process.env, NO_COLOR: "1" },
+});
 const pids = new Set<number>([server.pid!]);
 for (const stream of [server.stdout!, server.stderr!]) {
   let rest = "";
@@ -130,23 +121,8 @@ function waitLine(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 function cleanup(): void {
-  for (const pid of pids) {
-    try {
-      process.kill(pid, "SIGKILL");
-    } catch { /* gone */ }
-  }
+  killAll(pids);
   rmSync(deployDir, { recursive: true, force: true });
 }
 

@@ -1,11 +1,10 @@
 // Black-box tests of the `instar` command (src/cli.ts) against real echo
 // servers of this runtime, and of the handoff between two independently
 // started processes over the control socket.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { runEchoLoad } from "../bench/load_client.ts";
@@ -13,12 +12,15 @@ import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
   alive,
+  cleanupAfterTests,
   type CommandResult,
+  echoOnce,
   ROOT,
   runCommand,
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
+  showResult,
   sleep,
   startServer,
 } from "./helpers.ts";
@@ -29,19 +31,7 @@ const GOOD = `import ${JSON.stringify(ECHO)};\n`;
 const EXITS = `import process from "node:process";\nprocess.exit(3);\n`;
 const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
 
-const dirs: string[] = [];
-const servers: ServerProcess[] = [];
-
-after(() => {
-  for (const s of servers) s.killAll();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-
-function tempDir(prefix: string): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  dirs.push(dir);
-  return dir;
-}
+const { servers, tempDir } = cleanupAfterTests();
 
 function instar(args: string[], env: Record<string, string> = {}): Promise<CommandResult> {
   return runCommand(runtimeCmd(RUNTIME, CLI, args), { env, timeoutMs: 90_000 });
@@ -78,33 +68,9 @@ async function startEcho(
   return { server, port: Number(m[1]) };
 }
 
-function echoOnce(port: number, conn?: net.Socket): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = conn ?? net.connect({ host: "127.0.0.1", port });
-    const msg = `hello ${Math.random()}\n`;
-    let got = "";
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= msg.length) {
-        s.off("data", onData);
-        if (!conn) s.destroy();
-        got === msg ? resolve() : reject(new Error(`echo mismatch ${JSON.stringify(got)}`));
-      }
-    };
-    s.on("data", onData);
-    s.once("error", reject);
-    if (conn) s.write(msg);
-    else s.once("connect", () => s.write(msg));
-  });
-}
-
 async function waitGone(pid: number): Promise<boolean> {
   for (let t = 0; t < 600 && alive(pid); t++) await sleep(50);
   return !alive(pid);
-}
-
-function show(r: CommandResult): string {
-  return `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
 }
 
 describe(`instar command (${RUNTIME})`, () => {
@@ -120,7 +86,7 @@ describe(`instar command (${RUNTIME})`, () => {
       ] as const
     ) {
       const r = await instar([...args]);
-      assert.equal(r.code, 0, `${args.join(" ")}: ${show(r)}`);
+      assert.equal(r.code, 0, `${args.join(" ")}: ${showResult(r)}`);
       assert.match(r.stdout, text, args.join(" "));
       assert.equal(r.stderr, "");
     }
@@ -145,7 +111,7 @@ describe(`instar command (${RUNTIME})`, () => {
       ] as const
     ) {
       const r = await instar([...args]);
-      assert.equal(r.code, 2, `${args.join(" ")}: ${show(r)}`);
+      assert.equal(r.code, 2, `${args.join(" ")}: ${showResult(r)}`);
       const lines = r.stderr.trimEnd().split("\n");
       assert.equal(lines.length, 1, `one line for ${args.join(" ")}: ${r.stderr}`);
       assert.match(lines[0], /^instar: /);
@@ -159,7 +125,7 @@ describe(`instar command (${RUNTIME})`, () => {
     const missing = join(dir, "nobody.sock");
     for (const cmd of ["status", "upgrade"]) {
       const r = await instar([cmd, "--control", missing]);
-      assert.equal(r.code, 1, show(r));
+      assert.equal(r.code, 1, showResult(r));
       assert.match(r.stderr, new RegExp(`^instar: no server answers on ${missing} \\(ENOENT\\)`));
     }
     // A socket file nobody listens on any more (a crashed server): ECONNREFUSED.
@@ -168,14 +134,14 @@ describe(`instar command (${RUNTIME})`, () => {
     sys.bind(fd, encodeUnix(stale));
     sys.close(fd);
     const refused = await instar(["status", "--control", stale]);
-    assert.equal(refused.code, 1, show(refused));
+    assert.equal(refused.code, 1, showResult(refused));
     assert.match(refused.stderr, /no server answers on .*\(ECONNREFUSED\)/);
     const r = await instar(["status", "--pid-file", join(dir, "none.pid")]);
-    assert.equal(r.code, 1, show(r));
+    assert.equal(r.code, 1, showResult(r));
     assert.match(r.stderr, /^instar: cannot read PID file /);
     writeFileSync(join(dir, "bad.pid"), "garbage\n");
     const bad = await instar(["upgrade", "--pid-file", join(dir, "bad.pid")]);
-    assert.equal(bad.code, 1, show(bad));
+    assert.equal(bad.code, 1, showResult(bad));
     assert.match(bad.stderr, /holds "garbage", not a pid/);
   });
 
@@ -198,7 +164,7 @@ describe(`instar command (${RUNTIME})`, () => {
       ]));
       current = server.pid;
       const text = await instar(["status", "--control", ctl]);
-      assert.equal(text.code, 0, show(text));
+      assert.equal(text.code, 0, showResult(text));
       assert.equal(
         text.stdout,
         `pid ${current}  generation 1  state ready\n  127.0.0.1:${port}  0 open connection(s)\n`,
@@ -208,7 +174,7 @@ describe(`instar command (${RUNTIME})`, () => {
       await echoOnce(port, open); // accepted and counted
       const json = await instar(["status", "--control", ctl, "--json"]);
       open.destroy();
-      assert.equal(json.code, 0, show(json));
+      assert.equal(json.code, 0, showResult(json));
       const s = JSON.parse(json.stdout);
       assert.equal(s.pid, current);
       assert.equal(s.generation, 1);
@@ -216,20 +182,20 @@ describe(`instar command (${RUNTIME})`, () => {
       assert.deepEqual(s.listeners, [{ addr: `127.0.0.1:${port}`, connections: 1 }]);
       assert.equal(s.parentPid, null);
       const byPid = await instar(["status", "--pid-file", pidFile, "--json"]);
-      assert.equal(byPid.code, 0, show(byPid));
+      assert.equal(byPid.code, 0, showResult(byPid));
       assert.deepEqual(JSON.parse(byPid.stdout), { pid: current, running: true });
     });
 
     test("upgrade --control prints the new pid, which then serves", async () => {
       const r = await instar(["upgrade", "--control", ctl]);
-      assert.equal(r.code, 0, show(r));
+      assert.equal(r.code, 0, showResult(r));
       const pid = Number(r.stdout.trim());
       assert.ok(Number.isInteger(pid) && pid > 0 && pid !== current, r.stdout);
       assert.match(r.stderr, /upgrade requested/);
       await server.waitFor(new RegExp(`pid=${pid} gen=2\\] ready on`));
       await echoOnce(port);
       const s = await instar(["status", "--control", ctl, "--json"]);
-      assert.equal(s.code, 0, show(s));
+      assert.equal(s.code, 0, showResult(s));
       assert.equal(JSON.parse(s.stdout).pid, pid);
       assert.equal(JSON.parse(s.stdout).generation, 2);
       assert.ok(await waitGone(current), "the old generation exits after draining");
@@ -241,7 +207,7 @@ describe(`instar command (${RUNTIME})`, () => {
       deploy(EXITS);
       const r = await instar(["upgrade", "--control", ctl]);
       deploy(GOOD);
-      assert.equal(r.code, 1, show(r));
+      assert.equal(r.code, 1, showResult(r));
       assert.match(r.stderr, /upgrade failed: exited: .*exited with code 3/);
       assert.equal(r.stdout, "");
       await echoOnce(port);
@@ -253,7 +219,7 @@ describe(`instar command (${RUNTIME})`, () => {
     test("upgrade --pid-file signals the server and prints the new pid", async () => {
       current = Number(readFileSync(pidFile, "utf8"));
       const r = await instar(["upgrade", "--pid-file", pidFile]);
-      assert.equal(r.code, 0, show(r));
+      assert.equal(r.code, 0, showResult(r));
       const pid = Number(r.stdout.trim());
       assert.ok(pid > 0 && pid !== current, r.stdout);
       assert.equal(readFileSync(pidFile, "utf8").trim(), String(pid));
@@ -291,7 +257,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
     assert.ok(r.ok > 20, `only ${r.ok} exchanges`);
     await echoOnce(port);
     const s = await instar(["status", "--control", ctl, "--json"]);
-    assert.equal(s.code, 0, show(s));
+    assert.equal(s.code, 0, showResult(s));
     assert.equal(JSON.parse(s.stdout).pid, second.pid, "the control socket moved too");
     assert.equal(JSON.parse(s.stdout).generation, 2);
     process.kill(second.pid, "SIGTERM");
@@ -306,17 +272,17 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
 
     // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
     const byMode = await instarAsNobody(["status", "--control", ctl]);
-    assert.equal(byMode.code, 1, show(byMode));
+    assert.equal(byMode.code, 1, showResult(byMode));
     assert.match(byMode.stderr, /EACCES/);
 
     // 2. With the mode opened up, the server's peer-credential check refuses.
     chmodSync(ctl, 0o666);
     const from = server.lines.length;
     const status = await instarAsNobody(["status", "--control", ctl]);
-    assert.equal(status.code, 1, show(status));
+    assert.equal(status.code, 1, showResult(status));
     assert.match(status.stderr, /forbidden: peer uid differs/);
     const upgrade = await instarAsNobody(["upgrade", "--control", ctl]);
-    assert.equal(upgrade.code, 1, show(upgrade));
+    assert.equal(upgrade.code, 1, showResult(upgrade));
     assert.match(upgrade.stderr, /forbidden/);
     await server.waitFor(/refused a peer with another uid/, 10_000, from);
 
@@ -328,7 +294,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
       [...NOBODY, ...runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl])],
       { env: { HOME: home, DENO_DIR: join(home, "deno") }, timeoutMs: 60_000 },
     );
-    assert.notEqual(thief.code, 0, show(thief));
+    assert.notEqual(thief.code, 0, showResult(thief));
     assert.match(thief.stderr, /belongs to another user/);
 
     assert.ok(!server.lines.slice(from).some((l) => /upgrade-(started|succeeded)/.test(l)));

@@ -3,35 +3,25 @@
 // binary on the same socket, without a failed request. Under `deno test` this
 // still builds and runs the Bun binary: `deno compile` needs a runtime download
 // these machines cannot reach (see docs/compiled-binaries.md).
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "../bench/load_client.ts";
 import {
   alive,
   bunBin,
-  type CommandResult,
+  cleanupAfterTests,
   ROOT,
   runCommand,
-  type ServerProcess,
+  showResult,
   sleep,
   startServer,
 } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "instar-compile-"));
-const servers: ServerProcess[] = [];
-
-after(() => {
-  for (const s of servers) s.killAll();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function show(r: CommandResult): string {
-  return `exit ${r.code}\nstdout: ${r.stdout.slice(-3000)}\nstderr: ${r.stderr.slice(-3000)}`;
-}
+const { servers, tempDir } = cleanupAfterTests();
+const dir = tempDir("instar-compile-");
 
 // The app: the HTTP example, labelled with a version fixed at build time
 // (`--define`), so every response says which binary answered it.
@@ -57,7 +47,7 @@ async function build(version: string, out: string): Promise<void> {
     ],
     { timeoutMs: 180_000 },
   );
-  assert.equal(r.code, 0, show(r));
+  assert.equal(r.code, 0, showResult(r, 3000));
   assert.ok(statSync(out).mode & 0o100, "the binary is executable");
 }
 

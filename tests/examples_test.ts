@@ -1,29 +1,26 @@
 // The examples, black box: the Hono app serves its routes and upgrades under
 // load without failing a request; deno_serve.ts / bun_serve.ts serve HTTP and
 // WebSockets, and an open WebSocket stays on the old generation across an upgrade.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "../bench/load_client.ts";
 import {
   alive,
+  cleanupAfterTests,
   exchange,
   httpGet,
   ROOT,
   RUNTIME,
   runtimeCmd,
-  type ServerProcess,
   sleep,
   startServer,
+  stopped,
+  within,
 } from "./helpers.ts";
 
-const servers: ServerProcess[] = [];
-const sockets: WebSocket[] = [];
-after(() => {
-  for (const ws of sockets) ws.close();
-  for (const s of servers) s.killAll();
-});
+const { servers, sockets } = cleanupAfterTests();
 
 const example = (name: string) => join(ROOT, "examples", name);
 
@@ -41,25 +38,6 @@ async function get(url: string): Promise<{ status: number; type: string; body: s
     type: /^content-type:\s*(.*)$/im.exec(head)?.[1] ?? "",
     body: raw.slice(end + 4),
   };
-}
-
-async function stopped(pid: number, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (alive(pid)) {
-    if (Date.now() > deadline) throw new Error(`pid ${pid} still alive after ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
-
-/** Resolves with `p`'s value, or rejects after `ms`. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-    }),
-  ]);
 }
 
 describe(`examples/hono.ts (${RUNTIME})`, () => {

@@ -1,15 +1,16 @@
 // Black-box tests of upgrades: real servers of this runtime, both spawn
 // backends, real load counting every failure.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { runEchoLoad } from "../bench/load_client.ts";
 import {
   alive,
+  cleanupAfterTests,
+  echoOnce,
   fdTable,
   ROOT,
   RUNTIME,
@@ -21,18 +22,11 @@ import {
 } from "./helpers.ts";
 
 const BACKENDS = ["fork", "posix_spawn"] as const;
-const dirs: string[] = [];
-const servers: ServerProcess[] = [];
-
-after(() => {
-  for (const s of servers) s.killAll();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
+const { servers, tempDir } = cleanupAfterTests();
 
 /** A deploy directory whose server.ts is the echo example, replaceable by a broken one. */
 function deployDir(): { dir: string; script: string; deploy(source: string): void } {
-  const dir = mkdtempSync(join(tmpdir(), "instar-gen-"));
-  dirs.push(dir);
+  const dir = tempDir("instar-gen-");
   const script = join(dir, "server.ts");
   const deploy = (source: string) => writeFileSync(script, source);
   deploy(GOOD);
@@ -65,26 +59,6 @@ async function upgradeAndWait(server: ServerProcess, pid: number): Promise<RegEx
   const from = server.lines.length;
   process.kill(pid, "SIGHUP");
   return await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
-}
-
-function echoOnce(port: number, conn?: net.Socket): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = conn ?? net.connect({ host: "127.0.0.1", port });
-    const msg = `hello ${Math.random()}\n`;
-    let got = "";
-    const onData = (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= msg.length) {
-        s.off("data", onData);
-        if (!conn) s.destroy();
-        got === msg ? resolve(got) : reject(new Error(`mismatch ${got}`));
-      }
-    };
-    s.on("data", onData);
-    s.once("error", reject);
-    if (conn || (s as net.Socket).readyState === "open") s.write(msg);
-    else s.once("connect", () => s.write(msg));
-  });
 }
 
 for (const backend of BACKENDS) {

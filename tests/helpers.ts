@@ -1,36 +1,24 @@
 // Shared helpers for the black-box tests: runtime binaries and child processes.
 import process from "node:process";
-import { existsSync } from "node:fs";
-import { fileURLToPath } from "node:url";
-import { join } from "node:path";
+import net from "node:net";
+import { after } from "node:test";
+import { alive, bin, killAll, ROOT, runtimeCmd, sleep } from "../bench/procs.ts";
 
-/** The repository root. */
-export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
-
-function localBin(name: string): string {
-  const p = join(ROOT, "node_modules", ".bin", name);
-  return existsSync(p) ? p : name;
-}
+// The process helpers the benchmarks and the demo use too.
+export { alive, ROOT, runtimeCmd, sleep };
 
 /** The pinned deno binary. */
 export function denoBin(): string {
-  return localBin("deno");
+  return bin("deno");
 }
 
 /** The pinned bun binary. */
 export function bunBin(): string {
-  return localBin("bun");
+  return bin("bun");
 }
 
 /** The runtime this test file runs under. */
 export const RUNTIME: "deno" | "bun" = "Bun" in globalThis ? "bun" : "deno";
-
-/** The command that runs `script` under `runtime` with all permissions. */
-export function runtimeCmd(runtime: "deno" | "bun", script: string, args: string[] = []): string[] {
-  return runtime === "deno"
-    ? [denoBin(), "run", "-A", "--no-check", script, ...args]
-    : [bunBin(), script, ...args];
-}
 
 // ---------------------------------------------------------------- sockets (added by transplant/serve)
 
@@ -127,13 +115,45 @@ export async function exchange(
   return await (await connectClient(port, opts)).request(payload);
 }
 
+/**
+ * Writes a random line on `conn` (or on a new connection to 127.0.0.1:`port`,
+ * closed afterwards) and resolves with it once an echo server sent it back;
+ * rejects if what came back differs.
+ */
+export function echoOnce(port: number, conn?: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = conn ?? net.connect({ host: "127.0.0.1", port });
+    const msg = `hello ${Math.random()}\n`;
+    let got = "";
+    const onData = (d: Buffer) => {
+      got += d.toString();
+      if (got.length >= msg.length) {
+        s.off("data", onData);
+        if (!conn) s.destroy();
+        got === msg ? resolve(got) : reject(new Error(`echo mismatch ${JSON.stringify(got)}`));
+      }
+    };
+    s.on("data", onData);
+    s.once("error", reject);
+    if (conn) s.write(msg);
+    else s.once("connect", () => s.write(msg));
+  });
+}
+
+/** `r`'s exit code and output, for assertion messages (`tail`: the last characters of each stream). */
+export function showResult(r: CommandResult, tail = Infinity): string {
+  return `exit ${r.code}\nstdout: ${r.stdout.slice(-tail)}\nstderr: ${r.stderr.slice(-tail)}`;
+}
+
 /** An HTTP/1.1 GET request that asks the server to close the connection afterwards. */
 export function httpGet(path = "/"): string {
   return `GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
 }
 
 import { spawn as spawnProcess } from "node:child_process";
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 /** A server process started by a test, with the log lines of every generation it starts. */
 export interface ServerProcess {
@@ -205,24 +225,63 @@ export function startServer(cmd: string[], env: Record<string, string> = {}): Se
         check();
       });
     },
-    killAll() {
-      for (const pid of pids) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch { /* gone */ }
-      }
-    },
+    killAll: () => killAll(pids),
   };
 }
 
-/** Whether `pid` is alive (not a zombie). */
-export function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
+/** What a test file started or made, for {@link cleanupAfterTests} to undo. */
+export interface Leftovers {
+  /** Closed first. */
+  sockets: { close(): void }[];
+  /** Every generation of each is killed. */
+  servers: ServerProcess[];
+  /** Removed with everything in them. */
+  dirs: string[];
+  /** Makes a temporary directory named `prefix…` and adds it to {@link Leftovers.dirs}. */
+  tempDir(prefix: string): string;
+}
+
+/**
+ * Empty lists the calling test file pushes what it starts into; after all its
+ * tests, the sockets are closed, the servers killed and the directories removed.
+ */
+export function cleanupAfterTests(): Leftovers {
+  const left: Leftovers = {
+    sockets: [],
+    servers: [],
+    dirs: [],
+    tempDir(prefix: string): string {
+      const dir = mkdtempSync(join(tmpdir(), prefix));
+      left.dirs.push(dir);
+      return dir;
+    },
+  };
+  after(() => {
+    for (const ws of left.sockets) ws.close();
+    for (const s of left.servers) s.killAll();
+    for (const d of left.dirs) rmSync(d, { recursive: true, force: true });
+  });
+  return left;
+}
+
+/** Resolves once `pid` has exited; rejects if it is still alive after `timeoutMs`. */
+export async function stopped(pid: number, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (alive(pid)) {
+    if (Date.now() > deadline) throw new Error(`pid ${pid} still alive after ${timeoutMs} ms`);
+    await sleep(50);
   }
+}
+
+/** Resolves with `p`'s value, or rejects after `ms` with an error naming `what`. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+    }),
+  ]);
 }
 
 /** The pids of `pid`'s zombie children. */
@@ -248,11 +307,6 @@ export function fdTable(pid: number): Map<number, string> {
     } catch { /* closed meanwhile */ }
   }
   return out;
-}
-
-/** Resolves after `ms`. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 // ---------------------------------------------------------------- commands (added by packaging)

@@ -1,53 +1,26 @@
 // The published artefacts: the npm tarball (installed into a fresh Bun project
 // and used from there, command included) and the JSR package (`deno publish
 // --dry-run`, which fails on slow types).
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import {
   alive,
   bunBin,
-  type CommandResult,
+  cleanupAfterTests,
   denoBin,
+  echoOnce,
   ROOT,
   runCommand,
-  type ServerProcess,
+  showResult,
   sleep,
   startServer,
 } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "instar-pkg-"));
-const servers: ServerProcess[] = [];
-
-after(() => {
-  for (const s of servers) s.killAll();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function show(r: CommandResult): string {
-  return `exit ${r.code}\nstdout: ${r.stdout.slice(-3000)}\nstderr: ${r.stderr.slice(-3000)}`;
-}
-
-function echoOnce(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: "127.0.0.1", port });
-    const msg = `ping ${Math.random()}\n`;
-    let got = "";
-    s.on("connect", () => s.write(msg));
-    s.on("data", (d: Buffer) => {
-      got += d.toString();
-      if (got.length >= msg.length) {
-        s.destroy();
-        resolve(got);
-      }
-    });
-    s.once("error", reject);
-  });
-}
+const { servers, tempDir } = cleanupAfterTests();
+const dir = tempDir("instar-pkg-");
 
 // A program written by a user of the package: it knows only the name "instar".
 const APP = `import process from "node:process";
@@ -69,11 +42,11 @@ describe("packaging", () => {
 
   test("npm pack ships mod.ts, src/, README.md and package.json, and no tests, bench, examples or docs", async () => {
     const packed = await runCommand(["npm", "pack", "--json", "--pack-destination", dir]);
-    assert.equal(packed.code, 0, show(packed));
+    assert.equal(packed.code, 0, showResult(packed, 3000));
     const [info] = JSON.parse(packed.stdout);
     tarball = join(dir, info.filename);
     const listed = await runCommand(["tar", "-tzf", tarball]);
-    assert.equal(listed.code, 0, show(listed));
+    assert.equal(listed.code, 0, showResult(listed, 3000));
     const files = listed.stdout.trim().split("\n").map((f) => f.replace(/^package\//, ""));
     for (const f of ["mod.ts", "README.md", "package.json", "src/upgrader.ts", "src/cli.ts"]) {
       assert.ok(files.includes(f), `${f} is in the tarball: ${files.join(" ")}`);
@@ -101,7 +74,7 @@ describe("packaging", () => {
     // No registry is involved: the package has no dependencies.
     const env = { BUN_INSTALL_CACHE_DIR: join(dir, "bun-cache"), DO_NOT_TRACK: "1" };
     const added = await runCommand([bunBin(), "add", tarball], { cwd: app, env });
-    assert.equal(added.code, 0, show(added));
+    assert.equal(added.code, 0, showResult(added, 3000));
     assert.match(added.stdout + added.stderr, /installed instar@/);
     const installed = JSON.parse(
       readFileSync(join(app, "node_modules", "instar", "package.json"), "utf8"),
@@ -113,7 +86,7 @@ describe("packaging", () => {
     servers.push(server);
     const m = await server.waitFor(/\[app pid=\d+ gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
     const port = Number(m[1]);
-    assert.match(await echoOnce(port), /^ping /);
+    assert.match(await echoOnce(port), /^hello /);
 
     // The command the package installs, found through node_modules/.bin.
     const PATH = `${join(app, "node_modules", ".bin")}:${join(ROOT, "node_modules", ".bin")}:` +
@@ -122,7 +95,7 @@ describe("packaging", () => {
       cwd: app,
       env: { PATH },
     });
-    assert.equal(status.code, 0, show(status));
+    assert.equal(status.code, 0, showResult(status, 3000));
     assert.deepEqual(JSON.parse(status.stdout), { pid: server.pid, running: true });
 
     const from = server.lines.length;
@@ -133,7 +106,7 @@ describe("packaging", () => {
     await server.waitFor(
       new RegExp(`\\[app pid=${next} gen=2\\] ready on 127\\.0\\.0\\.1:${port}`),
     );
-    assert.match(await echoOnce(port), /^ping /);
+    assert.match(await echoOnce(port), /^hello /);
     assert.equal(await server.exited, 0, "the first generation drains and exits");
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(next));
     process.kill(next, "SIGTERM");
@@ -147,7 +120,7 @@ describe("packaging", () => {
       { env: { DENO_NO_UPDATE_CHECK: "1" }, timeoutMs: 180_000 },
     );
     const out = r.stdout + r.stderr;
-    assert.equal(r.code, 0, show(r));
+    assert.equal(r.code, 0, showResult(r, 3000));
     // A slow type (or any other JSR problem) is reported as `error[<kind>]`.
     assert.doesNotMatch(out, /error\[/);
     assert.match(out, /Success Dry run complete/);

@@ -2,28 +2,25 @@
 // stay on the old generation and keep chatting while it drains, new sockets
 // reach the new generation, and the old one exits once its last socket closes
 // or the drain timeout closes it.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
 import {
   alive,
+  cleanupAfterTests,
   ROOT,
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
-  sleep,
   startServer,
+  stopped,
+  within,
 } from "./helpers.ts";
 
 const EXAMPLE = join(ROOT, "examples", "ws_chat.ts");
 
-const servers: ServerProcess[] = [];
-const sockets: WebSocket[] = [];
-after(() => {
-  for (const ws of sockets) ws.close();
-  for (const s of servers) s.killAll();
-});
+const { servers, sockets } = cleanupAfterTests();
 
 /** A WebSocket client that queues what it receives. */
 class ChatClient {
@@ -100,17 +97,6 @@ class ChatClient {
   }
 }
 
-/** Resolves with `p`'s value, or rejects after `ms`. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-    }),
-  ]);
-}
-
 async function startChat(drainTimeoutMs: number): Promise<{ server: ServerProcess; port: number }> {
   const server = startServer(
     runtimeCmd(RUNTIME, EXAMPLE, ["--port", "0", "--drain-timeout", String(drainTimeoutMs)]),
@@ -128,14 +114,6 @@ async function upgrade(server: ServerProcess, pid: number): Promise<number> {
   const next = Number(/pid (\d+)/.exec(m[2])![1]);
   server.pids.add(next); // killed by after() even if it has not logged yet
   return next;
-}
-
-async function stopped(pid: number, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (alive(pid)) {
-    if (Date.now() > deadline) throw new Error(`pid ${pid} still alive after ${timeoutMs} ms`);
-    await sleep(50);
-  }
 }
 
 describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {

@@ -140,6 +140,102 @@ export abstract class BaseConn implements Conn {
   }
 }
 
+/** What a push-style runtime socket reports about its two ends. */
+export interface SocketEnds {
+  readonly localAddress?: string;
+  readonly localPort?: number;
+  readonly remoteAddress?: string;
+  readonly remotePort?: number;
+}
+
+/**
+ * The addresses of a connection accepted on `listenAddr`: a Unix peer is
+ * unnamed; a TCP socket's own report wins, falling back to the listener's.
+ */
+export function connAddrs(
+  listenAddr: Addr,
+  s: SocketEnds,
+): { localAddr: Addr; remoteAddr: Addr } {
+  if (listenAddr.transport === "unix") {
+    return { localAddr: listenAddr, remoteAddr: { transport: "unix", path: "" } };
+  }
+  return {
+    localAddr: {
+      transport: "tcp",
+      hostname: s.localAddress ?? listenAddr.hostname,
+      port: s.localPort ?? listenAddr.port,
+    },
+    remoteAddr: { transport: "tcp", hostname: s.remoteAddress ?? "", port: s.remotePort ?? 0 },
+  };
+}
+
+// Pause the socket while this much is waiting for read().
+const HIGH_WATER = 1 << 20;
+
+/**
+ * The bytes a push-style socket (callbacks, events) delivered, waiting for
+ * `read()`. The socket is paused while 1 MiB waits and
+ * resumed once reads bring it under half of that.
+ */
+export class InboundBuffer {
+  #s: { pause(): void; resume(): void };
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  #paused = false;
+  #waiter: (() => void) | undefined;
+
+  constructor(s: { pause(): void; resume(): void }) {
+    this.#s = s;
+  }
+
+  /** How many bytes are waiting. */
+  get size(): number {
+    return this.#buffered;
+  }
+
+  /** Queues `d` and wakes a waiting reader. */
+  push(d: Uint8Array): void {
+    this.#chunks.push(d);
+    this.#buffered += d.byteLength;
+    if (this.#buffered >= HIGH_WATER && !this.#paused) {
+      this.#paused = true;
+      this.#s.pause();
+    }
+    this.wake();
+  }
+
+  /** Resolves at the next {@link InboundBuffer.wake} (data, end, error or close). */
+  wait(): Promise<void> {
+    return new Promise<void>((r) => (this.#waiter = r));
+  }
+
+  /** Wakes the reader waiting in {@link InboundBuffer.wait}, if any. */
+  wake(): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+
+  /** Moves as many waiting bytes as fit into `p`; returns the count. */
+  take(p: Uint8Array): number {
+    let n = 0;
+    while (n < p.byteLength && this.#chunks.length > 0) {
+      const c = this.#chunks[0];
+      const take = Math.min(c.byteLength, p.byteLength - n);
+      p.set(take === c.byteLength ? c : c.subarray(0, take), n);
+      n += take;
+      if (take === c.byteLength) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(take);
+    }
+    this.#buffered -= n;
+    if (this.#paused && this.#buffered < HIGH_WATER / 2) {
+      this.#paused = false;
+      this.#s.resume();
+    }
+    return n;
+  }
+}
+
 /** A source of accepted connections: one per runtime I/O flavour. */
 export interface Acceptor {
   /** Which runtime I/O carries the connections, e.g. `Bun.listen`. */
@@ -151,6 +247,25 @@ export interface Acceptor {
    * `shutdown(2)`, which would stop the socket for every process sharing it).
    */
   close(): void;
+}
+
+/**
+ * The {@link Acceptor} of a push-style server: it hands out what `queue`
+ * holds; `close()` runs `stop` (which must close the runtime's duplicate of
+ * the socket) once, then ends the queue.
+ */
+export function queueAcceptor(kind: string, queue: ConnQueue, stop: () => void): Acceptor {
+  let stopped = false;
+  return {
+    kind,
+    accept: () => queue.next(),
+    close() {
+      if (stopped) return;
+      stopped = true;
+      stop();
+      queue.end();
+    },
+  };
 }
 
 /**

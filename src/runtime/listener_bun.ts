@@ -6,10 +6,19 @@
  */
 
 import type { Addr } from "../ffi/sockaddr.ts";
-import { type Acceptor, BaseConn, connClosed, ConnQueue } from "./conn.ts";
+import {
+  type Acceptor,
+  BaseConn,
+  connAddrs,
+  connClosed,
+  ConnQueue,
+  InboundBuffer,
+  queueAcceptor,
+  type SocketEnds,
+} from "./conn.ts";
 
 /** The parts of Bun's TCP socket instar uses. */
-interface BunSocket {
+interface BunSocket extends SocketEnds {
   data: BunConn | undefined;
   write(data: Uint8Array): number;
   end(): void;
@@ -18,10 +27,6 @@ interface BunSocket {
   resume(): void;
   setNoDelay(on: boolean): boolean;
   setKeepAlive(on: boolean, delay?: number): boolean;
-  readonly remoteAddress?: string;
-  readonly remotePort?: number;
-  readonly localAddress?: string;
-  readonly localPort?: number;
 }
 
 interface BunListener {
@@ -32,73 +37,45 @@ interface BunNs {
   listen(options: Record<string, unknown>): BunListener;
 }
 
-// Stop reading from the kernel while this much is waiting for read().
-const HIGH_WATER = 1 << 20;
-
 class BunConn extends BaseConn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   #s: BunSocket;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #paused = false;
+  // Bun stops reading from the kernel while the buffer is full.
+  #in: InboundBuffer;
   #eof = false;
   #gone = false;
   #ours = false;
-  #readWaiter: (() => void) | undefined;
   #drainWaiter: (() => void) | undefined;
 
   constructor(s: BunSocket, listenAddr: Addr) {
     super();
     this.#s = s;
-    if (listenAddr.transport === "unix") {
-      this.localAddr = listenAddr;
-      this.remoteAddr = { transport: "unix", path: "" };
-    } else {
-      this.localAddr = {
-        transport: "tcp",
-        hostname: s.localAddress ?? listenAddr.hostname,
-        port: s.localPort ?? listenAddr.port,
-      };
-      this.remoteAddr = {
-        transport: "tcp",
-        hostname: s.remoteAddress ?? "",
-        port: s.remotePort ?? 0,
-      };
-    }
+    this.#in = new InboundBuffer(s);
+    const { localAddr, remoteAddr } = connAddrs(listenAddr, s);
+    this.localAddr = localAddr;
+    this.remoteAddr = remoteAddr;
   }
 
   onData(d: Uint8Array): void {
-    this.#chunks.push(d);
-    this.#buffered += d.byteLength;
-    if (this.#buffered >= HIGH_WATER && !this.#paused) {
-      this.#paused = true;
-      this.#s.pause();
-    }
-    this.#wakeReader();
+    this.#in.push(d);
   }
 
   onEnd(): void {
     this.#eof = true;
-    this.#wakeReader();
+    this.#in.wake();
   }
 
   onGone(): void {
     this.#gone = true;
     this.#eof = true;
-    this.#wakeReader();
+    this.#in.wake();
     this.#wakeWriter();
     this.closed();
   }
 
   onDrain(): void {
     this.#wakeWriter();
-  }
-
-  #wakeReader(): void {
-    const w = this.#readWaiter;
-    this.#readWaiter = undefined;
-    w?.();
   }
 
   #wakeWriter(): void {
@@ -109,27 +86,13 @@ class BunConn extends BaseConn {
 
   async read(p: Uint8Array): Promise<number | null> {
     if (this.#ours) throw connClosed();
-    while (this.#buffered === 0) {
+    while (this.#in.size === 0) {
       if (this.#ours) throw connClosed();
       if (this.#eof) return null;
-      await new Promise<void>((r) => (this.#readWaiter = r));
+      await this.#in.wait();
     }
     if (p.byteLength === 0) return 0;
-    let n = 0;
-    while (n < p.byteLength && this.#chunks.length > 0) {
-      const c = this.#chunks[0];
-      const take = Math.min(c.byteLength, p.byteLength - n);
-      p.set(take === c.byteLength ? c : c.subarray(0, take), n);
-      n += take;
-      if (take === c.byteLength) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(take);
-    }
-    this.#buffered -= n;
-    if (this.#paused && this.#buffered < HIGH_WATER / 2) {
-      this.#paused = false;
-      this.#s.resume();
-    }
-    return n;
+    return this.#in.take(p);
   }
 
   async write(p: Uint8Array): Promise<number> {
@@ -162,7 +125,7 @@ class BunConn extends BaseConn {
   protected closeTransport(): void {
     this.#ours = true;
     this.#s.end();
-    this.#wakeReader();
+    this.#in.wake();
     this.#wakeWriter();
   }
 }
@@ -202,16 +165,6 @@ export function bunAcceptor(
       },
     },
   });
-  let stopped = false;
-  return {
-    kind: "Bun.listen",
-    accept: () => queue.next(),
-    close() {
-      if (stopped) return;
-      stopped = true;
-      // stop(false) closes Bun's duplicate at once and keeps accepted sockets open.
-      server.stop(false);
-      queue.end();
-    },
-  };
+  // stop(false) closes Bun's duplicate at once and keeps accepted sockets open.
+  return queueAcceptor("Bun.listen", queue, () => server.stop(false));
 }

@@ -8,94 +8,58 @@
 
 import * as net from "node:net";
 import type { Addr } from "../ffi/sockaddr.ts";
-import { type Acceptor, BaseConn, connClosed, ConnQueue } from "./conn.ts";
-
-// Pause the socket while this much is waiting for read().
-const HIGH_WATER = 1 << 20;
+import {
+  type Acceptor,
+  BaseConn,
+  connAddrs,
+  connClosed,
+  ConnQueue,
+  InboundBuffer,
+  queueAcceptor,
+} from "./conn.ts";
 
 class NodeConn extends BaseConn {
   readonly localAddr: Addr;
   readonly remoteAddr: Addr;
   #s: net.Socket;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #paused = false;
+  // The socket is paused while the buffer is full.
+  #in: InboundBuffer;
   #eof = false;
   #ours = false;
   #error: Error | undefined;
-  #readWaiter: (() => void) | undefined;
 
   constructor(s: net.Socket, listenAddr: Addr) {
     super();
     this.#s = s;
-    if (listenAddr.transport === "unix") {
-      this.localAddr = listenAddr;
-      this.remoteAddr = { transport: "unix", path: "" };
-    } else {
-      this.localAddr = {
-        transport: "tcp",
-        hostname: s.localAddress ?? listenAddr.hostname,
-        port: s.localPort ?? listenAddr.port,
-      };
-      this.remoteAddr = {
-        transport: "tcp",
-        hostname: s.remoteAddress ?? "",
-        port: s.remotePort ?? 0,
-      };
-    }
-    s.on("data", (d: Uint8Array) => {
-      this.#chunks.push(d);
-      this.#buffered += d.byteLength;
-      if (this.#buffered >= HIGH_WATER && !this.#paused) {
-        this.#paused = true;
-        s.pause();
-      }
-      this.#wake();
-    });
+    const inbound = this.#in = new InboundBuffer(s);
+    const { localAddr, remoteAddr } = connAddrs(listenAddr, s);
+    this.localAddr = localAddr;
+    this.remoteAddr = remoteAddr;
+    s.on("data", (d: Uint8Array) => inbound.push(d));
     s.on("end", () => {
       this.#eof = true;
-      this.#wake();
+      inbound.wake();
     });
     s.on("error", (err: Error) => {
       this.#error = err;
-      this.#wake();
+      inbound.wake();
     });
     s.on("close", () => {
       this.#eof = true;
-      this.#wake();
+      inbound.wake();
       this.closed();
     });
   }
 
-  #wake(): void {
-    const w = this.#readWaiter;
-    this.#readWaiter = undefined;
-    w?.();
-  }
-
   async read(p: Uint8Array): Promise<number | null> {
     if (this.#ours) throw connClosed();
-    while (this.#buffered === 0) {
+    while (this.#in.size === 0) {
       if (this.#error) throw this.#error;
       if (this.#eof) return null;
-      await new Promise<void>((r) => (this.#readWaiter = r));
+      await this.#in.wait();
       if (this.#ours) throw connClosed();
     }
-    let n = 0;
-    while (n < p.byteLength && this.#chunks.length > 0) {
-      const c = this.#chunks[0];
-      const take = Math.min(c.byteLength, p.byteLength - n);
-      p.set(take === c.byteLength ? c : c.subarray(0, take), n);
-      n += take;
-      if (take === c.byteLength) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(take);
-    }
-    this.#buffered -= n;
-    if (this.#paused && this.#buffered < HIGH_WATER / 2) {
-      this.#paused = false;
-      this.#s.resume();
-    }
-    return n;
+    return this.#in.take(p);
   }
 
   write(p: Uint8Array): Promise<number> {
@@ -124,7 +88,7 @@ class NodeConn extends BaseConn {
   protected closeTransport(): void {
     this.#ours = true;
     this.#s.destroy();
-    this.#wake();
+    this.#in.wake();
   }
 }
 
@@ -149,16 +113,6 @@ export async function nodeAcceptor(
   });
   // Accept errors (EMFILE, …) are retried by the runtime; keep the process alive.
   server.on("error", () => {});
-  let stopped = false;
-  return {
-    kind: "node:net",
-    accept: () => queue.next(),
-    close() {
-      if (stopped) return;
-      stopped = true;
-      // Closes the runtime's duplicate; node:net never shutdown(2)s a listener.
-      server.close();
-      queue.end();
-    },
-  };
+  // Closes the runtime's duplicate; node:net never shutdown(2)s a listener.
+  return queueAcceptor("node:net", queue, () => server.close());
 }
