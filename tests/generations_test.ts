@@ -18,6 +18,7 @@ import {
   type ServerProcess,
   sleep,
   startServer,
+  stopped,
   zombieChildren,
 } from "./helpers.ts";
 
@@ -86,7 +87,7 @@ for (const backend of BACKENDS) {
       process.kill(current, "SIGTERM");
     });
 
-    test("a connection opened before an upgrade keeps working until it closes", async () => {
+    test("a connection opened before an upgrade keeps working until it closes, across a second upgrade", async () => {
       const { server, port } = await start(backend);
       const conn = net.connect({ host: "127.0.0.1", port });
       await new Promise((r) => conn.once("connect", r));
@@ -97,10 +98,18 @@ for (const backend of BACKENDS) {
       await echoOnce(port, conn); // served by the draining generation
       assert.equal(alive(server.pid), true, "old generation drains while the connection is open");
       await echoOnce(port); // new connections reach the new generation
+      // The new generation upgrades again while its parent still drains.
+      const again = await upgradeAndWait(server, child);
+      assert.equal(again[1], "succeeded", again[2]);
+      const grandchild = Number(/pid (\d+)/.exec(again[2])![1]);
+      assert.equal(alive(server.pid), true, "generation 1 still drains");
+      await echoOnce(port, conn);
+      await echoOnce(port);
       conn.end();
       assert.equal(await server.exited, 0, "old generation exits once drained");
-      assert.equal(alive(child), true);
-      process.kill(child, "SIGTERM");
+      await stopped(child, 10_000); // generation 2 drained (it had no connection) and exited
+      assert.equal(alive(grandchild), true);
+      process.kill(grandchild, "SIGTERM");
     });
 
     for (
