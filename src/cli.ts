@@ -170,9 +170,7 @@ function connectControl(path: string): Channel {
   return new Channel(fd);
 }
 
-function statusByControl(
-  path: string,
-): StatusReport & { previous?: { pid: number; running: boolean } } {
+function statusByControl(path: string): StatusReport {
   const ch = connectControl(path);
   try {
     ch.send({ type: "status", v: PROTOCOL_VERSION });
@@ -183,10 +181,7 @@ function statusByControl(
     if (m.type !== "status-reply") {
       throw new InstarError("PROTOCOL_ERROR", `unexpected reply ${m.type}`);
     }
-    const s = m.status;
-    return s.parentPid
-      ? { ...s, previous: { pid: s.parentPid, running: running(s.parentPid) } }
-      : s;
+    return m.status;
   } finally {
     ch.close();
   }
@@ -226,14 +221,16 @@ function formatStatus(
   r: ReturnType<typeof statusByControl> | ReturnType<typeof statusByPidFile>,
 ): string {
   if (!("generation" in r)) return `pid ${r.pid}: ${r.running ? "running" : "not running"}\n`;
+  const count = (n: number | null) => (n === null ? "?" : String(n));
   const lines = [
     `pid ${r.pid}  generation ${r.generation}  state ${r.state}`,
-    ...r.listeners.map((l) => `  ${l.addr}  ${l.connections} open connection(s)`),
+    ...r.listeners.map((l) => `  ${l.addr}  ${count(l.connections)} open connection(s)`),
   ];
   if (r.previous) {
-    lines.push(
-      `previous generation: pid ${r.previous.pid} ${r.previous.running ? "draining" : "exited"}`,
-    );
+    lines.push(`pid ${r.previous.pid}  generation ${r.previous.generation}  state draining`);
+    for (const l of r.previous.listeners) {
+      lines.push(`  ${l.addr}  ${count(l.connections)} open connection(s)`);
+    }
   }
   return lines.join("\n") + "\n";
 }

@@ -75,8 +75,14 @@ export interface StatusReport {
   state: string;
   /** Listening addresses and their open connections (`null`: unknown, e.g. Unix sockets of an HTTP server). */
   listeners: { addr: string; connections: number | null }[];
-  /** The pid of the previous generation while it drains, if known. */
+  /** The pid of the generation that started this one, if any. */
   parentPid: number | null;
+  /** That generation while it still drains: its listeners and their open connections. */
+  previous: {
+    pid: number;
+    generation: number;
+    listeners: { addr: string; connections: number | null }[];
+  } | null;
 }
 
 /** Throws `PROTOCOL_ERROR` with a message naming what was wrong. */

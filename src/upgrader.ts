@@ -730,6 +730,21 @@ export class Upgrader {
         })),
       ],
       parentPid: this.parentPid,
+      previous: this.#previous(),
+    };
+  }
+
+  // The generation that started this one, while it still drains: what it still serves.
+  #previous(): StatusReport["previous"] {
+    const pid = this.parentPid;
+    if (pid === null || !processRuns(pid)) return null;
+    return {
+      pid,
+      generation: this.generation - 1,
+      listeners: this.addrs().map((addr) => ({
+        addr: formatAddr(addr),
+        connections: openConnections(addr, pid),
+      })),
     };
   }
 
@@ -1218,17 +1233,17 @@ function bindControlSocket(path: string): number {
 }
 
 /**
- * Established TCP connections of this process on `addr`'s local port, from
- * /proc/net/tcp{,6} and /proc/self/fd; `null` for Unix sockets or without procfs.
+ * Established TCP connections of process `pid` on `addr`'s local port, from
+ * /proc/net/tcp{,6} and /proc/<pid>/fd; `null` for Unix sockets or without procfs.
  */
-function openConnections(addr: Addr): number | null {
+function openConnections(addr: Addr, pid: number | "self" = "self"): number | null {
   if (addr.transport !== "tcp") return null;
   try {
-    const mine = new Set<string>();
-    for (const e of readdirSync("/proc/self/fd")) {
+    const theirs = new Set<string>();
+    for (const e of readdirSync(`/proc/${pid}/fd`)) {
       try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${e}`));
-        if (m) mine.add(m[1]);
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${e}`));
+        if (m) theirs.add(m[1]);
       } catch { /* closed meanwhile */ }
     }
     const port = addr.port.toString(16).toUpperCase().padStart(4, "0");
@@ -1237,12 +1252,22 @@ function openConnections(addr: Addr): number | null {
       for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
         const f = line.trim().split(/\s+/);
         // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
-        if (f.length > 9 && f[1].endsWith(`:${port}`) && f[3] === "01" && mine.has(f[9])) n++;
+        if (f.length > 9 && f[1].endsWith(`:${port}`) && f[3] === "01" && theirs.has(f[9])) n++;
       }
     }
     return n;
   } catch {
     return null;
+  }
+}
+
+/** Whether `pid` runs (and is not a zombie). */
+function processRuns(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
   }
 }
 

@@ -186,7 +186,10 @@ describe(`instar command (${RUNTIME})`, () => {
       assert.deepEqual(JSON.parse(byPid.stdout), { pid: current, running: true });
     });
 
-    test("upgrade --control prints the new pid, which then serves", async () => {
+    test("upgrade --control prints the new pid, which then serves; status shows both generations", async () => {
+      const held = net.connect({ host: "127.0.0.1", port }); // keeps generation 1 draining
+      await new Promise((r) => held.once("connect", r));
+      await echoOnce(port, held);
       const r = await instar(["upgrade", "--control", ctl]);
       assert.equal(r.code, 0, showResult(r));
       const pid = Number(r.stdout.trim());
@@ -196,8 +199,22 @@ describe(`instar command (${RUNTIME})`, () => {
       await echoOnce(port);
       const s = await instar(["status", "--control", ctl, "--json"]);
       assert.equal(s.code, 0, showResult(s));
-      assert.equal(JSON.parse(s.stdout).pid, pid);
-      assert.equal(JSON.parse(s.stdout).generation, 2);
+      const report = JSON.parse(s.stdout);
+      assert.equal(report.pid, pid);
+      assert.equal(report.generation, 2);
+      assert.deepEqual(report.previous, {
+        pid: current,
+        generation: 1,
+        listeners: [{ addr: `127.0.0.1:${port}`, connections: 1 }],
+      });
+      const text = await instar(["status", "--control", ctl]);
+      assert.match(
+        text.stdout,
+        new RegExp(
+          `pid ${current}  generation 1  state draining\\n  127\\.0\\.0\\.1:${port}  1 open`,
+        ),
+      );
+      held.destroy();
       assert.ok(await waitGone(current), "the old generation exits after draining");
       current = pid;
     });
