@@ -17,10 +17,16 @@ import process from "node:process";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import * as sys from "./ffi/mod.ts";
-import { C } from "./ffi/mod.ts";
-import { encodeUnix } from "./ffi/sockaddr.ts";
 import { InstarError } from "./errors.ts";
-import { Channel, messageOf, PROTOCOL_VERSION, type StatusReport } from "./protocol.ts";
+import {
+  type Channel,
+  connectControl,
+  messageOf,
+  nobodyThere,
+  processRuns,
+  PROTOCOL_VERSION,
+  type StatusReport,
+} from "./protocol.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers
@@ -152,26 +158,21 @@ export async function main(
   }
 }
 
-function connectControl(path: string): Channel {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+function connect(path: string): Channel {
   try {
-    sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+    return connectControl(path);
   } catch (e) {
-    sys.close(fd);
+    if (!nobodyThere(e)) throw e;
     const code = (e as InstarError).code;
-    if (code === "ENOENT" || code === "ECONNREFUSED") {
-      throw new InstarError(
-        code,
-        `no server answers on ${path} (${code}): is it running with controlSocket set to this path?`,
-      );
-    }
-    throw e;
+    throw new InstarError(
+      code,
+      `no server answers on ${path} (${code}): is it running with controlSocket set to this path?`,
+    );
   }
-  return new Channel(fd);
 }
 
 function statusByControl(path: string): StatusReport {
-  const ch = connectControl(path);
+  const ch = connect(path);
   try {
     ch.send({ type: "status", v: PROTOCOL_VERSION });
     const m = messageOf(ch.receiveSync(10_000).msg);
@@ -203,18 +204,9 @@ function readPid(pidFile: string): number {
   return Number(text);
 }
 
-function running(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
 function statusByPidFile(pidFile: string): { pid: number; running: boolean } {
   const pid = readPid(pidFile);
-  return { pid, running: running(pid) };
+  return { pid, running: processRuns(pid) };
 }
 
 function formatStatus(
@@ -240,7 +232,7 @@ async function upgradeByControl(
   timeout: number,
   progress: (s: string) => void,
 ): Promise<number> {
-  const ch = connectControl(path);
+  const ch = connect(path);
   const started = Date.now();
   try {
     ch.send({ type: "upgrade", v: PROTOCOL_VERSION });
@@ -282,7 +274,7 @@ async function upgradeByPidFile(
 ): Promise<number> {
   const old = readPid(pidFile);
   const signo = sys.SIGNALS[signal];
-  if (!running(old)) {
+  if (!processRuns(old)) {
     throw new InstarError("ESRCH", `PID file ${pidFile} names ${old}, which is not running`);
   }
   sys.kill(old, signo);
@@ -296,11 +288,11 @@ async function upgradeByPidFile(
     } catch {
       continue; // being replaced
     }
-    if (now !== old && running(now)) {
+    if (now !== old && processRuns(now)) {
       progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
       return now;
     }
-    if (!running(old) && now === old) {
+    if (!processRuns(old) && now === old) {
       throw new InstarError(
         "UPGRADE_FAILED",
         `server ${old} exited and no new generation wrote ${pidFile}`,
@@ -310,7 +302,7 @@ async function upgradeByPidFile(
   throw new InstarError(
     "TIMEOUT",
     `no new generation within ${timeout} ms; ${old} ${
-      running(old) ? "still serves" : "is gone"
+      processRuns(old) ? "still serves" : "is gone"
     } — see the server's log for the reason, or use --control for it`,
   );
 }

@@ -15,9 +15,10 @@
  * @module
  */
 
+import { readFileSync } from "node:fs";
 import * as sys from "./ffi/mod.ts";
 import { C } from "./ffi/mod.ts";
-import { type Addr, decode, formatAddr } from "./ffi/sockaddr.ts";
+import { type Addr, decode, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
 import { InstarError } from "./errors.ts";
 
 /** The protocol version this build speaks. */
@@ -282,6 +283,37 @@ export class Channel {
     this.#closeFds();
     if (this.fd >= 0) sys.close(this.fd);
     this.fd = -1;
+  }
+}
+
+/**
+ * Connects to the control socket at `path`. Nobody there throws the
+ * SystemError of connect(2): ENOENT (no file) or ECONNREFUSED (a stale one).
+ */
+export function connectControl(path: string): Channel {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  try {
+    sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+  } catch (err) {
+    sys.close(fd);
+    throw err;
+  }
+  return new Channel(fd);
+}
+
+/** Whether connecting failed because nobody listens at the path. */
+export function nobodyThere(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === "ENOENT" || code === "ECONNREFUSED";
+}
+
+/** Whether process `pid` runs (and is not a zombie). */
+export function processRuns(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
   }
 }
 

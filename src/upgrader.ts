@@ -34,10 +34,13 @@ import {
 import {
   Channel,
   checkListeningFd,
+  connectControl,
   CONTROL_FD_ENV,
   type Hello,
   type ListenerMeta,
   messageOf,
+  nobodyThere,
+  processRuns,
   PROTOCOL_VERSION,
   protocolError,
   type StatusReport,
@@ -1186,23 +1189,20 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
  * listeners. Nobody there (no file, or a stale one): a fresh start.
  */
 function requestHandover(path: string): { hello: Hello | null; channel: Channel | null } {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  let channel: Channel;
   try {
-    sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+    channel = connectControl(path);
   } catch (err) {
-    sys.close(fd);
-    const code = (err as InstarError).code;
-    if (code === "ENOENT" || code === "ECONNREFUSED") return { hello: null, channel: null };
+    if (nobodyThere(err)) return { hello: null, channel: null }; // a fresh start
     throw err;
   }
-  if (sys.peerCred(fd).uid !== sys.getuid()) {
-    sys.close(fd);
+  if (sys.peerCred(channel.fd).uid !== sys.getuid()) {
+    channel.close();
     throw new InstarError(
       "PERMISSION_DENIED",
       `control socket ${path} belongs to another user; refusing its listeners`,
     );
   }
-  const channel = new Channel(fd);
   channel.send({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid });
   return { hello: receiveHello(channel, "scm_rights"), channel };
 }
@@ -1258,16 +1258,6 @@ function openConnections(addr: Addr, pid: number | "self" = "self"): number | nu
     return n;
   } catch {
     return null;
-  }
-}
-
-/** Whether `pid` runs (and is not a zombie). */
-function processRuns(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
   }
 }
 
