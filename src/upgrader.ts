@@ -307,7 +307,7 @@ export class Upgrader {
     this.parentPid = hello?.pid ?? null;
     this.#parent = parent;
     for (const l of hello?.listeners ?? []) {
-      if (l.key.startsWith("control:")) this.#controlFd = l.fd;
+      if (l.key.startsWith("control:")) this.#inheritedControl = { path: l.key.slice(8), fd: l.fd };
       else this.#inherited.set(l.key, { fd: l.fd, addr: l.addr });
     }
     this.#notify = systemdNotifier({ enabled: options.systemd !== false });
@@ -517,6 +517,14 @@ export class Upgrader {
       sys.close(fd);
     }
     this.#inherited.clear();
+    const control = this.#inheritedControl;
+    if (control && control.path !== this.#options.controlSocket) {
+      this.#emit("warning", {
+        message: `the inherited control socket ${control.path} is not used any more; closing it`,
+      });
+      sys.close(control.fd);
+      this.#inheritedControl = null;
+    }
     for (const s of this.#activated) {
       this.#emit("warning", {
         message: `socket-activated fd ${s.fd} (${s.name}) was not claimed; closing it`,
@@ -551,8 +559,8 @@ export class Upgrader {
 
   // The control socket: inherited from the previous generation, or created here.
   #startControl(path: string): void {
-    let fd = this.#controlFd ?? -1;
-    this.#controlFd = null;
+    let fd = this.#inheritedControl?.fd ?? -1;
+    this.#inheritedControl = null;
     if (fd < 0) fd = bindControlSocket(path);
     const peers = new Set<Channel>();
     const timer = setInterval(() => this.#pollControl(), 50);
@@ -560,7 +568,7 @@ export class Upgrader {
     this.#control = { fd, timer, peers };
   }
 
-  #controlFd: number | null = null;
+  #inheritedControl: { path: string; fd: number } | null = null;
 
   #pollControl(): void {
     const ctl = this.#control;
