@@ -30,7 +30,13 @@ import process from "node:process";
 import { InstarError } from "./errors.ts";
 import { dupCloexec, getsockname, runtimeName } from "./ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "./ffi/sockaddr.ts";
-import { type DedupeMethod, pauseAccepting, resumeAccepting, transplant } from "./transplant.ts";
+import {
+  type DedupeMethod,
+  pauseAccepting,
+  pauseSocket,
+  resumeAccepting,
+  transplant,
+} from "./transplant.ts";
 import type { TransplantInfo } from "./transplant.ts";
 import { denoAdapter } from "./serve_deno.ts";
 import { bunAdapter } from "./serve_bun.ts";
@@ -316,6 +322,10 @@ export async function serve(
 ): Promise<Server> {
   if (typeof options === "function") [handler, options] = [options, {}];
   const fd = targetFd(target);
+  // A Listener already accepts on its socket: from now on the HTTP server does.
+  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
+    pauseSocket(fd);
+  }
   const mode = options.mode ?? "auto";
   if (!["auto", "transplant", "fallback"].includes(mode)) {
     throw new InstarError(

@@ -12,6 +12,7 @@ import { C } from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { InstarError } from "../src/errors.ts";
 import { serve, type Server } from "../src/serve.ts";
+import { listen } from "../src/listener.ts";
 import { KNOWN_EVENT_MASKS } from "../src/transplant.ts";
 import {
   connectClient,
@@ -435,6 +436,31 @@ describe(`serve() under ${RUNTIME}, choosing the mode`, () => {
     } finally {
       await server.shutdown();
       sys.close(v6.fd);
+    }
+  });
+
+  test("serve() on a Listener takes its socket over: HTTP answers, the listener accepts nothing", async () => {
+    const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as { port: number }).port;
+    let accepted = 0;
+    (async () => {
+      for await (const conn of listener) {
+        accepted++;
+        conn.close();
+      }
+    })();
+    const server = await app(listener, "auto");
+    try {
+      assert.equal(server.port, port);
+      // Concurrent connections: both reactors would race for them if the listener still accepted.
+      const replies = await Promise.all(
+        Array.from({ length: 40 }, () => exchange(port, httpGet()).then(body, (e) => String(e))),
+      );
+      for (const r of replies) assert.match(r, /^hello 127\.0\.0\.1:\d+/);
+      assert.equal(accepted, 0);
+    } finally {
+      await server.shutdown();
+      listener.close();
     }
   });
 
