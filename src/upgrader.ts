@@ -167,6 +167,8 @@ export interface UpgraderEvents {
   draining: { reason: ExitReason };
   /** Draining finished; `forced` connections were closed at the drain timeout. */
   drained: { forced: number };
+  /** serve() could not transplant and serves through its node:net proxy; `reason` says why. */
+  "serve-fallback": { addr: string; reason: InstarError };
   /** Something worth a log line that is not an error of the caller's. */
   warning: { message: string };
 }
@@ -457,7 +459,13 @@ export class Upgrader {
     const claimed = this.#claim(key, listenOptions);
     const { fd, addr } = await openSocket(claimed === undefined ? listenOptions : { fd: claimed });
     try {
-      const server = await serve(fd, { drainTimeoutMs: this.#drainTimeout, ...options }, handler);
+      const onFallback = (reason: InstarError) =>
+        this.#emit("serve-fallback", { addr: formatAddr(addr), reason });
+      const server = await serve(
+        fd,
+        { drainTimeoutMs: this.#drainTimeout, onFallback, ...options },
+        handler,
+      );
       if (claimed !== undefined) this.#holdUntilReady(fd);
       this.#servers.push({ key, fd, addr, server });
       return server;
@@ -1319,6 +1327,11 @@ export function logLifecycle(
   up.on(
     "drained",
     ({ forced }) => say(`drained: ${forced} connection(s) closed at the drain timeout`),
+  );
+  up.on(
+    "serve-fallback",
+    ({ addr, reason }) =>
+      say(`serve-fallback: ${addr} served through the node:net proxy: ${reason.message}`),
   );
   up.on("warning", ({ message }) => say(`warning: ${message}`));
 }
