@@ -4,9 +4,10 @@
 //   --pid-file <path>                --control <socket path>
 //   --drain-timeout <ms>             --ready-timeout <ms>
 //   --spawn-backend fork|posix_spawn|auto
+//   --serve-mode auto|transplant|fallback (for the examples that serve HTTP)
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import process from "node:process";
-import { logLifecycle, type SpawnBackend, Upgrader } from "../mod.ts";
+import { logLifecycle, type ServeMode, type SpawnBackend, Upgrader } from "../mod.ts";
 
 const COMMON = {
   port: { type: "string", default: "8080" },
@@ -16,13 +17,20 @@ const COMMON = {
   "drain-timeout": { type: "string" },
   "ready-timeout": { type: "string" },
   "spawn-backend": { type: "string" },
+  "serve-mode": { type: "string" },
 } as const;
 
 /** Parses the common flags plus `extra`, creates the Upgrader and logs its events as `name`. */
 export async function startGeneration(
   name: string,
   extra: NonNullable<ParseArgsConfig["options"]> = {},
-): Promise<{ up: Upgrader; port: number; hostname: string; flags: Record<string, unknown> }> {
+): Promise<{
+  up: Upgrader;
+  port: number;
+  hostname: string;
+  serveMode: ServeMode | undefined;
+  flags: Record<string, unknown>;
+}> {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: { ...COMMON, ...extra },
@@ -37,5 +45,11 @@ export async function startGeneration(
     spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
   });
   logLifecycle(up, name);
-  return { up, port: Number(values.port), hostname: values.hostname as string, flags: values };
+  return {
+    up,
+    port: Number(values.port),
+    hostname: values.hostname as string,
+    serveMode: values["serve-mode"] as ServeMode | undefined,
+    flags: values,
+  };
 }

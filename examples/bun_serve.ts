@@ -17,10 +17,10 @@ interface BunServer {
   port: number;
 }
 
-const { up, hostname, port } = await startGeneration("bun_serve");
+const { up, hostname, port, serveMode } = await startGeneration("bun_serve");
 
 await up.serve({ hostname, port }, {
-  onFallback: (why: Error) => console.warn(`serving through the proxy: ${why.message}`),
+  mode: serveMode,
   routes: { "/health": new Response("ok\n") },
   fetch(req: Request, server: BunServer) {
     if (server.upgrade(req)) return undefined;

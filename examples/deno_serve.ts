@@ -11,10 +11,10 @@
  */
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port } = await startGeneration("deno_serve");
+const { up, hostname, port, serveMode } = await startGeneration("deno_serve");
 
 await up.serve({ hostname, port }, {
-  onFallback: (why: Error) => console.warn(`serving through the proxy: ${why.message}`),
+  mode: serveMode,
 }, (req: Request, info?: unknown) => {
   if (req.headers.get("upgrade") === "websocket") {
     const { socket, response } = Deno.upgradeWebSocket(req);

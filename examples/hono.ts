@@ -23,7 +23,7 @@ import process from "node:process";
 import { Hono } from "hono";
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port } = await startGeneration("hono");
+const { up, hostname, port, serveMode } = await startGeneration("hono");
 
 const app = new Hono();
 app.get("/", (c) => c.text(`hono from pid ${process.pid} generation ${up.generation}\n`));
@@ -33,6 +33,6 @@ app.get(
 );
 app.get("/health", (c) => c.text("ok\n"));
 
-await up.serve({ hostname, port }, {}, app.fetch);
+await up.serve({ hostname, port }, { mode: serveMode }, app.fetch);
 
 await up.ready();

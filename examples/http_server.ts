@@ -10,17 +10,15 @@
  * Every request gets 200 and `hello from pid <pid> generation <n> (<label>)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
- * --drain-timeout, --ready-timeout, --spawn-backend), plus
- * --serve-mode auto|transplant|fallback and --version-label <text>.
+ * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
+ * --version-label <text>.
  *
  * @module
  */
 import process from "node:process";
-import type { ServeMode } from "../mod.ts";
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port, flags } = await startGeneration("http", {
-  "serve-mode": { type: "string" },
+const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "version-label": { type: "string" },
 });
 
@@ -30,7 +28,7 @@ const body = `hello from pid ${process.pid} generation ${up.generation} (${label
 
 await up.serve(
   { hostname, port },
-  { mode: flags["serve-mode"] as ServeMode | undefined },
+  { mode: serveMode },
   () => new Response(body),
 );
 

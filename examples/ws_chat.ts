@@ -26,7 +26,7 @@
 import process from "node:process";
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port } = await startGeneration("chat");
+const { up, hostname, port, serveMode } = await startGeneration("chat");
 
 // ---------------------------------------------------------------- the chat, runtime-neutral
 
@@ -67,6 +67,7 @@ if (process.versions.bun) {
     upgrade(req: Request): boolean;
   }
   await up.serve(listenOptions, {
+    mode: serveMode,
     fetch: (req: Request, server: BunServer) => server.upgrade(req) ? undefined : page(),
     websocket: {
       open: (ws: Peer) => joined(ws),
@@ -76,7 +77,7 @@ if (process.versions.bun) {
   });
 } else {
   // Deno upgrades a request into a WebSocket object with its own event handlers.
-  await up.serve(listenOptions, {}, (req) => {
+  await up.serve(listenOptions, { mode: serveMode }, (req) => {
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") return page();
     const { socket, response } = Deno.upgradeWebSocket(req);
     socket.onopen = () => joined(socket);

@@ -97,9 +97,19 @@ class ChatClient {
   }
 }
 
-async function startChat(drainTimeoutMs: number): Promise<{ server: ServerProcess; port: number }> {
+async function startChat(
+  drainTimeoutMs: number,
+  mode = "auto",
+): Promise<{ server: ServerProcess; port: number }> {
   const server = startServer(
-    runtimeCmd(RUNTIME, EXAMPLE, ["--port", "0", "--drain-timeout", String(drainTimeoutMs)]),
+    runtimeCmd(RUNTIME, EXAMPLE, [
+      "--port",
+      "0",
+      "--drain-timeout",
+      String(drainTimeoutMs),
+      "--serve-mode",
+      mode,
+    ]),
   );
   servers.push(server);
   const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
@@ -117,54 +127,56 @@ async function upgrade(server: ServerProcess, pid: number): Promise<number> {
 }
 
 describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
-  test("open WebSockets keep chatting on the old generation, new ones reach the new generation, and the old one exits 0 once they close", async () => {
-    const { server, port } = await startChat(60_000);
-    const oldPid = server.pid;
-    const a = await ChatClient.open(port);
-    const b = await ChatClient.open(port);
-    assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
-    await b.next(/^welcome/);
-    assert.equal(await a.say("before the upgrade"), oldPid);
-    // A broadcast reaches the other client of the generation too.
-    await b.next(/^pid \d+: before the upgrade$/);
+  for (const mode of ["transplant", "fallback"]) {
+    test(`open WebSockets keep chatting on the old generation, new ones reach the new generation, and the old one exits 0 once they close (serve ${mode})`, async () => {
+      const { server, port } = await startChat(60_000, mode);
+      const oldPid = server.pid;
+      const a = await ChatClient.open(port);
+      const b = await ChatClient.open(port);
+      assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
+      await b.next(/^welcome/);
+      assert.equal(await a.say("before the upgrade"), oldPid);
+      // A broadcast reaches the other client of the generation too.
+      await b.next(/^pid \d+: before the upgrade$/);
 
-    const newPid = await upgrade(server, oldPid);
-    assert.notEqual(newPid, oldPid);
-    assert.equal(Number((await a.next(/^draining pid (\d+)/))[1]), oldPid);
+      const newPid = await upgrade(server, oldPid);
+      assert.notEqual(newPid, oldPid);
+      assert.equal(Number((await a.next(/^draining pid (\d+)/))[1]), oldPid);
 
-    // The old generation still serves its open sockets, broadcasts included.
-    for (let i = 0; i < 5; i++) {
-      assert.equal(await a.say(`after the upgrade ${i}`), oldPid);
-      assert.equal(
-        Number((await b.next(new RegExp(`^pid (\\d+): after the upgrade ${i}$`)))[1]),
-        oldPid,
+      // The old generation still serves its open sockets, broadcasts included.
+      for (let i = 0; i < 5; i++) {
+        assert.equal(await a.say(`after the upgrade ${i}`), oldPid);
+        assert.equal(
+          Number((await b.next(new RegExp(`^pid (\\d+): after the upgrade ${i}$`)))[1]),
+          oldPid,
+        );
+      }
+      assert.equal(await b.say("b is still here"), oldPid);
+
+      // A new socket reaches the new generation, which chats on its own.
+      const c = await ChatClient.open(port);
+      assert.equal(Number((await c.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
+      assert.equal(await c.say("hello from the new generation"), newPid);
+      assert.equal(await a.say("old and new side by side"), oldPid);
+      assert.equal(alive(oldPid), true, "the old generation waits for its open sockets");
+      assert.ok(
+        a.messages.every((m) => m.includes(`pid ${oldPid}`)),
+        `the old generation's client only hears the old generation: ${JSON.stringify(a.messages)}`,
       );
-    }
-    assert.equal(await b.say("b is still here"), oldPid);
 
-    // A new socket reaches the new generation, which chats on its own.
-    const c = await ChatClient.open(port);
-    assert.equal(Number((await c.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
-    assert.equal(await c.say("hello from the new generation"), newPid);
-    assert.equal(await a.say("old and new side by side"), oldPid);
-    assert.equal(alive(oldPid), true, "the old generation waits for its open sockets");
-    assert.ok(
-      a.messages.every((m) => m.includes(`pid ${oldPid}`)),
-      `the old generation's client only hears the old generation: ${JSON.stringify(a.messages)}`,
-    );
+      // Closing the old sockets lets the old generation finish draining and exit cleanly.
+      a.close();
+      b.close();
+      assert.equal(await within(server.exited, 30_000, "old generation exit"), 0);
+      await server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
 
-    // Closing the old sockets lets the old generation finish draining and exit cleanly.
-    a.close();
-    b.close();
-    assert.equal(await within(server.exited, 30_000, "old generation exit"), 0);
-    await server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
-
-    assert.equal(await c.say("the new generation serves on"), newPid);
-    c.close();
-    await within(c.closed, 10_000, "new socket close");
-    process.kill(newPid, "SIGTERM");
-    await stopped(newPid);
-  });
+      assert.equal(await c.say("the new generation serves on"), newPid);
+      c.close();
+      await within(c.closed, 10_000, "new socket close");
+      process.kill(newPid, "SIGTERM");
+      await stopped(newPid);
+    });
+  }
 
   test("at a short drain timeout the old generation closes a WebSocket left open, then exits 0", async () => {
     const drainMs = 1500;
