@@ -31,8 +31,10 @@ export {
   type UpgradeFailure,
   Upgrader,
   type UpgraderEvents,
+  type UpgraderHandler,
   type UpgraderOptions,
 } from "./src/upgrader.ts";
+export type { StatusReport } from "./src/protocol.ts";
 export {
   type Conn,
   type FdListenOptions,
@@ -73,6 +75,7 @@ export {
   type Activation,
   type ActivationOptions,
   encodeNotify,
+  type Env,
   findActivated,
   LISTEN_FDS_START,
   type NotifierOptions,

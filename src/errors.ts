@@ -26,6 +26,8 @@ export class InstarError extends Error {
   readonly code: string;
 
   /**
+   * Creates an error with a code.
+   *
    * @param code what went wrong
    * @param message what the value was and what to do
    * @param options the underlying cause, if any
@@ -62,6 +64,8 @@ export class SystemError extends InstarError {
   readonly syscall: string;
 
   /**
+   * Creates the error of a failed libc call.
+   *
    * @param syscall the libc function that failed
    * @param errno the errno it left
    * @param name the errno name

@@ -94,6 +94,8 @@ export class UpgradeError extends InstarError {
   readonly errno?: string;
 
   /**
+   * Creates the error of a failed or refused upgrade.
+   *
    * @param reason why the upgrade failed
    * @param message what happened and what to do
    * @param details pid, exit code, signal or errno
@@ -182,7 +184,8 @@ interface Attempt {
   abandon(): void;
 }
 
-type Handler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
+/** A subscriber to one event of {@link UpgraderEvents}. */
+export type UpgraderHandler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
 
 /** How long a stopping generation lets its runtime deliver connections it already accepted. */
 const DRAIN_DELAY_MS = 250;
@@ -361,7 +364,7 @@ export class Upgrader {
   }
 
   /** Subscribes to an event; returns a function that unsubscribes. */
-  on<K extends keyof UpgraderEvents>(event: K, handler: Handler<K>): () => void {
+  on<K extends keyof UpgraderEvents>(event: K, handler: UpgraderHandler<K>): () => void {
     let set = this.#handlers.get(event);
     if (!set) this.#handlers.set(event, set = new Set());
     set.add(handler as (p: unknown) => void);
