@@ -2,6 +2,10 @@
 import process from "node:process";
 import net from "node:net";
 import { after } from "node:test";
+import assert from "node:assert/strict";
+import * as sys from "../src/ffi/mod.ts";
+import { C } from "../src/ffi/mod.ts";
+import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { alive, bin, killAll, ROOT, runtimeCmd, sleep } from "../bench/procs.ts";
 
 // The process helpers the benchmarks and the demo use too.
@@ -378,5 +382,23 @@ export async function leakedSockets(before: number[], settleMs = 1000): Promise<
     });
     if (leaked.length === 0 || Date.now() >= deadline) return leaked;
     await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** A non-blocking datagram socket bound to `path` (a file path or `@abstract`): a NOTIFY_SOCKET. */
+export function datagramReceiver(path: string): number {
+  const fd = sys.socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  sys.bind(fd, encodeUnix(path), path);
+  return fd;
+}
+
+/** Every datagram queued on `fd`, decoded; sd_notify never attaches fds. */
+export function drainDatagrams(fd: number): string[] {
+  const out: string[] = [];
+  for (;;) {
+    const got = sys.recvFds(fd, 4096, 4);
+    if (got === null) return out;
+    assert.deepEqual(got.fds, [], "sd_notify must not attach fds");
+    out.push(new TextDecoder().decode(got.data));
   }
 }

@@ -1,15 +1,14 @@
 // Zero-downtime HTTP upgrades: the HTTP example of this runtime, both spawn
 // backends, both serve() paths, under keep-alive load and a storm of short
 // connections, every failure counted.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "../bench/load_client.ts";
-import { alive, ROOT, RUNTIME, runtimeCmd, type ServerProcess, startServer } from "./helpers.ts";
+import { alive, cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, startServer } from "./helpers.ts";
 
-const servers: ServerProcess[] = [];
-after(() => servers.forEach((s) => s.killAll()));
+const { servers } = cleanupAfterTests();
 
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 

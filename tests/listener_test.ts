@@ -1,19 +1,17 @@
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import process from "node:process";
-import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { type Addr, encodeInet, encodeUnix, type NetAddr } from "../src/ffi/sockaddr.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
 import { type Conn, listen, type Listener, openListener, openSocket } from "../src/listener.ts";
-import { leakedSockets, openFds, rawListen, RUNTIME, sleep } from "./helpers.ts";
+import { cleanupAfterTests, leakedSockets, openFds, rawListen, RUNTIME, sleep } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "instar-listener-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const dir = cleanupAfterTests().tempDir("instar-listener-");
 
 const NATIVE_KIND = RUNTIME === "deno" ? "Deno.listen" : "Bun.listen";
 

@@ -1,9 +1,8 @@
 // The protocol between generations: a child given bad metadata stops with a
 // clear error, tells its parent, and never adopts an fd it was not told about.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
@@ -11,10 +10,9 @@ import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
 import { Channel, CONTROL_FD_ENV, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
 import { spawn } from "../src/spawn.ts";
-import { ROOT, RUNTIME, runtimeCmd, sleep } from "./helpers.ts";
+import { cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, sleep } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "instar-proto-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const dir = cleanupAfterTests().tempDir("instar-proto-");
 
 // The child: starts an Upgrader and reports what happened in a file.
 const CHILD = join(dir, "child.ts");

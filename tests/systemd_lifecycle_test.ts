@@ -1,40 +1,34 @@
 // systemd and the lifecycle, black-box: the exact sd_notify sequence a real
 // server sends for start, upgrade, failed upgrade and stop, and a
 // socket-activated server that passes its activated socket on.
-import { after, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
-import { C } from "../src/ffi/mod.ts";
-import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
+  cleanupAfterTests,
+  datagramReceiver,
+  drainDatagrams,
   fdTable,
   ROOT,
   RUNTIME,
   runtimeCmd,
-  type ServerProcess,
   sleep,
   startServer,
 } from "./helpers.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "instar-sdlife-"));
-const servers: ServerProcess[] = [];
-after(() => {
-  servers.forEach((s) => s.killAll());
-  rmSync(dir, { recursive: true, force: true });
-});
+const { servers, tempDir } = cleanupAfterTests();
+const dir = tempDir("instar-sdlife-");
 
 const ECHO = join(ROOT, "examples", "echo_server.ts");
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 
 /** Datagrams arriving on a NOTIFY_SOCKET bound at `path`. */
 function notifySocket(path: string) {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  sys.bind(fd, encodeUnix(path), path);
+  const fd = datagramReceiver(path);
   const got: string[] = [];
   return {
     got,
@@ -42,9 +36,7 @@ function notifySocket(path: string) {
     async until(n: number, timeoutMs = 30_000): Promise<string[]> {
       const end = Date.now() + timeoutMs;
       for (;;) {
-        for (let r = sys.recvFds(fd, 4096, 4); r; r = sys.recvFds(fd, 4096, 4)) {
-          got.push(new TextDecoder().decode(r.data));
-        }
+        got.push(...drainDatagrams(fd));
         if (got.length >= n) return got;
         if (Date.now() > end) {
           throw new Error(`only ${got.length} of ${n} datagrams: ${JSON.stringify(got)}`);
@@ -150,7 +142,6 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       const child = Number(ok[1]);
       await server.exited;
       assert.equal(await echo(port), "ping\n", "the new generation serves the activated socket");
-      const { readFileSync } = await import("node:fs");
       const environ = readFileSync(`/proc/${child}/environ`, "utf8").split("\0");
       assert.deepEqual(environ.filter((e) => e.startsWith("LISTEN_")), []);
       process.kill(child, "SIGTERM");

@@ -19,28 +19,16 @@ import {
   SystemdNotifier,
   systemdNotifier,
 } from "../src/systemd.ts";
-import { ROOT, RUNTIME, runtimeCmd } from "./helpers.ts";
+import {
+  datagramReceiver as receiver,
+  drainDatagrams as drain,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+} from "./helpers.ts";
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 const CHILD = join(ROOT, "tests", "systemd_child.ts");
-
-/** A datagram socket bound to `path` (a file path or `@abstract`), non-blocking. */
-function receiver(path: string): number {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  sys.bind(fd, encodeUnix(path), path);
-  return fd;
-}
-
-/** Every datagram queued on `fd`, decoded. */
-function drain(fd: number): string[] {
-  const out: string[] = [];
-  for (;;) {
-    const got = sys.recvFds(fd, 4096, 4);
-    if (got === null) return out;
-    assert.deepEqual(got.fds, [], "sd_notify must not attach fds");
-    out.push(new TextDecoder().decode(got.data));
-  }
-}
 
 function openFds(): number {
   return readdirSync("/proc/self/fd").length;
