@@ -1021,7 +1021,7 @@ export class Upgrader {
     let pidfd = -1;
     try {
       pidfd = sys.pidfdOpen(pid);
-    } catch { /* kernel without pidfd: the poll below falls back to a timer */ }
+    } catch { /* kernel without pidfd: the reaper timer takes it */ }
     try {
       sys.kill(pid, SIGNALS.SIGKILL);
       if (pidfd >= 0) sys.poll([{ fd: pidfd, events: C.POLLIN }], 2000);
@@ -1030,16 +1030,8 @@ export class Upgrader {
     } finally {
       if (pidfd >= 0) sys.close(pidfd);
     }
-    if (sys.waitpidNoHang(pid)) {
-      this.#children.delete(pid);
-      return;
-    }
-    const t = setInterval(() => {
-      if (sys.waitpidNoHang(pid)) {
-        this.#children.delete(pid);
-        clearInterval(t);
-      }
-    }, 10);
+    if (sys.waitpidNoHang(pid)) this.#children.delete(pid);
+    else this.#reapLater();
   }
 
   // Children that outlive the handover are reaped while this generation drains.
@@ -1079,6 +1071,13 @@ export class Upgrader {
       sys.close(this.#control.fd);
       this.#control = null;
     }
+    // serve()'s shutdown stops accepting, reads what it accepted, then drains;
+    // it runs while the listeners below wait for the same reason.
+    const shutdowns = this.#servers.map(({ server }) =>
+      server.shutdown().catch((err) => {
+        this.#emit("warning", { message: `server shutdown: ${(err as Error).message}` });
+      })
+    );
     // Stop accepting first and give the runtime a moment to hand over what it
     // accepted but has not delivered yet; closing at once would drop those.
     if (this.#listeners.length) {
@@ -1095,12 +1094,6 @@ export class Upgrader {
     }
     for (const { listener } of this.#listeners) listener.close();
     let timer: ReturnType<typeof setTimeout> | undefined;
-    // serve()'s shutdown stops accepting, reads what it accepted, then drains.
-    const shutdowns = this.#servers.map(({ server }) =>
-      server.shutdown().catch((err) => {
-        this.#emit("warning", { message: `server shutdown: ${(err as Error).message}` });
-      })
-    );
     const timedOut = await Promise.race([
       Promise.all([
         ...this.#listeners.map(({ listener }) => listener.drained()),
