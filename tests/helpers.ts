@@ -46,8 +46,7 @@ export async function rawListen(
 }
 
 /** This process's open fds (numbers), from /proc/self/fd. */
-export async function openFds(): Promise<number[]> {
-  const { readdirSync } = await import("node:fs");
+export function openFds(): number[] {
   return readdirSync("/proc/self/fd").map(Number).sort((a, b) => a - b);
 }
 
@@ -376,7 +375,7 @@ export async function leakedSockets(before: number[], settleMs = 1000): Promise<
   const stdio = new Set([0, 1, 2].map(link));
   const deadline = Date.now() + settleMs;
   for (;;) {
-    const leaked = (await openFds()).filter((fd) => {
+    const leaked = openFds().filter((fd) => {
       const l = link(fd);
       return !before.includes(fd) && l.startsWith("socket:") && !stdio.has(l);
     });

@@ -322,7 +322,7 @@ describe(`listen() under ${RUNTIME}`, () => {
   });
 
   test("close() ends the iterator and refuses new connections; accepted ones keep working", async () => {
-    const before = await openFds();
+    const before = openFds();
     const l = await listen({ hostname: "127.0.0.1", port: 0 });
     const done = serveEcho(l);
     const c = await connectTo(l.addr);

@@ -7,7 +7,7 @@ import { serve, type Server } from "../src/serve.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { leakedSockets, openFds, rawListen } from "./helpers.ts";
 
-const before = await openFds();
+const before = openFds();
 const mode = process.argv[2] as "transplant" | "fallback";
 const ours = await rawListen();
 const quit = async () => {

@@ -98,7 +98,7 @@ function body(raw: string): string {
 
 /** Runs `fn` with our own listening socket; checks no socket leaked once it is closed. */
 async function withSocket(fn: (ours: { fd: number; port: number }) => Promise<void>) {
-  const before = await openFds();
+  const before = openFds();
   const ours = await rawListen();
   try {
     await fn(ours);
@@ -366,7 +366,7 @@ describe(`serve() under ${RUNTIME}, handing the socket over`, () => {
 
 describe(`serve() under ${RUNTIME}, choosing the mode`, () => {
   test("a Unix socket is served by transplant, and the throwaway socket file is removed", async () => {
-    const before = await openFds();
+    const before = openFds();
     const path = `@instar-serve-test-${sys.getpid()}`;
     const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
     sys.bind(fd, encodeUnix(path));

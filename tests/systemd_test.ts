@@ -1,7 +1,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -22,6 +22,7 @@ import {
 import {
   datagramReceiver as receiver,
   drainDatagrams as drain,
+  openFds,
   ROOT,
   RUNTIME,
   runtimeCmd,
@@ -29,10 +30,6 @@ import {
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 const CHILD = join(ROOT, "tests", "systemd_child.ts");
-
-function openFds(): number {
-  return readdirSync("/proc/self/fd").length;
-}
 
 describe("sd_notify", () => {
   let dir: string;
@@ -227,7 +224,7 @@ describe("sd_notify", () => {
     const n = systemdNotifier({ env: { NOTIFY_SOCKET: path } });
     n.ready(); // any lazily opened FFI state exists from here on
     drain(fd);
-    const open = openFds();
+    const open = openFds().length;
     let received = 0;
     for (let i = 0; i < 50; i++) {
       n.status(`${i}`);
@@ -236,7 +233,7 @@ describe("sd_notify", () => {
     try {
       systemdNotifier({ env: { NOTIFY_SOCKET: join(dir, "missing.sock") } }).ready();
     } catch { /* ENOENT, checked above */ }
-    assert.equal(openFds(), open);
+    assert.equal(openFds().length, open);
     assert.equal(received, 50);
   });
 });

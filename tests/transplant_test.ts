@@ -173,7 +173,7 @@ async function withServer(
   name: string,
   body: (native: Native, ours: { fd: number; port: number }) => Promise<void>,
 ): Promise<void> {
-  const before = await openFds();
+  const before = openFds();
   const ours = await rawListen();
   const native = await starters[name]();
   try {
