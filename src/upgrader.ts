@@ -8,7 +8,6 @@
 
 import process from "node:process";
 import {
-  chmodSync,
   readdirSync,
   readFileSync,
   readlinkSync,
@@ -19,7 +18,7 @@ import {
 import * as sys from "./ffi/mod.ts";
 import { C, signalName, SIGNALS } from "./ffi/mod.ts";
 import { InstarError, invalid } from "./errors.ts";
-import { type Addr, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
+import { type Addr, formatAddr } from "./ffi/sockaddr.ts";
 import { listen, type Listener, type ListenOptions, openSocket } from "./listener.ts";
 import { serve, type Server } from "./serve.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
@@ -516,24 +515,31 @@ export class Upgrader {
    * Declares this generation ready: unclaimed inherited sockets are closed,
    * the PID file is written, and the previous generation is told to drain.
    */
-  ready(): Promise<void> {
-    if (this.#state !== "starting") {
-      return Promise.reject(
-        new InstarError("INVALID_STATE", `ready() called in state ${this.#state}; call it once`),
+  async ready(): Promise<void> {
+    if (this.#state !== "starting" || this.#readyCalled) {
+      throw new InstarError(
+        "INVALID_STATE",
+        `ready() called in state ${this.#state}; call it once`,
       );
     }
+    this.#readyCalled = true;
+    // The control socket first: if it cannot be had, the previous generation is not
+    // told anything and serves on.
+    const control = this.#options.controlSocket
+      ? await this.#controlSocket(this.#options.controlSocket)
+      : -1;
     for (const [key, { fd }] of this.#inherited) {
       // Nobody will accept on it here: close it so the kernel stops queueing for us.
       this.#emit("warning", { message: `inherited listener ${key} was not claimed; closing it` });
       sys.close(fd);
     }
     this.#inherited.clear();
-    const control = this.#inheritedControl;
-    if (control && control.path !== this.#options.controlSocket) {
+    const unused = this.#inheritedControl; // the option is gone, or names another path
+    if (unused) {
       this.#emit("warning", {
-        message: `the inherited control socket ${control.path} is not used any more; closing it`,
+        message: `the inherited control socket ${unused.path} is not used any more; closing it`,
       });
-      sys.close(control.fd);
+      sys.close(unused.fd);
       this.#inheritedControl = null;
     }
     for (const s of this.#activated) {
@@ -558,21 +564,28 @@ export class Upgrader {
       this.#parent.close();
       this.#parent = null;
     }
-    if (this.#options.controlSocket) this.#startControl(this.#options.controlSocket);
+    if (control >= 0) this.#startControl(control);
     // A later generation is announced by the one it replaces (MAINPID + READY).
     if (this.generation === 1) this.#sd((n) => n.ready());
     this.#setState("ready");
-    return Promise.resolve();
   }
 
   #control: { fd: number; timer: ReturnType<typeof setInterval>; peers: Set<Channel> } | null =
     null;
 
-  // The control socket: inherited from the previous generation, or created here.
-  #startControl(path: string): void {
-    let fd = this.#inheritedControl?.fd ?? -1;
-    this.#inheritedControl = null;
-    if (fd < 0) fd = bindControlSocket(path);
+  // The control socket: inherited from the previous generation, or created here
+  // with mode 0600 set before listen(2), so no other user can connect in between
+  // (an abstract name has no mode; SO_PEERCRED refuses other users there too).
+  async #controlSocket(path: string): Promise<number> {
+    const inherited = this.#inheritedControl;
+    if (inherited?.path === path) {
+      this.#inheritedControl = null;
+      return inherited.fd;
+    }
+    return (await openSocket({ path, mode: 0o600, backlog: 64 })).fd;
+  }
+
+  #startControl(fd: number): void {
     const peers = new Set<Channel>();
     const timer = setInterval(() => this.#pollControl(), 50);
     (timer as { unref?: () => void }).unref?.();
@@ -580,6 +593,7 @@ export class Upgrader {
   }
 
   #inheritedControl: { path: string; fd: number } | null = null;
+  #readyCalled = false;
 
   #pollControl(): void {
     const ctl = this.#control;
@@ -1217,31 +1231,6 @@ function requestHandover(path: string): { hello: Hello | null; channel: Channel 
   }
   channel.send({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid });
   return { hello: receiveHello(channel, "scm_rights"), channel };
-}
-
-/** Creates the control socket at `path`, replacing a stale file, readable by this user only. */
-function bindControlSocket(path: string): number {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  try {
-    const addr = encodeUnix(path);
-    try {
-      sys.bind(fd, addr, `control socket ${path}`);
-    } catch (err) {
-      if ((err as InstarError).code !== "EADDRINUSE") throw err;
-      // A file is there but nobody answered requestHandover(): it is stale.
-      if (path.startsWith("@")) throw err; // abstract names have no file to remove
-      rmSync(path, { force: true });
-      sys.bind(fd, addr, `control socket ${path}`);
-    }
-    // Before listen(): nobody can connect in between. Abstract names have no mode;
-    // SO_PEERCRED still refuses other users.
-    if (!path.startsWith("@")) chmodSync(path, 0o600);
-    sys.listenFd(fd, 64);
-    return fd;
-  } catch (err) {
-    sys.close(fd);
-    throw err;
-  }
 }
 
 /**
