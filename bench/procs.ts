@@ -6,7 +6,7 @@
  * @module
  */
 import process from "node:process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -26,15 +26,8 @@ export function runtimeCmd(runtime: "deno" | "bun", script: string, args: string
     : [bin("bun"), script, ...args];
 }
 
-/** Whether `pid` is alive (not a zombie). */
-export function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
+/** Whether `pid` is alive (not a zombie): the lifecycle's own check. */
+export { processRuns as alive } from "../src/protocol.ts";
 
 /** Sends SIGKILL to every pid in `pids`, skipping those already gone. */
 export function killAll(pids: Iterable<number>): void {
