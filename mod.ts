@@ -33,7 +33,7 @@ export {
   type UpgraderEvents,
   type UpgraderHandler,
   type UpgraderOptions,
-} from "./src/upgrader.ts";
+} from "./src/lifecycle/upgrader.ts";
 export type { StatusReport } from "./src/protocol.ts";
 export {
   type Conn,
@@ -45,7 +45,7 @@ export {
   openSocket,
   type TcpListenOptions,
   type UnixListenOptions,
-} from "./src/listener.ts";
+} from "./src/net/listener.ts";
 export {
   type InstarServeOptions,
   serve,
@@ -54,7 +54,7 @@ export {
   type ServeMode,
   type Server,
   type ServeTarget,
-} from "./src/serve.ts";
+} from "./src/serve/serve.ts";
 export {
   type DedupeMethod,
   type EpollRegistration,
@@ -67,7 +67,7 @@ export {
   transplant,
   type TransplantInfo,
   type TransplantOptions,
-} from "./src/transplant.ts";
+} from "./src/net/transplant.ts";
 export {
   type ActivatedRequest,
   type ActivatedSocket,
@@ -83,5 +83,10 @@ export {
   type NotifyFields,
   SystemdNotifier,
   systemdNotifier,
-} from "./src/systemd.ts";
-export { availableBackends, spawn, type SpawnBackend, type SpawnOptions } from "./src/spawn.ts";
+} from "./src/process/systemd.ts";
+export {
+  availableBackends,
+  spawn,
+  type SpawnBackend,
+  type SpawnOptions,
+} from "./src/process/spawn.ts";

@@ -22,7 +22,7 @@ import * as net from "node:net";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import { type Conn, type Listener, openListener } from "../src/listener.ts";
+import { type Conn, type Listener, openListener } from "../src/net/listener.ts";
 import type { NetAddr } from "../src/ffi/sockaddr.ts";
 
 const SCRIPT = fileURLToPath(import.meta.url);

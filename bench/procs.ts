@@ -27,7 +27,7 @@ export function runtimeCmd(runtime: "deno" | "bun", script: string, args: string
 }
 
 /** Whether `pid` is alive (not a zombie): the lifecycle's own check. */
-export { processRuns as alive } from "../src/protocol.ts";
+export { processRuns as alive } from "../src/proc.ts";
 
 /** Sends SIGKILL to every pid in `pids`, skipping those already gone. */
 export function killAll(pids: Iterable<number>): void {

@@ -5,8 +5,8 @@ import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet, type NetAddr } from "../src/ffi/sockaddr.ts";
-import { serve } from "../src/serve.ts";
-import { transplant } from "../src/transplant.ts";
+import { serve } from "../src/serve/serve.ts";
+import { transplant } from "../src/net/transplant.ts";
 
 type Variant = "bare" | "raw" | "transplant" | "fallback";
 const variant = (process.argv[2] ?? "bare") as Variant;

@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import process from "node:process";
 import { readFileSync } from "node:fs";
-import { availableBackends, spawn } from "../src/spawn.ts";
+import { availableBackends, spawn } from "../src/process/spawn.ts";
 import { waitpidNoHang } from "../src/ffi/mod.ts";
 
 const { values } = parseArgs({

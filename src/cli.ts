@@ -23,10 +23,10 @@ import {
   connectControl,
   messageOf,
   nobodyThere,
-  processRuns,
   PROTOCOL_VERSION,
   type StatusReport,
 } from "./protocol.ts";
+import { processRuns } from "./proc.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers

@@ -15,7 +15,6 @@
  * @module
  */
 
-import { readFileSync } from "node:fs";
 import * as sys from "./ffi/mod.ts";
 import { C } from "./ffi/mod.ts";
 import { type Addr, decode, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
@@ -305,16 +304,6 @@ export function connectControl(path: string): Channel {
 export function nobodyThere(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === "ENOENT" || code === "ECONNREFUSED";
-}
-
-/** Whether process `pid` runs (and is not a zombie). */
-export function processRuns(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
 }
 
 /** Validates the common shape of a message received from a peer. */

@@ -48,7 +48,9 @@ describe("packaging", () => {
     const listed = await runCommand(["tar", "-tzf", tarball]);
     assert.equal(listed.code, 0, showResult(listed, 3000));
     const files = listed.stdout.trim().split("\n").map((f) => f.replace(/^package\//, ""));
-    for (const f of ["mod.ts", "README.md", "package.json", "src/upgrader.ts", "src/cli.ts"]) {
+    for (
+      const f of ["mod.ts", "README.md", "package.json", "src/lifecycle/upgrader.ts", "src/cli.ts"]
+    ) {
       assert.ok(files.includes(f), `${f} is in the tarball: ${files.join(" ")}`);
     }
     assert.ok(files.includes("src/ffi/mod.ts"), "src/ is shipped recursively");

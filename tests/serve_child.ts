@@ -3,7 +3,7 @@
 // shut down, close the socket and report leaked sockets. It must then exit by
 // itself: nothing may keep the event loop alive.
 import process from "node:process";
-import { serve, type Server } from "../src/serve.ts";
+import { serve, type Server } from "../src/serve/serve.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { leakedSockets, openFds, rawListen } from "./helpers.ts";
 

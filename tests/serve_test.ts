@@ -11,9 +11,9 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { InstarError } from "../src/errors.ts";
-import { serve, type Server } from "../src/serve.ts";
-import { listen } from "../src/listener.ts";
-import { KNOWN_EVENT_MASKS } from "../src/transplant.ts";
+import { serve, type Server } from "../src/serve/serve.ts";
+import { listen } from "../src/net/listener.ts";
+import { KNOWN_EVENT_MASKS } from "../src/net/transplant.ts";
 import {
   connectClient,
   exchange,

@@ -1,5 +1,5 @@
 // A C harness for the spawn trampoline, outside JavaScript: maps the hex given as
-// argv[1] the way src/spawn.ts does and spawns through it. tests/spawn_test.ts builds it
+// argv[1] the way src/process/spawn.ts does and spawns through it. tests/spawn_test.ts builds it
 // for each architecture (the foreign one runs under qemu-user) and checks the output.
 // Under qemu-user, vfork is emulated with fork, so the errno the child reports through
 // shared memory is not visible here; failures are checked through the exit status 127.

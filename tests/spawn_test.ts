@@ -15,8 +15,8 @@ import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
-import { availableBackends, spawn } from "../src/spawn.ts";
-import { TRAMPOLINE_HEX } from "../src/trampoline/bytes.ts";
+import { availableBackends, spawn } from "../src/process/spawn.ts";
+import { TRAMPOLINE_HEX } from "../src/process/trampoline/bytes.ts";
 import { exchange, rawListen, ROOT } from "./helpers.ts";
 
 const C = sys.C;
@@ -93,10 +93,10 @@ describe("spawn()", () => {
   for (const arch of ["x86_64", "aarch64"]) {
     const missing = !toolFor(arch, "as") || !toolFor(arch, "objcopy");
     test(
-      `the embedded ${arch} trampoline is what src/trampoline/${arch}.S assembles to`,
+      `the embedded ${arch} trampoline is what src/process/trampoline/${arch}.S assembles to`,
       { skip: missing ? `no GNU as/objcopy for ${arch} on this machine` : false },
       () => {
-        assert.ok(TRAMPOLINE_HEX[arch], `src/trampoline/bytes.ts has ${arch}`);
+        assert.ok(TRAMPOLINE_HEX[arch], `src/process/trampoline/bytes.ts has ${arch}`);
         const hex = execFileSync("sh", [join(ROOT, "scripts/build_trampoline.sh"), "--hex", arch], {
           encoding: "utf8",
         }).trim();

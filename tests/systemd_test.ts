@@ -18,7 +18,7 @@ import {
   findActivated,
   SystemdNotifier,
   systemdNotifier,
-} from "../src/systemd.ts";
+} from "../src/process/systemd.ts";
 import {
   datagramReceiver as receiver,
   drainDatagrams as drain,

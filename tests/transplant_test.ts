@@ -12,10 +12,10 @@ import {
   pauseSocket,
   resumeAccepting,
   resumeSocket,
-  socketInode,
   transplant,
   type TransplantOptions,
-} from "../src/transplant.ts";
+} from "../src/net/transplant.ts";
+import { socketInode } from "../src/proc.ts";
 import {
   connectClient,
   exchange,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { AdapterStart, NativeServer, ServeAdapter } from "./serve.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/serve.ts";
 
 type SocketAddress = { address: string; port: number; family: string };
 

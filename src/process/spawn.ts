@@ -16,10 +16,10 @@
  * @module
  */
 
-import { readdirSync } from "node:fs";
+import { openFds } from "../proc.ts";
 import process from "node:process";
-import { InstarError, invalid, SystemError } from "./errors.ts";
-import * as sys from "./ffi/mod.ts";
+import { InstarError, invalid, SystemError } from "../errors.ts";
+import * as sys from "../ffi/mod.ts";
 import { TRAMPOLINE_HEX } from "./trampoline/bytes.ts";
 
 /**
@@ -80,7 +80,7 @@ export interface SpawnOptions {
  * @example
  * ```ts
  * import { spawn } from "./spawn.ts";
- * import { waitpidNoHang } from "./ffi/mod.ts";
+ * import { waitpidNoHang } from "../ffi/mod.ts";
  *
  * const pid = spawn({ path: "/bin/true", argv: ["true"], env: [], fds: [] });
  * while (!waitpidNoHang(pid)) await new Promise((r) => setTimeout(r, 10));
@@ -334,8 +334,7 @@ function spawnFork(o: { path: string; cwd?: string; fds: readonly number[] }, a:
 function strayFds(keep: readonly number[]): number[] {
   const { libc } = sys.backend();
   const out: number[] = [];
-  for (const name of readdirSync("/proc/self/fd")) {
-    const fd = Number(name);
+  for (const fd of openFds()) {
     if (fd < 3 || keep.includes(fd)) continue;
     const flags = libc.fcntl(fd, sys.C.F_GETFD, 0); // -1: the directory listing's own fd, now closed
     if (flags >= 0 && (flags & sys.C.FD_CLOEXEC) === 0) out.push(fd);

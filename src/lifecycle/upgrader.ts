@@ -15,21 +15,21 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import * as sys from "./ffi/mod.ts";
-import { C, signalName, SIGNALS } from "./ffi/mod.ts";
-import { InstarError, invalid } from "./errors.ts";
-import { type Addr, formatAddr } from "./ffi/sockaddr.ts";
-import { listen, type Listener, type ListenOptions, openSocket } from "./listener.ts";
-import { serve, type Server } from "./serve.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
-import { spawn, type SpawnBackend } from "./spawn.ts";
+import * as sys from "../ffi/mod.ts";
+import { C, signalName, SIGNALS } from "../ffi/mod.ts";
+import { InstarError, invalid } from "../errors.ts";
+import { type Addr, formatAddr } from "../ffi/sockaddr.ts";
+import { listen, type Listener, type ListenOptions, openSocket } from "../net/listener.ts";
+import { serve, type Server } from "../serve/serve.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { spawn, type SpawnBackend } from "../process/spawn.ts";
 import {
   type ActivatedSocket,
   activatedSockets,
   findActivated,
   type SystemdNotifier,
   systemdNotifier,
-} from "./systemd.ts";
+} from "../process/systemd.ts";
 import {
   Channel,
   checkListeningFd,
@@ -39,12 +39,12 @@ import {
   type ListenerMeta,
   messageOf,
   nobodyThere,
-  processRuns,
   PROTOCOL_VERSION,
   protocolError,
   type StatusReport,
   validateHello,
-} from "./protocol.ts";
+} from "../protocol.ts";
+import { processRuns } from "../proc.ts";
 
 /** Why a generation stops: a newer one took over, or it was told to stop. */
 export type ExitReason = "upgrade" | "stop";

@@ -27,19 +27,19 @@ import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { InstarError } from "./errors.ts";
-import { dupCloexec, getsockname, runtimeName } from "./ffi/mod.ts";
-import { type Addr, decode, type NetAddr } from "./ffi/sockaddr.ts";
+import { InstarError } from "../errors.ts";
+import { dupCloexec, getsockname, runtimeName } from "../ffi/mod.ts";
+import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
 import {
   type DedupeMethod,
   pauseAccepting,
   pauseSocket,
   resumeAccepting,
   transplant,
-} from "./transplant.ts";
-import type { TransplantInfo } from "./transplant.ts";
-import { denoAdapter } from "./serve_deno.ts";
-import { bunAdapter } from "./serve_bun.ts";
+} from "../net/transplant.ts";
+import type { TransplantInfo } from "../net/transplant.ts";
+import { denoAdapter } from "../runtime/serve_deno.ts";
+import { bunAdapter } from "../runtime/serve_bun.ts";
 
 /** What a Deno handler gets besides the request (as `Deno.ServeHandlerInfo`). */
 export interface ServeHandlerInfo {

@@ -18,7 +18,7 @@
 
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { lookup } from "node:dns/promises";
-import { InstarError, invalid, SystemError } from "./errors.ts";
+import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
   bind,
   C,
@@ -34,15 +34,15 @@ import {
   setNonBlocking,
   setsockoptInt,
   socket,
-} from "./ffi/mod.ts";
-import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
-import type { Acceptor, BaseConn, Conn } from "./runtime/conn.ts";
-import { bunAcceptor } from "./runtime/listener_bun.ts";
-import { denoAcceptor } from "./runtime/listener_deno.ts";
-import { nodeAcceptor } from "./runtime/listener_node.ts";
+} from "../ffi/mod.ts";
+import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import type { Acceptor, BaseConn, Conn } from "../runtime/conn.ts";
+import { bunAcceptor } from "../runtime/listener_bun.ts";
+import { denoAcceptor } from "../runtime/listener_deno.ts";
+import { nodeAcceptor } from "../runtime/listener_node.ts";
 
-export type { Conn } from "./runtime/conn.ts";
-export type { Addr } from "./ffi/sockaddr.ts";
+export type { Conn } from "../runtime/conn.ts";
+export type { Addr } from "../ffi/sockaddr.ts";
 
 /**
  * Listen on TCP.

@@ -19,8 +19,7 @@
  * @module
  */
 
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { InstarError, SystemError } from "./errors.ts";
+import { InstarError, SystemError } from "../errors.ts";
 import {
   C,
   close,
@@ -34,8 +33,18 @@ import {
   sameFile,
   setNonBlocking,
   setsockoptInt,
-} from "./ffi/mod.ts";
-import { type Addr, decode, formatAddr } from "./ffi/sockaddr.ts";
+} from "../ffi/mod.ts";
+import { type Addr, decode, formatAddr } from "../ffi/sockaddr.ts";
+import {
+  epollFds,
+  type EpollRegistration,
+  epollRegistrations as parseFdinfo,
+  fdLink,
+  openFds,
+  socketInode,
+} from "../proc.ts";
+
+export type { EpollRegistration } from "../proc.ts";
 
 /**
  * The epoll event masks of the reactors instar knows how to transplant under,
@@ -93,43 +102,11 @@ export interface TransplantInfo {
   readonly dedupe: DedupeMethod;
 }
 
-/** One line of an epoll fd's fdinfo. */
-export interface EpollRegistration {
-  /** The epoll fd whose fdinfo listed it. */
-  epfd: number;
-  /** The registered fd. */
-  tfd: number;
-  /** The event mask. */
-  events: number;
-  /** The user data. */
-  data: bigint;
-  /** The inode of the registered file. */
-  inode: number;
-}
-
 function unsupported(reason: string): never {
   throw new InstarError(
     "TRANSPLANT_UNSUPPORTED",
     `cannot transplant the listening socket under the native server: ${reason}`,
   );
-}
-
-function fdLink(fd: number): string | null {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
-  } catch {
-    return null;
-  }
-}
-
-/** The inode of a socket fd (`socket:[N]`), or `null` if `fd` is not an open socket. */
-export function socketInode(fd: number): number | null {
-  const m = /^socket:\[(\d+)\]$/.exec(fdLink(fd) ?? "");
-  return m ? Number(m[1]) : null;
-}
-
-function openFds(): number[] {
-  return readdirSync("/proc/self/fd").map(Number).filter((n) => Number.isInteger(n));
 }
 
 /**
@@ -157,35 +134,6 @@ export function listeningFdsAt(addr: Addr): number[] {
     }
   }
   return found;
-}
-
-function epollFds(): number[] {
-  return openFds().filter((fd) => fdLink(fd) === "anon_inode:[eventpoll]");
-}
-
-function parseFdinfo(epfd: number): EpollRegistration[] {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/self/fdinfo/${epfd}`, "utf8");
-  } catch {
-    return [];
-  }
-  const out: EpollRegistration[] = [];
-  // "tfd:       21 events: 8000201d data:     561b214dde00  pos:0 ino:1d1f sdev:9"
-  const re =
-    /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\S*\s+ino:([0-9a-f]+)/;
-  for (const line of text.split("\n")) {
-    const m = re.exec(line);
-    if (!m) continue;
-    out.push({
-      epfd,
-      tfd: Number(m[1]),
-      events: parseInt(m[2], 16) >>> 0,
-      data: BigInt("0x" + m[3]),
-      inode: parseInt(m[4], 16),
-    });
-  }
-  return out;
 }
 
 /**

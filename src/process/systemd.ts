@@ -11,7 +11,7 @@
 
 import process from "node:process";
 import { resolve } from "node:path";
-import { InstarError, invalid, SystemError } from "./errors.ts";
+import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
   C,
   close,
@@ -25,8 +25,8 @@ import {
   setCloexec,
   socket,
   write,
-} from "./ffi/mod.ts";
-import { type Addr, decode, encodeUnix, parseIPv4, parseIPv6 } from "./ffi/sockaddr.ts";
+} from "../ffi/mod.ts";
+import { type Addr, decode, encodeUnix, parseIPv4, parseIPv6 } from "../ffi/sockaddr.ts";
 
 /** An environment to read variables from (and delete consumed ones from); `process.env` by default. */
 export type Env = Record<string, string | undefined>;

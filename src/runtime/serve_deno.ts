@@ -6,9 +6,9 @@
  * @module
  */
 
-import { InstarError } from "./errors.ts";
-import type { Addr } from "./ffi/sockaddr.ts";
-import type { AdapterStart, NativeServer, ServeAdapter } from "./serve.ts";
+import { InstarError } from "../errors.ts";
+import type { Addr } from "../ffi/sockaddr.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/serve.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;

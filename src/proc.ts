@@ -1,0 +1,148 @@
+/**
+ * Everything instar reads from `/proc`, in one place: how this process was
+ * started, its fds and epoll registrations, whether a process runs, and the
+ * TCP connections a process holds. Linux only.
+ *
+ * @module
+ */
+
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+
+/** The NUL-separated list in a /proc file (`cmdline`, `environ`). */
+export function readNulList(path: string): string[] {
+  const parts = new TextDecoder().decode(readFileSync(path)).split("\0");
+  if (parts.at(-1) === "") parts.pop();
+  return parts;
+}
+
+/** What `/proc/self/fd/<fd>` points to, or `null` when the fd is not open. */
+export function fdLink(fd: number, pid: number | "self" = "self"): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return null;
+  }
+}
+
+/** The open fd numbers of process `pid` (this one by default). */
+export function openFds(pid: number | "self" = "self"): number[] {
+  return readdirSync(`/proc/${pid}/fd`).map(Number).filter((n) => Number.isInteger(n));
+}
+
+/** The inode of a socket fd (`socket:[N]`), or `null` if `fd` is not an open socket. */
+export function socketInode(fd: number, pid: number | "self" = "self"): number | null {
+  const m = /^socket:\[(\d+)\]$/.exec(fdLink(fd, pid) ?? "");
+  return m ? Number(m[1]) : null;
+}
+
+/** The epoll fds of this process. */
+export function epollFds(): number[] {
+  return openFds().filter((fd) => fdLink(fd) === "anon_inode:[eventpoll]");
+}
+
+/** One line of an epoll fd's fdinfo. */
+export interface EpollRegistration {
+  /** The epoll fd whose fdinfo listed it. */
+  epfd: number;
+  /** The registered fd. */
+  tfd: number;
+  /** The event mask. */
+  events: number;
+  /** The user data. */
+  data: bigint;
+  /** The inode of the registered file. */
+  inode: number;
+}
+
+// "tfd:       21 events: 8000201d data:     561b214dde00  pos:0 ino:1d1f sdev:9"
+const TFD_LINE =
+  /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\S*\s+ino:([0-9a-f]+)/;
+
+/** The registrations `/proc/self/fdinfo/<epfd>` lists; empty if it cannot be read. */
+export function epollRegistrations(epfd: number): EpollRegistration[] {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/fdinfo/${epfd}`, "utf8");
+  } catch {
+    return [];
+  }
+  const out: EpollRegistration[] = [];
+  for (const line of text.split("\n")) {
+    const m = TFD_LINE.exec(line);
+    if (!m) continue;
+    out.push({
+      epfd,
+      tfd: Number(m[1]),
+      events: parseInt(m[2], 16) >>> 0,
+      data: BigInt("0x" + m[3]),
+      inode: parseInt(m[4], 16),
+    });
+  }
+  return out;
+}
+
+/** The fields of `/proc/<pid>/stat` after the command name (state first), or `null`. */
+function statFields(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  } catch {
+    return null;
+  }
+}
+
+/** Whether process `pid` runs (and is not a zombie). */
+export function processRuns(pid: number): boolean {
+  const f = statFields(pid);
+  return f !== null && f[0] !== "Z";
+}
+
+/**
+ * The start time of process `pid` in clock ticks since boot (field 22 of
+ * `/proc/<pid>/stat`), or `null`: with the pid it names one process for ever.
+ */
+export function processStartTime(pid: number): string | null {
+  return statFields(pid)?.[19] ?? null;
+}
+
+/** The parent pid of process `pid`, or `null`. */
+export function parentOf(pid: number): number | null {
+  const f = statFields(pid);
+  return f ? Number(f[1]) : null;
+}
+
+/** The command name of process `pid` (`/proc/<pid>/comm`), or `null`. */
+export function commandName(pid: number): string | null {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Established TCP connections of process `pid` on local `port`, from
+ * /proc/net/tcp{,6} and /proc/<pid>/fd; `null` without procfs.
+ */
+export function tcpConnections(port: number, pid: number | "self" = "self"): number | null {
+  try {
+    const theirs = new Set<number>();
+    for (const fd of openFds(pid)) {
+      const inode = socketInode(fd, pid);
+      if (inode !== null) theirs.add(inode);
+    }
+    const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+    let n = 0;
+    for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+      for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+        const f = line.trim().split(/\s+/);
+        // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
+        const mine = f.length > 9 && f[1].endsWith(`:${hexPort}`) && f[3] === "01";
+        if (mine && theirs.has(Number(f[9]))) n++;
+      }
+    }
+    return n;
+  } catch {
+    return null;
+  }
+}
