@@ -6,11 +6,15 @@
  * and exits. If the new version crashes, hangs or is broken, the old one never
  * stopped serving.
  *
+ * This module is what an application needs. Low-level primitives (the epoll
+ * transplant, spawning, sd_notify, socket activation) are in `./unstable`,
+ * without a stability promise.
+ *
  * @example
  * ```ts
  * import { Upgrader } from "@instar/instar";
  *
- * const up = await Upgrader.create({ pidFile: "/tmp/app.pid" });
+ * const up = await Upgrader.create({ pidFile: "/run/app/app.pid" });
  * const listener = await up.listen({ port: 8080 });
  * (async () => {
  *   for await (const conn of listener) conn.readable.pipeTo(conn.writable).catch(() => {});
@@ -21,28 +25,29 @@
  * @module
  */
 
-export { InstarError, SystemError } from "./src/errors.ts";
-export type { Addr, NetAddr, UnixAddr } from "./src/ffi/sockaddr.ts";
-export {
-  type ExitReason,
-  logLifecycle,
-  type State,
-  UpgradeError,
-  type UpgradeFailure,
-  Upgrader,
-  type UpgraderEvents,
-  type UpgraderHandler,
-  type UpgraderOptions,
-} from "./src/lifecycle/upgrader.ts";
+export { Upgrader } from "./src/lifecycle/upgrader.ts";
+export type { UpgraderOptions } from "./src/lifecycle/options.ts";
+export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
+export type { SocketSpec } from "./src/lifecycle/registry.ts";
+export { logLifecycle } from "./src/lifecycle/log.ts";
+export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./src/errors.ts";
+export type {
+  Addr,
+  ExitReason,
+  NetAddr,
+  State,
+  UnixAddr,
+  UpgradeFailure,
+  UpgradeRefusal,
+} from "./src/types.ts";
 export type { StatusReport } from "./src/protocol.ts";
+export type { SpawnBackend } from "./src/process/spawn.ts";
 export {
   type Conn,
   type FdListenOptions,
   listen,
   type Listener,
   type ListenOptions,
-  type OpenSocket,
-  openSocket,
   type TcpListenOptions,
   type UnixListenOptions,
 } from "./src/net/listener.ts";
@@ -55,38 +60,3 @@ export {
   type Server,
   type ServeTarget,
 } from "./src/serve/serve.ts";
-export {
-  type DedupeMethod,
-  type EpollRegistration,
-  listeningFdsAt,
-  pauseAccepting,
-  type PausedSocket,
-  pauseSocket,
-  resumeAccepting,
-  resumeSocket,
-  transplant,
-  type TransplantInfo,
-  type TransplantOptions,
-} from "./src/net/transplant.ts";
-export {
-  type ActivatedRequest,
-  type ActivatedSocket,
-  activatedSockets,
-  type Activation,
-  type ActivationOptions,
-  encodeNotify,
-  type Env,
-  findActivated,
-  LISTEN_FDS_START,
-  type NotifierOptions,
-  NOTIFY_MAX_BYTES,
-  type NotifyFields,
-  SystemdNotifier,
-  systemdNotifier,
-} from "./src/process/systemd.ts";
-export {
-  availableBackends,
-  spawn,
-  type SpawnBackend,
-  type SpawnOptions,
-} from "./src/process/spawn.ts";

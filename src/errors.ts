@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { UpgradeFailure, UpgradeRefusal } from "./types.ts";
+
 /**
  * The error instar throws. `code` names what went wrong; the message says what
  * the value was and what to do.
@@ -94,4 +96,84 @@ export function invalid(option: string, value: unknown, expected: string): never
     "INVALID_ARGUMENT",
     `${option} is ${shown}; expected ${expected}`,
   );
+}
+
+/**
+ * An upgrade was started and failed; `reason` says why. The running
+ * generation keeps serving.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, UpgradeError } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * try {
+ *   console.log("new generation", await up.upgrade());
+ * } catch (err) {
+ *   if (err instanceof UpgradeError) console.error(err.reason, err.message);
+ * }
+ * ```
+ */
+export class UpgradeError extends InstarError {
+  /** Why: the child exited, was killed, timed out, could not be executed or broke the protocol. */
+  readonly reason: UpgradeFailure;
+  /** The new generation's pid, when one was started. */
+  readonly pid?: number;
+  /** Its exit code (`exited`). */
+  readonly exitCode?: number;
+  /** The signal that killed it (`killed`). */
+  readonly signal?: string;
+  /** The errno name (`exec-failed`). */
+  readonly errno?: string;
+
+  /**
+   * Creates the error of a failed upgrade.
+   *
+   * @param reason why the upgrade failed
+   * @param message what happened and what to do
+   * @param details pid, exit code, signal or errno
+   * @param options the underlying cause
+   */
+  constructor(
+    reason: UpgradeFailure,
+    message: string,
+    details: { pid?: number; exitCode?: number; signal?: string; errno?: string } = {},
+    options?: ErrorOptions,
+  ) {
+    super("UPGRADE_FAILED", message, options);
+    this.name = "UpgradeError";
+    this.reason = reason;
+    Object.assign(this, details);
+  }
+}
+
+/**
+ * A trigger did not start an upgrade: one is in flight, `ready()` was not
+ * called yet, or the generation stops. Nothing was started; nothing failed.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, UpgradeRefusedError } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * await up.upgrade().catch((err) => {
+ *   if (err instanceof UpgradeRefusedError) console.log("refused:", err.reason); // "not-ready"
+ * });
+ * ```
+ */
+export class UpgradeRefusedError extends InstarError {
+  /** Why the trigger was refused. */
+  readonly reason: UpgradeRefusal;
+
+  /**
+   * Creates the error of a refused trigger.
+   *
+   * @param reason why it was refused
+   * @param message what to do instead
+   */
+  constructor(reason: UpgradeRefusal, message: string) {
+    super("UPGRADE_REFUSED", message);
+    this.name = "UpgradeRefusedError";
+    this.reason = reason;
+  }
 }

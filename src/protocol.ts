@@ -18,6 +18,8 @@
 import * as sys from "./ffi/mod.ts";
 import { C } from "./ffi/mod.ts";
 import { type Addr, decode, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
+import process from "node:process";
+import type { Socket as NetSocket } from "node:net";
 import { InstarError } from "./errors.ts";
 
 /** The protocol version this build speaks. */
@@ -36,6 +38,14 @@ export interface ListenerMeta {
   fd: number;
 }
 
+/** The control socket handed to the next generation, fd as in {@link ListenerMeta}. */
+export interface ControlMeta {
+  /** The path (or `@name`) it is bound to. */
+  path: string;
+  /** The fd number (inherit) or index (scm_rights). */
+  fd: number;
+}
+
 /** The first message from the running generation to the next one. */
 export interface Hello {
   /** Always `"hello"`. */
@@ -50,6 +60,8 @@ export interface Hello {
   transfer: "inherit" | "scm_rights";
   /** The listening sockets. */
   listeners: ListenerMeta[];
+  /** The control socket, when the sender has one. */
+  control: ControlMeta | null;
 }
 
 /** Every message of the protocol. */
@@ -63,7 +75,66 @@ export type Message =
   | { type: "progress"; v: number; event: string; pid?: number; detail?: string }
   | { type: "upgraded"; v: number; pid: number }
   | { type: "failed"; v: number; reason: string; message: string }
+  | { type: "refused"; v: number; reason: string; message: string }
   | { type: "status-reply"; v: number; status: StatusReport };
+
+/** The message constructors: every message is made here, tagged with {@link PROTOCOL_VERSION}. */
+export const messages = {
+  /** The running generation's first message to the next one. */
+  hello(
+    generation: number,
+    transfer: Hello["transfer"],
+    listeners: ListenerMeta[],
+    control: ControlMeta | null,
+  ): Hello {
+    const v = PROTOCOL_VERSION;
+    return { type: "hello", v, generation, pid: process.pid, transfer, listeners, control };
+  },
+  /** The new generation is ready: the sender may drain. */
+  ready: (): Message => ({ type: "ready", v: PROTOCOL_VERSION, pid: process.pid }),
+  /** The new generation refuses what it was handed. */
+  error: (message: string): Message => ({
+    type: "error",
+    v: PROTOCOL_VERSION,
+    pid: process.pid,
+    message,
+  }),
+  /** A new process asks a running generation for its sockets. */
+  handover: (): Message => ({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid }),
+  /** The `instar` command asks for an upgrade. */
+  upgrade: (): Message => ({ type: "upgrade", v: PROTOCOL_VERSION }),
+  /** The `instar` command asks for the status. */
+  status: (): Message => ({ type: "status", v: PROTOCOL_VERSION }),
+  /** An upgrade's progress: `spawned` with the new pid. */
+  progress: (event: string, pid?: number): Message => ({
+    type: "progress",
+    v: PROTOCOL_VERSION,
+    event,
+    pid,
+  }),
+  /** The upgrade succeeded: `pid` serves now. */
+  upgraded: (pid: number): Message => ({ type: "upgraded", v: PROTOCOL_VERSION, pid }),
+  /** The request failed, with the reason. */
+  failed: (reason: string, message: string): Message => ({
+    type: "failed",
+    v: PROTOCOL_VERSION,
+    reason,
+    message,
+  }),
+  /** The request was refused (nothing was started), with the reason. */
+  refused: (reason: string, message: string): Message => ({
+    type: "refused",
+    v: PROTOCOL_VERSION,
+    reason,
+    message,
+  }),
+  /** The answer to `status`. */
+  statusReply: (status: StatusReport): Message => ({
+    type: "status-reply",
+    v: PROTOCOL_VERSION,
+    status,
+  }),
+} as const;
 
 /** What a generation reports about itself (`instar status`). */
 export interface StatusReport {
@@ -100,6 +171,10 @@ function isAddr(a: unknown): a is Addr {
   return o.transport === "unix" && typeof o.path === "string";
 }
 
+function isFd(fd: unknown): fd is number {
+  return Number.isInteger(fd) && (fd as number) >= 0;
+}
+
 /** Validates a parsed `hello`; throws `PROTOCOL_ERROR` naming the first fault. */
 export function validateHello(m: unknown): Hello {
   if (typeof m !== "object" || m === null) protocolError("hello is not an object");
@@ -125,11 +200,16 @@ export function validateHello(m: unknown): Hello {
     if (typeof e !== "object" || e === null || typeof e.key !== "string" || !isAddr(e.addr)) {
       protocolError(`malformed listener entry ${JSON.stringify(l)}`);
     }
-    if (!Number.isInteger(e.fd) || (e.fd as number) < 0) {
+    if (!isFd(e.fd)) {
       protocolError(`listener ${e.key} has no valid fd (${JSON.stringify(e.fd)})`);
     }
     if (seen.has(e.key)) protocolError(`listener ${e.key} is listed twice`);
     seen.add(e.key);
+  }
+  o.control ??= null;
+  const c = o.control as Record<string, unknown> | null;
+  if (c !== null && (typeof c !== "object" || typeof c.path !== "string" || !isFd(c.fd))) {
+    protocolError(`malformed control entry ${JSON.stringify(c)}`);
   }
   return o as unknown as Hello;
 }
@@ -315,4 +395,91 @@ export function messageOf(raw: unknown): Message {
     protocolError(`peer speaks version ${JSON.stringify(o.v)}, this one ${PROTOCOL_VERSION}`);
   }
   return o as unknown as Message;
+}
+
+/** Longest message a peer may send; longer is a protocol error. */
+export const MAX_MESSAGE_BYTES = 64 * 1024;
+
+/** What a {@link MessageSocket} reports. */
+export interface MessageHandlers {
+  /** One complete, version-checked message. */
+  message(m: Message): void;
+  /** The peer closed, or broke the protocol (`error`); no more messages come. */
+  end(error: InstarError | null): void;
+}
+
+/**
+ * A control connection read through the event loop: newline-delimited JSON
+ * from a `node:net` socket, checked with {@link messageOf}. Writes are queued
+ * by the runtime and never block. Fds a peer attaches are dropped by the
+ * kernel, since the runtime reads with read(2).
+ */
+export class MessageSocket {
+  /** The runtime socket. */
+  readonly socket: NetSocket;
+  #buf = "";
+  #ended = false;
+  #handlers: MessageHandlers;
+
+  /** Starts reading `socket`, reporting to `handlers`. */
+  constructor(socket: NetSocket, handlers: MessageHandlers) {
+    this.socket = socket;
+    this.#handlers = handlers;
+    socket.setEncoding("utf8");
+    socket.on("data", (d: string) => this.#data(d));
+    socket.on("end", () => this.#end(null));
+    socket.on("close", () => this.#end(null));
+    socket.on("error", () => this.#end(null));
+  }
+
+  #data(d: string): void {
+    if (this.#ended) return;
+    this.#buf += d;
+    let nl: number;
+    try {
+      while (!this.#ended && (nl = this.#buf.indexOf("\n")) >= 0) {
+        const line = this.#buf.slice(0, nl);
+        this.#buf = this.#buf.slice(nl + 1);
+        this.#handlers.message(messageOf(parseLine(line)));
+      }
+      if (this.#buf.length > MAX_MESSAGE_BYTES) {
+        protocolError(`message longer than ${MAX_MESSAGE_BYTES} bytes`);
+      }
+    } catch (err) {
+      this.#end(err as InstarError);
+    }
+  }
+
+  /** Sends what arrives from now on to `handlers` (a control connection turned handover). */
+  rebind(handlers: MessageHandlers): void {
+    this.#handlers = handlers;
+  }
+
+  #end(error: InstarError | null): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.#handlers.end(error);
+  }
+
+  /** Queues `msg`; false when the connection is gone. */
+  send(msg: Message): boolean {
+    if (this.socket.destroyed) return false;
+    this.socket.write(JSON.stringify(msg) + "\n");
+    return true;
+  }
+
+  /** Sends `msg` (if given), then closes once it is written. */
+  close(msg?: Message): void {
+    this.#ended = true;
+    if (msg && !this.socket.destroyed) this.socket.end(JSON.stringify(msg) + "\n");
+    else this.socket.destroy();
+  }
+}
+
+function parseLine(line: string): unknown {
+  try {
+    return JSON.parse(line);
+  } catch {
+    protocolError(`malformed message ${JSON.stringify(line.slice(0, 200))}`);
+  }
 }

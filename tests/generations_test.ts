@@ -225,7 +225,7 @@ describe(`generations (${RUNTIME})`, () => {
     process.kill(server.pid, "SIGHUP");
     await server.waitFor(/upgrade-spawned/, 10_000, from);
     process.kill(server.pid, "SIGHUP");
-    const m = await server.waitFor(/upgrade-failed: in-progress: (.*)/, 10_000, from);
+    const m = await server.waitFor(/upgrade-refused: in-progress: (.*)/, 10_000, from);
     assert.match(m[1], /already in flight/);
     const t = await server.waitFor(/upgrade-failed: ready-timeout/, 10_000, from);
     assert.ok(t);

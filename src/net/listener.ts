@@ -24,12 +24,10 @@ import {
   C,
   close as closeFd,
   connect,
-  dupCloexec,
   fcntl,
   getsockname,
   getsockoptInt,
   listenFd,
-  runtimeName,
   setCloexec,
   setNonBlocking,
   setsockoptInt,
@@ -37,9 +35,7 @@ import {
 } from "../ffi/mod.ts";
 import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
 import type { Acceptor, BaseConn, Conn } from "../runtime/conn.ts";
-import { bunAcceptor } from "../runtime/listener_bun.ts";
-import { denoAcceptor } from "../runtime/listener_deno.ts";
-import { nodeAcceptor } from "../runtime/listener_node.ts";
+import { type ListenerBackend, startAcceptor } from "../runtime/mod.ts";
 
 export type { Conn } from "../runtime/conn.ts";
 export type { Addr } from "../ffi/sockaddr.ts";
@@ -339,38 +335,6 @@ function adopt(fd: unknown): number {
   // A blocking socket would make the runtime block in accept4.
   setNonBlocking(fd, true);
   return fd;
-}
-
-/** How {@link openListener} serves the socket (tests force the fallback). */
-export type ListenerBackend = "auto" | "node";
-
-async function startAcceptor(
-  fd: number,
-  addr: Addr,
-  backend: ListenerBackend,
-  track: (c: BaseConn) => void,
-): Promise<Acceptor> {
-  const rt = runtimeName();
-  if (backend === "auto" && rt === "deno") {
-    try {
-      return denoAcceptor(fd, addr, track); // the transplant makes Deno's duplicate itself
-    } catch (err) {
-      if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
-    }
-  }
-  // The runtime gets its own duplicate and closes it when it stops listening.
-  const dup = dupCloexec(fd);
-  try {
-    if (backend === "auto" && rt === "bun") return bunAcceptor(dup, addr, track);
-    return await nodeAcceptor(dup, addr, track);
-  } catch (err) {
-    try {
-      closeFd(dup);
-    } catch {
-      // the runtime took it and closed it already
-    }
-    throw err;
-  }
 }
 
 /**

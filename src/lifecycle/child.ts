@@ -1,0 +1,153 @@
+/**
+ * The new generation's side of the protocol: read the hello the previous
+ * generation left on `INSTAR_CONTROL_FD` (fork/exec), or ask a running
+ * generation for its sockets over its control socket (handover); check every
+ * fd; later say ready (or why not). Runs at start-up, before anything is
+ * served, so it may wait synchronously.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { InstarError } from "../errors.ts";
+import * as sys from "../ffi/mod.ts";
+import {
+  Channel,
+  checkListeningFd,
+  connectControl,
+  CONTROL_FD_ENV,
+  type Hello,
+  messages,
+  nobodyThere,
+  protocolError,
+  validateHello,
+} from "../protocol.ts";
+
+/** The link to the generation this one replaces. */
+export interface ParentLink {
+  /** What it passed. */
+  hello: Hello;
+  /** The channel it waits on for `ready`. */
+  channel: Channel;
+}
+
+/** How long a new generation waits for the previous one's hello. */
+const HELLO_TIMEOUT_MS = 10_000;
+
+/** The previous generation's hello, if this process was started by one (fork/exec). */
+export function readHello(): ParentLink | null {
+  const raw = process.env[CONTROL_FD_ENV];
+  if (raw === undefined) return null;
+  delete process.env[CONTROL_FD_ENV];
+  if (!/^\d+$/.test(raw)) {
+    protocolError(`${CONTROL_FD_ENV}=${JSON.stringify(raw)} is not an fd number`);
+  }
+  const fd = Number(raw);
+  let channel: Channel;
+  try {
+    sys.setCloexec(fd, true);
+    channel = new Channel(fd);
+  } catch (err) {
+    throw new InstarError(
+      "PROTOCOL_ERROR",
+      `instar control protocol: ${CONTROL_FD_ENV}=${fd} is not an open socket (${
+        (err as Error).message
+      })`,
+      { cause: err },
+    );
+  }
+  return { hello: receiveHello(channel, "inherit"), channel };
+}
+
+/**
+ * Asks the generation answering on the control socket `path` for its
+ * sockets. Nobody there (no file, or a stale one): `null`, a fresh start.
+ */
+export function requestHandover(path: string): ParentLink | null {
+  let channel: Channel;
+  try {
+    channel = connectControl(path);
+  } catch (err) {
+    if (nobodyThere(err)) return null;
+    throw err;
+  }
+  if (sys.peerCred(channel.fd).uid !== sys.getuid()) {
+    channel.close();
+    throw new InstarError(
+      "PERMISSION_DENIED",
+      `control socket ${path} belongs to another user; refusing its listeners`,
+    );
+  }
+  channel.send(messages.handover());
+  return { hello: receiveHello(channel, "scm_rights"), channel };
+}
+
+/** Tells the previous generation this one is ready, and closes the link. */
+export function sayReady(link: ParentLink, warn: (m: string) => void): void {
+  try {
+    link.channel.send(messages.ready());
+  } catch (err) {
+    // The previous generation is gone; this one serves alone, which is the goal anyway.
+    warn(`could not tell the previous generation: ${(err as Error).message}`);
+  }
+  link.channel.close();
+}
+
+/**
+ * Reads the hello on `channel` and checks every fd it names. Received fds are
+ * mapped by index (scm_rights); inherited ones are taken by number (inherit).
+ * On any fault the peer is told, every received fd is closed, and it throws.
+ */
+function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
+  let received: number[] = [];
+  try {
+    const { msg, fds } = channel.receiveSync(HELLO_TIMEOUT_MS);
+    received = fds;
+    const hello = validateHello(msg);
+    if (hello.transfer !== transfer) {
+      protocolError(`expected ${transfer} transfer, got ${hello.transfer}`);
+    }
+    if (transfer === "inherit") {
+      for (const f of received) sys.close(f); // nothing may arrive attached
+      received = [];
+    } else {
+      mapReceived(hello, received);
+    }
+    for (const l of hello.listeners) {
+      checkListeningFd(l.fd, l.addr, l.key);
+      sys.setCloexec(l.fd, true); // never leak into the program's own children
+    }
+    if (hello.control) {
+      checkListeningFd(
+        hello.control.fd,
+        { transport: "unix", path: hello.control.path },
+        "control",
+      );
+      sys.setCloexec(hello.control.fd, true);
+    }
+    return hello;
+  } catch (err) {
+    for (const f of received) sys.close(f);
+    try {
+      channel.send(messages.error((err as Error).message));
+    } catch { /* the parent is gone; the error below still says what happened */ }
+    channel.close();
+    throw err;
+  }
+}
+
+// Attached fds arrive in order; the hello names them by index.
+function mapReceived(hello: Hello, received: number[]): void {
+  const named = hello.listeners.length + (hello.control ? 1 : 0);
+  if (received.length !== named) {
+    protocolError(`${named} sockets announced, ${received.length} fds received`);
+  }
+  const used = new Set<number>();
+  const take = (i: number, what: string) => {
+    if (i >= received.length || used.has(i)) protocolError(`${what} names fd index ${i}`);
+    used.add(i);
+    return received[i];
+  };
+  for (const l of hello.listeners) l.fd = take(l.fd, `listener ${l.key}`);
+  if (hello.control) hello.control.fd = take(hello.control.fd, "the control socket");
+}

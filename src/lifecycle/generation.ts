@@ -1,0 +1,245 @@
+/**
+ * Starting the next generation and waiting for its `ready`, without polling:
+ * the channel is read through the event loop and a child's exit arrives by
+ * SIGCHLD. Two ways a next generation comes to exist: this one starts the
+ * program anew with the sockets inherited (fork/exec), or an independently
+ * started process asks for them on the control socket (handover).
+ *
+ * @module
+ */
+
+import type { Socket as NetSocket } from "node:net";
+import { type InstarError, UpgradeError } from "../errors.ts";
+import * as sys from "../ffi/mod.ts";
+import { C, signalName } from "../ffi/mod.ts";
+import { spawn, type SpawnBackend } from "../process/spawn.ts";
+import {
+  Channel,
+  CONTROL_FD_ENV,
+  type ControlMeta,
+  type ListenerMeta,
+  type Message,
+  messages,
+  MessageSocket,
+} from "../protocol.ts";
+import { socketOnFd } from "../runtime/mod.ts";
+import { deadline } from "../timeout.ts";
+import type { ChildEnd, Reaper } from "./reaper.ts";
+import { START } from "./start_info.ts";
+
+/** A next generation being waited for. */
+export interface Attempt {
+  /** Its pid. */
+  readonly pid: number;
+  /** "generation 3 (pid 4242)", for messages. */
+  readonly who: string;
+  /** Resolves when it says ready; rejects with an {@link UpgradeError}. */
+  readonly ready: Promise<void>;
+  /** It will not be waited for any more: it is killed (fork/exec) or told to go; resolves once gone. */
+  abandon(): Promise<void>;
+  /** It succeeded: let go of the channel (the child lives on). */
+  release(): void;
+}
+
+/** How to start the program anew. */
+export interface ExecPlan {
+  command?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  spawnBackend?: SpawnBackend;
+}
+
+// Only these belong to systemd's socket activation, which the first generation consumed.
+const ACTIVATION_ENV = ["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="];
+
+function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[] } {
+  if ((!plan.args && !START.argv?.length) || (!plan.env && !START.env)) {
+    throw new UpgradeError(
+      "exec-failed",
+      `cannot tell how this program was started (${
+        START.problem ?? "empty /proc/self/cmdline"
+      }); pass the command, args and env options`,
+    );
+  }
+  const path = plan.command ?? START.execPath;
+  const env = plan.env
+    ? Object.entries(plan.env).map(([k, v]) => `${k}=${v}`)
+    : START.env!.filter((e) =>
+      !e.startsWith(`${CONTROL_FD_ENV}=`) && !ACTIVATION_ENV.some((p) => e.startsWith(p))
+    );
+  return { path, argv: plan.args ? [path, ...plan.args] : START.argv!, env };
+}
+
+/** Starts the program as it now is on disk with `listeners` and `control` inherited. */
+export function spawnGeneration(
+  plan: ExecPlan,
+  generation: number,
+  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+  reaper: Reaper,
+): Attempt {
+  const { path, argv, env } = execArgs(plan);
+  const [mine, theirs] = sys.socketpair(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  env.push(`${CONTROL_FD_ENV}=${theirs}`);
+  const fds = [
+    ...sockets.listeners.map((l) => l.fd),
+    ...(sockets.control ? [sockets.control.fd] : []),
+    theirs,
+  ];
+  let pid: number;
+  try {
+    // The hello waits in the socket buffer, so the child reads it at once.
+    new Channel(mine).send(
+      messages.hello(generation, "inherit", sockets.listeners, sockets.control),
+    );
+    pid = spawn({
+      path,
+      argv,
+      env,
+      cwd: plan.cwd ?? START.cwd,
+      fds,
+      backend: plan.spawnBackend ?? "auto",
+    });
+  } catch (err) {
+    sys.close(mine);
+    throw new UpgradeError(
+      "exec-failed",
+      `could not start ${path}: ${(err as Error).message}`,
+      { errno: (err as InstarError).code ?? "UNKNOWN" },
+      { cause: err },
+    );
+  } finally {
+    sys.close(theirs);
+  }
+  const who = `generation ${generation} (pid ${pid})`;
+  const ended = async () => childEnded(who, pid, await reaper.exited(pid));
+  const wait = readiness(socketOnFd(mine), who, pid, ended);
+  return {
+    pid,
+    who,
+    ready: wait.ready,
+    abandon: async () => {
+      wait.close();
+      await reaper.kill(pid);
+    },
+    release: () => {
+      wait.close();
+      reaper.forget(pid);
+    },
+  };
+}
+
+/**
+ * Hands the sockets to the independently started process on `peer` (a
+ * control connection whose pid is `pid`, from SO_PEERCRED).
+ */
+export function handOver(
+  peer: MessageSocket,
+  fd: number,
+  pid: number,
+  generation: number,
+  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+): Attempt {
+  // Attached fds travel in order; the hello names them by index.
+  const all = [...sockets.listeners, ...(sockets.control ? [sockets.control] : [])];
+  const hello = messages.hello(
+    generation,
+    "scm_rights",
+    sockets.listeners.map((l, i) => ({ ...l, fd: i })),
+    sockets.control ? { ...sockets.control, fd: sockets.listeners.length } : null,
+  );
+  const bytes = new TextEncoder().encode(JSON.stringify(hello) + "\n");
+  // A fresh connection's send buffer is empty: the message goes at once or not at all.
+  const sent = sys.sendFds(fd, bytes, all.map((s) => s.fd));
+  if (sent !== bytes.byteLength) {
+    throw new UpgradeError("protocol-error", `could not send the sockets to process ${pid}`, {
+      pid,
+    });
+  }
+  const who = `process ${pid}`;
+  const ended = () =>
+    Promise.resolve(
+      new UpgradeError("exited", `${who} closed the control connection before it was ready`, {
+        pid,
+      }),
+    );
+  const wait = readiness(peer.socket, who, pid, ended, peer);
+  return {
+    pid,
+    who,
+    ready: wait.ready,
+    abandon: () => Promise.resolve(wait.close()),
+    release: () => wait.close(),
+  };
+}
+
+function childEnded(who: string, pid: number, end: ChildEnd): UpgradeError {
+  if (end === null || end.exited) {
+    const code = end?.exited ? end.code : undefined;
+    return new UpgradeError(
+      "exited",
+      `${who} exited with code ${code ?? "?"} before it was ready`,
+      {
+        pid,
+        exitCode: code,
+      },
+    );
+  }
+  const signal = signalName(end.signal);
+  return new UpgradeError("killed", `${who} was killed by ${signal} before it was ready`, {
+    pid,
+    signal,
+  });
+}
+
+/**
+ * Waits on `socket` for `ready`. An `error` message, a protocol fault or an
+ * end without `ready` rejects (`ended` says why it ended).
+ */
+function readiness(
+  socket: NetSocket,
+  who: string,
+  pid: number,
+  ended: () => Promise<UpgradeError>,
+  existing?: MessageSocket,
+): { ready: Promise<void>; close: () => void } {
+  let conn: MessageSocket | undefined = existing;
+  const ready = new Promise<void>((resolve, reject) => {
+    const handlers = {
+      message(m: Message) {
+        if (m.type === "ready") return resolve();
+        const why = m.type === "error"
+          ? `${who} refused the handover: ${m.message}`
+          : `unexpected ${m.type} message from ${who}`;
+        reject(new UpgradeError("protocol-error", why, { pid }));
+      },
+      end(error: InstarError | null) {
+        if (error) {
+          reject(new UpgradeError("protocol-error", error.message, { pid }, { cause: error }));
+        } else ended().then(reject);
+      },
+    };
+    if (conn) conn.rebind(handlers);
+    else conn = new MessageSocket(socket, handlers);
+  });
+  ready.catch(() => {}); // a wait abandoned first must not leave an unhandled rejection
+  return { ready, close: () => conn?.close() };
+}
+
+/** Waits for `attempt` at most `timeoutMs`, or until `cancelled` resolves with an error. */
+export async function awaitReady(
+  attempt: Attempt,
+  timeoutMs: number,
+  cancelled: Promise<UpgradeError>,
+): Promise<void> {
+  const outcome = await deadline(
+    Promise.race([attempt.ready.then(() => null), cancelled]),
+    timeoutMs,
+  );
+  if (!outcome.done) {
+    throw new UpgradeError("ready-timeout", `${attempt.who} was not ready within ${timeoutMs} ms`, {
+      pid: attempt.pid,
+    });
+  }
+  if (outcome.value) throw outcome.value;
+}

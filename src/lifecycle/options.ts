@@ -1,0 +1,92 @@
+/**
+ * The Upgrader's options, checked once and resolved to settings with their
+ * defaults.
+ *
+ * @module
+ */
+
+import { invalid } from "../errors.ts";
+import type { SpawnBackend } from "../process/spawn.ts";
+import { checkSignal } from "./signals.ts";
+
+/** Options of {@link Upgrader.create}. */
+export interface UpgraderOptions {
+  /** How long the new generation may take to call `ready()`, in ms (default 60 000). */
+  readyTimeout?: number;
+  /** How long in-flight connections may take to finish after a handover, in ms (default 30 000). */
+  drainTimeout?: number;
+  /** A file the ready generation writes its pid to, atomically. */
+  pidFile?: string;
+  /** The signal that triggers an upgrade (default `SIGHUP`); `null` for none. SIGUSR1 is refused. */
+  upgradeSignal?: string | null;
+  /** Signals that stop this generation gracefully (default `SIGTERM`, `SIGINT`). */
+  stopSignals?: string[];
+  /** How the next generation is started (default `auto`). */
+  spawnBackend?: SpawnBackend;
+  /** The executable of the next generation (default: this process's executable, captured at start-up). */
+  command?: string;
+  /** Its full argv after argv[0] (default: this process's, from /proc/self/cmdline). */
+  args?: string[];
+  /** Its environment (default: the one this process started with, from /proc/self/environ). */
+  env?: Record<string, string>;
+  /** Its working directory (default: this process's at start-up). */
+  cwd?: string;
+  /**
+   * Exit the process once drained and the `onDrained` hooks have run
+   * (default true). Code after `await up.drained` runs before the exit.
+   */
+  exitAfterDrain?: boolean;
+  /**
+   * A Unix socket path (mode 0600) on which this generation hands its listeners
+   * to an independently started process (SCM_RIGHTS) and answers the `instar`
+   * command. A process started with the same path takes over from the running
+   * one; with nobody there it listens fresh.
+   */
+  controlSocket?: string;
+  /**
+   * Talk to systemd: sd_notify over `NOTIFY_SOCKET` (READY, RELOADING,
+   * MAINPID, STOPPING, …) and adopt socket-activated listeners (`LISTEN_FDS`).
+   * Default: on when systemd set those variables; `false` turns both off.
+   */
+  systemd?: boolean;
+}
+
+/** The options with their defaults, checked. */
+export interface Settings extends
+  Omit<
+    UpgraderOptions,
+    "readyTimeout" | "drainTimeout" | "upgradeSignal" | "stopSignals" | "exitAfterDrain"
+  > {
+  readyTimeout: number;
+  drainTimeout: number;
+  upgradeSignal: string | null;
+  stopSignals: string[];
+  exitAfterDrain: boolean;
+}
+
+function ms(option: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isFinite(value) || value <= 0) {
+    invalid(option, value, "a positive number of milliseconds");
+  }
+  return value;
+}
+
+/** Checks `options` and fills in the defaults; throws `INVALID_ARGUMENT` naming the first bad one. */
+export function resolveOptions(options: UpgraderOptions): Settings {
+  const upgradeSignal = options.upgradeSignal === undefined ? "SIGHUP" : options.upgradeSignal;
+  const stopSignals = options.stopSignals ?? ["SIGTERM", "SIGINT"];
+  if (upgradeSignal !== null) checkSignal("upgradeSignal", upgradeSignal);
+  for (const s of stopSignals) checkSignal("stopSignals", s);
+  if (options.command !== undefined && !options.command.startsWith("/")) {
+    invalid("command", options.command, "an absolute path");
+  }
+  return {
+    ...options,
+    readyTimeout: ms("readyTimeout", options.readyTimeout, 60_000),
+    drainTimeout: ms("drainTimeout", options.drainTimeout, 30_000),
+    upgradeSignal,
+    stopSignals,
+    exitAfterDrain: options.exitAfterDrain ?? true,
+  };
+}

@@ -1,0 +1,49 @@
+/**
+ * The signals a generation answers: the upgrade signal and the stop signals.
+ * Handlers stay installed until the generation has drained, so no signal
+ * reaches its default action (which would kill a generation with requests
+ * in flight): an upgrade signal while draining is refused, a second stop
+ * signal forces the exit.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { invalid } from "../errors.ts";
+import { SIGNALS } from "../ffi/mod.ts";
+
+/** Throws `INVALID_ARGUMENT` unless `name` is a signal instar may handle; returns its number. */
+export function checkSignal(option: string, name: string): number {
+  const n = SIGNALS[name];
+  if (n === undefined) invalid(option, name, "a signal name such as SIGHUP");
+  if (name === "SIGUSR1") invalid(option, name, "another signal: Deno's inspector owns SIGUSR1");
+  if (name === "SIGKILL" || name === "SIGSTOP") {
+    invalid(option, name, "a signal that can be handled");
+  }
+  return n;
+}
+
+/** What the generation does on each kind of signal. */
+export interface SignalActions {
+  /** The upgrade signal arrived. */
+  upgrade(): void;
+  /** A stop signal arrived; `count` is 1 for the first, 2 and more for later ones. */
+  stop(count: number): void;
+}
+
+/** Installs the handlers; returns the function that removes them all. */
+export function installSignals(
+  upgradeSignal: string | null,
+  stopSignals: readonly string[],
+  actions: SignalActions,
+): () => void {
+  const installed: [string, () => void][] = [];
+  if (upgradeSignal) installed.push([upgradeSignal, () => actions.upgrade()]);
+  let stops = 0;
+  const onStop = () => actions.stop(++stops);
+  for (const s of stopSignals) installed.push([s, onStop]);
+  for (const [sig, h] of installed) process.on(sig, h);
+  return () => {
+    for (const [sig, h] of installed) process.off(sig, h);
+  };
+}

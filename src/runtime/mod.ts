@@ -1,0 +1,81 @@
+/**
+ * The runtime seam outside FFI: where instar needs a runtime's own I/O and
+ * the two runtimes differ, the choice is made here and nowhere else.
+ *
+ * - accepting connections on a listening fd: `Deno.listen` (transplanted),
+ *   `Bun.listen({ fd })`, or `node:net` when neither can;
+ * - reading a connected Unix socket fd through the event loop (the channel
+ *   to a starting generation): Deno `new net.Socket({ fd })`, Bun
+ *   `net.connect({ fd })` (Bun's `new net.Socket({ fd })` never reads);
+ * - the fd under an accepted `node:net` socket (`_handle.fd` in both), for
+ *   SO_PEERCRED and SCM_RIGHTS on control connections.
+ *
+ * @module
+ */
+
+import * as net from "node:net";
+import { InstarError } from "../errors.ts";
+import { C, close as closeFd, dupCloexec, getsockoptInt, runtimeName } from "../ffi/mod.ts";
+import type { Addr } from "../ffi/sockaddr.ts";
+import type { Acceptor, BaseConn } from "./conn.ts";
+import { bunAcceptor } from "./listener_bun.ts";
+import { denoAcceptor } from "./listener_deno.ts";
+import { nodeAcceptor } from "./listener_node.ts";
+
+/** How a listener serves its socket (tests force the portable path). */
+export type ListenerBackend = "auto" | "node";
+
+/**
+ * Starts accepting on `fd` with the runtime's fastest I/O. `fd` stays the
+ * caller's: the runtime gets a duplicate (or, on Deno, a transplanted copy).
+ */
+export async function startAcceptor(
+  fd: number,
+  addr: Addr,
+  backend: ListenerBackend,
+  track: (c: BaseConn) => void,
+): Promise<Acceptor> {
+  const rt = runtimeName();
+  if (backend === "auto" && rt === "deno") {
+    try {
+      return denoAcceptor(fd, addr, track);
+    } catch (err) {
+      if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
+    }
+  }
+  const dup = dupCloexec(fd);
+  try {
+    if (backend === "auto" && rt === "bun") return bunAcceptor(dup, addr, track);
+    return await nodeAcceptor(dup, addr, track);
+  } catch (err) {
+    try {
+      closeFd(dup);
+    } catch {
+      // the runtime took it and closed it already
+    }
+    throw err;
+  }
+}
+
+/**
+ * A `node:net` socket reading and writing the connected stream socket `fd`
+ * through the event loop. The socket owns `fd` from now on and closes it.
+ */
+export function socketOnFd(fd: number): net.Socket {
+  if (runtimeName() === "bun") return net.connect({ fd } as unknown as net.NetConnectOpts);
+  return new net.Socket({ fd, readable: true, writable: true } as net.SocketConstructorOpts);
+}
+
+/**
+ * The fd under a socket a `node:net` server accepted, checked to be an open
+ * stream socket; `-1` when the runtime does not expose it.
+ */
+export function fdOfSocket(s: net.Socket): number {
+  const fd = (s as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== "number" || !Number.isInteger(fd) || fd < 0) return -1;
+  try {
+    return getsockoptInt(fd, C.SOL_SOCKET, C.SO_TYPE) === C.SOCK_STREAM ? fd : -1;
+  } catch {
+    return -1;
+  }
+}
