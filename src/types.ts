@@ -1,13 +1,29 @@
 /**
- * Types shared across instar's folders, in a file that imports nothing that
- * imports it back.
+ * Types shared across instar's folders, in a file that imports nothing.
  *
  * @module
  */
 
-import type { Addr } from "./ffi/sockaddr.ts";
+/** A TCP address, shaped like `Deno.NetAddr`. */
+export interface NetAddr {
+  /** Always `"tcp"`. */
+  transport: "tcp";
+  /** Numeric IPv4 or IPv6 address. */
+  hostname: string;
+  /** Port number. */
+  port: number;
+}
 
-export type { Addr, NetAddr, UnixAddr } from "./ffi/sockaddr.ts";
+/** A Unix socket address, shaped like `Deno.UnixAddr`. */
+export interface UnixAddr {
+  /** Always `"unix"`. */
+  transport: "unix";
+  /** Filesystem path, `@name` for the abstract namespace, or `""` when unnamed. */
+  path: string;
+}
+
+/** Any address instar listens on. */
+export type Addr = NetAddr | UnixAddr;
 
 /** Why a generation stops: a newer one took over, or it was told to stop. */
 export type ExitReason = "upgrade" | "stop";

@@ -85,7 +85,10 @@ function libc() {
   return backend().libc;
 }
 
-const EINTR = 4;
+// Looked up in this platform's errno table (EAGAIN is 11 on Linux, 35 on macOS).
+const EINTR = errnoNumber("EINTR")!;
+/** EAGAIN on this platform: a non-blocking call found nothing to do. */
+export const EAGAIN: number = errnoNumber("EAGAIN")!;
 
 // ---------------------------------------------------------------- sockets
 
@@ -139,7 +142,7 @@ export function accept4(fd: number, flags: number): number {
   const r = libc().accept4(fd, null, null, flags);
   if (r === -1) {
     const errno = backend().errno();
-    if (errno === 11 /* EAGAIN */) return -1;
+    if (errno === EAGAIN) return -1;
     throw new SystemError("accept4", errno, errnoName(errno), `fd ${fd}`);
   }
   return r;
@@ -235,7 +238,7 @@ export function read(fd: number, buf: Uint8Array): number | null {
     const n = Number(libc().read(fd, buf, buf.byteLength));
     if (n >= 0) return n;
     const errno = backend().errno();
-    if (errno === 11) return null;
+    if (errno === EAGAIN) return null;
     if (errno !== EINTR) throw new SystemError("read", errno, errnoName(errno), `fd ${fd}`);
   }
 }
@@ -246,7 +249,7 @@ export function write(fd: number, buf: Uint8Array): number | null {
     const n = Number(libc().write(fd, buf, buf.byteLength));
     if (n >= 0) return n;
     const errno = backend().errno();
-    if (errno === 11) return null;
+    if (errno === EAGAIN) return null;
     if (errno !== EINTR) throw new SystemError("write", errno, errnoName(errno), `fd ${fd}`);
   }
 }
@@ -374,7 +377,7 @@ export function recvFds(
     n = Number(b.libc.recvmsg(fd, msg, C.MSG_CMSG_CLOEXEC));
     if (n >= 0) break;
     const errno = b.errno();
-    if (errno === 11) return null;
+    if (errno === EAGAIN) return null;
     if (errno !== EINTR) throw new SystemError("recvmsg", errno, errnoName(errno), `fd ${fd}`);
   }
   const fds: number[] = [];

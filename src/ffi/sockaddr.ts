@@ -6,27 +6,9 @@
 
 import { InstarError } from "../errors.ts";
 import { C, platform } from "./layout.ts";
+import type { Addr } from "../types.ts";
 
-/** A TCP address, shaped like `Deno.NetAddr`. */
-export interface NetAddr {
-  /** Always `"tcp"`. */
-  transport: "tcp";
-  /** Numeric IPv4 or IPv6 address. */
-  hostname: string;
-  /** Port number. */
-  port: number;
-}
-
-/** A Unix socket address, shaped like `Deno.UnixAddr`. */
-export interface UnixAddr {
-  /** Always `"unix"`. */
-  transport: "unix";
-  /** Filesystem path, `@name` for the abstract namespace, or `""` when unnamed. */
-  path: string;
-}
-
-/** Any address instar listens on. */
-export type Addr = NetAddr | UnixAddr;
+export type { Addr, NetAddr, UnixAddr } from "../types.ts";
 
 /** Parses a numeric IPv4 address into 4 bytes, or returns `null`. */
 export function parseIPv4(s: string): Uint8Array | null {

@@ -79,10 +79,6 @@ export const SYMBOLS = {
   epoll_create1: { parameters: ["i32"], result: "i32" },
   // int clock_gettime(clockid_t clockid, struct timespec *tp);
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
-  // int sigemptyset(sigset_t *set);
-  sigemptyset: { parameters: ["buffer"], result: "i32" },
-  // int sigfillset(sigset_t *set);
-  sigfillset: { parameters: ["buffer"], result: "i32" },
   // int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *file_actions,
   //                 const posix_spawnattr_t *attrp, char *const argv[], char *const envp[]);
   posix_spawn: {

@@ -445,7 +445,7 @@ export interface OpenSocket {
  *
  * @example
  * ```ts
- * import { openSocket } from "@instar/instar";
+ * import { openSocket } from "@instar/instar/unstable";
  *
  * const { fd, addr } = await openSocket({ hostname: "127.0.0.1", port: 0 });
  * console.log(fd, addr);

@@ -114,7 +114,7 @@ function unsupported(reason: string): never {
  *
  * @example
  * ```ts
- * import { listeningFdsAt } from "@instar/instar";
+ * import { listeningFdsAt } from "@instar/instar/unstable";
  *
  * const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
  * console.log(listeningFdsAt(server.addr)); // e.g. [21]
@@ -283,7 +283,7 @@ function prepare(options: TransplantOptions): Plan {
  *
  * @example
  * ```ts
- * import { transplant } from "@instar/instar";
+ * import { transplant } from "@instar/instar/unstable";
  *
  * const fd = 3; // a listening socket inherited from the previous generation
  * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
@@ -366,7 +366,7 @@ function registered(info: TransplantInfo): boolean {
  *
  * @example
  * ```ts
- * import { pauseAccepting, transplant } from "@instar/instar";
+ * import { pauseAccepting, transplant } from "@instar/instar/unstable";
  *
  * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
  * const info = transplant({ throwaway: server.addr, fd: 3 });
@@ -388,7 +388,7 @@ export function pauseAccepting(info: TransplantInfo): boolean {
  *
  * @example
  * ```ts
- * import { pauseAccepting, resumeAccepting, transplant } from "@instar/instar";
+ * import { pauseAccepting, resumeAccepting, transplant } from "@instar/instar/unstable";
  *
  * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
  * const info = transplant({ throwaway: server.addr, fd: 3 });
@@ -420,7 +420,8 @@ export interface PausedSocket {
  *
  * @example
  * ```ts
- * import { listen, pauseSocket, resumeSocket } from "@instar/instar";
+ * import { listen } from "@instar/instar";
+ * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * const paused = pauseSocket(listener.fd); // connections wait in the kernel
@@ -452,7 +453,8 @@ export function pauseSocket(fd: number): PausedSocket {
  *
  * @example
  * ```ts
- * import { listen, pauseSocket, resumeSocket } from "@instar/instar";
+ * import { listen } from "@instar/instar";
+ * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * resumeSocket(pauseSocket(listener.fd));

@@ -28,7 +28,7 @@ import { TRAMPOLINE_HEX } from "./trampoline/bytes.ts";
  *
  * @example
  * ```ts
- * import { type SpawnBackend, spawn } from "./spawn.ts";
+ * import { type SpawnBackend, spawn } from "@instar/instar/unstable";
  *
  * const backend: SpawnBackend = "posix_spawn";
  * spawn({ path: "/bin/true", argv: ["true"], env: [], fds: [], backend });
@@ -41,7 +41,7 @@ export type SpawnBackend = "fork" | "posix_spawn" | "auto";
  *
  * @example
  * ```ts
- * import { type SpawnOptions, spawn } from "./spawn.ts";
+ * import { type SpawnOptions, spawn } from "@instar/instar/unstable";
  *
  * const options: SpawnOptions = {
  *   path: "/usr/bin/env",
@@ -79,11 +79,10 @@ export interface SpawnOptions {
  *
  * @example
  * ```ts
- * import { spawn } from "./spawn.ts";
- * import { waitpidNoHang } from "../ffi/mod.ts";
+ * import { spawn } from "@instar/instar/unstable";
  *
  * const pid = spawn({ path: "/bin/true", argv: ["true"], env: [], fds: [] });
- * while (!waitpidNoHang(pid)) await new Promise((r) => setTimeout(r, 10));
+ * console.log("started", pid); // the caller reaps it with waitpid(2)
  * ```
  */
 export function spawn(options: SpawnOptions): number {
@@ -99,7 +98,7 @@ export function spawn(options: SpawnOptions): number {
  *
  * @example
  * ```ts
- * import { availableBackends } from "./spawn.ts";
+ * import { availableBackends } from "@instar/instar/unstable";
  *
  * console.log(availableBackends()); // [ "fork", "posix_spawn" ] on Linux x86_64
  * ```

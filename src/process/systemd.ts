@@ -16,6 +16,7 @@ import {
   C,
   close,
   connect,
+  EAGAIN,
   fcntl,
   getpid,
   getsockname,
@@ -49,7 +50,6 @@ export interface NotifierOptions {
 /** One notification field: `KEY=VALUE`. Values are strings, or numbers written in decimal. */
 export type NotifyFields = Record<string, string | number | bigint>;
 
-const EAGAIN = 11;
 /** The longest notification systemd reads (its NOTIFY_BUFFER_MAX, PIPE_BUF). */
 export const NOTIFY_MAX_BYTES = 4096;
 const KEY = /^[A-Z][A-Z0-9_]*$/;
@@ -63,7 +63,7 @@ const KEY = /^[A-Z][A-Z0-9_]*$/;
  *
  * @example
  * ```ts
- * import { encodeNotify } from "@instar/instar";
+ * import { encodeNotify } from "@instar/instar/unstable";
  *
  * new TextDecoder().decode(encodeNotify({ MAINPID: 42, READY: 1 })); // "MAINPID=42\nREADY=1\n"
  * ```
@@ -114,7 +114,7 @@ export function encodeNotify(fields: NotifyFields): Uint8Array {
  *
  * @example
  * ```ts
- * import { systemdNotifier } from "@instar/instar";
+ * import { systemdNotifier } from "@instar/instar/unstable";
  *
  * const notify = systemdNotifier();
  * // … start serving …
@@ -271,7 +271,7 @@ function checkPid(pid: number): number {
  *
  * @example
  * ```ts
- * import { systemdNotifier } from "@instar/instar";
+ * import { systemdNotifier } from "@instar/instar/unstable";
  *
  * const notify = systemdNotifier({ enabled: Deno.args.includes("--systemd") });
  * if (notify.enabled) notify.status("starting");
@@ -359,7 +359,7 @@ function malformed(variable: string, value: string, expected: string): never {
  *
  * @example
  * ```ts
- * import { activatedSockets, findActivated } from "@instar/instar";
+ * import { activatedSockets, findActivated } from "@instar/instar/unstable";
  *
  * const { sockets } = activatedSockets();
  * const web = findActivated(sockets, { name: "web", port: 8080 });
@@ -506,7 +506,7 @@ function hostMatches(wanted: string | undefined, actual: string): boolean {
  *
  * @example
  * ```ts
- * import { activatedSockets, findActivated } from "@instar/instar";
+ * import { activatedSockets, findActivated } from "@instar/instar/unstable";
  *
  * const { sockets } = activatedSockets();
  * const api = findActivated(sockets, { hostname: "127.0.0.1", port: 8080 });
