@@ -55,7 +55,11 @@ describe("packaging", () => {
     }
     assert.ok(files.includes("src/ffi/mod.ts"), "src/ is shipped recursively");
     for (const f of files) {
-      assert.match(f, /^(mod\.ts|README\.md|LICENSE|package\.json|src\/.+)$/, `unexpected ${f}`);
+      assert.match(
+        f,
+        /^(mod\.ts|unstable\.ts|README\.md|LICENSE|package\.json|src\/.+)$/,
+        `unexpected ${f}`,
+      );
       assert.doesNotMatch(f, /^(tests|bench|examples|docs|scripts)\//);
     }
     const manifest = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));

@@ -88,6 +88,7 @@ export class ControlServer implements Endpoint {
   }
 
   #accept(s: net.Socket, actions: ControlActions): void {
+    s.on("error", () => {}); // a peer that resets the connection ends it, nothing more
     const fd = fdOfSocket(s);
     let cred: { pid: number; uid: number } | undefined;
     try {

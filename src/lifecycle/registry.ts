@@ -10,7 +10,6 @@
 
 import { invalid } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
-import type { Addr } from "../ffi/sockaddr.ts";
 import type { ListenOptions, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
 import { type ActivatedSocket, activatedSockets, findActivated } from "../process/systemd.ts";
 import type { ControlMeta, Hello, ListenerMeta } from "../protocol.ts";
@@ -43,7 +42,7 @@ export function keyOf(spec: SocketSpec): string {
 
 /** The sockets of one generation, by key. */
 export class Registry {
-  #inherited = new Map<string, { fd: number; addr: Addr }>();
+  #inherited = new Map<string, number>();
   #activated: ActivatedSocket[];
   #control: ControlMeta | null;
   #endpoints: Endpoint[] = [];
@@ -51,7 +50,7 @@ export class Registry {
 
   /** What the previous generation passed (`hello`) and systemd activated. */
   constructor(hello: Hello | null, activated: ActivatedSocket[]) {
-    for (const l of hello?.listeners ?? []) this.#inherited.set(l.key, { fd: l.fd, addr: l.addr });
+    for (const l of hello?.listeners ?? []) this.#inherited.set(l.key, l.fd);
     this.#control = hello?.control ?? null;
     this.#activated = activated;
   }
@@ -68,9 +67,9 @@ export class Registry {
     }
     this.#keys.add(key);
     const inherited = this.#inherited.get(key);
-    if (inherited) {
+    if (inherited !== undefined) {
       this.#inherited.delete(key);
-      return { key, fd: inherited.fd };
+      return { key, fd: inherited };
     }
     const activated = findActivated(this.#activated, spec);
     if (activated) {
@@ -121,7 +120,7 @@ export class Registry {
 
   /** Closes what was passed or activated and not claimed, so the kernel stops queueing for us. */
   closeUnclaimed(warn: (message: string) => void): void {
-    for (const [key, { fd }] of this.#inherited) {
+    for (const [key, fd] of this.#inherited) {
       warn(`inherited listener ${key} was not claimed; closing it`);
       closeFd(fd);
     }
