@@ -120,28 +120,51 @@ export function commandName(pid: number): string | null {
   }
 }
 
+/** The inodes of the sockets process `pid` holds open. */
+export function socketInodes(pid: number | "self" = "self"): Map<number, number> {
+  const out = new Map<number, number>(); // inode -> fd
+  for (const fd of openFds(pid)) {
+    const inode = socketInode(fd, pid);
+    if (inode !== null) out.set(inode, fd);
+  }
+  return out;
+}
+
+/** Inodes of the established TCP connections (either address family) whose local port is `port`. */
+export function tcpConnectionInodes(port: number): Set<number> {
+  const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
+  const out = new Set<number>();
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
+      if (f.length > 9 && f[1].endsWith(`:${hexPort}`) && f[3] === "01") out.add(Number(f[9]));
+    }
+  }
+  return out;
+}
+
+/** Inodes of the connected Unix stream sockets bound to `path` (the ones a listener there accepted). */
+export function unixConnectionInodes(path: string): Set<number> {
+  const out = new Set<number>();
+  for (const line of readFileSync("/proc/net/unix", "utf8").split("\n").slice(1)) {
+    // Num RefCount Protocol Flags Type St Inode Path; St 03 is connected, Type 0001 stream
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && f[4] === "0001" && f[5] === "03" && f.slice(7).join(" ") === path) {
+      out.add(Number(f[6]));
+    }
+  }
+  return out;
+}
+
 /**
  * Established TCP connections of process `pid` on local `port`, from
  * /proc/net/tcp{,6} and /proc/<pid>/fd; `null` without procfs.
  */
 export function tcpConnections(port: number, pid: number | "self" = "self"): number | null {
   try {
-    const theirs = new Set<number>();
-    for (const fd of openFds(pid)) {
-      const inode = socketInode(fd, pid);
-      if (inode !== null) theirs.add(inode);
-    }
-    const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
-    let n = 0;
-    for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-      for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
-        const f = line.trim().split(/\s+/);
-        // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
-        const mine = f.length > 9 && f[1].endsWith(`:${hexPort}`) && f[3] === "01";
-        if (mine && theirs.has(Number(f[9]))) n++;
-      }
-    }
-    return n;
+    const theirs = socketInodes(pid);
+    return [...tcpConnectionInodes(port)].filter((i) => theirs.has(i)).length;
   } catch {
     return null;
   }

@@ -36,6 +36,8 @@ export interface ListenerMeta {
   addr: Addr;
   /** The fd number in the receiving process (inherit), or the index among the attached fds (scm_rights). */
   fd: number;
+  /** systemd activated it: on a stop it is left to systemd, never shut down. */
+  activated?: boolean;
 }
 
 /** The control socket handed to the next generation, fd as in {@link ListenerMeta}. */

@@ -63,6 +63,12 @@ export interface Endpoint {
   pauseAccepting(): void;
   /** Accepts again after {@link Endpoint.pauseAccepting}. */
   resumeAccepting(): void;
+  /**
+   * No successor will serve the socket (a stop): new connections are refused
+   * from now on (`shutdown(2)` of the listening socket), unless systemd
+   * activated it, whose socket keeps queueing for the next start.
+   */
+  refuseNew(): void;
   /** Stops for good and resolves when every connection has ended by itself. */
   finish(): Promise<void>;
   /** Closes the connections that are still open; resolves with how many it cut. */

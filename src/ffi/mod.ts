@@ -137,6 +137,14 @@ export function connect(fd: number, addr: Uint8Array, detail?: string): void {
   }
 }
 
+/**
+ * `shutdown(2)`. On a listening socket it stops the socket for every process
+ * that shares it: new connections are refused. Never use it for a handover.
+ */
+export function shutdown(fd: number, how: number): void {
+  ok(libc().shutdown(fd, how), "shutdown", () => `fd ${fd}`);
+}
+
 /** `accept4(2)`; returns the new fd, or -1 when nothing is queued on a non-blocking socket. */
 export function accept4(fd: number, flags: number): number {
   const r = libc().accept4(fd, null, null, flags);

@@ -27,6 +27,8 @@ export const SYMBOLS = {
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // int getsockname(int fd, struct sockaddr *addr, socklen_t *addrlen);
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int shutdown(int sockfd, int how);
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
   // int getpeername(int fd, struct sockaddr *addr, socklen_t *addrlen);
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // int fcntl(int fd, int cmd, ... /* int arg */);

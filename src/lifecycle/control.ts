@@ -172,6 +172,10 @@ export class ControlServer implements Endpoint {
     // The control socket only stops for good (the next generation answers it).
   }
 
+  refuseNew(): void {
+    // On a stop the socket file is removed (unlink) and the fd closed: nobody connects any more.
+  }
+
   /** Closes idle peers; resolves when the busy ones (an upgrade being answered) are done. */
   finish(): Promise<void> {
     this.pauseAccepting();

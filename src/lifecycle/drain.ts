@@ -33,6 +33,8 @@ export interface DrainOptions {
   delayMs?: number;
   /** Called with what went wrong on an endpoint; the drain goes on. */
   warn?: (message: string) => void;
+  /** Nobody takes over (a stop): refuse new connections at once. */
+  refuse?: boolean;
 }
 
 /** Drains `endpoints` together; resolves when all are released. */
@@ -47,6 +49,7 @@ export async function drain(endpoints: readonly Endpoint[], o: DrainOptions): Pr
     }
   };
   for (const e of endpoints) attempt(e, "pausing", () => e.pauseAccepting());
+  if (o.refuse) { for (const e of endpoints) attempt(e, "closing", () => e.refuseNew()); }
   if (endpoints.length) await sleep(o.delayMs ?? DRAIN_DELAY_MS);
   const finished = endpoints.map((e) =>
     e.finish().catch((err) => warn(`finishing ${e.key}: ${(err as Error).message}`))

@@ -5,29 +5,38 @@
  * @module
  */
 
-import { close as closeFd } from "../ffi/mod.ts";
-import type { Addr } from "../ffi/sockaddr.ts";
+import { C, close as closeFd, shutdown } from "../ffi/mod.ts";
+import { cutConnections } from "../net/connections.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { tcpConnections } from "../proc.ts";
 import type { Server } from "../serve/serve.ts";
-import type { Endpoint } from "../types.ts";
+import type { Addr, Endpoint } from "../types.ts";
 
-/** A listener from `listen()`: it owns its fd and counts its connections. */
-export function listenerEndpoint(key: string, listener: Listener): Endpoint {
-  const fd = listener.fd;
+/** Pausing and refusing, shared by every endpoint on a listening socket instar owns. */
+function accepting(fd: number, activated: boolean) {
   let paused: PausedSocket | undefined;
   return {
-    key,
-    fd,
-    addr: listener.addr,
-    connections: () => listener.connections,
     // Every reactor of this process stops accepting on the socket, whatever fd number it holds.
     pauseAccepting: () => void (paused ??= pauseSocket(fd)),
     resumeAccepting: () => {
       if (paused) resumeSocket(paused);
       paused = undefined;
     },
+    refuseNew: () => {
+      if (!activated) shutdown(fd, C.SHUT_RD);
+    },
+  };
+}
+
+/** A listener from `listen()`: it owns its fd and counts its connections. */
+export function listenerEndpoint(key: string, listener: Listener, activated: boolean): Endpoint {
+  return {
+    key,
+    fd: listener.fd,
+    addr: listener.addr,
+    connections: () => listener.connections,
+    ...accepting(listener.fd, activated),
     finish: () => {
       listener.close();
       return listener.drained();
@@ -42,7 +51,13 @@ export function listenerEndpoint(key: string, listener: Listener): Endpoint {
 }
 
 /** An HTTP server from `serve()` on `fd`, which the lifecycle owns and closes. */
-export function serverEndpoint(key: string, fd: number, addr: Addr, server: Server): Endpoint {
+export function serverEndpoint(
+  key: string,
+  fd: number,
+  addr: Addr,
+  server: Server,
+  activated: boolean,
+): Endpoint {
   // The native servers keep no count: ask the kernel.
   const count = () => (addr.transport === "tcp" ? tcpConnections(addr.port) : null);
   let released = false;
@@ -51,11 +66,11 @@ export function serverEndpoint(key: string, fd: number, addr: Addr, server: Serv
     fd,
     addr,
     connections: count,
-    pauseAccepting: () => void server.pauseAccepting(),
-    resumeAccepting: () => void server.resumeAccepting(),
+    ...accepting(fd, activated),
     finish: () => server.shutdown(),
     forceClose: async () => {
-      const n = count() ?? 0;
+      // Cut at the socket: a response that never ends cannot hold the runtime's shutdown.
+      const n = cutConnections(addr);
       await server.stop(true).catch(() => {});
       return n;
     },

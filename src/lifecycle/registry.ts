@@ -43,6 +43,8 @@ export function keyOf(spec: SocketSpec): string {
 /** The sockets of one generation, by key. */
 export class Registry {
   #inherited = new Map<string, number>();
+  // Keys whose socket systemd activated (in this generation or an earlier one): it stays systemd's.
+  #fromSystemd = new Set<string>();
   #activated: ActivatedSocket[];
   #control: ControlMeta | null;
   #endpoints: Endpoint[] = [];
@@ -50,7 +52,10 @@ export class Registry {
 
   /** What the previous generation passed (`hello`) and systemd activated. */
   constructor(hello: Hello | null, activated: ActivatedSocket[]) {
-    for (const l of hello?.listeners ?? []) this.#inherited.set(l.key, l.fd);
+    for (const l of hello?.listeners ?? []) {
+      this.#inherited.set(l.key, l.fd);
+      if (l.activated) this.#fromSystemd.add(l.key);
+    }
     this.#control = hello?.control ?? null;
     this.#activated = activated;
   }
@@ -60,7 +65,7 @@ export class Registry {
    * then activated; `undefined` means open a fresh one. A key asked for
    * twice is `INVALID_ARGUMENT`; so is a bare name nobody passed.
    */
-  claim(spec: SocketSpec): { key: string; fd: number | undefined } {
+  claim(spec: SocketSpec): { key: string; fd: number | undefined; activated: boolean } {
     const key = keyOf(spec);
     if (this.#keys.has(key)) {
       invalid("listen options", key, "an address this Upgrader does not listen on yet");
@@ -69,12 +74,13 @@ export class Registry {
     const inherited = this.#inherited.get(key);
     if (inherited !== undefined) {
       this.#inherited.delete(key);
-      return { key, fd: inherited };
+      return { key, fd: inherited, activated: this.#fromSystemd.has(key) };
     }
     const activated = findActivated(this.#activated, spec);
     if (activated) {
       this.#activated.splice(this.#activated.indexOf(activated), 1);
-      return { key, fd: activated.fd };
+      this.#fromSystemd.add(key);
+      return { key, fd: activated.fd, activated: true };
     }
     if (!("port" in spec) && !("path" in spec)) {
       this.#keys.delete(key);
@@ -84,7 +90,7 @@ export class Registry {
         "the name of a socket systemd passed (FileDescriptorName=), or add an address",
       );
     }
-    return { key, fd: undefined };
+    return { key, fd: undefined, activated: false };
   }
 
   /** Gives back a key whose socket could not be opened. */
@@ -114,7 +120,12 @@ export class Registry {
   passable(
     control: ControlMeta | null,
   ): { listeners: ListenerMeta[]; control: ControlMeta | null } {
-    const listeners = this.#endpoints.map((e) => ({ key: e.key, addr: e.addr, fd: e.fd }));
+    const listeners = this.#endpoints.map((e) => ({
+      key: e.key,
+      addr: e.addr,
+      fd: e.fd,
+      ...(this.#fromSystemd.has(e.key) ? { activated: true } : {}),
+    }));
     return { listeners, control };
   }
 

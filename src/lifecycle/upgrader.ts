@@ -135,7 +135,7 @@ export class Upgrader {
    * activated one by that name or address, a fresh one otherwise.
    */
   async listen(spec: SocketSpec): Promise<Listener> {
-    const { key, fd } = this.#registry.claim(spec);
+    const { key, fd, activated } = this.#registry.claim(spec);
     let listener: Listener;
     try {
       listener = await listen(fd === undefined ? addressOf(spec) : { fd });
@@ -144,7 +144,7 @@ export class Upgrader {
       throw err;
     }
     if (fd !== undefined) this.#holdUntilReady(listener.fd);
-    this.#registry.add(listenerEndpoint(key, listener));
+    this.#registry.add(listenerEndpoint(key, listener, activated));
     return listener;
   }
 
@@ -169,7 +169,7 @@ export class Upgrader {
     options: Record<string, unknown> = {},
     handler?: (req: Request, info?: unknown) => Response | Promise<Response>,
   ): Promise<Server> {
-    const { key, fd: claimed } = this.#registry.claim(spec);
+    const { key, fd: claimed, activated } = this.#registry.claim(spec);
     let socket: { fd: number; addr: Addr };
     try {
       socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
@@ -187,7 +187,7 @@ export class Upgrader {
         throw err;
       });
     if (claimed !== undefined) this.#holdUntilReady(fd);
-    this.#registry.add(serverEndpoint(key, fd, addr, server));
+    this.#registry.add(serverEndpoint(key, fd, addr, server, activated));
     return server;
   }
 
@@ -354,6 +354,7 @@ export class Upgrader {
     const { forced } = await drain(this.#registry.endpoints, {
       timeoutMs: this.#settings.drainTimeout,
       warn,
+      refuse: reason === "stop",
     });
     await ending;
     if (reason === "stop" && this.#settings.pidFile) {
