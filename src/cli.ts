@@ -14,7 +14,7 @@
  */
 
 import process from "node:process";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import * as sys from "./ffi/mod.ts";
 import { InstarError } from "./errors.ts";
@@ -26,7 +26,8 @@ import {
   PROTOCOL_VERSION,
   type StatusReport,
 } from "./protocol.ts";
-import { processRuns } from "./proc.ts";
+import { processRuns, processStartedAt } from "./proc.ts";
+import { checkSignal } from "./lifecycle/signals.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers
@@ -76,6 +77,17 @@ Options:
 };
 
 class UsageError extends Error {}
+
+// The lifecycle's own check, and SIGTERM/SIGINT, which stop the server instead.
+function checkUpgradeSignal(signal: string): void {
+  let ok = !["SIGTERM", "SIGINT"].includes(signal);
+  try {
+    checkSignal("--signal", signal);
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new UsageError(`--signal ${signal} is not an upgrade signal (default SIGHUP)`);
+}
 
 /** Runs the command line `args`; returns the exit status. Output goes to `out` and `err`. */
 export async function main(
@@ -130,13 +142,7 @@ export async function main(
     if (values.signal !== undefined && (command !== "upgrade" || !pidFile)) {
       throw new UsageError("--signal applies only to upgrade --pid-file");
     }
-    if (
-      sys.SIGNALS[signal] === undefined ||
-      ["SIGUSR1", "SIGKILL", "SIGSTOP", "SIGTERM", "SIGINT"].includes(signal)
-    ) {
-      // SIGTERM/SIGINT stop the server instead; SIGUSR1 opens Deno's inspector.
-      throw new UsageError(`--signal ${signal} is not an upgrade signal (default SIGHUP)`);
-    }
+    checkUpgradeSignal(signal);
     if (command === "status") {
       const report = control ? statusByControl(control) : statusByPidFile(pidFile!);
       out(values.json ? JSON.stringify(report) + "\n" : formatStatus(report));
@@ -159,8 +165,9 @@ export async function main(
 }
 
 function connect(path: string): Channel {
+  let ch: Channel;
   try {
-    return connectControl(path);
+    ch = connectControl(path);
   } catch (e) {
     if (!nobodyThere(e)) throw e;
     const code = (e as InstarError).code;
@@ -169,6 +176,17 @@ function connect(path: string): Channel {
       `no server answers on ${path} (${code}): is it running with controlSocket set to this path?`,
     );
   }
+  // Whoever bound the path first answers: only a server of our own user is believed.
+  const { uid } = sys.peerCred(ch.fd);
+  if (uid !== sys.getuid()) {
+    ch.close();
+    throw new InstarError(
+      "PERMISSION_DENIED",
+      `the process answering on ${path} runs as uid ${uid}, not ${sys.getuid()}: not trusting it ` +
+        "(run instar as the server's user)",
+    );
+  }
+  return ch;
 }
 
 function statusByControl(path: string): StatusReport {
@@ -202,6 +220,30 @@ function readPid(pidFile: string): number {
     );
   }
   return Number(text);
+}
+
+/**
+ * The pid a PID file names, refused when that process started after the file
+ * was written: the server that wrote it is gone and the pid now belongs to
+ * some other process, which must not be signalled.
+ */
+function livePid(pidFile: string): number {
+  const pid = readPid(pidFile);
+  if (!processRuns(pid)) {
+    throw new InstarError("ESRCH", `PID file ${pidFile} names ${pid}, which is not running`);
+  }
+  const started = processStartedAt(pid);
+  const written = statSync(pidFile).mtimeMs;
+  if (started !== null && started > written + 1000) {
+    throw new InstarError(
+      "STALE_PID_FILE",
+      `PID file ${pidFile} names ${pid}, but that process started ${
+        new Date(started).toISOString()
+      }, after the file was written (${new Date(written).toISOString()}): the file is stale and ` +
+        `${pid} is another program; not signalling it`,
+    );
+  }
+  return pid;
 }
 
 function statusByPidFile(pidFile: string): { pid: number; running: boolean } {
@@ -251,6 +293,8 @@ async function upgradeByControl(
           return m.pid;
         } else if (m.type === "failed") {
           throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
+        } else if (m.type === "refused") {
+          throw new InstarError("UPGRADE_REFUSED", `upgrade refused: ${m.reason}: ${m.message}`);
         }
       }
       if (ch.eof) {
@@ -272,12 +316,8 @@ async function upgradeByPidFile(
   timeout: number,
   progress: (s: string) => void,
 ): Promise<number> {
-  const old = readPid(pidFile);
-  const signo = sys.SIGNALS[signal];
-  if (!processRuns(old)) {
-    throw new InstarError("ESRCH", `PID file ${pidFile} names ${old}, which is not running`);
-  }
-  sys.kill(old, signo);
+  const old = livePid(pidFile);
+  sys.kill(old, sys.SIGNALS[signal]);
   progress(`sent ${signal} to ${old}; waiting for a new generation to write ${pidFile}…`);
   const started = Date.now();
   while (Date.now() - started < timeout) {

@@ -105,6 +105,19 @@ export function processStartTime(pid: number): string | null {
   return statFields(pid)?.[19] ?? null;
 }
 
+/** When process `pid` started, in ms since the epoch (10 ms resolution), or `null`. */
+export function processStartedAt(pid: number): number | null {
+  const ticks = processStartTime(pid);
+  if (ticks === null) return null;
+  try {
+    const btime = /^btime (\d+)$/m.exec(readFileSync("/proc/stat", "utf8"));
+    // /proc reports times in USER_HZ, 100 per second on every Linux architecture.
+    return btime ? Number(btime[1]) * 1000 + Number(ticks) * 10 : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The parent pid of process `pid`, or `null`. */
 export function parentOf(pid: number): number | null {
   const f = statFields(pid);

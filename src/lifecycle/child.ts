@@ -43,20 +43,26 @@ export function readHello(): ParentLink | null {
     protocolError(`${CONTROL_FD_ENV}=${JSON.stringify(raw)} is not an fd number`);
   }
   const fd = Number(raw);
-  let channel: Channel;
-  try {
-    sys.setCloexec(fd, true);
-    channel = new Channel(fd);
-  } catch (err) {
-    throw new InstarError(
-      "PROTOCOL_ERROR",
-      `instar control protocol: ${CONTROL_FD_ENV}=${fd} is not an open socket (${
-        (err as Error).message
-      })`,
-      { cause: err },
-    );
-  }
+  checkChannelFd(fd);
+  sys.setCloexec(fd, true);
+  const channel = new Channel(fd);
   return { hello: receiveHello(channel, "inherit"), channel };
+}
+
+// Anything but our end of a Unix stream socketpair (stdout, a file, a TCP
+// socket) is refused before it is read, written or made non-blocking.
+function checkChannelFd(fd: number): void {
+  const bad = (why: string): never =>
+    protocolError(`${CONTROL_FD_ENV}=${fd} ${why}; it must name a Unix stream socket from instar`);
+  if (fd <= 2) bad("is a standard stream");
+  let domain: number, type: number;
+  try {
+    domain = sys.getsockoptInt(fd, sys.C.SOL_SOCKET, sys.C.SO_DOMAIN);
+    type = sys.getsockoptInt(fd, sys.C.SOL_SOCKET, sys.C.SO_TYPE);
+  } catch (err) {
+    return bad(`is not an open socket (${(err as Error).message})`);
+  }
+  if (domain !== sys.C.AF_UNIX || type !== sys.C.SOCK_STREAM) bad("is not a Unix stream socket");
 }
 
 /**
