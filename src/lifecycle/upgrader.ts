@@ -20,7 +20,8 @@ import { C, signalName, SIGNALS } from "../ffi/mod.ts";
 import { InstarError, invalid } from "../errors.ts";
 import { type Addr, formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, type ListenOptions, openSocket } from "../net/listener.ts";
-import { serve, type Server } from "../serve/serve.ts";
+import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";
+import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { spawn, type SpawnBackend } from "../process/spawn.ts";
 import {
@@ -438,36 +439,42 @@ export class Upgrader {
 
   /**
    * Serves HTTP with the runtime's own server (`Deno.serve` / `Bun.serve`, at
-   * full speed) on a socket for `listenOptions` that survives upgrades, like
-   * {@link Upgrader.listen}'s. `options` are the runtime's server options
-   * (plus instar's `mode`); on a handover the server stops accepting, reads
-   * what it accepted, and drains within the drain timeout.
+   * full speed) on a socket that survives upgrades, like
+   * {@link Upgrader.listen}'s. One options object, like the runtime's own
+   * server's: where to listen (`port` and `hostname`, or `path` with
+   * `socketMode` for a Unix socket; `backlog`), the handler as `fetch` or
+   * `handler`, the runtime's own options (typed with its own types) and
+   * instar's (`mode`, `onFallback`, `drainTimeoutMs`, …). On a handover the
+   * server stops accepting, reads what it accepted, and drains within the
+   * drain timeout.
    *
+   * @typeParam WebSocketData Bun's `ws.data` type (as in `Bun.serve<WebSocketData>`).
    * @example
    * ```ts
    * import { Upgrader } from "@instar/instar";
    *
    * const up = await Upgrader.create();
-   * await up.serve({ port: 8080 }, {}, () => new Response("hello"));
+   * await up.serve({ port: 8080, fetch: () => new Response("hello") });
    * await up.ready();
    * ```
    */
-  async serve(
-    listenOptions: ListenOptions,
-    options: Record<string, unknown> = {},
-    handler?: (req: Request, info?: unknown) => Response | Promise<Response>,
+  async serve<WebSocketData = undefined>(
+    options: UpgraderServeOptions<WebSocketData>,
   ): Promise<Server> {
+    // The old (listenOptions, options, handler) form fails here with the new form in the message.
+    checkOneObject("up.serve()", options, arguments.length);
+    const { listen: listenOptions, serve: serveOptions } = splitListenOptions(options);
     const key = this.#newKey(listenOptions);
     const claimed = this.#claim(key, listenOptions);
     const { fd, addr } = await openSocket(claimed === undefined ? listenOptions : { fd: claimed });
     try {
       const onFallback = (reason: InstarError) =>
         this.#emit("serve-fallback", { addr: formatAddr(addr), reason });
-      const server = await serve(
-        fd,
-        { drainTimeoutMs: this.#drainTimeout, onFallback, ...options },
-        handler,
-      );
+      const server = await serve(fd, {
+        drainTimeoutMs: this.#drainTimeout,
+        onFallback,
+        ...serveOptions,
+      });
       if (claimed !== undefined) this.#holdUntilReady(fd);
       this.#servers.push({ key, fd, addr, server });
       return server;
