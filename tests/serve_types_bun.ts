@@ -1,6 +1,6 @@
 // @ts-nocheck -- checked by scripts/check_bun_types.sh with bun-types (no Deno), not by deno check.
 // serve() and up.serve() options as a Bun user's TypeScript sees them: Bun.serve's own types.
-import type { ServeOptions, UpgraderServeOptions } from "../mod.ts";
+import type { ServeOptions, Upgrader, UpgraderServeOptions } from "../mod.ts";
 
 export const typed: ServeOptions[] = [
   {
@@ -31,6 +31,16 @@ export const listening: UpgraderServeOptions[] = [
   { hostname: "0.0.0.0", port: 8080, fetch: () => new Response("hi") },
   { path: "/run/app.sock", socketMode: 0o660, fetch: () => new Response("hi") },
 ];
+
+// up.serve<WebSocketData>() as Bun.serve<WebSocketData>().
+export async function viaUpgrader(up: Upgrader): Promise<void> {
+  await up.serve<{ user: string }>({
+    port: 8080,
+    fetch: (req, server) =>
+      server.upgrade(req, { data: { user: "ada" } }) ? undefined : new Response("no"),
+    websocket: { message: (ws) => void ws.send(ws.data.user) },
+  });
+}
 
 export const wrong: unknown[] = [
   // @ts-expect-error a typo'd option
