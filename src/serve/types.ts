@@ -78,7 +78,9 @@ export interface PortableServeOptions {
 
 /**
  * `Deno.serve`'s options, read off Deno's declarations (never where they are
- * not loaded): its last overload, `Deno.ServeTcpOptions` (with
+ * not loaded). Inference from an overloaded function uses its last overload,
+ * which is Deno.serve's one-object form (tests/serve_types_test.ts fails if a
+ * Deno release reorders them): `Deno.ServeTcpOptions` (with
  * `Deno.TlsCertifiedKeyPem` for TLS) and `Deno.ServeInit`, less what the
  * socket decides (`hostname`, `port`, `transport`, `reusePort`,
  * `tcpBacklog`). The handler is `handler` or `fetch`, both
@@ -95,8 +97,8 @@ export interface PortableServeOptions {
  * };
  * ```
  */
-export type DenoServeOptions = typeof globalThis extends // Inference from an overloaded function uses the last overload: the one-object form.
-{ Deno: { serve(options: infer O): unknown } } ?
+export type DenoServeOptions = typeof globalThis extends
+  { Deno: { serve(options: infer O): unknown } } ?
     & (O extends unknown ? Omit<
         O,
         "hostname" | "port" | "transport" | "reusePort" | "tcpBacklog" | "handler" | "fetch"
