@@ -52,11 +52,19 @@ export {
   type UnixListenOptions,
 } from "./src/net/listener.ts";
 export {
+  type bunServe,
+  type BunServeOptions,
+  type DenoServeOptions,
   type InstarServeOptions,
+  type PortableServeOptions,
+  type RuntimeServeOptions,
   serve,
   type ServeHandler,
   type ServeHandlerInfo,
+  type ServeListenOptions,
   type ServeMode,
+  type ServeOptions,
   type Server,
   type ServeTarget,
+  type UpgraderServeOptions,
 } from "./src/serve/serve.ts";

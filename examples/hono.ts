@@ -1,8 +1,8 @@
 /**
  * A Hono app that upgrades in place without dropping a request, on Deno and on
  * Bun. `app.fetch` is an ordinary fetch handler, so it goes to `up.serve()` as
- * it is: Deno.serve / Bun.serve run it at full speed on the socket instar
- * passes from generation to generation.
+ * its `fetch`, as it would to Bun.serve: Deno.serve / Bun.serve run it at full
+ * speed on the socket instar passes from generation to generation.
  *
  *   deno run -A examples/hono.ts --port 8080     (or: bun examples/hono.ts …)
  *   kill -HUP $(cat app.pid)    # run the program as it now is on disk; this generation drains
@@ -33,6 +33,6 @@ app.get(
 );
 app.get("/health", (c) => c.text("ok\n"));
 
-await up.serve({ hostname, port }, { mode: serveMode }, app.fetch);
+await up.serve({ hostname, port, mode: serveMode, fetch: app.fetch });
 
 await up.ready();

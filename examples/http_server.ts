@@ -26,10 +26,6 @@ const label = flags["version-label"] ??
   (process.versions.bun ? `bun ${process.versions.bun}` : `deno ${process.versions.deno}`);
 const body = `hello from pid ${process.pid} generation ${up.generation} (${label})\n`;
 
-await up.serve(
-  { hostname, port },
-  { mode: serveMode },
-  () => new Response(body),
-);
+await up.serve({ hostname, port, mode: serveMode, fetch: () => new Response(body) });
 
 await up.ready();

@@ -24,6 +24,7 @@
  * @module
  */
 import process from "node:process";
+import type { PortableServeOptions, UpgraderServeOptions } from "../mod.ts";
 import { startGeneration } from "./_lifecycle.ts";
 
 const { up, hostname, port, serveMode } = await startGeneration("chat");
@@ -59,31 +60,37 @@ up.on("draining", () => broadcast(`draining pid ${process.pid}: reconnect to mov
 
 // ---------------------------------------------------------------- the runtime's WebSocket API
 
-const listenOptions = { hostname, port };
-
 if (process.versions.bun) {
   // Bun upgrades inside `fetch` and delivers socket events to the `websocket` handlers.
+  // `deno check` checks this file with Deno's types, under which Bun's options are not
+  // `up.serve()`'s: they are written against the portable type here. A Bun-only program
+  // (examples/bun_serve.ts) gets Bun's own types and needs no cast.
   interface BunServer {
     upgrade(req: Request): boolean;
   }
-  await up.serve(listenOptions, {
-    mode: serveMode,
+  const bun: PortableServeOptions = {
     fetch: (req: Request, server: BunServer) => server.upgrade(req) ? undefined : page(),
     websocket: {
       open: (ws: Peer) => joined(ws),
       message: (_ws: Peer, m: string | Uint8Array) => said(m),
       close: (ws: Peer) => void peers.delete(ws),
     },
-  });
+  };
+  await up.serve({ hostname, port, mode: serveMode, ...bun } as UpgraderServeOptions);
 } else {
   // Deno upgrades a request into a WebSocket object with its own event handlers.
-  await up.serve(listenOptions, { mode: serveMode }, (req) => {
-    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") return page();
-    const { socket, response } = Deno.upgradeWebSocket(req);
-    socket.onopen = () => joined(socket);
-    socket.onmessage = (e) => said(e.data);
-    socket.onclose = () => void peers.delete(socket);
-    return response;
+  await up.serve({
+    hostname,
+    port,
+    mode: serveMode,
+    fetch(req) {
+      if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") return page();
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onopen = () => joined(socket);
+      socket.onmessage = (e) => said(e.data);
+      socket.onclose = () => void peers.delete(socket);
+      return response;
+    },
   });
 }
 

@@ -129,8 +129,8 @@ async function openEcho(
   };
 }
 
-// examples/deno_serve.ts uses Deno.serve's API (Deno.upgradeWebSocket, Deno.ServeHandlerInfo)
-// and examples/bun_serve.ts Bun.serve's (routes/websocket options, server.upgrade): each shows
+// examples/deno_serve.ts uses Deno.serve's API (Deno.upgradeWebSocket, handler(req, info), onError)
+// and examples/bun_serve.ts Bun.serve's (routes/websocket/error options, server.upgrade): each shows
 // its own runtime's API and cannot run on the other, so each is tested under its runtime only.
 const single = RUNTIME === "deno"
   ? {
@@ -154,6 +154,9 @@ describe(`examples/${single.file} (${RUNTIME} only)`, () => {
     assert.equal(root.status, 200);
     assert.equal(root.body, single.hello(server.pid, 1, port));
     if (RUNTIME === "bun") assert.equal((await get(`${base}/health`)).body, "ok\n");
+    // The runtime's own error option (Deno's onError, Bun's error) answers a handler that throws.
+    const boom = await get(`${base}/boom`);
+    assert.deepEqual([boom.status, boom.body], [500, "oops: boom\n"]);
     const ws = await openEcho(port);
     assert.equal(await ws.echo("before"), "before");
 

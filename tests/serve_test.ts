@@ -11,7 +11,15 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { InstarError } from "../src/errors.ts";
-import { serve, type Server } from "../src/serve/serve.ts";
+import {
+  type InstarServeOptions,
+  type PortableServeOptions,
+  serve,
+  type ServeOptions,
+  type Server,
+  type UpgraderServeOptions,
+} from "../src/serve/serve.ts";
+import { Upgrader } from "../src/lifecycle/upgrader.ts";
 import { listen } from "../src/net/listener.ts";
 import { KNOWN_EVENT_MASKS } from "../src/net/transplant.ts";
 import {
@@ -27,6 +35,12 @@ import {
 } from "./helpers.ts";
 
 const CHUNKS = 8;
+
+/**
+ * Bun.serve's options: deno check checks this file with Deno's types, under which they are
+ * not serve()'s, so they are written against the portable type and cast.
+ */
+const bunOptions = (o: PortableServeOptions & InstarServeOptions) => o as ServeOptions;
 
 /** Deno.upgradeWebSocket, typed just enough (this file also runs under Bun). */
 type Upgrade = (req: Request) => { socket: WebSocket; response: Response };
@@ -52,18 +66,20 @@ function app(
   if (RUNTIME === "deno") {
     const upgrade = (globalThis as unknown as { Deno: { upgradeWebSocket: Upgrade } }).Deno
       .upgradeWebSocket;
-    return serve(fd, { mode, onListen() {}, ...extra }, (
-      req: Request,
-      info: { remoteAddr: { hostname: string; port: number } },
-    ) => {
-      const path = new URL(req.url).pathname;
-      if (path === "/stream") return stream();
-      if (path === "/ws") {
-        const { socket, response } = upgrade(req);
-        socket.onmessage = (e) => socket.send("echo:" + e.data);
-        return response;
-      }
-      return new Response(`hello ${info.remoteAddr.hostname}:${info.remoteAddr.port}`);
+    return serve(fd, {
+      mode,
+      onListen() {},
+      ...extra,
+      handler(req, info) {
+        const path = new URL(req.url).pathname;
+        if (path === "/stream") return stream();
+        if (path === "/ws") {
+          const { socket, response } = upgrade(req);
+          socket.onmessage = (e) => socket.send("echo:" + e.data);
+          return response;
+        }
+        return new Response(`hello ${info.remoteAddr.hostname}:${info.remoteAddr.port}`);
+      },
     });
   }
   type BunView = {
@@ -71,25 +87,28 @@ function app(
     upgrade(req: Request): boolean;
     requestIP(req: Request): { address: string; port: number } | null;
   };
-  return serve(fd, {
-    mode,
-    ...extra,
-    fetch(req: Request, server: BunView) {
-      const path = new URL(req.url).pathname;
-      if (path === "/stream") return stream();
-      if (path === "/ws") {
-        return server.upgrade(req) ? undefined : new Response("no", { status: 400 });
-      }
-      // requestIP() is null for a Unix socket client.
-      const ip = server.requestIP(req);
-      return new Response(`hello ${ip?.address}:${ip?.port} on ${server.port}`);
-    },
-    websocket: {
-      message(ws: { send(m: string): void }, m: string) {
-        ws.send("echo:" + m);
+  return serve(
+    fd,
+    bunOptions({
+      mode,
+      ...extra,
+      fetch(req: Request, server: BunView) {
+        const path = new URL(req.url).pathname;
+        if (path === "/stream") return stream();
+        if (path === "/ws") {
+          return server.upgrade(req) ? undefined : new Response("no", { status: 400 });
+        }
+        // requestIP() is null for a Unix socket client.
+        const ip = server.requestIP(req);
+        return new Response(`hello ${ip?.address}:${ip?.port} on ${server.port}`);
       },
-    },
-  });
+      websocket: {
+        message(ws: { send(m: string): void }, m: string) {
+          ws.send("echo:" + m);
+        },
+      },
+    }),
+  );
 }
 
 function body(raw: string): string {
@@ -268,16 +287,19 @@ if (RUNTIME === "bun") {
     test("routes (static, with params, per method) are served in both modes", async () => {
       for (const mode of ["transplant", "fallback"] as const) {
         await withSocket(async (ours) => {
-          const server = await serve(ours.fd, {
-            mode,
-            routes: {
-              "/health": new Response("ok"),
-              "/users/:id": (req: Request & { params: { id: string } }) =>
-                new Response(`user ${req.params.id}`),
-              "/items": { GET: () => new Response("list"), POST: () => new Response("made") },
-            },
-            fetch: () => new Response("fallthrough", { status: 404 }),
-          });
+          const server = await serve(
+            ours.fd,
+            bunOptions({
+              mode,
+              routes: {
+                "/health": new Response("ok"),
+                "/users/:id": (req: Request & { params: { id: string } }) =>
+                  new Response(`user ${req.params.id}`),
+                "/items": { GET: () => new Response("list"), POST: () => new Response("made") },
+              },
+              fetch: () => new Response("fallthrough", { status: 404 }),
+            }),
+          );
           try {
             const get = async (path: string, method = "GET") =>
               await (await fetch(`http://127.0.0.1:${ours.port}${path}`, { method })).text();
@@ -316,8 +338,8 @@ describe(`serve() under ${RUNTIME}, TLS`, () => {
         await withSocket(async (ours) => {
           const hello = () => new Response("secure hello");
           const server = RUNTIME === "bun"
-            ? await serve(ours.fd, { mode, tls: { cert, key }, fetch: hello })
-            : await serve(ours.fd, { mode, cert, key, onListen() {} }, hello);
+            ? await serve(ours.fd, bunOptions({ mode, tls: { cert, key }, fetch: hello }))
+            : await serve(ours.fd, { mode, cert, key, onListen() {}, handler: hello });
           try {
             assert.equal(server.mode, mode);
             assert.equal(server.url.href, `https://127.0.0.1:${ours.port}/`);
@@ -487,5 +509,184 @@ describe(`serve() under ${RUNTIME}, choosing the mode`, () => {
     await withSocket(async (ours) => {
       await assert.rejects(app(ours.fd, "sideways" as "auto"), { code: "INVALID_ARGUMENT" });
     });
+  });
+});
+
+describe(`serve() under ${RUNTIME}, one options object`, () => {
+  const hello = () => new Response("hello");
+  const get = async (port: number, path = "/") => {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`);
+    return { status: res.status, text: await res.text() };
+  };
+
+  if (RUNTIME === "deno") {
+    test("`fetch` is the handler on Deno too, called with the request and Deno's info", async () => {
+      await withSocket(async (ours) => {
+        const server = await serve(ours.fd, {
+          onListen() {},
+          fetch: (_req, info) => new Response(`from ${info.remoteAddr.hostname}`),
+        });
+        try {
+          assert.deepEqual(await get(ours.port), { status: 200, text: "from 127.0.0.1" });
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
+    test("Deno's onError answers for a handler that throws", async () => {
+      await withSocket(async (ours) => {
+        const errors: unknown[] = [];
+        const server = await serve(ours.fd, {
+          onListen() {},
+          handler(req) {
+            if (new URL(req.url).pathname === "/boom") throw new Error("boom");
+            return new Response("fine");
+          },
+          onError(err) {
+            errors.push(err);
+            return new Response(`oops: ${(err as Error).message}`, { status: 503 });
+          },
+        });
+        try {
+          assert.deepEqual(await get(ours.port, "/boom"), { status: 503, text: "oops: boom" });
+          assert.deepEqual(await get(ours.port), { status: 200, text: "fine" });
+          assert.equal(errors.length, 1);
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
+    for (const mode of ["transplant", "fallback"] as const) {
+      test(`Deno's onListen gets the address really served, not the throwaway port (${mode})`, async () => {
+        await withSocket(async (ours) => {
+          const heard: unknown[] = [];
+          const server = await serve(ours.fd, {
+            mode,
+            handler: hello,
+            onListen: (a) => heard.push(a),
+          });
+          try {
+            assert.deepEqual(heard, [{ transport: "tcp", hostname: "127.0.0.1", port: ours.port }]);
+          } finally {
+            await server.shutdown();
+          }
+        });
+      });
+    }
+  }
+
+  if (RUNTIME === "bun") {
+    test("`handler` is the handler on Bun too, called with the request and Bun's server", async () => {
+      await withSocket(async (ours) => {
+        const server = await serve(
+          ours.fd,
+          bunOptions({
+            handler: (_req: Request, server: { port: number }) => new Response(`on ${server.port}`),
+          }),
+        );
+        try {
+          assert.deepEqual(await get(ours.port), { status: 200, text: `on ${ours.port}` });
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
+    test("Bun's error answers for a handler that throws", async () => {
+      await withSocket(async (ours) => {
+        const server = await serve(
+          ours.fd,
+          bunOptions({
+            fetch(req: Request) {
+              if (new URL(req.url).pathname === "/boom") throw new Error("boom");
+              return new Response("fine");
+            },
+            error: (err: Error) => new Response(`oops: ${err.message}`, { status: 503 }),
+          }),
+        );
+        try {
+          assert.deepEqual(await get(ours.port, "/boom"), { status: 503, text: "oops: boom" });
+          assert.deepEqual(await get(ours.port), { status: 200, text: "fine" });
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+  }
+
+  test("both `fetch` and `handler`, or neither, is INVALID_ARGUMENT naming them", async () => {
+    await withSocket(async (ours) => {
+      const both = { fetch: hello, handler: hello } as unknown as ServeOptions;
+      await assert.rejects(serve(ours.fd, both), {
+        code: "INVALID_ARGUMENT",
+        message: /both `fetch` and `handler`/,
+      });
+      const neither = { mode: "auto" } as unknown as ServeOptions;
+      await assert.rejects(serve(ours.fd, neither), {
+        code: "INVALID_ARGUMENT",
+        message: /no request handler; pass `fetch: \(req\) => Response` \(or `handler`/,
+      });
+      // The socket was not touched: a good call still serves on it.
+      const server = await serve(ours.fd, { fetch: hello, onListen() {} });
+      assert.equal((await get(ours.port)).text, "hello");
+      await server.shutdown();
+    });
+  });
+
+  test("the old (fd, options, handler) form and a bare function are INVALID_ARGUMENT showing the one-object form", async () => {
+    await withSocket(async (ours) => {
+      const old = serve as unknown as (...args: unknown[]) => Promise<Server>;
+      const oneObject =
+        /serve\(fd, \{ fetch: \(req\) => new Response\("hi"\), \.\.\.otherOptions \}\)/;
+      await assert.rejects(old(ours.fd, {}, hello), {
+        code: "INVALID_ARGUMENT",
+        message: oneObject,
+      });
+      await assert.rejects(old(ours.fd, hello), { code: "INVALID_ARGUMENT", message: oneObject });
+    });
+  });
+
+  test("where to listen is refused by serve(fd): the fd's socket decides", async () => {
+    await withSocket(async (ours) => {
+      const withPort = { port: 8080, fetch: hello } as unknown as ServeOptions;
+      await assert.rejects(serve(ours.fd, withPort), {
+        code: "INVALID_ARGUMENT",
+        message: /`port`.*up\.serve\(\) or listen\(\)/,
+      });
+    });
+  });
+
+  test("up.serve() in the old (listen, options, handler) form is INVALID_ARGUMENT and opens no socket", async () => {
+    const up = await Upgrader.create({
+      upgradeSignal: null,
+      stopSignals: [],
+      exitAfterDrain: false,
+    });
+    try {
+      const before = openFds();
+      const old = up.serve.bind(up) as unknown as (...args: unknown[]) => Promise<Server>;
+      await assert.rejects(old({ hostname: "127.0.0.1", port: 0 }, {}, hello), {
+        code: "INVALID_ARGUMENT",
+        message: /up\.serve\(\{ port: 8080, fetch: \(req\) => new Response\("hi"\)/,
+      });
+      await assert.rejects(up.serve({ hostname: "127.0.0.1", port: 0 } as UpgraderServeOptions), {
+        code: "INVALID_ARGUMENT",
+        message: /no request handler/,
+      });
+      assert.deepEqual(await leakedSockets(before), []);
+      const server = await up.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: hello,
+        onListen() {},
+      });
+      assert.equal((await get(server.port)).text, "hello");
+    } finally {
+      await up.ready();
+      up.stop();
+      await up.drained;
+    }
   });
 });

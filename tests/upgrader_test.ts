@@ -168,11 +168,11 @@ describe("Upgrader options and triggers", () => {
     try {
       const events: { addr: string; code: string }[] = [];
       up.on("serve-fallback", ({ addr, reason }) => events.push({ addr, code: reason.code }));
-      const server = await up.serve(
-        { hostname: "127.0.0.1", port: 0 },
-        {},
-        () => new Response("ok"),
-      );
+      const server = await up.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: () => new Response("ok"),
+      });
       assert.equal(server.mode, "fallback");
       assert.deepEqual(events, [{
         addr: `127.0.0.1:${server.port}`,

@@ -9,12 +9,14 @@
 
 import process from "node:process";
 import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
+import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
+import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
 import type { MessageSocket, StatusReport } from "../protocol.ts";
-import { serve, type Server } from "../serve/serve.ts";
+import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";
 import type { Addr, ExitReason, State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover, sayReady } from "./child.ts";
 import { ControlServer } from "./control.ts";
@@ -150,45 +152,48 @@ export class Upgrader {
 
   /**
    * Serves HTTP with the runtime's own server (`Deno.serve` / `Bun.serve`, at
-   * full speed) on a socket for `spec` that survives upgrades, like
-   * {@link Upgrader.listen}'s. `options` are the runtime's server options
-   * (plus instar's `mode`); on a handover the server stops accepting, reads
-   * what it accepted, and drains within the drain timeout.
+   * full speed) on a socket that survives upgrades, like
+   * {@link Upgrader.listen}'s. One options object, like the runtime's own
+   * server's: where to listen (`port` and `hostname`, or `path` with
+   * `socketMode` for a Unix socket; `backlog`), the handler as `fetch` or
+   * `handler`, the runtime's own options (typed with its own types) and
+   * instar's (`mode`, `onFallback`, `drainTimeoutMs`, …). On a handover the
+   * server stops accepting, reads what it accepted, and drains within the
+   * drain timeout.
    *
+   * @typeParam WebSocketData Bun's `ws.data` type (as in `Bun.serve<WebSocketData>`).
    * @example
    * ```ts
    * import { Upgrader } from "@instar/instar";
    *
    * const up = await Upgrader.create();
-   * await up.serve({ port: 8080 }, {}, () => new Response("hello"));
+   * await up.serve({ port: 8080, fetch: () => new Response("hello") });
    * await up.ready();
    * ```
    */
-  async serve(
-    spec: SocketSpec,
-    options: Record<string, unknown> = {},
-    handler?: (req: Request, info?: unknown) => Response | Promise<Response>,
+  async serve<WebSocketData = undefined>(
+    options: UpgraderServeOptions<WebSocketData>,
   ): Promise<Server> {
+    // The old (listenOptions, options, handler) form fails here with the new form in the message.
+    checkOneObject("up.serve()", options, arguments.length);
+    const { listen: spec, serve: serveOptions } = splitListenOptions(options);
     const { key, fd: claimed, activated } = this.#registry.claim(spec);
-    let socket: { fd: number; addr: Addr };
+    let socket: { fd: number; addr: Addr } | undefined;
     try {
       socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
+      const { fd, addr } = socket;
+      const onFallback = (reason: InstarError) =>
+        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
+      const drainTimeoutMs = this.#settings.drainTimeout;
+      const server = await serve(fd, { drainTimeoutMs, onFallback, ...serveOptions });
+      if (claimed !== undefined) this.#holdUntilReady(fd);
+      this.#registry.add(serverEndpoint(key, fd, addr, server, activated));
+      return server;
     } catch (err) {
+      if (socket) closeFd(socket.fd);
       this.#registry.unclaim(key);
       throw err;
     }
-    const { fd, addr } = socket;
-    const onFallback = (reason: InstarError) =>
-      this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
-    const drainTimeoutMs = this.#settings.drainTimeout;
-    const server = await serve(fd, { drainTimeoutMs, onFallback, ...options }, handler)
-      .catch((err) => {
-        this.#registry.unclaim(key);
-        throw err;
-      });
-    if (claimed !== undefined) this.#holdUntilReady(fd);
-    this.#registry.add(serverEndpoint(key, fd, addr, server, activated));
-    return server;
   }
 
   // A new generation accepts nothing on a shared socket before it is ready: the

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/serve.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
 
 type SocketAddress = { address: string; port: number; family: string };
 
@@ -29,9 +29,10 @@ export const bunAdapter: ServeAdapter = {
   start(s: AdapterStart): NativeServer {
     const B = (globalThis as unknown as { Bun: BunServeNs }).Bun;
     const opts: Record<string, unknown> = { ...s.options };
-    for (const k of ["unix", "fd", "hostname", "port"]) delete opts[k];
-    // serve(fd, options, handler) reads like Deno.serve; on Bun the handler is `fetch`.
-    if (s.handler !== undefined && opts.fetch === undefined) opts.fetch = s.handler;
+    // The socket decides where to listen.
+    for (const k of ["fd", "reusePort", "ipv6Only"]) delete opts[k];
+    // Given as `fetch` or as `handler` (Deno's name): on Bun it is `fetch(req, server)`.
+    if (s.handler !== undefined) opts.fetch = s.handler;
     Object.assign(
       opts,
       "path" in s.listenOn

@@ -6,9 +6,8 @@
  * @module
  */
 
-import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
-import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/serve.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
@@ -33,17 +32,13 @@ export const denoAdapter: ServeAdapter = {
   start(s: AdapterStart): NativeServer {
     const D = (globalThis as unknown as { Deno: DenoServeNs }).Deno;
     const options = s.options;
-    const handler = (s.handler ?? options.handler) as Handler | undefined;
-    if (typeof handler !== "function") {
-      throw new InstarError(
-        "INVALID_ARGUMENT",
-        "serve() needs a handler: serve(fd, options, (req, info) => Response) or options.handler",
-      );
-    }
+    // serve() checked that there is one, given as `fetch` or `handler`: on Deno both are `(req, info)`.
+    const handler = s.handler as unknown as Handler;
     const userOnListen = options.onListen as ((addr: Addr) => void) | undefined;
     const signal = options.signal as AbortSignal | undefined;
     const opts: Record<string, unknown> = { ...options };
-    for (const k of ["handler", "path", "signal", "transport", "hostname", "port"]) delete opts[k];
+    // The socket decides where to listen; the signal stops instar's server, which stops Deno's.
+    for (const k of ["signal", "transport", "reusePort", "tcpBacklog"]) delete opts[k];
     Object.assign(
       opts,
       "path" in s.listenOn

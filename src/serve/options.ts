@@ -1,0 +1,164 @@
+/**
+ * Checking and splitting the one options object of {@link serve} and
+ * `up.serve()`: where to listen, the handler (`fetch` or `handler`), instar's
+ * options and the runtime's own.
+ *
+ * @module
+ */
+
+import { InstarError, invalid } from "../errors.ts";
+import { runtimeName } from "../ffi/mod.ts";
+import type { SocketSpec } from "../lifecycle/registry.ts";
+import type { ServeOptions, UpgraderServeOptions } from "./types.ts";
+
+/** A handler as the adapters take it: Deno calls it with the info, Bun with the server. */
+export type AnyHandler = (request: Request, infoOrServer: never) => unknown;
+
+const SERVE_FORM = 'serve(fd, { fetch: (req) => new Response("hi"), ...otherOptions })';
+const UP_SERVE_FORM =
+  'up.serve({ port: 8080, fetch: (req) => new Response("hi"), ...otherOptions })';
+
+// Where the server listens: up.serve()'s to open the socket, meaningless to serve(fd).
+const LISTEN_KEYS = ["hostname", "port", "path", "unix", "backlog", "socketMode", "name"] as const;
+
+function wrongForm(call: string, form: string, why: string): never {
+  throw new InstarError(
+    "INVALID_ARGUMENT",
+    `${call} takes one options object with the handler in it, ${form}; ${why}`,
+  );
+}
+
+/**
+ * Throws INVALID_ARGUMENT, showing the one-object form, for anything else:
+ * a function, a missing object, or more arguments (the old
+ * `(…, options, handler)` form).
+ *
+ * @example
+ * ```ts
+ * import { checkOneObject } from "./options.ts";
+ *
+ * checkOneObject("up.serve()", { port: 8080, fetch: () => new Response("hi") }, 1);
+ * ```
+ */
+export function checkOneObject(
+  call: "serve()" | "up.serve()",
+  options: unknown,
+  args: number,
+): void {
+  const form = call === "serve()" ? SERVE_FORM : UP_SERVE_FORM;
+  const max = call === "serve()" ? 2 : 1;
+  if (typeof options === "function") wrongForm(call, form, "it got a function");
+  if (args > max) {
+    wrongForm(call, form, `it got ${args} arguments (the handler is no longer a separate one)`);
+  }
+  if (options === null || typeof options !== "object") {
+    wrongForm(call, form, `it got ${String(options)}`);
+  }
+}
+
+/**
+ * Takes the handler out of `options`: `fetch` (Bun's and srvx's name) or
+ * `handler` (Deno's), never both; neither is allowed only with Bun's
+ * `routes`. Returns it and the other options.
+ *
+ * @example
+ * ```ts
+ * import { takeHandler } from "./options.ts";
+ *
+ * const { handler, rest } = takeHandler({ fetch: () => new Response("hi"), mode: "auto" }, "deno");
+ * ```
+ */
+export function takeHandler(
+  options: Record<string, unknown>,
+  runtime: string,
+): { handler: AnyHandler | undefined; rest: Record<string, unknown> } {
+  const { fetch, handler, ...rest } = options;
+  if (fetch !== undefined && handler !== undefined) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      "serve options have both `fetch` and `handler`; pass the request handler as one of them",
+    );
+  }
+  const h = fetch ?? handler;
+  const routes = runtime === "bun" && rest.routes !== undefined;
+  if (h === undefined && !routes) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      "serve options have no request handler; pass `fetch: (req) => Response` " +
+        `(or \`handler\`, Deno's name)${runtime === "bun" ? " or Bun's `routes`" : ""}`,
+    );
+  }
+  if (h !== undefined && typeof h !== "function") {
+    invalid(fetch !== undefined ? "fetch" : "handler", h, "a function (req) => Response");
+  }
+  return { handler: h as AnyHandler | undefined, rest };
+}
+
+/**
+ * Throws INVALID_ARGUMENT if options of `serve(fd, …)` say where to listen:
+ * the fd's socket decides that.
+ *
+ * @example
+ * ```ts
+ * import { refuseListenKeys } from "./options.ts";
+ *
+ * refuseListenKeys({ mode: "auto" }); // fine; { port: 8080 } throws
+ * ```
+ */
+export function refuseListenKeys(options: Record<string, unknown>): void {
+  for (const k of LISTEN_KEYS) {
+    if (options[k] !== undefined) {
+      throw new InstarError(
+        "INVALID_ARGUMENT",
+        `serve(fd, options) has \`${k}\`, but it serves on the fd's socket; ` +
+          "say where to listen to up.serve() or listen()",
+      );
+    }
+  }
+}
+
+/**
+ * Splits `up.serve()`'s options into where to listen (for `listen()` /
+ * `openSocket()`: `port` and `hostname`, or `path` with `socketMode` as the
+ * file's `mode`; `backlog`) and the options of {@link serve}, whose handler
+ * it checks (see {@link takeHandler}) before any socket is opened.
+ *
+ * @example
+ * ```ts
+ * import { splitListenOptions } from "./options.ts";
+ *
+ * const { listen, serve } = splitListenOptions({ port: 8080, fetch: () => new Response("hi") });
+ * // listen: { port: 8080 }; serve: { fetch }
+ * ```
+ */
+export function splitListenOptions<WebSocketData = undefined>(
+  options: UpgraderServeOptions<WebSocketData>,
+): { listen: SocketSpec; serve: ServeOptions<WebSocketData> } {
+  const o = options as unknown as Record<string, unknown>;
+  const { hostname, port, path, backlog, socketMode, name, ...rest } = o;
+  const serve = rest as unknown as ServeOptions<WebSocketData>;
+  // Checked before a socket is claimed: a bad handler must not cost an inherited socket.
+  takeHandler(rest, runtimeName() ?? "");
+  if (path !== undefined && (port !== undefined || hostname !== undefined)) {
+    invalid("up.serve() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
+  }
+  if (path !== undefined) {
+    return {
+      listen: defined({ path, backlog, mode: socketMode, name } as unknown as SocketSpec),
+      serve,
+    };
+  }
+  if (port === undefined && typeof name === "string") return { listen: { name }, serve };
+  if (port === undefined) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `up.serve() options have no \`port\` (TCP) or \`path\` (Unix socket): ${UP_SERVE_FORM}`,
+    );
+  }
+  return { listen: defined({ hostname, port, backlog, name } as unknown as SocketSpec), serve };
+}
+
+// Listen options as a caller would write them: without the keys not given.
+function defined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
