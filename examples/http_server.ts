@@ -7,25 +7,90 @@
  *   kill -HUP $(cat app.pid)    # run the program as it now is on disk; this generation drains
  *   kill -TERM $(cat app.pid)   # stop gracefully
  *
- * Every request gets 200 and `hello from pid <pid> generation <n> (<label>)`.
+ * Answers (status 200):
+ * - `GET /slow?ms=N`: the hello line after N ms;
+ * - `GET /stream?ms=N`: a line (`<pid> <ms since start>`) every 100 ms for N ms;
+ * - `POST` anything: the number of body bytes it read;
+ * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
  * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
- * --version-label <text>.
+ * --version-label <text>, --stats-file <path> (each generation appends
+ * `<pid> <POST bodies read>` to it once drained), and --cert <path> --key <path>
+ * (PEM files: HTTPS, and HTTP/2 on Deno).
  *
  * @module
  */
+import { appendFileSync, readFileSync } from "node:fs";
 import process from "node:process";
 import { startGeneration } from "./_lifecycle.ts";
 
 const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "version-label": { type: "string" },
+  "stats-file": { type: "string" },
+  cert: { type: "string" },
+  key: { type: "string" },
 });
 
 const label = flags["version-label"] ??
   (process.versions.bun ? `bun ${process.versions.bun}` : `deno ${process.versions.deno}`);
 const body = `hello from pid ${process.pid} generation ${up.generation} (${label})\n`;
+let posts = 0;
 
-await up.serve({ hostname, port, mode: serveMode, fetch: () => new Response(body) });
+// A POST's body is read whole; the answer is how many bytes it had.
+async function post(req: Request): Promise<Response> {
+  const n = (await req.arrayBuffer()).byteLength;
+  posts++;
+  return new Response(`${n}\n`);
+}
+
+// A line every 100 ms for `ms` milliseconds, then the end of the body.
+function stream(ms: number): Response {
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const started = Date.now();
+  const lines = new ReadableStream<Uint8Array>({
+    start(controller) {
+      timer = setInterval(() => {
+        try {
+          controller.enqueue(new TextEncoder().encode(`${process.pid} ${Date.now() - started}\n`));
+          if (Date.now() - started >= ms) {
+            clearInterval(timer);
+            controller.close();
+          }
+        } catch {
+          clearInterval(timer); // the client went away, or the drain timeout cut the stream
+        }
+      }, 100);
+    },
+    cancel: () => clearInterval(timer),
+  });
+  return new Response(lines, { headers: { "content-type": "text/plain" } });
+}
+
+function handle(req: Request): Response | Promise<Response> {
+  if (req.method === "POST") return post(req);
+  const url = new URL(req.url);
+  const ms = Math.min(Number(url.searchParams.get("ms") ?? 0) || 0, 600_000);
+  if (url.pathname === "/slow") {
+    return new Promise((r) => setTimeout(() => r(new Response(body)), ms));
+  }
+  if (url.pathname === "/stream") return stream(ms);
+  return new Response(body);
+}
+
+// With --stats-file, each generation appends `<pid> <POST bodies read>` once it has drained.
+const statsFile = flags["stats-file"] as string | undefined;
+if (statsFile) up.onDrained(() => appendFileSync(statsFile, `${process.pid} ${posts}\n`));
+
+// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno).
+const tls = flags.cert && flags.key
+  ? {
+    cert: readFileSync(flags.cert as string, "utf8"),
+    key: readFileSync(flags.key as string, "utf8"),
+  }
+  : undefined;
+const tlsOptions = !tls ? {} : process.versions.bun ? { tls } : tls;
+
+await up.serve({ hostname, port, mode: serveMode, fetch: handle, ...tlsOptions });
 
 await up.ready();

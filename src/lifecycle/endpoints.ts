@@ -6,11 +6,10 @@
  */
 
 import { C, close as closeFd, shutdown } from "../ffi/mod.ts";
-import { cutConnections } from "../net/connections.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { tcpConnections } from "../proc.ts";
-import type { Server } from "../serve/serve.ts";
+import { type Server, serverParts } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
 /** Pausing and refusing, shared by every endpoint on a listening socket instar owns. */
@@ -58,22 +57,20 @@ export function serverEndpoint(
   server: Server,
   activated: boolean,
 ): Endpoint {
-  // The native servers keep no count: ask the kernel.
-  const count = () => (addr.transport === "tcp" ? tcpConnections(addr.port) : null);
+  const p = serverParts(server);
   let released = false;
   return {
     key,
     fd,
     addr,
-    connections: count,
-    ...accepting(fd, activated),
-    finish: () => server.shutdown(),
-    forceClose: async () => {
-      // Cut at the socket: a response that never ends cannot hold the runtime's shutdown.
-      const n = cutConnections(addr);
-      await server.stop(true).catch(() => {});
-      return n;
-    },
+    // The native servers keep no count: ask the kernel.
+    connections: () => (addr.transport === "tcp" ? tcpConnections(addr.port) : null),
+    // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
+    pauseAccepting: () => void p.pause(),
+    resumeAccepting: () => void p.resume(),
+    refuseNew: accepting(fd, activated).refuseNew,
+    finish: p.finish,
+    forceClose: p.forceClose,
     release: () => {
       if (!released) closeFd(fd);
       released = true;

@@ -2,11 +2,16 @@
  * The Bun side of {@link serve}: `Bun.serve` on a loopback port. The server
  * object (also what handlers get) reports the real socket's `port`,
  * `hostname` and `url` (and, behind the proxy, the real client's `requestIP`).
+ * While draining, `server.reload()` swaps in handlers and routes that answer
+ * with `Connection: close` (nothing is wrapped in steady state, so static
+ * routes keep Bun's fastest path); WebSockets are tracked so that the last
+ * ones get close code 1012.
  *
  * @module
  */
 
 import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
+import { type ClosableSocket, WebSocketSet, withClose } from "./http_drain.ts";
 
 type SocketAddress = { address: string; port: number; family: string };
 
@@ -16,6 +21,7 @@ interface BunServer {
   url: URL;
   requestIP(req: Request): SocketAddress | null;
   stop(closeActiveConnections?: boolean): Promise<void>;
+  reload(options: Record<string, unknown>): void;
   ref(): void;
   unref(): void;
 }
@@ -40,6 +46,8 @@ export const bunAdapter: ServeAdapter = {
         : { hostname: s.listenOn.hostname, port: 0, reusePort: false },
     );
 
+    const sockets = new WebSocketSet();
+    if (opts.websocket) opts.websocket = trackSockets(opts.websocket as WebSocketHandlers, sockets);
     const server = B.serve(opts);
     // Handlers get this very object as `server`: own properties shadow the
     // prototype's getters, so port/hostname/url name the real socket (and,
@@ -88,18 +96,10 @@ export const bunAdapter: ServeAdapter = {
         ? { transport: "unix", path: s.listenOn.path }
         : { transport: "tcp", hostname: s.listenOn.hostname, port: throwawayPort },
       tls: opts.tls !== undefined && opts.tls !== null && opts.tls !== false,
-      async shutdown(timeoutMs: number): Promise<void> {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const graceful = stop(false);
-        // WebSockets and streams run on until they end or the timeout closes them.
-        await Promise.race([
-          graceful,
-          new Promise<void>((r) => (timer = setTimeout(r, timeoutMs))),
-        ]);
-        clearTimeout(timer);
-        await stop(true);
-        await graceful;
-      },
+      draining: (on) => server.reload(on ? closing(opts) : pick(opts)),
+      // Closes idle connections; in-flight requests, streams and WebSockets run until they end.
+      finish: () => stop(false),
+      closeWebSockets: (ms) => sockets.closeAll(ms),
       close: () => stop(true),
       finished,
       listening(): void {},
@@ -108,3 +108,73 @@ export const bunAdapter: ServeAdapter = {
     };
   },
 };
+
+type Handler = (...args: unknown[]) => unknown;
+type SocketHandler = (socket: ClosableSocket, ...rest: unknown[]) => unknown;
+type WebSocketHandlers = Record<string, unknown> & { open?: SocketHandler; close?: SocketHandler };
+
+// The user's websocket handlers, with every socket counted from open to close.
+function trackSockets(ws: WebSocketHandlers, set: WebSocketSet): WebSocketHandlers {
+  return {
+    ...ws,
+    open(socket: ClosableSocket, ...rest: unknown[]) {
+      set.add(socket);
+      return ws.open?.(socket, ...rest);
+    },
+    close(socket: ClosableSocket, ...rest: unknown[]) {
+      set.delete(socket);
+      return ws.close?.(socket, ...rest);
+    },
+  };
+}
+
+// What server.reload() takes: the handlers and routes as the user gave them.
+function pick(opts: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of ["fetch", "routes", "error"]) if (opts[k] !== undefined) out[k] = opts[k];
+  return out;
+}
+
+const METHODS = new Set([
+  "GET",
+  "HEAD",
+  "POST",
+  "PUT",
+  "DELETE",
+  "PATCH",
+  "OPTIONS",
+  "CONNECT",
+  "TRACE",
+]);
+
+// The same handlers and routes, answering with `Connection: close`.
+function closing(opts: Record<string, unknown>): Record<string, unknown> {
+  const out = pick(opts);
+  if (typeof out.fetch === "function") out.fetch = closingHandler(out.fetch as Handler);
+  if (out.routes && typeof out.routes === "object") {
+    const routes: Record<string, unknown> = {};
+    for (const [path, v] of Object.entries(out.routes)) routes[path] = closingRoute(v);
+    out.routes = routes;
+  }
+  return out;
+}
+
+function closingHandler(h: Handler): Handler {
+  return (...args) => {
+    const res = h(...args);
+    return res instanceof Promise
+      ? res.then((r) => withClose(r as Response))
+      : withClose(res as Response);
+  };
+}
+
+// A static Response, a handler, or handlers per method; anything else (an HTML
+// bundle, `false`) is served as it is.
+function closingRoute(v: unknown): unknown {
+  if (v instanceof Response) return () => withClose(v.clone());
+  if (typeof v === "function") return closingHandler(v as Handler);
+  if (v && typeof v === "object" && Object.keys(v).every((k) => METHODS.has(k))) {
+    return Object.fromEntries(Object.entries(v).map(([m, h]) => [m, closingRoute(h)]));
+  }
+  return v;
+}

@@ -1,13 +1,15 @@
 /**
- * The Deno side of {@link serve}: `Deno.serve` on a loopback port, with
- * WebSockets tracked so a drain can wait for them (Deno's own `shutdown()`
- * closes them at once with 1001).
+ * The Deno side of {@link serve}: `Deno.serve` on a loopback port. While
+ * draining, every response carries `Connection: close`; WebSockets are
+ * tracked so that a drain waits for them (Deno's own `shutdown()` closes them
+ * at once with 1001) and closes the last ones with 1012.
  *
  * @module
  */
 
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
+import { WebSocketSet, withClose } from "./http_drain.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
@@ -46,19 +48,17 @@ export const denoAdapter: ServeAdapter = {
         : { hostname: s.listenOn.hostname, port: 0, reusePort: false, onListen() {} },
     );
 
-    const sockets = new Set<WebSocket>();
-    let allClosed: (() => void) | undefined;
+    const sockets = new WebSocketSet<WebSocket>();
+    let draining = false;
     let wsKey: symbol | undefined;
     const track = (res: Response): Response => {
-      if (res?.status !== 101) return res;
+      if (res?.status !== 101) return draining ? withClose(res) : res;
       const r = res as unknown as Record<symbol, unknown>;
       wsKey ??= Object.getOwnPropertySymbols(res).find((k) => k.description === ASSOCIATED_WS);
       const ws = wsKey === undefined ? undefined : r[wsKey];
       if (ws instanceof WebSocket) {
         sockets.add(ws);
-        ws.addEventListener("close", () => {
-          if (sockets.delete(ws) && sockets.size === 0) allClosed?.();
-        });
+        ws.addEventListener("close", () => sockets.delete(ws));
       }
       return res;
     };
@@ -85,22 +85,16 @@ export const denoAdapter: ServeAdapter = {
       native: server,
       throwaway: server.addr,
       tls,
-      async shutdown(timeoutMs: number): Promise<void> {
-        if (sockets.size > 0) {
-          let timer: ReturnType<typeof setTimeout> | undefined;
-          await Promise.race([
-            new Promise<void>((r) => (allClosed = r)),
-            new Promise<void>((r) => (timer = setTimeout(r, timeoutMs))),
-          ]);
-          clearTimeout(timer);
-        }
-        // Closes what is left (WebSockets with 1001) and waits for in-flight responses.
+      draining: (on) => void (draining = on),
+      async finish(): Promise<void> {
+        // WebSockets first: Deno's shutdown() would close them at once.
+        await sockets.closed();
+        // Closes idle connections and waits for in-flight responses.
         await server.shutdown();
       },
-      async close(): Promise<void> {
-        for (const ws of sockets) ws.close(1001);
-        await server.shutdown();
-      },
+      closeWebSockets: (ms) => sockets.closeAll(ms),
+      // The connections are cut by now, so Deno's graceful shutdown ends at once.
+      close: () => server.shutdown(),
       finished: server.finished,
       listening(addr: Addr, url: URL): void {
         if (userOnListen) userOnListen(addr);

@@ -44,6 +44,10 @@ import {
 import { denoAdapter } from "../runtime/serve_deno.ts";
 import { bunAdapter } from "../runtime/serve_bun.ts";
 import { type AnyHandler, checkOneObject, refuseListenKeys, takeHandler } from "./options.ts";
+import { drain } from "../lifecycle/drain.ts";
+import { cutConnections } from "../net/connections.ts";
+import { deadline } from "../timeout.ts";
+import type { Endpoint } from "../types.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type {
   AdapterStart,
@@ -229,9 +233,11 @@ async function start(
   }
   const url = urlOf(addr, tls);
   native.listening(addr, url);
+  const { server, parts: p } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
+  parts.set(self, p);
   return Object.assign(
     self,
-    wrap(native, { info, proxy }, instar, throwaway.remove),
+    server,
     { addr, url, fallbackReason },
     {
       port: addr.transport === "tcp" ? addr.port : 0,
@@ -241,64 +247,122 @@ async function start(
 }
 
 /** The controls of a started server: pausing, draining shutdown, stop, ref. */
-function wrap(
+/** What the drain does with a server, beyond its public methods. */
+export interface ServerParts {
+  /** Stops accepting and starts answering with `Connection: close`. */
+  pause(): boolean;
+  /** Undoes {@link ServerParts.pause}. */
+  resume(): boolean;
+  /** Ends gracefully: idle connections closed, in-flight ones run until they end. */
+  finish(): Promise<void>;
+  /** Closes WebSockets with 1012, cuts every connection, stops the native server; resolves with how many were cut. */
+  forceClose(): Promise<number>;
+}
+
+const parts = new WeakMap<Server, ServerParts>();
+
+/** The drain's handle on a server started by {@link serve}. */
+export function serverParts(server: Server): ServerParts {
+  const p = parts.get(server);
+  if (!p) throw new InstarError("INVALID_ARGUMENT", "not a server started by instar's serve()");
+  return p;
+}
+
+/** How long WebSockets closed with 1012 get to answer the close before their connections are cut. */
+const WS_CLOSE_MS = 500;
+
+function drainParts(
   native: NativeServer,
-  { info, proxy }: { info: TransplantInfo | undefined; proxy: ConnectionProxy | undefined },
-  instar: Instar,
+  { info, proxy, addr }: Paths & { addr: Addr },
   removeThrowaway: () => void,
-): Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason"> {
-  const drainDelayMs = instar.drainDelayMs ?? 250;
-  const drainTimeoutMs = instar.drainTimeoutMs ?? 30_000;
-  let shutdownPromise: Promise<void> | undefined;
-  const pause = (): boolean => (info ? pauseAccepting(info) : proxy!.stopAccepting());
-  const resume = (): boolean => {
-    if (info) return resumeAccepting(info);
+): ServerParts {
+  const resumeProxy = (): boolean => {
     if (proxy!.accepting) return false;
     proxy!.listen().catch((err) => {
       console.error(`instar: the proxy could not accept again: ${(err as Error).message}`);
     });
     return true;
   };
-  const shutdown = (): Promise<void> => {
-    shutdownPromise ??= (async () => {
-      pause();
-      // Connections the server accepted but has not read yet would be closed by the
-      // runtime's shutdown; give it a moment to read them.
-      await new Promise((r) => setTimeout(r, drainDelayMs));
-      await native.shutdown(drainTimeoutMs);
-      if (proxy) await proxy.drained(drainTimeoutMs);
-      removeThrowaway();
-    })();
-    return shutdownPromise;
-  };
-  const finished = native.finished.then(async () => {
-    if (proxy) {
-      proxy.stopAccepting();
-      await proxy.drained(drainTimeoutMs);
-    }
-  });
   return {
-    mode: info ? "transplant" : "fallback",
+    pause: () => {
+      native.draining(true);
+      return info ? pauseAccepting(info) : proxy!.stopAccepting();
+    },
+    resume: () => {
+      native.draining(false);
+      return info ? resumeAccepting(info) : resumeProxy();
+    },
+    finish: async () => {
+      await native.finish();
+      await proxy?.drained();
+      removeThrowaway();
+    },
+    forceClose: async () => {
+      await native.closeWebSockets(WS_CLOSE_MS);
+      // At the socket, on either path: a response that never ends cannot hold the runtime.
+      const cut = cutConnections(addr);
+      proxy?.destroyAll();
+      await deadline(native.close(), 1000);
+      removeThrowaway();
+      return cut;
+    },
+  };
+}
+
+type Paths = { info: TransplantInfo | undefined; proxy: ConnectionProxy | undefined };
+
+function wrap(
+  native: NativeServer,
+  paths: Paths,
+  addr: Addr,
+  instar: Instar,
+  removeThrowaway: () => void,
+): {
+  server: Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason">;
+  parts: ServerParts;
+} {
+  const p = drainParts(native, { ...paths, addr }, removeThrowaway);
+  // The standalone server drains like every endpoint of the lifecycle.
+  const endpoint: Endpoint = {
+    key: "serve",
+    fd: -1,
+    addr,
+    connections: () => null,
+    pauseAccepting: () => void p.pause(),
+    resumeAccepting: () => void p.resume(),
+    refuseNew: () => {},
+    finish: p.finish,
+    forceClose: p.forceClose,
+    release: () => {},
+  };
+  let shutdownPromise: Promise<void> | undefined;
+  const shutdown = (): Promise<void> =>
+    shutdownPromise ??= drain([endpoint], {
+      timeoutMs: instar.drainTimeoutMs ?? 30_000,
+      delayMs: instar.drainDelayMs,
+    }).then(() => {});
+  const finished = native.finished.then(() => paths.proxy?.drained());
+  const server = {
+    mode: paths.info ? "transplant" as const : "fallback" as const,
     native: native.native,
     finished,
-    pauseAccepting: pause,
-    resumeAccepting: resume,
+    pauseAccepting: p.pause,
+    resumeAccepting: p.resume,
     shutdown,
     async stop(closeActiveConnections = false): Promise<void> {
       if (!closeActiveConnections) return await shutdown();
-      pause();
-      proxy?.destroyAll();
-      await native.close();
-      removeThrowaway();
+      p.pause();
+      await p.forceClose();
     },
     ref: () => {
       native.ref();
-      proxy?.ref(true);
+      paths.proxy?.ref(true);
     },
     unref: () => {
       native.unref();
-      proxy?.ref(false);
+      paths.proxy?.ref(false);
     },
     [Symbol.asyncDispose]: shutdown,
   };
+  return { server, parts: p };
 }

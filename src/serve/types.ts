@@ -375,9 +375,20 @@ export interface NativeServer {
   throwaway: Addr;
   /** Whether TLS is on (for the URL scheme). */
   tls: boolean;
-  /** Graceful shutdown, after accepting has stopped; long-lived connections get `timeoutMs`. */
-  shutdown(timeoutMs: number): Promise<void>;
-  /** Closes everything now. */
+  /**
+   * From now on (`true`) every HTTP/1.1 response asks the client to close the
+   * connection after it (`Connection: close`), so a keep-alive client never
+   * has a request on its way when the connection closes; `false` undoes it.
+   */
+  draining(on: boolean): void;
+  /**
+   * Graceful end, after accepting has stopped: idle connections are closed,
+   * in-flight requests, streams and WebSockets run until they end.
+   */
+  finish(): Promise<void>;
+  /** WebSockets still open get close code 1012 (Service Restart); resolves when they closed or after `ms`. */
+  closeWebSockets(ms: number): Promise<number>;
+  /** Stops the native server now; its connections must already be cut. */
   close(): Promise<void>;
   /** Resolves when the native server has finished. */
   finished: Promise<void>;
