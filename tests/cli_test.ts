@@ -7,7 +7,7 @@ import net from "node:net";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runEchoLoad } from "../bench/load_client.ts";
+import { runEchoLoad } from "./support/load_client.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
@@ -23,7 +23,7 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const CLI = join(ROOT, "src", "cli.ts");
 const ECHO = join(ROOT, "examples", "echo_server.ts");

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
+import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   bunBin,
@@ -18,7 +18,7 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-compile-");

@@ -5,7 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
+import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -18,7 +18,7 @@ import {
   startServer,
   stopped,
   within,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const { servers, sockets } = cleanupAfterTests();
 

@@ -10,7 +10,7 @@ import { C, type Layout, LINUX_AARCH64, LINUX_X86_64, platform } from "../src/ff
 import { decode, encodeInet, encodeUnix, formatIPv6, parseIPv6 } from "../src/ffi/sockaddr.ts";
 import { SYMBOLS } from "../src/ffi/symbols.ts";
 import { SystemError } from "../src/errors.ts";
-import { denoBin } from "./helpers.ts";
+import { denoBin } from "./support/helpers.ts";
 
 // A C program that prints the real offsets and sizes; compared with layout.ts.
 const LAYOUT_PROBE = `

@@ -6,7 +6,7 @@ import net from "node:net";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runEchoLoad } from "../bench/load_client.ts";
+import { runEchoLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -20,7 +20,7 @@ import {
   startServer,
   stopped,
   zombieChildren,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const BACKENDS = ["fork", "posix_spawn"] as const;
 const { servers, tempDir } = cleanupAfterTests();

@@ -5,8 +5,15 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
-import { alive, cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, startServer } from "./helpers.ts";
+import { runLoad } from "./support/load_client.ts";
+import {
+  alive,
+  cleanupAfterTests,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  startServer,
+} from "./support/helpers.ts";
 
 const { servers } = cleanupAfterTests();
 

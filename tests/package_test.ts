@@ -17,7 +17,7 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-pkg-");

@@ -24,7 +24,7 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const CHUNKS = 8;
 
@@ -342,7 +342,7 @@ describe(`serve() under ${RUNTIME}, TLS`, () => {
 describe(`serve() under ${RUNTIME}, handing the socket over`, () => {
   for (const mode of ["transplant", "fallback"] as const) {
     test(`shutdown() of a ${mode} server under load loses no connection to the server that stays`, async () => {
-      const { runLoad } = await import("../bench/load_client.ts");
+      const { runLoad } = await import("./support/load_client.ts");
       await withSocket(async (ours) => {
         const old = await app(ours.fd, mode);
         const next = await app(ours.fd, "transplant");

@@ -17,7 +17,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
 import { availableBackends, spawn } from "../src/process/spawn.ts";
 import { TRAMPOLINE_HEX } from "../src/process/trampoline/bytes.ts";
-import { exchange, rawListen, ROOT } from "./helpers.ts";
+import { exchange, rawListen, ROOT } from "./support/helpers.ts";
 
 const C = sys.C;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -18,7 +18,7 @@ import {
   runtimeCmd,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-sdlife-");

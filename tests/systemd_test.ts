@@ -26,7 +26,7 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 const CHILD = join(ROOT, "tests", "systemd_child.ts");

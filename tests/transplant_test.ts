@@ -24,7 +24,7 @@ import {
   openFds,
   rawListen,
   RUNTIME,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 // The runtime globals, typed just enough for these tests (one file runs under both).
 interface DenoConn {

@@ -3,7 +3,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { UpgradeError, Upgrader } from "../mod.ts";
-import { RUNTIME, zombieChildren } from "./helpers.ts";
+import { RUNTIME, zombieChildren } from "./support/helpers.ts";
 import { KNOWN_EVENT_MASKS } from "../src/net/transplant.ts";
 import process from "node:process";
 

@@ -16,7 +16,7 @@ import {
   startServer,
   stopped,
   within,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const EXAMPLE = join(ROOT, "examples", "ws_chat.ts");
 
