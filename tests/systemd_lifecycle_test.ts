@@ -16,6 +16,7 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
+  skipIf,
   sleep,
   startServer,
 } from "./support/helpers.ts";
@@ -107,13 +108,15 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
     }
   });
 
+  const activated =
+    "a socket-activated server adopts the socket and passes it on; LISTEN_* never reaches a later generation";
   test(
-    "a socket-activated server adopts the socket and passes it on; LISTEN_* never reaches a later generation",
-    {
-      skip: existsSync(SOCKET_ACTIVATE)
-        ? false
-        : `${SOCKET_ACTIVATE} is missing (Debian package systemd; .ci/run installs it)`,
-    },
+    activated,
+    skipIf(
+      !existsSync(SOCKET_ACTIVATE) &&
+        `${SOCKET_ACTIVATE} is missing (Debian package systemd; .ci/run installs it)`,
+      activated,
+    ),
     async () => {
       const probe = net.createServer();
       await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
