@@ -152,14 +152,17 @@ for (const mode of ["transplant", "fallback"] as const) {
         let shutDown = false;
         const shutdown = server.shutdown().then(() => (shutDown = true));
         let text = "chunk0\n";
+        let finishedMidStream = false;
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
           text += new TextDecoder().decode(value);
+          // Until the last chunk the response is still in flight.
+          if (!text.endsWith(`chunk${CHUNKS - 1}\n`)) finishedMidStream ||= shutDown;
         }
         assert.equal(text, Array.from({ length: CHUNKS }, (_, i) => `chunk${i}\n`).join(""));
+        assert.equal(finishedMidStream, false, "shutdown() finished while a response streamed");
         await shutdown;
-        assert.ok(shutDown);
       });
     });
 
