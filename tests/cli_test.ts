@@ -23,7 +23,9 @@ import {
   showResult,
   sleep,
   startServer,
+  within,
 } from "./support/helpers.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
 
 const CLI = join(ROOT, "src", "cli.ts");
 const ECHO = join(ROOT, "examples", "echo_server.ts");
@@ -58,14 +60,22 @@ function deployDir(): { dir: string; script: string; deploy(source: string): voi
   return { dir, script, deploy };
 }
 
+/** Starts `script` with control socket `ctl`; resolves once generation 1 reports itself ready there. */
 async function startEcho(
   script: string,
-  args: string[],
+  ctl: string,
+  args: string[] = [],
 ): Promise<{ server: ServerProcess; port: number }> {
-  const server = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", ...args]));
+  const server = startServer(
+    runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl, ...args]),
+  );
   servers.push(server);
-  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-  return { server, port: Number(m[1]) };
+  const s = await readyGeneration(ctl, 1, {
+    pid: server.pid,
+    timeoutMs: 60_000,
+    log: server.lines,
+  });
+  return { server, port: portOf(s) };
 }
 
 async function waitGone(pid: number): Promise<boolean> {
@@ -154,9 +164,7 @@ describe(`instar command (${RUNTIME})`, () => {
     let current = 0;
 
     test("status reports pid, generation, state and listeners with connection counts", async () => {
-      ({ server, port } = await startEcho(script, [
-        "--control",
-        ctl,
+      ({ server, port } = await startEcho(script, ctl, [
         "--pid-file",
         pidFile,
         "--ready-timeout",
@@ -195,7 +203,7 @@ describe(`instar command (${RUNTIME})`, () => {
       const pid = Number(r.stdout.trim());
       assert.ok(Number.isInteger(pid) && pid > 0 && pid !== current, r.stdout);
       assert.match(r.stderr, /upgrade requested/);
-      await server.waitFor(new RegExp(`pid=${pid} gen=2\\] ready on`));
+      await readyGeneration(ctl, 2, { pid, log: server.lines });
       await echoOnce(port);
       const s = await instar(["status", "--control", ctl, "--json"]);
       assert.equal(s.code, 0, showResult(s));
@@ -253,7 +261,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
   test("a second process with the same control path takes the listeners; no request fails", async () => {
     const { dir, script } = deployDir();
     const ctl = join(dir, "ctl.sock");
-    const { server: first, port } = await startEcho(script, ["--control", ctl]);
+    const { server: first, port } = await startEcho(script, ctl);
     const ac = new AbortController();
     const load = runEchoLoad({ port, connections: 6, durationMs: 90_000, signal: ac.signal });
     let second: ServerProcess | undefined;
@@ -261,10 +269,13 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
       await sleep(300);
       second = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl]));
       servers.push(second);
-      const m = await second.waitFor(/pid=(\d+) gen=2\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-      assert.equal(Number(m[2]), port, "the same socket, so the same port");
-      await first.waitFor(/upgrade-succeeded/, 30_000);
-      assert.equal(await first.exited, 0, "the first process drains and exits");
+      const s = await readyGeneration(ctl, 2, { timeoutMs: 60_000, log: second.lines });
+      assert.equal(portOf(s), port, "the same socket, so the same port");
+      assert.equal(
+        await within(first.exited, 60_000, "first process exit"),
+        0,
+        "the first process drains and exits",
+      );
       await sleep(300);
     } finally {
       ac.abort();
@@ -284,7 +295,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
   test("another user is refused: by the socket's mode, and by SO_PEERCRED when the mode allows", async () => {
     const { dir, script } = deployDir();
     const ctl = join(dir, "ctl.sock");
-    const { server, port } = await startEcho(script, ["--control", ctl]);
+    const { server, port } = await startEcho(script, ctl);
     assert.equal(statSync(ctl).mode & 0o777, 0o600);
 
     // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
