@@ -31,7 +31,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { alive, ROOT, runtimeCmd, sleep } from "./procs.ts";
+import { alive, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 
 type Runtime = "deno" | "bun";
 type Variant = "instar" | "bare" | "import";

@@ -18,7 +18,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { ROOT } from "./procs.ts";
+import { ROOT } from "../tests/support/procs.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),

@@ -28,8 +28,8 @@ import { parseArgs } from "node:util";
 import process from "node:process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type LoadResult, percentile, runLoad } from "./load_client.ts";
-import { alive, ROOT, RUNTIME, runtimeCmd, sleep, startServer } from "../tests/helpers.ts";
+import { type LoadResult, percentile, runLoad } from "../tests/support/load_client.ts";
+import { alive, ROOT, RUNTIME, runtimeCmd, sleep, startServer } from "../tests/support/helpers.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),

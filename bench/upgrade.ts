@@ -26,8 +26,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
-import { percentile, runLoad } from "./load_client.ts";
-import { alive, killAll, ROOT, runtimeCmd, sleep } from "./procs.ts";
+import { percentile, runLoad } from "../tests/support/load_client.ts";
+import { alive, killAll, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 

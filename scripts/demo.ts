@@ -6,7 +6,7 @@
  *   npm run demo -- --runtime bun      # the server runs on Bun
  *
  * It starts examples/http_server.ts from a temporary deploy directory, drives
- * keep-alive HTTP load against it on 127.0.0.1 (bench/load_client.ts), sends
+ * keep-alive HTTP load against it on 127.0.0.1 (tests/support/load_client.ts), sends
  * SIGHUP for every upgrade, swaps in a deploy that crashes at start-up for one
  * of them, prints a live progress line on stderr, then a table, and writes
  * demo-report.svg (requests per second over time, upgrades marked). Exits 1 if
@@ -23,8 +23,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { runLoad } from "../bench/load_client.ts";
-import { alive, killAll, ROOT, runtimeCmd, sleep } from "../bench/procs.ts";
+import { runLoad } from "../tests/support/load_client.ts";
+import { alive, killAll, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),

@@ -7,7 +7,7 @@ import net from "node:net";
 import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runEchoLoad } from "../bench/load_client.ts";
+import { runEchoLoad } from "./support/load_client.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
@@ -23,13 +23,25 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+  within,
+} from "./support/helpers.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
 
 const CLI = join(ROOT, "src", "cli.ts");
 const ECHO = join(ROOT, "examples", "echo_server.ts");
 const GOOD = `import ${JSON.stringify(ECHO)};\n`;
 const EXITS = `import process from "node:process";\nprocess.exit(3);\n`;
 const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+// The system python (a per-user shim is not readable by nobody); .ci/run installs python3.
+const PYTHON = "/usr/bin/python3";
+// A client that does not check who answers: sends `upgrade`, prints the reply.
+const RAW_UPGRADE = `
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b'{"type":"upgrade","v":1}\\n')
+print(s.recv(4096).decode())
+`;
 
 const { servers, tempDir } = cleanupAfterTests();
 
@@ -58,14 +70,22 @@ function deployDir(): { dir: string; script: string; deploy(source: string): voi
   return { dir, script, deploy };
 }
 
+/** Starts `script` with control socket `ctl`; resolves once generation 1 reports itself ready there. */
 async function startEcho(
   script: string,
-  args: string[],
+  ctl: string,
+  args: string[] = [],
 ): Promise<{ server: ServerProcess; port: number }> {
-  const server = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", ...args]));
+  const server = startServer(
+    runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl, ...args]),
+  );
   servers.push(server);
-  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-  return { server, port: Number(m[1]) };
+  const s = await readyGeneration(ctl, 1, {
+    pid: server.pid,
+    timeoutMs: 60_000,
+    log: server.lines,
+  });
+  return { server, port: portOf(s) };
 }
 
 async function waitGone(pid: number): Promise<boolean> {
@@ -154,9 +174,7 @@ describe(`instar command (${RUNTIME})`, () => {
     let current = 0;
 
     test("status reports pid, generation, state and listeners with connection counts", async () => {
-      ({ server, port } = await startEcho(script, [
-        "--control",
-        ctl,
+      ({ server, port } = await startEcho(script, ctl, [
         "--pid-file",
         pidFile,
         "--ready-timeout",
@@ -195,7 +213,7 @@ describe(`instar command (${RUNTIME})`, () => {
       const pid = Number(r.stdout.trim());
       assert.ok(Number.isInteger(pid) && pid > 0 && pid !== current, r.stdout);
       assert.match(r.stderr, /upgrade requested/);
-      await server.waitFor(new RegExp(`pid=${pid} gen=2\\] ready on`));
+      await readyGeneration(ctl, 2, { pid, log: server.lines });
       await echoOnce(port);
       const s = await instar(["status", "--control", ctl, "--json"]);
       assert.equal(s.code, 0, showResult(s));
@@ -253,7 +271,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
   test("a second process with the same control path takes the listeners; no request fails", async () => {
     const { dir, script } = deployDir();
     const ctl = join(dir, "ctl.sock");
-    const { server: first, port } = await startEcho(script, ["--control", ctl]);
+    const { server: first, port } = await startEcho(script, ctl);
     const ac = new AbortController();
     const load = runEchoLoad({ port, connections: 6, durationMs: 90_000, signal: ac.signal });
     let second: ServerProcess | undefined;
@@ -261,10 +279,13 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
       await sleep(300);
       second = startServer(runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl]));
       servers.push(second);
-      const m = await second.waitFor(/pid=(\d+) gen=2\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-      assert.equal(Number(m[2]), port, "the same socket, so the same port");
-      await first.waitFor(/upgrade-succeeded/, 30_000);
-      assert.equal(await first.exited, 0, "the first process drains and exits");
+      const s = await readyGeneration(ctl, 2, { timeoutMs: 60_000, log: second.lines });
+      assert.equal(portOf(s), port, "the same socket, so the same port");
+      assert.equal(
+        await within(first.exited, 60_000, "first process exit"),
+        0,
+        "the first process drains and exits",
+      );
       await sleep(300);
     } finally {
       ac.abort();
@@ -284,7 +305,7 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
   test("another user is refused: by the socket's mode, and by SO_PEERCRED when the mode allows", async () => {
     const { dir, script } = deployDir();
     const ctl = join(dir, "ctl.sock");
-    const { server, port } = await startEcho(script, ["--control", ctl]);
+    const { server, port } = await startEcho(script, ctl);
     assert.equal(statSync(ctl).mode & 0o777, 0o600);
 
     // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
@@ -292,15 +313,16 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
     assert.equal(byMode.code, 1, showResult(byMode));
     assert.match(byMode.stderr, /EACCES/);
 
-    // 2. With the mode opened up, the server's peer-credential check refuses.
+    // 2. With the mode opened up, each side checks the other's uid (SO_PEERCRED):
+    //    the command does not trust a server of another user...
     chmodSync(ctl, 0o666);
     const from = server.lines.length;
     const status = await instarAsNobody(["status", "--control", ctl]);
     assert.equal(status.code, 1, showResult(status));
-    assert.match(status.stderr, /forbidden: peer uid differs/);
-    const upgrade = await instarAsNobody(["upgrade", "--control", ctl]);
-    assert.equal(upgrade.code, 1, showResult(upgrade));
-    assert.match(upgrade.stderr, /forbidden/);
+    assert.match(status.stderr, /runs as uid 0, not 65534: not trusting it/);
+    // ...and the server answers a raw client of another user with a refusal.
+    const raw = await runCommand([...NOBODY, PYTHON, "-c", RAW_UPGRADE, ctl]);
+    assert.match(raw.stdout, /"reason":\s*"forbidden"/, showResult(raw));
     await server.waitFor(/refused a peer with another uid/, 10_000, from);
 
     // 3. A process of another user started with the same control path refuses

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
+import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   bunBin,
@@ -18,7 +18,8 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-compile-");
@@ -55,10 +56,14 @@ describe("compiled binaries (bun build --compile)", () => {
   test("replacing the binary on disk and sending SIGHUP upgrades to the new build without a failed request", async () => {
     const binary = join(dir, "app");
     await build("A", binary);
-    const server = startServer([binary, "--port", "0", "--drain-timeout", "10000"]);
+    const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
+    const server = startServer([
+      binary,
+      ...["--port", "0", "--drain-timeout", "10000", "--control", ctl, "--pid-file", pidFile],
+    ]);
     servers.push(server);
-    const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-    const port = Number(m[1]);
+    const log = server.lines;
+    const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log }));
 
     const seen = new Map<string, number>();
     const ac = new AbortController();
@@ -79,12 +84,11 @@ describe("compiled binaries (bun build --compile)", () => {
       await build("B", staged);
       renameSync(staged, binary);
       await sleep(200);
-      const from = server.lines.length;
       process.kill(server.pid, "SIGHUP");
-      const up = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
-      assert.equal(up[1], "succeeded", up[2]);
-      next = Number(/pid (\d+)/.exec(up[2])![1]);
-      await server.waitFor(new RegExp(`pid=${next} gen=2\\] ready on 127\\.0\\.0\\.1:${port}`));
+      // Generation 2 is ready once it wrote the PID file; that it serves on `port` is
+      // what the version B responses of the load below show.
+      next = await nextPidInPidFile(pidFile, server.pid, { timeoutMs: 60_000, log });
+      server.pids.add(next); // killed by after() even if it has not logged yet
       const bodyB = `hello from pid ${next} generation 2 (version B)`;
       for (let t = 0; t < 200 && !seen.has(bodyB); t++) await sleep(50);
       await sleep(300);

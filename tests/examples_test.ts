@@ -5,7 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
+import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -14,15 +14,46 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
+  type ServerProcess,
   sleep,
   startServer,
   stopped,
   within,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
-const { servers, sockets } = cleanupAfterTests();
+const { servers, sockets, tempDir } = cleanupAfterTests();
 
 const example = (name: string) => join(ROOT, "examples", name);
+
+/**
+ * Starts example `name` on a free port with a control socket and a PID file,
+ * and resolves once generation 1 reports itself ready on the control socket.
+ */
+async function startExample(
+  name: string,
+): Promise<{ server: ServerProcess; port: number; pidFile: string }> {
+  const dir = tempDir("instar-example-");
+  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
+  const server = startServer(
+    runtimeCmd(RUNTIME, example(name), ["--port", "0", "--control", ctl, "--pid-file", pidFile]),
+  );
+  servers.push(server);
+  const ready = await readyGeneration(ctl, 1, {
+    pid: server.pid,
+    timeoutMs: 60_000,
+    log: server.lines,
+  });
+  return { server, port: portOf(ready), pidFile };
+}
+
+/** Sends SIGHUP to `pid`; resolves with the next generation's pid once it wrote the PID file. */
+async function upgrade(server: ServerProcess, pidFile: string, pid: number): Promise<number> {
+  process.kill(pid, "SIGHUP");
+  const next = await nextPidInPidFile(pidFile, pid, { timeoutMs: 60_000, log: server.lines });
+  server.pids.add(next); // killed by after() even if it has not logged yet
+  return next;
+}
 
 // A fresh connection per request (`Connection: close`): fetch() would reuse a pooled
 // keep-alive connection, which stays on the generation that accepted it.
@@ -42,9 +73,7 @@ async function get(url: string): Promise<{ status: number; type: string; body: s
 
 describe(`examples/hono.ts (${RUNTIME})`, () => {
   test("serves its routes, and 3 upgrades under load fail no request", async () => {
-    const server = startServer(runtimeCmd(RUNTIME, example("hono.ts"), ["--port", "0"]));
-    servers.push(server);
-    const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
+    const { server, port, pidFile } = await startExample("hono.ts");
     const base = `http://127.0.0.1:${port}`;
 
     const root = await get(`${base}/`);
@@ -70,12 +99,7 @@ describe(`examples/hono.ts (${RUNTIME})`, () => {
     try {
       for (let i = 0; i < 3; i++) {
         await sleep(200);
-        const from = server.lines.length;
-        process.kill(current, "SIGHUP");
-        const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
-        assert.equal(m[1], "succeeded", m[2]);
-        current = Number(/pid (\d+)/.exec(m[2])![1]);
-        server.pids.add(current); // killed by after() even if it has not logged yet
+        current = await upgrade(server, pidFile, current);
       }
       await sleep(300);
     } finally {
@@ -145,9 +169,7 @@ const single = RUNTIME === "deno"
 
 describe(`examples/${single.file} (${RUNTIME} only)`, () => {
   test("serves HTTP and WebSockets, and an open WebSocket keeps echoing on the old generation across an upgrade", async () => {
-    const server = startServer(runtimeCmd(RUNTIME, example(single.file), ["--port", "0"]));
-    servers.push(server);
-    const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
+    const { server, port } = await startExample(single.file);
     const base = `http://127.0.0.1:${port}`;
 
     const root = await get(`${base}/`);
@@ -160,6 +182,8 @@ describe(`examples/${single.file} (${RUNTIME} only)`, () => {
     const ws = await openEcho(port);
     assert.equal(await ws.echo("before"), "before");
 
+    // The log line says the old generation got the new one's ready and stopped accepting, which
+    // the next request needs (the new generation writes its PID file a moment before).
     const from = server.lines.length;
     process.kill(server.pid, "SIGHUP");
     const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);

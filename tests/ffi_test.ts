@@ -10,7 +10,7 @@ import { C, type Layout, LINUX_AARCH64, LINUX_X86_64, platform } from "../src/ff
 import { decode, encodeInet, encodeUnix, formatIPv6, parseIPv6 } from "../src/ffi/sockaddr.ts";
 import { SYMBOLS } from "../src/ffi/symbols.ts";
 import { SystemError } from "../src/errors.ts";
-import { denoBin } from "./helpers.ts";
+import { denoBin, skipIf } from "./support/helpers.ts";
 
 // A C program that prints the real offsets and sizes; compared with layout.ts.
 const LAYOUT_PROBE = `
@@ -151,12 +151,11 @@ describe("ffi layer", () => {
   });
 
   const cross = which("aarch64-linux-gnu-gcc") && which("qemu-aarch64");
-  test("the linux-aarch64 layouts match the aarch64 C compiler (run under qemu-user)", {
-    skip: cross
-      ? false
-      : "needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, " +
-        "qemu-user; .ci/run installs them)",
-  }, () => {
+  const aarch64 = "the linux-aarch64 layouts match the aarch64 C compiler (run under qemu-user)";
+  const noCross = !cross &&
+    "needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu, " +
+      "qemu-user; .ci/run installs them)";
+  test(aarch64, skipIf(noCross, aarch64), () => {
     const checked = compareLayouts(
       LINUX_AARCH64,
       probeLayouts("aarch64-linux-gnu-gcc", ["qemu-aarch64"]),

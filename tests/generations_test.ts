@@ -6,7 +6,7 @@ import net from "node:net";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runEchoLoad } from "../bench/load_client.ts";
+import { runEchoLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -20,7 +20,8 @@ import {
   startServer,
   stopped,
   zombieChildren,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration, waitForState } from "./support/status.ts";
 
 const BACKENDS = ["fork", "posix_spawn"] as const;
 const { servers, tempDir } = cleanupAfterTests();
@@ -43,40 +44,82 @@ await up.listen({ hostname: "127.0.0.1", port: 0 });
 setInterval(() => {}, 1000); // never calls ready()
 `;
 
-async function start(
-  backend: string,
-  extra: string[] = [],
-): Promise<{ server: ServerProcess; port: number; deploy: (s: string) => void; dir: string }> {
-  const { script, deploy, dir } = deployDir();
-  const server = startServer(
-    runtimeCmd(RUNTIME, script, ["--port", "0", "--spawn-backend", backend, ...extra]),
-  );
-  servers.push(server);
-  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/);
-  return { server, port: Number(m[1]), deploy, dir };
+/** A started server with a control socket and a PID file (read by tests/support/status.ts). */
+interface Started {
+  server: ServerProcess;
+  port: number;
+  deploy: (s: string) => void;
+  dir: string;
+  /** The control socket's path. */
+  ctl: string;
+  /** The PID file's path. */
+  pidFile: string;
 }
 
-async function upgradeAndWait(server: ServerProcess, pid: number): Promise<RegExpMatchArray> {
+async function start(backend: string, extra: string[] = []): Promise<Started> {
+  const { script, deploy, dir } = deployDir();
+  const ctl = join(dir, "ctl.sock");
+  const given = extra.indexOf("--pid-file");
+  const pidFile = given >= 0 ? extra[given + 1] : join(dir, "app.pid");
+  const server = startServer(
+    runtimeCmd(RUNTIME, script, [
+      "--port",
+      "0",
+      "--spawn-backend",
+      backend,
+      "--control",
+      ctl,
+      ...(given >= 0 ? [] : ["--pid-file", pidFile]),
+      ...extra,
+    ]),
+  );
+  servers.push(server);
+  const s = await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines });
+  return { server, port: portOf(s), deploy, dir, ctl, pidFile };
+}
+
+/**
+ * The same server without a control socket, for a test that counts the
+ * sockets passed on (a control socket would be one more): it waits on log lines.
+ */
+async function startWithoutControl(): Promise<{ server: ServerProcess; port: number }> {
+  const { script } = deployDir();
+  const server = startServer(runtimeCmd(RUNTIME, script, ["--port", "0"]));
+  servers.push(server);
+  const m = await server.waitFor(/gen=1\] ready on 127\.0\.0\.1:(\d+)/);
+  return { server, port: Number(m[1]) };
+}
+
+/**
+ * Sends SIGHUP to the generation `pid` and resolves with the pid of the next
+ * generation once it is ready: once it has written the PID file.
+ */
+async function upgradeTo({ server, pidFile }: Started, pid: number): Promise<number> {
+  process.kill(pid, "SIGHUP");
+  const next = await nextPidInPidFile(pidFile, pid, { timeoutMs: 60_000, log: server.lines });
+  server.pids.add(next); // killed by after() even if it has not logged yet
+  return next;
+}
+
+/** Sends SIGHUP to `pid` and waits for the log line of a failed upgrade: its reason is the subject. */
+async function failedUpgrade(server: ServerProcess, pid: number): Promise<string> {
   const from = server.lines.length;
   process.kill(pid, "SIGHUP");
-  return await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
+  const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
+  assert.equal(m[1], "failed", m[2]);
+  return m[2];
 }
 
 for (const backend of BACKENDS) {
   describe(`upgrades (${RUNTIME}, ${backend})`, () => {
     test("20 consecutive upgrades under load lose no connection", async () => {
-      const { server } = await start(backend);
-      const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/))[1]);
+      const started = await start(backend);
+      const { port, server } = started;
       const ac = new AbortController();
       const load = runEchoLoad({ port, connections: 8, durationMs: 120_000, signal: ac.signal });
       let current = server.pid;
       try {
-        for (let i = 0; i < 20; i++) {
-          const m = await upgradeAndWait(server, current);
-          assert.equal(m[1], "succeeded", m[2]);
-          current = Number(/pid (\d+)/.exec(m[2])![1]);
-          await server.waitFor(new RegExp(`pid=${current} gen=${i + 2}\\] ready on`), 30_000);
-        }
+        for (let i = 0; i < 20; i++) current = await upgradeTo(started, current);
       } finally {
         ac.abort();
       }
@@ -88,20 +131,17 @@ for (const backend of BACKENDS) {
     });
 
     test("a connection opened before an upgrade keeps working until it closes, across a second upgrade", async () => {
-      const { server, port } = await start(backend);
+      const started = await start(backend);
+      const { server, port } = started;
       const conn = net.connect({ host: "127.0.0.1", port });
       await new Promise((r) => conn.once("connect", r));
       await echoOnce(port, conn);
-      const m = await upgradeAndWait(server, server.pid);
-      assert.equal(m[1], "succeeded", m[2]);
-      const child = Number(/pid (\d+)/.exec(m[2])![1]);
+      const child = await upgradeTo(started, server.pid);
       await echoOnce(port, conn); // served by the draining generation
       assert.equal(alive(server.pid), true, "old generation drains while the connection is open");
       await echoOnce(port); // new connections reach the new generation
       // The new generation upgrades again while its parent still drains.
-      const again = await upgradeAndWait(server, child);
-      assert.equal(again[1], "succeeded", again[2]);
-      const grandchild = Number(/pid (\d+)/.exec(again[2])![1]);
+      const grandchild = await upgradeTo(started, child);
       assert.equal(alive(server.pid), true, "generation 1 still drains");
       await echoOnce(port, conn);
       await echoOnce(port);
@@ -120,22 +160,20 @@ for (const backend of BACKENDS) {
       ] as const
     ) {
       test(`a broken deploy that ${name} leaves the old generation serving`, async () => {
-        const { server, port, deploy } = await start(backend, ["--ready-timeout", "3000"]);
+        const started = await start(backend, ["--ready-timeout", "3000"]);
+        const { server, port, deploy } = started;
         const ac = new AbortController();
         const load = runEchoLoad({ port, connections: 4, durationMs: 60_000, signal: ac.signal });
         deploy(source);
-        const m = await upgradeAndWait(server, server.pid);
+        const failure = await failedUpgrade(server, server.pid);
         ac.abort();
-        assert.equal(m[1], "failed");
-        assert.match(m[2], new RegExp(`^${reason}: `));
+        assert.match(failure, new RegExp(`^${reason}: `));
         const r = await load;
         assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
         await echoOnce(port);
         assert.deepEqual(zombieChildren(server.pid), []);
         deploy(GOOD);
-        const again = await upgradeAndWait(server, server.pid);
-        assert.equal(again[1], "succeeded", "a later upgrade can be tried again");
-        const child = Number(/pid (\d+)/.exec(again[2])![1]);
+        const child = await upgradeTo(started, server.pid); // a later upgrade can be tried again
         await server.exited;
         process.kill(child, "SIGTERM");
       });
@@ -145,14 +183,11 @@ for (const backend of BACKENDS) {
 
 describe(`generations (${RUNTIME})`, () => {
   test("50 upgrades keep the fd count and zombies flat", async () => {
-    const { server } = await start("auto");
-    let current = server.pid;
+    const started = await start("auto");
+    let current = started.server.pid;
     const counts: number[] = [];
     for (let i = 0; i < 50; i++) {
-      const m = await upgradeAndWait(server, current);
-      assert.equal(m[1], "succeeded", m[2]);
-      const next = Number(/pid (\d+)/.exec(m[2])![1]);
-      await server.waitFor(new RegExp(`pid=${next} gen=${i + 2}\\] ready on`), 30_000);
+      const next = await upgradeTo(started, current);
       // wait until the previous generation has exited, then measure the new one
       for (let t = 0; t < 200 && alive(current); t++) await sleep(25);
       assert.equal(alive(current), false, `generation ${i + 1} exited`);
@@ -169,7 +204,7 @@ describe(`generations (${RUNTIME})`, () => {
   });
 
   test("only the listener and the control channel are passed to the new generation", async () => {
-    const { server, port } = await start("auto");
+    const { server, port } = await startWithoutControl();
     const idle = net.connect({ host: "127.0.0.1", port }); // an accepted connection in the parent
     await new Promise((r) => idle.once("connect", r));
     await echoOnce(port, idle);
@@ -180,7 +215,9 @@ describe(`generations (${RUNTIME})`, () => {
     const sockets = (pid: number) =>
       [...fdTable(pid).values()].filter((l) => l.startsWith("socket:") && !stdio.has(l));
     const parentSockets = new Set(sockets(server.pid));
-    const m = await upgradeAndWait(server, server.pid);
+    const from = server.lines.length;
+    process.kill(server.pid, "SIGHUP");
+    const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
     const child = Number(/pid (\d+)/.exec(m[2])![1]);
     // The child may hold the listening socket twice (instar's fd and the runtime's duplicate).
     const shared = new Set(sockets(child).filter((l) => parentSockets.has(l)));
@@ -193,20 +230,22 @@ describe(`generations (${RUNTIME})`, () => {
   test("the PID file names the ready generation, also after a failed upgrade", async () => {
     const { dir } = deployDir();
     const pidFile = join(dir, "app.pid");
-    const { server, deploy } = await start("auto", [
+    const started = await start("auto", [
       "--pid-file",
       pidFile,
       "--ready-timeout",
       "3000",
     ]);
+    const { server, deploy } = started;
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
     deploy(EXITS);
-    const failed = await upgradeAndWait(server, server.pid);
-    assert.equal(failed[1], "failed");
+    await failedUpgrade(server, server.pid);
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
     deploy(GOOD);
-    const m = await upgradeAndWait(server, server.pid);
-    const child = Number(/pid (\d+)/.exec(m[2])![1]);
+    // The PID file is the subject here: the new generation is found through the control socket.
+    process.kill(server.pid, "SIGHUP");
+    const child = (await readyGeneration(started.ctl, 2, { timeoutMs: 60_000, log: server.lines }))
+      .pid;
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(child));
     await server.exited;
     process.kill(child, "SIGTERM");
@@ -219,16 +258,20 @@ describe(`generations (${RUNTIME})`, () => {
   });
 
   test("an upgrade triggered while one is in flight is rejected with a clear reason", async () => {
-    const { server, deploy } = await start("auto", ["--ready-timeout", "2000"]);
+    const { server, port, deploy, ctl } = await start("auto", ["--ready-timeout", "2000"]);
     deploy(NEVER_READY);
     const from = server.lines.length;
     process.kill(server.pid, "SIGHUP");
-    await server.waitFor(/upgrade-spawned/, 10_000, from);
+    await waitForState(ctl, (s) => s.state === "upgrading", {
+      timeoutMs: 10_000,
+      log: server.lines,
+    });
     process.kill(server.pid, "SIGHUP");
+    // The reasons the lifecycle reports are the subject here: read from its log.
     const m = await server.waitFor(/upgrade-refused: in-progress: (.*)/, 10_000, from);
     assert.match(m[1], /already in flight/);
-    const t = await server.waitFor(/upgrade-failed: ready-timeout/, 10_000, from);
-    assert.ok(t);
+    await server.waitFor(/upgrade-failed: ready-timeout/, 10_000, from);
+    await echoOnce(port); // both failures left the running generation serving
     process.kill(server.pid, "SIGTERM");
     assert.equal(await server.exited, 0);
   });

@@ -15,7 +15,7 @@ import {
   runtimeCmd,
   showResult,
   sleep,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const left = cleanupAfterTests();
 const CLI = join(ROOT, "src/cli.ts");

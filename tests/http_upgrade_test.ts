@@ -5,10 +5,18 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "../bench/load_client.ts";
-import { alive, cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, startServer } from "./helpers.ts";
+import { runLoad } from "./support/load_client.ts";
+import {
+  alive,
+  cleanupAfterTests,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  startServer,
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
-const { servers } = cleanupAfterTests();
+const { servers, tempDir } = cleanupAfterTests();
 
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 
@@ -16,6 +24,8 @@ for (const backend of ["fork", "posix_spawn"] as const) {
   for (const mode of ["transplant", "fallback"] as const) {
     describe(`HTTP upgrades (${RUNTIME}, ${backend}, serve ${mode})`, () => {
       test("20 upgrades under keep-alive load and short connections fail no request", async () => {
+        const dir = tempDir("instar-http-");
+        const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
         const server = startServer(
           runtimeCmd(RUNTIME, EXAMPLE, [
             "--port",
@@ -24,10 +34,15 @@ for (const backend of ["fork", "posix_spawn"] as const) {
             backend,
             "--serve-mode",
             mode,
+            "--control",
+            ctl,
+            "--pid-file",
+            pidFile,
           ]),
         );
         servers.push(server);
-        const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/))[1]);
+        const log = server.lines;
+        const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, log }));
         const ac = new AbortController();
         const pids = new Set<string>();
         const onResponse = (body: string) => pids.add(/pid (\d+)/.exec(body)?.[1] ?? "?");
@@ -38,11 +53,10 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         try {
           for (let i = 0; i < 20; i++) {
             await new Promise((r) => setTimeout(r, 50));
-            const from = server.lines.length;
             process.kill(current, "SIGHUP");
-            const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
-            assert.equal(m[1], "succeeded", m[2]);
-            current = Number(/pid (\d+)/.exec(m[2])![1]);
+            // The next generation is ready once it wrote the PID file.
+            current = await nextPidInPidFile(pidFile, current, { timeoutMs: 60_000, log });
+            server.pids.add(current); // killed by after() even if it has not logged yet
           }
           await new Promise((r) => setTimeout(r, 300));
         } finally {

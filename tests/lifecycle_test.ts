@@ -16,7 +16,7 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 const left = cleanupAfterTests();
 const CHILD = join(ROOT, "tests/lifecycle_child.ts");

@@ -9,7 +9,14 @@ import { C } from "../src/ffi/mod.ts";
 import { type Addr, encodeInet, encodeUnix, type NetAddr } from "../src/ffi/sockaddr.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
 import { type Conn, listen, type Listener, openListener, openSocket } from "../src/net/listener.ts";
-import { cleanupAfterTests, leakedSockets, openFds, rawListen, RUNTIME, sleep } from "./helpers.ts";
+import {
+  cleanupAfterTests,
+  leakedSockets,
+  openFds,
+  rawListen,
+  RUNTIME,
+  sleep,
+} from "./support/helpers.ts";
 
 const dir = cleanupAfterTests().tempDir("instar-listener-");
 

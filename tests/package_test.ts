@@ -17,7 +17,8 @@ import {
   showResult,
   sleep,
   startServer,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-pkg-");
@@ -26,7 +27,7 @@ const dir = tempDir("instar-pkg-");
 const APP = `import process from "node:process";
 import { logLifecycle, Upgrader } from "instar";
 
-const up = await Upgrader.create({ pidFile: process.argv[2] });
+const up = await Upgrader.create({ pidFile: process.argv[2], controlSocket: process.argv[3] });
 logLifecycle(up, "app");
 const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
 (async () => {
@@ -88,10 +89,11 @@ describe("packaging", () => {
     assert.equal(installed.name, "instar");
 
     const pidFile = join(app, "app.pid");
-    const server = startServer([bunBin(), join(app, "app.ts"), pidFile]);
+    const ctl = join(app, "ctl.sock");
+    const server = startServer([bunBin(), join(app, "app.ts"), pidFile, ctl]);
     servers.push(server);
-    const m = await server.waitFor(/\[app pid=\d+ gen=1\] ready on 127\.0\.0\.1:(\d+)/, 60_000);
-    const port = Number(m[1]);
+    const log = server.lines;
+    const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log }));
     assert.match(await echoOnce(port), /^hello /);
 
     // The command the package installs, found through node_modules/.bin.
@@ -104,14 +106,11 @@ describe("packaging", () => {
     assert.equal(status.code, 0, showResult(status, 3000));
     assert.deepEqual(JSON.parse(status.stdout), { pid: server.pid, running: true });
 
-    const from = server.lines.length;
     process.kill(server.pid, "SIGHUP");
-    const up = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
-    assert.equal(up[1], "succeeded", up[2]);
-    const next = Number(/pid (\d+)/.exec(up[2])![1]);
-    await server.waitFor(
-      new RegExp(`\\[app pid=${next} gen=2\\] ready on 127\\.0\\.0\\.1:${port}`),
-    );
+    const second = await readyGeneration(ctl, 2, { timeoutMs: 60_000, log });
+    const next = second.pid;
+    server.pids.add(next); // killed by after() even if it has not logged yet
+    assert.equal(portOf(second), port);
     assert.match(await echoOnce(port), /^hello /);
     assert.equal(await server.exited, 0, "the first generation drains and exits");
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(next));

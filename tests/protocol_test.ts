@@ -10,7 +10,7 @@ import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
 import { Channel, CONTROL_FD_ENV, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
 import { spawn } from "../src/process/spawn.ts";
-import { cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, sleep } from "./helpers.ts";
+import { cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, sleep } from "./support/helpers.ts";
 
 const dir = cleanupAfterTests().tempDir("instar-proto-");
 

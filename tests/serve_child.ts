@@ -5,7 +5,7 @@
 import process from "node:process";
 import { serve, type Server } from "../src/serve/serve.ts";
 import * as sys from "../src/ffi/mod.ts";
-import { leakedSockets, openFds, rawListen } from "./helpers.ts";
+import { leakedSockets, openFds, rawListen } from "./support/helpers.ts";
 
 const before = openFds();
 const mode = process.argv[2] as "transplant" | "fallback";

@@ -17,7 +17,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
 import { availableBackends, spawn } from "../src/process/spawn.ts";
 import { TRAMPOLINE_HEX } from "../src/process/trampoline/bytes.ts";
-import { exchange, rawListen, ROOT } from "./helpers.ts";
+import { exchange, rawListen, ROOT, skipIf } from "./support/helpers.ts";
 
 const C = sys.C;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -92,9 +92,11 @@ function toolFor(arch: string, name: string): string | undefined {
 describe("spawn()", () => {
   for (const arch of ["x86_64", "aarch64"]) {
     const missing = !toolFor(arch, "as") || !toolFor(arch, "objcopy");
+    const name =
+      `the embedded ${arch} trampoline is what src/process/trampoline/${arch}.S assembles to`;
     test(
-      `the embedded ${arch} trampoline is what src/process/trampoline/${arch}.S assembles to`,
-      { skip: missing ? `no GNU as/objcopy for ${arch} on this machine` : false },
+      name,
+      skipIf(missing && `no GNU as/objcopy for ${arch} on this machine`, name),
       () => {
         assert.ok(TRAMPOLINE_HEX[arch], `src/process/trampoline/bytes.ts has ${arch}`);
         const hex = execFileSync("sh", [join(ROOT, "scripts/build_trampoline.sh"), "--hex", arch], {
@@ -114,9 +116,12 @@ describe("spawn()", () => {
       : !native && !qemu
       ? `not an ${arch} machine and no qemu-${arch} (Debian: qemu-user)`
       : false;
+    const name = `the ${arch} trampoline spawns correctly from C${
+      native ? "" : ` under qemu-${arch}`
+    }`;
     test(
-      `the ${arch} trampoline spawns correctly from C${native ? "" : ` under qemu-${arch}`}`,
-      { skip: why },
+      name,
+      skipIf(why, name),
       async () => {
         const dir = mkdtempSync(join(tmpdir(), "instar-harness-"));
         try {

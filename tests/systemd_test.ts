@@ -26,7 +26,8 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
-} from "./helpers.ts";
+  skipIf,
+} from "./support/helpers.ts";
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 const CHILD = join(ROOT, "tests", "systemd_child.ts");
@@ -440,11 +441,10 @@ function report(run: Run) {
   return JSON.parse(line);
 }
 
-describe(`socket activation through systemd-socket-activate (${RUNTIME})`, {
-  skip: existsSync(SOCKET_ACTIVATE)
-    ? false
-    : `${SOCKET_ACTIVATE} is missing: apt-get install systemd`,
-}, () => {
+const activation = `socket activation through systemd-socket-activate (${RUNTIME})`;
+const noActivate = !existsSync(SOCKET_ACTIVATE) &&
+  `${SOCKET_ACTIVATE} is missing: apt-get install systemd`;
+describe(activation, skipIf(noActivate, activation), () => {
   let dir: string;
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "instar-activate-"));

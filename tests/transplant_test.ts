@@ -7,6 +7,7 @@ import type { NetAddr } from "../src/ffi/sockaddr.ts";
 import { InstarError } from "../src/errors.ts";
 import {
   epollRegistrationsOf,
+  KNOWN_EVENT_MASKS,
   listeningFdsAt,
   pauseAccepting,
   pauseSocket,
@@ -24,7 +25,7 @@ import {
   openFds,
   rawListen,
   RUNTIME,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
 
 // The runtime globals, typed just enough for these tests (one file runs under both).
 interface DenoConn {
@@ -316,6 +317,20 @@ describe(`transplant() under ${RUNTIME}`, () => {
       } finally {
         sys.epollCtl(reg.epfd, C.EPOLL_CTL_MOD, serverFd, reg.events, reg.data);
       }
+      // A caller that knows no mask (what a changed reactor looks like), or other masks.
+      const mask = reg.events.toString(16);
+      assertUnsupported(
+        () => transplant(opts({ knownMasks: {} })),
+        new RegExp(`event mask 0x${mask} is not one instar knows for ${RUNTIME} \\(none\\)`),
+      );
+      const others = KNOWN_EVENT_MASKS[RUNTIME === "deno" ? "bun" : "deno"];
+      const otherList = Object.keys(others).map((k) => "0x" + Number(k).toString(16)).join(", ");
+      assertUnsupported(
+        () => transplant(opts({ knownMasks: others })),
+        new RegExp(
+          `event mask 0x${mask} is not one instar knows for ${RUNTIME} \\(${otherList}\\)`,
+        ),
+      );
       // A second epoll instance watching the server's fd, seen by kcmp and by the probe.
       const other = sys.epollCreate(C.O_CLOEXEC);
       sys.epollCtl(other, C.EPOLL_CTL_ADD, serverFd, 0, 0n);
@@ -332,9 +347,25 @@ describe(`transplant() under ${RUNTIME}`, () => {
       // After all the refusals the server still answers on its throwaway port.
       assert.equal(socketInode(serverFd), socketInode(listeningFdsAt(native.throwaway)[0]));
       assert.ok((await exchange(native.throwaway.port, native.payload)).includes(native.expect));
-      // And can still be transplanted.
-      transplant(opts({}));
+      // And can still be transplanted, under a reactor the caller names.
+      const info = transplant(opts({ knownMasks: { [reg.events]: "the test's reactor" } }));
+      assert.equal(info.reactor, "the test's reactor");
       assert.ok((await exchange(ours.port, native.payload)).includes(native.expect));
     });
+  });
+
+  test("this runtime's reactor is known by default, from a table no caller can change", async () => {
+    await withServer(first, async (native, ours) => {
+      const info = transplant({ throwaway: native.throwaway, fd: ours.fd });
+      assert.equal(info.reactor, KNOWN_EVENT_MASKS[RUNTIME][info.events]);
+      assert.match(info.reactor, RUNTIME === "deno" ? /^mio/ : /^uSockets/);
+      assert.ok((await exchange(ours.port, native.payload)).includes(native.expect));
+    });
+    const table = KNOWN_EVENT_MASKS as Record<string, Record<number, string>>;
+    assert.throws(() => (table[RUNTIME] = {}), TypeError);
+    assert.throws(() => delete table.bun, TypeError);
+    assert.throws(() => (table[RUNTIME][0x1] = "another reactor"), TypeError);
+    assert.throws(() => delete table.deno[0x8000201d], TypeError);
+    assert.equal(Object.keys(table[RUNTIME]).length, 1);
   });
 });

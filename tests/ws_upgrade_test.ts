@@ -16,11 +16,12 @@ import {
   startServer,
   stopped,
   within,
-} from "./helpers.ts";
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
 const EXAMPLE = join(ROOT, "examples", "ws_chat.ts");
 
-const { servers, sockets } = cleanupAfterTests();
+const { servers, sockets, tempDir } = cleanupAfterTests();
 
 /** A WebSocket client that queues what it receives. */
 class ChatClient {
@@ -97,10 +98,13 @@ class ChatClient {
   }
 }
 
+/** Starts the chat example; resolves once generation 1 reports itself ready on its control socket. */
 async function startChat(
   drainTimeoutMs: number,
   mode = "auto",
-): Promise<{ server: ServerProcess; port: number }> {
+): Promise<{ server: ServerProcess; port: number; pidFile: string }> {
+  const dir = tempDir("instar-ws-");
+  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
   const server = startServer(
     runtimeCmd(RUNTIME, EXAMPLE, [
       "--port",
@@ -109,14 +113,35 @@ async function startChat(
       String(drainTimeoutMs),
       "--serve-mode",
       mode,
+      "--control",
+      ctl,
+      "--pid-file",
+      pidFile,
     ]),
   );
   servers.push(server);
-  const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
-  return { server, port };
+  const s = await readyGeneration(ctl, 1, {
+    pid: server.pid,
+    timeoutMs: 60_000,
+    log: server.lines,
+  });
+  return { server, port: portOf(s), pidFile };
 }
 
-async function upgrade(server: ServerProcess, pid: number): Promise<number> {
+/** Sends SIGHUP to `pid`; resolves with the next generation's pid once it wrote the PID file. */
+async function upgrade(server: ServerProcess, pidFile: string, pid: number): Promise<number> {
+  process.kill(pid, "SIGHUP");
+  const next = await nextPidInPidFile(pidFile, pid, { timeoutMs: 60_000, log: server.lines });
+  server.pids.add(next); // killed by after() even if it has not logged yet
+  return next;
+}
+
+/**
+ * Sends SIGHUP to `pid`; resolves with the next generation's pid once the old
+ * generation logged upgrade-succeeded: the moment it starts draining, from
+ * which a drain-timeout test measures.
+ */
+async function upgradeLogged(server: ServerProcess, pid: number): Promise<number> {
   const from = server.lines.length;
   process.kill(pid, "SIGHUP");
   const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
@@ -129,7 +154,7 @@ async function upgrade(server: ServerProcess, pid: number): Promise<number> {
 describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
   for (const mode of ["transplant", "fallback"]) {
     test(`open WebSockets keep chatting on the old generation, new ones reach the new generation, and the old one exits 0 once they close (serve ${mode})`, async () => {
-      const { server, port } = await startChat(60_000, mode);
+      const { server, port, pidFile } = await startChat(60_000, mode);
       const oldPid = server.pid;
       const a = await ChatClient.open(port);
       const b = await ChatClient.open(port);
@@ -139,7 +164,7 @@ describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
       // A broadcast reaches the other client of the generation too.
       await b.next(/^pid \d+: before the upgrade$/);
 
-      const newPid = await upgrade(server, oldPid);
+      const newPid = await upgrade(server, pidFile, oldPid);
       assert.notEqual(newPid, oldPid);
       assert.equal(Number((await a.next(/^draining pid (\d+)/))[1]), oldPid);
 
@@ -184,7 +209,7 @@ describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
     const oldPid = server.pid;
     const a = await ChatClient.open(port);
     await a.next(/^welcome/);
-    const newPid = await upgrade(server, oldPid);
+    const newPid = await upgradeLogged(server, oldPid);
     const drainingAt = performance.now();
     assert.equal(await a.say("still open"), oldPid);
 

@@ -50,13 +50,16 @@ export type { EpollRegistration } from "../proc.ts";
  * The epoll event masks of the reactors instar knows how to transplant under,
  * per runtime. The transplant re-registers whatever mask it finds; knowing the
  * mask is how instar checks the reactor is the one it was measured against.
+ * Frozen at both levels: to transplant against other masks (e.g. in a test),
+ * pass {@link TransplantOptions.knownMasks}.
  */
-export const KNOWN_EVENT_MASKS: Readonly<Record<string, Readonly<Record<number, string>>>> = {
-  // EPOLLET | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT | EPOLLIN: mio (tokio).
-  deno: { 0x8000201d: "mio (edge-triggered)" },
-  // EPOLLHUP | EPOLLERR | EPOLLIN: uSockets.
-  bun: { 0x19: "uSockets (level-triggered)" },
-};
+export const KNOWN_EVENT_MASKS: Readonly<Record<string, Readonly<Record<number, string>>>> = Object
+  .freeze({
+    // EPOLLET | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT | EPOLLIN: mio (tokio).
+    deno: Object.freeze({ 0x8000201d: "mio (edge-triggered)" }),
+    // EPOLLHUP | EPOLLERR | EPOLLIN: uSockets.
+    bun: Object.freeze({ 0x19: "uSockets (level-triggered)" }),
+  });
 
 /** How two epoll fds are compared to find whether they are one epoll instance. */
 export type DedupeMethod = "kcmp" | "probe";
@@ -74,6 +77,11 @@ export interface TransplantOptions {
    * it in the other's fdinfo.
    */
   dedupe?: DedupeMethod;
+  /**
+   * The epoll event masks (mask → reactor name) of the reactors to accept for
+   * this runtime. Default: this runtime's entry of {@link KNOWN_EVENT_MASKS}.
+   */
+  knownMasks?: Readonly<Record<number, string>>;
 }
 
 /** Where a transplanted socket sits; pass it to {@link pauseAccepting}. */
@@ -245,7 +253,7 @@ function prepare(options: TransplantOptions): Plan {
     );
   }
   const reg = instances[0];
-  const known = KNOWN_EVENT_MASKS[runtimeName() ?? ""] ?? {};
+  const known = options.knownMasks ?? KNOWN_EVENT_MASKS[runtimeName() ?? ""] ?? {};
   const reactor = known[reg.events];
   if (reactor === undefined) {
     const list = Object.keys(known).map((k) => "0x" + Number(k).toString(16)).join(", ");

@@ -167,9 +167,16 @@ export async function serve<WebSocketData = undefined>(
   // The old serve(fd, options, handler) form fails here with the new form in the message.
   checkOneObject("serve()", options, arguments.length);
   const fd = targetFd(target);
-  const { mode, onFallback, drainDelayMs, drainTimeoutMs, dedupe, ...runtimeOptions } =
+  const { mode, onFallback, drainDelayMs, drainTimeoutMs, dedupe, knownMasks, ...runtimeOptions } =
     options as unknown as InstarServeOptions & Record<string, unknown>;
-  const instar = { mode: checkMode(mode), onFallback, drainDelayMs, drainTimeoutMs, dedupe };
+  const instar = {
+    mode: checkMode(mode),
+    onFallback,
+    drainDelayMs,
+    drainTimeoutMs,
+    dedupe,
+    knownMasks,
+  };
   refuseListenKeys(runtimeOptions);
   const { handler, rest } = takeHandler(runtimeOptions, runtimeName() ?? "");
   // A Listener already accepts on its socket: from now on the HTTP server does.
@@ -214,7 +221,8 @@ async function start(
   let fallbackReason: InstarError | undefined;
   if (instar.mode !== "fallback") {
     try {
-      info = transplant({ throwaway: native.throwaway, fd, dedupe: instar.dedupe });
+      const { dedupe, knownMasks } = instar;
+      info = transplant({ throwaway: native.throwaway, fd, dedupe, knownMasks });
       // The throwaway socket is closed now; its name on disk is left.
       throwaway.remove();
     } catch (err) {

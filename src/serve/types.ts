@@ -231,6 +231,8 @@ export interface InstarServeOptions {
   drainTimeoutMs?: number;
   /** Forces the kcmp-free epoll dedupe of {@link transplant} (for tests). */
   dedupe?: DedupeMethod;
+  /** The reactor event masks the transplant accepts (for tests: `{}` forces the fallback). */
+  knownMasks?: Readonly<Record<number, string>>;
 }
 
 /**

@@ -1,7 +1,9 @@
 /**
- * A bounded HTTP/1.1 load client used by the tests, the benchmarks and the
- * demo. It counts every failure by kind (refused, reset, EOF without a
- * response, timeout, bad status) and only ever talks to loopback addresses.
+ * A bounded HTTP/1.1 load client used by the tests, the benchmarks (bench/)
+ * and the demo (scripts/demo.ts), which import it from here. It counts every
+ * failure by kind (refused, reset, EOF without a response, timeout, bad
+ * status) and only ever talks to loopback addresses. Test support, not a test
+ * file: the test runners only run `*_test.ts`.
  *
  * @module
  */

@@ -1,14 +1,22 @@
-// Shared helpers for the black-box tests: runtime binaries and child processes.
+/**
+ * Shared helpers for the black-box tests: runtime binaries, child processes,
+ * sockets and clients. Test support, not tests: neither `deno test` nor
+ * `bun test` runs this file (only `*_test.ts` files are tests). bench/ (e.g.
+ * bench/serve_upgrade.ts) uses it too, so the dependency runs bench → tests/support,
+ * never tests → bench.
+ *
+ * @module
+ */
 import process from "node:process";
 import net from "node:net";
 import { after } from "node:test";
 import assert from "node:assert/strict";
-import * as sys from "../src/ffi/mod.ts";
-import { C } from "../src/ffi/mod.ts";
-import { encodeUnix } from "../src/ffi/sockaddr.ts";
-import { alive, bin, killAll, ROOT, runtimeCmd, sleep } from "../bench/procs.ts";
+import * as sys from "../../src/ffi/mod.ts";
+import { C } from "../../src/ffi/mod.ts";
+import { encodeUnix } from "../../src/ffi/sockaddr.ts";
+import { alive, bin, killAll, ROOT, runtimeCmd, sleep } from "./procs.ts";
 
-// The process helpers the benchmarks and the demo use too.
+// The process helpers (tests/support/procs.ts) the benchmarks and the demo use too.
 export { alive, ROOT, runtimeCmd, sleep };
 
 /** The pinned deno binary. */
@@ -24,6 +32,22 @@ export function bunBin(): string {
 /** The runtime this test file runs under. */
 export const RUNTIME: "deno" | "bun" = "Bun" in globalThis ? "bun" : "deno";
 
+/**
+ * node:test options that skip a test or describe block when `reason` is a
+ * string (a missing tool, privilege or kernel feature) and run it when it is
+ * `false` or undefined. The reason is printed: `deno test` reports the test as
+ * "ignored" and `bun test` as "(skip)", but neither shows why.
+ */
+export function skipIf(reason: string | false | undefined, name: string): { skip: string | false } {
+  if (reason) console.warn(`skipped (${RUNTIME}): ${name}: ${reason}`);
+  return { skip: reason || false };
+}
+
+/** Whether `cmd` is on the PATH. */
+export function onPath(cmd: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
+}
+
 // ---------------------------------------------------------------- sockets (added by transplant/serve)
 
 /**
@@ -34,8 +58,8 @@ export async function rawListen(
   hostname = "127.0.0.1",
   backlog = 128,
 ): Promise<{ fd: number; port: number }> {
-  const sys = await import("../src/ffi/mod.ts");
-  const { decode, encodeInet } = await import("../src/ffi/sockaddr.ts");
+  const sys = await import("../../src/ffi/mod.ts");
+  const { decode, encodeInet } = await import("../../src/ffi/sockaddr.ts");
   const family = hostname.includes(":") ? sys.C.AF_INET6 : sys.C.AF_INET;
   const fd = sys.socket(family, sys.C.SOCK_STREAM | sys.C.SOCK_CLOEXEC | sys.C.SOCK_NONBLOCK);
   sys.setsockoptInt(fd, sys.C.SOL_SOCKET, sys.C.SO_REUSEADDR, 1);
@@ -153,7 +177,7 @@ export function httpGet(path = "/"): string {
   return `GET ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
 }
 
-import { spawn as spawnProcess } from "node:child_process";
+import { spawn as spawnProcess, spawnSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -1,7 +1,8 @@
 /**
- * Child-process helpers shared by the benchmarks, the demo and the tests:
- * the pinned runtime binaries, the command that runs a script under one,
- * and liveness checks by pid.
+ * Child-process helpers shared by the tests, the benchmarks (bench/) and the
+ * demo (scripts/demo.ts), which import them from here: the pinned runtime
+ * binaries, the command that runs a script under one, and liveness checks by
+ * pid. Test support, not a test file: the test runners only run `*_test.ts`.
  *
  * @module
  */
@@ -11,7 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** The repository root. */
-export const ROOT: string = fileURLToPath(new URL("..", import.meta.url));
+export const ROOT: string = fileURLToPath(new URL("../..", import.meta.url));
 
 /** The pinned binary `name` from node_modules/.bin, or `name` on the PATH if it is not installed. */
 export function bin(name: "deno" | "bun"): string {
@@ -27,7 +28,7 @@ export function runtimeCmd(runtime: "deno" | "bun", script: string, args: string
 }
 
 /** Whether `pid` is alive (not a zombie): the lifecycle's own check. */
-export { processRuns as alive } from "../src/proc.ts";
+export { processRuns as alive } from "../../src/proc.ts";
 
 /** Sends SIGKILL to every pid in `pids`, skipping those already gone. */
 export function killAll(pids: Iterable<number>): void {
