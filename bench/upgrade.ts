@@ -290,7 +290,6 @@ for (const runtime of runtimes) {
     requests: load.ok + load.failed,
     failed: load.failed,
     failures: load.failures,
-    retried: load.retried,
     reqPerSec: load.ok / (load.elapsedMs / 1000),
   };
   writeFileSync(
@@ -302,7 +301,7 @@ for (const runtime of runtimes) {
       `| **${ms(overhead)}** | ${ms(idleReported.p50)} | ${ms(loadedRep.p50)} / ${
         ms(loadedRep.p90)
       } ` +
-      `| ${loadedRep.n} of ${LOADED} | ${summary.requests} | **${load.failed}** | ${load.retried} ` +
+      `| ${loadedRep.n} of ${LOADED} | ${summary.requests} | **${load.failed}** ` +
       `| ${Math.round(summary.reqPerSec)} |`,
   );
   process.stderr.write(`${runtime}: done ${JSON.stringify(summary)}\n`);

@@ -270,7 +270,6 @@ try {
   for (const row of rows.slice(1)) console.log(fmt(row));
   console.log(
     `\nrequests ${r.ok + r.failed}  ok ${r.ok}  failed ${r.failed} ${JSON.stringify(r.failures)}` +
-      `  re-sent on closed idle keep-alive connections ${r.retried}` +
       `  (${Math.round(r.ok / elapsed)} req/s)`,
   );
   console.log(

@@ -26,7 +26,7 @@ const { servers, sockets, tempDir } = cleanupAfterTests();
 /** A WebSocket client that queues what it receives. */
 class ChatClient {
   readonly messages: string[] = [];
-  readonly closed: Promise<{ code: number; at: number }>;
+  readonly closed: Promise<{ code: number; reason: string; at: number }>;
   #ws: WebSocket;
   #read = 0;
   #wake: (() => void) | undefined;
@@ -39,7 +39,7 @@ class ChatClient {
     };
     this.closed = new Promise((resolve) => {
       ws.onclose = (e) => {
-        resolve({ code: e.code, at: performance.now() });
+        resolve({ code: e.code, reason: e.reason, at: performance.now() });
         this.#wake?.();
       };
     });
@@ -213,9 +213,14 @@ describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
     const drainingAt = performance.now();
     assert.equal(await a.say("still open"), oldPid);
 
-    const { code, at } = await within(a.closed, 30_000, "old socket closed by the drain timeout");
-    // 1001 "going away": both runtimes close a WebSocket their server stops with it.
-    assert.equal(code, 1001);
+    const { code, reason, at } = await within(
+      a.closed,
+      30_000,
+      "old socket closed by the drain timeout",
+    );
+    // 1012 "service restart", with a reason: a close frame, not a cut TCP connection.
+    assert.equal(code, 1012);
+    assert.match(reason, /restarting/);
     assert.ok(at - drainingAt >= drainMs - 200, `closed after ${at - drainingAt} ms`);
     assert.equal(await within(server.exited, 30_000, "old generation exit"), 0);
     await server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 1 connection`), 5_000);

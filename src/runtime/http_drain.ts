@@ -65,7 +65,10 @@ export class WebSocketSet<W extends ClosableSocket = ClosableSocket> {
     return new Promise((r) => this.#emptied.push(r));
   }
 
-  /** Closes every open socket with 1012; resolves with how many once they closed, or after `ms`. */
+  /**
+   * Closes every open socket with 1012; resolves once they closed, or after
+   * `ms`, with how many closed (the others' connections are cut by the caller).
+   */
   async closeAll(ms: number): Promise<number> {
     const n = this.#open.size;
     for (const ws of this.#open) {
@@ -74,6 +77,6 @@ export class WebSocketSet<W extends ClosableSocket = ClosableSocket> {
       } catch { /* closing already */ }
     }
     await deadline(this.closed(), ms);
-    return n;
+    return n - this.#open.size;
   }
 }

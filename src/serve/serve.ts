@@ -306,9 +306,9 @@ function drainParts(
       removeThrowaway();
     },
     forceClose: async () => {
-      await native.closeWebSockets(WS_CLOSE_MS);
+      const closed = await native.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on either path: a response that never ends cannot hold the runtime.
-      const cut = cutConnections(addr);
+      const cut = closed + cutConnections(addr);
       proxy?.destroyAll();
       await deadline(native.close(), 1000);
       removeThrowaway();

@@ -388,7 +388,10 @@ export interface NativeServer {
    * in-flight requests, streams and WebSockets run until they end.
    */
   finish(): Promise<void>;
-  /** WebSockets still open get close code 1012 (Service Restart); resolves when they closed or after `ms`. */
+  /**
+   * WebSockets still open get close code 1012 (Service Restart); resolves when
+   * they closed or after `ms`, with how many closed.
+   */
   closeWebSockets(ms: number): Promise<number>;
   /** Stops the native server now; its connections must already be cut. */
   close(): Promise<void>;

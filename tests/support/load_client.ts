@@ -28,6 +28,8 @@ export interface LoadOptions {
   timeoutMs?: number;
   /** Request path (default "/"). */
   path?: string;
+  /** Send POSTs with a body of this many bytes instead of GETs. */
+  postBytes?: number;
   /** Called when a response arrives, with its body. */
   onResponse?: (body: string) => void;
   /**
@@ -55,12 +57,6 @@ export interface LoadResult {
   };
   /** Total failures. */
   failed: number;
-  /**
-   * Requests sent again because a reused keep-alive connection was closed by
-   * the server before any byte of the response arrived. HTTP clients retry
-   * such idempotent requests (RFC 9112 §9.3.1); they are not failures.
-   */
-  retried: number;
   /** Latencies of successful requests, ms. */
   latencies: number[];
   /** Successful responses per second of the run (index = second). */
@@ -86,7 +82,6 @@ function emptyResult(): LoadResult {
     ok: 0,
     failures: { refused: 0, reset: 0, eof: 0, timeout: 0, status: 0, other: 0 },
     failed: 0,
-    retried: 0,
     latencies: [],
     perSecond: [],
     elapsedMs: 0,
@@ -121,7 +116,17 @@ function success(res: LoadResult, start: number, t0: number): number {
   return t1 - t0;
 }
 
-/** Runs load against a loopback HTTP server until the duration or request bound is reached. */
+function requestText(o: LoadOptions, hostname: string, keepAlive: boolean): string {
+  const head = `${o.postBytes === undefined ? "GET" : "POST"} ${o.path ?? "/"} HTTP/1.1\r\n` +
+    `Host: ${hostname}:${o.port}\r\n` + (keepAlive ? "" : "Connection: close\r\n");
+  if (o.postBytes === undefined) return head + "\r\n";
+  return head + `Content-Length: ${o.postBytes}\r\n\r\n` + "x".repeat(o.postBytes);
+}
+
+/**
+ * Runs load against a loopback HTTP server until the duration or request
+ * bound is reached. It never re-sends a request.
+ */
 export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   const hostname = loopbackHost(o.hostname);
   const start = performance.now();
@@ -130,8 +135,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
   let issued = 0;
   const keepAlive = o.keepAlive ?? true;
   const timeoutMs = o.timeoutMs ?? 5000;
-  const request = `GET ${o.path ?? "/"} HTTP/1.1\r\nHost: ${hostname}:${o.port}\r\n` +
-    (keepAlive ? "" : "Connection: close\r\n") + "\r\n";
+  const request = requestText(o, hostname, keepAlive);
   const stopped = () => performance.now() >= deadline || o.signal?.aborted === true;
   const more = () => !stopped() && (o.maxRequests === undefined || issued < o.maxRequests);
 
@@ -156,19 +160,15 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
         });
         s.on("error", (e) => waiter?.(e));
       });
-    let retry = false;
-    while (retry || more()) {
-      if (!retry) issued++;
-      const wasRetry = retry;
-      retry = false;
+    // Never re-sends: a request whose connection closes before its response is a failure,
+    // as it is for wrk and for any client sending a POST.
+    while (more()) {
+      issued++;
       const t0 = performance.now();
-      let reused = false;
       try {
         if (!sock || sock.destroyed) {
           buf = "";
           sock = await open();
-        } else {
-          reused = true;
         }
         const s: net.Socket = sock;
         s.write(request);
@@ -213,17 +213,9 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
         o.onResponse?.(body);
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
-        const code = err.code ?? err.message;
-        const closedIdle = reused && buf.length === 0 && !wasRetry &&
-          (err.message === "EOF" || code === "ECONNRESET" || code === "EPIPE");
         sock?.destroy();
         sock = null;
-        if (closedIdle) {
-          res.retried++;
-          retry = true;
-          continue;
-        }
-        record(res, classify(err), `${code}: ${err.message}`);
+        record(res, classify(err), `${err.code ?? err.message}: ${err.message}`);
       }
     }
     sock?.destroy();
