@@ -1,8 +1,10 @@
 // Zero-downtime HTTP upgrades: the HTTP example of this runtime, both spawn
-// backends, both serve() paths, under keep-alive load and a storm of short
-// connections, every failure counted.
+// backends, both serve() paths, under keep-alive GETs, 16 KiB POSTs and a
+// storm of short connections from a client that never re-sends, every
+// failure counted, every POST answered exactly once.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
@@ -13,6 +15,7 @@ import {
   RUNTIME,
   runtimeCmd,
   startServer,
+  stopped,
 } from "./support/helpers.ts";
 import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
@@ -23,9 +26,10 @@ const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 for (const backend of ["fork", "posix_spawn"] as const) {
   for (const mode of ["transplant", "fallback"] as const) {
     describe(`HTTP upgrades (${RUNTIME}, ${backend}, serve ${mode})`, () => {
-      test("20 upgrades under keep-alive load and short connections fail no request", async () => {
+      test("20 upgrades under keep-alive GETs, POSTs and short connections fail no request", async () => {
         const dir = tempDir("instar-http-");
         const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
+        const stats = join(dir, "posts.txt");
         const server = startServer(
           runtimeCmd(RUNTIME, EXAMPLE, [
             "--port",
@@ -38,6 +42,8 @@ for (const backend of ["fork", "posix_spawn"] as const) {
             ctl,
             "--pid-file",
             pidFile,
+            "--stats-file",
+            stats,
           ]),
         );
         servers.push(server);
@@ -47,7 +53,8 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         const pids = new Set<string>();
         const onResponse = (body: string) => pids.add(/pid (\d+)/.exec(body)?.[1] ?? "?");
         const common = { port, durationMs: 120_000, signal: ac.signal, onResponse };
-        const keepAlive = runLoad({ ...common, connections: 16 });
+        const keepAlive = runLoad({ ...common, connections: 64 });
+        const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
         const short = runLoad({ ...common, connections: 4, keepAlive: false });
         let current = server.pid;
         try {
@@ -62,8 +69,8 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         } finally {
           ac.abort();
         }
-        const [k, s] = await Promise.all([keepAlive, short]);
-        for (const [name, r] of [["keep-alive", k], ["short", s]] as const) {
+        const [k, p, s] = await Promise.all([keepAlive, posts, short]);
+        for (const [name, r] of [["keep-alive", k], ["POST", p], ["short", s]] as const) {
           assert.equal(
             r.failed,
             0,
@@ -74,6 +81,12 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
         assert.equal(alive(current), true);
         process.kill(current, "SIGTERM");
+        await stopped(current);
+        // Every generation appended how many POST bodies it read once it had drained.
+        const lines = readFileSync(stats, "utf8").trim().split("\n");
+        assert.equal(lines.length, 21, `one line per generation: ${lines.join(" | ")}`);
+        const read = lines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
+        assert.equal(read, p.ok, "the server read exactly the POSTs the client got answers to");
       });
     });
   }

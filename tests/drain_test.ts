@@ -1,0 +1,233 @@
+// What a draining generation does with what it still serves: slow requests
+// finish, a stream that never ends is cut at the drain timeout, a storm of
+// upgrade signals changes nothing, a stop refuses new connections at once,
+// and h2 clients are moved on with GOAWAY. Both serve paths, this runtime.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import net from "node:net";
+import { join } from "node:path";
+import process from "node:process";
+import { runLoad } from "./support/load_client.ts";
+import {
+  alive,
+  cleanupAfterTests,
+  onPath,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  showResult,
+  skipIf,
+  sleep,
+  startServer,
+  stopped,
+  within,
+} from "./support/helpers.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
+
+const { servers, tempDir } = cleanupAfterTests();
+const EXAMPLE = join(ROOT, "examples", "http_server.ts");
+
+interface Started {
+  server: ServerProcess;
+  port: number;
+  pidFile: string;
+  dir: string;
+}
+
+async function start(mode: string, extra: string[] = []): Promise<Started> {
+  const dir = tempDir("instar-drain-");
+  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
+  const server = startServer(
+    runtimeCmd(RUNTIME, EXAMPLE, [
+      ...["--port", "0", "--serve-mode", mode, "--control", ctl, "--pid-file", pidFile],
+      ...extra,
+    ]),
+  );
+  servers.push(server);
+  const status = await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines });
+  return { server, port: portOf(status), pidFile, dir };
+}
+
+/** One GET on its own connection; resolves with status and body, or the error's code. */
+function get(port: number, path: string): Promise<{ status: number; body: string } | string> {
+  return fetch(`http://127.0.0.1:${port}${path}`).then(
+    async (r) => ({ status: r.status, body: await r.text() }),
+    (e: Error & { cause?: { code?: string } }) => e.cause?.code ?? e.message,
+  );
+}
+
+async function upgrade(s: Started, from: number): Promise<number> {
+  process.kill(from, "SIGHUP");
+  const next = await nextPidInPidFile(s.pidFile, from, { timeoutMs: 60_000, log: s.server.lines });
+  s.server.pids.add(next);
+  return next;
+}
+
+/** Resolves with the time connect(2) to `port` is first refused. */
+async function refusedAt(port: number, limitMs: number): Promise<number> {
+  const deadline = performance.now() + limitMs;
+  while (performance.now() < deadline) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ host: "127.0.0.1", port });
+      s.once("connect", () => (s.destroy(), resolve(false)));
+      s.once("error", (e: NodeJS.ErrnoException) => resolve(e.code === "ECONNREFUSED"));
+    });
+    if (refused) return performance.now();
+    await sleep(5);
+  }
+  throw new Error(`port ${port} still accepted connections after ${limitMs} ms`);
+}
+
+for (const mode of ["transplant", "fallback"] as const) {
+  describe(`draining (${RUNTIME}, serve ${mode})`, () => {
+    test("slow requests in flight at an upgrade finish on the old generation", async () => {
+      const s = await start(mode);
+      const slow = Array.from({ length: 8 }, () => get(s.port, "/slow?ms=1500"));
+      await sleep(200);
+      const next = await upgrade(s, s.server.pid);
+      for (const r of await Promise.all(slow)) {
+        assert.equal(typeof r, "object", `a slow request failed: ${r}`);
+        const { status, body } = r as { status: number; body: string };
+        assert.equal(status, 200);
+        assert.match(body, new RegExp(`pid ${s.server.pid} generation 1`));
+      }
+      assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
+      process.kill(next, "SIGTERM");
+      await stopped(next);
+    });
+
+    test("a stream longer than the drain timeout is cut at the timeout; the old process is gone by timeout + 1 s", async () => {
+      const drainMs = 1500;
+      const s = await start(mode, ["--drain-timeout", String(drainMs)]);
+      const res = await fetch(`http://127.0.0.1:${s.port}/stream?ms=60000`);
+      const reader = res.body!.getReader();
+      await reader.read(); // streaming from generation 1
+      const next = await upgrade(s, s.server.pid);
+      const t0 = performance.now();
+      let ended: number | undefined;
+      try {
+        for (;;) if ((await reader.read()).done) break;
+        ended = performance.now() - t0;
+      } catch {
+        ended = performance.now() - t0; // cut: the body errors out
+      }
+      assert.ok(ended >= drainMs - 300, `cut after ${ended} ms, before the drain timeout`);
+      assert.equal(await within(s.server.exited, drainMs + 1000, "old generation exit"), 0);
+      assert.ok(performance.now() - t0 <= drainMs + 1000 + 300, "gone by timeout + 1 s");
+      process.kill(next, "SIGTERM");
+      await stopped(next);
+    });
+
+    test("50 SIGHUPs to a draining generation change nothing: its in-flight requests finish", async () => {
+      const s = await start(mode);
+      const old = s.server.pid;
+      const slow = Array.from({ length: 4 }, () => get(s.port, "/slow?ms=2000"));
+      await sleep(200);
+      const next = await upgrade(s, old);
+      for (let i = 0; i < 50; i++) {
+        process.kill(old, "SIGHUP");
+        await sleep(10);
+      }
+      for (const r of await Promise.all(slow)) {
+        assert.equal(typeof r, "object", `a slow request failed: ${r}`);
+        assert.match((r as { body: string }).body, new RegExp(`pid ${old} generation 1`));
+      }
+      assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
+      const refusals = s.server.lines.filter((l) => /upgrade-refused: stopping/.test(l));
+      assert.ok(refusals.length >= 1, "the signals were answered with refusals");
+      assert.equal(alive(next), true);
+      process.kill(next, "SIGTERM");
+      await stopped(next);
+    });
+
+    test("after SIGTERM new connections are refused within 100 ms while in-flight requests finish", async () => {
+      const s = await start(mode);
+      const slow = get(s.port, "/slow?ms=1500");
+      await sleep(200);
+      const t0 = performance.now();
+      process.kill(s.server.pid, "SIGTERM");
+      const at = await refusedAt(s.port, 2000);
+      assert.ok(at - t0 <= 100, `refused only after ${(at - t0).toFixed(0)} ms`);
+      const r = await slow;
+      assert.equal(typeof r, "object", `the in-flight request failed: ${r}`);
+      assert.equal((r as { status: number }).status, 200);
+      assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
+    });
+  });
+}
+
+describe(`SIGHUP storms (${RUNTIME})`, () => {
+  test("50 SIGHUPs within a second during an upgrade start one upgrade and fail no request", async () => {
+    const s = await start("transplant", ["--ready-timeout", "20000"]);
+    const ac = new AbortController();
+    const load = runLoad({ port: s.port, connections: 16, durationMs: 30_000, signal: ac.signal });
+    const old = s.server.pid;
+    let sent = 0;
+    for (; sent < 50; sent++) {
+      try {
+        process.kill(old, "SIGHUP");
+      } catch {
+        break; // it already handed over, drained and exited (0, asserted below)
+      }
+      await sleep(5);
+    }
+    assert.ok(sent >= 10, `only ${sent} signals reached the old generation`);
+    const next = await nextPidInPidFile(s.pidFile, old, { timeoutMs: 30_000, log: s.server.lines });
+    s.server.pids.add(next);
+    assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
+    await sleep(300);
+    ac.abort();
+    const r = await load;
+    assert.equal(r.failed, 0, `${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    const started = s.server.lines.filter((l) => /upgrade-started/.test(l));
+    assert.equal(started.length, 1, "one upgrade; the other signals were refused");
+    assert.ok(s.server.lines.some((l) => /upgrade-refused: (in-progress|stopping)/.test(l)));
+    process.kill(next, "SIGTERM");
+    await stopped(next);
+  });
+});
+
+const noH2 = RUNTIME !== "deno"
+  ? "Bun.serve does not offer HTTP/2"
+  : !onPath("h2load")
+  ? "h2load is missing (Debian package nghttp2-client; .ci/run installs it)"
+  : !onPath("openssl")
+  ? "openssl is missing (Debian package openssl)"
+  : false;
+const h2name = "h2 clients see no failed stream across 3 upgrades (GOAWAY, then drain)";
+
+describe(`HTTP/2 (${RUNTIME})`, () => {
+  test(h2name, skipIf(noH2, h2name), async () => {
+    const dir = tempDir("instar-h2-");
+    const cert = join(dir, "cert.pem"), key = join(dir, "key.pem");
+    execFileSync("openssl", [
+      ...["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"],
+      ...["-keyout", key, "-out", cert, "-subj", "/CN=localhost"],
+    ], { stdio: "ignore" });
+    const s = await start("transplant", ["--cert", cert, "--key", key]);
+    const load = runCommand(
+      ["h2load", "-c", "20", "-m", "10", "-D", "6", `https://127.0.0.1:${s.port}/`],
+      { timeoutMs: 30_000 },
+    );
+    let current = s.server.pid;
+    for (let i = 0; i < 3; i++) {
+      await sleep(1200);
+      current = await upgrade(s, current);
+    }
+    const r = await load;
+    assert.equal(r.code, 0, showResult(r, 2000));
+    assert.match(r.stdout, /Application protocol: h2/);
+    const m =
+      /requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored/
+        .exec(r.stdout);
+    assert.ok(m, r.stdout);
+    assert.ok(Number(m[3]) > 1000, `only ${m[3]} requests succeeded`);
+    assert.equal(Number(m[4]), 0, "failed");
+    assert.equal(Number(m[5]), 0, "errored");
+    process.kill(current, "SIGTERM");
+    await stopped(current);
+  });
+});
