@@ -7,6 +7,7 @@
  */
 
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readdir, readFile, readlink } from "node:fs/promises";
 
 /** The NUL-separated list in a /proc file (`cmdline`, `environ`). */
 export function readNulList(path: string): string[] {
@@ -172,13 +173,56 @@ export function unixConnectionInodes(path: string): Set<number> {
 
 /**
  * Established TCP connections of process `pid` on local `port`, from
- * /proc/net/tcp{,6} and /proc/<pid>/fd; `null` without procfs.
+ * /proc/net/tcp{,6} and /proc/<pid>/fd; `null` without procfs. The tables hold
+ * every socket of the network namespace (tens of thousands of TIME_WAIT
+ * entries on a busy machine): they are read off the event loop and scanned
+ * for the port without splitting every line.
  */
-export function tcpConnections(port: number, pid: number | "self" = "self"): number | null {
+export async function tcpConnections(
+  port: number,
+  pid: number | "self" = "self",
+): Promise<number | null> {
   try {
-    const theirs = socketInodes(pid);
-    return [...tcpConnectionInodes(port)].filter((i) => theirs.has(i)).length;
+    const [v4, v6] = await Promise.all(
+      ["/proc/net/tcp", "/proc/net/tcp6"].map((t) => readFile(t, "latin1")),
+    );
+    const theirs = await socketInodesAsync(pid);
+    let n = 0;
+    for (const inode of [...established(v4, port), ...established(v6, port)]) {
+      if (theirs.has(inode)) n++;
+    }
+    return n;
   } catch {
     return null;
   }
+}
+
+// socketInodes() off the event loop: a server may hold thousands of connections.
+async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
+  const dir = `/proc/${pid}/fd`;
+  const links = await Promise.all(
+    (await readdir(dir)).map((e) => readlink(`${dir}/${e}`).catch(() => "")),
+  );
+  const out = new Set<number>();
+  for (const l of links) {
+    const m = /^socket:\[(\d+)\]$/.exec(l);
+    if (m) out.add(Number(m[1]));
+  }
+  return out;
+}
+
+// The inodes of the ESTABLISHED (st 01) entries whose local port is `port`.
+function established(table: string, port: number): number[] {
+  const needle = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
+  const out: number[] = [];
+  for (let at = table.indexOf(needle); at >= 0; at = table.indexOf(needle, at + 1)) {
+    const start = table.lastIndexOf("\n", at) + 1;
+    const end = table.indexOf("\n", at);
+    const f = table.slice(start, end < 0 ? undefined : end).trim().split(/\s+/);
+    // sl local_address rem_address st …: only a match in local_address counts
+    if (f.length > 9 && f[1].endsWith(needle.trimEnd()) && f[3] === "01") out.push(Number(f[9]));
+    if (end < 0) break;
+    at = end;
+  }
+  return out;
 }

@@ -57,8 +57,8 @@ export interface Endpoint {
   readonly fd: number;
   /** The address the socket is bound to. */
   readonly addr: Addr;
-  /** Open connections; `null` when unknown. */
-  connections(): number | null;
+  /** Open connections; `null` when unknown. Counting may read /proc: not for a hot path. */
+  connections(): Promise<number | null>;
   /** Stops accepting; connections stay queued in the kernel for whoever else listens. */
   pauseAccepting(): void;
   /** Accepts again after {@link Endpoint.pauseAccepting}. */

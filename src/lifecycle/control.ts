@@ -23,7 +23,7 @@ import type { Endpoint } from "../types.ts";
 /** What the control server asks of the lifecycle. */
 export interface ControlActions {
   /** The status report. */
-  status(): StatusReport;
+  status(): Promise<StatusReport>;
   /** Runs an upgrade; `spawned` is called with the new pid. Resolves with it once ready. */
   upgrade(spawned: (pid: number) => void): Promise<number>;
   /** Hands the sockets to the peer on `fd` (pid from SO_PEERCRED). Resolves once it is ready. */
@@ -83,8 +83,8 @@ export class ControlServer implements Endpoint {
     server.unref(); // the control socket alone does not keep a generation alive
   }
 
-  connections(): number {
-    return this.#peers.size;
+  connections(): Promise<number> {
+    return Promise.resolve(this.#peers.size);
   }
 
   #accept(s: net.Socket, actions: ControlActions): void {
@@ -136,7 +136,14 @@ export class ControlServer implements Endpoint {
         messages.failed("protocol-error", "one request at a time: wait for the answer"),
       );
     }
-    if (m.type === "status") return this.#reply(peer, messages.statusReply(actions.status()));
+    if (m.type === "status") {
+      this.#busy.add(peer);
+      actions.status().then((s) => {
+        this.#busy.delete(peer);
+        this.#reply(peer, messages.statusReply(s));
+      }, (err) => peer.close(failure(err)));
+      return;
+    }
     if (m.type === "upgrade") return this.#upgrade(peer, actions);
     if (m.type === "handover") {
       this.#busy.add(peer);

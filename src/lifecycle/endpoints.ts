@@ -34,7 +34,7 @@ export function listenerEndpoint(key: string, listener: Listener, activated: boo
     key,
     fd: listener.fd,
     addr: listener.addr,
-    connections: () => listener.connections,
+    connections: () => Promise.resolve(listener.connections),
     ...accepting(listener.fd, activated),
     finish: () => {
       listener.close();
@@ -64,7 +64,8 @@ export function serverEndpoint(
     fd,
     addr,
     // The native servers keep no count: ask the kernel.
-    connections: () => (addr.transport === "tcp" ? tcpConnections(addr.port) : null),
+    connections:
+      () => (addr.transport === "tcp" ? tcpConnections(addr.port) : Promise.resolve(null)),
     // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),

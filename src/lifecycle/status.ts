@@ -12,36 +12,36 @@ import type { StatusReport } from "../protocol.ts";
 import type { Endpoint, State } from "../types.ts";
 
 /** The status of generation `generation` serving `endpoints`. */
-export function statusReport(
+export async function statusReport(
   generation: number,
   state: State,
   parentPid: number | null,
   endpoints: readonly Endpoint[],
-): StatusReport {
-  const listeners = endpoints.map((e) => ({
+): Promise<StatusReport> {
+  const listeners = await Promise.all(endpoints.map(async (e) => ({
     addr: formatAddr(e.addr),
-    connections: e.connections(),
-  }));
+    connections: await e.connections(),
+  })));
   return {
     pid: process.pid,
     generation,
     state,
     listeners,
     parentPid,
-    previous: previous(generation, parentPid, endpoints),
+    previous: await previous(generation, parentPid, endpoints),
   };
 }
 
 // The generation that started this one, while it still drains: what it still serves.
-function previous(
+async function previous(
   generation: number,
   pid: number | null,
   endpoints: readonly Endpoint[],
-): StatusReport["previous"] {
+): Promise<StatusReport["previous"]> {
   if (pid === null || !processRuns(pid)) return null;
-  const listeners = endpoints.map((e) => ({
+  const listeners = await Promise.all(endpoints.map(async (e) => ({
     addr: formatAddr(e.addr),
-    connections: e.addr.transport === "tcp" ? tcpConnections(e.addr.port, pid) : null,
-  }));
+    connections: e.addr.transport === "tcp" ? await tcpConnections(e.addr.port, pid) : null,
+  })));
   return { pid, generation: generation - 1, listeners };
 }

@@ -261,7 +261,7 @@ export class Upgrader {
    * What this generation reports about itself (`instar status`). Counting the
    * HTTP servers' connections reads /proc/net/tcp: not for a hot path.
    */
-  status(): StatusReport {
+  status(): Promise<StatusReport> {
     return statusReport(this.generation, this.#state, this.parentPid, this.#registry.endpoints);
   }
 

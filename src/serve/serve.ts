@@ -335,7 +335,7 @@ function wrap(
     key: "serve",
     fd: -1,
     addr,
-    connections: () => null,
+    connections: () => Promise.resolve(null),
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),
     refuseNew: () => {},
