@@ -41,7 +41,18 @@ export function epollFds(): number[] {
   return openFds().filter((fd) => fdLink(fd) === "anon_inode:[eventpoll]");
 }
 
-/** One line of an epoll fd's fdinfo. */
+/**
+ * One line of an epoll fd's fdinfo.
+ *
+ * @example
+ * ```ts
+ * import { type EpollRegistration, pauseSocket } from "@instar/instar/unstable";
+ *
+ * const paused = pauseSocket(3);
+ * const removed: readonly EpollRegistration[] = paused.registrations;
+ * console.log(removed.map((r) => r.events.toString(16)));
+ * ```
+ */
 export interface EpollRegistration {
   /** The epoll fd whose fdinfo listed it. */
   epfd: number;

@@ -138,7 +138,18 @@ export const messages = {
   }),
 } as const;
 
-/** What a generation reports about itself (`instar status`). */
+/**
+ * What a generation reports about itself (`instar status`).
+ *
+ * @example
+ * ```ts
+ * import { type StatusReport, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const report: StatusReport = await up.status();
+ * console.log(report.generation, report.state, report.listeners);
+ * ```
+ */
 export interface StatusReport {
   /** Process id. */
   pid: number;

@@ -4,7 +4,16 @@
  * @module
  */
 
-/** A TCP address, shaped like `Deno.NetAddr`. */
+/**
+ * A TCP address, shaped like `Deno.NetAddr`.
+ *
+ * @example
+ * ```ts
+ * import type { NetAddr } from "@instar/instar";
+ *
+ * const a: NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 8080 };
+ * ```
+ */
 export interface NetAddr {
   /** Always `"tcp"`. */
   transport: "tcp";
@@ -14,7 +23,16 @@ export interface NetAddr {
   port: number;
 }
 
-/** A Unix socket address, shaped like `Deno.UnixAddr`. */
+/**
+ * A Unix socket address, shaped like `Deno.UnixAddr`.
+ *
+ * @example
+ * ```ts
+ * import type { UnixAddr } from "@instar/instar";
+ *
+ * const a: UnixAddr = { transport: "unix", path: "/run/app/http.sock" };
+ * ```
+ */
 export interface UnixAddr {
   /** Always `"unix"`. */
   transport: "unix";
@@ -22,16 +40,62 @@ export interface UnixAddr {
   path: string;
 }
 
-/** Any address instar listens on. */
+/**
+ * Any address instar listens on.
+ *
+ * @example
+ * ```ts
+ * import { type Addr, listen } from "@instar/instar";
+ *
+ * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const addr: Addr = listener.addr;
+ * console.log(addr.transport === "tcp" ? addr.port : addr.path);
+ * ```
+ */
 export type Addr = NetAddr | UnixAddr;
 
-/** Why a generation stops: a newer one took over, or it was told to stop. */
+/**
+ * Why a generation stops: a newer one took over, or it was told to stop.
+ *
+ * @example
+ * ```ts
+ * import { type ExitReason, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const why: ExitReason = await up.exit; // "upgrade" or "stop"
+ * ```
+ */
 export type ExitReason = "upgrade" | "stop";
 
-/** Where a generation is in its life, for readiness probes and `instar status`. */
+/**
+ * Where a generation is in its life, for readiness probes and `instar status`.
+ *
+ * @example
+ * ```ts
+ * import { type State, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const state: State = up.state; // e.g. answer a readiness probe with 200 only when "ready"
+ * ```
+ */
 export type State = "starting" | "ready" | "upgrading" | "draining" | "stopped";
 
-/** Why an upgrade that was started did not succeed. */
+/**
+ * Why an upgrade that was started did not succeed.
+ *
+ * @example
+ * ```ts
+ * import { type UpgradeFailure, UpgradeError, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * await up.upgrade().catch((err) => {
+ *   if (err instanceof UpgradeError) {
+ *     const reason: UpgradeFailure = err.reason;
+ *     console.error(reason);
+ *   }
+ * });
+ * ```
+ */
 export type UpgradeFailure =
   | "exited"
   | "killed"
@@ -40,7 +104,22 @@ export type UpgradeFailure =
   | "protocol-error"
   | "cancelled";
 
-/** Why a trigger did not start an upgrade at all. */
+/**
+ * Why a trigger did not start an upgrade at all.
+ *
+ * @example
+ * ```ts
+ * import { type UpgradeRefusal, UpgradeRefusedError, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * await up.upgrade().catch((err) => {
+ *   if (err instanceof UpgradeRefusedError) {
+ *     const reason: UpgradeRefusal = err.reason; // "not-ready" here: ready() was not called
+ *     console.log(reason);
+ *   }
+ * });
+ * ```
+ */
 export type UpgradeRefusal = "in-progress" | "not-ready" | "stopping";
 
 /**

@@ -7,7 +7,18 @@
 import type { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import type { ExitReason, State } from "../types.ts";
 
-/** Events an {@link Upgrader} emits, with their payloads. */
+/**
+ * Events an {@link Upgrader} emits, with their payloads.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, type UpgraderEvents } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const log = (e: UpgraderEvents["upgrade-failed"]) => console.error(e.error.reason);
+ * up.on("upgrade-failed", log);
+ * ```
+ */
 export interface UpgraderEvents {
   /** The state changed. */
   state: { state: State };
@@ -31,7 +42,18 @@ export interface UpgraderEvents {
   warning: { message: string };
 }
 
-/** A subscriber to one event of {@link UpgraderEvents}. */
+/**
+ * A subscriber to one event of {@link UpgraderEvents}.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, type UpgraderHandler } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const onDraining: UpgraderHandler<"draining"> = ({ reason }) => console.log("draining:", reason);
+ * up.on("draining", onDraining);
+ * ```
+ */
 export type UpgraderHandler<K extends keyof UpgraderEvents> = (payload: UpgraderEvents[K]) => void;
 
 /** Subscribers by event; a throwing subscriber never breaks the lifecycle. */

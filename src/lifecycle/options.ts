@@ -9,7 +9,17 @@ import { invalid } from "../errors.ts";
 import type { SpawnBackend } from "../process/spawn.ts";
 import { checkSignal } from "./signals.ts";
 
-/** Options of {@link Upgrader.create}. */
+/**
+ * Options of {@link Upgrader.create}.
+ *
+ * @example
+ * ```ts
+ * import { Upgrader, type UpgraderOptions } from "@instar/instar";
+ *
+ * const options: UpgraderOptions = { drainTimeout: 10_000, pidFile: "/run/app/app.pid" };
+ * const up = await Upgrader.create(options);
+ * ```
+ */
 export interface UpgraderOptions {
   /** How long the new generation may take to call `ready()`, in ms (default 60 000). */
   readyTimeout?: number;

@@ -19,6 +19,15 @@ import type { Endpoint } from "../types.ts";
  * Where {@link Upgrader.listen} and {@link Upgrader.serve} listen: TCP or a
  * Unix socket, optionally with the `name` of a systemd socket
  * (`FileDescriptorName=`), or only a name.
+ *
+ * @example
+ * ```ts
+ * import { type SocketSpec, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const web: SocketSpec = { name: "web", port: 8080 }; // systemd's socket "web", else a fresh one
+ * const listener = await up.listen(web);
+ * ```
  */
 export type SocketSpec =
   | (TcpListenOptions & { name?: string })

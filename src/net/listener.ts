@@ -430,7 +430,17 @@ class ListenerImpl implements Listener {
   }
 }
 
-/** A listening socket {@link openSocket} opened or adopted: the fd is the caller's to close. */
+/**
+ * A listening socket {@link openSocket} opened or adopted: the fd is the caller's to close.
+ *
+ * @example
+ * ```ts
+ * import { type OpenSocket, openSocket } from "@instar/instar/unstable";
+ *
+ * const socket: OpenSocket = await openSocket({ hostname: "127.0.0.1", port: 0 });
+ * console.log(socket.fd, socket.addr);
+ * ```
+ */
 export interface OpenSocket {
   /** The close-on-exec, non-blocking listening fd. */
   fd: number;

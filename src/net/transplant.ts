@@ -61,10 +61,32 @@ export const KNOWN_EVENT_MASKS: Readonly<Record<string, Readonly<Record<number, 
     bun: Object.freeze({ 0x19: "uSockets (level-triggered)" }),
   });
 
-/** How two epoll fds are compared to find whether they are one epoll instance. */
+/**
+ * How two epoll fds are compared to find whether they are one epoll instance.
+ *
+ * @example
+ * ```ts
+ * import { type DedupeMethod, transplant } from "@instar/instar/unstable";
+ *
+ * const dedupe: DedupeMethod = "probe"; // where seccomp refuses kcmp(2)
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
+ * transplant({ throwaway: server.addr, fd: 3, dedupe });
+ * ```
+ */
 export type DedupeMethod = "kcmp" | "probe";
 
-/** Options of {@link transplant}. */
+/**
+ * Options of {@link transplant}.
+ *
+ * @example
+ * ```ts
+ * import { transplant, type TransplantOptions } from "@instar/instar/unstable";
+ *
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
+ * const options: TransplantOptions = { throwaway: server.addr, fd: 3 };
+ * transplant(options);
+ * ```
+ */
 export interface TransplantOptions {
   /** The address the native server was started on (`127.0.0.1:<port>`, `[::1]:<port>` or a Unix path). */
   throwaway: Addr;
@@ -84,7 +106,18 @@ export interface TransplantOptions {
   knownMasks?: Readonly<Record<number, string>>;
 }
 
-/** Where a transplanted socket sits; pass it to {@link pauseAccepting}. */
+/**
+ * Where a transplanted socket sits; pass it to {@link pauseAccepting}.
+ *
+ * @example
+ * ```ts
+ * import { pauseAccepting, transplant, type TransplantInfo } from "@instar/instar/unstable";
+ *
+ * const server = Deno.serve({ hostname: "127.0.0.1", port: 0 }, () => new Response("hi"));
+ * const info: TransplantInfo = transplant({ throwaway: server.addr, fd: 3 });
+ * pauseAccepting(info);
+ * ```
+ */
 export interface TransplantInfo {
   /** The native server's fd number, now a duplicate of our socket. */
   readonly serverFd: number;
@@ -412,7 +445,17 @@ export function resumeAccepting(info: TransplantInfo): boolean {
   return true;
 }
 
-/** The epoll registrations {@link pauseSocket} removed, to put back with {@link resumeSocket}. */
+/**
+ * The epoll registrations {@link pauseSocket} removed, to put back with {@link resumeSocket}.
+ *
+ * @example
+ * ```ts
+ * import { type PausedSocket, pauseSocket, resumeSocket } from "@instar/instar/unstable";
+ *
+ * const paused: PausedSocket = pauseSocket(3);
+ * resumeSocket(paused);
+ * ```
+ */
 export interface PausedSocket {
   /** The registrations removed, one per epoll instance. */
   readonly registrations: readonly EpollRegistration[];

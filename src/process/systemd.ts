@@ -29,12 +29,32 @@ import {
 } from "../ffi/mod.ts";
 import { type Addr, decode, encodeUnix, parseIPv4, parseIPv6 } from "../ffi/sockaddr.ts";
 
-/** An environment to read variables from (and delete consumed ones from); `process.env` by default. */
+/**
+ * An environment to read variables from (and delete consumed ones from); `process.env` by default.
+ *
+ * @example
+ * ```ts
+ * import { type Env, systemdNotifier } from "@instar/instar/unstable";
+ *
+ * const env: Env = { NOTIFY_SOCKET: "/run/systemd/notify" };
+ * const notify = systemdNotifier({ env });
+ * ```
+ */
 export type Env = Record<string, string | undefined>;
 
 // ------------------------------------------------------------------ sd_notify
 
-/** Options of {@link systemdNotifier}. */
+/**
+ * Options of {@link systemdNotifier}.
+ *
+ * @example
+ * ```ts
+ * import { type NotifierOptions, systemdNotifier } from "@instar/instar/unstable";
+ *
+ * const options: NotifierOptions = { enabled: true, sendTimeoutMs: 500 };
+ * systemdNotifier(options).status("warming up");
+ * ```
+ */
 export interface NotifierOptions {
   /** Where `NOTIFY_SOCKET` is read from. Default: `process.env`. */
   env?: Env;
@@ -47,10 +67,30 @@ export interface NotifierOptions {
   sendTimeoutMs?: number;
 }
 
-/** One notification field: `KEY=VALUE`. Values are strings, or numbers written in decimal. */
+/**
+ * One notification field: `KEY=VALUE`. Values are strings, or numbers written in decimal.
+ *
+ * @example
+ * ```ts
+ * import { type NotifyFields, systemdNotifier } from "@instar/instar/unstable";
+ *
+ * const fields: NotifyFields = { STATUS: "serving", READY: 1 };
+ * systemdNotifier().send(fields);
+ * ```
+ */
 export type NotifyFields = Record<string, string | number | bigint>;
 
-/** The longest notification systemd reads (its NOTIFY_BUFFER_MAX, PIPE_BUF). */
+/**
+ * The longest notification systemd reads (its NOTIFY_BUFFER_MAX, PIPE_BUF).
+ *
+ * @example
+ * ```ts
+ * import { NOTIFY_MAX_BYTES } from "@instar/instar/unstable";
+ *
+ * const status = "x".repeat(100);
+ * console.log(status.length < NOTIFY_MAX_BYTES);
+ * ```
+ */
 export const NOTIFY_MAX_BYTES = 4096;
 const KEY = /^[A-Z][A-Z0-9_]*$/;
 
@@ -286,10 +326,29 @@ export function systemdNotifier(options: NotifierOptions = {}): SystemdNotifier 
 
 // ------------------------------------------------------------ socket activation
 
-/** The first fd systemd passes (`SD_LISTEN_FDS_START`). */
+/**
+ * The first fd systemd passes (`SD_LISTEN_FDS_START`).
+ *
+ * @example
+ * ```ts
+ * import { LISTEN_FDS_START } from "@instar/instar/unstable";
+ *
+ * console.log(`systemd passes sockets from fd ${LISTEN_FDS_START} on`);
+ * ```
+ */
 export const LISTEN_FDS_START = 3;
 
-/** One socket the service manager passed. */
+/**
+ * One socket the service manager passed.
+ *
+ * @example
+ * ```ts
+ * import { type ActivatedSocket, activatedSockets } from "@instar/instar/unstable";
+ *
+ * const sockets: ActivatedSocket[] = activatedSockets().sockets;
+ * for (const s of sockets) console.log(s.fd, s.name, s.kind, s.listening);
+ * ```
+ */
 export interface ActivatedSocket {
   /** The fd (3, 4, …); close-on-exec from now on. */
   fd: number;
@@ -310,7 +369,17 @@ export interface ActivatedSocket {
   address: Addr | null;
 }
 
-/** What {@link activatedSockets} found. */
+/**
+ * What {@link activatedSockets} found.
+ *
+ * @example
+ * ```ts
+ * import { type Activation, activatedSockets } from "@instar/instar/unstable";
+ *
+ * const activation: Activation = activatedSockets();
+ * console.log(activation.sockets.length);
+ * ```
+ */
 export interface Activation {
   /** The sockets passed to this process, in fd order; empty when none were. */
   sockets: ActivatedSocket[];
@@ -322,7 +391,17 @@ export interface Activation {
   ignored?: string;
 }
 
-/** Options of {@link activatedSockets}. */
+/**
+ * Options of {@link activatedSockets}.
+ *
+ * @example
+ * ```ts
+ * import { activatedSockets, type ActivationOptions } from "@instar/instar/unstable";
+ *
+ * const options: ActivationOptions = { env: { LISTEN_PID: "1", LISTEN_FDS: "0" } };
+ * console.log(activatedSockets(options).sockets);
+ * ```
+ */
 export interface ActivationOptions {
   /** Where `LISTEN_*` are read from and deleted from. Default: `process.env`. */
   env?: Env;
@@ -461,7 +540,17 @@ function describe(fd: number): Pick<ActivatedSocket, "kind" | "listening" | "add
   return { kind, listening, address };
 }
 
-/** What {@link findActivated} looks for: a name, an address, or both (name first). */
+/**
+ * What {@link findActivated} looks for: a name, an address, or both (name first).
+ *
+ * @example
+ * ```ts
+ * import { type ActivatedRequest, activatedSockets, findActivated } from "@instar/instar/unstable";
+ *
+ * const want: ActivatedRequest = { name: "web", port: 8080 };
+ * const web = findActivated(activatedSockets().sockets, want);
+ * ```
+ */
 export interface ActivatedRequest {
   /** A `FileDescriptorName=`; matched first. */
   name?: string;
