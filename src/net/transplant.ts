@@ -29,12 +29,12 @@ import {
   getsockname,
   getsockoptInt,
   pipe2,
-  runtimeName,
   sameFile,
   setNonBlocking,
   setsockoptInt,
 } from "../ffi/mod.ts";
 import { type Addr, decode, formatAddr } from "../ffi/sockaddr.ts";
+import { reactorMasks } from "../runtime/reactors.ts";
 import {
   epollFds,
   type EpollRegistration,
@@ -46,20 +46,7 @@ import {
 
 export type { EpollRegistration } from "../proc.ts";
 
-/**
- * The epoll event masks of the reactors instar knows how to transplant under,
- * per runtime. The transplant re-registers whatever mask it finds; knowing the
- * mask is how instar checks the reactor is the one it was measured against.
- * Frozen at both levels: to transplant against other masks (e.g. in a test),
- * pass {@link TransplantOptions.knownMasks}.
- */
-export const KNOWN_EVENT_MASKS: Readonly<Record<string, Readonly<Record<number, string>>>> = Object
-  .freeze({
-    // EPOLLET | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLOUT | EPOLLIN: mio (tokio).
-    deno: Object.freeze({ 0x8000201d: "mio (edge-triggered)" }),
-    // EPOLLHUP | EPOLLERR | EPOLLIN: uSockets.
-    bun: Object.freeze({ 0x19: "uSockets (level-triggered)" }),
-  });
+export { KNOWN_EVENT_MASKS } from "../runtime/reactors.ts";
 
 /**
  * How two epoll fds are compared to find whether they are one epoll instance.
@@ -286,13 +273,14 @@ function prepare(options: TransplantOptions): Plan {
     );
   }
   const reg = instances[0];
-  const known = options.knownMasks ?? KNOWN_EVENT_MASKS[runtimeName() ?? ""] ?? {};
+  const { runtime, masks } = reactorMasks();
+  const known = options.knownMasks ?? masks;
   const reactor = known[reg.events];
   if (reactor === undefined) {
     const list = Object.keys(known).map((k) => "0x" + Number(k).toString(16)).join(", ");
     unsupported(
       `the server's epoll event mask 0x${reg.events.toString(16)} is not one instar knows ` +
-        `for ${runtimeName()} (${list || "none"})`,
+        `for ${runtime} (${list || "none"})`,
     );
   }
 

@@ -7,6 +7,7 @@
  * - reading a connected Unix socket fd through the event loop (the channel
  *   to a starting generation): Deno `new net.Socket({ fd })`, Bun
  *   `net.connect({ fd })` (Bun's `new net.Socket({ fd })` never reads);
+ * - the native HTTP server `serve()` starts: `Deno.serve` or `Bun.serve`;
  * - the fd under an accepted `node:net` socket (`_handle.fd` in both), for
  *   SO_PEERCRED and SCM_RIGHTS on control connections.
  *
@@ -21,6 +22,9 @@ import type { Acceptor, BaseConn } from "./conn.ts";
 import { bunAcceptor } from "./listener_bun.ts";
 import { denoAcceptor } from "./listener_deno.ts";
 import { nodeAcceptor } from "./listener_node.ts";
+import { bunAdapter } from "./serve_bun.ts";
+import { denoAdapter } from "./serve_deno.ts";
+import type { ServeAdapter } from "../serve/types.ts";
 
 /** How a listener serves its socket (tests force the portable path). */
 export type ListenerBackend = "auto" | "node";
@@ -78,4 +82,12 @@ export function fdOfSocket(s: net.Socket): number {
   } catch {
     return -1;
   }
+}
+
+/** The adapter that starts this runtime's own HTTP server for `serve()`. */
+export function serveAdapter(): ServeAdapter {
+  const rt = runtimeName();
+  if (rt === "deno") return denoAdapter;
+  if (rt === "bun") return bunAdapter;
+  throw new InstarError("UNSUPPORTED_RUNTIME", "serve() runs on Deno and Bun");
 }

@@ -41,8 +41,7 @@ import {
   transplant,
   type TransplantInfo,
 } from "../net/transplant.ts";
-import { denoAdapter } from "../runtime/serve_deno.ts";
-import { bunAdapter } from "../runtime/serve_bun.ts";
+import { serveAdapter } from "../runtime/mod.ts";
 import { type AnyHandler, checkOneObject, refuseListenKeys, takeHandler } from "./options.ts";
 import { drain } from "../lifecycle/drain.ts";
 import { cutConnections } from "../net/connections.ts";
@@ -53,7 +52,6 @@ import type {
   AdapterStart,
   InstarServeOptions,
   NativeServer,
-  ServeAdapter,
   ServeMode,
   ServeOptions,
   Server,
@@ -77,13 +75,6 @@ export type {
   UpgraderServeOptions,
 } from "./types.ts";
 export { splitListenOptions } from "./options.ts";
-
-function adapter(): ServeAdapter {
-  const rt = runtimeName();
-  if (rt === "deno") return denoAdapter;
-  if (rt === "bun") return bunAdapter;
-  throw new InstarError("UNSUPPORTED_RUNTIME", "serve() runs on Deno and Bun");
-}
 
 // ---------------------------------------------------------------- serve()
 
@@ -209,7 +200,7 @@ async function start(
     remoteOf: (port) => proxy?.remoteOf(port),
     shutdown: () => void self.shutdown(),
   };
-  const native = adapter().start(s);
+  const native = serveAdapter().start(s);
   tls = native.tls;
   const fail = async (err: unknown): Promise<never> => {
     await native.close();
