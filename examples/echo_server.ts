@@ -6,14 +6,19 @@
  *   kill -TERM <pid>   # stop gracefully
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
- * --drain-timeout, --ready-timeout, --spawn-backend).
+ * --drain-timeout, --ready-timeout, --spawn-backend), plus --socket-name <name>:
+ * serve the socket systemd passed under that name (FileDescriptorName=), with
+ * --hostname/--port only as the fallback when there is none.
  *
  * @module
  */
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port } = await startGeneration("echo");
-const listener = await up.listen({ hostname, port });
+const { up, hostname, port, flags } = await startGeneration("echo", {
+  "socket-name": { type: "string" },
+});
+const name = flags["socket-name"] as string | undefined;
+const listener = await up.listen({ hostname, port, ...(name ? { name } : {}) });
 
 (async () => {
   for await (const conn of listener) {

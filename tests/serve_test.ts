@@ -134,8 +134,53 @@ async function withSocket(fn: (ours: { fd: number; port: number }) => Promise<vo
   assert.deepEqual(await leakedSockets(before), [], "leaked sockets");
 }
 
+/** Two GETs on one keep-alive connection, `between()` called between them; the raw answers. */
+function keepAliveExchange(
+  port: number,
+  between: () => void,
+): Promise<{ first: string; second: string }> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: "127.0.0.1", port });
+    const req = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let got = "", first = "";
+    s.setEncoding("latin1");
+    s.on("connect", () => s.write(req));
+    s.on("data", (d: string) => {
+      got += d;
+      const end = got.indexOf("\r\n\r\n");
+      const len = Number(/content-length:\s*(\d+)/i.exec(got)?.[1] ?? -1);
+      if (end < 0 || len < 0 || got.length < end + 4 + len) return;
+      if (first) {
+        s.destroy();
+        return resolve({ first, second: got });
+      }
+      first = got;
+      got = "";
+      between();
+      s.write(req);
+    });
+    s.on("error", reject);
+  });
+}
+
 for (const mode of ["transplant", "fallback"] as const) {
   describe(`serve() under ${RUNTIME}, ${mode} mode`, () => {
+    test("once it stops accepting, responses on a kept-alive connection carry Connection: close", async () => {
+      await withSocket(async (ours) => {
+        const server = await app({ fd: ours.fd }, mode);
+        try {
+          const r = await keepAliveExchange(ours.port, () => server.pauseAccepting());
+          assert.doesNotMatch(r.first, /connection:\s*close/i, "not before: keep-alive as usual");
+          assert.match(r.second, /^HTTP\/1\.1 200/);
+          // The client opens its next connection elsewhere (Deno keeps the socket open until
+          // its graceful shutdown closes it idle; Bun closes it after the response).
+          assert.match(r.second, /\r\nconnection:\s*close\r\n/i);
+        } finally {
+          await server.shutdown();
+        }
+      });
+    });
+
     test("answers requests and the connections queued before serve(), reporting the real addresses", async () => {
       await withSocket(async (ours) => {
         const queued = await Promise.all([1, 2, 3].map(() => connectClient(ours.port)));

@@ -112,6 +112,51 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
     }
   });
 
+  const byName =
+    "a server claims the socket systemd passed by its name, and passes it on under that name";
+  test(
+    byName,
+    skipIf(
+      !existsSync(SOCKET_ACTIVATE) &&
+        `${SOCKET_ACTIVATE} is missing (Debian package systemd; .ci/run installs it)`,
+      byName,
+    ),
+    async () => {
+      const probe = net.createServer();
+      await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+      const port = (probe.address() as net.AddressInfo).port;
+      await new Promise((r) => probe.close(r));
+      const ctl = join(dir, "ctl-named.sock"), pidFile = join(dir, "named.pid");
+      // --port 0: claimed by address, this would be a fresh socket on some other port.
+      const [cmd, ...args] = runtimeCmd(RUNTIME, ECHO, [
+        ...["--port", "0", "--socket-name", "web", "--control", ctl, "--pid-file", pidFile],
+      ]);
+      const server = startServer([
+        SOCKET_ACTIVATE,
+        "-l",
+        `127.0.0.1:${port}`,
+        "--fdname=web",
+        cmd,
+        ...args,
+      ]);
+      servers.push(server);
+      await server.waitFor(/Listening on/, 10_000); // systemd-socket-activate's own line
+      const first = echo(port);
+      const log = server.lines;
+      const status = await readyGeneration(ctl, 1, { pid: server.pid, log });
+      assert.deepEqual(status.listeners.map((l) => l.addr), [`127.0.0.1:${port}`]);
+      assert.equal(await first, "ping\n");
+      process.kill(server.pid, "SIGHUP");
+      const child = await nextPidInPidFile(pidFile, server.pid, { log });
+      server.pids.add(child);
+      await server.exited;
+      const next = await readyGeneration(ctl, 2, { pid: child, log });
+      assert.deepEqual(next.listeners.map((l) => l.addr), [`127.0.0.1:${port}`]);
+      assert.equal(await echo(port), "ping\n", "generation 2 inherited it by the name's key");
+      process.kill(child, "SIGTERM");
+    },
+  );
+
   const activated =
     "a socket-activated server adopts the socket and passes it on; LISTEN_* never reaches a later generation";
   test(
