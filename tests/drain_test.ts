@@ -16,39 +16,21 @@ import {
   ROOT,
   runCommand,
   RUNTIME,
-  runtimeCmd,
-  type ServerProcess,
   showResult,
   skipIf,
   sleep,
-  startServer,
   stopped,
   within,
 } from "./support/helpers.ts";
-import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
+import { nextPidInPidFile } from "./support/status.ts";
+import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
 
-const { servers, tempDir } = cleanupAfterTests();
+const left = cleanupAfterTests();
+const { tempDir } = left;
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
 
-interface Started {
-  server: ServerProcess;
-  port: number;
-  pidFile: string;
-  dir: string;
-}
-
-async function start(mode: string, extra: string[] = []): Promise<Started> {
-  const dir = tempDir("instar-drain-");
-  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
-  const server = startServer(
-    runtimeCmd(RUNTIME, EXAMPLE, [
-      ...["--port", "0", "--serve-mode", mode, "--control", ctl, "--pid-file", pidFile],
-      ...extra,
-    ]),
-  );
-  servers.push(server);
-  const status = await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines });
-  return { server, port: portOf(status), pidFile, dir };
+function start(mode: string, extra: string[] = []): Promise<Generations> {
+  return startGenerations(left, EXAMPLE, ["--serve-mode", mode, ...extra]);
 }
 
 /** One GET on its own connection; resolves with status and body, or the error's code. */
@@ -57,13 +39,6 @@ function get(port: number, path: string): Promise<{ status: number; body: string
     async (r) => ({ status: r.status, body: await r.text() }),
     (e: Error & { cause?: { code?: string } }) => e.cause?.code ?? e.message,
   );
-}
-
-async function upgrade(s: Started, from: number): Promise<number> {
-  process.kill(from, "SIGHUP");
-  const next = await nextPidInPidFile(s.pidFile, from, { timeoutMs: 60_000, log: s.server.lines });
-  s.server.pids.add(next);
-  return next;
 }
 
 /** Resolves with the time connect(2) to `port` is first refused. */
@@ -87,7 +62,7 @@ for (const mode of ["transplant", "fallback"] as const) {
       const s = await start(mode);
       const slow = Array.from({ length: 8 }, () => get(s.port, "/slow?ms=1500"));
       await sleep(200);
-      const next = await upgrade(s, s.server.pid);
+      const next = await upgradeByHup(s, s.server.pid);
       for (const r of await Promise.all(slow)) {
         assert.equal(typeof r, "object", `a slow request failed: ${r}`);
         const { status, body } = r as { status: number; body: string };
@@ -105,7 +80,7 @@ for (const mode of ["transplant", "fallback"] as const) {
       const res = await fetch(`http://127.0.0.1:${s.port}/stream?ms=60000`);
       const reader = res.body!.getReader();
       await reader.read(); // streaming from generation 1
-      const next = await upgrade(s, s.server.pid);
+      const next = await upgradeByHup(s, s.server.pid);
       const t0 = performance.now();
       let ended: number | undefined;
       try {
@@ -126,7 +101,7 @@ for (const mode of ["transplant", "fallback"] as const) {
       const old = s.server.pid;
       const slow = Array.from({ length: 4 }, () => get(s.port, "/slow?ms=2000"));
       await sleep(200);
-      const next = await upgrade(s, old);
+      const next = await upgradeByHup(s, old);
       for (let i = 0; i < 50; i++) {
         process.kill(old, "SIGHUP");
         await sleep(10);
@@ -215,7 +190,7 @@ describe(`HTTP/2 (${RUNTIME})`, () => {
     let current = s.server.pid;
     for (let i = 0; i < 3; i++) {
       await sleep(1200);
-      current = await upgrade(s, current);
+      current = await upgradeByHup(s, current);
     }
     const r = await load;
     assert.equal(r.code, 0, showResult(r, 2000));

@@ -13,46 +13,20 @@ import {
   httpGet,
   ROOT,
   RUNTIME,
-  runtimeCmd,
-  type ServerProcess,
   sleep,
-  startServer,
   stopped,
   within,
 } from "./support/helpers.ts";
-import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
+import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
 
-const { servers, sockets, tempDir } = cleanupAfterTests();
+const left = cleanupAfterTests();
+const { sockets } = left;
 
 const example = (name: string) => join(ROOT, "examples", name);
 
-/**
- * Starts example `name` on a free port with a control socket and a PID file,
- * and resolves once generation 1 reports itself ready on the control socket.
- */
-async function startExample(
-  name: string,
-): Promise<{ server: ServerProcess; port: number; pidFile: string }> {
-  const dir = tempDir("instar-example-");
-  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
-  const server = startServer(
-    runtimeCmd(RUNTIME, example(name), ["--port", "0", "--control", ctl, "--pid-file", pidFile]),
-  );
-  servers.push(server);
-  const ready = await readyGeneration(ctl, 1, {
-    pid: server.pid,
-    timeoutMs: 60_000,
-    log: server.lines,
-  });
-  return { server, port: portOf(ready), pidFile };
-}
-
-/** Sends SIGHUP to `pid`; resolves with the next generation's pid once it wrote the PID file. */
-async function upgrade(server: ServerProcess, pidFile: string, pid: number): Promise<number> {
-  process.kill(pid, "SIGHUP");
-  const next = await nextPidInPidFile(pidFile, pid, { timeoutMs: 60_000, log: server.lines });
-  server.pids.add(next); // killed by after() even if it has not logged yet
-  return next;
+/** Starts example `name`; resolves once generation 1 reports itself ready. */
+async function startExample(name: string): Promise<Generations> {
+  return await startGenerations(left, example(name));
 }
 
 // A fresh connection per request (`Connection: close`): fetch() would reuse a pooled
@@ -73,7 +47,8 @@ async function get(url: string): Promise<{ status: number; type: string; body: s
 
 describe(`examples/hono.ts (${RUNTIME})`, () => {
   test("serves its routes, and 3 upgrades under load fail no request", async () => {
-    const { server, port, pidFile } = await startExample("hono.ts");
+    const g = await startExample("hono.ts");
+    const { server, port } = g;
     const base = `http://127.0.0.1:${port}`;
 
     const root = await get(`${base}/`);
@@ -99,7 +74,7 @@ describe(`examples/hono.ts (${RUNTIME})`, () => {
     try {
       for (let i = 0; i < 3; i++) {
         await sleep(200);
-        current = await upgrade(server, pidFile, current);
+        current = await upgradeByHup(g, current);
       }
       await sleep(300);
     } finally {

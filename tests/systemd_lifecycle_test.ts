@@ -28,6 +28,28 @@ const dir = tempDir("instar-sdlife-");
 const ECHO = join(ROOT, "examples", "echo_server.ts");
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
 
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
+/**
+ * The echo example under systemd-socket-activate on 127.0.0.1:`port`, its socket named "web".
+ * systemd-socket-activate binds, and starts the program on the first connection, which waits
+ * in the activated socket's queue until the program serves it.
+ */
+async function activate(port: number, echoArgs: string[], ctl: string, pidFile: string) {
+  const cmd = runtimeCmd(RUNTIME, ECHO, [...echoArgs, "--control", ctl, "--pid-file", pidFile]);
+  const server = startServer([SOCKET_ACTIVATE, "-l", `127.0.0.1:${port}`, "--fdname=web", ...cmd]);
+  servers.push(server);
+  await server.waitFor(/Listening on/, 10_000); // systemd-socket-activate's own line
+  return server;
+}
+
 /** Datagrams arriving on a NOTIFY_SOCKET bound at `path`. */
 function notifySocket(path: string) {
   const fd = datagramReceiver(path);
@@ -122,25 +144,10 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       byName,
     ),
     async () => {
-      const probe = net.createServer();
-      await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-      const port = (probe.address() as net.AddressInfo).port;
-      await new Promise((r) => probe.close(r));
+      const port = await freePort();
       const ctl = join(dir, "ctl-named.sock"), pidFile = join(dir, "named.pid");
       // --port 0: claimed by address, this would be a fresh socket on some other port.
-      const [cmd, ...args] = runtimeCmd(RUNTIME, ECHO, [
-        ...["--port", "0", "--socket-name", "web", "--control", ctl, "--pid-file", pidFile],
-      ]);
-      const server = startServer([
-        SOCKET_ACTIVATE,
-        "-l",
-        `127.0.0.1:${port}`,
-        "--fdname=web",
-        cmd,
-        ...args,
-      ]);
-      servers.push(server);
-      await server.waitFor(/Listening on/, 10_000); // systemd-socket-activate's own line
+      const server = await activate(port, ["--port", "0", "--socket-name", "web"], ctl, pidFile);
       const first = echo(port);
       const log = server.lines;
       const status = await readyGeneration(ctl, 1, { pid: server.pid, log });
@@ -167,26 +174,9 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       activated,
     ),
     async () => {
-      const probe = net.createServer();
-      await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-      const port = (probe.address() as net.AddressInfo).port;
-      await new Promise((r) => probe.close(r));
+      const port = await freePort();
       const ctl = join(dir, "ctl-activated.sock"), pidFile = join(dir, "activated.pid");
-      const [cmd, ...args] = runtimeCmd(RUNTIME, ECHO, [
-        ...["--port", String(port), "--control", ctl, "--pid-file", pidFile],
-      ]);
-      const server = startServer([
-        SOCKET_ACTIVATE,
-        "-l",
-        `127.0.0.1:${port}`,
-        "--fdname=web",
-        cmd,
-        ...args,
-      ]);
-      servers.push(server);
-      // systemd-socket-activate binds, and starts the program on the first connection,
-      // which waits in the activated socket's queue until the program serves it.
-      await server.waitFor(/Listening on/, 10_000); // systemd-socket-activate's own line
+      const server = await activate(port, ["--port", String(port)], ctl, pidFile);
       const first = echo(port);
       const log = server.lines;
       await readyGeneration(ctl, 1, { pid: server.pid, log });

@@ -11,17 +11,16 @@ import {
   cleanupAfterTests,
   ROOT,
   RUNTIME,
-  runtimeCmd,
   type ServerProcess,
-  startServer,
   stopped,
   within,
 } from "./support/helpers.ts";
-import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
+import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
 
 const EXAMPLE = join(ROOT, "examples", "ws_chat.ts");
 
-const { servers, sockets, tempDir } = cleanupAfterTests();
+const left = cleanupAfterTests();
+const { sockets } = left;
 
 /** A WebSocket client that queues what it receives. */
 class ChatClient {
@@ -99,41 +98,10 @@ class ChatClient {
 }
 
 /** Starts the chat example; resolves once generation 1 reports itself ready on its control socket. */
-async function startChat(
-  drainTimeoutMs: number,
-  mode = "auto",
-): Promise<{ server: ServerProcess; port: number; pidFile: string }> {
-  const dir = tempDir("instar-ws-");
-  const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
-  const server = startServer(
-    runtimeCmd(RUNTIME, EXAMPLE, [
-      "--port",
-      "0",
-      "--drain-timeout",
-      String(drainTimeoutMs),
-      "--serve-mode",
-      mode,
-      "--control",
-      ctl,
-      "--pid-file",
-      pidFile,
-    ]),
-  );
-  servers.push(server);
-  const s = await readyGeneration(ctl, 1, {
-    pid: server.pid,
-    timeoutMs: 60_000,
-    log: server.lines,
-  });
-  return { server, port: portOf(s), pidFile };
-}
-
-/** Sends SIGHUP to `pid`; resolves with the next generation's pid once it wrote the PID file. */
-async function upgrade(server: ServerProcess, pidFile: string, pid: number): Promise<number> {
-  process.kill(pid, "SIGHUP");
-  const next = await nextPidInPidFile(pidFile, pid, { timeoutMs: 60_000, log: server.lines });
-  server.pids.add(next); // killed by after() even if it has not logged yet
-  return next;
+function startChat(drainTimeoutMs: number, mode = "auto"): Promise<Generations> {
+  return startGenerations(left, EXAMPLE, [
+    ...["--drain-timeout", String(drainTimeoutMs), "--serve-mode", mode],
+  ]);
 }
 
 /**
@@ -154,7 +122,8 @@ async function upgradeLogged(server: ServerProcess, pid: number): Promise<number
 describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
   for (const mode of ["transplant", "fallback"]) {
     test(`open WebSockets keep chatting on the old generation, new ones reach the new generation, and the old one exits 0 once they close (serve ${mode})`, async () => {
-      const { server, port, pidFile } = await startChat(60_000, mode);
+      const g = await startChat(60_000, mode);
+      const { server, port } = g;
       const oldPid = server.pid;
       const a = await ChatClient.open(port);
       const b = await ChatClient.open(port);
@@ -164,7 +133,7 @@ describe(`WebSocket chat across upgrades (${RUNTIME})`, () => {
       // A broadcast reaches the other client of the generation too.
       await b.next(/^pid \d+: before the upgrade$/);
 
-      const newPid = await upgrade(server, pidFile, oldPid);
+      const newPid = await upgradeByHup(g, oldPid);
       assert.notEqual(newPid, oldPid);
       assert.equal(Number((await a.next(/^draining pid (\d+)/))[1]), oldPid);
 
