@@ -10,6 +10,7 @@
  * Answers (status 200):
  * - `GET /slow?ms=N`: the hello line after N ms;
  * - `GET /stream?ms=N`: a line (`<pid> <ms since start>`) every 100 ms for N ms;
+ * - `GET /busy?ms=N`: the hello line after blocking the event loop for N ms;
  * - `POST` anything: the number of body bytes it read;
  * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
@@ -75,6 +76,11 @@ function handle(req: Request): Response | Promise<Response> {
     return new Promise((r) => setTimeout(() => r(new Response(body)), ms));
   }
   if (url.pathname === "/stream") return stream(ms);
+  if (url.pathname === "/busy") {
+    // Blocks the event loop, as a CPU-heavy request would (for tests of a loaded server).
+    const until = Date.now() + ms;
+    while (Date.now() < until) { /* busy */ }
+  }
   return new Response(body);
 }
 

@@ -143,11 +143,13 @@ export interface Endpoint {
   /** Accepts again after {@link Endpoint.pauseAccepting}. */
   resumeAccepting(): void;
   /**
-   * No successor will serve the socket (a stop): new connections are refused
-   * from now on (`shutdown(2)` of the listening socket), unless systemd
-   * activated it, whose socket keeps queueing for the next start.
+   * No successor will serve the socket (a stop): the connections already in
+   * the accept queue are taken (briefly), then accepting stops and new
+   * connections are refused from then on (`shutdown(2)` of the listening
+   * socket), unless systemd activated it: its socket keeps queueing for the
+   * next start.
    */
-  refuseNew(): void;
+  refuseNew(): Promise<void>;
   /** Stops for good and resolves when every connection has ended by itself. */
   finish(): Promise<void>;
   /** Closes the connections that are still open; resolves with how many it cut. */

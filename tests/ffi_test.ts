@@ -70,6 +70,7 @@ int main(void) {
   P("ucred.gid", offsetof(struct ucred, gid));
   P("timespec.size", sizeof(struct timespec));
   P("timespec.nsec", offsetof(struct timespec, tv_nsec));
+  P("tcpInfo.unacked", offsetof(struct tcp_info, tcpi_unacked));
   P("sigset.size", sizeof(sigset_t));
   P("spawnFileActions.size", sizeof(posix_spawn_file_actions_t));
   P("spawnAttr.size", sizeof(posix_spawnattr_t));
@@ -82,7 +83,7 @@ int main(void) {
   P("C.SO_PROTOCOL", SO_PROTOCOL); P("C.SO_SNDBUF", SO_SNDBUF); P("C.SO_RCVBUF", SO_RCVBUF);
   P("C.SO_PASSCRED", SO_PASSCRED);
   P("C.IPPROTO_TCP", IPPROTO_TCP); P("C.IPPROTO_IPV6", IPPROTO_IPV6); P("C.IPV6_V6ONLY", IPV6_V6ONLY);
-  P("C.TCP_NODELAY", TCP_NODELAY); P("C.TCP_DEFER_ACCEPT", TCP_DEFER_ACCEPT);
+  P("C.TCP_NODELAY", TCP_NODELAY); P("C.TCP_DEFER_ACCEPT", TCP_DEFER_ACCEPT); P("C.TCP_INFO", TCP_INFO);
   P("C.F_GETFD", F_GETFD); P("C.F_SETFD", F_SETFD); P("C.F_GETFL", F_GETFL); P("C.F_SETFL", F_SETFL);
   P("C.F_DUPFD_CLOEXEC", F_DUPFD_CLOEXEC); P("C.FD_CLOEXEC", FD_CLOEXEC);
   P("C.O_NONBLOCK", O_NONBLOCK); P("C.O_CLOEXEC", O_CLOEXEC);

@@ -182,6 +182,32 @@ for (const backend of BACKENDS) {
 }
 
 describe(`generations (${RUNTIME})`, () => {
+  test("a new generation stopped before it is ready leaves the old one serving its shared socket", async () => {
+    const started = await start("auto", ["--ready-timeout", "20000"]);
+    const { server, port, deploy } = started;
+    // Claims the same socket (key tcp:127.0.0.1:0) and never calls ready().
+    deploy(NEVER_READY);
+    const from = server.lines.length;
+    process.kill(server.pid, "SIGHUP");
+    const spawned = await server.waitFor(/upgrade-spawned: pid (\d+)/, 30_000, from);
+    const child = Number(spawned[1]);
+    server.pids.add(child);
+    await sleep(500); // it has adopted the inherited socket and waits
+    const ac = new AbortController();
+    const load = runEchoLoad({ port, connections: 4, durationMs: 30_000, signal: ac.signal });
+    process.kill(child, "SIGTERM"); // a stop of a starting generation: it closes only its own fds
+    const failed = await server.waitFor(/upgrade-failed: (.*)/, 30_000, from);
+    assert.match(failed[1], /^exited: /);
+    await sleep(300);
+    ac.abort();
+    const r = await load;
+    assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    await echoOnce(port); // the old generation still accepts on the socket
+    assert.equal(alive(server.pid), true);
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0);
+  });
+
   test("50 upgrades keep the fd count and zombies flat", async () => {
     const started = await start("auto");
     let current = started.server.pid;

@@ -51,6 +51,8 @@ export interface Layout {
   readonly ucred: { size: number; pid: number; uid: number; gid: number };
   /** `struct timespec`. */
   readonly timespec: { size: number; sec: number; nsec: number };
+  /** The start of `struct tcp_info` (TCP_INFO): on a listening socket `unacked` is the accept queue's length. */
+  readonly tcpInfo: { size: number; unacked: number };
   /** `sigset_t`. */
   readonly sigset: { size: number };
   /** Bytes reserved for `posix_spawn_file_actions_t` / `posix_spawnattr_t` (larger than glibc's and musl's). */
@@ -77,6 +79,7 @@ const LP64_COMMON = {
   pollfd: { size: 8, fd: 0, events: 4, revents: 6 },
   ucred: { size: 12, pid: 0, uid: 4, gid: 8 },
   timespec: { size: 16, sec: 0, nsec: 8 },
+  tcpInfo: { size: 104, unacked: 24 },
   sigset: { size: 128 },
   spawnOpaque: { size: 512 },
 } as const;
@@ -120,6 +123,7 @@ export const C = {
   IPV6_V6ONLY: 26,
   TCP_NODELAY: 1,
   TCP_DEFER_ACCEPT: 9,
+  TCP_INFO: 11,
   SOMAXCONN: 4096,
   SHUT_RD: 0,
   SHUT_WR: 1,

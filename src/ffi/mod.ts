@@ -179,6 +179,23 @@ export function getpeername(fd: number): Uint8Array {
   return nameOf(libc().getpeername, "getpeername", fd);
 }
 
+/**
+ * How many connections wait in a listening TCP socket's accept queue (TCP_INFO:
+ * `tcpi_unacked` is the queue's length on a listening socket); `null` for a
+ * socket that is not TCP.
+ */
+export function acceptQueueLength(fd: number): number | null {
+  const l = platform().layout.tcpInfo;
+  let v: Uint8Array;
+  try {
+    v = getsockopt(fd, C.IPPROTO_TCP, C.TCP_INFO, l.size);
+  } catch {
+    return null; // EOPNOTSUPP: a Unix socket
+  }
+  if (v.byteLength < l.unacked + 4) return null;
+  return new DataView(v.buffer, v.byteOffset).getUint32(l.unacked, true);
+}
+
 /** The peer's credentials of a Unix socket (`SO_PEERCRED`). */
 export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
   const l = platform().layout.ucred;

@@ -179,8 +179,9 @@ export class ControlServer implements Endpoint {
     // The control socket only stops for good (the next generation answers it).
   }
 
-  refuseNew(): void {
+  refuseNew(): Promise<void> {
     // On a stop the socket file is removed (unlink) and the fd closed: nobody connects any more.
+    return Promise.resolve();
   }
 
   /** Closes idle peers; resolves when the busy ones (an upgrade being answered) are done. */

@@ -48,8 +48,15 @@ export async function drain(endpoints: readonly Endpoint[], o: DrainOptions): Pr
       return undefined;
     }
   };
+  // A stop refuses first: connections already queued are taken before the socket closes.
+  if (o.refuse) {
+    await Promise.all(
+      endpoints.map((e) =>
+        e.refuseNew().catch((err) => warn(`closing ${e.key}: ${(err as Error).message}`))
+      ),
+    );
+  }
   for (const e of endpoints) attempt(e, "pausing", () => e.pauseAccepting());
-  if (o.refuse) { for (const e of endpoints) attempt(e, "closing", () => e.refuseNew()); }
   if (endpoints.length) await sleep(o.delayMs ?? DRAIN_DELAY_MS);
   const finished = endpoints.map((e) =>
     e.finish().catch((err) => warn(`finishing ${e.key}: ${(err as Error).message}`))

@@ -5,15 +5,16 @@
  * @module
  */
 
-import { C, close as closeFd, shutdown } from "../ffi/mod.ts";
+import { acceptQueueLength, C, close as closeFd, shutdown } from "../ffi/mod.ts";
+import { sleep } from "../timeout.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { tcpConnections } from "../proc.ts";
 import { type Server, serverParts } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
-/** Pausing and refusing, shared by every endpoint on a listening socket instar owns. */
-function accepting(fd: number, activated: boolean) {
+/** Pausing, shared by every endpoint on a listening socket instar owns. */
+function accepting(fd: number) {
   let paused: PausedSocket | undefined;
   return {
     // Every reactor of this process stops accepting on the socket, whatever fd number it holds.
@@ -22,20 +23,35 @@ function accepting(fd: number, activated: boolean) {
       if (paused) resumeSocket(paused);
       paused = undefined;
     },
-    refuseNew: () => {
-      if (!activated) shutdown(fd, C.SHUT_RD);
-    },
   };
+}
+
+/** How long a stop keeps accepting for the connections already queued. */
+const QUEUE_GRACE_MS = 100;
+
+/**
+ * A stop's refusal on `fd`: the runtime takes what is queued (a queued
+ * connection would be reset by the shutdown), then `pause` removes every
+ * reactor's registration, then shutdown(2) makes the kernel refuse new ones.
+ */
+async function refuse(fd: number, activated: boolean, pause: () => void): Promise<void> {
+  if (activated) return; // systemd's socket: it keeps queueing for the next start
+  const deadline = performance.now() + QUEUE_GRACE_MS;
+  while ((acceptQueueLength(fd) ?? 0) > 0 && performance.now() < deadline) await sleep(2);
+  pause();
+  shutdown(fd, C.SHUT_RD);
 }
 
 /** A listener from `listen()`: it owns its fd and counts its connections. */
 export function listenerEndpoint(key: string, listener: Listener, activated: boolean): Endpoint {
+  const fd = listener.fd, pausing = accepting(fd);
   return {
     key,
-    fd: listener.fd,
+    fd,
     addr: listener.addr,
     connections: () => Promise.resolve(listener.connections),
-    ...accepting(listener.fd, activated),
+    ...pausing,
+    refuseNew: () => refuse(fd, activated, pausing.pauseAccepting),
     finish: () => {
       listener.close();
       return listener.drained();
@@ -69,7 +85,7 @@ export function serverEndpoint(
     // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),
-    refuseNew: accepting(fd, activated).refuseNew,
+    refuseNew: () => refuse(fd, activated, () => p.pause()),
     finish: p.finish,
     forceClose: p.forceClose,
     release: () => {

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
+import { type InstarError, type UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import type { ExitReason, State } from "../types.ts";
 
 /**
@@ -68,15 +68,19 @@ export class Emitter {
     return () => set.delete(handler as (p: unknown) => void);
   }
 
-  /** Calls every subscriber of `event`; their exceptions are rethrown asynchronously. */
+  /**
+   * Calls every subscriber of `event`. A subscriber that throws is reported as
+   * a `warning` (or on stderr, for a throwing `warning` subscriber): it never
+   * breaks the lifecycle, e.g. in the middle of a drain.
+   */
   emit<K extends keyof UpgraderEvents>(event: K, payload: UpgraderEvents[K]): void {
     for (const h of this.#handlers.get(event) ?? []) {
       try {
         h(payload);
       } catch (err) {
-        queueMicrotask(() => {
-          throw err;
-        });
+        const message = `a subscriber to ${event} threw: ${(err as Error)?.message ?? err}`;
+        if (event === "warning") console.error(`instar: ${message}`);
+        else this.warn(message);
       }
     }
   }
@@ -84,5 +88,34 @@ export class Emitter {
   /** Emits a `warning`. */
   warn(message: string): void {
     this.emit("warning", { message });
+  }
+}
+
+/** Why a trigger cannot start an upgrade in `state`, or `null` when it can. */
+export function refusal(state: State): UpgradeRefusedError | null {
+  if (state === "ready") return null;
+  if (state === "upgrading") {
+    return new UpgradeRefusedError(
+      "in-progress",
+      "an upgrade is already in flight; wait for its result",
+    );
+  }
+  if (state === "starting") {
+    return new UpgradeRefusedError("not-ready", "cannot upgrade before ready() was called");
+  }
+  return new UpgradeRefusedError("stopping", `cannot upgrade while ${state}`);
+}
+
+/** Runs the `onDrained` hooks in order, each awaited; a failing one is reported and the rest run. */
+export async function runHooks(
+  hooks: readonly (() => void | Promise<void>)[],
+  warn: (message: string) => void,
+): Promise<void> {
+  for (const hook of hooks) {
+    try {
+      await hook();
+    } catch (err) {
+      warn(`onDrained hook failed: ${(err as Error).message}`);
+    }
   }
 }

@@ -35,8 +35,12 @@ export interface Attempt {
   readonly who: string;
   /** Resolves when it says ready; rejects with an {@link UpgradeError}. */
   readonly ready: Promise<void>;
-  /** It will not be waited for any more: it is killed (fork/exec) or told to go; resolves once gone. */
-  abandon(): Promise<void>;
+  /**
+   * It will not be waited for any more: it is killed (fork/exec) or told to go;
+   * resolves once gone. `gently`: it may already serve (a stop raced its
+   * `ready`), so it gets SIGTERM and a grace to drain before SIGKILL.
+   */
+  abandon(gently?: boolean): Promise<void>;
   /** It succeeded: let go of the channel (the child lives on). */
   release(): void;
 }
@@ -49,6 +53,9 @@ export interface ExecPlan {
   cwd?: string;
   spawnBackend?: SpawnBackend;
 }
+
+// How long a generation abandoned by a stop gets to drain before SIGKILL.
+const ABANDON_GRACE_MS = 5_000;
 
 // Only these belong to systemd's socket activation, which the first generation consumed.
 const ACTIVATION_ENV = ["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="];
@@ -118,9 +125,10 @@ export function spawnGeneration(
     pid,
     who,
     ready: wait.ready,
-    abandon: async () => {
+    abandon: async (gently) => {
       wait.close();
-      await reaper.kill(pid);
+      if (gently) await reaper.terminate(pid, ABANDON_GRACE_MS);
+      else await reaper.kill(pid);
     },
     release: () => {
       wait.close();

@@ -43,7 +43,9 @@ export interface UpgraderOptions {
   cwd?: string;
   /**
    * Exit the process once drained and the `onDrained` hooks have run
-   * (default true). Code after `await up.drained` runs before the exit.
+   * (default true). The code right after `await up.drained` runs before the
+   * exit, up to its first `await`: put asynchronous clean-up (closing a
+   * database) in `up.onDrained(async () => …)`, which is awaited.
    */
   exitAfterDrain?: boolean;
   /**

@@ -39,10 +39,23 @@ export class Reaper {
   }
 
   /** Kills `pid` and waits (up to `ms`) until it is reaped: no zombie is left behind. */
-  async kill(pid: number, ms = 2000): Promise<ChildEnd | undefined> {
+  kill(pid: number, ms = 2000): Promise<ChildEnd | undefined> {
+    return this.#signal(pid, SIGNALS.SIGKILL, ms);
+  }
+
+  /**
+   * Asks `pid` to stop (SIGTERM: a generation that already serves drains what
+   * it took); kills it if it has not ended within `graceMs`.
+   */
+  async terminate(pid: number, graceMs: number): Promise<ChildEnd | undefined> {
+    const ended = await this.#signal(pid, SIGNALS.SIGTERM, graceMs);
+    return ended !== undefined ? ended : await this.kill(pid);
+  }
+
+  async #signal(pid: number, signo: number, ms: number): Promise<ChildEnd | undefined> {
     const ended = this.exited(pid);
     try {
-      kill(pid, SIGNALS.SIGKILL);
+      kill(pid, signo);
     } catch { /* already gone: the watch reaps it */ }
     const r = await deadline(ended, ms);
     return r.done ? r.value : undefined;

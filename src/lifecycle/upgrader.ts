@@ -22,7 +22,7 @@ import { type ParentLink, readHello, requestHandover, sayReady } from "./child.t
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
-import { Emitter, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
+import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
 import { type Attempt, awaitReady, handOver, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
 import { removePidFileIfOurs, writePidFile } from "./pid_file.ts";
@@ -70,6 +70,7 @@ export class Upgrader {
   #control: ControlServer | null = null;
   #paused: PausedSocket[] = [];
   #readyCalled = false;
+  #serving = false;
   #cancel: ((e: UpgradeError) => void) | null = null;
   #hooks: (() => void | Promise<void>)[] = [];
   #removeSignals: () => void = () => {};
@@ -220,15 +221,37 @@ export class Upgrader {
     this.#readyCalled = true;
     const path = this.#settings.controlSocket;
     if (path) this.#control = await ControlServer.open(path, this.#registry.takeControl(path));
+    this.#stillStarting();
     this.#registry.closeUnclaimed((m) => this.#events.warn(m));
-    if (this.#settings.pidFile) writePidFile(this.#settings.pidFile, process.pid);
     await this.#control?.start(this.#controlActions());
+    this.#stillStarting();
+    if (this.#settings.pidFile) this.#writePidFile(this.#settings.pidFile);
     for (const p of this.#paused.splice(0)) resumeSocket(p);
     if (this.#link) sayReady(this.#link, (m) => this.#events.warn(m));
     this.#link = null;
     // A later generation is announced by the one it replaces (MAINPID + READY).
     if (this.generation === 1) this.#systemd.ready();
     this.#setState("ready");
+  }
+
+  // A stop() while ready() awaited: this generation must not start accepting or say ready.
+  #stillStarting(): void {
+    if (this.#state !== "starting") {
+      throw new InstarError(
+        "INVALID_STATE",
+        `ready() interrupted: the generation is ${this.#state}`,
+      );
+    }
+  }
+
+  // Before anything accepts: if it fails, the control server stops again and nothing was said.
+  #writePidFile(path: string): void {
+    try {
+      writePidFile(path, process.pid);
+    } catch (err) {
+      this.#control?.pauseAccepting();
+      throw err;
+    }
   }
 
   /**
@@ -283,26 +306,11 @@ export class Upgrader {
     };
   }
 
-  // Why a trigger cannot start an upgrade now, or null.
-  #refusal(): UpgradeRefusedError | null {
-    if (this.#state === "ready") return null;
-    if (this.#state === "upgrading") {
-      return new UpgradeRefusedError(
-        "in-progress",
-        "an upgrade is already in flight; wait for its result",
-      );
-    }
-    if (this.#state === "starting") {
-      return new UpgradeRefusedError("not-ready", "cannot upgrade before ready() was called");
-    }
-    return new UpgradeRefusedError("stopping", `cannot upgrade while ${this.#state}`);
-  }
-
   /** One upgrade, however the next generation comes to exist. This generation serves on whatever happens. */
   async #run(
     start: (generation: number, sockets: ReturnType<Registry["passable"]>) => Attempt,
   ): Promise<number> {
-    const refused = this.#refusal();
+    const refused = refusal(this.#state);
     if (refused) {
       this.#events.emit("upgrade-refused", { error: refused });
       throw refused;
@@ -321,7 +329,7 @@ export class Upgrader {
       this.#events.emit("upgrade-spawned", { pid: attempt.pid });
       await awaitReady(attempt, this.#settings.readyTimeout, cancelled);
     } catch (err) {
-      await attempt?.abandon();
+      await attempt?.abandon((err as UpgradeError).reason === "cancelled");
       return this.#failed(err);
     } finally {
       this.#cancel = null;
@@ -343,6 +351,9 @@ export class Upgrader {
 
   #beginExit(reason: ExitReason): void {
     if (this.#state === "draining" || this.#state === "stopped") return;
+    // A generation still starting accepts nothing yet, and shares its sockets with the one
+    // serving: it must never shut them down (only its own fds close).
+    this.#serving = this.#state === "ready" || this.#state === "upgrading";
     this.#setState("draining");
     this.#resolveExit(reason);
     this.#events.emit("draining", { reason });
@@ -359,7 +370,7 @@ export class Upgrader {
     const { forced } = await drain(this.#registry.endpoints, {
       timeoutMs: this.#settings.drainTimeout,
       warn,
-      refuse: reason === "stop",
+      refuse: reason === "stop" && this.#serving,
     });
     await ending;
     if (reason === "stop" && this.#settings.pidFile) {
@@ -367,21 +378,11 @@ export class Upgrader {
     }
     this.#setState("stopped");
     this.#events.emit("drained", { forced });
-    await this.#runHooks();
+    await runHooks(this.#hooks, (m) => this.#events.warn(m));
     this.#removeSignals();
     this.#resolveDrained();
     // Code after `await up.drained` runs first: it was queued when drained resolved.
     if (this.#settings.exitAfterDrain) setTimeout(() => process.exit(0), 0);
-  }
-
-  async #runHooks(): Promise<void> {
-    for (const hook of this.#hooks) {
-      try {
-        await hook();
-      } catch (err) {
-        this.#events.warn(`onDrained hook failed: ${(err as Error).message}`);
-      }
-    }
   }
 
   // A second stop signal: the operator does not want to wait for the drain.

@@ -159,9 +159,10 @@ function closing(opts: Record<string, unknown>): Record<string, unknown> {
   return out;
 }
 
+// Bun calls handlers with `this` set to the server: kept, so `this.upgrade(req)` still works.
 function closingHandler(h: Handler): Handler {
-  return (...args) => {
-    const res = h(...args);
+  return function (this: unknown, ...args: unknown[]) {
+    const res = h.apply(this, args);
     return res instanceof Promise
       ? res.then((r) => withClose(r as Response))
       : withClose(res as Response);
@@ -173,8 +174,16 @@ function closingHandler(h: Handler): Handler {
 function closingRoute(v: unknown): unknown {
   if (v instanceof Response) return () => withClose(v.clone());
   if (typeof v === "function") return closingHandler(v as Handler);
-  if (v && typeof v === "object" && Object.keys(v).every((k) => METHODS.has(k))) {
+  if (isMethodTable(v)) {
     return Object.fromEntries(Object.entries(v).map(([m, h]) => [m, closingRoute(h)]));
   }
   return v;
+}
+
+// `{ GET: …, POST: … }`: a plain object whose keys are all HTTP methods. An HTML
+// bundle or a Bun.file() has no own keys and is left as it is.
+function isMethodTable(v: unknown): v is Record<string, unknown> {
+  if (!v || typeof v !== "object" || Object.getPrototypeOf(v) !== Object.prototype) return false;
+  const keys = Object.keys(v);
+  return keys.length > 0 && keys.every((k) => METHODS.has(k));
 }

@@ -284,8 +284,10 @@ function drainParts(
   };
   return {
     pause: () => {
+      // Accepting stops first: a failure to switch the answers cannot keep the server accepting.
+      const paused = info ? pauseAccepting(info) : proxy!.stopAccepting();
       native.draining(true);
-      return info ? pauseAccepting(info) : proxy!.stopAccepting();
+      return paused;
     },
     resume: () => {
       native.draining(false);
@@ -329,7 +331,7 @@ function wrap(
     connections: () => Promise.resolve(null),
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),
-    refuseNew: () => {},
+    refuseNew: () => Promise.resolve(),
     finish: p.finish,
     forceClose: p.forceClose,
     release: () => {},
