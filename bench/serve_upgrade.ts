@@ -1,14 +1,25 @@
 /**
- * Upgrades under load: examples/http_server.ts serves keep-alive clients and
- * a storm of short connections while it is upgraded back to back; every
- * failed request is counted, and the latency of requests answered inside an
+ * Upgrades under load: examples/http_server.ts serves keep-alive GET clients,
+ * keep-alive clients POSTing 16 KiB bodies and a storm of short connections
+ * while it is upgraded back to back; every failed request is counted (the
+ * load client never re-sends: a request whose connection closes before its
+ * response is a failure), and the latency of requests answered inside an
  * upgrade window (from SIGHUP until the old generation has exited) is
  * compared with the steady state (all other requests), in the same run.
  *
+ * The server runs with `--stats-file`: every generation appends how many POST
+ * bodies it read once it has drained, and their sum must equal the number of
+ * POST responses the client got (a body read whose response was lost, or a
+ * response without a body read, is a failure).
+ *
  *   deno run -A bench/serve_upgrade.ts          # server and client on Deno
  *   bun bench/serve_upgrade.ts                  # server and client on Bun
- *   … --runtime bun|deno --upgrades 100 --connections 32 --short 8 --steady-ms 3000
- *     --server <script>   another server taking `--port 0` and logging like logLifecycle()
+ *   … --runtime bun|deno --upgrades 100 --connections 32 --post 4 --post-bytes 16384
+ *     --short 8 --steady-ms 3000
+ *     --server <script>   another server taking `--port 0` and `--stats-file <path>`, answering
+ *                         a POST with the number of body bytes, and logging like logLifecycle()
+ *
+ * With wrk as the client instead: bench/serve_upgrade_wrk.ts.
  *
  * Phases: 1 s of warm-up (not counted), `--steady-ms` of steady load, the
  * upgrades, `--steady-ms` more of steady load. By default the upgrades run
@@ -26,9 +37,15 @@
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type LoadResult, percentile, runLoad } from "../tests/support/load_client.ts";
+import {
+  type FailureKind,
+  type LoadResult,
+  percentile,
+  runLoad,
+} from "../tests/support/load_client.ts";
 import { alive, ROOT, RUNTIME, runtimeCmd, sleep, startServer } from "../tests/support/helpers.ts";
 
 const { values } = parseArgs({
@@ -37,6 +54,8 @@ const { values } = parseArgs({
     runtime: { type: "string", default: RUNTIME },
     upgrades: { type: "string", default: "100" },
     connections: { type: "string", default: "32" },
+    post: { type: "string", default: "4" },
+    "post-bytes": { type: "string", default: "16384" },
     short: { type: "string", default: "8" },
     "steady-ms": { type: "string", default: "3000" },
     "budget-ms": { type: "string", default: "100000" },
@@ -52,6 +71,8 @@ if (runtime !== "deno" && runtime !== "bun") {
 const UPGRADES = Number(values.upgrades);
 const CONNECTIONS = Number(values.connections);
 const SHORT = Number(values.short);
+const POST = Number(values.post);
+const POST_BYTES = Number(values["post-bytes"]);
 const STEADY_MS = Number(values["steady-ms"]);
 // Upgrades stop being started after this long, so that a slow machine still ends the run.
 const BUDGET_MS = Number(values["budget-ms"]);
@@ -106,16 +127,29 @@ function stats(ms: number[], durationMs: number): Stats {
   };
 }
 
-const server = startServer(runtimeCmd(runtime, values.server, ["--port", "0"]));
+const tmp = mkdtempSync(join(tmpdir(), "instar-serve-upgrade-"));
+const statsFile = join(tmp, "posts.txt");
+const server = startServer(
+  runtimeCmd(runtime, values.server, ["--port", "0", "--stats-file", statsFile]),
+);
 const ours = new Set<number>([server.pid]); // generations that may still run
 let current = server.pid;
-const samples = { keepAlive: [] as Sample[], short: [] as Sample[] };
+const samples = { keepAlive: [] as Sample[], post: [] as Sample[], short: [] as Sample[] };
 /** Per upgrade: SIGHUP sent, `upgrade-succeeded` read, old generation gone. */
-const windows: { sighup: number; succeeded: number; exited: number }[] = [];
+const windows: { n: number; sighup: number; succeeded: number; exited: number }[] = [];
+/** Every failed request: which load, its kind, when it was sent and when it failed. */
+const failures: { load: string; kind: FailureKind; sent: number; failed: number; msg: string }[] =
+  [];
+const onFailure =
+  (load: string) => (kind: FailureKind, sent: number, failed: number, msg: string) =>
+    void failures.push({ load, kind, sent, failed, msg });
+/** POST responses whose body was not the number of bytes sent. */
+let badPostBodies = 0;
 const readyMs: number[] = [];
 let failedUpgrade = "";
-let load: [LoadResult, LoadResult] | undefined;
+let load: [LoadResult, LoadResult, LoadResult] | undefined;
 let measured: Interval = [0, 0];
+let lastExited = false;
 
 try {
   const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
@@ -126,12 +160,22 @@ try {
       ...common,
       connections: CONNECTIONS,
       onLatency: (t0, ms) => samples.keepAlive.push({ end: t0 + ms, ms }),
+      onFailure: onFailure("keep-alive"),
+    }),
+    runLoad({
+      ...common,
+      connections: Math.max(POST, 0),
+      postBytes: POST_BYTES,
+      onLatency: (t0, ms) => samples.post.push({ end: t0 + ms, ms }),
+      onResponse: (body) => void (body.trim() !== String(POST_BYTES) && badPostBodies++),
+      onFailure: onFailure("post"),
     }),
     runLoad({
       ...common,
       connections: SHORT,
       keepAlive: false,
       onLatency: (t0, ms) => samples.short.push({ end: t0 + ms, ms }),
+      onFailure: onFailure("short"),
     }),
   ]);
   await sleep(WARMUP_MS);
@@ -157,7 +201,7 @@ try {
     // The window ends when the old generation has drained and exited.
     const exited = (async () => {
       while (alive(old)) await sleep(5);
-      windows.push({ sighup, succeeded, exited: performance.now() });
+      windows.push({ n: i + 1, sighup, succeeded, exited: performance.now() });
       ours.delete(old);
     })();
     exits.push(exited);
@@ -171,13 +215,28 @@ try {
   measured = [t0, performance.now()];
   ac.abort();
   load = await loads;
+  // The last generation drains (and appends its POST count to the stats file) and exits.
+  process.kill(current, "SIGTERM");
+  const stopBy = performance.now() + 30_000;
+  while (alive(current) && performance.now() < stopBy) await sleep(10);
+  lastExited = !alive(current);
 } finally {
   for (const pid of ours) {
     try {
-      process.kill(pid, pid === current ? "SIGTERM" : "SIGKILL");
+      process.kill(pid, "SIGKILL");
     } catch { /* gone */ }
   }
+  server.killAll();
 }
+
+// `<pid> <POST bodies read>` per generation that drained.
+let statsText = "";
+try {
+  statsText = readFileSync(statsFile, "utf8");
+} catch { /* no generation wrote it */ }
+rmSync(tmp, { recursive: true, force: true });
+const statLines = statsText.split("\n").filter((l) => l.trim() !== "");
+const serverPosts = statLines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
 
 const upgrading = merge(windows.map((w): Interval => [w.sighup, w.exited]));
 const handover = merge(windows.map((w): Interval => [w.succeeded, w.exited]));
@@ -202,7 +261,25 @@ const classify = (list: Sample[]) => {
     handover: stats(phases.handover, handoverMs),
   };
 };
-const [keepAlive, short] = load!;
+const [keepAlive, post, short] = load!;
+// Which upgrade window each failure fell in (by when it failed; "steady" if in none).
+const failureList = failures.map((f) => {
+  const w = windows.filter((w) => f.failed >= w.sighup && f.failed <= w.exited).map((w) => w.n);
+  const t = (f.failed - measured[0]) / 1000;
+  return `${f.load} ${f.kind} at ${t.toFixed(3)} s (sent ${
+    ((f.sent - measured[0]) / 1000).toFixed(3)
+  } s) ` +
+    `${w.length ? `in upgrade ${w.join("+")}` : "outside any upgrade window"}: ${f.msg}`;
+});
+const postCheck = {
+  clientResponses: post.ok,
+  serverBodiesRead: serverPosts,
+  generationsReporting: statLines.length,
+  generations: readyMs.length + 1,
+  badBodies: badPostBodies,
+  ok: POST === 0 ||
+    (post.ok === serverPosts && statLines.length === readyMs.length + 1 && badPostBodies === 0),
+};
 const windowLengths = windows.map((w) => w.exited - w.sighup);
 const handoverLengths = windows.map((w) => w.exited - w.succeeded);
 const result = {
@@ -212,6 +289,8 @@ const result = {
   failedUpgrade,
   pauseMs: PAUSE_MS ?? null,
   connections: CONNECTIONS,
+  postConnections: POST,
+  postBytes: POST_BYTES,
   shortConnections: SHORT,
   measuredMs: measured[1] - measured[0],
   windowMs,
@@ -227,12 +306,19 @@ const result = {
     failures: keepAlive.failures,
     ...classify(samples.keepAlive),
   },
+  post: {
+    failed: post.failed,
+    failures: post.failures,
+    ...classify(samples.post),
+  },
   short: {
     failed: short.failed,
     failures: short.failures,
     ...classify(samples.short),
   },
-  samples: [...keepAlive.samples, ...short.samples],
+  postCheck,
+  lastGenerationExited: lastExited,
+  failureList,
 };
 
 mkdirSync(join(ROOT, ".bench-out"), { recursive: true });
@@ -256,19 +342,30 @@ console.log(
       f(result.measuredMs / 1000, 1)
     } s measured were inside a window`,
 );
-for (const [name, r] of [["keep-alive", result.keepAlive], ["short", result.short]] as const) {
+const loads = [
+  [`keep-alive ×${CONNECTIONS}`, result.keepAlive],
+  [`POST ${POST_BYTES} B ×${POST}`, result.post],
+  [`short ×${SHORT}`, result.short],
+] as const;
+for (const [name, r] of loads) {
+  const p99 = r.upgrading.p99 / r.steady.p99;
   console.log(
-    `${name}: ${r.failed} failed ${JSON.stringify(r.failures)} (a client that never re-sends)`,
+    `${name}: ${r.steady.requests + r.upgrading.requests} answered, ${r.failed} failed ` +
+      `${JSON.stringify(r.failures)} (a client that never re-sends); p99 inside windows / steady ` +
+      `${f(r.upgrading.p99)} / ${f(r.steady.p99)} ms = ${f(p99)}x (target <= 2x: ` +
+      `${p99 <= 2 ? "met" : "NOT met"})`,
   );
 }
+console.log(
+  `POST count check: the client got ${postCheck.clientResponses} POST responses, the server's ` +
+    `${postCheck.generationsReporting} of ${postCheck.generations} generations read ` +
+    `${postCheck.serverBodiesRead} POST bodies${
+      postCheck.badBodies ? `, ${postCheck.badBodies} responses with a wrong byte count` : ""
+    }: ${postCheck.ok ? "equal" : "MISMATCH"}`,
+);
 console.log("\n| runtime | load | phase | requests | req/s | p50 ms | p99 ms | max ms |");
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
-for (
-  const [name, r] of [
-    [`keep-alive ×${CONNECTIONS}`, result.keepAlive],
-    [`short ×${SHORT}`, result.short],
-  ] as const
-) {
+for (const [name, r] of loads) {
   for (const phase of ["steady", "upgrading", "booting", "handover"] as const) {
     const s = r[phase];
     console.log(
@@ -277,7 +374,7 @@ for (
     );
   }
 }
-if (result.samples.length > 0) console.log(`\nfailures: ${result.samples.join("; ")}`);
-const failed = keepAlive.failed + short.failed > 0 || failedUpgrade !== "" ||
-  result.upgrades < UPGRADES;
+if (failureList.length > 0) console.log(`\nfailures:\n${failureList.join("\n")}`);
+const failed = keepAlive.failed + post.failed + short.failed > 0 || failedUpgrade !== "" ||
+  result.upgrades < UPGRADES || !postCheck.ok || !lastExited;
 process.exit(failed ? 1 : 0);
