@@ -142,12 +142,13 @@ let current = server.pid;
 const samples = { keepAlive: [] as Sample[], post: [] as Sample[], short: [] as Sample[] };
 /** Per upgrade: SIGHUP sent, `upgrade-succeeded` read, old generation gone. */
 const windows: { n: number; sighup: number; succeeded: number; exited: number }[] = [];
-/** Every failed request: which load, its kind, when it was sent and when it failed. */
+/** Failed requests (the first MAX_LISTED): which load, its kind, when it was sent and failed. */
 const failures: { load: string; kind: FailureKind; sent: number; failed: number; msg: string }[] =
   [];
+const MAX_LISTED = 100_000;
 const onFailure =
   (load: string) => (kind: FailureKind, sent: number, failed: number, msg: string) =>
-    void failures.push({ load, kind, sent, failed, msg });
+    void (failures.length < MAX_LISTED && failures.push({ load, kind, sent, failed, msg }));
 /** POST responses whose body was not the number of bytes sent. */
 let badPostBodies = 0;
 const readyMs: number[] = [];
@@ -193,8 +194,20 @@ try {
     const from = server.lines.length;
     const old = current;
     const sighup = performance.now();
-    process.kill(old, "SIGHUP");
-    const m = await server.waitFor(/upgrade-(succeeded|failed): (.*)/, 60_000, from);
+    let m: RegExpMatchArray;
+    try {
+      process.kill(old, "SIGHUP");
+      m = await server.waitFor(
+        new RegExp(`pid=${old} gen=\\d+\\] upgrade-(succeeded|failed): (.*)`),
+        60_000,
+        from,
+      );
+    } catch (e) {
+      // The generation is gone, or said nothing within 60 s: report what was measured so far.
+      const why = (e as Error).message.split("\n")[0];
+      failedUpgrade = `upgrade ${i + 1}: pid ${old}${alive(old) ? "" : " is gone"}: ${why}`;
+      break;
+    }
     if (m[1] !== "succeeded") {
       failedUpgrade = `upgrade ${i + 1}: ${m[2]}`;
       break;
@@ -221,7 +234,9 @@ try {
   ac.abort();
   load = await loads;
   // The last generation drains (and appends its POST count to the stats file) and exits.
-  process.kill(current, "SIGTERM");
+  try {
+    process.kill(current, "SIGTERM");
+  } catch { /* gone: lastExited says so */ }
   const stopBy = performance.now() + 30_000;
   while (alive(current) && performance.now() < stopBy) await sleep(10);
   lastExited = !alive(current);
@@ -277,15 +292,27 @@ const classify = (list: Sample[]) => {
   };
 };
 const [keepAlive, post, short] = load!;
-// Which upgrade window each failure fell in (by when it failed; "steady" if in none).
-const failureList = failures.map((f) => {
+// Failed requests grouped by load, kind and the upgrade window they failed in ("outside any
+// upgrade window" if none), with the first and last time (s since the measured phase began).
+const groups = new Map<string, { count: number; first: number; last: number; msg: string }>();
+for (const f of failures) {
   const w = windows.filter((w) => f.failed >= w.sighup && f.failed <= w.exited).map((w) => w.n);
+  const where = w.length ? `in upgrade ${w.join("+")}` : "outside any upgrade window";
+  const key = `${f.load} ${f.kind} ${where}`;
   const t = (f.failed - measured[0]) / 1000;
-  return `${f.load} ${f.kind} at ${t.toFixed(3)} s (sent ${
-    ((f.sent - measured[0]) / 1000).toFixed(3)
-  } s) ` +
-    `${w.length ? `in upgrade ${w.join("+")}` : "outside any upgrade window"}: ${f.msg}`;
-});
+  const g = groups.get(key);
+  if (g) {
+    g.count++;
+    g.last = Math.max(g.last, t);
+    g.first = Math.min(g.first, t);
+  } else groups.set(key, { count: 1, first: t, last: t, msg: f.msg });
+}
+const failureList = [...groups].map(([key, g]) =>
+  `${g.count} × ${key}, ${g.first.toFixed(3)}–${g.last.toFixed(3)} s (e.g. ${g.msg})`
+);
+if (failures.length >= MAX_LISTED) {
+  failureList.push(`(only the first ${MAX_LISTED} failed requests are grouped here)`);
+}
 const postCheck = {
   clientResponses: post.ok,
   serverBodiesRead: serverPosts,

@@ -203,7 +203,12 @@ async function run(method: string, tmp: string): Promise<RunResult> {
       const old = current;
       const from = server.lines.length;
       const sighup = performance.now();
-      process.kill(old, "SIGHUP");
+      try {
+        process.kill(old, "SIGHUP");
+      } catch (e) {
+        failedUpgrade = `upgrade ${i + 1}: pid ${old}: ${(e as Error).message}`;
+        break;
+      }
       let next = 0;
       for (;;) {
         next = readPid(pidFile);
@@ -237,7 +242,9 @@ async function run(method: string, tmp: string): Promise<RunResult> {
     await Promise.race([wrkExited, sleep(10_000)]);
     ended = performance.now();
     wrk.kill("SIGKILL"); // only if it did not stop (its pid is reaped by then otherwise)
-    process.kill(current, "SIGTERM");
+    try {
+      process.kill(current, "SIGTERM");
+    } catch { /* gone */ }
     const stopBy = performance.now() + 30_000;
     while (alive(current) && performance.now() < stopBy) await sleep(10);
   } finally {
