@@ -12,7 +12,10 @@
  *    time the running generation reports from the trigger until the new one
  *    said ready, and from sending SIGHUP until that log line was read;
  * 3. `--upgrades` upgrades back to back while `--connections` keep-alive
- *    clients send requests as fast as they can, counting every failure.
+ *    clients send requests as fast as they can, counting every failure by
+ *    kind. The client never re-sends: a keep-alive connection closed under a
+ *    request it sent (before the whole response arrived) is a failure ("eof"
+ *    or "reset"), as it is for wrk and for any POST.
  * The overhead of an upgrade is (2) − (1), medians: what instar adds to the
  * start-up the program pays anyway (spawning, passing sockets, the ready
  * handshake).
@@ -220,6 +223,10 @@ const stats = (xs: number[]) =>
     ? { p50: percentile(xs, 50), p90: percentile(xs, 90), max: Math.max(...xs), n: xs.length }
     : { p50: NaN, p90: NaN, max: NaN, n: 0 };
 const ms = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : "-");
+/** "none", or e.g. "eof 3, reset 1": the kinds that occurred. */
+const byKind = (failures: Record<string, number>) =>
+  Object.entries(failures).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") ||
+  "none";
 
 const rows: string[] = [];
 mkdirSync(join(ROOT, ".bench-out"), { recursive: true });
@@ -302,7 +309,7 @@ for (const runtime of runtimes) {
         ms(loadedRep.p90)
       } ` +
       `| ${loadedRep.n} of ${LOADED} | ${summary.requests} | **${load.failed}** ` +
-      `| ${Math.round(summary.reqPerSec)} |`,
+      `| ${byKind(load.failures)} | ${Math.round(summary.reqPerSec)} |`,
   );
   process.stderr.write(`${runtime}: done ${JSON.stringify(summary)}\n`);
 }
@@ -311,7 +318,7 @@ console.log(
   "| runtime | fresh start → answers, p50 / p90 ms | SIGHUP → new generation answers, p50 / p90 ms " +
     "| overhead p50 ms | trigger → ready (server), p50 ms " +
     "| under load: trigger → ready (server), p50 / p90 ms | upgrades ok | requests | failed " +
-    "| re-sent on closed idle conn. | req/s |",
+    "| failed by kind | req/s |",
 );
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows) console.log(r);

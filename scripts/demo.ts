@@ -10,7 +10,9 @@
  * SIGHUP for every upgrade, swaps in a deploy that crashes at start-up for one
  * of them, prints a live progress line on stderr, then a table, and writes
  * demo-report.svg (requests per second over time, upgrades marked). Exits 1 if
- * a request failed or an upgrade did not end as expected.
+ * a request failed or an upgrade did not end as expected. The load client
+ * never re-sends a request: one whose keep-alive connection is closed before
+ * its response arrived counts as failed (eof or reset), as it would for wrk.
  *
  * Flags: --runtime deno|bun, --connections <n> (20), --upgrades <n> (4, the
  * second one broken), --out <file.svg> (demo-report.svg).
@@ -270,7 +272,8 @@ try {
   for (const row of rows.slice(1)) console.log(fmt(row));
   console.log(
     `\nrequests ${r.ok + r.failed}  ok ${r.ok}  failed ${r.failed} ${JSON.stringify(r.failures)}` +
-      `  (${Math.round(r.ok / elapsed)} req/s)`,
+      `  (${Math.round(r.ok / elapsed)} req/s; nothing re-sent: a connection closed under a ` +
+      `request counts as failed)`,
   );
   console.log(
     `generations ${generation}  pids ${[...perPid.keys()].join(" → ")}  served: ` +

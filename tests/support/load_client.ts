@@ -38,6 +38,11 @@ export interface LoadOptions {
    * an upgrade from the others).
    */
   onLatency?: (startMs: number, ms: number) => void;
+  /**
+   * Called for every failed request with its kind, the `performance.now()` at
+   * which it was sent and when it failed (e.g. to tell which upgrade it fell in).
+   */
+  onFailure?: (kind: FailureKind, startMs: number, endMs: number, msg: string) => void;
   /** Stops early when it resolves. */
   signal?: AbortSignal;
 }
@@ -89,7 +94,8 @@ function emptyResult(): LoadResult {
   };
 }
 
-type FailureKind = keyof LoadResult["failures"];
+/** A kind of failure counted in {@link LoadResult.failures}. */
+export type FailureKind = keyof LoadResult["failures"];
 
 function classify(err: NodeJS.ErrnoException): FailureKind {
   const code = err.code ?? err.message;
@@ -215,7 +221,9 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
         const err = e as NodeJS.ErrnoException;
         sock?.destroy();
         sock = null;
-        record(res, classify(err), `${err.code ?? err.message}: ${err.message}`);
+        const kind = classify(err), msg = `${err.code ?? err.message}: ${err.message}`;
+        record(res, kind, msg);
+        o.onFailure?.(kind, t0, performance.now(), msg);
       }
     }
     sock?.destroy();
