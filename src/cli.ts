@@ -28,6 +28,7 @@ import {
 } from "./protocol.ts";
 import { processRuns, processStartedAt } from "./proc.ts";
 import { checkSignal } from "./lifecycle/signals.ts";
+import { sleep } from "./timeout.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers
@@ -303,7 +304,7 @@ async function upgradeByControl(
           "the server closed the connection without a result",
         );
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
   } finally {
     ch.close();
@@ -321,7 +322,7 @@ async function upgradeByPidFile(
   progress(`sent ${signal} to ${old}; waiting for a new generation to write ${pidFile}…`);
   const started = Date.now();
   while (Date.now() - started < timeout) {
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
     let now: number;
     try {
       now = readPid(pidFile);

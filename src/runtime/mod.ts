@@ -91,3 +91,8 @@ export function serveAdapter(): ServeAdapter {
   if (rt === "bun") return bunAdapter;
   throw new InstarError("UNSUPPORTED_RUNTIME", "serve() runs on Deno and Bun");
 }
+
+/** Which runtime serves: `deno` or `bun` (for messages and option checks that differ). */
+export function currentRuntime(): "deno" | "bun" | "unknown" {
+  return runtimeName() ?? "unknown";
+}

@@ -7,7 +7,7 @@
  */
 
 import { InstarError, invalid } from "../errors.ts";
-import { runtimeName } from "../ffi/mod.ts";
+import { currentRuntime } from "../runtime/mod.ts";
 import type { SocketSpec } from "../lifecycle/registry.ts";
 import type { ServeOptions, UpgraderServeOptions } from "./types.ts";
 
@@ -138,7 +138,7 @@ export function splitListenOptions<WebSocketData = undefined>(
   const { hostname, port, path, backlog, socketMode, name, ...rest } = o;
   const serve = rest as unknown as ServeOptions<WebSocketData>;
   // Checked before a socket is claimed: a bad handler must not cost an inherited socket.
-  takeHandler(rest, runtimeName() ?? "");
+  takeHandler(rest, currentRuntime());
   if (path !== undefined && (port !== undefined || hostname !== undefined)) {
     invalid("up.serve() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
   }

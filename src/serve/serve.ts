@@ -32,7 +32,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { InstarError } from "../errors.ts";
-import { getsockname, runtimeName } from "../ffi/mod.ts";
+import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode } from "../ffi/sockaddr.ts";
 import {
   pauseAccepting,
@@ -41,7 +41,7 @@ import {
   transplant,
   type TransplantInfo,
 } from "../net/transplant.ts";
-import { serveAdapter } from "../runtime/mod.ts";
+import { currentRuntime, serveAdapter } from "../runtime/mod.ts";
 import { type AnyHandler, checkOneObject, refuseListenKeys, takeHandler } from "./options.ts";
 import { drain } from "../lifecycle/drain.ts";
 import { cutConnections } from "../net/connections.ts";
@@ -169,7 +169,7 @@ export async function serve<WebSocketData = undefined>(
     knownMasks,
   };
   refuseListenKeys(runtimeOptions);
-  const { handler, rest } = takeHandler(runtimeOptions, runtimeName() ?? "");
+  const { handler, rest } = takeHandler(runtimeOptions, currentRuntime());
   // A Listener already accepts on its socket: from now on the HTTP server does.
   if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
     pauseSocket(fd);
