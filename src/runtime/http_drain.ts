@@ -80,3 +80,30 @@ export class WebSocketSet<W extends ClosableSocket = ClosableSocket> {
     return n - this.#open.size;
   }
 }
+
+/**
+ * When a draining server last answered. Once busy keep-alive connections have
+ * had their last response (with `Connection: close`) they move on and the
+ * server goes quiet; what is left then is idle and safe to close. A fixed
+ * grace is not enough on a CPU-starved machine, where the old generation may
+ * take longer to answer every connection once.
+ */
+export class QuietClock {
+  #last = performance.now();
+
+  /** A response went out. */
+  mark(): void {
+    this.#last = performance.now();
+  }
+
+  /** Resolves once no response went out for `idleMs`, or after `maxMs` in all. */
+  async quiet(idleMs: number, maxMs: number): Promise<void> {
+    const end = performance.now() + maxMs;
+    for (;;) {
+      const now = performance.now();
+      const wait = Math.min(this.#last + idleMs, end) - now;
+      if (wait <= 0) return;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}

@@ -11,7 +11,7 @@
  */
 
 import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
-import { type ClosableSocket, WebSocketSet, withClose } from "./http_drain.ts";
+import { type ClosableSocket, QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
 
 type SocketAddress = { address: string; port: number; family: string };
 
@@ -47,6 +47,7 @@ export const bunAdapter: ServeAdapter = {
     );
 
     const sockets = new WebSocketSet();
+    const clock = new QuietClock();
     if (opts.websocket) opts.websocket = trackSockets(opts.websocket as WebSocketHandlers, sockets);
     const server = B.serve(opts);
     // Handlers get this very object as `server`: own properties shadow the
@@ -96,7 +97,8 @@ export const bunAdapter: ServeAdapter = {
         ? { transport: "unix", path: s.listenOn.path }
         : { transport: "tcp", hostname: s.listenOn.hostname, port: throwawayPort },
       tls: opts.tls !== undefined && opts.tls !== null && opts.tls !== false,
-      draining: (on) => server.reload(on ? closing(opts) : pick(opts)),
+      draining: (on) => server.reload(on ? closing(opts, clock) : pick(opts)),
+      quiet: (idleMs, maxMs) => clock.quiet(idleMs, maxMs),
       // Closes idle connections; in-flight requests, streams and WebSockets run until they end.
       finish: () => stop(false),
       closeWebSockets: (ms) => sockets.closeAll(ms),
@@ -148,34 +150,36 @@ const METHODS = new Set([
 ]);
 
 // The same handlers and routes, answering with `Connection: close`.
-function closing(opts: Record<string, unknown>): Record<string, unknown> {
+function closing(opts: Record<string, unknown>, clock: QuietClock): Record<string, unknown> {
   const out = pick(opts);
-  if (typeof out.fetch === "function") out.fetch = closingHandler(out.fetch as Handler);
+  if (typeof out.fetch === "function") out.fetch = closingHandler(out.fetch as Handler, clock);
   if (out.routes && typeof out.routes === "object") {
     const routes: Record<string, unknown> = {};
-    for (const [path, v] of Object.entries(out.routes)) routes[path] = closingRoute(v);
+    for (const [path, v] of Object.entries(out.routes)) routes[path] = closingRoute(v, clock);
     out.routes = routes;
   }
   return out;
 }
 
 // Bun calls handlers with `this` set to the server: kept, so `this.upgrade(req)` still works.
-function closingHandler(h: Handler): Handler {
+function closingHandler(h: Handler, clock: QuietClock): Handler {
+  const answer = (r: unknown) => {
+    clock.mark();
+    return withClose(r as Response);
+  };
   return function (this: unknown, ...args: unknown[]) {
     const res = h.apply(this, args);
-    return res instanceof Promise
-      ? res.then((r) => withClose(r as Response))
-      : withClose(res as Response);
+    return res instanceof Promise ? res.then(answer) : answer(res);
   };
 }
 
 // A static Response, a handler, or handlers per method; anything else (an HTML
 // bundle, `false`) is served as it is.
-function closingRoute(v: unknown): unknown {
-  if (v instanceof Response) return () => withClose(v.clone());
-  if (typeof v === "function") return closingHandler(v as Handler);
+function closingRoute(v: unknown, clock: QuietClock): unknown {
+  if (v instanceof Response) return closingHandler(() => v.clone(), clock);
+  if (typeof v === "function") return closingHandler(v as Handler, clock);
   if (isMethodTable(v)) {
-    return Object.fromEntries(Object.entries(v).map(([m, h]) => [m, closingRoute(h)]));
+    return Object.fromEntries(Object.entries(v).map(([m, h]) => [m, closingRoute(h, clock)]));
   }
   return v;
 }

@@ -9,7 +9,7 @@
 
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
-import { WebSocketSet, withClose } from "./http_drain.ts";
+import { QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
@@ -50,9 +50,14 @@ export const denoAdapter: ServeAdapter = {
 
     const sockets = new WebSocketSet<WebSocket>();
     let draining = false;
+    const clock = new QuietClock();
     let wsKey: symbol | undefined;
     const track = (res: Response): Response => {
-      if (res?.status !== 101) return draining ? withClose(res) : res;
+      if (res?.status !== 101) {
+        if (!draining) return res;
+        clock.mark();
+        return withClose(res);
+      }
       const r = res as unknown as Record<symbol, unknown>;
       wsKey ??= Object.getOwnPropertySymbols(res).find((k) => k.description === ASSOCIATED_WS);
       const ws = wsKey === undefined ? undefined : r[wsKey];
@@ -86,6 +91,7 @@ export const denoAdapter: ServeAdapter = {
       throwaway: server.addr,
       tls,
       draining: (on) => void (draining = on),
+      quiet: (idleMs, maxMs) => clock.quiet(idleMs, maxMs),
       async finish(): Promise<void> {
         // WebSockets first: Deno's shutdown() would close them at once.
         await sockets.closed();

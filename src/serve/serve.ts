@@ -267,6 +267,14 @@ export function serverParts(server: Server): ServerParts {
   return p;
 }
 
+/**
+ * After the drain delay, a server waits until it answered nothing for this long
+ * (at most `QUIET_MAX_MS`) before it closes idle connections: every busy
+ * keep-alive connection has had its last answer by then, also on a starved machine.
+ */
+const QUIET_MS = 100;
+const QUIET_MAX_MS = 2_000;
+
 /** How long WebSockets closed with 1012 get to answer the close before their connections are cut. */
 const WS_CLOSE_MS = 500;
 
@@ -294,6 +302,8 @@ function drainParts(
       return info ? resumeAccepting(info) : resumeProxy();
     },
     finish: async () => {
+      // Busy keep-alive connections get their last answer, with Connection: close, first.
+      await native.quiet(QUIET_MS, QUIET_MAX_MS);
       await native.finish();
       await proxy?.drained();
       removeThrowaway();

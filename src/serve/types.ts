@@ -383,6 +383,8 @@ export interface NativeServer {
    * has a request on its way when the connection closes; `false` undoes it.
    */
   draining(on: boolean): void;
+  /** Resolves once no response went out for `idleMs` since draining began, or after `maxMs`. */
+  quiet(idleMs: number, maxMs: number): Promise<void>;
   /**
    * Graceful end, after accepting has stopped: idle connections are closed,
    * in-flight requests, streams and WebSockets run until they end.
