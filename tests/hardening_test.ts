@@ -1,9 +1,19 @@
 // Hostile and broken input from other processes: a forged control socket,
-// a stale PID file, a wrong INSTAR_CONTROL_FD.
+// a stale PID file, symlinks planted where the PID file is written, a wrong
+// INSTAR_CONTROL_FD, LISTEN_* variables that are not systemd's.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  lstatSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import {
@@ -15,11 +25,15 @@ import {
   runtimeCmd,
   showResult,
   sleep,
+  startServer,
 } from "./support/helpers.ts";
+import { readyGeneration } from "./support/status.ts";
+import { writePidFile } from "../src/lifecycle/pid_file.ts";
 
 const left = cleanupAfterTests();
 const CLI = join(ROOT, "src/cli.ts");
 const HTTP = join(ROOT, "examples/http_server.ts");
+const ECHO = join(ROOT, "examples/echo_server.ts");
 const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
 const asRoot = process.getuid?.() === 0;
 // The system python (not a per-user shim that nobody cannot read); .ci/run installs python3.
@@ -115,5 +129,84 @@ describe(`hostile input (${RUNTIME})`, () => {
       r.stderr,
       /INSTAR_CONTROL_FD=7 is not an open socket|INSTAR_CONTROL_FD=7 is not a Unix stream socket/,
     );
+  });
+
+  describe("the PID file is never written through a symlink", () => {
+    const VICTIM = "precious content\n";
+    /** A directory with a victim file, and `app.pid` to be written in it. */
+    const setup = () => {
+      const dir = left.tempDir("instar-pidlink-");
+      const victim = join(dir, "victim");
+      writeFileSync(victim, VICTIM);
+      return { dir, victim, pidFile: join(dir, "app.pid") };
+    };
+    const assertPidFile = (pidFile: string, pid: number) => {
+      assert.equal(lstatSync(pidFile).isFile(), true, "the PID file is a regular file");
+      assert.equal(readFileSync(pidFile, "utf8"), `${pid}\n`);
+    };
+
+    test("a symlink planted at the old predictable <path>.<pid>.tmp name is left alone", () => {
+      const { dir, victim, pidFile } = setup();
+      const planted = `${pidFile}.${process.pid}.tmp`;
+      symlinkSync(victim, planted);
+      writePidFile(pidFile, process.pid);
+      assert.equal(readFileSync(victim, "utf8"), VICTIM, "the victim is unchanged");
+      assert.equal(readlinkSync(planted), victim, "the planted link still points at the victim");
+      assertPidFile(pidFile, process.pid);
+      assert.deepEqual(
+        readdirSync(dir).sort(),
+        ["app.pid", "app.pid." + process.pid + ".tmp", "victim"].sort(),
+        "no temp file is left behind",
+      );
+    });
+
+    test("a symlink planted at the random temp name is not followed: another name is taken", () => {
+      const { dir, victim, pidFile } = setup();
+      // Plant links at the first names the writer will try; the third name is free.
+      const names = [join(dir, ".a.pid.tmp"), join(dir, ".b.pid.tmp"), join(dir, ".c.pid.tmp")];
+      symlinkSync(victim, names[0]);
+      symlinkSync(join(dir, "does-not-exist-yet"), names[1]); // a dangling link too
+      let i = 0;
+      writePidFile(pidFile, 4242, () => names[i++]);
+      assert.equal(i, 3, "two names were refused, the third was used");
+      assert.equal(readFileSync(victim, "utf8"), VICTIM, "the victim is unchanged");
+      assert.equal(existsSync(join(dir, "does-not-exist-yet")), false, "no file created");
+      assert.equal(readlinkSync(names[0]), victim);
+      assertPidFile(pidFile, 4242);
+    });
+
+    test("a writer that only ever finds planted names gives up with EEXIST and writes nothing", () => {
+      const { dir, victim, pidFile } = setup();
+      const planted = join(dir, ".planted.pid.tmp");
+      symlinkSync(victim, planted);
+      assert.throws(() => writePidFile(pidFile, 4242, () => planted), { code: "EEXIST" });
+      assert.equal(readFileSync(victim, "utf8"), VICTIM);
+      assert.equal(existsSync(pidFile), false);
+    });
+
+    test("a PID file path that is a symlink is replaced by a file; the file it named is untouched", () => {
+      const { victim, pidFile } = setup();
+      symlinkSync(victim, pidFile);
+      writePidFile(pidFile, 4242);
+      assert.equal(readFileSync(victim, "utf8"), VICTIM, "the victim is unchanged");
+      assertPidFile(pidFile, 4242);
+    });
+
+    test("a server started with its PID file path a symlink replaces the link and leaves the victim as it was", async () => {
+      const { dir, victim, pidFile } = setup();
+      symlinkSync(victim, pidFile);
+      const ctl = join(dir, "ctl.sock");
+      const server = startServer(
+        runtimeCmd(RUNTIME, ECHO, ["--port", "0", "--control", ctl, "--pid-file", pidFile]),
+      );
+      left.servers.push(server);
+      await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log: server.lines });
+      assertPidFile(pidFile, server.pid);
+      assert.equal(readFileSync(victim, "utf8"), VICTIM, "the victim is unchanged");
+      process.kill(server.pid, "SIGTERM");
+      assert.equal(await server.exited, 0);
+      assert.equal(existsSync(pidFile), false, "removed on a graceful stop");
+      assert.equal(readFileSync(victim, "utf8"), VICTIM);
+    });
   });
 });
