@@ -10,11 +10,13 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  statSync,
   symlinkSync,
   utimesSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import net from "node:net";
+import { dirname, join } from "node:path";
 import process from "node:process";
 import {
   alive,
@@ -29,6 +31,10 @@ import {
 } from "./support/helpers.ts";
 import { readyGeneration } from "./support/status.ts";
 import { writePidFile } from "../src/lifecycle/pid_file.ts";
+import { serve } from "../src/serve/serve.ts";
+import * as sys from "../src/ffi/mod.ts";
+import { encodeUnix } from "../src/ffi/sockaddr.ts";
+import { listeningSockets } from "./support/listening.ts";
 
 const left = cleanupAfterTests();
 const CLI = join(ROOT, "src/cli.ts");
@@ -209,4 +215,49 @@ describe(`hostile input (${RUNTIME})`, () => {
       assert.equal(readFileSync(victim, "utf8"), VICTIM);
     });
   });
+
+  test("serve() in fallback mode on a Unix socket opens no TCP listener: the proxy's upstream is a Unix socket in a private directory", async () => {
+    const dir = left.tempDir("instar-unix-fallback-");
+    const path = join(dir, "app.sock");
+    const fd = sys.socket(
+      sys.C.AF_UNIX,
+      sys.C.SOCK_STREAM | sys.C.SOCK_CLOEXEC | sys.C.SOCK_NONBLOCK,
+    );
+    sys.bind(fd, encodeUnix(path), path);
+    sys.listenFd(fd, 128);
+    left.sockets.push({ close: () => sys.close(fd) });
+    const before = listeningSockets("self");
+    const server = await serve(fd, { mode: "fallback", fetch: () => new Response("over unix\n") });
+    try {
+      assert.equal(server.mode, "fallback");
+      const now = listeningSockets("self");
+      assert.deepEqual(now.tcp, before.tcp, "no TCP listening socket was opened");
+      const added = now.unix.filter((p) => p !== path && !before.unix.includes(p));
+      assert.equal(added.length, 1, `one throwaway Unix socket: ${JSON.stringify(now.unix)}`);
+      const privateDir = dirname(added[0]);
+      assert.equal(statSync(privateDir).mode & 0o777, 0o700, `${privateDir} is private`);
+      for (let i = 0; i < 3; i++) {
+        const answer = await unixGet(path);
+        assert.match(answer, /^HTTP\/1\.1 200/);
+        assert.match(answer, /over unix/);
+      }
+      await server.shutdown();
+      assert.equal(existsSync(privateDir), false, "the private directory is removed at shutdown");
+    } finally {
+      await server.shutdown();
+    }
+  });
 });
+
+/** A GET over the Unix socket at `path`; resolves with the whole answer. */
+function unixGet(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = net.connect({ path });
+    let got = "";
+    c.setEncoding("latin1");
+    c.on("connect", () => c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    c.on("data", (d: string) => (got += d));
+    c.on("error", reject);
+    c.on("close", () => resolve(got));
+  });
+}
