@@ -28,8 +28,9 @@ import {
   showResult,
   sleep,
   startServer,
+  stopped,
 } from "./support/helpers.ts";
-import { readyGeneration } from "./support/status.ts";
+import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
 import { writePidFile } from "../src/lifecycle/pid_file.ts";
 import { serve } from "../src/serve/serve.ts";
 import * as sys from "../src/ffi/mod.ts";
@@ -214,6 +215,48 @@ describe(`hostile input (${RUNTIME})`, () => {
       assert.equal(existsSync(pidFile), false, "removed on a graceful stop");
       assert.equal(readFileSync(victim, "utf8"), VICTIM);
     });
+  });
+
+  test("LISTEN_* variables of the application reach the next generation; systemd's LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES do not", async () => {
+    const dir = left.tempDir("instar-env-");
+    const pidFile = join(dir, "app.pid");
+    const env = {
+      LISTEN_PORT: "8123",
+      LISTEN_ADDRESS: "0.0.0.0",
+      // Activation for another process (pid 1): ignored by instar, and never passed on.
+      LISTEN_PID: "1",
+      LISTEN_FDS: "2",
+      LISTEN_FDNAMES: "web:admin",
+    };
+    const server = startServer(
+      runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--pid-file", pidFile]),
+      env,
+    );
+    left.servers.push(server);
+    const log = server.lines;
+    const first = await nextPidInPidFile(pidFile, 0, { timeoutMs: 60_000, log });
+    assert.equal(first, server.pid);
+    const environ = (pid: number) =>
+      new Map(
+        readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").filter(Boolean).map((
+          e,
+        ) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)]),
+      );
+    const before = environ(first);
+    for (const [k, v] of Object.entries(env)) {
+      assert.equal(before.get(k), v, `generation 1 has ${k}`);
+    }
+    process.kill(first, "SIGHUP");
+    const second = await nextPidInPidFile(pidFile, first, { timeoutMs: 60_000, log });
+    server.pids.add(second);
+    const after = environ(second);
+    assert.equal(after.get("LISTEN_PORT"), "8123");
+    assert.equal(after.get("LISTEN_ADDRESS"), "0.0.0.0");
+    for (const k of ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]) {
+      assert.equal(after.has(k), false, `${k} does not reach generation 2`);
+    }
+    process.kill(second, "SIGTERM");
+    await stopped(second);
   });
 
   test("serve() in fallback mode on a Unix socket opens no TCP listener: the proxy's upstream is a Unix socket in a private directory", async () => {
