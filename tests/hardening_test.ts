@@ -21,6 +21,7 @@ import process from "node:process";
 import {
   alive,
   cleanupAfterTests,
+  openFds,
   ROOT,
   runCommand,
   RUNTIME,
@@ -29,10 +30,13 @@ import {
   sleep,
   startServer,
   stopped,
+  within,
 } from "./support/helpers.ts";
 import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
 import { writePidFile } from "../src/lifecycle/pid_file.ts";
 import { serve } from "../src/serve/serve.ts";
+import { openListener } from "../src/net/listener.ts";
+import { type Conn, QUEUE_LIMIT } from "../src/runtime/conn.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { listeningSockets } from "./support/listening.ts";
@@ -258,6 +262,57 @@ describe(`hostile input (${RUNTIME})`, () => {
     process.kill(second, "SIGTERM");
     await stopped(second);
   });
+
+  for (const backend of ["auto", "node"] as const) {
+    test(`a listener (${backend} backend) whose app does not call accept() holds at most about ${QUEUE_LIMIT} connections, and hands out every one later`, async () => {
+      const listener = await openListener(
+        { hostname: "127.0.0.1", port: 0, backlog: 4096 },
+        backend,
+      );
+      const port = (listener.addr as { port: number }).port;
+      const before = openFds().length;
+      const total = QUEUE_LIMIT + 400, BATCH = 50;
+      const clients: net.Socket[] = [];
+      try {
+        // Connections beyond the bound wait in the kernel's backlog: connect() completes anyway.
+        for (let i = 0; i < total; i += BATCH) {
+          await Promise.all(
+            Array.from(
+              { length: Math.min(BATCH, total - i) },
+              () =>
+                new Promise<void>((resolve, reject) => {
+                  const c = net.connect({ host: "127.0.0.1", port }, () => resolve());
+                  c.on("error", reject);
+                  clients.push(c);
+                }),
+            ),
+          );
+        }
+        await sleep(1000); // the runtime accepts whatever it will
+        const held = listener.connections;
+        const serverSide = openFds().length - before - total;
+        console.log(
+          `${listener.kind}: ${held} accepted and waiting, ${serverSide} new fds besides the clients'`,
+        );
+        // The reactor finishes the wake-up in which the queue filled (up to one batch more).
+        assert.ok(held <= QUEUE_LIMIT + BATCH, `${held} connections accepted without accept()`);
+        assert.ok(serverSide <= QUEUE_LIMIT + BATCH, `${serverSide} fds for waiting connections`);
+        // Taking them resumes accepting: every client's connection is handed out.
+        const taken: Conn[] = [];
+        await within(
+          (async () => {
+            while (taken.length < total) taken.push(await listener.accept());
+          })(),
+          30_000,
+          `accepting ${total} connections (${taken.length} so far)`,
+        );
+        for (const c of taken) c.close();
+      } finally {
+        for (const c of clients) c.destroy();
+        listener.close();
+      }
+    });
+  }
 
   test("serve() in fallback mode on a Unix socket opens no TCP listener: the proxy's upstream is a Unix socket in a private directory", async () => {
     const dir = left.tempDir("instar-unix-fallback-");
