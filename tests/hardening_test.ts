@@ -36,6 +36,14 @@ import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
 import { writePidFile } from "../src/lifecycle/pid_file.ts";
 import { serve } from "../src/serve/serve.ts";
 import { openListener } from "../src/net/listener.ts";
+import {
+  type Attempt,
+  awaitReady,
+  LAST_CHANCE_MS,
+  PENDING_GRACE_MS,
+  readable,
+} from "../src/lifecycle/generation.ts";
+import type { UpgradeError } from "../src/errors.ts";
 import { type Conn, QUEUE_LIMIT } from "../src/runtime/conn.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
@@ -313,6 +321,60 @@ describe(`hostile input (${RUNTIME})`, () => {
       }
     });
   }
+
+  describe("a ready sent at the moment the ready timeout fires", () => {
+    const TIMEOUT = 200;
+    /** A next generation whose ready arrives `readyAfterMs` after the wait starts (never if null). */
+    const attempt = (readyAfterMs: number | null, pending = false): Attempt => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ready = new Promise<void>((resolve) => {
+        if (readyAfterMs !== null) timer = setTimeout(resolve, readyAfterMs);
+      });
+      return {
+        pid: 4242,
+        who: "generation 2 (pid 4242)",
+        ready,
+        abandon: () => Promise.resolve(clearTimeout(timer)),
+        release: () => clearTimeout(timer),
+        pending: () => pending,
+      };
+    };
+    const never = new Promise<UpgradeError>(() => {});
+
+    test("is taken when it arrives just after the deadline, instead of the child being killed", async () => {
+      await awaitReady(attempt(TIMEOUT + 30), TIMEOUT, never);
+    });
+
+    test("waiting unread on the channel at the deadline gets the longer grace", async () => {
+      await awaitReady(attempt(TIMEOUT + LAST_CHANCE_MS + 300, true), TIMEOUT, never);
+    });
+
+    test("no ready at all is still a ready-timeout, within the grace", async () => {
+      const t0 = performance.now();
+      await assert.rejects(awaitReady(attempt(null), TIMEOUT, never), (err: UpgradeError) => {
+        assert.equal(err.reason, "ready-timeout");
+        return true;
+      });
+      const took = performance.now() - t0;
+      assert.ok(took < TIMEOUT + LAST_CHANCE_MS + 200, `gave up after ${Math.round(took)} ms`);
+      const late = attempt(TIMEOUT + PENDING_GRACE_MS + 300, true);
+      await assert.rejects(awaitReady(late, TIMEOUT, never), { reason: "ready-timeout" });
+      late.release();
+    });
+
+    test("the channel's unread bytes are seen with poll(2) without reading them", () => {
+      const [a, b] = sys.socketpair(sys.C.AF_UNIX, sys.C.SOCK_STREAM | sys.C.SOCK_CLOEXEC);
+      try {
+        assert.equal(readable(a), false);
+        sys.write(b, new TextEncoder().encode('{"type":"ready","v":1}\n'));
+        assert.equal(readable(a), true);
+        assert.equal(readable(a), true, "still there: poll does not consume");
+      } finally {
+        sys.close(a);
+        sys.close(b);
+      }
+    });
+  });
 
   test("serve() in fallback mode on a Unix socket opens no TCP listener: the proxy's upstream is a Unix socket in a private directory", async () => {
     const dir = left.tempDir("instar-unix-fallback-");
