@@ -8,6 +8,7 @@
  * @module
  */
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { execFile } from "node:child_process";
 
 /** The listening sockets of `pid`: TCP as `host:port` (hex host as in /proc), Unix by path. */
 export interface ListeningSockets {
@@ -42,6 +43,41 @@ function ipv6(hex: string): string {
   return words.map((w) => parseInt(w, 16).toString(16)).join(":").replace(/(^|:)0(:0)+(:|$)/, "::");
 }
 
+/** Parses /proc/net/tcp{,6} lines; listening sockets by inode. */
+function listeningTcpLines(lines: string[], v6: boolean, out: Map<string, string>): void {
+  for (const line of lines) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || f[3] !== "0A") continue; // 0A: TCP_LISTEN
+    const [host, port] = f[1].split(":");
+    const h = v6 ? `[${ipv6(host)}]` : ipv4(host);
+    out.set(f[9], `${h}:${parseInt(port, 16)}`);
+  }
+}
+
+/**
+ * The listening TCP sockets of `pid`, like {@link listeningSockets}, without
+ * blocking the event loop: after a load test the namespace's /proc/net/tcp
+ * holds tens of thousands of TIME_WAIT lines, and reading and splitting it
+ * synchronously stalls this process (and a load client running in it) for a
+ * quarter of a second — long enough for a draining server to take every
+ * connection of the stalled client for idle. `grep` in a child process picks
+ * the listening lines.
+ */
+export async function listeningTcpAsync(pid: number): Promise<string[]> {
+  const files = [`/proc/${pid}/net/tcp`, `/proc/${pid}/net/tcp6`];
+  const out = await new Promise<string>((resolve) => {
+    execFile("grep", ["-sH", " 0A ", ...files], (_err, stdout) => resolve(String(stdout ?? "")));
+  });
+  const listening = new Map<string, string>();
+  for (const [file, v6] of [[files[0], false], [files[1], true]] as const) {
+    const lines = out.split("\n").filter((l) => l.startsWith(file + ":")).map((l) =>
+      l.slice(file.length + 1)
+    );
+    listeningTcpLines(lines, v6, listening);
+  }
+  return socketInodes(pid).map((i) => listening.get(i)).filter((a): a is string => !!a);
+}
+
 /** Every listening TCP and Unix stream socket `pid` holds an fd of. */
 export function listeningSockets(pid: number | "self"): ListeningSockets {
   const mine = socketInodes(pid);
@@ -52,13 +88,7 @@ export function listeningSockets(pid: number | "self"): ListeningSockets {
     try {
       text = readFileSync(`/proc/${pid}/net/${file}`, "utf8");
     } catch { /* no IPv6 */ }
-    for (const line of text.split("\n").slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f.length < 10 || f[3] !== "0A") continue; // 0A: TCP_LISTEN
-      const [host, port] = f[1].split(":");
-      const h = v6 ? `[${ipv6(host)}]` : ipv4(host);
-      listeningTcp.set(f[9], `${h}:${parseInt(port, 16)}`);
-    }
+    listeningTcpLines(text.split("\n").slice(1), v6, listeningTcp);
   }
   const listeningUnix = new Map<string, string>();
   for (const line of readFileSync(`/proc/${pid}/net/unix`, "utf8").split("\n").slice(1)) {
