@@ -180,7 +180,16 @@ describe(`supported runtime versions (from ${RUNTIME})`, () => {
       const server = startServer(cmd);
       left.servers.push(server);
       const log = server.lines;
-      const port = Number((await server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000))[1]);
+      // A version that fails at start-up fails here with its log, not after the 60 s wait.
+      const exitedEarly = server.exited.then((code) =>
+        `exited with ${code} before it was ready:\n${log.slice(-15).join("\n")}`
+      );
+      const started = await Promise.race([
+        server.waitFor(/ready on 127\.0\.0\.1:(\d+)/, 60_000),
+        exitedEarly,
+      ]);
+      if (typeof started === "string") assert.fail(started);
+      const port = Number(started[1]);
       const first = await nextPidInPidFile(pidFile, 0, { timeoutMs: 60_000, log });
       assert.equal(first, server.pid);
       const paths = [{ pid: first, ...(await pathOf(first, port)) }];
