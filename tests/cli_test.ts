@@ -4,16 +4,30 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
+import { spawnSync } from "node:child_process";
 import { runEchoLoad } from "./support/load_client.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
   alive,
+  bunBin,
   cleanupAfterTests,
   type CommandResult,
+  denoBin,
   echoOnce,
   ROOT,
   runCommand,
@@ -21,6 +35,7 @@ import {
   runtimeCmd,
   type ServerProcess,
   showResult,
+  skipIf,
   sleep,
   startServer,
   within,
@@ -49,24 +64,78 @@ function instar(args: string[], env: Record<string, string> = {}): Promise<Comma
   return runCommand(runtimeCmd(RUNTIME, CLI, args), { env, timeoutMs: 90_000 });
 }
 
+function runCommandSync(cmd: string[]): void {
+  const r = spawnSync(cmd[0], cmd.slice(1), { stdio: "inherit" });
+  if (r.status !== 0) throw new Error(`${cmd.join(" ")} exited with ${r.status}`);
+}
+
+/**
+ * What nobody runs, readable by nobody: the checkout may be in a directory
+ * other users cannot enter (a private home, `mktemp -d`), so the library,
+ * the echo example, the CLI and the runtime binary itself are copied into a
+ * temporary directory of mode 0755. Made once, on first use.
+ */
+let forNobody: { root: string; bin: string } | undefined;
+function nobodyCopy(): { root: string; bin: string } {
+  if (forNobody) return forNobody;
+  const root = tempDir("instar-for-nobody-");
+  chmodSync(root, 0o755);
+  for (const f of ["mod.ts", "unstable.ts", "deno.json", "package.json"]) {
+    copyFileSync(join(ROOT, f), join(root, f));
+  }
+  cpSync(join(ROOT, "src"), join(root, "src"), { recursive: true });
+  mkdirSync(join(root, "examples"));
+  for (const f of ["echo_server.ts", "_lifecycle.ts"]) {
+    copyFileSync(join(ROOT, "examples", f), join(root, "examples", f));
+  }
+  // The binary behind node_modules/.bin, hard-linked where the file system allows (no copy).
+  const real = realpathSync(RUNTIME === "deno" ? denoBin() : bunBin());
+  mkdirSync(join(root, "bin"));
+  const bin = join(root, "bin", RUNTIME);
+  try {
+    linkSync(real, bin);
+  } catch {
+    copyFileSync(real, bin);
+  }
+  chmodSync(bin, 0o755);
+  // Everything readable (and directories enterable) by other users, whatever the umask.
+  runCommandSync(["chmod", "-R", "a+rX", root]);
+  return forNobody = { root, bin };
+}
+
+/** `script` under this runtime as nobody sees it: the copied binary. */
+function nobodyCmd(script: string, args: string[]): string[] {
+  const { bin } = nobodyCopy();
+  return RUNTIME === "deno"
+    ? [bin, "run", "-A", "--no-check", script, ...args]
+    : [bin, script, ...args];
+}
+
 /** Runs the CLI as uid/gid 65534 (nobody), with a HOME it may write its caches to. */
 function instarAsNobody(args: string[]): Promise<CommandResult> {
   const home = tempDir("instar-nobody-");
   chmodSync(home, 0o777);
-  return runCommand([...NOBODY, ...runtimeCmd(RUNTIME, CLI, args)], {
+  const cli = join(nobodyCopy().root, "src", "cli.ts");
+  return runCommand([...NOBODY, ...nobodyCmd(cli, args)], {
     env: { HOME: home, DENO_DIR: join(home, "deno"), XDG_CACHE_HOME: home },
+    cwd: nobodyCopy().root,
     timeoutMs: 90_000,
   });
 }
 
-/** A deploy directory whose server.ts imports the echo example; `deploy` swaps in other code. */
-function deployDir(): { dir: string; script: string; deploy(source: string): void } {
+/**
+ * A deploy directory whose server.ts imports the echo example (`echo`: the
+ * checkout's, or the copy nobody can read); `deploy` swaps in other code.
+ */
+function deployDir(
+  echo = ECHO,
+): { dir: string; script: string; deploy(source: string): void } {
   const dir = tempDir("instar-cli-");
   // Other users may traverse it: the socket's own mode must be what refuses them.
   chmodSync(dir, 0o755);
   const script = join(dir, "server.ts");
   const deploy = (source: string) => writeFileSync(script, source);
-  deploy(GOOD);
+  deploy(`import ${JSON.stringify(echo)};\n`);
   return { dir, script, deploy };
 }
 
@@ -302,44 +371,56 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
     assert.equal(await second.exited, 0);
   });
 
-  test("another user is refused: by the socket's mode, and by SO_PEERCRED when the mode allows", async () => {
-    const { dir, script } = deployDir();
-    const ctl = join(dir, "ctl.sock");
-    const { server, port } = await startEcho(script, ctl);
-    assert.equal(statSync(ctl).mode & 0o777, 0o600);
+  const refusedName =
+    "another user is refused: by the socket's mode, and by SO_PEERCRED when the mode allows";
+  test(
+    refusedName,
+    skipIf(
+      process.getuid?.() !== 0
+        ? "needs root to run clients as nobody (setpriv)"
+        : !existsSync(PYTHON) && `${PYTHON} is missing (Debian package python3)`,
+      refusedName,
+    ),
+    async () => {
+      // nobody runs this server's code too (the thief below): the copy nobody can read.
+      const { dir, script } = deployDir(join(nobodyCopy().root, "examples", "echo_server.ts"));
+      const ctl = join(dir, "ctl.sock");
+      const { server, port } = await startEcho(script, ctl);
+      assert.equal(statSync(ctl).mode & 0o777, 0o600);
 
-    // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
-    const byMode = await instarAsNobody(["status", "--control", ctl]);
-    assert.equal(byMode.code, 1, showResult(byMode));
-    assert.match(byMode.stderr, /EACCES/);
+      // 1. The file mode: connect(2) fails with EACCES before the server sees anything.
+      const byMode = await instarAsNobody(["status", "--control", ctl]);
+      assert.equal(byMode.code, 1, showResult(byMode));
+      assert.match(byMode.stderr, /EACCES/);
 
-    // 2. With the mode opened up, each side checks the other's uid (SO_PEERCRED):
-    //    the command does not trust a server of another user...
-    chmodSync(ctl, 0o666);
-    const from = server.lines.length;
-    const status = await instarAsNobody(["status", "--control", ctl]);
-    assert.equal(status.code, 1, showResult(status));
-    assert.match(status.stderr, /runs as uid 0, not 65534: not trusting it/);
-    // ...and the server answers a raw client of another user with a refusal.
-    const raw = await runCommand([...NOBODY, PYTHON, "-c", RAW_UPGRADE, ctl]);
-    assert.match(raw.stdout, /"reason":\s*"forbidden"/, showResult(raw));
-    await server.waitFor(/refused a peer with another uid/, 10_000, from);
+      // 2. With the mode opened up, each side checks the other's uid (SO_PEERCRED):
+      //    the command does not trust a server of another user...
+      chmodSync(ctl, 0o666);
+      const from = server.lines.length;
+      const status = await instarAsNobody(["status", "--control", ctl]);
+      assert.equal(status.code, 1, showResult(status));
+      assert.match(status.stderr, /runs as uid 0, not 65534: not trusting it/);
+      // ...and the server answers a raw client of another user with a refusal.
+      const raw = await runCommand([...NOBODY, PYTHON, "-c", RAW_UPGRADE, ctl]);
+      assert.match(raw.stdout, /"reason":\s*"forbidden"/, showResult(raw));
+      await server.waitFor(/refused a peer with another uid/, 10_000, from);
 
-    // 3. A process of another user started with the same control path refuses
-    //    a server that is not its own instead of taking its listeners.
-    const home = tempDir("instar-nobody-");
-    chmodSync(home, 0o777);
-    const thief = await runCommand(
-      [...NOBODY, ...runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl])],
-      { env: { HOME: home, DENO_DIR: join(home, "deno") }, timeoutMs: 60_000 },
-    );
-    assert.notEqual(thief.code, 0, showResult(thief));
-    assert.match(thief.stderr, /belongs to another user/);
+      // 3. A process of another user started with the same control path refuses
+      //    a server that is not its own instead of taking its listeners.
+      const home = tempDir("instar-nobody-");
+      chmodSync(home, 0o777);
+      const thief = await runCommand(
+        [...NOBODY, ...nobodyCmd(script, ["--port", "0", "--control", ctl])],
+        { env: { HOME: home, DENO_DIR: join(home, "deno") }, cwd: dir, timeoutMs: 60_000 },
+      );
+      assert.notEqual(thief.code, 0, showResult(thief));
+      assert.match(thief.stderr, /belongs to another user/);
 
-    assert.ok(!server.lines.slice(from).some((l) => /upgrade-(started|succeeded)/.test(l)));
-    await echoOnce(port);
-    assert.equal(alive(server.pid), true);
-    process.kill(server.pid, "SIGTERM");
-    assert.equal(await server.exited, 0);
-  });
+      assert.ok(!server.lines.slice(from).some((l) => /upgrade-(started|succeeded)/.test(l)));
+      await echoOnce(port);
+      assert.equal(alive(server.pid), true);
+      process.kill(server.pid, "SIGTERM");
+      assert.equal(await server.exited, 0);
+    },
+  );
 });

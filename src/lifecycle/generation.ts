@@ -43,6 +43,8 @@ export interface Attempt {
   abandon(gently?: boolean): Promise<void>;
   /** It succeeded: let go of the channel (the child lives on). */
   release(): void;
+  /** Whether bytes from it wait on the channel, not yet read by the event loop (poll(2), 0 ms). */
+  pending(): boolean;
 }
 
 /** How to start the program anew. */
@@ -134,6 +136,7 @@ export function spawnGeneration(
       wait.close();
       reaper.forget(pid);
     },
+    pending: () => !wait.closed() && readable(mine),
   };
 }
 
@@ -178,6 +181,7 @@ export function handOver(
     ready: wait.ready,
     abandon: () => Promise.resolve(wait.close()),
     release: () => wait.close(),
+    pending: () => !wait.closed() && readable(fd),
   };
 }
 
@@ -210,8 +214,9 @@ function readiness(
   pid: number,
   ended: () => Promise<UpgradeError>,
   existing?: MessageSocket,
-): { ready: Promise<void>; close: () => void } {
+): { ready: Promise<void>; close: () => void; closed: () => boolean } {
   let conn: MessageSocket | undefined = existing;
+  let closed = false;
   const ready = new Promise<void>((resolve, reject) => {
     const handlers = {
       message(m: Message) {
@@ -231,10 +236,45 @@ function readiness(
     else conn = new MessageSocket(socket, handlers);
   });
   ready.catch(() => {}); // a wait abandoned first must not leave an unhandled rejection
-  return { ready, close: () => conn?.close() };
+  return {
+    ready,
+    close: () => {
+      closed = true;
+      conn?.close();
+    },
+    closed: () => closed,
+  };
 }
 
-/** Waits for `attempt` at most `timeoutMs`, or until `cancelled` resolves with an error. */
+/** Whether `fd` has bytes to read now (or its peer hung up): poll(2) with a 0 ms timeout. */
+export function readable(fd: number): boolean {
+  try {
+    const p: sys.PollFd = { fd, events: C.POLLIN };
+    return sys.poll([p], 0) === 1 && (p.revents! & C.POLLIN) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * How long a ready that may be on its way gets once the ready timeout has
+ * passed: {@link LAST_CHANCE_MS} when nothing waits on the channel (an
+ * event the loop has read but not yet delivered), {@link PENDING_GRACE_MS}
+ * when poll(2) shows bytes not yet read.
+ */
+export const LAST_CHANCE_MS = 100;
+/** See {@link LAST_CHANCE_MS}. */
+export const PENDING_GRACE_MS = 1000;
+
+/**
+ * Waits for `attempt` at most `timeoutMs`, or until `cancelled` resolves with an error.
+ *
+ * A child whose ready was sent just before the deadline must not be killed
+ * for being late: when the time is up, the ready gets a last chance —
+ * {@link PENDING_GRACE_MS} if bytes wait unread on the channel (poll(2), 0 ms),
+ * else {@link LAST_CHANCE_MS} for one the event loop has already read but not
+ * yet delivered. A ready within it counts; anything else is `ready-timeout`.
+ */
 export async function awaitReady(
   attempt: Attempt,
   timeoutMs: number,
@@ -245,6 +285,9 @@ export async function awaitReady(
     timeoutMs,
   );
   if (!outcome.done) {
+    const grace = attempt.pending() ? PENDING_GRACE_MS : LAST_CHANCE_MS;
+    const late = await deadline(attempt.ready.then(() => true, () => false), grace);
+    if (late.done && late.value) return;
     throw new UpgradeError("ready-timeout", `${attempt.who} was not ready within ${timeoutMs} ms`, {
       pid: attempt.pid,
     });

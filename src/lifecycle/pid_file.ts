@@ -1,6 +1,7 @@
 /**
  * The PID file: written atomically when a generation is ready, removed when
- * the last one stops.
+ * the last one stops. Put it in a directory only the server's user can
+ * write (e.g. `/run/app/app.pid`), never in a shared one like /tmp.
  *
  * @module
  */
@@ -18,18 +19,40 @@ import {
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
 
+/** A fresh temp file name next to `path`: nobody can plant a file there in advance. */
+function randomTempName(path: string): string {
+  return join(dirname(path), `.${randomBytes(8).toString("hex")}.pid.tmp`);
+}
+
+// How many names are tried when one exists already (only a planted file, or a 2^-64 collision).
+const ATTEMPTS = 8;
+
 /**
  * Writes `pid` to `path` through a new file with a random name in the same
  * directory (created exclusively, never through a symlink), synced, then
- * renamed over `path`.
+ * renamed over `path`. A symlink at `path` is replaced by the file, never
+ * written through: the file it pointed to is left as it was.
+ * `tempName` is for tests.
  */
-export function writePidFile(path: string, pid: number): void {
-  const tmp = join(dirname(path), `.${randomBytes(8).toString("hex")}.pid.tmp`);
-  const fd = openSync(
-    tmp,
-    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-    0o644,
-  );
+export function writePidFile(
+  path: string,
+  pid: number,
+  tempName: (path: string) => string = randomTempName,
+): void {
+  let fd = -1, tmp = "";
+  for (let i = 0; fd < 0; i++) {
+    tmp = tempName(path);
+    try {
+      // O_EXCL: an existing file or symlink at the name fails; O_NOFOLLOW for good measure.
+      fd = openSync(
+        tmp,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        0o644,
+      );
+    } catch (err) {
+      if ((err as { code?: string }).code !== "EEXIST" || i + 1 >= ATTEMPTS) throw err;
+    }
+  }
   try {
     writeSync(fd, `${pid}\n`);
     fsyncSync(fd);

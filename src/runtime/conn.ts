@@ -8,6 +8,7 @@
 
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 
 /**
  * An accepted connection, in the spirit of `Deno.Conn`. The bytes move through
@@ -269,21 +270,106 @@ export function queueAcceptor(kind: string, queue: ConnQueue, stop: () => void):
 }
 
 /**
+ * How many accepted connections may wait for `accept()` before the runtime
+ * stops accepting. Beyond it, new connections wait in the kernel's listen
+ * backlog (and, once that is full, the kernel drops SYNs and clients retry),
+ * exactly as with a pull-style listener such as `Deno.listen` whose app does
+ * not call `accept()`: nothing is accepted just to be closed, and the process
+ * holds at most about this many fds for connections nobody took.
+ */
+export const QUEUE_LIMIT = 1024;
+
+/** Stops and restarts the runtime's accepting (see {@link socketGate}). */
+export interface AcceptGate {
+  pause(): void;
+  resume(): void;
+}
+
+/**
+ * An {@link AcceptGate} on the listening socket `fd` (the runtime's
+ * duplicate): `pause()` removes the socket's epoll registrations in every
+ * reactor of the process, `resume()` puts back what it removed. After
+ * `close()` (the acceptor stopped) it does nothing, so a queue emptied after
+ * the listener closed never makes a reactor accept again.
+ *
+ * The lifecycle pauses the same socket the same way (before `ready()`, and
+ * when a drain starts); a pause that finds the registrations already removed
+ * holds nothing to put back, so one never undoes the other's, except that a
+ * full queue emptied within the drain's first moment (before the listener
+ * is closed) lets the old generation accept for that moment: those
+ * connections are served by it, not lost.
+ */
+export function socketGate(fd: number): AcceptGate & { close(): void } {
+  let paused: PausedSocket | undefined;
+  let closed = false;
+  return {
+    pause() {
+      if (closed || paused) return;
+      try {
+        paused = pauseSocket(fd);
+      } catch (err) {
+        // Not fatal: the queue then grows past its bound, as it did before there was one.
+        console.warn(`instar: cannot pause accepting on fd ${fd}: ${(err as Error).message}`);
+      }
+    },
+    resume() {
+      const p = paused;
+      paused = undefined;
+      if (p && !closed) resumeSocket(p);
+    },
+    close() {
+      closed = true;
+      paused = undefined;
+    },
+  };
+}
+
+/**
  * Connections a push-style server (callbacks, events) accepted, waiting for
  * `accept()`. After `end()` the queued ones are still handed out, so a close
  * during a handover loses none of them.
+ *
+ * The queue is bounded: when `limit` connections wait, `gate.pause()` stops
+ * the runtime from accepting (Bun's and node:net's servers have no pause of
+ * their own: the gate removes the socket's epoll registrations, as the
+ * lifecycle does before `ready()`); once the app has taken them down to half
+ * of that, `gate.resume()` puts them back. A connection the runtime had
+ * already accepted when the gate closed is still queued, so the bound is
+ * `limit` plus what one wake-up of the reactor accepts.
  */
 export class ConnQueue {
   #items: BaseConn[] = [];
   #head = 0;
   #waiters: ((c: BaseConn | null) => void)[] = [];
   #ended = false;
+  #gate: AcceptGate | undefined;
+  #limit: number;
+  #paused = false;
+
+  constructor(gate?: AcceptGate, limit = QUEUE_LIMIT) {
+    this.#gate = gate;
+    this.#limit = limit;
+  }
+
+  /** How many connections wait for `next()`. */
+  get size(): number {
+    return this.#items.length - this.#head;
+  }
+
+  /** Whether the gate is closed because the queue is full. */
+  get paused(): boolean {
+    return this.#paused;
+  }
 
   /** Hands `c` to a waiting `next()` or queues it. */
   push(c: BaseConn): void {
     const w = this.#waiters.shift();
-    if (w) w(c);
-    else this.#items.push(c);
+    if (w) return w(c);
+    this.#items.push(c);
+    if (!this.#paused && !this.#ended && this.#gate && this.size >= this.#limit) {
+      this.#paused = true;
+      this.#gate.pause();
+    }
   }
 
   /** The next connection, or `null` once ended and empty. */
@@ -295,13 +381,17 @@ export class ConnQueue {
         this.#items = this.#items.slice(this.#head);
         this.#head = 0;
       }
+      if (this.#paused && !this.#ended && this.size <= this.#limit / 2) {
+        this.#paused = false;
+        this.#gate!.resume();
+      }
       return Promise.resolve(c);
     }
     if (this.#ended) return Promise.resolve(null);
     return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
-  /** No more connections will come; waiting `next()` calls get `null`. */
+  /** No more connections will come; waiting `next()` calls get `null`. The gate stays as it is. */
   end(): void {
     this.#ended = true;
     for (const w of this.#waiters.splice(0)) w(null);

@@ -15,6 +15,7 @@ import {
   InboundBuffer,
   queueAcceptor,
   type SocketEnds,
+  socketGate,
 } from "./conn.ts";
 
 /** The parts of Bun's TCP socket instar uses. */
@@ -137,7 +138,9 @@ export function bunAcceptor(
   track: (c: BaseConn) => void,
 ): Acceptor {
   const B = (globalThis as unknown as { Bun: BunNs }).Bun;
-  const queue = new ConnQueue();
+  // Bounded: at QUEUE_LIMIT waiting connections the socket leaves Bun's epoll until accept() catches up.
+  const gate = socketGate(fd);
+  const queue = new ConnQueue(gate);
   const server = B.listen({
     fd,
     allowHalfOpen: true,
@@ -166,5 +169,8 @@ export function bunAcceptor(
     },
   });
   // stop(false) closes Bun's duplicate at once and keeps accepted sockets open.
-  return queueAcceptor("Bun.listen", queue, () => server.stop(false));
+  return queueAcceptor("Bun.listen", queue, () => {
+    gate.close();
+    server.stop(false);
+  });
 }

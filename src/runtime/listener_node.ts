@@ -16,6 +16,7 @@ import {
   ConnQueue,
   InboundBuffer,
   queueAcceptor,
+  socketGate,
 } from "./conn.ts";
 
 class NodeConn extends BaseConn {
@@ -98,7 +99,10 @@ export async function nodeAcceptor(
   addr: Addr,
   track: (c: BaseConn) => void,
 ): Promise<Acceptor> {
-  const queue = new ConnQueue();
+  // Bounded: at QUEUE_LIMIT waiting connections the socket leaves the event loop's epoll until
+  // accept() catches up (node:net's server has no pause of its own).
+  const gate = socketGate(fd);
+  const queue = new ConnQueue(gate);
   const server = net.createServer({ allowHalfOpen: true }, (s) => {
     const c = new NodeConn(s, addr);
     track(c);
@@ -114,5 +118,8 @@ export async function nodeAcceptor(
   // Accept errors (EMFILE, …) are retried by the runtime; keep the process alive.
   server.on("error", () => {});
   // Closes the runtime's duplicate; node:net never shutdown(2)s a listener.
-  return queueAcceptor("node:net", queue, () => server.close());
+  return queueAcceptor("node:net", queue, () => {
+    gate.close();
+    server.close();
+  });
 }

@@ -4,12 +4,14 @@
  *
  * Neither `Deno.serve` nor `Bun.serve` can be started on an fd. {@link serve}
  * starts the native server on a throwaway address of the socket's family
- * (`127.0.0.1:0`, `[::1]:0`, or a Unix socket in the temp directory) and
+ * (`127.0.0.1:0`, `[::1]:0`, or a Unix socket in a private temp directory) and
  * {@link transplant}s the socket under it. When a precondition of the
  * transplant fails (e.g. a reactor instar does not know), `mode: "auto"`
  * falls back to a proxy: a `node:net` server accepts on the fd and pipes every
- * connection to the native server on its loopback port, so every feature
- * (WebSockets, streaming, routes) still works, at a lower speed. The fallback
+ * connection to the native server on its throwaway address (a loopback port,
+ * or for a Unix socket a Unix socket in a directory only this user can
+ * enter), so every feature (WebSockets, streaming, routes) still works, at a
+ * lower speed. The fallback
  * is never silent: `onFallback` (or a console warning) says why.
  *
  * One options object, like the runtime's own server's: the handler as `fetch`
@@ -26,11 +28,9 @@
  * @module
  */
 
-import { randomUUID } from "node:crypto";
-import { unlinkSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import process from "node:process";
 import { InstarError } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode } from "../ffi/sockaddr.ts";
@@ -109,24 +109,21 @@ function checkMode(mode: unknown): ServeMode {
   return mode;
 }
 
-/** The throwaway address the native server starts on, and its socket file (if any) to remove. */
+/** The throwaway address the native server starts on, and a way to remove what it left on disk. */
 function throwawayFor(addr: Addr, mode: ServeMode): {
   listenOn: AdapterStart["listenOn"];
   remove: () => void;
 } {
-  // The throwaway must be of our socket's family for the transplant; the proxy only needs loopback.
-  if (addr.transport === "unix" && mode !== "fallback") {
-    const path = join(tmpdir(), `instar-serve-${process.pid}-${randomUUID().slice(0, 8)}.sock`);
-    const remove = () => {
-      try {
-        unlinkSync(path);
-      } catch {
-        // already gone
-      }
-    };
-    return { listenOn: { path }, remove };
+  if (addr.transport === "unix") {
+    // Always a Unix socket, on either path: the transplant needs our socket's family, and the
+    // proxy's upstream must be no easier to reach than our socket (a loopback port would let
+    // any local user past the socket file's permissions). mkdtemp makes the directory 0700.
+    const dir = mkdtempSync(join(tmpdir(), "instar-serve-"));
+    const remove = () => rmSync(dir, { recursive: true, force: true });
+    return { listenOn: { path: join(dir, "s.sock") }, remove };
   }
-  const v6 = addr.transport === "tcp" && addr.hostname.includes(":") && mode !== "fallback";
+  // The throwaway must be of our socket's family for the transplant; the proxy only needs loopback.
+  const v6 = addr.hostname.includes(":") && mode !== "fallback";
   return { listenOn: { hostname: v6 ? "::1" : "127.0.0.1" }, remove: () => {} };
 }
 
