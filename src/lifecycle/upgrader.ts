@@ -8,7 +8,7 @@
  */
 
 import process from "node:process";
-import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
+import { InstarError, UpgradeError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
@@ -259,7 +259,7 @@ export class Upgrader {
    * the sockets, and resolves with its pid once it is ready; this generation
    * then drains. Rejects with an {@link UpgradeError} (and keeps serving) when
    * the new generation exits, is killed, is not ready in time, cannot be
-   * executed, or breaks the protocol; with an {@link UpgradeRefusedError}
+   * executed, or breaks the protocol; with an `UpgradeRefusedError`
    * (nothing started) when an upgrade is in flight, `ready()` was not called
    * or this generation stops.
    */
