@@ -85,9 +85,13 @@ export class Emitter {
     }
   }
 
-  /** Emits a `warning`. */
+  /**
+   * Emits a `warning`; with nobody subscribed yet (e.g. during `Upgrader.create()`,
+   * before `logLifecycle`), it goes to stderr: a warning is never lost.
+   */
   warn(message: string): void {
-    this.emit("warning", { message });
+    if (this.#handlers.get("warning")?.size) this.emit("warning", { message });
+    else console.warn(`instar: warning: ${message}`);
   }
 }
 
