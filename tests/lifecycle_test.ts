@@ -4,6 +4,9 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import process from "node:process";
+import { Reaper } from "../src/lifecycle/reaper.ts";
+import { spawn } from "../src/process/spawn.ts";
 import { join } from "node:path";
 import { UpgradeError, Upgrader, UpgradeRefusedError } from "../mod.ts";
 import * as sys from "../src/ffi/mod.ts";
@@ -16,6 +19,7 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
+  within,
 } from "./support/helpers.ts";
 
 const left = cleanupAfterTests();
@@ -76,5 +80,30 @@ describe(`the lifecycle (${RUNTIME})`, () => {
     });
     assert.equal(r.code, 0, showResult(r, 2000));
     assert.equal(readFileSync(file, "utf8"), "hook\nafter\n");
+  });
+
+  test("the reaper resolves with null for a pid that is not its child, instead of throwing", async () => {
+    const reaper = new Reaper();
+    const end = await within(reaper.exited(process.ppid), 5_000, "ECHILD answered");
+    assert.equal(end, null);
+  });
+
+  test("killing and reaping a child keeps the event loop running", async () => {
+    // Started like a generation (the runtime's own child_process would reap it itself).
+    const pid = spawn({ path: "/bin/sleep", argv: ["sleep", "30"], env: [], fds: [] });
+    const reaper = new Reaper();
+    let last = performance.now(), worst = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last);
+      last = now;
+    }, 5);
+    try {
+      const end = await reaper.kill(pid, 2_000);
+      assert.ok(end && !end.exited, `killed by a signal: ${JSON.stringify(end)}`);
+    } finally {
+      clearInterval(tick);
+    }
+    assert.ok(worst < 200, `the event loop stalled ${worst.toFixed(0)} ms`);
   });
 });
