@@ -81,7 +81,8 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
         assert.equal(alive(current), true);
         process.kill(current, "SIGTERM");
-        await stopped(current);
+        // Every generation appends its count once it has drained: wait for all of them.
+        for (const pid of server.pids) await stopped(pid);
         // Every generation appended how many POST bodies it read once it had drained.
         const lines = readFileSync(stats, "utf8").trim().split("\n");
         assert.equal(lines.length, 21, `one line per generation: ${lines.join(" | ")}`);
