@@ -378,8 +378,10 @@ export class Channel {
       try {
         msg = JSON.parse(line);
       } catch {
+        // Nobody gets the fds that came with this or an earlier line of this read.
+        for (const o of out) for (const fd of o.fds) sys.close(fd);
         this.#closeFds();
-        protocolError(`malformed message ${JSON.stringify(line.slice(0, 200))}`);
+        protocolError(`malformed message ${shown(line)}`);
       }
       out.push({ msg, fds: this.#fds });
       this.#fds = [];
