@@ -199,7 +199,11 @@ async function pipeClosed(r: number, timeoutMs = 5_000): Promise<boolean> {
 
 // ---------------------------------------------------------------- control socket cases
 
-/** The messages a control socket may see, valid and not (never `upgrade` or `handover`). */
+/**
+ * The messages a control socket may see, valid and not. Never `upgrade` or
+ * `handover`: those would start a new generation or hand the sockets to the
+ * fuzzer, which tests/cli_test.ts covers; here the server must stay generation 1.
+ */
 const TEMPLATES: Record<string, unknown>[] = [
   { type: "status", v: PROTOCOL_VERSION },
   { type: "ready", v: PROTOCOL_VERSION, pid: 1 },
