@@ -184,46 +184,80 @@ function isAddr(a: unknown): a is Addr {
   return o.transport === "unix" && typeof o.path === "string";
 }
 
+/** The largest value of a C `int`: fd numbers and pids above it are refused, not wrapped by FFI. */
+const INT_MAX = 2 ** 31 - 1;
+
+// An fd number a C `int` can hold (Bun's FFI wraps 2**32 + 5 to fd 5; -0 is not a number anyone sent).
 function isFd(fd: unknown): fd is number {
-  return Number.isInteger(fd) && (fd as number) >= 0;
+  return Number.isInteger(fd) && (fd as number) >= 0 && (fd as number) <= INT_MAX &&
+    !Object.is(fd, -0);
+}
+
+/** `value` as JSON for an error message, cut to 100 characters: hostile input is never echoed whole. */
+export function shown(value: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length > 100 ? `${text.slice(0, 100)}…` : text;
 }
 
 /** Validates a parsed `hello`; throws `PROTOCOL_ERROR` naming the first fault. */
 export function validateHello(m: unknown): Hello {
-  if (typeof m !== "object" || m === null) protocolError("hello is not an object");
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    protocolError("hello is not an object");
+  }
   const o = m as Record<string, unknown>;
-  if (o.type !== "hello") protocolError(`expected a hello message, got ${JSON.stringify(o.type)}`);
+  if (o.type !== "hello") protocolError(`expected a hello message, got ${shown(o.type)}`);
   if (o.v !== PROTOCOL_VERSION) {
     protocolError(
-      `the previous generation speaks version ${JSON.stringify(o.v)}, this one speaks ` +
+      `the previous generation speaks version ${shown(o.v)}, this one speaks ` +
         `${PROTOCOL_VERSION}: upgrade through a version that speaks both`,
     );
   }
-  if (!Number.isInteger(o.generation) || (o.generation as number) < 2) {
-    protocolError(`generation ${JSON.stringify(o.generation)} is not an integer ≥ 2`);
+  if (!Number.isSafeInteger(o.generation) || (o.generation as number) < 2) {
+    protocolError(`generation ${shown(o.generation)} is not an integer ≥ 2`);
   }
-  if (!Number.isInteger(o.pid) || (o.pid as number) < 1) protocolError("pid is missing");
+  if (!Number.isInteger(o.pid) || (o.pid as number) < 1 || (o.pid as number) > INT_MAX) {
+    protocolError(`pid ${shown(o.pid)} is not a process id`);
+  }
   if (o.transfer !== "inherit" && o.transfer !== "scm_rights") {
-    protocolError(`unknown transfer ${JSON.stringify(o.transfer)}`);
+    protocolError(`unknown transfer ${shown(o.transfer)}`);
   }
   if (!Array.isArray(o.listeners)) protocolError("listeners is not an array");
   const seen = new Set<string>();
+  const fds = new Set<number>();
+  // One fd (or attached index) serves one purpose: two entries sharing it would be closed twice.
+  const once = (fd: number, what: string) => {
+    if (fds.has(fd)) protocolError(`fd ${fd} is named twice (again for ${what})`);
+    fds.add(fd);
+  };
   for (const l of o.listeners as unknown[]) {
     const e = l as Record<string, unknown>;
-    if (typeof e !== "object" || e === null || typeof e.key !== "string" || !isAddr(e.addr)) {
-      protocolError(`malformed listener entry ${JSON.stringify(l)}`);
+    if (
+      typeof e !== "object" || e === null || Array.isArray(e) || typeof e.key !== "string" ||
+      !isAddr(e.addr)
+    ) {
+      protocolError(`malformed listener entry ${shown(l)}`);
     }
     if (!isFd(e.fd)) {
-      protocolError(`listener ${e.key} has no valid fd (${JSON.stringify(e.fd)})`);
+      protocolError(`listener ${shown(e.key)} has no valid fd (${shown(e.fd)})`);
     }
-    if (seen.has(e.key)) protocolError(`listener ${e.key} is listed twice`);
+    if (seen.has(e.key)) protocolError(`listener ${shown(e.key)} is listed twice`);
     seen.add(e.key);
+    once(e.fd, `listener ${shown(e.key)}`);
   }
   o.control ??= null;
   const c = o.control as Record<string, unknown> | null;
-  if (c !== null && (typeof c !== "object" || typeof c.path !== "string" || !isFd(c.fd))) {
-    protocolError(`malformed control entry ${JSON.stringify(c)}`);
+  if (
+    c !== null &&
+    (typeof c !== "object" || Array.isArray(c) || typeof c.path !== "string" || !isFd(c.fd))
+  ) {
+    protocolError(`malformed control entry ${shown(c)}`);
   }
+  if (c !== null) once(c.fd as number, "the control socket");
   return o as unknown as Hello;
 }
 
@@ -289,7 +323,9 @@ export class Channel {
 
   /**
    * Sends one message, with `fds` attached as SCM_RIGHTS. Waits up to
-   * `timeoutMs` for room in the socket buffer (messages are small).
+   * `timeoutMs` for room in the socket buffer (messages are small), blocking
+   * the thread: only where nothing is served yet (start-up, the CLI). With
+   * `timeoutMs` 0 it never waits: no room is a `PROTOCOL_ERROR` at once.
    */
   send(msg: Message, fds: readonly number[] = [], timeoutMs = 5000): void {
     const bytes = new TextEncoder().encode(JSON.stringify(msg) + "\n");
@@ -300,7 +336,9 @@ export class Channel {
       const chunk = bytes.subarray(off);
       const n = first && fds.length ? sys.sendFds(this.fd, chunk, fds) : sys.write(this.fd, chunk);
       if (n === null || n === 0) {
-        if (Date.now() > deadline) protocolError("the peer does not read the control channel");
+        if (timeoutMs <= 0 || Date.now() > deadline) {
+          protocolError("the peer does not read the control channel");
+        }
         sys.poll([{ fd: this.fd, events: C.POLLOUT }], 50);
         continue;
       }
@@ -340,8 +378,10 @@ export class Channel {
       try {
         msg = JSON.parse(line);
       } catch {
+        // Nobody gets the fds that came with this or an earlier line of this read.
+        for (const o of out) for (const fd of o.fds) sys.close(fd);
         this.#closeFds();
-        protocolError(`malformed message ${JSON.stringify(line.slice(0, 200))}`);
+        protocolError(`malformed message ${shown(line)}`);
       }
       out.push({ msg, fds: this.#fds });
       this.#fds = [];
@@ -405,13 +445,16 @@ export function messageOf(raw: unknown): Message {
   const o = raw as Record<string, unknown>;
   if (typeof o.type !== "string") protocolError("message has no type");
   if (o.v !== PROTOCOL_VERSION) {
-    protocolError(`peer speaks version ${JSON.stringify(o.v)}, this one ${PROTOCOL_VERSION}`);
+    protocolError(`peer speaks version ${shown(o.v)}, this one ${PROTOCOL_VERSION}`);
   }
   return o as unknown as Message;
 }
 
-/** Longest message a peer may send; longer is a protocol error. */
+/** Longest message a peer may send by default; longer is a protocol error. */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
+
+/** How long a connection closed with a last message may take to flush it before it is cut. */
+export const CLOSE_GRACE_MS = 1000;
 
 /** What a {@link MessageSocket} reports. */
 export interface MessageHandlers {
@@ -419,6 +462,27 @@ export interface MessageHandlers {
   message(m: Message): void;
   /** The peer closed, or broke the protocol (`error`); no more messages come. */
   end(error: InstarError | null): void;
+}
+
+/**
+ * Closes `socket`, after writing `msg` if given: the message and the end of
+ * the stream are sent at once, and the socket is destroyed (its fd closed)
+ * when the peer closes its side, at the latest after {@link CLOSE_GRACE_MS}.
+ * The grace lets a peer that writes before it reads (its request crossing
+ * the refusal) still read why; a peer that neither reads nor closes cannot
+ * hold the fd longer.
+ */
+export function closeWith(socket: NetSocket, msg?: Message): void {
+  if (socket.destroyed) return;
+  if (!msg) {
+    socket.destroy();
+    return;
+  }
+  if (socket.writableEnded) return; // closing already, with its own last message
+  const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS);
+  socket.once("close", () => clearTimeout(timer));
+  socket.resume(); // what the peer still sends is discarded, so its end is seen
+  socket.end(JSON.stringify(msg) + "\n");
 }
 
 /**
@@ -433,11 +497,13 @@ export class MessageSocket {
   #buf = "";
   #ended = false;
   #handlers: MessageHandlers;
+  #maxBytes: number;
 
-  /** Starts reading `socket`, reporting to `handlers`. */
-  constructor(socket: NetSocket, handlers: MessageHandlers) {
+  /** Starts reading `socket`, reporting to `handlers`; a line longer than `maxBytes` is a protocol error. */
+  constructor(socket: NetSocket, handlers: MessageHandlers, maxBytes = MAX_MESSAGE_BYTES) {
     this.socket = socket;
     this.#handlers = handlers;
+    this.#maxBytes = maxBytes;
     socket.setEncoding("utf8");
     socket.on("data", (d: string) => this.#data(d));
     socket.on("end", () => this.#end(null));
@@ -450,17 +516,22 @@ export class MessageSocket {
     this.#buf += d;
     let nl: number;
     try {
+      // Lengths in UTF-16 units: at most the bytes received, so the check is never laxer.
       while (!this.#ended && (nl = this.#buf.indexOf("\n")) >= 0) {
+        if (nl > this.#maxBytes) this.#tooLong();
         const line = this.#buf.slice(0, nl);
         this.#buf = this.#buf.slice(nl + 1);
         this.#handlers.message(messageOf(parseLine(line)));
       }
-      if (this.#buf.length > MAX_MESSAGE_BYTES) {
-        protocolError(`message longer than ${MAX_MESSAGE_BYTES} bytes`);
-      }
+      if (this.#buf.length > this.#maxBytes) this.#tooLong();
     } catch (err) {
+      this.#buf = "";
       this.#end(err as InstarError);
     }
+  }
+
+  #tooLong(): never {
+    protocolError(`message longer than ${this.#maxBytes} bytes`);
   }
 
   /** Sends what arrives from now on to `handlers` (a control connection turned handover). */
@@ -476,16 +547,16 @@ export class MessageSocket {
 
   /** Queues `msg`; false when the connection is gone. */
   send(msg: Message): boolean {
-    if (this.socket.destroyed) return false;
+    if (this.socket.destroyed || this.socket.writableEnded) return false;
     this.socket.write(JSON.stringify(msg) + "\n");
     return true;
   }
 
-  /** Sends `msg` (if given), then closes once it is written. */
+  /** Sends `msg` (if given) and closes: see {@link closeWith}. Nothing more is reported. */
   close(msg?: Message): void {
     this.#ended = true;
-    if (msg && !this.socket.destroyed) this.socket.end(JSON.stringify(msg) + "\n");
-    else this.socket.destroy();
+    this.#buf = "";
+    closeWith(this.socket, msg);
   }
 }
 
@@ -493,6 +564,6 @@ function parseLine(line: string): unknown {
   try {
     return JSON.parse(line);
   } catch {
-    protocolError(`malformed message ${JSON.stringify(line.slice(0, 200))}`);
+    protocolError(`malformed message ${shown(line)}`);
   }
 }

@@ -313,6 +313,16 @@ export function poll(fds: PollFd[], timeoutMs: number): number {
 /** The most fds {@link sendFds} and {@link recvFds} move in one message. */
 export const MAX_FDS_PER_MESSAGE = 253; // SCM_MAX_FD on Linux
 
+// sendmsg/recvmsg get only the msghdr as an argument; the iovec, the data and the control
+// buffer are reached through addresses written into it. The runtime's GC sees no use of
+// those buffers after addressOf() and may free them (Bun: their memory then reused) before
+// the kernel reads or writes them. Storing them here after the call keeps them alive
+// through it. (A Bun test process once crashed at address 0x0 under the fuzz tests.)
+const keptAlive: { buffers: unknown[] } = { buffers: [] };
+function keepAlive(...buffers: unknown[]): void {
+  keptAlive.buffers = buffers;
+}
+
 function cmsgAlign(n: number): number {
   const a = platform().layout.cmsghdr.align;
   return (n + a - 1) & ~(a - 1);
@@ -359,7 +369,10 @@ export function sendFds(fd: number, data: Uint8Array, fds: readonly number[]): n
   }
   for (;;) {
     const n = Number(b.libc.sendmsg(fd, msg, C.MSG_NOSIGNAL));
-    if (n >= 0) return n;
+    if (n >= 0) {
+      keepAlive(data, iov, control, msg);
+      return n;
+    }
     if (b.errno() !== EINTR) fail("sendmsg", `fd ${fd}`);
   }
 }
@@ -402,9 +415,11 @@ export function recvFds(
     n = Number(b.libc.recvmsg(fd, msg, C.MSG_CMSG_CLOEXEC));
     if (n >= 0) break;
     const errno = b.errno();
+    keepAlive(data, iov, control, msg);
     if (errno === EAGAIN) return null;
     if (errno !== EINTR) throw new SystemError("recvmsg", errno, errnoName(errno), `fd ${fd}`);
   }
+  keepAlive(data, iov, control, msg);
   const fds: number[] = [];
   const controllen = Number(mdv.getBigUint64(L.msghdr.controllen, true));
   const cdv = new DataView(control.buffer);

@@ -20,6 +20,7 @@ import {
   messages,
   nobodyThere,
   protocolError,
+  shown,
   validateHello,
 } from "../protocol.ts";
 
@@ -39,8 +40,8 @@ export function readHello(): ParentLink | null {
   const raw = process.env[CONTROL_FD_ENV];
   if (raw === undefined) return null;
   delete process.env[CONTROL_FD_ENV];
-  if (!/^\d+$/.test(raw)) {
-    protocolError(`${CONTROL_FD_ENV}=${JSON.stringify(raw)} is not an fd number`);
+  if (!/^\d{1,10}$/.test(raw) || Number(raw) > 2 ** 31 - 1) {
+    protocolError(`${CONTROL_FD_ENV}=${shown(raw)} is not an fd number`);
   }
   const fd = Number(raw);
   checkChannelFd(fd);
@@ -88,10 +89,17 @@ export function requestHandover(path: string): ParentLink | null {
   return { hello: receiveHello(channel, "scm_rights"), channel };
 }
 
-/** Tells the previous generation this one is ready, and closes the link. */
+/**
+ * Tells the previous generation this one is ready, and closes the link.
+ * This generation accepts connections already, so it never waits: the
+ * message is a few dozen bytes into a socket that has carried one other
+ * small message from this side (`handover`, or nothing), so the kernel
+ * always has room for it; if it had not, the previous generation is broken
+ * and is left to time out.
+ */
 export function sayReady(link: ParentLink, warn: (m: string) => void): void {
   try {
-    link.channel.send(messages.ready());
+    link.channel.send(messages.ready(), [], 0);
   } catch (err) {
     // The previous generation is gone; this one serves alone, which is the goal anyway.
     warn(`could not tell the previous generation: ${(err as Error).message}`);

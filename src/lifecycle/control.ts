@@ -3,9 +3,12 @@
  * and hands the sockets to an independently started process (`handover`).
  * It is event-driven (a `node:net` server on a duplicate of the socket, idle
  * costs nothing) and treats every peer as hostile: other users are refused
- * (SO_PEERCRED), peers are capped in number, idle ones time out, one request
- * is answered at a time, replies are queued (never blocking the event loop)
- * and a peer that does not read them is dropped.
+ * (SO_PEERCRED), peers are capped in number, idle ones time out, requests are
+ * capped in size and rate (per connection and for the whole server), one
+ * request is answered at a time, replies are queued (never blocking the event
+ * loop) and a peer that does not read them is dropped. Every refusal is a
+ * `failed` message naming the reason, then the connection is closed.
+ * docs/threat-model.md says why each limit is what it is.
  *
  * @module
  */
@@ -16,7 +19,14 @@ import { type InstarError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { openSocket } from "../net/listener.ts";
-import { type Message, messages, MessageSocket, type StatusReport } from "../protocol.ts";
+import {
+  closeWith,
+  type Message,
+  messages,
+  MessageSocket,
+  shown,
+  type StatusReport,
+} from "../protocol.ts";
 import { fdOfSocket } from "../runtime/mod.ts";
 import type { Endpoint } from "../types.ts";
 
@@ -32,12 +42,63 @@ export interface ControlActions {
   warn(message: string): void;
 }
 
-/** The most control connections open at once; more are closed at once. */
+/** The most control connections open at once; more are refused (`busy`). */
 export const MAX_PEERS = 16;
-/** A control connection with no request for this long is closed. */
-export const IDLE_MS = 10_000;
-/** A peer with this much unread reply data is dropped. */
-const MAX_UNREAD = 64 * 1024;
+/** A control connection with no traffic for this long is closed (`idle`); not while an upgrade or handover runs. */
+export const IDLE_MS = 5_000;
+/** The longest request line; longer is refused (`protocol-error`). Requests are under 100 bytes. */
+export const MAX_REQUEST_BYTES = 4096;
+/**
+ * Connections accepted in a burst, and per second after that. Past it the
+ * server stops accepting for {@link ACCEPT_PAUSE_MS}: connections wait in the
+ * kernel's queue (a full queue refuses more), costing the event loop nothing.
+ */
+export const ACCEPT_RATE = { burst: 64, perSecond: 250 } as const;
+/** How long accepting pauses once {@link ACCEPT_RATE} is spent. */
+export const ACCEPT_PAUSE_MS = 100;
+/** Requests one connection may make in a burst, and per second after that; more are refused (`rate-limited`). */
+export const PEER_RATE = { burst: 10, perSecond: 5 } as const;
+/**
+ * Requests all connections together may make in a burst, and per second
+ * after that; more are refused (`rate-limited`). A status request reads
+ * /proc/net/tcp (10–20 ms of CPU with a few thousand sockets on the
+ * machine), so this caps what a flood of requests costs at about a third of
+ * a core; concurrent status requests share one report.
+ */
+export const SERVER_RATE = { burst: 40, perSecond: 20 } as const;
+/** Refused peers of another user are logged at most once per this long. */
+const REFUSED_LOG_MS = 10_000;
+/** A peer with this much reply data the kernel would not take (it does not read) is dropped. */
+export const MAX_UNREAD = 64 * 1024;
+
+/** A token bucket: `take()` is true while the rate allows. Refills on use; no timer. */
+class Bucket {
+  #tokens: number;
+  #at = performance.now();
+  constructor(readonly rate: { readonly burst: number; readonly perSecond: number }) {
+    this.#tokens = rate.burst;
+  }
+  take(): boolean {
+    const now = performance.now();
+    this.#tokens = Math.min(
+      this.rate.burst,
+      this.#tokens + ((now - this.#at) / 1000) * this.rate.perSecond,
+    );
+    this.#at = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens -= 1;
+    return true;
+  }
+}
+
+/** One control connection and what it is allowed. */
+interface Peer {
+  conn: MessageSocket;
+  fd: number;
+  pid: number;
+  bucket: Bucket;
+  busy: boolean;
+}
 
 /** The control socket of a generation, as an {@link Endpoint} passed to the next one. */
 export class ControlServer implements Endpoint {
@@ -46,8 +107,15 @@ export class ControlServer implements Endpoint {
   readonly addr: Addr;
   readonly path: string;
   #server: net.Server | undefined;
-  #peers = new Set<MessageSocket>();
-  #busy = new Set<MessageSocket>();
+  #actions: ControlActions | undefined;
+  #peers = new Set<Peer>();
+  #accepts = new Bucket(ACCEPT_RATE);
+  #requests = new Bucket(SERVER_RATE);
+  #status: Promise<StatusReport> | undefined;
+  #resume: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
+  #refusedAt = -Infinity;
+  #refusedSince = 0;
   #released = false;
   #emptied: (() => void) | undefined;
 
@@ -69,8 +137,15 @@ export class ControlServer implements Endpoint {
 
   /** Starts answering. */
   async start(actions: ControlActions): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: false }, (s) => this.#accept(s, actions));
-    server.maxConnections = MAX_PEERS;
+    this.#actions = actions;
+    await this.#listen();
+  }
+
+  async #listen(): Promise<void> {
+    const server = net.createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
+    // A backstop only: peers past MAX_PEERS are refused with a message, and those
+    // refusals close within CLOSE_GRACE_MS; the runtime drops what exceeds this.
+    server.maxConnections = 2 * MAX_PEERS;
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -83,12 +158,33 @@ export class ControlServer implements Endpoint {
     server.unref(); // the control socket alone does not keep a generation alive
   }
 
+  // Stops accepting for a while; the socket itself keeps listening, so the kernel queues.
+  #throttle(): void {
+    if (this.#resume || !this.#server) return;
+    this.#server.close();
+    this.#server = undefined;
+    this.#resume = setTimeout(() => {
+      this.#resume = undefined;
+      if (this.#stopped) return;
+      this.#listen().catch((err) =>
+        this.#actions?.warn(`control socket: cannot accept again: ${(err as Error).message}`)
+      );
+    }, ACCEPT_PAUSE_MS);
+    (this.#resume as { unref?: () => void }).unref?.();
+  }
+
   connections(): Promise<number> {
     return Promise.resolve(this.#peers.size);
   }
 
-  #accept(s: net.Socket, actions: ControlActions): void {
+  #accept(s: net.Socket): void {
+    const actions = this.#actions!;
     s.on("error", () => {}); // a peer that resets the connection ends it, nothing more
+    if (!this.#accepts.take()) {
+      closeWith(s, messages.failed("rate-limited", "too many connections; try again later"));
+      this.#throttle();
+      return;
+    }
     const fd = fdOfSocket(s);
     let cred: { pid: number; uid: number } | undefined;
     try {
@@ -96,81 +192,130 @@ export class ControlServer implements Endpoint {
     } catch { /* gone already */ }
     if (!cred || cred.uid !== sys.getuid()) {
       // Only the same user may take the listeners or drive upgrades.
-      s.end(
-        JSON.stringify(messages.failed("forbidden", "peer uid differs from the server's")) + "\n",
-      );
-      actions.warn(
+      closeWith(s, messages.failed("forbidden", "peer uid differs from the server's"));
+      this.#warnRefused(
         `control socket: refused a peer ${
           cred ? `with another uid (${cred.uid})` : "that cannot be identified"
         }`,
       );
       return;
     }
-    s.setTimeout(IDLE_MS, () => peer.close());
-    const peer: MessageSocket = new MessageSocket(s, {
-      message: (m) => this.#request(peer, m, fd, cred!.pid, actions),
-      end: (error) => {
-        if (error) peer.close(messages.failed("protocol-error", error.message));
-        this.#forget(peer);
-      },
-    });
+    if (this.#peers.size >= MAX_PEERS) {
+      closeWith(
+        s,
+        messages.failed("busy", `${MAX_PEERS} control connections are open; try again later`),
+      );
+      return;
+    }
+    const peer = { fd, pid: cred.pid, bucket: new Bucket(PEER_RATE), busy: false } as Peer;
+    peer.conn = new MessageSocket(s, {
+      message: (m) => this.#request(peer, m, actions),
+      end: (error) =>
+        this.#close(peer, error ? messages.failed("protocol-error", error.message) : undefined),
+    }, MAX_REQUEST_BYTES);
+    s.setTimeout(IDLE_MS, () => this.#refuse(peer, "idle", `no request within ${IDLE_MS} ms`));
     this.#peers.add(peer);
     s.on("close", () => this.#forget(peer));
   }
 
-  #forget(peer: MessageSocket): void {
-    this.#peers.delete(peer);
-    this.#busy.delete(peer);
+  // One line per refused peer, but not a flood of lines: at most one per REFUSED_LOG_MS.
+  #warnRefused(line: string): void {
+    const now = performance.now();
+    if (now - this.#refusedAt < REFUSED_LOG_MS) {
+      this.#refusedSince++;
+      return;
+    }
+    const more = this.#refusedSince
+      ? ` (${this.#refusedSince} more refused since the last line)`
+      : "";
+    this.#refusedAt = now;
+    this.#refusedSince = 0;
+    this.#actions?.warn(line + more);
+  }
+
+  #forget(peer: Peer): void {
+    if (!this.#peers.delete(peer)) return;
     if (this.#peers.size === 0) this.#emptied?.();
   }
 
-  #request(
-    peer: MessageSocket,
-    m: Message,
-    fd: number,
-    pid: number,
-    actions: ControlActions,
-  ): void {
-    if (this.#busy.has(peer)) {
-      return peer.close(
-        messages.failed("protocol-error", "one request at a time: wait for the answer"),
+  #refuse(peer: Peer, reason: string, message: string): void {
+    this.#close(peer, messages.failed(reason, message));
+  }
+
+  // Closed with a last message; no longer counted (the fd goes within CLOSE_GRACE_MS).
+  #close(peer: Peer, last?: Message): void {
+    peer.conn.close(last);
+    this.#forget(peer);
+  }
+
+  #request(peer: Peer, m: Message, actions: ControlActions): void {
+    if (peer.busy) {
+      return this.#refuse(peer, "protocol-error", "one request at a time: wait for the answer");
+    }
+    if (m.type !== "status" && m.type !== "upgrade" && m.type !== "handover") {
+      return this.#refuse(
+        peer,
+        "protocol-error",
+        `unexpected ${shown(m.type)} message on the control socket`,
       );
     }
+    if (peer.conn.socket.writableLength > 0) {
+      // The kernel's buffer for this peer is full: it does not read its answers.
+      return this.#refuse(peer, "not-reading", "the previous answer was not read");
+    }
+    if (!peer.bucket.take()) {
+      return this.#refuse(
+        peer,
+        "rate-limited",
+        `more than ${PEER_RATE.burst} requests at once or ${PEER_RATE.perSecond}/s on one connection`,
+      );
+    }
+    if (!this.#requests.take()) {
+      return this.#refuse(
+        peer,
+        "rate-limited",
+        `the server answers at most ${SERVER_RATE.perSecond} requests/s; try again later`,
+      );
+    }
+    peer.busy = true;
     if (m.type === "status") {
-      this.#busy.add(peer);
-      actions.status().then((s) => {
-        this.#busy.delete(peer);
+      this.#report(actions).then((s) => {
+        peer.busy = false;
         this.#reply(peer, messages.statusReply(s));
-      }, (err) => peer.close(failure(err)));
-      return;
+      }, (err) => this.#fail(peer, err));
+    } else if (m.type === "upgrade") {
+      peer.conn.socket.setTimeout(0); // an upgrade may take up to the ready timeout
+      actions.upgrade((pid) => peer.conn.send(messages.progress("spawned", pid))).then(
+        (pid) => this.#close(peer, messages.upgraded(pid)),
+        (err) => this.#fail(peer, err),
+      );
+    } else {
+      peer.conn.socket.setTimeout(0);
+      actions.handover(peer.conn, peer.fd, peer.pid).catch((err) => this.#fail(peer, err));
     }
-    if (m.type === "upgrade") return this.#upgrade(peer, actions);
-    if (m.type === "handover") {
-      this.#busy.add(peer);
-      peer.socket.setTimeout(0);
-      actions.handover(peer, fd, pid).catch((err) => peer.close(failure(err)));
-      return;
-    }
-    peer.close(
-      messages.failed("protocol-error", `unexpected ${m.type} message on the control socket`),
-    );
   }
 
-  #reply(peer: MessageSocket, msg: Message): void {
-    peer.send(msg);
-    if (peer.socket.writableLength > MAX_UNREAD) peer.close(); // it does not read its answers
+  // Concurrent status requests share one report.
+  #report(actions: ControlActions): Promise<StatusReport> {
+    this.#status ??= actions.status().finally(() => (this.#status = undefined));
+    return this.#status;
   }
 
-  #upgrade(peer: MessageSocket, actions: ControlActions): void {
-    this.#busy.add(peer);
-    peer.socket.setTimeout(0); // an upgrade may take up to the ready timeout
-    actions.upgrade((pid) => peer.send(messages.progress("spawned", pid))).then(
-      (pid) => peer.close(messages.upgraded(pid)),
-      (err) => peer.close(failure(err)),
-    );
+  #fail(peer: Peer, err: unknown): void {
+    this.#close(peer, failure(err));
+  }
+
+  #reply(peer: Peer, msg: Message): void {
+    peer.conn.send(msg);
+    if (peer.conn.socket.writableLength > MAX_UNREAD) {
+      this.#refuse(peer, "not-reading", "the answers are not read");
+    }
   }
 
   pauseAccepting(): void {
+    this.#stopped = true;
+    clearTimeout(this.#resume);
+    this.#resume = undefined;
     this.#server?.close();
     this.#server = undefined;
   }
@@ -187,14 +332,14 @@ export class ControlServer implements Endpoint {
   /** Closes idle peers; resolves when the busy ones (an upgrade being answered) are done. */
   finish(): Promise<void> {
     this.pauseAccepting();
-    for (const p of this.#peers) if (!this.#busy.has(p)) p.close();
+    for (const p of [...this.#peers]) if (!p.busy) this.#close(p);
     if (this.#peers.size === 0) return Promise.resolve();
     return new Promise((r) => (this.#emptied = r));
   }
 
   forceClose(): Promise<number> {
     const n = this.#peers.size;
-    for (const p of [...this.#peers]) p.close();
+    for (const p of [...this.#peers]) this.#close(p);
     return Promise.resolve(n);
   }
 

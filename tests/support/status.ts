@@ -28,7 +28,8 @@ export type { StatusReport };
  * The status report of the generation answering on the control socket at
  * `controlPath`, or null when none answered: nobody listens there (yet), the
  * connection was closed (a generation that stops serving the control socket
- * closes its peers), or no reply came within `timeoutMs`. Throws when the
+ * closes its peers), the server's limits turned the request away for now
+ * (`busy`, `rate-limited`), or no reply came within `timeoutMs`. Throws when the
  * server answers something else than a status reply (e.g. a refusal).
  */
 export async function serverStatus(
@@ -54,6 +55,8 @@ export async function serverStatus(
       if (got) {
         const m = messageOf(got.msg);
         if (m.type === "status-reply") return m.status;
+        // The control socket's limits (src/lifecycle/control.ts): transient, ask again later.
+        if (m.type === "failed" && ["busy", "rate-limited", "idle"].includes(m.reason)) return null;
         throw new Error(`control socket ${controlPath} answered ${JSON.stringify(m)}`);
       }
       if (channel.eof || Date.now() > deadline) return null;
