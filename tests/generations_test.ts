@@ -44,6 +44,13 @@ await up.listen({ hostname: "127.0.0.1", port: 0 });
 setInterval(() => {}, 1000); // never calls ready()
 `;
 
+// ready() cannot write its PID file (ENOTDIR): it must fail before the socket is resumed.
+const READY_FAILS = `import { Upgrader } from ${JSON.stringify(join(ROOT, "mod.ts"))};
+const up = await Upgrader.create({ pidFile: "/dev/null/instar.pid" });
+await up.listen({ hostname: "127.0.0.1", port: 0 });
+await up.ready();
+`;
+
 /** A started server with a control socket and a PID file (read by tests/support/status.ts). */
 interface Started {
   server: ServerProcess;
@@ -157,6 +164,7 @@ for (const backend of BACKENDS) {
         ["throws at start-up", THROWS, "exited"],
         ["exits 1", EXITS, "exited"],
         ["never becomes ready", NEVER_READY, "ready-timeout"],
+        ["fails in ready() before it accepts anything", READY_FAILS, "exited"],
       ] as const
     ) {
       test(`a broken deploy that ${name} leaves the old generation serving`, async () => {
