@@ -6,12 +6,11 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { readdirSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
-import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
   ACCEPT_RATE,
   ControlServer,
@@ -34,6 +33,7 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { portOf, readyGeneration, serverStatus } from "./support/status.ts";
+import { fdCount, rawConnect, rawRead, rawSend, rawWrite, steadyFds } from "./support/raw.ts";
 
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
@@ -52,11 +52,6 @@ async function startHttp(): Promise<{ pid: number; port: number; ctl: string }> 
   return { pid: server.pid, port: portOf(s), ctl };
 }
 
-/** How many fds `pid` has open. */
-function fdCount(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).length;
-}
-
 /**
  * Waits until `pid` has `n` fds open in two readings 100 ms apart (accepting
  * pauses briefly close the server's listening duplicate); resolves with the
@@ -71,18 +66,6 @@ async function fdsSettle(pid: number, n: number, timeoutMs = 5_000): Promise<num
     if (seen >= 2 || Date.now() > deadline) return now;
     await sleep(100);
   }
-}
-
-/** The server's fd count once it is steady (two equal readings 200 ms apart). */
-async function steadyFds(pid: number): Promise<number> {
-  let last = -1;
-  for (let i = 0; i < 50; i++) {
-    const now = fdCount(pid);
-    if (now === last) return now;
-    last = now;
-    await sleep(200);
-  }
-  return last;
 }
 
 /** Sequential HTTP GETs (a new connection each) until `until` resolves: latencies and failures. */
@@ -107,13 +90,6 @@ async function probeHttp(port: number, until: Promise<unknown>) {
   return { n: latencies.length, p99, max: latencies.at(-1) ?? Infinity, failures };
 }
 
-/** A control connection made through libc, which reads only when told to. */
-function rawConnect(ctl: string): number {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  sys.connect(fd, encodeUnix(ctl));
-  return fd;
-}
-
 /** poll(2)'s POLLRDHUP on Linux: the peer ended its side. */
 const POLLRDHUP = 0x2000;
 
@@ -126,39 +102,6 @@ function hungUp(fd: number): boolean {
   const p = [{ fd, events: C.POLLIN | POLLRDHUP, revents: 0 }];
   sys.poll(p, 0);
   return (p[0].revents & (C.POLLHUP | POLLRDHUP)) !== 0;
-}
-
-/** sendmsg(2) without SIGPIPE: bytes sent, 0 when the buffer is full, -1 once the server is gone. */
-function rawWrite(fd: number, bytes: Uint8Array, fds: number[] = []): number {
-  try {
-    return sys.sendFds(fd, bytes, fds);
-  } catch (e) {
-    return (e as { code?: string }).code === "EAGAIN" ? 0 : -1; // EPIPE / ECONNRESET: closed
-  }
-}
-
-/** Sends `text` whole on the raw connection `fd` (fds attached if given); false once the server is gone. */
-function rawSend(fd: number, text: string, fds: number[] = []): boolean {
-  const bytes = new TextEncoder().encode(text);
-  return rawWrite(fd, bytes, fds) === bytes.byteLength;
-}
-
-/** Everything readable on the raw connection now, until EOF or nothing more (`eof`: the end came). */
-function rawDrain(fd: number): { text: string; eof: boolean; fds: number[] } {
-  let text = "";
-  const fds: number[] = [];
-  for (;;) {
-    let got: sys.Received | null;
-    try {
-      got = sys.recvFds(fd, 65536, 16);
-    } catch {
-      return { text, eof: true, fds }; // ECONNRESET after the data: an end
-    }
-    if (got === null) return { text, eof: false, fds };
-    fds.push(...got.fds);
-    if (got.data.byteLength === 0) return { text, eof: true, fds };
-    text += new TextDecoder().decode(got.data);
-  }
 }
 
 /** Waits up to `ms` for the server to hang up on `fd`. */
@@ -208,11 +151,11 @@ describe(`control socket limits (${RUNTIME})`, () => {
       assert.ok(pacedSent < 500, `the paced client sent ${pacedSent} requests`);
       assert.ok(await waitHangUp(paced, 5_000), "the paced client was disconnected");
       // Now read what they were told.
-      const a = lines(rawDrain(burst).text);
+      const a = lines(rawRead(burst).text);
       assert.equal(a.at(-1)?.reason, "protocol-error", JSON.stringify(a.at(-1)));
       assert.match(String(a.at(-1)?.message), /one request at a time/);
       assert.ok(a.length <= 2, `the burst got ${a.length} answers to 2,000 requests`);
-      const b = lines(rawDrain(paced).text);
+      const b = lines(rawRead(paced).text);
       assert.equal(b.at(-1)?.type, "failed");
       assert.match(String(b.at(-1)?.reason), /^(rate-limited|not-reading|protocol-error)$/);
       sys.close(burst);
@@ -272,10 +215,10 @@ describe(`control socket limits (${RUNTIME})`, () => {
     const conn = rawConnect(ctl);
     for (let i = 0; i < 4; i++) {
       assert.ok(rawSend(conn, STATUS, [w, w, w, w, w]), `message ${i + 1} sent`);
-      let got = rawDrain(conn);
+      let got = rawRead(conn);
       for (let t = 0; t < 100 && !got.text; t++) {
         await sleep(20);
-        got = rawDrain(conn);
+        got = rawRead(conn);
       }
       assert.equal(lines(got.text)[0]?.type, "status-reply", got.text);
       assert.deepEqual(got.fds, [], "nothing comes back attached");
@@ -317,7 +260,7 @@ describe(`control socket limits (${RUNTIME})`, () => {
         else await sleep(5);
       }
       assert.ok(await waitHangUp(conn, 5_000), `closed after ${off} of ${bytes.length} bytes`);
-      const got = lines(rawDrain(conn).text);
+      const got = lines(rawRead(conn).text);
       sys.close(conn);
       assert.equal(got.length, 1, JSON.stringify(got));
       assert.equal(got[0].type, "failed");
@@ -355,10 +298,10 @@ describe(`control socket limits (${RUNTIME})`, () => {
     const t0 = performance.now();
     while (replies.length < 200 && !replies.some((m) => m.type === "failed")) {
       assert.ok(rawSend(conn, STATUS));
-      let got = rawDrain(conn);
+      let got = rawRead(conn);
       for (let t = 0; t < 1000 && !got.text && !got.eof; t++) {
         await sleep(1);
-        got = rawDrain(conn);
+        got = rawRead(conn);
       }
       replies.push(...lines(got.text));
     }

@@ -9,7 +9,7 @@
 // INSTAR_FUZZ_SEED=<seed> replays it.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
@@ -30,6 +30,7 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { portOf, readyGeneration, serverStatus } from "./support/status.ts";
+import { fdCount, rawRead, rawWrite, steadyFds } from "./support/raw.ts";
 
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
@@ -133,48 +134,6 @@ function mutateText(r: Rng, text: string): Uint8Array {
 }
 
 // ---------------------------------------------------------------- raw sockets
-
-/** sendmsg(2) without SIGPIPE: bytes sent, 0 when the buffer is full, -1 once the peer is gone. */
-function rawWrite(fd: number, bytes: Uint8Array, fds: number[] = []): number {
-  try {
-    return sys.sendFds(fd, bytes, fds);
-  } catch (e) {
-    return (e as { code?: string }).code === "EAGAIN" ? 0 : -1;
-  }
-}
-
-/** Reads what is there: text, fds that came with it, and whether the stream ended. */
-function rawRead(fd: number): { text: string; eof: boolean; fds: number[] } {
-  let text = "";
-  const fds: number[] = [];
-  for (;;) {
-    let got: sys.Received | null;
-    try {
-      got = sys.recvFds(fd, 65536, 16);
-    } catch {
-      return { text, eof: true, fds }; // ECONNRESET after the data: an end
-    }
-    if (got === null) return { text, eof: false, fds };
-    fds.push(...got.fds);
-    if (got.data.byteLength === 0) return { text, eof: true, fds };
-    text += new TextDecoder().decode(got.data);
-  }
-}
-
-function fdCount(pid: number | "self"): number {
-  return readdirSync(`/proc/${pid}/fd`).length;
-}
-
-async function steadyFds(pid: number): Promise<number> {
-  let last = -1;
-  for (let i = 0; i < 50; i++) {
-    const now = fdCount(pid);
-    if (now === last) return now;
-    last = now;
-    await sleep(200);
-  }
-  return last;
-}
 
 async function fdsSettle(pid: number, n: number, timeoutMs = 5_000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
