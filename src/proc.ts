@@ -30,9 +30,12 @@ export function openFds(pid: number | "self" = "self"): number[] {
   return readdirSync(`/proc/${pid}/fd`).map(Number).filter((n) => Number.isInteger(n));
 }
 
+/** What /proc/<pid>/fd/<fd> links to for a socket: `socket:[<inode>]`. */
+const SOCKET_LINK = /^socket:\[(\d+)\]$/;
+
 /** The inode of a socket fd (`socket:[N]`), or `null` if `fd` is not an open socket. */
 export function socketInode(fd: number, pid: number | "self" = "self"): number | null {
-  const m = /^socket:\[(\d+)\]$/.exec(fdLink(fd, pid) ?? "");
+  const m = SOCKET_LINK.exec(fdLink(fd, pid) ?? "");
   return m ? Number(m[1]) : null;
 }
 
@@ -155,18 +158,13 @@ export function socketInodes(pid: number | "self" = "self"): Map<number, number>
   return out;
 }
 
+/** The kernel's TCP tables, IPv4 and IPv6. */
+const TCP_TABLES = ["/proc/net/tcp", "/proc/net/tcp6"];
+
 /** Inodes of the established TCP connections (either address family) whose local port is `port`. */
 export function tcpConnectionInodes(port: number): Set<number> {
-  const hexPort = port.toString(16).toUpperCase().padStart(4, "0");
-  const out = new Set<number>();
-  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
-      const f = line.trim().split(/\s+/);
-      // local_address is HEXIP:PORT, st 01 is ESTABLISHED, inode is field 9
-      if (f.length > 9 && f[1].endsWith(`:${hexPort}`) && f[3] === "01") out.add(Number(f[9]));
-    }
-  }
-  return out;
+  const tables = TCP_TABLES.map((t) => readFileSync(t, "latin1"));
+  return new Set(tables.flatMap((t) => established(t, port)));
 }
 
 /** Inodes of the connected Unix stream sockets bound to `path` (the ones a listener there accepted). */
@@ -194,15 +192,9 @@ export async function tcpConnections(
   pid: number | "self" = "self",
 ): Promise<number | null> {
   try {
-    const [v4, v6] = await Promise.all(
-      ["/proc/net/tcp", "/proc/net/tcp6"].map((t) => readFile(t, "latin1")),
-    );
+    const tables = await Promise.all(TCP_TABLES.map((t) => readFile(t, "latin1")));
     const theirs = await socketInodesAsync(pid);
-    let n = 0;
-    for (const inode of [...established(v4, port), ...established(v6, port)]) {
-      if (theirs.has(inode)) n++;
-    }
-    return n;
+    return tables.flatMap((t) => established(t, port)).filter((i) => theirs.has(i)).length;
   } catch {
     return null;
   }
@@ -216,13 +208,15 @@ async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
   );
   const out = new Set<number>();
   for (const l of links) {
-    const m = /^socket:\[(\d+)\]$/.exec(l);
+    const m = SOCKET_LINK.exec(l);
     if (m) out.add(Number(m[1]));
   }
   return out;
 }
 
-// The inodes of the ESTABLISHED (st 01) entries whose local port is `port`.
+// The inodes of the ESTABLISHED (st 01) entries of a /proc/net/tcp{,6} table whose local port is
+// `port`: the table holds every socket of the namespace, so it is scanned for the port instead of
+// split line by line.
 function established(table: string, port: number): number[] {
   const needle = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
   const out: number[] = [];

@@ -10,7 +10,7 @@ import { sleep } from "../timeout.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { tcpConnections } from "../proc.ts";
-import { type Server, serverParts } from "../serve/serve.ts";
+import { type Server, serverEndpoint as endpointOfServer } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
 /** Pausing, shared by every endpoint on a listening socket instar owns. */
@@ -73,21 +73,17 @@ export function serverEndpoint(
   server: Server,
   activated: boolean,
 ): Endpoint {
-  const p = serverParts(server);
+  // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
+  const base = endpointOfServer(server);
   let released = false;
   return {
+    ...base,
     key,
     fd,
-    addr,
     // The native servers keep no count: ask the kernel.
     connections:
       () => (addr.transport === "tcp" ? tcpConnections(addr.port) : Promise.resolve(null)),
-    // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
-    pauseAccepting: () => void p.pause(),
-    resumeAccepting: () => void p.resume(),
-    refuseNew: () => refuse(fd, activated, () => p.pause()),
-    finish: p.finish,
-    forceClose: p.forceClose,
+    refuseNew: () => refuse(fd, activated, base.pauseAccepting),
     release: () => {
       if (!released) closeFd(fd);
       released = true;

@@ -229,8 +229,8 @@ async function start(
   }
   const url = urlOf(addr, tls);
   native.listening(addr, url);
-  const { server, parts: p } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
-  parts.set(self, p);
+  const { server, endpoint } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
+  endpoints.set(self, endpoint);
   return Object.assign(
     self,
     server,
@@ -244,7 +244,7 @@ async function start(
 
 /** The controls of a started server: pausing, draining shutdown, stop, ref. */
 /** What the drain does with a server, beyond its public methods. */
-export interface ServerParts {
+interface ServerParts {
   /** Stops accepting and starts answering with `Connection: close`. */
   pause(): boolean;
   /** Undoes {@link ServerParts.pause}. */
@@ -255,13 +255,16 @@ export interface ServerParts {
   forceClose(): Promise<number>;
 }
 
-const parts = new WeakMap<Server, ServerParts>();
+const endpoints = new WeakMap<Server, Endpoint>();
 
-/** The drain's handle on a server started by {@link serve}. */
-export function serverParts(server: Server): ServerParts {
-  const p = parts.get(server);
-  if (!p) throw new InstarError("INVALID_ARGUMENT", "not a server started by instar's serve()");
-  return p;
+/**
+ * A server started by {@link serve} as the drain sees it. Standalone it owns no
+ * fd and refuses nothing; the lifecycle adds its key, fd, count and refusal.
+ */
+export function serverEndpoint(server: Server): Endpoint {
+  const e = endpoints.get(server);
+  if (!e) throw new InstarError("INVALID_ARGUMENT", "not a server started by instar's serve()");
+  return e;
 }
 
 /**
@@ -290,15 +293,21 @@ function drainParts(
     });
     return true;
   };
+  // A drain pauses more than once (a stop refuses, then drains): the answers switch once.
+  let draining = false;
+  const answers = (on: boolean) => {
+    if (on !== draining) native.draining(on);
+    draining = on;
+  };
   return {
     pause: () => {
       // Accepting stops first: a failure to switch the answers cannot keep the server accepting.
       const paused = info ? pauseAccepting(info) : proxy!.stopAccepting();
-      native.draining(true);
+      answers(true);
       return paused;
     },
     resume: () => {
-      native.draining(false);
+      answers(false);
       return info ? resumeAccepting(info) : resumeProxy();
     },
     finish: async () => {
@@ -330,7 +339,7 @@ function wrap(
   removeThrowaway: () => void,
 ): {
   server: Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason">;
-  parts: ServerParts;
+  endpoint: Endpoint;
 } {
   const p = drainParts(native, { ...paths, addr }, removeThrowaway);
   // The standalone server drains like every endpoint of the lifecycle.
@@ -375,5 +384,5 @@ function wrap(
     },
     [Symbol.asyncDispose]: shutdown,
   };
-  return { server, parts: p };
+  return { server, endpoint };
 }

@@ -7,8 +7,9 @@
  *
  * @module
  */
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { execFile } from "node:child_process";
+import { socketInodes as procSocketInodes } from "../../src/proc.ts";
 
 /** The listening sockets of `pid`: TCP as `host:port` (hex host as in /proc), Unix by path. */
 export interface ListeningSockets {
@@ -18,15 +19,9 @@ export interface ListeningSockets {
   unix: string[];
 }
 
+// The socket inodes `pid` holds, as the /proc tables spell them.
 function socketInodes(pid: number | "self"): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${e}`));
-      if (m) out.push(m[1]);
-    } catch { /* closed meanwhile */ }
-  }
-  return out;
+  return [...procSocketInodes(pid).keys()].map(String);
 }
 
 function ipv4(hex: string): string {
