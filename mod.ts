@@ -29,7 +29,22 @@ export { Upgrader } from "./src/lifecycle/upgrader.ts";
 export type { UpgraderOptions } from "./src/lifecycle/options.ts";
 export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
 export type { SocketSpec } from "./src/lifecycle/registry.ts";
-export { logLifecycle } from "./src/lifecycle/log.ts";
+export { logLifecycle, type LogOptions } from "./src/lifecycle/log.ts";
+export type { EndpointMetrics, GenerationConnections, Metrics } from "./src/observe/metrics.ts";
+export type { UpgradeCounts } from "./src/observe/counters.ts";
+export type {
+  DrainReport,
+  UpgradeOutcome,
+  UpgradeReport,
+  UpgradeTrigger,
+} from "./src/observe/report.ts";
+export {
+  metricsResponse,
+  metricsText,
+  PROMETHEUS_CONTENT_TYPE,
+  prometheusText,
+} from "./src/observe/prometheus.ts";
+export { healthResponse } from "./src/observe/health.ts";
 export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./src/errors.ts";
 export type {
   Addr,

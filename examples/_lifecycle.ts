@@ -5,6 +5,7 @@
 //   --drain-timeout <ms>             --ready-timeout <ms>
 //   --spawn-backend fork|posix_spawn|auto
 //   --serve-mode auto|transplant|fallback (for the examples that serve HTTP)
+//   --log-format text|json (the lifecycle log on stderr; default text)
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import process from "node:process";
 import { logLifecycle, type ServeMode, type SpawnBackend, Upgrader } from "../mod.ts";
@@ -18,6 +19,7 @@ const COMMON = {
   "ready-timeout": { type: "string" },
   "spawn-backend": { type: "string" },
   "serve-mode": { type: "string" },
+  "log-format": { type: "string" },
 } as const;
 
 /** Parses the common flags plus `extra`, creates the Upgrader and logs its events as `name`. */
@@ -44,7 +46,7 @@ export async function startGeneration(
     readyTimeout: ms(values["ready-timeout"]),
     spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
   });
-  logLifecycle(up, name);
+  logLifecycle(up, { name, format: values["log-format"] as "text" | "json" | undefined });
   return {
     up,
     port: Number(values.port),

@@ -11,19 +11,24 @@
  * - `GET /slow?ms=N`: the hello line after N ms;
  * - `GET /stream?ms=N`: a line (`<pid> <ms since start>`) every 100 ms for N ms;
  * - `GET /busy?ms=N`: the hello line after blocking the event loop for N ms;
+ * - `GET /metrics`: instar's metrics in the Prometheus text format;
+ * - `GET /healthz`: 200 while this generation serves, 503 while it starts or drains;
  * - `POST` anything: the number of body bytes it read;
  * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
  * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
  * --version-label <text>, --stats-file <path> (each generation appends
- * `<pid> <POST bodies read>` to it once drained), and --cert <path> --key <path>
- * (PEM files: HTTPS, and HTTP/2 on Deno).
+ * `<pid> <POST bodies read>` to it once drained), --cert <path> --key <path>
+ * (PEM files: HTTPS, and HTTP/2 on Deno), and --fail-if-exists <path> (a new
+ * generation exits with status 1 before it is ready while that file exists: a
+ * broken deploy, for tests and demos).
  *
  * @module
  */
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync } from "node:fs";
 import process from "node:process";
+import { healthResponse, metricsResponse } from "../mod.ts";
 import { startGeneration } from "./_lifecycle.ts";
 
 const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
@@ -31,7 +36,15 @@ const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "stats-file": { type: "string" },
   cert: { type: "string" },
   key: { type: "string" },
+  "fail-if-exists": { type: "string" },
 });
+
+// A broken deploy: a later generation that dies before it is ready; the one serving goes on.
+const failFile = flags["fail-if-exists"] as string | undefined;
+if (up.generation > 1 && failFile && existsSync(failFile)) {
+  console.error(`generation ${up.generation}: ${failFile} exists; exiting before ready`);
+  process.exit(1);
+}
 
 const label = flags["version-label"] ??
   (process.versions.bun ? `bun ${process.versions.bun}` : `deno ${process.versions.deno}`);
@@ -76,6 +89,8 @@ function handle(req: Request): Response | Promise<Response> {
     return new Promise((r) => setTimeout(() => r(new Response(body)), ms));
   }
   if (url.pathname === "/stream") return stream(ms);
+  if (url.pathname === "/metrics") return metricsResponse(up);
+  if (url.pathname === "/healthz") return healthResponse(up);
   if (url.pathname === "/busy") {
     // Blocks the event loop, as a CPU-heavy request would (for tests of a loaded server).
     const until = Date.now() + ms;

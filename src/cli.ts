@@ -29,12 +29,13 @@ import {
 import { processRuns, processStartedAt } from "./proc.ts";
 import { checkSignal } from "./lifecycle/signals.ts";
 import { sleep } from "./timeout.ts";
+import { formatReport, TRIGGER, type UpgradeReport, validateReport } from "./observe/report.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers
 
 Usage:
-  instar upgrade (--control <path> | --pid-file <path>) [--timeout <ms>]
+  instar upgrade (--control <path> | --pid-file <path>) [--timeout <ms>] [--json] [--wait-drain]
   instar status  (--control <path> | --pid-file <path>) [--json]
   instar <command> --help
 
@@ -45,22 +46,33 @@ Commands:
   upgrade: `instar upgrade — start the new version of a running server
 
 Usage:
-  instar upgrade --control <path> [--timeout <ms>]
-  instar upgrade --pid-file <path> [--signal SIGHUP] [--timeout <ms>]
+  instar upgrade --control <path> [--timeout <ms>] [--json] [--wait-drain] [--trigger <word>]
+  instar upgrade --pid-file <path> [--signal SIGHUP] [--timeout <ms>] [--json]
 
 With --control the server reports progress and the reason of a failure
 (exited, killed, ready-timeout, exec-failed, protocol-error, in-progress).
 With --pid-file instar sends the upgrade signal and waits until the PID file
 names a new, live process; the reason of a failure is in the server's log.
 
+With --control the upgrade report (trigger, pids, time to spawn and to ready)
+is printed on stderr when the new generation is ready; the old generation
+drains after that, so the drain part (duration, connections at the handover,
+finished vs cut) is printed only with --wait-drain, which waits for it.
+
 Exit status: 0 and the new pid on stdout when the new generation is ready;
-1 with the reason on stderr otherwise; 2 for bad usage.
+1 with the reason on stderr otherwise; 2 for bad usage. With --json stdout is
+one JSON object instead: {"pid": <new pid>, "report": <report or null>}, or
+{"pid": null, "error": {"reason", "message"}} on failure.
 
 Options:
   --control <path>   the server's control socket (Upgrader option controlSocket)
   --pid-file <path>  the server's PID file (Upgrader option pidFile)
   --signal <name>    upgrade signal for --pid-file (default SIGHUP)
   --timeout <ms>     give up waiting after this long (default 120000)
+  --json             print one JSON object on stdout (see above)
+  --wait-drain       with --control: also wait until the old generation drained
+  --trigger <word>   with --control: what the report names as the trigger
+                     (default cli; e.g. watch, for a supervisor)
   -h, --help         this text
 `,
   status: `instar status — report on a running server
@@ -117,6 +129,8 @@ export async function main(
           signal: { type: "string" },
           timeout: { type: "string" },
           json: { type: "boolean" },
+          "wait-drain": { type: "boolean" },
+          trigger: { type: "string" },
           help: { type: "boolean", short: "h" },
         },
         strict: true,
@@ -144,17 +158,41 @@ export async function main(
       throw new UsageError("--signal applies only to upgrade --pid-file");
     }
     checkUpgradeSignal(signal);
+    const trigger = values.trigger as string | undefined;
+    if ((trigger !== undefined || values["wait-drain"]) && (command !== "upgrade" || !control)) {
+      throw new UsageError("--trigger and --wait-drain apply only to upgrade --control");
+    }
+    if (trigger !== undefined && !TRIGGER.test(trigger)) {
+      throw new UsageError(
+        `--trigger ${trigger} is not a lower-case word of at most 32 characters`,
+      );
+    }
     if (command === "status") {
       const report = control ? statusByControl(control) : statusByPidFile(pidFile!);
       out(values.json ? JSON.stringify(report) + "\n" : formatStatus(report));
       return 0;
     }
     const progress = (line: string) => err(line + "\n");
-    const pid = control
-      ? await upgradeByControl(control, timeout, progress)
-      : await upgradeByPidFile(pidFile!, signal, timeout, progress);
-    out(`${pid}\n`);
-    return 0;
+    const json = values.json === true;
+    try {
+      const { pid, report } = control
+        ? await upgradeByControl(control, {
+          timeout,
+          progress,
+          trigger,
+          waitDrain: values["wait-drain"] === true,
+        })
+        : { pid: await upgradeByPidFile(pidFile!, signal, timeout, progress), report: null };
+      if (report && !json) err(formatReport(report));
+      out(json ? JSON.stringify({ pid, report }) + "\n" : `${pid}\n`);
+      return 0;
+    } catch (e) {
+      if (json && !(e instanceof UsageError)) {
+        const reason = (e as InstarError).code ?? "error";
+        out(JSON.stringify({ pid: null, error: { reason, message: (e as Error).message } }) + "\n");
+      }
+      throw e;
+    }
   } catch (e) {
     if (e instanceof UsageError) {
       err(`instar: ${e.message} (see instar --help)\n`);
@@ -267,48 +305,104 @@ function formatStatus(
       lines.push(`  ${l.addr}  ${count(l.connections)} open connection(s)`);
     }
   }
+  if (r.lastUpgrade) lines.push(`last ${formatReport(r.lastUpgrade).trimEnd()}`);
   return lines.join("\n") + "\n";
+}
+
+/** How `instar upgrade --control` runs. */
+interface ControlUpgrade {
+  timeout: number;
+  progress: (s: string) => void;
+  trigger?: string;
+  waitDrain: boolean;
 }
 
 async function upgradeByControl(
   path: string,
-  timeout: number,
-  progress: (s: string) => void,
-): Promise<number> {
+  o: ControlUpgrade,
+): Promise<{ pid: number; report: UpgradeReport | null }> {
   const ch = connect(path);
   const started = Date.now();
+  let result: { pid: number; report: UpgradeReport | null };
   try {
-    ch.send({ type: "upgrade", v: PROTOCOL_VERSION });
-    progress(`upgrade requested on ${path}`);
-    for (;;) {
-      const left = timeout - (Date.now() - started);
-      if (left <= 0) {
-        throw new InstarError("TIMEOUT", `no result within ${timeout} ms; the server keeps trying`);
-      }
-      for (const { msg } of ch.receive()) {
-        const m = messageOf(msg);
-        if (m.type === "progress") {
-          progress(`new generation started: pid ${m.pid}; waiting until it is ready…`);
-        } else if (m.type === "upgraded") {
-          progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
-          return m.pid;
-        } else if (m.type === "failed") {
-          throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
-        } else if (m.type === "refused") {
-          throw new InstarError("UPGRADE_REFUSED", `upgrade refused: ${m.reason}: ${m.message}`);
-        }
-      }
-      if (ch.eof) {
-        throw new InstarError(
-          "PROTOCOL_ERROR",
-          "the server closed the connection without a result",
-        );
-      }
-      await sleep(50);
-    }
+    const trigger = o.trigger === undefined ? {} : { trigger: o.trigger };
+    ch.send({ type: "upgrade", v: PROTOCOL_VERSION, ...trigger });
+    o.progress(`upgrade requested on ${path}`);
+    result = await upgradeResult(ch, started, o);
   } finally {
     ch.close();
   }
+  if (!o.waitDrain || !result.report) return result;
+  o.progress(`waiting for generation ${result.report.old.generation} to drain…`);
+  const report = await drainedReport(path, result.pid, result.report, started, o);
+  return { pid: result.pid, report };
+}
+
+async function upgradeResult(
+  ch: Channel,
+  started: number,
+  o: ControlUpgrade,
+): Promise<{ pid: number; report: UpgradeReport | null }> {
+  for (;;) {
+    const left = o.timeout - (Date.now() - started);
+    if (left <= 0) {
+      throw new InstarError("TIMEOUT", `no result within ${o.timeout} ms; the server keeps trying`);
+    }
+    for (const { msg } of ch.receive()) {
+      const m = messageOf(msg);
+      if (m.type === "progress") {
+        o.progress(`new generation started: pid ${m.pid}; waiting until it is ready…`);
+      } else if (m.type === "upgraded") {
+        o.progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        return { pid: m.pid, report: m.report === undefined ? null : validateReport(m.report) };
+      } else if (m.type === "failed") {
+        throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
+      } else if (m.type === "refused") {
+        throw new InstarError("UPGRADE_REFUSED", `upgrade refused: ${m.reason}: ${m.message}`);
+      }
+    }
+    if (ch.eof) {
+      throw new InstarError(
+        "PROTOCOL_ERROR",
+        "the server closed the connection without a result",
+      );
+    }
+    await sleep(50);
+  }
+}
+
+/** How long the report may take to arrive once the old generation exited. */
+const REPORT_GRACE_MS = 2000;
+
+/**
+ * The report with its drain part: the old generation sends it to the new
+ * one when it has drained, and the new one shows it in its status. Asks
+ * every 200 ms; without it in time, the report as it was (drain unknown).
+ */
+async function drainedReport(
+  path: string,
+  pid: number,
+  report: UpgradeReport,
+  started: number,
+  o: ControlUpgrade,
+): Promise<UpgradeReport> {
+  let goneAt: number | null = null;
+  while (Date.now() - started < o.timeout) {
+    await sleep(200);
+    let status: StatusReport;
+    try {
+      status = statusByControl(path);
+    } catch {
+      continue; // busy or rate-limited: ask again
+    }
+    const last = status.lastUpgrade ? validateReport(status.lastUpgrade) : null;
+    if (last?.new.pid === pid && last.drain) return last;
+    if (processRuns(report.old.pid)) continue;
+    goneAt ??= Date.now();
+    if (Date.now() - goneAt > REPORT_GRACE_MS) break;
+  }
+  o.progress(`no drain report from pid ${report.old.pid} (see its log); printing what is known`);
+  return report;
 }
 
 async function upgradeByPidFile(

@@ -21,6 +21,8 @@ import { type Addr, decode, encodeUnix, formatAddr } from "./ffi/sockaddr.ts";
 import process from "node:process";
 import type { Socket as NetSocket } from "node:net";
 import { InstarError } from "./errors.ts";
+import { type CarriedCounters, validateCounters } from "./observe/counters.ts";
+import { TRIGGER, type UpgradeReport } from "./observe/report.ts";
 
 /** The protocol version this build speaks. */
 export const PROTOCOL_VERSION = 1;
@@ -64,6 +66,8 @@ export interface Hello {
   listeners: ListenerMeta[];
   /** The control socket, when the sender has one. */
   control: ControlMeta | null;
+  /** The counters that survive upgrades (metrics), as of this hello; absent from older senders. */
+  counters?: CarriedCounters;
 }
 
 /** Every message of the protocol. */
@@ -72,10 +76,11 @@ export type Message =
   | { type: "ready"; v: number; pid: number }
   | { type: "error"; v: number; pid: number; message: string }
   | { type: "handover"; v: number; pid: number }
-  | { type: "upgrade"; v: number }
+  | { type: "upgrade"; v: number; trigger?: string }
   | { type: "status"; v: number }
   | { type: "progress"; v: number; event: string; pid?: number; detail?: string }
-  | { type: "upgraded"; v: number; pid: number }
+  | { type: "upgraded"; v: number; pid: number; report?: UpgradeReport }
+  | { type: "report"; v: number; report: UpgradeReport; counters: CarriedCounters }
   | { type: "failed"; v: number; reason: string; message: string }
   | { type: "refused"; v: number; reason: string; message: string }
   | { type: "status-reply"; v: number; status: StatusReport };
@@ -88,9 +93,20 @@ export const messages = {
     transfer: Hello["transfer"],
     listeners: ListenerMeta[],
     control: ControlMeta | null,
+    counters?: CarriedCounters,
   ): Hello {
     const v = PROTOCOL_VERSION;
-    return { type: "hello", v, generation, pid: process.pid, transfer, listeners, control };
+    const hello: Hello = {
+      type: "hello",
+      v,
+      generation,
+      pid: process.pid,
+      transfer,
+      listeners,
+      control,
+    };
+    if (counters) hello.counters = counters;
+    return hello;
   },
   /** The new generation is ready: the sender may drain. */
   ready: (): Message => ({ type: "ready", v: PROTOCOL_VERSION, pid: process.pid }),
@@ -103,8 +119,11 @@ export const messages = {
   }),
   /** A new process asks a running generation for its sockets. */
   handover: (): Message => ({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid }),
-  /** The `instar` command asks for an upgrade. */
-  upgrade: (): Message => ({ type: "upgrade", v: PROTOCOL_VERSION }),
+  /** The `instar` command asks for an upgrade; `trigger` names who asks for the report (`cli` when absent). */
+  upgrade: (trigger?: string): Message =>
+    trigger === undefined
+      ? { type: "upgrade", v: PROTOCOL_VERSION }
+      : { type: "upgrade", v: PROTOCOL_VERSION, trigger },
   /** The `instar` command asks for the status. */
   status: (): Message => ({ type: "status", v: PROTOCOL_VERSION }),
   /** An upgrade's progress: `spawned` with the new pid. */
@@ -115,7 +134,10 @@ export const messages = {
     pid,
   }),
   /** The upgrade succeeded: `pid` serves now. */
-  upgraded: (pid: number): Message => ({ type: "upgraded", v: PROTOCOL_VERSION, pid }),
+  upgraded: (pid: number, report?: UpgradeReport | null): Message =>
+    report
+      ? { type: "upgraded", v: PROTOCOL_VERSION, pid, report }
+      : { type: "upgraded", v: PROTOCOL_VERSION, pid },
   /** The request failed, with the reason. */
   failed: (reason: string, message: string): Message => ({
     type: "failed",
@@ -167,6 +189,8 @@ export interface StatusReport {
     generation: number;
     listeners: { addr: string; connections: number | null }[];
   } | null;
+  /** The last upgrade's report (see `UpgradeReport`); absent from older servers. */
+  lastUpgrade?: UpgradeReport | null;
 }
 
 /** Throws `PROTOCOL_ERROR` with a message naming what was wrong. */
@@ -258,6 +282,7 @@ export function validateHello(m: unknown): Hello {
     protocolError(`malformed control entry ${shown(c)}`);
   }
   if (c !== null) once(c.fd as number, "the control socket");
+  if (o.counters !== undefined) o.counters = validateCounters(o.counters);
   return o as unknown as Hello;
 }
 
@@ -437,6 +462,15 @@ export function connectControl(path: string): Channel {
 export function nobodyThere(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === "ENOENT" || code === "ECONNREFUSED";
+}
+
+/** The trigger a control `upgrade` request names (`cli` when none); throws `PROTOCOL_ERROR` if malformed. */
+export function triggerOf(m: { trigger?: unknown }): string {
+  if (m.trigger === undefined) return "cli";
+  if (typeof m.trigger !== "string" || !TRIGGER.test(m.trigger)) {
+    protocolError(`trigger ${shown(m.trigger)} is not a lower-case word of at most 32 characters`);
+  }
+  return m.trigger;
 }
 
 /** Validates the common shape of a message received from a peer. */

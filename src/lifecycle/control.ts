@@ -26,7 +26,9 @@ import {
   MessageSocket,
   shown,
   type StatusReport,
+  triggerOf,
 } from "../protocol.ts";
+import type { UpgradeReport } from "../observe/report.ts";
 import { fdOfSocket } from "../runtime/mod.ts";
 import type { Endpoint } from "../types.ts";
 
@@ -35,7 +37,11 @@ export interface ControlActions {
   /** The status report. */
   status(): Promise<StatusReport>;
   /** Runs an upgrade; `spawned` is called with the new pid. Resolves with it once ready. */
-  upgrade(spawned: (pid: number) => void): Promise<number>;
+  upgrade(spawned: (pid: number) => void, trigger: string): Promise<number>;
+  /** The last upgrade's report, sent with `upgraded`. */
+  lastReport?(): UpgradeReport | null;
+  /** The previous generation's final report (a `report` message from process `pid`, SO_PEERCRED). */
+  report?(pid: number, report: unknown, counters: unknown): void;
   /** Hands the sockets to the peer on `fd` (pid from SO_PEERCRED). Resolves once it is ready. */
   handover(peer: MessageSocket, fd: number, pid: number): Promise<number>;
   /** Reports something worth a log line. */
@@ -252,6 +258,11 @@ export class ControlServer implements Endpoint {
     if (peer.busy) {
       return this.#refuse(peer, "protocol-error", "one request at a time: wait for the answer");
     }
+    if (m.type === "report") {
+      // The previous generation's last word after its drain: believed only from it (observe/metrics.ts).
+      actions.report?.(peer.pid, m.report, m.counters);
+      return this.#close(peer);
+    }
     if (m.type !== "status" && m.type !== "upgrade" && m.type !== "handover") {
       return this.#refuse(
         peer,
@@ -285,8 +296,14 @@ export class ControlServer implements Endpoint {
       }, (err) => this.#fail(peer, err));
     } else if (m.type === "upgrade") {
       peer.conn.socket.setTimeout(0); // an upgrade may take up to the ready timeout
-      actions.upgrade((pid) => peer.conn.send(messages.progress("spawned", pid))).then(
-        (pid) => this.#close(peer, messages.upgraded(pid)),
+      let trigger: string;
+      try {
+        trigger = triggerOf(m);
+      } catch (err) {
+        return this.#fail(peer, err);
+      }
+      actions.upgrade((pid) => peer.conn.send(messages.progress("spawned", pid)), trigger).then(
+        (pid) => this.#close(peer, messages.upgraded(pid, actions.lastReport?.())),
         (err) => this.#fail(peer, err),
       );
     } else {

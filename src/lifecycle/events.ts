@@ -6,6 +6,7 @@
 
 import { type InstarError, type UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import type { ExitReason, State } from "../types.ts";
+import type { UpgradeReport } from "../observe/report.ts";
 
 /**
  * Events an {@link Upgrader} emits, with their payloads.
@@ -38,6 +39,13 @@ export interface UpgraderEvents {
   drained: { forced: number };
   /** serve() could not transplant and serves through its node:net proxy; `reason` says why. */
   "serve-fallback": { addr: string; reason: InstarError };
+  /** The new generation was rolled back within its promotion window; this one serves on. */
+  "rolled-back": { pid: number; generation: number; reason: string };
+  /**
+   * One upgrade's report: when it failed, was refused or rolled back, or,
+   * after a success, once this generation drained (see `docs/observability.md`).
+   */
+  "upgrade-report": UpgradeReport;
   /** Something worth a log line that is not an error of the caller's. */
   warning: { message: string };
 }

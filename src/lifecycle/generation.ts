@@ -23,6 +23,7 @@ import {
   MessageSocket,
 } from "../protocol.ts";
 import { socketOnFd } from "../runtime/mod.ts";
+import type { CarriedCounters } from "../observe/counters.ts";
 import { deadline } from "../timeout.ts";
 import type { ChildEnd, Reaper } from "./reaper.ts";
 import { START } from "./start_info.ts";
@@ -84,7 +85,7 @@ function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[]
 export function spawnGeneration(
   plan: ExecPlan,
   generation: number,
-  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null; counters?: CarriedCounters },
   reaper: Reaper,
 ): Attempt {
   const { path, argv, env } = execArgs(plan);
@@ -99,7 +100,7 @@ export function spawnGeneration(
   try {
     // The hello waits in the socket buffer, so the child reads it at once.
     new Channel(mine).send(
-      messages.hello(generation, "inherit", sockets.listeners, sockets.control),
+      messages.hello(generation, "inherit", sockets.listeners, sockets.control, sockets.counters),
     );
     pid = spawn({
       path,
@@ -149,7 +150,7 @@ export function handOver(
   fd: number,
   pid: number,
   generation: number,
-  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null; counters?: CarriedCounters },
 ): Attempt {
   // Attached fds travel in order; the hello names them by index.
   const all = [...sockets.listeners, ...(sockets.control ? [sockets.control] : [])];
@@ -158,6 +159,7 @@ export function handOver(
     "scm_rights",
     sockets.listeners.map((l, i) => ({ ...l, fd: i })),
     sockets.control ? { ...sockets.control, fd: sockets.listeners.length } : null,
+    sockets.counters,
   );
   const bytes = new TextEncoder().encode(JSON.stringify(hello) + "\n");
   // A fresh connection's send buffer is empty: the message goes at once or not at all.

@@ -1,30 +1,125 @@
 /**
- * One log line per lifecycle event.
+ * One log line per lifecycle event: text for people (the default), or one
+ * JSON object per line for journald, Loki or CloudWatch.
  *
  * @module
  */
 
 import process from "node:process";
+import { InstarError } from "../errors.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
+import { formatReport } from "../observe/report.ts";
+import type { UpgraderEvents } from "./events.ts";
 import type { Upgrader } from "./upgrader.ts";
 
 /**
- * Writes one line per lifecycle event of `up` to stderr (or `write`), e.g.
- * `[app pid=4242 gen=2] upgrade-failed: exited: generation 3 (pid 4250) exited with code 1…`.
+ * Options of {@link logLifecycle}.
+ *
+ * @example
+ * ```ts
+ * import { logLifecycle, type LogOptions, Upgrader } from "@instar/instar";
+ *
+ * const options: LogOptions = { name: "api", format: "json" };
+ * logLifecycle(await Upgrader.create(), options);
+ * ```
+ */
+export interface LogOptions {
+  /** The program's name in text lines and the `name` field of JSON lines (default `instar`). */
+  name?: string;
+  /** `text` (default): `[name pid=… gen=…] event: …`; `json`: one JSON object per line. */
+  format?: "text" | "json";
+  /** Where lines go (without the newline); default stderr. */
+  write?: (line: string) => void;
+}
+
+const EVENTS: readonly (keyof UpgraderEvents)[] = [
+  "state",
+  "upgrade-started",
+  "upgrade-spawned",
+  "upgrade-succeeded",
+  "upgrade-failed",
+  "upgrade-refused",
+  "rolled-back",
+  "upgrade-report",
+  "draining",
+  "drained",
+  "serve-fallback",
+  "warning",
+];
+
+/**
+ * Writes one line per lifecycle event of `up` to stderr (or `write`). Text,
+ * e.g. `[app pid=4242 gen=2] upgrade-failed: exited: generation 3 (pid 4250)
+ * exited with code 1…`; or, with `{ format: "json" }`, one object per line:
+ * `{"time":"2026-…Z","level":"error","name":"app","pid":4242,"generation":2,
+ * "event":"upgrade-failed","fields":{"error":{"reason":"exited",…}}}`.
  *
  * @example
  * ```ts
  * import { logLifecycle, Upgrader } from "@instar/instar";
  *
  * const up = await Upgrader.create();
- * logLifecycle(up, "api");
+ * logLifecycle(up, "api"); // or logLifecycle(up, { name: "api", format: "json" })
  * ```
  */
 export function logLifecycle(
   up: Upgrader,
-  name = "instar",
-  write: (line: string) => void = (line) => process.stderr.write(line + "\n"),
+  nameOrOptions: string | LogOptions = "instar",
+  write?: (line: string) => void,
 ): void {
+  const o = typeof nameOrOptions === "string" ? { name: nameOrOptions } : nameOrOptions;
+  const name = o.name ?? "instar";
+  const out = write ?? o.write ?? ((line: string) => process.stderr.write(line + "\n"));
+  if (o.format === "json") return logJson(up, name, out);
+  if (o.format !== undefined && o.format !== "text") {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `logLifecycle: format ${JSON.stringify(o.format)} is not "text" or "json"`,
+    );
+  }
+  logText(up, name, out);
+}
+
+// An error as plain fields (JSON.stringify of an Error is `{}`).
+function plain(value: unknown): unknown {
+  if (!(value instanceof Error)) return value;
+  const { message } = value;
+  return { ...(value as unknown as Record<string, unknown>), name: value.name, message };
+}
+
+function level(event: keyof UpgraderEvents, fields: Record<string, unknown>): string {
+  if (event === "upgrade-failed" || event === "rolled-back") return "error";
+  if (event === "warning" || event === "upgrade-refused" || event === "serve-fallback") {
+    return "warn";
+  }
+  if (event === "upgrade-report" && fields.outcome !== "succeeded") return "warn";
+  return "info";
+}
+
+function logJson(up: Upgrader, name: string, write: (line: string) => void): void {
+  for (const event of EVENTS) {
+    up.on(event, (payload) => {
+      const fields: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(payload)) fields[k] = plain(v);
+      if (event === "state" && fields.state === "ready") fields.addrs = up.addrs().map(formatAddr);
+      const time = new Date().toISOString();
+      const lvl = level(event, fields);
+      write(
+        JSON.stringify({
+          time,
+          level: lvl,
+          name,
+          pid: up.pid,
+          generation: up.generation,
+          event,
+          fields,
+        }),
+      );
+    });
+  }
+}
+
+function logText(up: Upgrader, name: string, write: (line: string) => void): void {
   const say = (what: string) => write(`[${name} pid=${up.pid} gen=${up.generation}] ${what}`);
   up.on("state", ({ state }) => {
     if (state !== "ready") return;
@@ -45,6 +140,15 @@ export function logLifecycle(
     "upgrade-refused",
     ({ error }) => say(`upgrade-refused: ${error.reason}: ${error.message}`),
   );
+  up.on(
+    "rolled-back",
+    ({ pid, generation, reason }) =>
+      say(`rolled-back: generation ${generation} (pid ${pid}): ${reason}; this one serves on`),
+  );
+  up.on("upgrade-report", (r) => {
+    const lines = formatReport(r).trim().split("\n").map((l) => l.trim());
+    say(`upgrade-report: ${lines.join("; ")}`);
+  });
   up.on("draining", ({ reason }) => say(`draining: ${reason}`));
   up.on(
     "drained",

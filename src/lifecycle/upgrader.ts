@@ -31,6 +31,11 @@ import { activatedListeners, addressOf, Registry, type SocketSpec } from "./regi
 import { statusReport } from "./status.ts";
 import { installSignals } from "./signals.ts";
 import { bridgeSystemd } from "./systemd_bridge.ts";
+import { type Metrics, Observer } from "../observe/metrics.ts";
+import type { CarriedCounters } from "../observe/counters.ts";
+
+/** What the next generation gets: the sockets, and the counters that survive upgrades. */
+type Passed = ReturnType<Registry["passable"]> & { counters: CarriedCounters };
 
 /**
  * The lifecycle of one generation of a server.
@@ -76,6 +81,7 @@ export class Upgrader {
   #removeSignals: () => void = () => {};
   #resolveExit!: (r: ExitReason) => void;
   #resolveDrained!: () => void;
+  #observer: Observer;
 
   private constructor(settings: Settings, link: ParentLink | null) {
     this.#settings = settings;
@@ -89,6 +95,16 @@ export class Upgrader {
     this.#systemd = bridgeSystemd(this.#events, systemdNotifier({ enabled: sd }));
     this.exit = new Promise((r) => (this.#resolveExit = r));
     this.drained = new Promise((r) => (this.#resolveDrained = r));
+    this.#observer = new Observer({
+      generation: this.generation,
+      parentPid: this.parentPid,
+      carried: link?.hello.counters ?? null,
+      state: () => this.#state,
+      endpoints: () => this.#registry.endpoints,
+      events: this.#events,
+      onDrained: (hook) => this.onDrained(hook),
+      controlPath: settings.controlSocket ?? null,
+    });
   }
 
   /**
@@ -103,7 +119,7 @@ export class Upgrader {
     if (!link && settings.controlSocket) link = requestHandover(settings.controlSocket);
     const up = new Upgrader(settings, link);
     up.#removeSignals = installSignals(settings.upgradeSignal, settings.stopSignals, {
-      upgrade: () => void up.upgrade().catch(() => {/* reported through the events */}),
+      upgrade: () => void up.#upgrade("signal").catch(() => {/* reported through the events */}),
       stop: (count) => (count === 1 ? up.stop() : up.#forceExit()),
     });
     return up;
@@ -148,6 +164,7 @@ export class Upgrader {
     }
     if (fd !== undefined) this.#holdUntilReady(listener.fd);
     this.#registry.add(listenerEndpoint(key, listener, activated));
+    this.#observer.countAccepts(key, listener);
     return listener;
   }
 
@@ -186,7 +203,8 @@ export class Upgrader {
       const onFallback = (reason: InstarError) =>
         this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
       const drainTimeoutMs = this.#settings.drainTimeout;
-      const server = await serve(fd, { drainTimeoutMs, onFallback, ...serveOptions });
+      const counted = this.#observer.countRequests(key, serveOptions);
+      const server = await serve(fd, { drainTimeoutMs, onFallback, ...counted });
       if (claimed !== undefined) this.#holdUntilReady(fd);
       this.#registry.add(serverEndpoint(key, fd, addr, server, activated));
       return server;
@@ -264,6 +282,11 @@ export class Upgrader {
    * or this generation stops.
    */
   upgrade(): Promise<number> {
+    return this.#upgrade("api");
+  }
+
+  #upgrade(trigger: string): Promise<number> {
+    this.#observer.trigger(trigger);
     return this.#run((generation, sockets) =>
       spawnGeneration(this.#settings, generation, sockets, this.#reaper)
     );
@@ -284,8 +307,34 @@ export class Upgrader {
    * What this generation reports about itself (`instar status`). Counting the
    * HTTP servers' connections reads /proc/net/tcp: not for a hot path.
    */
-  status(): Promise<StatusReport> {
-    return statusReport(this.generation, this.#state, this.parentPid, this.#registry.endpoints);
+  async status(): Promise<StatusReport> {
+    const s = await statusReport(
+      this.generation,
+      this.#state,
+      this.parentPid,
+      this.#registry.endpoints,
+    );
+    return { ...s, lastUpgrade: this.#observer.lastUpgrade() };
+  }
+
+  /**
+   * This generation's metrics: state, open connections per endpoint (and of
+   * the previous generation while it drains), requests or connections
+   * accepted and upgrades by outcome since the first generation, the last
+   * upgrade's report. Counting connections reads /proc off the event loop;
+   * `metricsResponse(up)` serves it as Prometheus text.
+   *
+   * @example
+   * ```ts
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create();
+   * const m = await up.metrics();
+   * console.log(m.generation, m.upgrades.succeeded);
+   * ```
+   */
+  metrics(): Promise<Metrics> {
+    return this.#observer.metrics();
   }
 
   #setState(state: State): void {
@@ -296,19 +345,24 @@ export class Upgrader {
   #controlActions() {
     return {
       status: () => this.status(),
-      upgrade: (spawned: (pid: number) => void) => {
+      upgrade: (spawned: (pid: number) => void, trigger: string) => {
         const off = this.on("upgrade-spawned", ({ pid }) => spawned(pid));
-        return this.upgrade().finally(off);
+        return this.#upgrade(trigger).finally(off);
       },
-      handover: (peer: MessageSocket, fd: number, pid: number) =>
-        this.#run((generation, sockets) => handOver(peer, fd, pid, generation, sockets)),
+      lastReport: () => this.#observer.lastUpgrade(),
+      report: (pid: number, report: unknown, counters: unknown) =>
+        this.#observer.adopt(pid, report, counters),
+      handover: (peer: MessageSocket, fd: number, pid: number) => {
+        this.#observer.trigger("handover");
+        return this.#run((generation, sockets) => handOver(peer, fd, pid, generation, sockets));
+      },
       warn: (m: string) => this.#events.warn(m),
     };
   }
 
   /** One upgrade, however the next generation comes to exist. This generation serves on whatever happens. */
   async #run(
-    start: (generation: number, sockets: ReturnType<Registry["passable"]>) => Attempt,
+    start: (generation: number, sockets: Passed) => Attempt,
   ): Promise<number> {
     const refused = refusal(this.#state);
     if (refused) {
@@ -324,7 +378,10 @@ export class Upgrader {
       const c = this.#control;
       attempt = start(
         this.generation + 1,
-        this.#registry.passable(c && { path: c.path, fd: c.fd }),
+        {
+          ...this.#registry.passable(c && { path: c.path, fd: c.fd }),
+          counters: this.#observer.carry(),
+        },
       );
       this.#events.emit("upgrade-spawned", { pid: attempt.pid });
       await awaitReady(attempt, this.#settings.readyTimeout, cancelled);

@@ -153,6 +153,8 @@ export interface Listener extends AsyncIterable<Conn>, AsyncDisposable {
    * `accept()`) that are not closed yet.
    */
   readonly connections: number;
+  /** Connections the runtime accepted on this listener since it started (a counter; metrics). */
+  readonly accepted: number;
   /** Resolves when {@link Listener.connections} is 0 (at once if it is). */
   drained(): Promise<void>;
   /** Closes every accepted connection still open (for a drain timeout). */
@@ -343,9 +345,12 @@ function adopt(fd: unknown): number {
  */
 class Tracker {
   readonly conns: Set<BaseConn> = new Set();
+  /** Every connection ever added: one increment per accept. */
+  accepted = 0;
   #waiters: (() => void)[] = [];
 
   add(c: BaseConn): void {
+    this.accepted++;
     this.conns.add(c);
     c.onClose(() => {
       this.conns.delete(c);
@@ -382,6 +387,10 @@ class ListenerImpl implements Listener {
 
   get connections(): number {
     return this.#tracker.conns.size;
+  }
+
+  get accepted(): number {
+    return this.#tracker.accepted;
   }
 
   #next(): Promise<BaseConn | null> {

@@ -1,0 +1,303 @@
+/**
+ * What a generation measures about itself, for `up.metrics()` and the
+ * Prometheus exposition: its state, the connections open on each endpoint
+ * (its own and the draining previous generation's, counted from /proc off
+ * the event loop), what each endpoint accepted, upgrades by outcome and the
+ * last upgrade's report. Counting costs one integer increment per request
+ * (`serve()`) or accepted connection (`listen()`); everything else is
+ * computed when someone asks.
+ *
+ * The upgrader only calls this module: it builds one {@link Observer} and
+ * tells it about its endpoints; the observer follows the lifecycle events.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { formatAddr } from "../ffi/sockaddr.ts";
+import * as sys from "../ffi/mod.ts";
+import { C } from "../ffi/mod.ts";
+import { encodeUnix } from "../ffi/sockaddr.ts";
+import { processRuns, tcpConnections } from "../proc.ts";
+import { Channel, PROTOCOL_VERSION } from "../protocol.ts";
+import type { Endpoint, State } from "../types.ts";
+import type { Emitter } from "../lifecycle/events.ts";
+import {
+  bump,
+  type CarriedCounters,
+  maxCounters,
+  type UpgradeCounts,
+  validateCounters,
+  zeroCounters,
+} from "./counters.ts";
+import { Reporter, type UpgradeReport, validateReport } from "./report.ts";
+
+/**
+ * The open connections of one generation on one endpoint.
+ *
+ * @example
+ * ```ts
+ * import type { GenerationConnections } from "@instar/instar";
+ *
+ * const c: GenerationConnections = { pid: 4242, generation: 2, open: 17 };
+ * ```
+ */
+export interface GenerationConnections {
+  /** The generation's pid. */
+  pid: number;
+  /** Its number. */
+  generation: number;
+  /** Open connections; `null` when they cannot be counted (an HTTP server on a Unix socket). */
+  open: number | null;
+}
+
+/**
+ * One endpoint in {@link Metrics}.
+ *
+ * @example
+ * ```ts
+ * import { type EndpointMetrics, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const all: EndpointMetrics[] = (await up.metrics()).endpoints;
+ * for (const e of all) console.log(e.addr, e.accepted, e.connections);
+ * ```
+ */
+export interface EndpointMetrics {
+  /** What the program asked for (`tcp:0.0.0.0:8080`, …). */
+  key: string;
+  /** The address it is bound to. */
+  addr: string;
+  /** `serve` (an HTTP server: `accepted` counts requests) or `listen` (`accepted` counts connections). */
+  kind: "serve" | "listen";
+  /** Requests (`serve`) or connections (`listen`) accepted since the first generation. */
+  accepted: number;
+  /** Open connections: this generation's, then the previous one's while it drains. */
+  connections: GenerationConnections[];
+}
+
+/**
+ * What `up.metrics()` returns.
+ *
+ * @example
+ * ```ts
+ * import { type Metrics, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const m: Metrics = await up.metrics();
+ * console.log(m.generation, m.state, m.upgrades.succeeded, m.lastUpgrade?.readyMs);
+ * ```
+ */
+export interface Metrics {
+  /** This process's pid. */
+  pid: number;
+  /** This generation's number. */
+  generation: number;
+  /** Its lifecycle state. */
+  state: State;
+  /** Whether it serves and would answer a readiness probe with 200 (`ready` or `upgrading`). */
+  ready: boolean;
+  /** Its endpoints (the control socket is not one). */
+  endpoints: EndpointMetrics[];
+  /** Upgrades by outcome, since the first generation. */
+  upgrades: UpgradeCounts;
+  /** The last upgrade this generation ran, or the one that started it; `null` if none is known. */
+  lastUpgrade: UpgradeReport | null;
+}
+
+/** What the observer needs from the upgrader. */
+export interface ObserverContext {
+  generation: number;
+  parentPid: number | null;
+  /** The counters the previous generation passed, or `null` for a first generation. */
+  carried: CarriedCounters | null;
+  state: () => State;
+  endpoints: () => readonly Endpoint[];
+  events: Pick<Emitter, "on" | "emit" | "warn">;
+  onDrained: (hook: () => void | Promise<void>) => void;
+  /** The control socket the next generation answers, where the final report goes. */
+  controlPath: string | null;
+}
+
+type Counted = { kind: "serve" | "listen"; own: () => number };
+
+/** Whether a generation in `state` serves (a readiness probe's answer). */
+export function serving(state: State): boolean {
+  return state === "ready" || state === "upgrading";
+}
+
+/** The counters, the report and the metrics of one generation. */
+export class Observer {
+  #c: ObserverContext;
+  #base: CarriedCounters;
+  #own: CarriedCounters = zeroCounters();
+  #counted = new Map<string, Counted>();
+  #reporter: Reporter;
+
+  /** Follows `c.events` from now on. */
+  constructor(c: ObserverContext) {
+    this.#c = c;
+    this.#base = c.carried ?? zeroCounters();
+    const on = c.events.on.bind(c.events);
+    const up = this.#own.upgrades;
+    // The hello left before this upgrade's outcome was known: being ready is its success.
+    if (c.parentPid !== null) {
+      const off = on("state", ({ state }) => {
+        if (state !== "ready") return;
+        off();
+        this.#base.upgrades.succeeded++;
+      });
+    }
+    on("upgrade-succeeded", () => void up.succeeded++);
+    on("upgrade-failed", ({ error }) => bump(up.failed, error.reason));
+    on("upgrade-refused", ({ error }) => bump(up.refused, error.reason));
+    on("rolled-back", () => void up.rolledBack++);
+    this.#reporter = new Reporter({
+      pid: process.pid,
+      generation: c.generation,
+      events: c.events,
+      count: () => this.#openNow(),
+    });
+    c.onDrained(() => this.#handOnReport());
+  }
+
+  /** `options` with its request handler counting requests on `key` (one increment each). */
+  countRequests<O extends object>(key: string, options: O): O {
+    const counter = { n: 0 };
+    this.#counted.set(key, { kind: "serve", own: () => counter.n });
+    const wrap = (h: unknown) => {
+      if (typeof h !== "function") return h;
+      return function (this: unknown, ...args: unknown[]) {
+        counter.n++;
+        return h.apply(this, args);
+      };
+    };
+    const out: Record<string, unknown> = { ...options as Record<string, unknown> };
+    if ("fetch" in out) out.fetch = wrap(out.fetch);
+    if ("handler" in out) out.handler = wrap(out.handler);
+    return out as O;
+  }
+
+  /** Counts what the listener on `key` accepts (the listener counts; nothing is added per connection). */
+  countAccepts(key: string, listener: { readonly accepted: number }): void {
+    this.#counted.set(key, { kind: "listen", own: () => listener.accepted });
+  }
+
+  /** The counters to pass to the next generation. */
+  carry(): CarriedCounters {
+    const own = this.#own;
+    const accepted: Record<string, number> = { ...this.#base.accepted };
+    for (const [key, c] of this.#counted) accepted[key] = (accepted[key] ?? 0) + c.own();
+    const b = this.#base.upgrades, u = own.upgrades;
+    const add = (x: Record<string, number>, y: Record<string, number>) => {
+      const out = { ...x };
+      for (const [k, n] of Object.entries(y)) out[k] = (out[k] ?? 0) + n;
+      return out;
+    };
+    return {
+      upgrades: {
+        succeeded: b.succeeded + u.succeeded,
+        failed: add(b.failed, u.failed),
+        refused: add(b.refused, u.refused),
+        rolledBack: b.rolledBack + u.rolledBack,
+      },
+      accepted,
+    };
+  }
+
+  /** The last upgrade's report (see {@link Metrics.lastUpgrade}). */
+  lastUpgrade(): UpgradeReport | null {
+    return this.#reporter.last();
+  }
+
+  /** The trigger of the next upgrade, for its report. */
+  trigger(trigger: string): void {
+    this.#reporter.trigger(trigger);
+  }
+
+  /** Everything measured, connections counted now (off the event loop). */
+  async metrics(): Promise<Metrics> {
+    const c = this.#c;
+    const carried = this.carry();
+    const state = c.state();
+    const previous = c.parentPid !== null && processRuns(c.parentPid) ? c.parentPid : null;
+    const endpoints = await Promise.all(
+      c.endpoints().map(async (e) => {
+        const counted = this.#counted.get(e.key);
+        const connections: GenerationConnections[] = [
+          { pid: process.pid, generation: c.generation, open: await e.connections() },
+        ];
+        if (previous !== null) {
+          const open = e.addr.transport === "tcp"
+            ? await tcpConnections(e.addr.port, previous)
+            : null;
+          connections.push({ pid: previous, generation: c.generation - 1, open });
+        }
+        return {
+          key: e.key,
+          addr: formatAddr(e.addr),
+          kind: counted?.kind ?? "listen",
+          accepted: carried.accepted[e.key] ?? 0,
+          connections,
+        };
+      }),
+    );
+    return {
+      pid: process.pid,
+      generation: c.generation,
+      state,
+      ready: serving(state),
+      endpoints,
+      upgrades: carried.upgrades,
+      lastUpgrade: this.lastUpgrade(),
+    };
+  }
+
+  // Open connections on every endpoint now; null when one cannot be counted.
+  async #openNow(): Promise<number | null> {
+    const counts = await Promise.all(this.#c.endpoints().map((e) => e.connections()));
+    return counts.some((n) => n === null) ? null : counts.reduce((a, b) => a! + b!, 0);
+  }
+
+  /**
+   * The previous generation's final report and counters, sent by process
+   * `pid` once it drained. Only the generation that started this one is
+   * believed, and only about this upgrade; anything else is refused.
+   */
+  adopt(pid: number, report: unknown, counters: unknown): void {
+    const c = this.#c;
+    try {
+      if (pid !== c.parentPid) throw new Error(`process ${pid} did not start this generation`);
+      const r = validateReport(report);
+      if (r.new.pid !== process.pid || r.old.pid !== pid) {
+        throw new Error("the report is about another upgrade");
+      }
+      this.#base = maxCounters(this.#base, validateCounters(counters));
+      this.#reporter.adopt(r);
+    } catch (err) {
+      c.events.warn(`control socket: refused an upgrade report: ${(err as Error).message}`);
+    }
+  }
+
+  // After a successful upgrade's drain: the final report and counters go to the next generation
+  // on the control socket it now answers. Never blocks: a non-blocking connect and a 0 ms send.
+  async #handOnReport(): Promise<void> {
+    const report = await this.#reporter.settled();
+    const path = this.#c.controlPath;
+    if (!report || report.outcome !== "succeeded" || !report.drain || !path) return;
+    const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+    const channel = new Channel(fd);
+    try {
+      sys.connect(fd, encodeUnix(path), `control socket ${path}`);
+      channel.send({ type: "report", v: PROTOCOL_VERSION, report, counters: this.carry() }, [], 0);
+    } catch (err) {
+      this.#c.events.warn(
+        `could not send the upgrade report to generation ${report.new.generation}: ${
+          (err as Error).message
+        }`,
+      );
+    } finally {
+      channel.close();
+    }
+  }
+}
