@@ -7,12 +7,13 @@
  *   kill -HUP $(cat app.pid)    # run the program as it now is on disk; this generation drains
  *   kill -TERM $(cat app.pid)   # stop gracefully
  *
- * Answers (status 200):
+ * Answers (status 200 unless said):
  * - `GET /slow?ms=N`: the hello line after N ms;
  * - `GET /stream?ms=N`: a line (`<pid> <ms since start>`) every 100 ms for N ms;
  * - `GET /busy?ms=N`: the hello line after blocking the event loop for N ms;
  * - `GET /metrics`: instar's metrics in the Prometheus text format;
- * - `GET /healthz`: 200 while this generation serves, 503 while it starts or drains;
+ * - `GET /healthz?ms=N`: after N ms (default 0), 200 while this generation serves, 503
+ *   while it starts or drains;
  * - `POST` anything: the number of body bytes it read;
  * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
@@ -90,7 +91,11 @@ function handle(req: Request): Response | Promise<Response> {
   }
   if (url.pathname === "/stream") return stream(ms);
   if (url.pathname === "/metrics") return metricsResponse(up);
-  if (url.pathname === "/healthz") return healthResponse(up);
+  if (url.pathname === "/healthz") {
+    // With ?ms=N the state is read after N ms: a request held into a drain answers 503.
+    if (!ms) return healthResponse(up);
+    return new Promise((r) => setTimeout(() => r(healthResponse(up)), ms));
+  }
   if (url.pathname === "/busy") {
     // Blocks the event loop, as a CPU-heavy request would (for tests of a loaded server).
     const until = Date.now() + ms;

@@ -1,0 +1,247 @@
+// Metrics, /healthz and upgrade reports against a real examples/http_server.ts
+// of this runtime: the Prometheus text is read with a real parser (Debian's
+// python3-prometheus-client), and its counters must match what the test did
+// across 3 upgrades and 1 failed deploy; the JSON lifecycle log parses line
+// by line and its reports' timings are consistent; /healthz answers 200 while
+// ready and 503 from a generation held into its drain.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  alive,
+  cleanupAfterTests,
+  exchange,
+  httpGet,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  runtimeCmd,
+  showResult,
+  skipIf,
+  startServer,
+  stopped,
+} from "./support/helpers.ts";
+import { portOf, readyGeneration, serverStatus } from "./support/status.ts";
+import type { UpgradeReport } from "../mod.ts";
+
+const CLI = join(ROOT, "src", "cli.ts");
+const HTTP = join(ROOT, "examples", "http_server.ts");
+// The system python, where Debian's python3-prometheus-client lives (.ci/run installs it).
+const PYTHON = "/usr/bin/python3";
+const DRAIN_TIMEOUT = 5_000;
+const PARSE = `
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(open(sys.argv[1]).read()):
+    for s in f.samples:
+        out.append({"family": f.name, "type": f.type, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+`;
+
+function noParser(): string | false {
+  if (!existsSync(PYTHON)) return `${PYTHON} is missing (Debian package python3)`;
+  return false;
+}
+
+const { servers, tempDir } = cleanupAfterTests();
+
+/** One sample of a parsed exposition. */
+interface Sample {
+  family: string;
+  type: string;
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses Prometheus text with prometheus_client; fails the test if it does not parse. */
+async function parsePrometheus(text: string, dir: string): Promise<Sample[]> {
+  const file = join(dir, `metrics-${Math.random()}.txt`);
+  writeFileSync(file, text);
+  const r = await runCommand([PYTHON, "-c", PARSE, file], { timeoutMs: 30_000 });
+  assert.equal(r.code, 0, `prometheus_client refused the text:\n${showResult(r)}\n${text}`);
+  return JSON.parse(r.stdout);
+}
+
+function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+  const s = samples.filter((x) =>
+    x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)
+  );
+  assert.equal(s.length, 1, `one ${name} ${JSON.stringify(labels)} in ${JSON.stringify(samples)}`);
+  return s[0].value;
+}
+
+/** A GET on a fresh connection (Connection: close): status, headers, body. */
+async function get(port: number, path: string) {
+  const raw = await exchange(port, httpGet(path), { timeoutMs: 30_000 });
+  const head = raw.slice(0, raw.indexOf("\r\n\r\n"));
+  const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1]);
+  const type = /^content-type:\s*(.*)$/im.exec(head)?.[1]?.trim() ?? "";
+  return { status, type, body: raw.slice(raw.indexOf("\r\n\r\n") + 4) };
+}
+
+function instar(args: string[]) {
+  return runCommand(runtimeCmd(RUNTIME, CLI, args), { timeoutMs: 90_000 });
+}
+
+describe(`metrics across generations (${RUNTIME})`, () => {
+  test(
+    "after 3 upgrades and 1 failed deploy /metrics parses and counts succeeded 3, failed 1, every request",
+    skipIf(noParser(), "prometheus"),
+    async () => {
+      const dir = tempDir("instar-metrics-");
+      const ctl = join(dir, "ctl");
+      const fail = join(dir, "broken-deploy");
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        `--fail-if-exists=${fail}`,
+        "--log-format=json",
+        `--drain-timeout=${DRAIN_TIMEOUT}`,
+      ]));
+      servers.push(srv);
+      const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
+      let sent = 0;
+      const hit = async (path: string) => {
+        sent++;
+        const r = await get(port, path);
+        assert.equal(r.status, 200, `${path}: ${JSON.stringify(r)}`);
+        return r;
+      };
+      for (let i = 0; i < 5; i++) await hit("/");
+
+      const reports: UpgradeReport[] = [];
+      const upgrade = async (extra: string[] = []) => {
+        const r = await instar(["upgrade", `--control=${ctl}`, "--json", "--wait-drain", ...extra]);
+        assert.equal(r.code, 0, showResult(r));
+        const out = JSON.parse(r.stdout);
+        assert.equal(typeof out.pid, "number", r.stdout);
+        reports.push(out.report);
+        return out;
+      };
+      await upgrade();
+      await hit("/");
+      writeFileSync(fail, "");
+      const broken = await instar(["upgrade", `--control=${ctl}`, "--json"]);
+      assert.equal(broken.code, 1, showResult(broken));
+      const failed = JSON.parse(broken.stdout);
+      assert.equal(failed.pid, null);
+      assert.match(failed.error.message, /exited/, broken.stdout);
+      rmSync(fail);
+      await hit("/");
+      await upgrade();
+      await hit("/");
+      const last = await upgrade(["--trigger=watch"]);
+
+      // --wait-drain printed the reports with their drain part: the previous generation is gone.
+      await stopped(last.report.old.pid, 30_000);
+      for (let i = 0; i < 3; i++) await hit("/");
+      const m = await hit("/metrics");
+      assert.match(m.type, /^text\/plain; version=0\.0\.4/);
+      const samples = await parsePrometheus(m.body, dir);
+      const upgrades = (labels: Record<string, string>) =>
+        value(samples, "instar_upgrades_total", labels);
+      assert.equal(upgrades({ outcome: "succeeded" }), 3);
+      assert.equal(upgrades({ outcome: "failed", reason: "exited" }), 1);
+      assert.equal(upgrades({ outcome: "rolled-back" }), 0);
+      assert.equal(value(samples, "instar_generation"), 4);
+      assert.equal(value(samples, "instar_state", { state: "ready" }), 1);
+      assert.equal(value(samples, "instar_state", { state: "draining" }), 0);
+      assert.equal(value(samples, "instar_ready"), 1);
+      // Every request the test sent, whichever generation answered it, this /metrics included.
+      assert.equal(value(samples, "instar_requests_total"), sent);
+      assert.equal(value(samples, "instar_last_upgrade_ready_seconds", { trigger: "watch" }) > 0, true);
+      const own = samples.filter((s) => s.name === "instar_open_connections");
+      assert.ok(own.some((s) => s.labels.generation === "4" && s.value >= 1), JSON.stringify(own));
+
+      // The reports: one per upgrade, consistent timings, the drain within its timeout.
+      assert.deepEqual(reports.map((r) => r.trigger), ["cli", "cli", "watch"]);
+      assert.deepEqual(reports.map((r) => r.new.generation), [2, 3, 4]);
+      for (const r of reports) {
+        assert.equal(r.outcome, "succeeded", JSON.stringify(r));
+        assert.ok(r.spawnMs! >= 0 && r.readyMs! >= r.spawnMs!, JSON.stringify(r));
+        assert.ok(r.drain && r.drain.ms <= DRAIN_TIMEOUT + 1_000, JSON.stringify(r));
+        assert.equal(r.drain.forced, 0);
+      }
+      // instar status shows the last one, as sent by the generation that drained.
+      const status = await serverStatus(ctl);
+      assert.equal(status?.lastUpgrade?.trigger, "watch", JSON.stringify(status));
+      assert.equal(status?.lastUpgrade?.new.pid, status?.pid);
+      assert.ok(status?.lastUpgrade?.drain, JSON.stringify(status));
+
+      // The JSON log (stderr): every line of every generation parses. Not log lines: the broken
+      // deploy's own words, and Deno.serve's "Listening on" banner on stdout (lines mixes both).
+      const notLog = /exists; exiting before ready|^Listening on /;
+      const logLines = srv.lines.filter((l) => l.trim() && !notLog.test(l));
+      const entries = logLines.map((l) => {
+        try {
+          return JSON.parse(l);
+        } catch {
+          assert.fail(`a log line is not JSON: ${l}`);
+        }
+      });
+      for (const e of entries) {
+        assert.ok(!isNaN(Date.parse(e.time)) && e.time.endsWith("Z"), JSON.stringify(e));
+        assert.equal(typeof e.pid, "number");
+        assert.equal(typeof e.generation, "number");
+        assert.equal(typeof e.event, "string");
+        assert.equal(typeof e.fields, "object");
+      }
+      const logged = entries.filter((e) => e.event === "upgrade-report").map((e) => e.fields);
+      assert.deepEqual(logged.map((r) => r.outcome), ["succeeded", "failed", "succeeded", "succeeded"]);
+      assert.equal(logged[1].reason, "exited");
+      assert.equal(logged[1].drain, null);
+      for (const r of logged.filter((x) => x.outcome === "succeeded")) {
+        assert.ok(r.readyMs >= r.spawnMs && r.drain.ms <= DRAIN_TIMEOUT + 1_000, JSON.stringify(r));
+        assert.ok(Date.parse(r.startedAt) <= Date.now());
+      }
+      // Each succeeded report is logged (by the old generation) after the new one said ready.
+      for (const r of reports) {
+        const ready = entries.find((e) =>
+          e.pid === r.new.pid && e.event === "state" && e.fields.state === "ready"
+        );
+        const report = entries.find((e) =>
+          e.pid === r.old.pid && e.event === "upgrade-report" && e.fields.new.pid === r.new.pid
+        );
+        assert.ok(ready && report, `ready and report of ${r.new.pid} logged`);
+        assert.ok(Date.parse(ready.time) <= Date.parse(report.time), "report after ready");
+      }
+      srv.killAll();
+    },
+  );
+
+  test(
+    "/healthz answers 200 while ready and 503 from a generation held into its drain",
+    async () => {
+      const dir = tempDir("instar-healthz-");
+      const ctl = join(dir, "ctl");
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        `--drain-timeout=${DRAIN_TIMEOUT}`,
+      ]));
+      servers.push(srv);
+      const first = await readyGeneration(ctl, 1, { log: srv.lines });
+      const port = portOf(first);
+      const ready = await get(port, "/healthz");
+      assert.equal(ready.status, 200);
+      assert.equal(ready.body, "ready\n");
+      // Asked of generation 1 now, answered 3 s later: by then it drains.
+      const held = get(port, "/healthz?ms=3000");
+      await new Promise((r) => setTimeout(r, 300));
+      const up = await instar(["upgrade", `--control=${ctl}`]);
+      assert.equal(up.code, 0, showResult(up));
+      const late = await held;
+      assert.equal(late.status, 503, JSON.stringify(late));
+      assert.equal(late.body, "draining\n");
+      // The new generation is ready.
+      const now = await get(port, "/healthz");
+      assert.equal(now.status, 200);
+      await stopped(first.pid, 30_000);
+      assert.equal(alive(first.pid), false);
+      srv.killAll();
+    },
+  );
+});
