@@ -152,7 +152,10 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       assert.equal(value(samples, "instar_ready"), 1);
       // Every request the test sent, whichever generation answered it, this /metrics included.
       assert.equal(value(samples, "instar_requests_total"), sent);
-      assert.equal(value(samples, "instar_last_upgrade_ready_seconds", { trigger: "watch" }) > 0, true);
+      assert.equal(
+        value(samples, "instar_last_upgrade_ready_seconds", { trigger: "watch" }) > 0,
+        true,
+      );
       const own = samples.filter((s) => s.name === "instar_open_connections");
       assert.ok(own.some((s) => s.labels.generation === "4" && s.value >= 1), JSON.stringify(own));
 
@@ -190,7 +193,12 @@ describe(`metrics across generations (${RUNTIME})`, () => {
         assert.equal(typeof e.fields, "object");
       }
       const logged = entries.filter((e) => e.event === "upgrade-report").map((e) => e.fields);
-      assert.deepEqual(logged.map((r) => r.outcome), ["succeeded", "failed", "succeeded", "succeeded"]);
+      assert.deepEqual(logged.map((r) => r.outcome), [
+        "succeeded",
+        "failed",
+        "succeeded",
+        "succeeded",
+      ]);
       assert.equal(logged[1].reason, "exited");
       assert.equal(logged[1].drain, null);
       for (const r of logged.filter((x) => x.outcome === "succeeded")) {
@@ -244,4 +252,37 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       srv.killAll();
     },
   );
+
+  test("the report counts the connections at the handover: finished by themselves vs cut at the drain timeout", async () => {
+    const dir = tempDir("instar-drain-report-");
+    const ctl = join(dir, "ctl");
+    const drainTimeout = 3_000;
+    const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+      "--port=0",
+      `--control=${ctl}`,
+      `--drain-timeout=${drainTimeout}`,
+    ]));
+    servers.push(srv);
+    const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
+    // 2 requests that end by themselves within the drain timeout, 3 that outlive it.
+    const finishing = [1, 2].map(() => get(port, "/slow?ms=2000"));
+    const cut = [1, 2, 3].map(() =>
+      get(port, "/slow?ms=60000").then((x) => (x.status === 200 ? "answered" : "cut"), () => "cut")
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const r = await instar(["upgrade", `--control=${ctl}`, "--json", "--wait-drain"]);
+    assert.equal(r.code, 0, showResult(r));
+    const { report } = JSON.parse(r.stdout) as { report: UpgradeReport };
+    assert.ok(report.drain, r.stdout);
+    const d = report.drain;
+    assert.equal(d.forced, 3, r.stdout);
+    assert.deepEqual(await Promise.all(cut), ["cut", "cut", "cut"]);
+    for (const f of await Promise.all(finishing)) assert.equal(f.status, 200);
+    assert.ok(d.atHandover !== null && d.atHandover >= 3 && d.atHandover <= 5, r.stdout);
+    assert.equal(d.drained, d.atHandover! - d.forced, r.stdout);
+    // The finishing ones were still open at the handover unless the upgrade itself took > 1.7 s.
+    if (report.readyMs! < 1_500) assert.equal(d.drained, 2, r.stdout);
+    assert.ok(d.ms >= drainTimeout && d.ms <= drainTimeout + 2_000, r.stdout);
+    srv.killAll();
+  });
 });

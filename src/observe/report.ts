@@ -249,7 +249,7 @@ export class Reporter {
     on("upgrade-failed", ({ error }) => this.#end(this.#current, "failed", error.reason));
     on("upgrade-refused", ({ error }) => {
       const r = this.#fresh(this.#c.generation + 1);
-      this.#c.events.emit("upgrade-report", { ...r, outcome: "refused", reason: error.reason });
+      this.#emit({ ...r, outcome: "refused", reason: error.reason });
     });
     on("rolled-back", ({ pid, generation, reason }) => {
       const r = this.#last?.new.pid === pid
@@ -324,6 +324,11 @@ export class Reporter {
     r.reason = reason.slice(0, 200);
     if (r === this.#current) this.#current = null;
     this.#last = r;
-    this.#c.events.emit("upgrade-report", r);
+    this.#emit(r);
+  }
+
+  // After every subscriber of the event that ended the upgrade: a log shows the failure, then its report.
+  #emit(r: UpgradeReport): void {
+    queueMicrotask(() => this.#c.events.emit("upgrade-report", r));
   }
 }
