@@ -258,12 +258,8 @@ export class ControlServer implements Endpoint {
     if (peer.busy) {
       return this.#refuse(peer, "protocol-error", "one request at a time: wait for the answer");
     }
-    if (m.type === "report") {
-      // The previous generation's last word after its drain: believed only from it (observe/metrics.ts).
-      actions.report?.(peer.pid, m.report, m.counters);
-      return this.#close(peer);
-    }
-    if (m.type !== "status" && m.type !== "upgrade" && m.type !== "handover") {
+    const known = ["status", "upgrade", "handover", "report"];
+    if (!known.includes(m.type)) {
       return this.#refuse(
         peer,
         "protocol-error",
@@ -287,6 +283,11 @@ export class ControlServer implements Endpoint {
         "rate-limited",
         `the server answers at most ${SERVER_RATE.perSecond} requests/s; try again later`,
       );
+    }
+    if (m.type === "report") {
+      // The previous generation's last word after its drain: believed only from it (observe/metrics.ts).
+      actions.report?.(peer.pid, m.report, m.counters);
+      return this.#close(peer);
     }
     peer.busy = true;
     if (m.type === "status") {

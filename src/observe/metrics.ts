@@ -22,9 +22,11 @@ import { processRuns, tcpConnections } from "../proc.ts";
 import { Channel, PROTOCOL_VERSION } from "../protocol.ts";
 import type { Endpoint, State } from "../types.ts";
 import type { Emitter } from "../lifecycle/events.ts";
+import { MAX_REQUEST_BYTES } from "../lifecycle/control.ts";
 import {
   bump,
   type CarriedCounters,
+  MAX_COUNTER_KEYS,
   maxCounters,
   type UpgradeCounts,
   validateCounters,
@@ -186,8 +188,12 @@ export class Observer {
   /** The counters to pass to the next generation. */
   carry(): CarriedCounters {
     const own = this.#own;
-    const accepted: Record<string, number> = { ...this.#base.accepted };
-    for (const [key, c] of this.#counted) accepted[key] = (accepted[key] ?? 0) + c.own();
+    // Only the endpoints served now, at most MAX_COUNTER_KEYS: keys of sockets no longer
+    // served would pile up over generations until the next one refused the hello.
+    const accepted: Record<string, number> = {};
+    for (const e of this.#c.endpoints().slice(0, MAX_COUNTER_KEYS)) {
+      accepted[e.key] = (this.#base.accepted[e.key] ?? 0) + (this.#counted.get(e.key)?.own() ?? 0);
+    }
     const b = this.#base.upgrades, u = own.upgrades;
     const add = (x: Record<string, number>, y: Record<string, number>) => {
       const out = { ...x };
@@ -285,11 +291,18 @@ export class Observer {
     const report = await this.#reporter.settled();
     const path = this.#c.controlPath;
     if (!report || report.outcome !== "succeeded" || !report.drain || !path) return;
+    const msg = { type: "report" as const, v: PROTOCOL_VERSION, report, counters: this.carry() };
+    const size = new TextEncoder().encode(JSON.stringify(msg)).byteLength;
+    if (size >= MAX_REQUEST_BYTES) {
+      // Many endpoints or reasons: the next generation keeps the counters of the hello.
+      this.#c.events.warn(`the upgrade report (${size} bytes) is too long for the control socket`);
+      return;
+    }
     const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
     const channel = new Channel(fd);
     try {
       sys.connect(fd, encodeUnix(path), `control socket ${path}`);
-      channel.send({ type: "report", v: PROTOCOL_VERSION, report, counters: this.carry() }, [], 0);
+      channel.send(msg, [], 0);
     } catch (err) {
       this.#c.events.warn(
         `could not send the upgrade report to generation ${report.new.generation}: ${
