@@ -200,8 +200,8 @@ export async function tcpConnections(
   }
 }
 
-// socketInodes() off the event loop: a server may hold thousands of connections.
-async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
+/** The inodes of the sockets process `pid` holds open, read off the event loop: a server may hold thousands of connections. */
+export async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
   const dir = `/proc/${pid}/fd`;
   const links = await Promise.all(
     (await readdir(dir)).map((e) => readlink(`${dir}/${e}`).catch(() => "")),

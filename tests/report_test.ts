@@ -19,6 +19,9 @@ import {
 } from "../mod.ts";
 import { MAX_COUNTER_KEYS, validateCounters } from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
+import { establishedByPort } from "../src/observe/sock_diag.ts";
+import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";
+import net from "node:net";
 import { connectControl, messageOf, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
 import { exchange, httpGet, runCommand, showResult, skipIf, sleep } from "./support/helpers.ts";
 
@@ -300,4 +303,36 @@ describe("the Prometheus text", () => {
       assert.deepEqual(find("instar_last_upgrade_drain_seconds"), [0.26]);
     },
   );
+});
+
+describe("counting open connections through sock_diag", () => {
+  test("the kernel's established sockets by port match /proc/net/tcp{,6}, IPv4 and IPv6", async () => {
+    const servers: net.Server[] = [];
+    const clients: net.Socket[] = [];
+    try {
+      const ports: number[] = [];
+      for (const [host, n] of [["127.0.0.1", 5], ["::1", 3]] as const) {
+        const server = net.createServer(() => {});
+        servers.push(server);
+        await new Promise<void>((r) => server.listen(0, host, r));
+        const port = (server.address() as net.AddressInfo).port;
+        ports.push(port);
+        for (let i = 0; i < n; i++) clients.push(net.connect(port, host));
+      }
+      await Promise.all(clients.map((c) => new Promise((r) => c.once("connect", r))));
+      await sleep(100);
+      const by = await establishedByPort([...ports, 1]);
+      assert.ok(by, "sock_diag answers");
+      const mine = await socketInodesAsync("self");
+      const counts = ports.map((p) => [...by.get(p)!].filter((i) => mine.has(i)).length);
+      assert.deepEqual(counts, [5, 3], "the server side of each connection");
+      for (const p of ports) {
+        assert.deepEqual([...by.get(p)!].sort(), [...tcpConnectionInodes(p)].sort(), `port ${p}`);
+      }
+      assert.equal(by.get(1)!.size, 0, "nothing on a port nobody uses");
+    } finally {
+      for (const c of clients) c.destroy();
+      for (const s of servers) s.close();
+    }
+  });
 });

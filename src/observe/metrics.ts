@@ -18,7 +18,8 @@ import { formatAddr } from "../ffi/sockaddr.ts";
 import * as sys from "../ffi/mod.ts";
 import { C } from "../ffi/mod.ts";
 import { encodeUnix } from "../ffi/sockaddr.ts";
-import { processRuns, tcpConnections } from "../proc.ts";
+import { processRuns, socketInodesAsync, tcpConnections } from "../proc.ts";
+import { establishedByPort } from "./sock_diag.ts";
 import { Channel, PROTOCOL_VERSION } from "../protocol.ts";
 import type { Endpoint, State } from "../types.ts";
 import type { Emitter } from "../lifecycle/events.ts";
@@ -227,27 +228,23 @@ export class Observer {
     const carried = this.carry();
     const state = c.state();
     const previous = c.parentPid !== null && processRuns(c.parentPid) ? c.parentPid : null;
-    const endpoints = await Promise.all(
-      c.endpoints().map(async (e) => {
-        const counted = this.#counted.get(e.key);
-        const connections: GenerationConnections[] = [
-          { pid: process.pid, generation: c.generation, open: await e.connections() },
-        ];
-        if (previous !== null) {
-          const open = e.addr.transport === "tcp"
-            ? await tcpConnections(e.addr.port, previous)
-            : null;
-          connections.push({ pid: previous, generation: c.generation - 1, open });
-        }
-        return {
-          key: e.key,
-          addr: formatAddr(e.addr),
-          kind: counted?.kind ?? "listen",
-          accepted: carried.accepted[e.key] ?? 0,
-          connections,
-        };
-      }),
-    );
+    const all = c.endpoints();
+    const open = await this.#open(all, previous);
+    const endpoints = all.map((e, i) => {
+      const connections: GenerationConnections[] = [
+        { pid: process.pid, generation: c.generation, open: open[i].own },
+      ];
+      if (previous !== null) {
+        connections.push({ pid: previous, generation: c.generation - 1, open: open[i].previous });
+      }
+      return {
+        key: e.key,
+        addr: formatAddr(e.addr),
+        kind: this.#counted.get(e.key)?.kind ?? "listen",
+        accepted: carried.accepted[e.key] ?? 0,
+        connections,
+      };
+    });
     return {
       pid: process.pid,
       generation: c.generation,
@@ -259,9 +256,40 @@ export class Observer {
     };
   }
 
+  /**
+   * Open connections on each endpoint, this process's and `previous`'s. A
+   * listener counts its own; the HTTP servers' are asked of the kernel
+   * (sock_diag, one dump for every port) and matched to each process's
+   * socket inodes; without sock_diag, read from /proc/net/tcp.
+   */
+  async #open(
+    endpoints: readonly Endpoint[],
+    previous: number | null,
+  ): Promise<{ own: number | null; previous: number | null }[]> {
+    const ports = endpoints.flatMap((e) => (e.addr.transport === "tcp" ? [e.addr.port] : []));
+    const byPort = await establishedByPort([...new Set(ports)]);
+    const inodes = (pid: number | "self") => socketInodesAsync(pid).catch(() => null);
+    const [mine, theirs] = byPort
+      ? await Promise.all([inodes("self"), previous === null ? null : inodes(previous)])
+      : [null, null];
+    const among = (port: number, held: Set<number> | null) => {
+      if (!held || !byPort) return null;
+      let n = 0;
+      for (const inode of byPort.get(port) ?? []) if (held.has(inode)) n++;
+      return n;
+    };
+    return await Promise.all(endpoints.map(async (e) => {
+      const tcp = e.addr.transport === "tcp" ? e.addr.port : null;
+      const listener = this.#counted.get(e.key)?.kind === "listen";
+      const own = tcp === null || listener || !mine ? await e.connections() : among(tcp, mine);
+      if (previous === null || tcp === null) return { own, previous: null };
+      return { own, previous: theirs ? among(tcp, theirs) : await tcpConnections(tcp, previous) };
+    }));
+  }
+
   // Open connections on every endpoint now; null when one cannot be counted.
   async #openNow(): Promise<number | null> {
-    const counts = await Promise.all(this.#c.endpoints().map((e) => e.connections()));
+    const counts = (await this.#open(this.#c.endpoints(), null)).map((o) => o.own);
     return counts.some((n) => n === null) ? null : counts.reduce((a, b) => a! + b!, 0);
   }
 
