@@ -17,7 +17,11 @@ import {
   prometheusText,
   Upgrader,
 } from "../mod.ts";
-import { MAX_COUNTER_KEYS, validateCounters } from "../src/observe/counters.ts";
+import {
+  type CarriedCounters,
+  MAX_COUNTER_KEYS,
+  validateCounters,
+} from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
 import { establishedByPort } from "../src/observe/sock_diag.ts";
 import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";
@@ -40,7 +44,7 @@ const hello = {
   listeners: [],
   control: null,
 };
-const counters = () => ({
+const counters = (): CarriedCounters => ({
   upgrades: { succeeded: 3, failed: { exited: 1 }, refused: {}, rolledBack: 0 },
   accepted: { "tcp:127.0.0.1:8080": 42 },
 });
