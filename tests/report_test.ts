@@ -24,6 +24,9 @@ import {
 } from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
 import { establishedByPort } from "../src/observe/sock_diag.ts";
+import { Observer } from "../src/observe/metrics.ts";
+import { Emitter } from "../src/lifecycle/events.ts";
+import type { UpgradeReport } from "../mod.ts";
 import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";
 import net from "node:net";
 import { connectControl, messageOf, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
@@ -338,5 +341,41 @@ describe("counting open connections through sock_diag", () => {
       for (const c of clients) c.destroy();
       for (const s of servers) s.close();
     }
+  });
+});
+
+describe("a rollback (the promotion window's rolled-back event)", () => {
+  test("is counted and ends the upgrade's report with its reason", async () => {
+    const events = new Emitter();
+    const observer = new Observer({
+      generation: 1,
+      parentPid: null,
+      carried: null,
+      state: () => "ready",
+      endpoints: () => [],
+      events,
+      onDrained: () => {},
+      controlPath: null,
+    });
+    const reports: UpgradeReport[] = [];
+    events.on("upgrade-report", (r) => reports.push(structuredClone(r)));
+    observer.trigger("watch");
+    events.emit("upgrade-started", { generation: 2 });
+    events.emit("upgrade-spawned", { pid: 4242 });
+    events.emit("upgrade-succeeded", { pid: 4242, ms: 50 });
+    events.emit("rolled-back", { pid: 4242, generation: 2, reason: "unhealthy: db down" });
+    await sleep(0);
+    const m = await observer.metrics();
+    assert.equal(m.upgrades.succeeded, 1, "it became ready first");
+    assert.equal(m.upgrades.rolledBack, 1);
+    assert.equal(reports.length, 1);
+    assert.equal(reports[0].outcome, "rolled-back");
+    assert.equal(reports[0].reason, "unhealthy: db down");
+    assert.equal(reports[0].trigger, "watch");
+    assert.deepEqual(reports[0].new, { pid: 4242, generation: 2 });
+    assert.ok(reports[0].readyMs! >= reports[0].spawnMs!);
+    assert.equal(reports[0].drain, null, "the old generation never drained");
+    assert.equal(m.lastUpgrade?.outcome, "rolled-back");
+    assert.equal(observer.carry().upgrades.rolledBack, 1, "passed on to the next generation");
   });
 });
