@@ -24,7 +24,6 @@ import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.
 import { processRuns } from "../proc.ts";
 import {
   checkReason,
-  MAX_REASON_LENGTH,
   type Message,
   messages,
   MessageSocket,
@@ -351,11 +350,12 @@ export class Probation {
         `unexpected ${shown(m.type)} message from the previous generation; ignored`,
       );
     }
-    const raw = (m as { reason?: unknown }).reason;
-    // deno-lint-ignore no-control-regex
-    const reason = typeof raw === "string"
-      ? raw.slice(0, MAX_REASON_LENGTH).replace(/[\u0000-\u001f\u007f]/g, " ")
-      : "?";
+    let reason: string;
+    try {
+      reason = checkReason((m as { reason?: unknown }).reason);
+    } catch {
+      reason = "(a malformed reason)"; // it goes into a log line: never echoed unchecked
+    }
     if (this.#state !== "on") return;
     this.#end("rolled-back");
     this.#onRollback(reason);
