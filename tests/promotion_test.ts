@@ -31,7 +31,7 @@ import {
 import { nextPidInPidFile, portOf, readyGeneration, waitForState } from "./support/status.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { Upgrader } from "../mod.ts";
-import { InstarError } from "../src/errors.ts";
+import type { InstarError } from "../src/errors.ts";
 import { checkReason, messages, validateHello } from "../src/protocol.ts";
 
 const left = cleanupAfterTests();
@@ -311,7 +311,7 @@ describe(`promotion window (${RUNTIME})`, () => {
 describe(`promotion window: API and protocol (${RUNTIME})`, () => {
   const ups: Upgrader[] = [];
   after(() => ups.forEach((u) => u.stop()));
-  const quiet = { upgradeSignal: null, stopSignals: [], exitAfterDrain: false } as const;
+  const quiet = { upgradeSignal: null, stopSignals: [] as string[], exitAfterDrain: false };
 
   test("promotionWindow must be a whole number of ms from 0 to 24 h", async () => {
     for (const bad of [-1, 1.5, Number.NaN, Infinity, 86_400_001]) {

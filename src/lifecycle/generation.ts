@@ -46,13 +46,14 @@ export interface Attempt {
   release(): void;
   /** Whether bytes from it wait on the channel, not yet read by the event loop (poll(2), 0 ms). */
   pending(): boolean;
-  /** Started by this process (fork/exec): its exit is reaped here. False for a handover. */
-  readonly child: boolean;
+  /** Started by this process (fork/exec): its exit is reaped here. False (or absent) for a handover. */
+  readonly child?: boolean;
   /**
    * It is ready and the link stays open (the promotion window): what arrives
    * on it from now on goes to `handlers`. `release()` or `abandon()` still end it.
+   * Both kinds of next generation have it; absent, no window can be held.
    */
-  keep(handlers: MessageHandlers): MessageSocket;
+  keep?(handlers: MessageHandlers): MessageSocket;
 }
 
 /** The sockets (and the promotion window) a next generation is handed. */

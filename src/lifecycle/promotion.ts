@@ -96,6 +96,9 @@ export class PromotionWindow {
     this.#o = o;
     this.outcome = new Promise((r) => (this.#settle = r));
     this.#endsAt = performance.now() + o.windowMs;
+    if (!attempt.keep) {
+      throw new InstarError("INVALID_STATE", `${attempt.who} cannot keep its link`);
+    }
     this.#pause();
     this.#link = attempt.keep({
       message: (m) => this.#message(m),
