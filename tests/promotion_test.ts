@@ -308,6 +308,55 @@ describe(`promotion window (${RUNTIME})`, () => {
   });
 });
 
+describe(`promotion window: handover and the PID file (${RUNTIME})`, () => {
+  test("a process that took over by handover and crashes within the window: the old one serves on", async () => {
+    const s = await start(3000);
+    const old = s.server.pid;
+    const traffic = load(s.port, false);
+    const from = s.server.lines.length;
+    // Started independently with the same control socket: it asks the running one for its sockets.
+    const crashes = join(s.ctl, "..", "crashes.ts");
+    writeFileSync(crashes, CRASHES);
+    const second = startServer(
+      runtimeCmd(RUNTIME, crashes, ["--port", "0", "--control", s.ctl, "--pid-file", s.pidFile]),
+    );
+    left.servers.push(second);
+    const m = await s.server.waitFor(
+      /\] rolled-back: generation 2 \(pid (\d+)\): (.*)$/,
+      60_000,
+      from,
+    );
+    assert.equal(Number(m[1]), second.pid);
+    assert.equal(m[2], "closed the control connection and exited");
+    assert.notEqual(await second.exited, 0);
+    await waitForState(s.ctl, (st) => st.pid === old && st.state === "ready");
+    assert.equal(readFileSync(s.pidFile, "utf8").trim(), String(old));
+    await sleep(500);
+    const res = await traffic.stop();
+    assert.equal(res.failures.refused, 0, shownFailures(res));
+    assert.ok(res.failed <= 8, shownFailures(res));
+    process.kill(old, "SIGTERM");
+    await stopped(old);
+  });
+
+  test("instar upgrade --pid-file --promotion-window exits 3 when the new generation is rolled back", async () => {
+    const s = await start(3000);
+    const old = s.server.pid;
+    s.deploy(CRASHES);
+    const r = await runCommand(
+      runtimeCmd(RUNTIME, CLI, ["upgrade", "--pid-file", s.pidFile, "--promotion-window", "3000"]),
+    );
+    assert.equal(r.code, 3, showResult(r));
+    assert.match(r.stderr, new RegExp(`names ${old} again`));
+    const usage = await runCommand(
+      runtimeCmd(RUNTIME, CLI, ["upgrade", "--control", s.ctl, "--promotion-window", "3000"]),
+    );
+    assert.equal(usage.code, 2, showResult(usage));
+    process.kill(old, "SIGTERM");
+    await stopped(old);
+  });
+});
+
 describe(`promotion window: API and protocol (${RUNTIME})`, () => {
   const ups: Upgrader[] = [];
   after(() => ups.forEach((u) => u.stop()));
