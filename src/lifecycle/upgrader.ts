@@ -268,8 +268,11 @@ export class Upgrader {
    * then drains. Rejects with an {@link UpgradeError} (and keeps serving) when
    * the new generation exits, is killed, is not ready in time, cannot be
    * executed, or breaks the protocol; with an `UpgradeRefusedError`
-   * (nothing started) when an upgrade is in flight, `ready()` was not called
-   * or this generation stops.
+   * (nothing started) when an upgrade is in flight, `ready()` was not called,
+   * this generation stops or is itself within its promotion window. With a
+   * `promotionWindow` it resolves once the window has passed, and rejects
+   * with reason `rolled-back` when the new generation exited or was declared
+   * unhealthy within it (this generation then serves on).
    */
   upgrade(): Promise<number> {
     return this.#run((generation, sockets) =>
