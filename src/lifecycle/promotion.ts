@@ -5,8 +5,8 @@
  * it stops accepting but keeps its sockets and the link to the new one for
  * `promotionWindow` ms. If the new generation exits, breaks the protocol or
  * says `unhealthy` within it, the old one accepts again and serves on (a
- * rollback) and tells the new one to go (`rollback` on the link, and
- * SIGTERM): the new one drains what it accepted. Otherwise it drains as
+ * rollback) and tells the new one to go (`rollback` on the link): the new
+ * one drains what it accepted and exits. Otherwise it drains as
  * after any upgrade.
  *
  * The new generation (`Probation`): it serves, but until the old generation
@@ -18,8 +18,9 @@
  * @module
  */
 
+import process from "node:process";
 import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
-import { dupCloexec, kill, signalName, SIGNALS } from "../ffi/mod.ts";
+import { dupCloexec, signalName } from "../ffi/mod.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { processRuns } from "../proc.ts";
 import {
@@ -35,6 +36,7 @@ import { deadline, sleep } from "../timeout.ts";
 import type { Endpoint } from "../types.ts";
 import { type ParentLink, sayReady } from "./child.ts";
 import type { Attempt } from "./generation.ts";
+import { writePidFile } from "./pid_file.ts";
 import type { ChildEnd, Reaper } from "./reaper.ts";
 
 /** How long a rollback waits for the exit status of a child whose link ended. */
@@ -58,6 +60,8 @@ export interface WindowOptions {
   reaper: Reaper;
   /** The drain timeout: how long a new generation told to go may drain. */
   drainTimeout: number;
+  /** The PID file, rewritten with this process's pid on a rollback. */
+  pidFile?: string;
   /** Reports something worth a log line. */
   warn(message: string): void;
 }
@@ -107,7 +111,7 @@ export class PromotionWindow {
     this.#exited = attempt.child ? o.reaper.exited(attempt.pid) : null;
     this.#exited?.then((end) => {
       this.#reaped = true;
-      if (!this.#deciding) this.#rollback(describeEnd(end), false);
+      if (!this.#deciding) this.#rollback(describeEnd(end));
     });
     this.#timer = setTimeout(() => this.#promote(), o.windowMs);
   }
@@ -144,15 +148,15 @@ export class PromotionWindow {
 
   #message(m: Message): void {
     if (m.type !== "unhealthy") {
-      return this.#rollback(`broke the protocol: unexpected ${shown(m.type)} message`, true);
+      return this.#rollback(`broke the protocol: unexpected ${shown(m.type)} message`);
     }
     let reason: string;
     try {
       reason = validateUnhealthy(m);
     } catch (err) {
-      return this.#rollback(`broke the protocol: ${(err as Error).message}`, true);
+      return this.#rollback(`broke the protocol: ${(err as Error).message}`);
     }
-    this.#rollback(reason, true);
+    this.#rollback(reason);
   }
 
   // The link ended without a word: the new generation died (roll back), or it is
@@ -160,7 +164,7 @@ export class PromotionWindow {
   // may wait meanwhile, so this generation accepts again at once.
   async #linkEnded(error: InstarError | null): Promise<void> {
     if (this.#done || this.#deciding) return;
-    if (error) return this.#rollback(`broke the protocol: ${error.message}`, true);
+    if (error) return this.#rollback(`broke the protocol: ${error.message}`);
     this.#deciding = true;
     this.#giveBack();
     let ended: string | null;
@@ -172,7 +176,7 @@ export class PromotionWindow {
       ended = processRuns(this.#attempt.pid) ? null : "closed the control connection and exited";
     }
     this.#deciding = false;
-    if (ended !== null) return this.#rollback(ended, false);
+    if (ended !== null) return this.#rollback(ended);
     this.#o.warn(
       `${this.#attempt.who} closed the link after ready: an instar without promotion windows; ` +
         "promoted at once",
@@ -187,13 +191,14 @@ export class PromotionWindow {
     this.#settle(null);
   }
 
-  #rollback(reason: string, alive: boolean): void {
+  #rollback(reason: string): void {
     if (this.#done) return;
     // A trigger handled after the window (a late event loop) is too late: the new generation stays.
     if (performance.now() > this.#endsAt + 50 && !this.#deciding) return this.#promote();
     this.#finish(reason);
     const who = this.#attempt.who;
-    this.#goAway(alive);
+    this.#goAway();
+    this.#takePidFile();
     const error = new UpgradeError(
       "rolled-back",
       `${who} was rolled back within the ${this.#o.windowMs} ms promotion window: ${reason}`,
@@ -211,13 +216,24 @@ export class PromotionWindow {
     if (this.#done) return;
     const reason = "the previous generation was told to stop";
     this.#finish(reason);
-    this.#goAway(true);
+    this.#goAway();
     const error = new UpgradeError(
       "cancelled",
       `this generation was told to stop within the promotion window of ${this.#attempt.who}`,
       { pid: this.#attempt.pid },
     );
     this.#settle({ error, reason });
+  }
+
+  // The PID file names the generation that serves: this one again.
+  #takePidFile(): void {
+    const path = this.#o.pidFile;
+    if (!path) return;
+    try {
+      writePidFile(path, process.pid);
+    } catch (err) {
+      this.#o.warn(`rollback: PID file ${path}: ${(err as Error).message}`);
+    }
   }
 
   #finish(reason: string): void {
@@ -227,18 +243,18 @@ export class PromotionWindow {
     this.#link.close(messages.rollback(reason));
   }
 
-  // `rollback` went on the link; SIGTERM too, so that a new generation that does
-  // not read it still drains. Never a signal to a pid that may have been reused.
-  #goAway(alive: boolean): void {
+  // `rollback` went on the link: the new generation drains what it accepted and exits.
+  // No SIGTERM: it may get one from the operator or systemd (KillMode=control-group)
+  // at the same time, and a second stop signal forces the exit, cutting its
+  // connections. A child still there after the drain timeout (+10 s) is killed and
+  // reaped; a handed-over process is not ours to signal once its link is closed.
+  #goAway(): void {
+    const exited = this.#exited;
+    if (!exited || this.#reaped) return;
     const pid = this.#attempt.pid;
-    if (this.#attempt.child) {
-      if (this.#reaped) return;
-      void this.#o.reaper.terminate(pid, this.#o.drainTimeout + GO_GRACE_MS).catch(() => {});
-    } else if (alive) {
-      try {
-        kill(pid, SIGNALS.SIGTERM);
-      } catch { /* gone already */ }
-    }
+    void deadline(exited, this.#o.drainTimeout + GO_GRACE_MS).then((r) => {
+      if (!r.done) return this.#o.reaper.kill(pid);
+    }).catch(() => {});
   }
 }
 

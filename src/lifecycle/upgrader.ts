@@ -393,6 +393,7 @@ export class Upgrader {
       controlFd: this.#control?.fd ?? null,
       reaper: this.#reaper,
       drainTimeout: this.#settings.drainTimeout,
+      pidFile: this.#settings.pidFile,
       warn: (m) => this.#events.warn(m),
     });
     this.#events.emit("promotion-window", { pid: attempt.pid, generation, ms });
@@ -400,12 +401,6 @@ export class Upgrader {
     this.#window = null;
     if (!failed) return;
     if (failed.error.reason === "cancelled") this.#failed(failed.error);
-    const pidFile = this.#settings.pidFile;
-    try {
-      if (pidFile) writePidFile(pidFile, process.pid);
-    } catch (err) {
-      this.#events.warn(`rollback: PID file ${pidFile}: ${(err as Error).message}`);
-    }
     this.#events.emit("rolled-back", { pid: attempt.pid, generation, reason: failed.reason });
     this.#setState("ready");
     throw failed.error;
