@@ -84,7 +84,6 @@ export class PromotionWindow {
   readonly outcome: Promise<WindowFailure | null>;
   readonly #attempt: Attempt;
   readonly #o: WindowOptions;
-  readonly #endsAt: number;
   readonly #link: MessageSocket;
   readonly #exited: Promise<ChildEnd> | null;
   #settle!: (f: WindowFailure | null) => void;
@@ -99,7 +98,6 @@ export class PromotionWindow {
     this.#attempt = attempt;
     this.#o = o;
     this.outcome = new Promise((r) => (this.#settle = r));
-    this.#endsAt = performance.now() + o.windowMs;
     if (!attempt.keep) {
       throw new InstarError("INVALID_STATE", `${attempt.who} cannot keep its link`);
     }
@@ -181,11 +179,12 @@ export class PromotionWindow {
       `${this.#attempt.who} closed the link after ready: an instar without promotion windows; ` +
         "promoted at once",
     );
-    this.#promote(true);
+    this.#promote();
   }
 
-  #promote(early = false): void {
-    if (this.#done || (this.#deciding && !early)) return;
+  // The window's timer; while a link's end is being looked into, that decides.
+  #promote(): void {
+    if (this.#done || this.#deciding) return;
     this.#done = true;
     clearTimeout(this.#timer);
     this.#settle(null);
@@ -193,8 +192,6 @@ export class PromotionWindow {
 
   #rollback(reason: string): void {
     if (this.#done) return;
-    // A trigger handled after the window (a late event loop) is too late: the new generation stays.
-    if (performance.now() > this.#endsAt + 50 && !this.#deciding) return this.#promote();
     this.#finish(reason);
     const who = this.#attempt.who;
     this.#goAway();
