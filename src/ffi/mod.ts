@@ -308,6 +308,65 @@ export function poll(fds: PollFd[], timeoutMs: number): number {
   return n;
 }
 
+// ---------------------------------------------------------------- datagrams
+
+/**
+ * `sendto(2)` of one datagram to an encoded sockaddr, never blocking
+ * (MSG_DONTWAIT); returns the bytes sent, or `null` when the socket buffer is
+ * full (EAGAIN).
+ */
+export function sendTo(fd: number, data: Uint8Array, to: Uint8Array): number | null {
+  const b = backend();
+  for (;;) {
+    const n = Number(
+      b.libc.sendto(fd, data, data.byteLength, C.MSG_DONTWAIT | C.MSG_NOSIGNAL, to, to.byteLength),
+    );
+    if (n >= 0) return n;
+    const errno = b.errno();
+    if (errno === EAGAIN) return null;
+    if (errno !== EINTR) throw new SystemError("sendto", errno, errnoName(errno), `fd ${fd}`);
+  }
+}
+
+/** What {@link recvFrom} received. */
+export interface Datagram {
+  /** The datagram's bytes (cut to the buffer's size when `truncated`). */
+  data: Uint8Array;
+  /** The sender's encoded sockaddr (empty for an unnamed Unix sender). */
+  from: Uint8Array;
+  /** The datagram was longer than the buffer; the rest is lost. */
+  truncated: boolean;
+}
+
+/**
+ * `recvfrom(2)` of one datagram of up to `maxBytes`, never blocking
+ * (MSG_DONTWAIT); `null` when none is queued (EAGAIN).
+ */
+export function recvFrom(fd: number, maxBytes: number): Datagram | null {
+  const b = backend();
+  const size = platform().layout.sockaddrStorage.size;
+  const data = new Uint8Array(maxBytes);
+  const from = new Uint8Array(size);
+  const len = new Uint8Array(4);
+  const lenDv = new DataView(len.buffer);
+  for (;;) {
+    lenDv.setUint32(0, size, true);
+    // MSG_TRUNC: the result is the datagram's real length, so truncation shows.
+    const n = Number(b.libc.recvfrom(fd, data, maxBytes, C.MSG_DONTWAIT | C.MSG_TRUNC, from, len));
+    if (n >= 0) {
+      const fromLen = Math.min(lenDv.getUint32(0, true), size);
+      return {
+        data: data.subarray(0, Math.min(n, maxBytes)),
+        from: from.subarray(0, fromLen),
+        truncated: n > maxBytes,
+      };
+    }
+    const errno = b.errno();
+    if (errno === EAGAIN) return null;
+    if (errno !== EINTR) throw new SystemError("recvfrom", errno, errnoName(errno), `fd ${fd}`);
+  }
+}
+
 // ---------------------------------------------------------------- SCM_RIGHTS
 
 /** The most fds {@link sendFds} and {@link recvFds} move in one message. */
