@@ -21,7 +21,7 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
-import { readyGeneration } from "./support/status.ts";
+import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
 
 const left = cleanupAfterTests();
 const EXAMPLE = join(ROOT, "examples", "udp_echo.ts");
@@ -104,6 +104,43 @@ describe(`listenDatagram (${RUNTIME})`, () => {
       assert.equal(await codeOf(sock.receive()), "SOCKET_CLOSED");
       assert.equal(await codeOf(sock.send("x", seen[0])), "SOCKET_CLOSED");
       sock.close(); // idempotent
+    });
+  }
+
+  for (const backend of ["auto", "poll"] as const) {
+    test(`a paused socket takes nothing; resumed, it gets what waited (${backend} reader)`, async () => {
+      // What the lifecycle does: a new generation is paused until ready(), the old one at the handover.
+      const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 }, { backend, paused: true });
+      const port = (sock.addr as { port: number }).port;
+      const c = await udpClient();
+      const got: string[] = [];
+      const done = (async () => {
+        for await (const { data, addr } of sock) {
+          got.push(new TextDecoder().decode(data));
+          await sock.send(data, addr);
+        }
+      })();
+      for (let i = 0; i < 5; i++) c.send(`p${i}`, port);
+      await sleep(300);
+      assert.deepEqual(got, [], "nothing read while paused");
+      sock.resumeReceiving();
+      const echoed: (string | undefined)[] = [];
+      for (let i = 0; i < 5; i++) echoed.push(await c.next(5000));
+      // (Deno's node:dgram client may send a burst out of order.)
+      assert.deepEqual(echoed.sort(), ["p0", "p1", "p2", "p3", "p4"]);
+      // Paused again (a handover) under a stream of datagrams: nothing more is taken.
+      sock.pauseReceiving();
+      await sleep(50);
+      const before = got.length;
+      for (let i = 0; i < 50; i++) c.send(`q${i}`, port);
+      await sleep(300);
+      assert.equal(got.length, before, `read while paused: ${got.slice(before)}`);
+      await sock.endReceiving(); // the iteration ends; sending still works
+      await done;
+      assert.equal(await sock.send("still", { transport: "udp", hostname: "127.0.0.1", port: c.port }), 5);
+      assert.equal(await c.next(5000), "still");
+      sock.close();
+      c.close();
     });
   }
 
@@ -325,4 +362,33 @@ describe(`udp_echo upgrades (${RUNTIME})`, () => {
       process.kill(current, "SIGTERM");
     });
   }
+
+  test("handovers to independently started processes (SCM_RIGHTS) answer every datagram", async () => {
+    const g = await startGenerations(left, EXAMPLE, ["--tag"]);
+    const c = await udpClient();
+    const ac = new AbortController();
+    const pings = pingLoop((m) => c.send(m, g.port), c.next, ac.signal);
+    let current = g.server.pid;
+    try {
+      await sleep(200);
+      for (let i = 0; i < 3; i++) {
+        // Same flags: the same key (udp:127.0.0.1:0) claims the socket it is handed.
+        const args = ["--port", "0", "--tag", "--control", g.ctl, "--pid-file", g.pidFile];
+        const next = startServer(runtimeCmd(RUNTIME, EXAMPLE, args));
+        left.servers.push(next);
+        current = await nextPidInPidFile(g.pidFile, current, { timeoutMs: 60_000, log: next.lines });
+        assert.equal(current, next.pid, "the independently started process took over");
+        await sleep(100);
+      }
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await pings;
+    c.close();
+    assert.deepEqual(r.unanswered, [], `unanswered of ${r.sent}; late ${r.late}`);
+    assert.ok(r.pids.size >= 4, `answers came from ${r.pids.size} processes`);
+    assert.ok(r.pids.has(String(current)));
+    process.kill(current, "SIGTERM");
+  });
 });
