@@ -78,3 +78,4 @@ export {
   type ServeTarget,
   type UpgraderServeOptions,
 } from "./src/serve/serve.ts";
+export { readTlsFiles, type TlsFileOptions, type TlsFiles } from "./src/serve/tls_files.ts";

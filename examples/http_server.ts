@@ -22,9 +22,10 @@
  *
  * @module
  */
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync } from "node:fs";
 import process from "node:process";
 import { startGeneration } from "./_lifecycle.ts";
+import { InstarError, readTlsFiles } from "../mod.ts";
 
 const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "version-label": { type: "string" },
@@ -88,12 +89,16 @@ function handle(req: Request): Response | Promise<Response> {
 const statsFile = flags["stats-file"] as string | undefined;
 if (statsFile) up.onDrained(() => appendFileSync(statsFile, `${process.pid} ${posts}\n`));
 
-// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno).
+// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno). The pair is
+// checked before serving: a broken one (unreadable, not PEM, a key of another
+// certificate, expired) stops this generation before ready, and the running one serves on.
+if (!flags.cert !== !flags.key) {
+  throw new InstarError("INVALID_ARGUMENT", "--cert and --key go together: give both, or neither");
+}
 const tls = flags.cert && flags.key
-  ? {
-    cert: readFileSync(flags.cert as string, "utf8"),
-    key: readFileSync(flags.key as string, "utf8"),
-  }
+  ? (({ cert, key }) => ({ cert, key }))(
+    readTlsFiles({ cert: flags.cert as string, key: flags.key as string }),
+  )
   : undefined;
 const tlsOptions = !tls ? {} : process.versions.bun ? { tls } : tls;
 
