@@ -292,7 +292,9 @@ export function checkListeningFd(fd: number, addr: Addr, key: string): void {
   if (key.startsWith("udp:") || key.startsWith("unixgram:")) {
     if (type !== C.SOCK_DGRAM) protocolError(`fd ${fd} for ${key} is not a datagram socket`);
   } else {
-    if (type !== C.SOCK_STREAM) protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
+    if (type !== C.SOCK_STREAM) {
+      protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
+    }
     if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
   }
   if (!sameAddr(bound, addr)) {

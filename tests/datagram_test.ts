@@ -110,7 +110,10 @@ describe(`listenDatagram (${RUNTIME})`, () => {
   for (const backend of ["auto", "poll"] as const) {
     test(`a paused socket takes nothing; resumed, it gets what waited (${backend} reader)`, async () => {
       // What the lifecycle does: a new generation is paused until ready(), the old one at the handover.
-      const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 }, { backend, paused: true });
+      const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 }, {
+        backend,
+        paused: true,
+      });
       const port = (sock.addr as { port: number }).port;
       const c = await udpClient();
       const got: string[] = [];
@@ -137,7 +140,10 @@ describe(`listenDatagram (${RUNTIME})`, () => {
       assert.equal(got.length, before, `read while paused: ${got.slice(before)}`);
       await sock.endReceiving(); // the iteration ends; sending still works
       await done;
-      assert.equal(await sock.send("still", { transport: "udp", hostname: "127.0.0.1", port: c.port }), 5);
+      assert.equal(
+        await sock.send("still", { transport: "udp", hostname: "127.0.0.1", port: c.port }),
+        5,
+      );
       assert.equal(await c.next(5000), "still");
       sock.close();
       c.close();
@@ -189,11 +195,17 @@ describe(`listenDatagram (${RUNTIME})`, () => {
 
   test("bad options and addresses give typed errors", async () => {
     assert.equal(await codeOf(listenDatagram({ port: 70000 })), "INVALID_ARGUMENT");
-    assert.equal(await codeOf(listenDatagram({ hostname: "localhost", port: 0 })), "INVALID_ARGUMENT");
+    assert.equal(
+      await codeOf(listenDatagram({ hostname: "localhost", port: 0 })),
+      "INVALID_ARGUMENT",
+    );
     assert.equal(await codeOf(listenDatagram({} as never)), "INVALID_ARGUMENT");
     assert.equal(await codeOf(listenDatagram(null as never)), "INVALID_ARGUMENT");
     assert.equal(await codeOf(listenDatagram({ path: "" })), "INVALID_ARGUMENT");
-    assert.equal(await codeOf(listenDatagram({ path: "/tmp/x", mode: 0o70000 })), "INVALID_ARGUMENT");
+    assert.equal(
+      await codeOf(listenDatagram({ path: "/tmp/x", mode: 0o70000 })),
+      "INVALID_ARGUMENT",
+    );
     const stream = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
     try {
       listenFd(stream, 1);
@@ -204,10 +216,24 @@ describe(`listenDatagram (${RUNTIME})`, () => {
     assert.equal(await codeOf(listenDatagram({ fd: 100_000 })), "EBADF");
     const a = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
     try {
-      assert.equal(await codeOf(listenDatagram({ hostname: "127.0.0.1", port: (a.addr as { port: number }).port })), "EADDRINUSE");
-      assert.equal(await codeOf(a.send("x", { transport: "udp", hostname: "nowhere", port: 1 })), "INVALID_ARGUMENT");
-      assert.equal(await codeOf(a.send("x", { transport: "udp", hostname: "127.0.0.1", port: 0 })), "INVALID_ARGUMENT");
-      assert.equal(await codeOf(a.send("x", { transport: "unixgram", path: "/tmp/x" })), "INVALID_ARGUMENT");
+      assert.equal(
+        await codeOf(
+          listenDatagram({ hostname: "127.0.0.1", port: (a.addr as { port: number }).port }),
+        ),
+        "EADDRINUSE",
+      );
+      assert.equal(
+        await codeOf(a.send("x", { transport: "udp", hostname: "nowhere", port: 1 })),
+        "INVALID_ARGUMENT",
+      );
+      assert.equal(
+        await codeOf(a.send("x", { transport: "udp", hostname: "127.0.0.1", port: 0 })),
+        "INVALID_ARGUMENT",
+      );
+      assert.equal(
+        await codeOf(a.send("x", { transport: "unixgram", path: "/tmp/x" })),
+        "INVALID_ARGUMENT",
+      );
       assert.equal(await codeOf(a.send(42 as never, a.addr)), "INVALID_ARGUMENT");
     } finally {
       a.close();
@@ -220,7 +246,11 @@ describe(`listenDatagram (${RUNTIME})`, () => {
     });
     assert.equal(await codeOf(up.listenDatagram({ fd: 3 } as never)), "INVALID_ARGUMENT");
     const s = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
-    assert.equal(await codeOf(up.listenDatagram({ hostname: "127.0.0.1", port: 0 })), "INVALID_ARGUMENT", "one key once");
+    assert.equal(
+      await codeOf(up.listenDatagram({ hostname: "127.0.0.1", port: 0 })),
+      "INVALID_ARGUMENT",
+      "one key once",
+    );
     s.close();
     up.stop();
     await up.drained;
@@ -352,7 +382,9 @@ describe(`udp_echo upgrades (${RUNTIME})`, () => {
       assert.deepEqual(
         r.unanswered,
         [],
-        `unanswered of ${r.sent}: ${r.unanswered.length} (${r.unanswered.slice(0, 10)}); late ${r.late}`,
+        `unanswered of ${r.sent}: ${r.unanswered.length} (${
+          r.unanswered.slice(0, 10)
+        }); late ${r.late}`,
       );
       assert.equal(r.late, 0);
       assert.ok(r.answered > 200, `only ${r.answered} answered`);
@@ -376,7 +408,10 @@ describe(`udp_echo upgrades (${RUNTIME})`, () => {
         const args = ["--port", "0", "--tag", "--control", g.ctl, "--pid-file", g.pidFile];
         const next = startServer(runtimeCmd(RUNTIME, EXAMPLE, args));
         left.servers.push(next);
-        current = await nextPidInPidFile(g.pidFile, current, { timeoutMs: 60_000, log: next.lines });
+        current = await nextPidInPidFile(g.pidFile, current, {
+          timeoutMs: 60_000,
+          log: next.lines,
+        });
         assert.equal(current, next.pid, "the independently started process took over");
         await sleep(100);
       }

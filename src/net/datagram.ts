@@ -322,11 +322,21 @@ function encodeTo(to: DatagramAddr, family: number): Uint8Array {
   if (to.transport === "unixgram") {
     if (family !== C.AF_UNIX) invalid("send address", showAddr(to), "a UDP address");
     if (typeof to.path !== "string" || to.path === "") {
-      invalid("send address", to.path, "the path of a bound Unix datagram socket (an unnamed sender cannot be answered)");
+      invalid(
+        "send address",
+        to.path,
+        "the path of a bound Unix datagram socket (an unnamed sender cannot be answered)",
+      );
     }
     return encodeUnix(to.path);
   }
-  if (to.transport !== "udp") invalid("send address", JSON.stringify(to), "{ transport: \"udp\", hostname, port } or { transport: \"unixgram\", path }");
+  if (to.transport !== "udp") {
+    invalid(
+      "send address",
+      JSON.stringify(to),
+      '{ transport: "udp", hostname, port } or { transport: "unixgram", path }',
+    );
+  }
   if (family === C.AF_UNIX) invalid("send address", showAddr(to), "a Unix datagram path");
   if (!Number.isInteger(to.port) || to.port < 1 || to.port > 65535) {
     invalid("send port", to.port, "an integer from 1 to 65535");
@@ -367,7 +377,11 @@ function openUdp(o: UdpDatagramOptions): number {
   if (typeof hostname !== "string") invalid("hostname", hostname, "a numeric IPv4 or IPv6 address");
   const sa = encodeInet(hostname, checkPort(o.port));
   if (!sa) {
-    invalid("hostname", hostname, "a numeric IPv4 or IPv6 address (names are not resolved for UDP)");
+    invalid(
+      "hostname",
+      hostname,
+      "a numeric IPv4 or IPv6 address (names are not resolved for UDP)",
+    );
   }
   const family = new DataView(sa.buffer).getUint16(0, true);
   const fd = socket(family, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);

@@ -25,7 +25,7 @@ import {
   socket,
 } from "../ffi/mod.ts";
 import { decode } from "../ffi/sockaddr.ts";
-import { pauseSocket, type PausedSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { openFds, socketInode } from "../proc.ts";
 import type { DatagramReader, OnDatagram } from "./datagram_reader.ts";
 import { reactorMasks } from "./reactors.ts";

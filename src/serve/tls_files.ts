@@ -61,7 +61,10 @@ export interface TlsFileOptions {
 
 function read(path: string, what: string): string {
   if (typeof path !== "string" || path === "") {
-    throw new InstarError("INVALID_ARGUMENT", `the TLS ${what} path is ${JSON.stringify(path)}; expected a file path`);
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `the TLS ${what} path is ${JSON.stringify(path)}; expected a file path`,
+    );
   }
   try {
     return readFileSync(path, "utf8");
@@ -114,7 +117,9 @@ export function readTlsFiles(o: TlsFileOptions): TlsFiles {
   } catch (err) {
     throw new InstarError(
       "TLS_BAD_KEY",
-      `the TLS private key ${o.key} is not an unencrypted PEM private key (${(err as Error).message})`,
+      `the TLS private key ${o.key} is not an unencrypted PEM private key (${
+        (err as Error).message
+      })`,
       { cause: err },
     );
   }
