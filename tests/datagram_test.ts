@@ -5,6 +5,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { InstarError, listenDatagram, Upgrader } from "../mod.ts";
@@ -21,7 +22,7 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
-import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
+import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
 const left = cleanupAfterTests();
 const EXAMPLE = join(ROOT, "examples", "udp_echo.ts");
@@ -425,5 +426,44 @@ describe(`udp_echo upgrades (${RUNTIME})`, () => {
     assert.ok(r.pids.size >= 4, `answers came from ${r.pids.size} processes`);
     assert.ok(r.pids.has(String(current)));
     process.kill(current, "SIGTERM");
+  });
+
+  test("a new generation that never gets ready reads no datagram; the old one answers all", async () => {
+    // A deploy directory whose server.ts is replaced by a broken version for one upgrade.
+    const dir = left.tempDir("instar-udp-deploy-");
+    const script = join(dir, "server.ts");
+    writeFileSync(script, `import ${JSON.stringify(EXAMPLE)};\n`);
+    const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
+    const args = ["--port", "0", "--tag", "--ready-timeout", "2000", "--control", ctl];
+    const server = startServer(runtimeCmd(RUNTIME, script, [...args, "--pid-file", pidFile]));
+    left.servers.push(server);
+    const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines }));
+    // Claims the socket (same key) and would answer "0 seq N", but never calls ready().
+    writeFileSync(
+      script,
+      `import { Upgrader } from ${JSON.stringify(join(ROOT, "mod.ts"))};
+const up = await Upgrader.create();
+const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
+for await (const { data, addr } of sock) await sock.send("0 " + new TextDecoder().decode(data), addr);
+`,
+    );
+    const c = await udpClient();
+    const ac = new AbortController();
+    const pings = pingLoop((m) => c.send(m, port), c.next, ac.signal);
+    try {
+      await sleep(200);
+      process.kill(server.pid, "SIGHUP");
+      await server.waitFor(/upgrade-failed.*ready-timeout|ready-timeout/, 60_000);
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await pings;
+    c.close();
+    assert.deepEqual(r.unanswered, [], `unanswered of ${r.sent}`);
+    assert.deepEqual([...r.pids], [String(server.pid)], "only the serving generation answered");
+    assert.ok(r.answered > 500, `only ${r.answered} answered`);
+    assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
+    process.kill(server.pid, "SIGTERM");
   });
 });
