@@ -14,10 +14,13 @@ import type { DatagramAddr, DatagramSocket } from "../src/net/datagram.ts";
 import { C, close as closeFd, fcntl, listenFd, socket } from "../src/ffi/mod.ts";
 import {
   alive,
+  bunBin,
   cleanupAfterTests,
   ROOT,
+  runCommand,
   RUNTIME,
   runtimeCmd,
+  showResult,
   sleep,
   startServer,
 } from "./support/helpers.ts";
@@ -465,5 +468,41 @@ for await (const { data, addr } of sock) await sock.send("0 " + new TextDecoder(
     assert.ok(r.answered > 500, `only ${r.answered} answered`);
     assert.equal(readFileSync(pidFile, "utf8").trim(), String(server.pid));
     process.kill(server.pid, "SIGTERM");
+  });
+
+  test("a bun build --compile binary reads a Unix datagram socket (the poll worker runs from source text) and upgrades", async () => {
+    // Under deno test too: it builds with Bun (deno compile needs a download these machines cannot reach).
+    const dir = left.tempDir("instar-udp-compile-");
+    const binary = join(dir, "app");
+    const built = await runCommand(
+      [bunBin(), "build", "--compile", EXAMPLE, "--outfile", binary],
+      { timeoutMs: 180_000 },
+    );
+    assert.equal(built.code, 0, showResult(built, 3000));
+    const path = join(dir, "echo.sock"),
+      ctl = join(dir, "ctl.sock"),
+      pidFile = join(dir, "app.pid");
+    const server = startServer([
+      binary,
+      "--path",
+      path,
+      "--tag",
+      "--control",
+      ctl,
+      "--pid-file",
+      pidFile,
+    ]);
+    left.servers.push(server);
+    await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log: server.lines });
+    const c = await unixClient(join(dir, "client.sock"));
+    const to: DatagramAddr = { transport: "unixgram", path };
+    await c.sock.send("seq 1", to);
+    assert.equal(await c.next(5000), `${server.pid} seq 1`);
+    const g: Generations = { server, port: 0, pidFile, ctl };
+    const next = await upgradeByHup(g, server.pid);
+    await c.sock.send("seq 2", to);
+    assert.equal(await c.next(5000), `${next} seq 2`);
+    c.sock.close();
+    process.kill(next, "SIGTERM");
   });
 });

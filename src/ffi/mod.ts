@@ -12,7 +12,8 @@
 import process from "node:process";
 import { InstarError, SystemError } from "../errors.ts";
 import type { Backend } from "./backend.ts";
-import { openBun } from "./backend_bun.ts";
+import { openBun, toBunSignature } from "./backend_bun.ts";
+import { type Signature, SYMBOLS } from "./symbols.ts";
 import { openDeno } from "./backend_deno.ts";
 import { DARWIN_ERRNO, LINUX_ERRNO } from "./errno.ts";
 import { C, platform } from "./layout.ts";
@@ -306,6 +307,22 @@ export function poll(fds: PollFd[], timeoutMs: number): number {
   }
   fds.forEach((p, i) => (p.revents = dv.getInt16(i * l.size + l.revents, true)));
   return n;
+}
+
+// ---------------------------------------------------------------- worker threads
+
+/**
+ * What a worker thread needs to load one symbol of the table itself (a
+ * worker has its own FFI): the library file this thread loaded, and the
+ * symbol's signature in Deno's and in Bun's notation.
+ */
+export function symbolForWorker(name: keyof typeof SYMBOLS): {
+  lib: string;
+  deno: Signature;
+  bun: { args: string[]; returns: string };
+} {
+  const sig = SYMBOLS[name] as Signature;
+  return { lib: backend().path, deno: sig, bun: toBunSignature(sig) };
 }
 
 // ---------------------------------------------------------------- datagrams

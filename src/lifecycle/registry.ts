@@ -78,11 +78,6 @@ export function datagramKeyOf(spec: DatagramSpec): string {
   invalid("listenDatagram options", JSON.stringify(spec), "{ hostname?, port } or { path }");
 }
 
-/** Whether a registry key names a datagram socket. */
-export function isDatagramKey(key: string): boolean {
-  return key.startsWith("udp:") || key.startsWith("unixgram:");
-}
-
 /** The sockets of one generation, by key. */
 export class Registry {
   #inherited = new Map<string, number>();

@@ -11,6 +11,7 @@
 import { C, close as closeFd, pipe2, recvFrom, write } from "../ffi/mod.ts";
 import { decode } from "../ffi/sockaddr.ts";
 import { SystemError } from "../errors.ts";
+import { startPollWorker } from "./datagram_poll_worker.ts";
 
 /**
  * The sender (or destination) of a datagram: a UDP address, shaped like
@@ -76,16 +77,25 @@ const BATCH = 64;
  * The portable reader: a worker thread blocks in `poll(2)` on the socket (and
  * a wake-up pipe) and says when it is readable; this thread then reads with
  * `recvfrom(MSG_DONTWAIT)` until the queue is empty and arms the worker
- * again. Nothing polls on a timer; pausing simply does not arm the worker.
+ * again. Nothing polls on a timer; a paused reader is simply not armed.
  */
-export function pollReader(fd: number, onDatagram: OnDatagram): DatagramReader {
+export async function pollReader(
+  fd: number,
+  onDatagram: OnDatagram,
+  paused: boolean,
+): Promise<DatagramReader> {
   const [wakeR, wakeW] = pipe2(C.O_CLOEXEC | C.O_NONBLOCK);
   // [0]: 1 = the worker may poll; [1]: 1 = closed.
   const state = new Int32Array(new SharedArrayBuffer(8));
-  const worker = new Worker(new URL("./datagram_poll_worker.ts", import.meta.url).href, {
-    type: "module",
-  });
-  let paused = false, closed = false, armed = false, readable = false;
+  let worker: Worker;
+  try {
+    worker = await startPollWorker(fd, wakeR, state.buffer as SharedArrayBuffer);
+  } catch (err) {
+    closeFd(wakeR);
+    closeFd(wakeW);
+    throw err;
+  }
+  let closed = false, armed = false, readable = false;
   const arm = () => {
     if (closed || paused || armed) return;
     armed = true;
@@ -110,7 +120,6 @@ export function pollReader(fd: number, onDatagram: OnDatagram): DatagramReader {
     if (!paused && !closed) drain();
     else readable = true;
   };
-  worker.postMessage({ fd, wake: wakeR, state: state.buffer });
   arm();
   return {
     kind: "recvfrom + poll worker",

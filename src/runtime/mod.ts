@@ -129,7 +129,5 @@ export async function startDatagramReader(
       if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
     }
   }
-  const reader = pollReader(fd, onDatagram);
-  if (options.paused) reader.pause();
-  return reader;
+  return await pollReader(fd, onDatagram, options.paused);
 }
