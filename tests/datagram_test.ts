@@ -154,6 +154,43 @@ describe(`listenDatagram (${RUNTIME})`, () => {
     });
   }
 
+  test("the end of receiving waits for a loop still handling a datagram, not for one that left", async () => {
+    const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 });
+    const port = (sock.addr as { port: number }).port;
+    const c = await udpClient();
+    let release!: () => void;
+    const handling = new Promise<void>((r) => (release = r));
+    const loop = (async () => {
+      for await (const { data, addr } of sock) {
+        await handling; // still busy with this datagram when the end comes
+        await sock.send(data, addr);
+      }
+    })();
+    c.send("slow", port);
+    await sleep(200);
+    let ended = false;
+    const end = sock.endReceiving().then(() => (ended = true));
+    await sleep(200);
+    assert.equal(ended, false, "it waits for the datagram in hand");
+    release();
+    await end;
+    await loop;
+    assert.equal(await c.next(5000), "slow", "answered after the end of receiving");
+    sock.close();
+    // A loop that broke out takes nothing more: nothing to wait for.
+    const other = await openDatagram({ hostname: "127.0.0.1", port: 0 });
+    const left_ = (async () => {
+      for await (const _ of other) break;
+    })();
+    c.send("one", (other.addr as { port: number }).port);
+    await left_;
+    const t0 = performance.now();
+    await other.endReceiving();
+    assert.ok(performance.now() - t0 < 100, "resolved at once");
+    other.close();
+    c.close();
+  });
+
   test("a dual-stack socket answers IPv4 and IPv6 senders", async () => {
     const sock = await listenDatagram({ hostname: "::", port: 0 });
     const port = (sock.addr as { port: number }).port;

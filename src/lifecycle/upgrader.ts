@@ -12,7 +12,7 @@ import { InstarError, UpgradeError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
-import { type DatagramSocket, openDatagram } from "../net/datagram.ts";
+import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
@@ -229,7 +229,7 @@ export class Upgrader {
   async listenDatagram(spec: DatagramSpec): Promise<DatagramSocket> {
     const { key, fd } = this.#registry.claimDatagram(spec);
     const hold = fd !== undefined && this.#state === "starting" && this.#link !== null;
-    let sock;
+    let sock: DatagramSocketControl;
     try {
       sock = await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
     } catch (err) {

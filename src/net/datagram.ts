@@ -192,7 +192,6 @@ export interface DatagramSocketControl extends DatagramSocket {
 
 class DatagramSocketImpl implements DatagramSocketControl {
   readonly addr: DatagramAddr;
-  kind = "";
   dropped = 0;
   #fd: number;
   #family: number;
@@ -201,7 +200,9 @@ class DatagramSocketImpl implements DatagramSocketControl {
   #waiters: { resolve: (d: ReceivedDatagram | null) => void }[] = [];
   #ended = false;
   #closed = false;
-  #everReceived = false;
+  // Who takes datagrams: running `for await` loops, and whether receive() was ever called.
+  #iterators = 0;
+  #usedReceive = false;
   #back: (() => void) | undefined;
 
   constructor(fd: number, addr: DatagramAddr) {
@@ -214,10 +215,13 @@ class DatagramSocketImpl implements DatagramSocketControl {
     return this.#fd;
   }
 
+  get kind(): string {
+    return this.#reader?.kind ?? "";
+  }
+
   async start(backend: DatagramBackend, paused: boolean): Promise<void> {
     const push = (data: Uint8Array, addr: DatagramAddr) => this.#push({ data, addr });
     this.#reader = await startDatagramReader(this.#fd, push, { paused, backend });
-    this.kind = this.#reader.kind;
   }
 
   #push(d: ReceivedDatagram): void {
@@ -230,7 +234,6 @@ class DatagramSocketImpl implements DatagramSocketControl {
 
   /** The next datagram, or `null` at the end. */
   #next(): Promise<ReceivedDatagram | null> {
-    this.#everReceived = true;
     const d = this.#queue.shift();
     if (d) return Promise.resolve(d);
     if (this.#ended) {
@@ -241,16 +244,23 @@ class DatagramSocketImpl implements DatagramSocketControl {
   }
 
   async receive(): Promise<ReceivedDatagram> {
+    this.#usedReceive = true;
     const d = await this.#next();
     if (d) return d;
     throw closedError(this.addr);
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<ReceivedDatagram> {
-    for (;;) {
-      const d = await this.#next();
-      if (!d) return;
-      yield d;
+    this.#iterators++;
+    try {
+      for (;;) {
+        const d = await this.#next();
+        if (!d) return;
+        yield d;
+      }
+    } finally {
+      // A loop that ends (or breaks out) takes nothing more: a drain need not wait for it.
+      if (--this.#iterators === 0 && this.#ended) this.#back?.();
     }
   }
 
@@ -285,21 +295,18 @@ class DatagramSocketImpl implements DatagramSocketControl {
 
   endReceiving(): Promise<void> {
     this.#reader?.pause();
-    this.#end();
-    const idle = this.#waiters.length > 0 || !this.#everReceived || this.#closed;
+    this.#ended = true;
+    const nobody = this.#iterators === 0 && !this.#usedReceive;
+    const idle = this.#waiters.length > 0 || nobody || this.#closed;
     for (const w of this.#waiters.splice(0)) w.resolve(null);
     if (idle && this.#queue.length === 0) return Promise.resolve();
     return new Promise((resolve) => (this.#back = resolve));
   }
 
-  #end(): void {
-    this.#ended = true;
-  }
-
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#end();
+    this.#ended = true;
     for (const w of this.#waiters.splice(0)) w.resolve(null);
     this.#back?.();
     try {
