@@ -250,29 +250,53 @@ class DatagramSocketImpl implements DatagramSocketControl {
     throw closedError(this.addr);
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<ReceivedDatagram> {
+  // A hand-written iterator: an async generator costs a few promises more per datagram.
+  [Symbol.asyncIterator](): AsyncIterator<ReceivedDatagram> {
     this.#iterators++;
-    try {
-      for (;;) {
-        const d = await this.#next();
-        if (!d) return;
-        yield d;
-      }
-    } finally {
+    let done = false;
+    const end = (): IteratorResult<ReceivedDatagram> => {
       // A loop that ends (or breaks out) takes nothing more: a drain need not wait for it.
-      if (--this.#iterators === 0 && this.#ended) this.#back?.();
+      if (!done && --this.#iterators === 0 && this.#ended) this.#back?.();
+      done = true;
+      return { done: true, value: undefined };
+    };
+    return {
+      next: () => {
+        if (done) return Promise.resolve(end());
+        return this.#next().then((d) => (d ? { done: false, value: d } : end()));
+      },
+      return: () => Promise.resolve(end()),
+    };
+  }
+
+  send(data: Uint8Array | string, to: DatagramAddr): Promise<number> {
+    try {
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+      if (!(bytes instanceof Uint8Array)) invalid("data", typeof data, "a Uint8Array or a string");
+      if (this.#closed) throw closedError(this.addr);
+      const sa = this.#encode(to);
+      // The common case, at once: the socket buffer has room.
+      const n = sendTo(this.#fd, bytes, sa);
+      return n !== null ? Promise.resolve(n) : this.#sendLater(bytes, sa);
+    } catch (err) {
+      return Promise.reject(err);
     }
   }
 
-  async send(data: Uint8Array | string, to: DatagramAddr): Promise<number> {
-    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
-    if (!(bytes instanceof Uint8Array)) invalid("data", typeof data, "a Uint8Array or a string");
+  // The last address sent to, encoded: an answer usually goes to the sender just heard from.
+  #lastTo: { to: DatagramAddr; sa: Uint8Array } | undefined;
+
+  #encode(to: DatagramAddr): Uint8Array {
+    const last = this.#lastTo;
+    if (last && sameAddr(last.to, to)) return last.sa;
     const sa = encodeTo(to, this.#family);
+    this.#lastTo = { to: { ...to }, sa };
+    return sa;
+  }
+
+  async #sendLater(bytes: Uint8Array, sa: Uint8Array): Promise<number> {
     const deadline = performance.now() + SEND_RETRY_MS;
     for (let wait = 1;; wait = Math.min(wait * 2, 50)) {
-      if (this.#closed) throw closedError(this.addr);
-      const n = sendTo(this.#fd, bytes, sa);
-      if (n !== null) return n;
       if (performance.now() > deadline) {
         throw new SystemError(
           "sendto",
@@ -282,6 +306,9 @@ class DatagramSocketImpl implements DatagramSocketControl {
         );
       }
       await sleep(wait);
+      if (this.#closed) throw closedError(this.addr);
+      const n = sendTo(this.#fd, bytes, sa);
+      if (n !== null) return n;
     }
   }
 
@@ -321,6 +348,13 @@ class DatagramSocketImpl implements DatagramSocketControl {
     this.close();
     return Promise.resolve();
   }
+}
+
+function sameAddr(a: DatagramAddr, b: DatagramAddr): boolean {
+  if (a.transport === "udp") {
+    return b.transport === "udp" && a.port === b.port && a.hostname === b.hostname;
+  }
+  return b.transport === "unixgram" && a.path === b.path;
 }
 
 /** The sockaddr to send to, for a socket of address family `family`. */
