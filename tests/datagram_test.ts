@@ -11,7 +11,9 @@ import process from "node:process";
 import { InstarError, listenDatagram, Upgrader } from "../mod.ts";
 import { openDatagram } from "../src/net/datagram.ts";
 import type { DatagramAddr, DatagramSocket } from "../src/net/datagram.ts";
-import { C, close as closeFd, fcntl, listenFd, socket } from "../src/ffi/mod.ts";
+import { bind, C, close as closeFd, fcntl, getsockname, listenFd, socket } from "../src/ffi/mod.ts";
+import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
+import { checkListeningFd } from "../src/protocol.ts";
 import {
   alive,
   bunBin,
@@ -189,6 +191,39 @@ describe(`listenDatagram (${RUNTIME})`, () => {
     assert.ok(performance.now() - t0 < 100, "resolved at once");
     other.close();
     c.close();
+  });
+
+  test("the hello check takes a datagram socket only under a datagram key, and only a datagram socket there", async () => {
+    const sock = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
+    const addr = decode(getsockname(sock.fd));
+    const listening = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+    try {
+      bind(listening, encodeInet("127.0.0.1", 0)!);
+      listenFd(listening, 1);
+      const tcpAddr = decode(getsockname(listening));
+      assert.doesNotThrow(() => checkListeningFd(sock.fd, addr, "udp:127.0.0.1:0"));
+      assert.equal(
+        await codeOf(() => checkListeningFd(sock.fd, addr, "tcp:127.0.0.1:0")),
+        "PROTOCOL_ERROR",
+      );
+      assert.equal(
+        await codeOf(() => checkListeningFd(listening, tcpAddr, "udp:127.0.0.1:0")),
+        "PROTOCOL_ERROR",
+      );
+      assert.equal(
+        await codeOf(() => checkListeningFd(listening, tcpAddr, "unixgram:/x")),
+        "PROTOCOL_ERROR",
+      );
+      assert.doesNotThrow(() => checkListeningFd(listening, tcpAddr, "tcp:127.0.0.1:0"));
+      const other = { ...addr, port: (addr as { port: number }).port + 1 };
+      assert.equal(
+        await codeOf(() => checkListeningFd(sock.fd, other, "udp:127.0.0.1:0")),
+        "PROTOCOL_ERROR",
+      );
+    } finally {
+      closeFd(listening);
+      sock.close();
+    }
   });
 
   test("a dual-stack socket answers IPv4 and IPv6 senders", async () => {
