@@ -18,7 +18,8 @@
  * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
  * --version-label <text>, --stats-file <path> (each generation appends
  * `<pid> <POST bodies read>` to it once drained), and --cert <path> --key <path>
- * (PEM files: HTTPS, and HTTP/2 on Deno).
+ * (PEM files: HTTPS, and HTTP/2 on Deno; checked before serving, so a broken pair
+ * fails this generation before ready: docs/tls.md).
  *
  * @module
  */
