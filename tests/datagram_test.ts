@@ -25,6 +25,7 @@ import {
   showResult,
   sleep,
   startServer,
+  stopped,
 } from "./support/helpers.ts";
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
 import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
@@ -467,7 +468,10 @@ describe(`udp_echo upgrades (${RUNTIME})`, () => {
       assert.ok(r.pids.size >= 10, `answers came from ${r.pids.size} generations`);
       assert.ok(r.pids.has(String(current)), "the last generation answers");
       assert.equal(alive(current), true);
+      // Every replaced generation drained and exited (none waits for the drain timeout).
+      for (const pid of g.server.pids) if (pid !== current) await stopped(pid, 10_000);
       process.kill(current, "SIGTERM");
+      await stopped(current, 10_000); // a stop drains too
     });
   }
 
