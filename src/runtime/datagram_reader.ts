@@ -61,12 +61,19 @@ export function datagramAddrOf(from: Uint8Array): DatagramAddr {
  * socket reported instead of a datagram (an ICMP error on UDP): it is
  * consumed and reading goes on.
  */
-function receiveOne(fd: number): { data: Uint8Array; from: Uint8Array } | null | undefined {
+function receiveOne(fd: number): { data: Uint8Array; from: DatagramAddr } | null | undefined {
+  let d;
   try {
-    return recvFrom(fd, MAX_DATAGRAM);
+    d = recvFrom(fd, MAX_DATAGRAM);
   } catch (err) {
     if (err instanceof SystemError && err.code !== "EBADF") return undefined;
     throw err;
+  }
+  if (d === null) return null;
+  try {
+    return { data: d.data, from: datagramAddrOf(d.from) };
+  } catch {
+    return undefined; // a sender address of a family this socket cannot have: dropped
   }
 }
 
@@ -109,7 +116,7 @@ export async function pollReader(
       const d = receiveOne(fd);
       if (d === null) return arm();
       if (d === undefined) continue;
-      onDatagram(d.data, datagramAddrOf(d.from));
+      onDatagram(d.data, d.from);
     }
     readable = true;
     setTimeout(() => readable && !paused && drain(), 0); // a turn for the event loop
