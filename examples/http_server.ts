@@ -21,7 +21,8 @@
  * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
  * --version-label <text>, --stats-file <path> (each generation appends
  * `<pid> <POST bodies read>` to it once drained), and --cert <path> --key <path>
- * (PEM files: HTTPS, and HTTP/2 on Deno), --promotion-window <ms> (see
+ * (PEM files: HTTPS, and HTTP/2 on Deno; checked before serving, so a broken pair
+ * fails this generation before ready: docs/tls.md), --promotion-window <ms> (see
  * examples/_lifecycle.ts).
  *
  * Test aid (tests/promotion_test.ts), never for production: --crash-after-ready <ms>
@@ -31,9 +32,10 @@
  *
  * @module
  */
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync } from "node:fs";
 import process from "node:process";
 import { startGeneration } from "./_lifecycle.ts";
+import { InstarError, readTlsFiles } from "../mod.ts";
 
 const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "version-label": { type: "string" },
@@ -111,12 +113,16 @@ function handle(req: Request): Response | Promise<Response> {
 const statsFile = flags["stats-file"] as string | undefined;
 if (statsFile) up.onDrained(() => appendFileSync(statsFile, `${process.pid} ${posts}\n`));
 
-// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno).
+// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno). The pair is
+// checked before serving: a broken one (unreadable, not PEM, a key of another
+// certificate, expired) stops this generation before ready, and the running one serves on.
+if (!flags.cert !== !flags.key) {
+  throw new InstarError("INVALID_ARGUMENT", "--cert and --key go together: give both, or neither");
+}
 const tls = flags.cert && flags.key
-  ? {
-    cert: readFileSync(flags.cert as string, "utf8"),
-    key: readFileSync(flags.key as string, "utf8"),
-  }
+  ? (({ cert, key }) => ({ cert, key }))(
+    readTlsFiles({ cert: flags.cert as string, key: flags.key as string }),
+  )
   : undefined;
 const tlsOptions = !tls ? {} : process.versions.bun ? { tls } : tls;
 

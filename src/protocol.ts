@@ -347,7 +347,7 @@ function sameAddr(a: Addr, b: Addr): boolean {
 
 /**
  * Checks that `fd` is what the metadata says: an open, listening stream
- * socket bound to `addr`. Throws `PROTOCOL_ERROR` naming the fd otherwise.
+ * socket (a datagram socket for a `udp:`/`unixgram:` key) bound to `addr`. Throws `PROTOCOL_ERROR` naming the fd otherwise.
  */
 export function checkListeningFd(fd: number, addr: Addr, key: string): void {
   let type: number, accepting: number, bound: Addr;
@@ -364,8 +364,15 @@ export function checkListeningFd(fd: number, addr: Addr, key: string): void {
       { cause: err },
     );
   }
-  if (type !== C.SOCK_STREAM) protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
-  if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
+  // A datagram socket (key udp:… or unixgram:…) is bound, never listening.
+  if (key.startsWith("udp:") || key.startsWith("unixgram:")) {
+    if (type !== C.SOCK_DGRAM) protocolError(`fd ${fd} for ${key} is not a datagram socket`);
+  } else {
+    if (type !== C.SOCK_STREAM) {
+      protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
+    }
+    if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
+  }
   if (!sameAddr(bound, addr)) {
     protocolError(
       `fd ${fd} for listener ${key} is bound to ${formatAddr(bound)}, not ${formatAddr(addr)}`,

@@ -12,6 +12,7 @@ import { InstarError, UpgradeError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
+import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
@@ -28,7 +29,14 @@ import { resolveOptions, type Settings, type UpgraderOptions } from "./options.t
 import { removePidFileIfOurs, writePidFile } from "./pid_file.ts";
 import { Probation, PromotionWindow, unhealthy } from "./promotion.ts";
 import { Reaper } from "./reaper.ts";
-import { activatedListeners, addressOf, Registry, type SocketSpec } from "./registry.ts";
+import {
+  activatedListeners,
+  addressOf,
+  type DatagramSpec,
+  Registry,
+  type SocketSpec,
+} from "./registry.ts";
+import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { statusReport } from "./status.ts";
 import { installSignals } from "./signals.ts";
 import { bridgeSystemd } from "./systemd_bridge.ts";
@@ -70,6 +78,7 @@ export class Upgrader {
   #systemd: { ready(): void };
   #control: ControlServer | null = null;
   #paused: PausedSocket[] = [];
+  #resumeOnReady: (() => void)[] = [];
   #readyCalled = false;
   #serving = false;
   #cancel: ((e: UpgradeError) => void) | null = null;
@@ -200,6 +209,41 @@ export class Upgrader {
     }
   }
 
+  /**
+   * A UDP or Unix datagram socket that survives upgrades: `{ hostname?, port }`
+   * or `{ path, mode? }`. Iterate it for `{ data, addr }`, answer with
+   * `send(data, addr)`. A new generation reads nothing before `ready()`; at
+   * the handover the old one stops reading (datagrams wait in the shared
+   * socket for the new one), hands out what it took, and can still send
+   * until it exits. See docs/datagram.md.
+   *
+   * @example
+   * ```ts
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create();
+   * const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 5353 });
+   * (async () => {
+   *   for await (const { data, addr } of sock) await sock.send(data, addr);
+   * })();
+   * await up.ready();
+   * ```
+   */
+  async listenDatagram(spec: DatagramSpec): Promise<DatagramSocket> {
+    const { key, fd } = this.#registry.claimDatagram(spec);
+    const hold = fd !== undefined && this.#state === "starting" && this.#link !== null;
+    let sock: DatagramSocketControl;
+    try {
+      sock = await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
+    } catch (err) {
+      this.#registry.unclaim(key);
+      throw err;
+    }
+    if (hold) this.#resumeOnReady.push(() => sock.resumeReceiving());
+    this.#registry.add(datagramEndpoint(key, sock));
+    return sock;
+  }
+
   // A new generation accepts nothing on a shared socket before it is ready: the
   // previous one serves until then, and a new version that dies before ready()
   // takes no connection with it. (Synchronous right after the runtime started
@@ -230,6 +274,7 @@ export class Upgrader {
     this.#stillStarting();
     if (this.#settings.pidFile) this.#writePidFile(this.#settings.pidFile);
     for (const p of this.#paused.splice(0)) resumeSocket(p);
+    for (const resume of this.#resumeOnReady.splice(0)) resume();
     if (this.#link) {
       this.#probation = Probation.begin(this.#link, (reason) => {
         this.#events.warn(`the previous generation took over again: ${reason}`);
