@@ -47,28 +47,36 @@ Commands:
 
 Usage:
   instar upgrade --control <path> [--timeout <ms>] [--json] [--wait-drain] [--trigger <word>]
-  instar upgrade --pid-file <path> [--signal SIGHUP] [--timeout <ms>] [--json]
+  instar upgrade --pid-file <path> [--signal SIGHUP] [--promotion-window <ms>] [--timeout <ms>] [--json]
 
 With --control the server reports progress and the reason of a failure
-(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress).
+(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress,
+promotion-window, rolled-back). A server with a promotion window answers when
+the window has passed (or the new generation was rolled back).
 With --pid-file instar sends the upgrade signal and waits until the PID file
 names a new, live process; the reason of a failure is in the server's log.
+With --promotion-window (the server's promotionWindow) it then watches the
+PID file for that long: back to the old pid is a rollback.
 
 With --control the upgrade report (trigger, pids, time to spawn and to ready)
 is printed on stderr when the new generation is ready; the old generation
 drains after that, so the drain part (duration, connections at the handover,
 finished vs cut) is printed only with --wait-drain, which waits for it.
 
-Exit status: 0 and the new pid on stdout when the new generation is ready;
-1 with the reason on stderr otherwise; 2 for bad usage. With --json stdout is
-one JSON object instead: {"pid": <new pid>, "report": <report or null>}, or
+Exit status: 0 and the new pid on stdout when the new generation is ready
+(and promoted); 3 when it was rolled back within the promotion window (the
+old generation serves on; the reason on stderr); 1 with the reason on stderr
+for any other failure; 2 for bad usage. With --json stdout is one JSON object
+instead: {"pid": <new pid>, "report": <report or null>}, or
 {"pid": null, "error": {"reason", "message"}} on failure.
 
 Options:
   --control <path>   the server's control socket (Upgrader option controlSocket)
   --pid-file <path>  the server's PID file (Upgrader option pidFile)
   --signal <name>    upgrade signal for --pid-file (default SIGHUP)
-  --timeout <ms>     give up waiting after this long (default 120000)
+  --promotion-window <ms>  with --pid-file: watch for a rollback this long
+  --timeout <ms>     give up waiting after this long (default 120000; with a
+                     promotion window it must cover ready time plus the window)
   --json             print one JSON object on stdout (see above)
   --wait-drain       with --control: also wait until the old generation drained
   --trigger <word>   with --control: what the report names as the trigger
@@ -90,6 +98,9 @@ Options:
 };
 
 class UsageError extends Error {}
+
+/** The exit status of `instar upgrade` when the new generation was rolled back. */
+export const EXIT_ROLLED_BACK = 3;
 
 // The lifecycle's own check, and SIGTERM/SIGINT, which stop the server instead.
 function checkUpgradeSignal(signal: string): void {
@@ -128,6 +139,7 @@ export async function main(
           "pid-file": { type: "string" },
           signal: { type: "string" },
           timeout: { type: "string" },
+          "promotion-window": { type: "string" },
           json: { type: "boolean" },
           "wait-drain": { type: "boolean" },
           trigger: { type: "string" },
@@ -167,6 +179,19 @@ export async function main(
         `--trigger ${trigger} is not a lower-case word of at most 32 characters`,
       );
     }
+    const window = values["promotion-window"] === undefined
+      ? 0
+      : Number(values["promotion-window"]);
+    if (!Number.isSafeInteger(window) || window < 0) {
+      throw new UsageError(
+        `--promotion-window ${values["promotion-window"]} is not a whole number of milliseconds`,
+      );
+    }
+    if (window > 0 && (command !== "upgrade" || !pidFile)) {
+      throw new UsageError(
+        "--promotion-window applies only to upgrade --pid-file (with --control the server reports a rollback)",
+      );
+    }
     if (command === "status") {
       const report = control ? statusByControl(control) : statusByPidFile(pidFile!);
       out(values.json ? JSON.stringify(report) + "\n" : formatStatus(report));
@@ -182,7 +207,10 @@ export async function main(
           trigger,
           waitDrain: values["wait-drain"] === true,
         })
-        : { pid: await upgradeByPidFile(pidFile!, signal, timeout, progress), report: null };
+        : {
+          pid: await upgradeByPidFile(pidFile!, signal, timeout, progress, window),
+          report: null,
+        };
       if (report && !json) err(formatReport(report));
       out(json ? JSON.stringify({ pid, report }) + "\n" : `${pid}\n`);
       return 0;
@@ -197,6 +225,10 @@ export async function main(
     if (e instanceof UsageError) {
       err(`instar: ${e.message} (see instar --help)\n`);
       return 2;
+    }
+    if ((e as InstarError).code === "ROLLED_BACK") {
+      err(`instar: ${(e as Error).message}\n`);
+      return EXIT_ROLLED_BACK;
     }
     err(`instar: ${(e as Error).message}\n`);
     return 1;
@@ -355,6 +387,8 @@ async function upgradeResult(
       } else if (m.type === "upgraded") {
         o.progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
         return { pid: m.pid, report: m.report === undefined ? null : validateReport(m.report) };
+      } else if (m.type === "failed" && m.reason === "rolled-back") {
+        throw new InstarError("ROLLED_BACK", `upgrade rolled back: ${m.message}`);
       } else if (m.type === "failed") {
         throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
       } else if (m.type === "refused") {
@@ -410,6 +444,7 @@ async function upgradeByPidFile(
   signal: string,
   timeout: number,
   progress: (s: string) => void,
+  window = 0,
 ): Promise<number> {
   const old = livePid(pidFile);
   sys.kill(old, sys.SIGNALS[signal]);
@@ -425,7 +460,7 @@ async function upgradeByPidFile(
     }
     if (now !== old && processRuns(now)) {
       progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      return now;
+      return window > 0 ? await watchWindow(pidFile, old, now, window, progress) : now;
     }
     if (!processRuns(old) && now === old) {
       throw new InstarError(
@@ -440,6 +475,40 @@ async function upgradeByPidFile(
       processRuns(old) ? "still serves" : "is gone"
     } — see the server's log for the reason, or use --control for it`,
   );
+}
+
+// Within the promotion window a rollback rewrites the PID file to the old pid.
+async function watchWindow(
+  pidFile: string,
+  old: number,
+  now: number,
+  window: number,
+  progress: (s: string) => void,
+): Promise<number> {
+  progress(`watching ${pidFile} for the ${window} ms promotion window…`);
+  // A second more: the old generation rewrites the file only after it has seen the failure.
+  const end = Date.now() + window + 1000;
+  while (Date.now() < end) {
+    await sleep(100);
+    let pid: number;
+    try {
+      pid = readPid(pidFile);
+    } catch {
+      continue;
+    }
+    if (pid === old && processRuns(old)) {
+      throw new InstarError(
+        "ROLLED_BACK",
+        `upgrade rolled back: ${pidFile} names ${old} again (the new generation ${now} failed ` +
+          "within its promotion window; see the server's log for the reason)",
+      );
+    }
+  }
+  if (!processRuns(now)) {
+    throw new InstarError("UPGRADE_FAILED", `the new generation ${now} is gone after its window`);
+  }
+  progress("promotion window passed");
+  return now;
 }
 
 if (import.meta.main) {

@@ -39,6 +39,7 @@ const EVENTS: readonly (keyof UpgraderEvents)[] = [
   "upgrade-succeeded",
   "upgrade-failed",
   "upgrade-refused",
+  "promotion-window",
   "rolled-back",
   "upgrade-report",
   "draining",
@@ -141,9 +142,13 @@ function logText(up: Upgrader, name: string, write: (line: string) => void): voi
     ({ error }) => say(`upgrade-refused: ${error.reason}: ${error.message}`),
   );
   up.on(
+    "promotion-window",
+    ({ pid, ms }) => say(`promotion-window: pid ${pid} is ready; this generation waits ${ms} ms`),
+  );
+  up.on(
     "rolled-back",
     ({ pid, generation, reason }) =>
-      say(`rolled-back: generation ${generation} (pid ${pid}): ${reason}; this one serves on`),
+      say(`rolled-back: generation ${generation} (pid ${pid}): ${reason}`),
   );
   up.on("upgrade-report", (r) => {
     const lines = formatReport(r).trim().split("\n").map((l) => l.trim());

@@ -11,8 +11,8 @@
 import { InstarError } from "../errors.ts";
 
 /**
- * Upgrades by outcome. A rolled-back upgrade was first counted as succeeded
- * (its new generation became ready): `succeeded - rolledBack` stuck.
+ * Upgrades by outcome, one outcome each: with a promotion window an upgrade
+ * succeeds when the window has passed, or is rolled back within it.
  *
  * @example
  * ```ts

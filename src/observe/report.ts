@@ -240,9 +240,14 @@ export class Reporter {
       this.#current.new.pid = pid;
       this.#current.spawnMs = performance.now() - this.#t0;
     });
-    on("upgrade-succeeded", () => {
+    // With a promotion window the new generation is ready when the window opens; the upgrade
+    // succeeds when it has passed, with `ms` still the time to ready.
+    on("promotion-window", () => {
+      if (this.#current) this.#current.readyMs = performance.now() - this.#t0;
+    });
+    on("upgrade-succeeded", ({ ms }) => {
       if (!this.#current) return;
-      this.#current.readyMs = performance.now() - this.#t0;
+      this.#current.readyMs = ms;
       this.#last = this.#current;
       this.#current = null;
     });
@@ -251,11 +256,11 @@ export class Reporter {
       const r = this.#fresh(this.#c.generation + 1);
       this.#emit({ ...r, outcome: "refused", reason: error.reason });
     });
+    // The upgrade's outcome (no upgrade-succeeded or upgrade-failed follows).
     on("rolled-back", ({ pid, generation, reason }) => {
-      const r = this.#last?.new.pid === pid
-        ? this.#last
+      const r = this.#current?.new.pid === pid
+        ? this.#current
         : { ...this.#fresh(generation), new: { pid, generation } };
-      this.#last = r;
       this.#end(r, "rolled-back", reason);
     });
     on("draining", ({ reason }) => {
