@@ -308,4 +308,50 @@ describe(`metrics across generations (${RUNTIME})`, () => {
     assert.ok(d.ms >= drainTimeout && d.ms <= drainTimeout + 4_000, r.stdout);
     srv.killAll();
   });
+
+  test(
+    "a rollback within the promotion window is counted and reported by the generation that serves on",
+    skipIf(noParser(), "prometheus"),
+    async () => {
+      const dir = tempDir("instar-rollback-metrics-");
+      const ctl = join(dir, "ctl");
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        "--promotion-window=8000",
+        "--log-format=json",
+      ]));
+      servers.push(srv);
+      const first = await readyGeneration(ctl, 1, { log: srv.lines });
+      const port = portOf(first);
+      const cli = instar(["upgrade", `--control=${ctl}`, "--json", "--trigger=deploy-bot"]);
+      // Generation 2 answers once it is ready (generation 1 holds back for the window).
+      for (let i = 0; i < 300; i++) {
+        if ((await get(port, "/")).body.includes("generation 2")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const bad = await get(port, "/unhealthy?reason=bad%20config");
+      assert.equal(bad.status, 200, JSON.stringify(bad));
+      const r = await cli;
+      assert.equal(r.code, 3, showResult(r));
+      assert.equal(JSON.parse(r.stdout).error.reason, "ROLLED_BACK", r.stdout);
+      const m = await get(port, "/metrics");
+      const samples = await parsePrometheus(m.body, dir);
+      assert.equal(value(samples, "instar_generation"), 1, "generation 1 serves on");
+      assert.equal(value(samples, "instar_upgrades_total", { outcome: "rolled-back" }), 1);
+      assert.equal(value(samples, "instar_upgrades_total", { outcome: "succeeded" }), 0);
+      const status = await serverStatus(ctl);
+      assert.equal(status?.pid, first.pid);
+      const last = status?.lastUpgrade;
+      assert.equal(last?.outcome, "rolled-back", JSON.stringify(status));
+      assert.equal(last?.reason, "bad config");
+      assert.equal(last?.trigger, "deploy-bot");
+      assert.ok(last?.readyMs! >= last?.spawnMs! && last?.drain === null, JSON.stringify(last));
+      const logged = srv.lines.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l))
+        .filter((e) => e.event === "upgrade-report" && e.pid === first.pid);
+      assert.equal(logged.length, 1, srv.lines.join("\n"));
+      assert.equal(logged[0].fields.outcome, "rolled-back");
+      srv.killAll();
+    },
+  );
 });
