@@ -164,6 +164,33 @@ describe("a generation's health and metrics through its life", () => {
     assert.equal((await up.metrics()).state, "stopped");
   });
 
+  test("listen() counts the connections it accepts and its open ones; a datagram socket is left out", async () => {
+    const up = await upgrader();
+    const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
+    const dgram = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
+    await up.ready();
+    const port = (listener.addr as { port: number }).port;
+    const clients = await Promise.all([1, 2, 3].map(() =>
+      new Promise<net.Socket>((r) => {
+        const c = net.connect(port, "127.0.0.1", () => r(c));
+      })
+    ));
+    const accepted = [];
+    for (let i = 0; i < 3; i++) accepted.push(await listener.accept());
+    accepted[0].close(); // the listener counts a connection open until this side closes it
+    for (let i = 0; i < 100 && listener.connections > 2; i++) await sleep(10);
+    const m = await up.metrics();
+    assert.equal(m.endpoints.length, 1, JSON.stringify(m.endpoints));
+    assert.equal(m.endpoints[0].kind, "listen");
+    assert.equal(m.endpoints[0].accepted, 3);
+    assert.equal(m.endpoints[0].connections[0].open, 2);
+    for (const c of clients) c.destroy();
+    for (const c of accepted.slice(1)) c.close();
+    dgram.close();
+    up.stop();
+    await up.drained;
+  });
+
   test("a refused upgrade is counted by reason and reported, and keeps the last report", async () => {
     const up = await upgrader();
     const reports: unknown[] = [];

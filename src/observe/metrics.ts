@@ -192,7 +192,7 @@ export class Observer {
     // Only the endpoints served now, at most MAX_COUNTER_KEYS: keys of sockets no longer
     // served would pile up over generations until the next one refused the hello.
     const accepted: Record<string, number> = {};
-    for (const e of this.#c.endpoints().slice(0, MAX_COUNTER_KEYS)) {
+    for (const e of this.#streams().slice(0, MAX_COUNTER_KEYS)) {
       accepted[e.key] = (this.#base.accepted[e.key] ?? 0) + (this.#counted.get(e.key)?.own() ?? 0);
     }
     const b = this.#base.upgrades, u = own.upgrades;
@@ -228,7 +228,7 @@ export class Observer {
     const carried = this.carry();
     const state = c.state();
     const previous = c.parentPid !== null && processRuns(c.parentPid) ? c.parentPid : null;
-    const all = c.endpoints();
+    const all = this.#streams();
     const open = await this.#open(all, previous);
     const endpoints = all.map((e, i) => {
       const connections: GenerationConnections[] = [
@@ -287,9 +287,15 @@ export class Observer {
     }));
   }
 
+  // The endpoints served through up.serve() and up.listen(). Datagram sockets have no
+  // connections, and counting their datagrams would cost something per datagram: left out.
+  #streams(): Endpoint[] {
+    return this.#c.endpoints().filter((e) => this.#counted.has(e.key));
+  }
+
   // Open connections on every endpoint now; null when one cannot be counted.
   async #openNow(): Promise<number | null> {
-    const counts = (await this.#open(this.#c.endpoints(), null)).map((o) => o.own);
+    const counts = (await this.#open(this.#streams(), null)).map((o) => o.own);
     return counts.some((n) => n === null) ? null : counts.reduce((a, b) => a! + b!, 0);
   }
 
