@@ -81,21 +81,34 @@ export function parseNotify(bytes: Uint8Array): Map<string, string> | string {
   return fields;
 }
 
-/** A rate-limited warning: a flood of bad datagrams costs a log line per 10 s. */
+/**
+ * Why a datagram was ignored; each kind is rate-limited on its own.
+ *
+ * @example
+ * ```ts
+ * import type { RefusalKind } from "./notify_socket.ts";
+ *
+ * const kind: RefusalKind = "oversized";
+ * ```
+ */
+export type RefusalKind = "oversized" | "malformed" | "credentials" | "stranger" | "mainpid";
+
+/** Rate-limited warnings: a flood of bad datagrams costs a log line per kind per 10 s. */
 class Warnings {
-  #at = -Infinity;
-  #held = 0;
+  #last = new Map<RefusalKind, { at: number; held: number }>();
   constructor(readonly warn: (m: string) => void) {}
-  say(m: string): void {
+  say(kind: RefusalKind, m: string): void {
     const now = performance.now();
-    if (now - this.#at < 10_000) {
-      this.#held++;
+    const last = this.#last.get(kind) ?? { at: -Infinity, held: 0 };
+    this.#last.set(kind, last);
+    if (now - last.at < 10_000) {
+      last.held++;
       return;
     }
-    const more = this.#held ? ` (${this.#held} more ignored since the last warning)` : "";
-    this.#at = now;
-    this.#held = 0;
-    this.warn(m + more);
+    const more = last.held ? ` (${last.held} more like it ignored since)` : "";
+    last.at = now;
+    last.held = 0;
+    this.warn(`NOTIFY_SOCKET: ${m}${more}`);
   }
 }
 
@@ -201,7 +214,7 @@ export class NotifySocket {
     if (n < 0) {
       const errno = b.errno();
       if (errno === sys.EAGAIN) return false;
-      this.#warnings.say(`NOTIFY_SOCKET: recvmsg failed: ${sys.errnoName(errno)}`);
+      this.#warnings.say("credentials", `recvmsg failed: ${sys.errnoName(errno)}`);
       return errno === sys.errnoNumber("EINTR");
     }
     const cred = this.#controlMessages(Number(msg.getBigUint64(L.msghdr.controllen, true)));
@@ -239,20 +252,21 @@ export class NotifySocket {
     const who = cred ? `pid ${cred.pid}` : "an unknown sender";
     if (n > NOTIFY_MAX_BYTES) {
       return this.#warnings.say(
-        `NOTIFY_SOCKET: ignored a ${n}-byte datagram from ${who} (at most ${NOTIFY_MAX_BYTES})`,
+        "oversized",
+        `ignored a ${n}-byte datagram from ${who} (at most ${NOTIFY_MAX_BYTES})`,
       );
     }
-    if (!cred) return this.#warnings.say("NOTIFY_SOCKET: ignored a datagram without credentials");
+    if (!cred) return this.#warnings.say("credentials", "ignored a datagram without credentials");
     const fields = parseNotify(this.#data.subarray(0, n));
     if (typeof fields === "string") {
-      return this.#warnings.say(`NOTIFY_SOCKET: ignored a datagram from ${who}: ${fields}`);
+      return this.#warnings.say("malformed", `ignored a datagram from ${who}: ${fields}`);
     }
     this.#onMessage({ pid: cred.pid, uid: cred.uid, fields });
   }
 
-  /** Reports a refused message through the rate-limited warning. */
-  refuse(message: string): void {
-    this.#warnings.say(`NOTIFY_SOCKET: ${message}`);
+  /** Reports a refused message through the rate-limited warnings. */
+  refuse(kind: RefusalKind, message: string): void {
+    this.#warnings.say(kind, message);
   }
 
   /** Stops listening, closes the socket and removes its directory. */

@@ -381,6 +381,7 @@ export class Supervisor {
     if (this.#finished) return;
     if (!descendsFrom(m.pid, process.pid)) {
       return this.#ns.refuse(
+        "stranger",
         `ignored a datagram from pid ${m.pid}, which is not a descendant of the supervisor ` +
           `(pid ${process.pid})`,
       );
@@ -389,7 +390,10 @@ export class Supervisor {
     if (!cur || m.pid !== cur.pid) {
       // An earlier generation still draining, or a process of the app: not the current one.
       if (m.fields.has("MAINPID")) {
-        this.#ns.refuse(`ignored MAINPID from pid ${m.pid}: only the current generation moves it`);
+        this.#ns.refuse(
+          "mainpid",
+          `ignored MAINPID from pid ${m.pid}: only the current generation moves it`,
+        );
       }
       return;
     }
@@ -409,12 +413,12 @@ export class Supervisor {
     const text = f.get("MAINPID")!;
     const pid = Number(text);
     if (!/^[1-9][0-9]{0,9}$/.test(text)) {
-      this.#ns.refuse(`ignored MAINPID=${JSON.stringify(text.slice(0, 20))}: not a pid`);
+      this.#ns.refuse("mainpid", `ignored MAINPID=${JSON.stringify(text.slice(0, 20))}: not a pid`);
       return false;
     }
     if (pid === cur.pid) return true;
     if (!descendsFrom(pid, process.pid)) {
-      this.#ns.refuse(`ignored MAINPID=${pid}: not a descendant of the supervisor`);
+      this.#ns.refuse("mainpid", `ignored MAINPID=${pid}: not a descendant of the supervisor`);
       return false;
     }
     this.#draining.set(cur.pid, cur.generation);
