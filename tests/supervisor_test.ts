@@ -19,9 +19,13 @@ import { parseRunArgs } from "../src/supervisor/options.ts";
 import { Backoff } from "../src/supervisor/backoff.ts";
 import { childrenOf, descendsFrom } from "../src/supervisor/ancestry.ts";
 import { exitStatus } from "../src/supervisor/reaper.ts";
+import { activatedSockets, SUPERVISOR_PID_ENV } from "../src/process/systemd.ts";
+import { spawn } from "../src/process/spawn.ts";
 import {
   alive,
   cleanupAfterTests,
+  datagramReceiver,
+  drainDatagrams,
   onPath,
   rawListen,
   ROOT,
@@ -344,7 +348,95 @@ describe(`instar run (${RUNTIME})`, () => {
   });
 });
 
+describe(`instar run under systemd (${RUNTIME}, a NOTIFY_SOCKET of the test's)`, () => {
+  test("relays READY, RELOADING, READY and STOPPING, never MAINPID", async () => {
+    const port = await freePort();
+    const dir = left.tempDir("instar-sup-");
+    const ctl = join(dir, "ctl.sock");
+    const rx = datagramReceiver(join(dir, "systemd.sock"));
+    left.sockets.push({ close: () => sys.close(rx) });
+    const s = startServer(runCmd(["--control", ctl], port), {
+      NOTIFY_SOCKET: join(dir, "systemd.sock"),
+    });
+    left.servers.push(s);
+    const got: string[] = [];
+    const until = async (re: RegExp, what: string) => {
+      const end = Date.now() + 30_000;
+      while (!got.some((d) => re.test(d))) {
+        if (Date.now() > end) throw new Error(`${what}: got ${JSON.stringify(got)}`);
+        await sleep(50);
+        got.push(...drainDatagrams(rx));
+      }
+    };
+    await until(/^READY=1\n/m, "ready");
+    const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
+    got.length = 0;
+    process.kill(s.pid, "SIGHUP");
+    await until(/READY=1/, "reload done");
+    assert.ok(got.some((d) => /RELOADING=1\nMONOTONIC_USEC=\d+/.test(d)), got.join("|"));
+    await statusWhere(ctl, (r) => r.pid !== st.pid, "upgraded");
+    process.kill(s.pid, "SIGTERM");
+    await until(/STOPPING=1/, "stopping");
+    assert.equal(await within(s.exited, 30_000, "exit"), 0);
+    got.push(...drainDatagrams(rx));
+    assert.ok(!got.some((d) => d.includes("MAINPID")), `systemd never hears MAINPID: ${got}`);
+  });
+});
+
 describe("instar run: its parts", () => {
+  test("LISTEN_PID naming the parent is believed only with the supervisor's marker", () => {
+    const ppid = sys.getppid();
+    const marked = {
+      LISTEN_PID: String(ppid),
+      LISTEN_FDS: "0",
+      [SUPERVISOR_PID_ENV]: String(ppid),
+    };
+    const a = activatedSockets({ env: marked });
+    assert.deepEqual(a, { sockets: [] }, "ours: nothing ignored");
+    const unmarked = activatedSockets({ env: { LISTEN_PID: String(ppid), LISTEN_FDS: "0" } });
+    assert.match(unmarked.ignored ?? "", /names another process/);
+    const wrong = { LISTEN_PID: String(ppid), LISTEN_FDS: "0", [SUPERVISOR_PID_ENV]: "1" };
+    assert.match(activatedSockets({ env: wrong }).ignored ?? "", /names another process/);
+  });
+
+  test("spawn moves an fd to another number in the child, and nothing else leaks", () => {
+    const [r, w] = sys.pipe2(sys.C.O_CLOEXEC);
+    try {
+      const high = sys.dupCloexec(w, 200);
+      const pid = spawn({
+        path: "/bin/sh",
+        argv: [
+          "sh",
+          "-c",
+          "echo moved >&3; ls /proc/self/fd > /dev/null; test ! -e /proc/self/fd/200",
+        ],
+        env: [],
+        fds: [],
+        moves: [{ from: high, to: 3 }],
+      });
+      sys.close(high);
+      sys.close(w);
+      const end = sys.waitpidBlocking(pid);
+      assert.deepEqual(end, { pid, exited: true, code: 0 }, "fd 200 was not passed");
+      const buf = new Uint8Array(64);
+      const n = sys.read(r, buf)!;
+      assert.equal(new TextDecoder().decode(buf.subarray(0, n)), "moved\n");
+      assert.throws(
+        () =>
+          spawn({
+            path: "/bin/true",
+            argv: ["true"],
+            env: [],
+            fds: [],
+            moves: [{ from: 3, to: 3 }],
+          }),
+        /not also a target/,
+      );
+    } finally {
+      sys.close(r);
+    }
+  });
+
   test("--listen specs", () => {
     assert.deepEqual(parseListenSpec("tcp://0.0.0.0:8080").options, {
       hostname: "0.0.0.0",
