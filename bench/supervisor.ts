@@ -11,7 +11,8 @@
  *   (a script that only waits, same runtime);
  * - per upgrade: the supervisor's CPU ticks per SIGHUP upgrade (`--upgrades`).
  *
- *   deno run -A bench/supervisor.ts [--runtime deno|bun|both] [--seconds 20] [--crashes 5] [--upgrades 10]
+ *   deno run -A bench/supervisor.ts [--runtime deno|bun|both] [--seconds 20] [--crashes 5]
+ *                                   [--upgrades 10] [--rounds 2]
  *   bun bench/supervisor.ts …
  *
  * Linux only; only 127.0.0.1 is used.
@@ -25,6 +26,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import * as sys from "../src/ffi/mod.ts";
+import { childrenOf } from "../src/supervisor/ancestry.ts";
 import { bin, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 import { rawListen } from "../tests/support/helpers.ts";
 import { percentile, runLoad } from "../tests/support/load_client.ts";
@@ -38,6 +40,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "20" },
     crashes: { type: "string", default: "5" },
     upgrades: { type: "string", default: "10" },
+    rounds: { type: "string", default: "2" },
   },
   strict: true,
 });
@@ -47,6 +50,7 @@ const RUNTIMES: Runtime[] = values.runtime === "both"
 const SECONDS = Number(values.seconds);
 const CRASHES = Number(values.crashes);
 const UPGRADES = Number(values.upgrades);
+const ROUNDS = Number(values.rounds);
 
 function cpuTicks(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -65,8 +69,31 @@ function switches(pid: number): number {
   return n;
 }
 
-function rssKb(pid: number): number {
-  return Number(/^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+function memKb(pid: number, field: "VmRSS" | "RssAnon"): number {
+  const re = new RegExp(`^${field}:\\s+(\\d+)`, "m");
+  return Number(re.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+}
+
+/** CPU ticks and context switches of `pid` over `SECONDS`, and its memory at the end. */
+async function idleWindow(pid: number) {
+  const [t0, s0] = [cpuTicks(pid), switches(pid)];
+  await sleep(SECONDS * 1000);
+  return {
+    ticks: cpuTicks(pid) - t0,
+    switches: switches(pid) - s0,
+    rssKb: memKb(pid, "VmRSS"),
+    anonKb: memKb(pid, "RssAnon"),
+  };
+}
+
+/** The generation number the app answers with (a GET to 127.0.0.1). */
+async function servedGeneration(port: number): Promise<number> {
+  try {
+    const body = await (await fetch(`http://127.0.0.1:${port}/`)).text();
+    return Number(/generation (\d+)/.exec(body)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 async function freePort(): Promise<number> {
@@ -148,46 +175,51 @@ async function idleAndUpgrades(rt: Runtime, dir: string) {
   const port = await freePort();
   const ctl = join(dir, `idle-${rt}.sock`);
   const sup = startSupervisor(rt, ["--control", ctl], port);
-  let st = await statusWhere(ctl, (s) => s.state === "ready");
+  await statusWhere(ctl, (s) => s.state === "ready");
   await sleep(2000);
-  const [t0, s0] = [cpuTicks(sup.pid!), switches(sup.pid!)];
-  await sleep(SECONDS * 1000);
-  const idle = {
-    ticks: cpuTicks(sup.pid!) - t0,
-    switches: switches(sup.pid!) - s0,
-    rssKb: rssKb(sup.pid!),
-  };
+  const idle = await idleWindow(sup.pid!);
+  // Upgrades are followed through the app's answers and /proc, which cost the supervisor nothing.
   const u0 = cpuTicks(sup.pid!);
-  for (let i = 0; i < UPGRADES; i++) {
-    const before = st.pid;
+  const t0 = performance.now();
+  for (let g = 2; g <= UPGRADES + 1; g++) {
     process.kill(sup.pid!, "SIGHUP");
-    st = await statusWhere(ctl, (s) => s.pid !== before && s.state === "ready");
+    while (await servedGeneration(port) !== g) await sleep(20);
+    while (childrenOf(sup.pid!).length !== 1) await sleep(20); // the old generation is gone
   }
-  // The status polls above cost the supervisor too: counted, so this is an upper bound.
-  const perUpgradeTicks = (cpuTicks(sup.pid!) - u0) / UPGRADES;
-  const rssAfterKb = rssKb(sup.pid!);
+  const upgrades = {
+    ticksPerUpgrade: (cpuTicks(sup.pid!) - u0) / UPGRADES,
+    msPerUpgrade: Math.round((performance.now() - t0) / UPGRADES),
+    rssAfterKb: memKb(sup.pid!, "VmRSS"),
+  };
   await stop(sup);
-  return { idle, perUpgradeTicks, rssAfterKb };
+  return { idle, upgrades };
 }
 
-async function floor(rt: Runtime): Promise<number> {
+/** The runtime's floor: a script of the same runtime that only waits. */
+async function floor(rt: Runtime) {
   const cmd = rt === "deno"
     ? [bin("deno"), "eval", "setInterval(() => {}, 2 ** 31 - 1)"]
     : [bin("bun"), "-e", "setInterval(() => {}, 2 ** 31 - 1)"];
   const child = spawn(cmd[0], cmd.slice(1), { stdio: "ignore" });
-  await sleep(3000);
-  const kb = rssKb(child.pid!);
+  await sleep(2000);
+  const w = await idleWindow(child.pid!);
   child.kill("SIGKILL");
-  return kb;
+  return w;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "instar-bench-sup-"));
 try {
   for (const rt of RUNTIMES) {
     const crash = await crashRestart(rt, dir);
-    const cost = await idleAndUpgrades(rt, dir);
-    const floorKb = await floor(rt);
-    console.log(JSON.stringify({ runtime: rt, crash, ...cost, runtimeFloorRssKb: floorKb }));
+    // Interleaved: floor and supervisor alternate, ROUNDS times.
+    for (let round = 0; round < ROUNDS; round++) {
+      const first = round % 2 === 0;
+      const a = first ? await floor(rt) : null;
+      const cost = await idleAndUpgrades(rt, dir);
+      const f = a ?? await floor(rt);
+      console.log(JSON.stringify({ runtime: rt, round, supervisor: cost, floor: f }));
+    }
+    console.log(JSON.stringify({ runtime: rt, crash }));
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });
