@@ -58,14 +58,24 @@ function cpuTicks(pid: number): number {
   return Number(f[11]) + Number(f[12]); // utime + stime
 }
 
-function switches(pid: number): number {
-  let n = 0;
+/** Context switches per thread of `pid` (voluntary + nonvoluntary), by thread id. */
+function switches(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
   for (const t of readdirSync(`/proc/${pid}/task`)) {
     try {
       const s = readFileSync(`/proc/${pid}/task/${t}/status`, "utf8");
+      let n = 0;
       for (const m of s.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1]);
+      out.set(t, n);
     } catch { /* thread ended */ }
   }
+  return out;
+}
+
+/** Switches between two samples, over the threads alive at the end (a thread that ended is not a wakeup). */
+function switchesSince(before: Map<string, number>, after: Map<string, number>): number {
+  let n = 0;
+  for (const [t, c] of after) n += c - (before.get(t) ?? 0);
   return n;
 }
 
@@ -80,7 +90,7 @@ async function idleWindow(pid: number) {
   await sleep(SECONDS * 1000);
   return {
     ticks: cpuTicks(pid) - t0,
-    switches: switches(pid) - s0,
+    switches: switchesSince(s0, switches(pid)),
     rssKb: memKb(pid, "VmRSS"),
     anonKb: memKb(pid, "RssAnon"),
   };
@@ -195,9 +205,14 @@ async function idleAndUpgrades(rt: Runtime, dir: string) {
   return { idle, upgrades };
 }
 
-/** The runtime's floor: a script of the same runtime that only waits. */
-async function floor(rt: Runtime) {
-  const cmd = rt === "deno"
+/**
+ * The runtime's floors: `eval`, a script that only waits; `libs`, one that also
+ * loads libc through FFI and node:net (bench/supervisor_floor.ts).
+ */
+async function floor(rt: Runtime, kind: "eval" | "libs") {
+  const cmd = kind === "libs"
+    ? runtimeCmd(rt, join(ROOT, "bench/supervisor_floor.ts"))
+    : rt === "deno"
     ? [bin("deno"), "eval", "setInterval(() => {}, 2 ** 31 - 1)"]
     : [bin("bun"), "-e", "setInterval(() => {}, 2 ** 31 - 1)"];
   const child = spawn(cmd[0], cmd.slice(1), { stdio: "ignore" });
@@ -214,10 +229,10 @@ try {
     // Interleaved: floor and supervisor alternate, ROUNDS times.
     for (let round = 0; round < ROUNDS; round++) {
       const first = round % 2 === 0;
-      const a = first ? await floor(rt) : null;
+      const a = first ? [await floor(rt, "eval"), await floor(rt, "libs")] : null;
       const cost = await idleAndUpgrades(rt, dir);
-      const f = a ?? await floor(rt);
-      console.log(JSON.stringify({ runtime: rt, round, supervisor: cost, floor: f }));
+      const [evalFloor, libsFloor] = a ?? [await floor(rt, "eval"), await floor(rt, "libs")];
+      console.log(JSON.stringify({ runtime: rt, round, supervisor: cost, evalFloor, libsFloor }));
     }
     console.log(JSON.stringify({ runtime: rt, crash }));
   }
