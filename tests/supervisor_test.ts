@@ -319,10 +319,17 @@ describe(`instar run (${RUNTIME})`, () => {
       }
     });
     assert.ok(!links.includes(pipe), `the attached fds (${pipe}) were closed: ${links}`);
-    // It still follows the real generations.
-    process.kill(s.pid, "SIGHUP");
+    // It still follows the real generations: `instar upgrade --control` against the supervisor.
+    const cli = startServer(
+      runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["upgrade", "--control", ctl]),
+    );
+    assert.equal(await within(cli.exited, 60_000, "instar upgrade"), 0, cli.lines.join("\n"));
     const up = await statusWhere(ctl, (r) => r.pid !== st.pid && r.state === "ready", "upgrade");
     assert.equal(up.generation, 2);
+    assert.ok(
+      cli.lines.includes(String(up.pid)),
+      `instar upgrade printed the new pid: ${cli.lines}`,
+    );
     process.kill(s.pid, "SIGTERM");
     assert.equal(await within(s.exited, 30_000, "exit"), 0);
   });
