@@ -20,14 +20,13 @@
  * @module
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import * as sys from "../src/ffi/mod.ts";
-import { childrenOf } from "../src/supervisor/ancestry.ts";
-import { bin, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
+import { alive, bin, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 import { rawListen } from "../tests/support/helpers.ts";
 import { percentile, runLoad } from "../tests/support/load_client.ts";
 import { serverStatus, type StatusReport } from "../tests/support/status.ts";
@@ -96,13 +95,14 @@ async function idleWindow(pid: number) {
   };
 }
 
-/** The generation number the app answers with (a GET to 127.0.0.1). */
-async function servedGeneration(port: number): Promise<number> {
+/** The pid and generation number the app answers with (a GET to 127.0.0.1). */
+async function served(port: number): Promise<{ pid: number; generation: number }> {
   try {
     const body = await (await fetch(`http://127.0.0.1:${port}/`)).text();
-    return Number(/generation (\d+)/.exec(body)?.[1] ?? 0);
+    const m = /pid (\d+) generation (\d+)/.exec(body);
+    return { pid: Number(m?.[1] ?? 0), generation: Number(m?.[2] ?? 0) };
   } catch {
-    return 0;
+    return { pid: 0, generation: 0 };
   }
 }
 
@@ -122,6 +122,9 @@ async function statusWhere(ctl: string, ok: (s: StatusReport) => boolean): Promi
   }
 }
 
+const LOG = join(tmpdir(), `instar-bench-supervisor-${process.pid}.log`);
+
+/** Starts `instar run`; its and the app's output go to LOG (printed when something is stuck). */
 function startSupervisor(rt: Runtime, options: string[], port: number): ChildProcess {
   const app = runtimeCmd(rt, join(ROOT, "examples/http_server.ts"), [
     "--hostname",
@@ -130,7 +133,12 @@ function startSupervisor(rt: Runtime, options: string[], port: number): ChildPro
     String(port),
   ]);
   const cmd = runtimeCmd(rt, join(ROOT, "src/cli.ts"), ["run", ...options, "--", ...app]);
-  return spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", "ignore", "ignore"] });
+  const log = openSync(LOG, "a");
+  try {
+    return spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", log, log] });
+  } finally {
+    closeSync(log);
+  }
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -191,10 +199,18 @@ async function idleAndUpgrades(rt: Runtime, dir: string) {
   // Upgrades are followed through the app's answers and /proc, which cost the supervisor nothing.
   const u0 = cpuTicks(sup.pid!);
   const t0 = performance.now();
+  let old = (await served(port)).pid;
   for (let g = 2; g <= UPGRADES + 1; g++) {
     process.kill(sup.pid!, "SIGHUP");
-    while (await servedGeneration(port) !== g) await sleep(20);
-    while (childrenOf(sup.pid!).length !== 1) await sleep(20); // the old generation is gone
+    const until = Date.now() + 60_000;
+    let now = await served(port);
+    while (now.generation !== g) {
+      if (Date.now() > until) throw new Error(`upgrade to generation ${g} stuck; see ${LOG}`);
+      await sleep(20);
+      now = await served(port);
+    }
+    while (alive(old)) await sleep(20); // the old generation drained and is gone
+    old = now.pid;
   }
   const upgrades = {
     ticksPerUpgrade: (cpuTicks(sup.pid!) - u0) / UPGRADES,

@@ -184,10 +184,13 @@ export class NotifySocket {
     }
   }
 
-  /** Reads what is queued (up to {@link NOTIFY_BATCH} now, the rest on the next turn). */
-  drain(): void {
+  /**
+   * Reads what is queued: up to `limit` datagrams now ({@link NOTIFY_BATCH} by
+   * default), the rest on the next turn of the event loop.
+   */
+  drain(limit: number = NOTIFY_BATCH): void {
     if (this.#closed) return;
-    for (let i = 0; i < NOTIFY_BATCH; i++) {
+    for (let i = 0; i < limit; i++) {
       if (!this.#receiveOne()) return;
     }
     this.#more ??= setTimeout(() => {

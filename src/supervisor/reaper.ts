@@ -24,12 +24,18 @@ import { waitpidNoHang, type WaitStatus } from "../ffi/mod.ts";
  */
 export class AllChildren {
   #onExit: (end: WaitStatus) => void;
+  #beforeReap: () => void;
   #onSignal = () => this.reap();
   #left = true;
 
-  /** `onExit` is called once per reaped child, in the order reaped. */
-  constructor(onExit: (end: WaitStatus) => void) {
+  /**
+   * `onExit` is called once per reaped child, in the order reaped; `beforeReap`
+   * before each round of reaping, while the children that ended are still
+   * zombies (their /proc entries, parents included, still readable).
+   */
+  constructor(onExit: (end: WaitStatus) => void, beforeReap: () => void = () => {}) {
     this.#onExit = onExit;
+    this.#beforeReap = beforeReap;
   }
 
   /** Installs the SIGCHLD listener and reaps what already ended. */
@@ -45,6 +51,7 @@ export class AllChildren {
 
   /** Reaps every child that has ended; returns how many. */
   reap(): number {
+    this.#beforeReap();
     let n = 0;
     for (;;) {
       let end: WaitStatus | null;

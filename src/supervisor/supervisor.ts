@@ -58,7 +58,7 @@ export type SupervisorState =
  * ```ts
  * import type { Generation } from "./supervisor.ts";
  *
- * const g: Generation = { pid: 42, generation: 1, ready: true, readyAt: 0 };
+ * const g: Generation = { pid: 42, generation: 1, ready: true, readyAt: 0, upgrading: false };
  * ```
  */
 export interface Generation {
@@ -70,6 +70,8 @@ export interface Generation {
   ready: boolean;
   /** `performance.now()` when it became ready. */
   readyAt: number;
+  /** It said RELOADING=1 (an upgrade runs, whoever started it) and has not finished it. */
+  upgrading: boolean;
 }
 
 /** What the supervisor logs through. */
@@ -96,6 +98,8 @@ const FAILURES: readonly UpgradeFailure[] = [
   "cancelled",
 ];
 const ORPHAN_GRACE_MS = 2_000;
+// More than a Unix datagram socket queues (net.unix.max_dgram_qlen, 512 by default).
+const NOTIFY_QUEUE_MAX = 1024;
 
 /**
  * The supervisor. {@link Supervisor.start} starts generation 1; `done`
@@ -140,7 +144,12 @@ export class Supervisor {
     this.#held = held;
     this.#env = startEnvironment();
     this.#relay = new Relay(envObject(this.#env), (m) => log.warn(m));
-    this.#reaper = new AllChildren((end) => this.#onExit(end));
+    // What a generation said before it ended is read before it is reaped: its MAINPID
+    // hand-over counts first, and its /proc entry (a zombie's) still proves its descent.
+    this.#reaper = new AllChildren(
+      (end) => this.#onExit(end),
+      () => this.#ns?.drain(NOTIFY_QUEUE_MAX),
+    );
     this.done = new Promise((r) => (this.#resolveDone = r));
   }
 
@@ -200,6 +209,8 @@ export class Supervisor {
    * `--upgrade-timeout`. A trigger during an upgrade joins it.
    */
   upgrade(trigger: string): Promise<number> {
+    // Whatever the generations said before this trigger counts first (a MAINPID hand-over).
+    this.#ns.drain(NOTIFY_QUEUE_MAX);
     if (this.#pending) return this.#pending.promise;
     const refused = this.#refusal();
     if (refused) {
@@ -207,6 +218,11 @@ export class Supervisor {
       return Promise.reject(refused);
     }
     const cur = this.#current!;
+    if (cur.upgrading) {
+      // Started by someone else (the app's own control socket, a signal to it): join it.
+      this.#log.info(`upgrade (${trigger}) joins the one generation ${cur.generation} runs`);
+      return this.#newPending(cur);
+    }
     this.#log.info(`upgrade (${trigger}): SIGHUP to generation ${cur.generation} (pid ${cur.pid})`);
     const pending = this.#newPending(cur);
     try {
@@ -326,12 +342,11 @@ export class Supervisor {
       notifySocket: this.#ns.path,
       held: this.#held,
     });
-    this.#current = { pid, generation, ready: false, readyAt: 0 };
+    this.#current = { pid, generation, ready: false, readyAt: 0, upgrading: false };
     this.#log.info(`generation ${generation} started: pid ${pid} (${this.#o.argv.join(" ")})`);
   }
 
   #onExit(end: WaitStatus): void {
-    this.#ns.drain(); // what it said before it ended counts first (MAINPID of a successor)
     const cur = this.#current;
     if (cur && end.pid === cur.pid) this.#currentEnded(cur, end);
     else if (this.#draining.has(end.pid)) {
@@ -370,6 +385,7 @@ export class Supervisor {
           generation: this.#lastGeneration,
           ready: false,
           readyAt: 0,
+          upgrading: false,
         });
       }
     }, delay);
@@ -400,8 +416,10 @@ export class Supervisor {
     const f = m.fields;
     if (f.has("MAINPID") && !this.#mainPid(cur, f)) return;
     if (f.get("READY") === "1") this.#readySaid(this.#current!, f.get("STATUS"), f.has("MAINPID"));
-    else if (f.get("RELOADING") === "1") this.#relay.reloading(f.get("STATUS"));
-    else if (f.has("STATUS")) this.#relay.status(f.get("STATUS")!);
+    else if (f.get("RELOADING") === "1") {
+      this.#current!.upgrading = true;
+      this.#relay.reloading(f.get("STATUS"));
+    } else if (f.has("STATUS")) this.#relay.status(f.get("STATUS")!);
     const extend = f.get("EXTEND_TIMEOUT_USEC");
     if (extend !== undefined && /^[0-9]{1,16}$/.test(extend)) {
       this.#relay.extendTimeout(BigInt(extend));
@@ -423,7 +441,7 @@ export class Supervisor {
     }
     this.#draining.set(cur.pid, cur.generation);
     const generation = ++this.#lastGeneration;
-    this.#current = { pid, generation, ready: false, readyAt: 0 };
+    this.#current = { pid, generation, ready: false, readyAt: 0, upgrading: false };
     this.#log.info(
       `generation ${generation} (pid ${pid}) took over from generation ${cur.generation} ` +
         `(pid ${cur.pid}), which drains`,
@@ -440,7 +458,9 @@ export class Supervisor {
       this.#relay.ready(status ?? `generation ${cur.generation} (pid ${cur.pid}) ready`);
       return;
     }
-    if (this.#pending) {
+    const wasUpgrading = cur.upgrading;
+    cur.upgrading = false;
+    if (this.#pending || wasUpgrading) {
       // READY=1 without a new MAINPID ends a reload that failed (systemd_bridge.ts).
       const text = status ?? "the generation reported a failed upgrade";
       const reason = FAILURES.find((r) => text.includes(r)) ?? "protocol-error";
