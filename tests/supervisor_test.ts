@@ -231,12 +231,24 @@ describe(`instar run (${RUNTIME})`, () => {
     },
   );
 
-  test("the current generation killed with SIGKILL: the supervisor exits with 137", async () => {
+  test("the current generation (reparented) killed with SIGKILL: the supervisor exits with 137", async () => {
     const port = await freePort();
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
     const s = start(runCmd(["--control", ctl], port));
-    const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
-    assert.equal(st.parentPid, s.pid, "the supervisor reports itself as the parent");
+    const first = await statusWhere(ctl, (r) => r.state === "ready", "ready");
+    assert.equal(first.parentPid, s.pid, "the supervisor reports itself as the parent");
+    // An upgrade the supervisor did not trigger (SIGHUP to the generation itself) is followed too,
+    // and the new generation, started by the old one, becomes the supervisor's child.
+    process.kill(first.pid, "SIGHUP");
+    const st = await statusWhere(ctl, (r) => r.generation === 2 && r.state === "ready", "upgrade");
+    assert.notEqual(st.pid, first.pid);
+    await within(
+      (async () => {
+        while (childrenOf(s.pid).join() !== String(st.pid)) await sleep(50);
+      })(),
+      30_000,
+      "generation 2 reparented to the supervisor",
+    );
     process.kill(st.pid, "SIGKILL");
     assert.equal(await within(s.exited, 30_000, "exit"), 137);
     assert.ok(s.lines.some((l) => /killed by SIGKILL \(status 137\)/.test(l)), s.lines.join("\n"));
