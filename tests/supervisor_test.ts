@@ -152,7 +152,14 @@ async function upgradesUnder(wrapper: string[], name: string): Promise<void> {
   const sup = await childOf(s.pid);
   let status = await statusWhere(ctl, (r) => r.state === "ready", "generation 1 ready");
   const ac = new AbortController();
-  const load = runLoad({ port, connections: 8, durationMs: 300_000, signal: ac.signal });
+  const servedBy = new Set<string>();
+  const load = runLoad({
+    port,
+    connections: 8,
+    durationMs: 300_000,
+    signal: ac.signal,
+    onResponse: (body) => servedBy.add(body.split(" ")[3]),
+  });
   const pids = new Set([status.pid]);
   try {
     for (let i = 0; i < UPGRADES; i++) {
@@ -176,6 +183,7 @@ async function upgradesUnder(wrapper: string[], name: string): Promise<void> {
   const r = await load;
   assert.equal(r.failed, 0, `0 failed requests: ${JSON.stringify(r.failures)} ${r.samples}`);
   assert.ok(r.ok > UPGRADES, `the load was answered (${r.ok})`);
+  assert.ok(servedBy.size >= 3, `several generations answered the load: ${[...servedBy]}`);
   process.kill(sup, "SIGTERM");
   assert.equal(await within(s.exited, 60_000, `${name}: exit`), 0);
   assert.ok(s.lines.some((l) => /exiting with status 0/.test(l)), s.lines.join("\n"));
