@@ -28,7 +28,17 @@
 export { Upgrader } from "./src/lifecycle/upgrader.ts";
 export type { UpgraderOptions } from "./src/lifecycle/options.ts";
 export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
-export type { SocketSpec } from "./src/lifecycle/registry.ts";
+export type { DatagramSpec, SocketSpec } from "./src/lifecycle/registry.ts";
+export {
+  type DatagramAddr,
+  type DatagramOptions,
+  type DatagramSocket,
+  type FdDatagramOptions,
+  listenDatagram,
+  type ReceivedDatagram,
+  type UdpDatagramOptions,
+  type UnixDatagramOptions,
+} from "./src/net/datagram.ts";
 export { logLifecycle } from "./src/lifecycle/log.ts";
 export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./src/errors.ts";
 export type {
@@ -68,3 +78,4 @@ export {
   type ServeTarget,
   type UpgraderServeOptions,
 } from "./src/serve/serve.ts";
+export { readTlsFiles, type TlsFileOptions, type TlsFiles } from "./src/serve/tls_files.ts";

@@ -3,6 +3,7 @@
 //   --port <n> (default 8080)        --hostname <addr> (default 127.0.0.1)
 //   --pid-file <path>                --control <socket path>
 //   --drain-timeout <ms>             --ready-timeout <ms>
+//   --promotion-window <ms> (default 0: none; the old generation serves on if the new one fails within it)
 //   --spawn-backend fork|posix_spawn|auto
 //   --serve-mode auto|transplant|fallback (for the examples that serve HTTP)
 import { parseArgs, type ParseArgsConfig } from "node:util";
@@ -16,6 +17,7 @@ const COMMON = {
   control: { type: "string" },
   "drain-timeout": { type: "string" },
   "ready-timeout": { type: "string" },
+  "promotion-window": { type: "string" },
   "spawn-backend": { type: "string" },
   "serve-mode": { type: "string" },
 } as const;
@@ -42,6 +44,7 @@ export async function startGeneration(
     controlSocket: values.control as string | undefined,
     drainTimeout: ms(values["drain-timeout"]),
     readyTimeout: ms(values["ready-timeout"]),
+    promotionWindow: ms(values["promotion-window"]),
     spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
   });
   logLifecycle(up, name);

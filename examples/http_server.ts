@@ -12,25 +12,37 @@
  * - `GET /stream?ms=N`: a line (`<pid> <ms since start>`) every 100 ms for N ms;
  * - `GET /busy?ms=N`: the hello line after blocking the event loop for N ms;
  * - `POST` anything: the number of body bytes it read;
+ * - `GET /unhealthy?reason=R`: calls `up.unhealthy(R)` (in a new generation
+ *   within its promotion window the previous one takes over again), answers
+ *   `rolled back: R`, or status 409 with the error when no window is open;
  * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
  * --drain-timeout, --ready-timeout, --spawn-backend, --serve-mode), plus
  * --version-label <text>, --stats-file <path> (each generation appends
  * `<pid> <POST bodies read>` to it once drained), and --cert <path> --key <path>
- * (PEM files: HTTPS, and HTTP/2 on Deno).
+ * (PEM files: HTTPS, and HTTP/2 on Deno; checked before serving, so a broken pair
+ * fails this generation before ready: docs/tls.md), --promotion-window <ms> (see
+ * examples/_lifecycle.ts).
+ *
+ * Test aid (tests/promotion_test.ts), never for production: --crash-after-ready <ms>
+ * makes the generation crash (an uncaught error) that long after ready(). Every
+ * generation is started with the same arguments, so a test deploys a script that
+ * adds it to process.argv before importing this file.
  *
  * @module
  */
-import { appendFileSync, readFileSync } from "node:fs";
+import { appendFileSync } from "node:fs";
 import process from "node:process";
 import { startGeneration } from "./_lifecycle.ts";
+import { InstarError, readTlsFiles } from "../mod.ts";
 
 const { up, hostname, port, serveMode, flags } = await startGeneration("http", {
   "version-label": { type: "string" },
   "stats-file": { type: "string" },
   cert: { type: "string" },
   key: { type: "string" },
+  "crash-after-ready": { type: "string" },
 });
 
 const label = flags["version-label"] ??
@@ -68,9 +80,22 @@ function stream(ms: number): Response {
   return new Response(lines, { headers: { "content-type": "text/plain" } });
 }
 
+// Asks the previous generation to take over again (a new generation within its promotion window).
+async function unhealthy(reason: string): Promise<Response> {
+  try {
+    await up.unhealthy(reason);
+    return new Response(`rolled back: ${reason}\n`);
+  } catch (err) {
+    return new Response(`${(err as Error).message}\n`, { status: 409 });
+  }
+}
+
 function handle(req: Request): Response | Promise<Response> {
   if (req.method === "POST") return post(req);
   const url = new URL(req.url);
+  if (url.pathname === "/unhealthy") {
+    return unhealthy(url.searchParams.get("reason") ?? "unhealthy");
+  }
   const ms = Math.min(Number(url.searchParams.get("ms") ?? 0) || 0, 600_000);
   if (url.pathname === "/slow") {
     return new Promise((r) => setTimeout(() => r(new Response(body)), ms));
@@ -88,15 +113,27 @@ function handle(req: Request): Response | Promise<Response> {
 const statsFile = flags["stats-file"] as string | undefined;
 if (statsFile) up.onDrained(() => appendFileSync(statsFile, `${process.pid} ${posts}\n`));
 
-// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno).
+// --cert and --key: HTTPS (HTTP/2 too where the runtime offers it, Deno). The pair is
+// checked before serving: a broken one (unreadable, not PEM, a key of another
+// certificate, expired) stops this generation before ready, and the running one serves on.
+if (!flags.cert !== !flags.key) {
+  throw new InstarError("INVALID_ARGUMENT", "--cert and --key go together: give both, or neither");
+}
 const tls = flags.cert && flags.key
-  ? {
-    cert: readFileSync(flags.cert as string, "utf8"),
-    key: readFileSync(flags.key as string, "utf8"),
-  }
+  ? (({ cert, key }) => ({ cert, key }))(
+    readTlsFiles({ cert: flags.cert as string, key: flags.key as string }),
+  )
   : undefined;
 const tlsOptions = !tls ? {} : process.versions.bun ? { tls } : tls;
 
 await up.serve({ hostname, port, mode: serveMode, fetch: handle, ...tlsOptions });
 
 await up.ready();
+
+// Test aid: crash (an uncaught error, exit code 1) this long after ready.
+const crashAfter = flags["crash-after-ready"];
+if (crashAfter !== undefined) {
+  setTimeout(() => {
+    throw new Error(`--crash-after-ready ${crashAfter}: crashing on purpose`);
+  }, Number(crashAfter));
+}

@@ -49,21 +49,29 @@ Commands:
 
 Usage:
   instar upgrade --control <path> [--timeout <ms>]
-  instar upgrade --pid-file <path> [--signal SIGHUP] [--timeout <ms>]
+  instar upgrade --pid-file <path> [--signal SIGHUP] [--promotion-window <ms>] [--timeout <ms>]
 
 With --control the server reports progress and the reason of a failure
-(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress).
+(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress,
+promotion-window, rolled-back). A server with a promotion window answers when
+the window has passed (or the new generation was rolled back).
 With --pid-file instar sends the upgrade signal and waits until the PID file
 names a new, live process; the reason of a failure is in the server's log.
+With --promotion-window (the server's promotionWindow) it then watches the
+PID file for that long: back to the old pid is a rollback.
 
-Exit status: 0 and the new pid on stdout when the new generation is ready;
-1 with the reason on stderr otherwise; 2 for bad usage.
+Exit status: 0 and the new pid on stdout when the new generation is ready
+(and promoted); 3 when it was rolled back within the promotion window (the
+old generation serves on; the reason on stderr); 1 with the reason on stderr
+for any other failure; 2 for bad usage.
 
 Options:
   --control <path>   the server's control socket (Upgrader option controlSocket)
   --pid-file <path>  the server's PID file (Upgrader option pidFile)
   --signal <name>    upgrade signal for --pid-file (default SIGHUP)
-  --timeout <ms>     give up waiting after this long (default 120000)
+  --promotion-window <ms>  with --pid-file: watch for a rollback this long
+  --timeout <ms>     give up waiting after this long (default 120000; with a
+                     promotion window it must cover ready time plus the window)
   -h, --help         this text
 `,
   status: `instar status — report on a running server
@@ -81,6 +89,9 @@ Options:
 };
 
 class UsageError extends Error {}
+
+/** The exit status of `instar upgrade` when the new generation was rolled back. */
+export const EXIT_ROLLED_BACK = 3;
 
 // The lifecycle's own check, and SIGTERM/SIGINT, which stop the server instead.
 function checkUpgradeSignal(signal: string): void {
@@ -120,6 +131,7 @@ export async function main(
           "pid-file": { type: "string" },
           signal: { type: "string" },
           timeout: { type: "string" },
+          "promotion-window": { type: "string" },
           json: { type: "boolean" },
           help: { type: "boolean", short: "h" },
         },
@@ -148,6 +160,19 @@ export async function main(
       throw new UsageError("--signal applies only to upgrade --pid-file");
     }
     checkUpgradeSignal(signal);
+    const window = values["promotion-window"] === undefined
+      ? 0
+      : Number(values["promotion-window"]);
+    if (!Number.isSafeInteger(window) || window < 0) {
+      throw new UsageError(
+        `--promotion-window ${values["promotion-window"]} is not a whole number of milliseconds`,
+      );
+    }
+    if (window > 0 && (command !== "upgrade" || !pidFile)) {
+      throw new UsageError(
+        "--promotion-window applies only to upgrade --pid-file (with --control the server reports a rollback)",
+      );
+    }
     if (command === "status") {
       const report = control ? statusByControl(control) : statusByPidFile(pidFile!);
       out(values.json ? JSON.stringify(report) + "\n" : formatStatus(report));
@@ -156,13 +181,17 @@ export async function main(
     const progress = (line: string) => err(line + "\n");
     const pid = control
       ? await upgradeByControl(control, timeout, progress)
-      : await upgradeByPidFile(pidFile!, signal, timeout, progress);
+      : await upgradeByPidFile(pidFile!, signal, timeout, progress, window);
     out(`${pid}\n`);
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {
       err(`instar: ${e.message} (see instar --help)\n`);
       return 2;
+    }
+    if ((e as InstarError).code === "ROLLED_BACK") {
+      err(`instar: ${(e as Error).message}\n`);
+      return EXIT_ROLLED_BACK;
     }
     err(`instar: ${(e as Error).message}\n`);
     return 1;
@@ -310,6 +339,8 @@ async function upgradeByControl(
         } else if (m.type === "upgraded") {
           progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
           return m.pid;
+        } else if (m.type === "failed" && m.reason === "rolled-back") {
+          throw new InstarError("ROLLED_BACK", `upgrade rolled back: ${m.message}`);
         } else if (m.type === "failed") {
           throw new InstarError("UPGRADE_FAILED", `upgrade failed: ${m.reason}: ${m.message}`);
         } else if (m.type === "refused") {
@@ -334,6 +365,7 @@ async function upgradeByPidFile(
   signal: string,
   timeout: number,
   progress: (s: string) => void,
+  window = 0,
 ): Promise<number> {
   const old = livePid(pidFile);
   sys.kill(old, sys.SIGNALS[signal]);
@@ -349,7 +381,7 @@ async function upgradeByPidFile(
     }
     if (now !== old && processRuns(now)) {
       progress(`ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      return now;
+      return window > 0 ? await watchWindow(pidFile, old, now, window, progress) : now;
     }
     if (!processRuns(old) && now === old) {
       throw new InstarError(
@@ -364,6 +396,40 @@ async function upgradeByPidFile(
       processRuns(old) ? "still serves" : "is gone"
     } — see the server's log for the reason, or use --control for it`,
   );
+}
+
+// Within the promotion window a rollback rewrites the PID file to the old pid.
+async function watchWindow(
+  pidFile: string,
+  old: number,
+  now: number,
+  window: number,
+  progress: (s: string) => void,
+): Promise<number> {
+  progress(`watching ${pidFile} for the ${window} ms promotion window…`);
+  // A second more: the old generation rewrites the file only after it has seen the failure.
+  const end = Date.now() + window + 1000;
+  while (Date.now() < end) {
+    await sleep(100);
+    let pid: number;
+    try {
+      pid = readPid(pidFile);
+    } catch {
+      continue;
+    }
+    if (pid === old && processRuns(old)) {
+      throw new InstarError(
+        "ROLLED_BACK",
+        `upgrade rolled back: ${pidFile} names ${old} again (the new generation ${now} failed ` +
+          "within its promotion window; see the server's log for the reason)",
+      );
+    }
+  }
+  if (!processRuns(now)) {
+    throw new InstarError("UPGRADE_FAILED", `the new generation ${now} is gone after its window`);
+  }
+  progress("promotion window passed");
+  return now;
 }
 
 if (import.meta.main) {

@@ -11,6 +11,10 @@
  * - The child answers `ready` (or `error` with a message) and closes its end.
  * - A process connecting to a control socket sends `handover` (a new
  *   generation), `upgrade` or `status` (the `instar` command).
+ * - With a promotion window (`promotionWindow` in the hello) the link stays
+ *   open after `ready`: the new generation may send `unhealthy` (with a
+ *   reason), the old one ends the window by closing it (promoted) or by
+ *   sending `rollback` first (the new generation drains and exits).
  *
  * @module
  */
@@ -64,6 +68,8 @@ export interface Hello {
   listeners: ListenerMeta[];
   /** The control socket, when the sender has one. */
   control: ControlMeta | null;
+  /** The sender's promotion window in ms: the receiver keeps the link open after `ready`. Absent: none. */
+  promotionWindow?: number;
 }
 
 /** Every message of the protocol. */
@@ -78,7 +84,9 @@ export type Message =
   | { type: "upgraded"; v: number; pid: number }
   | { type: "failed"; v: number; reason: string; message: string }
   | { type: "refused"; v: number; reason: string; message: string }
-  | { type: "status-reply"; v: number; status: StatusReport };
+  | { type: "status-reply"; v: number; status: StatusReport }
+  | { type: "unhealthy"; v: number; pid: number; reason: string }
+  | { type: "rollback"; v: number; reason: string };
 
 /** The message constructors: every message is made here, tagged with {@link PROTOCOL_VERSION}. */
 export const messages = {
@@ -88,9 +96,20 @@ export const messages = {
     transfer: Hello["transfer"],
     listeners: ListenerMeta[],
     control: ControlMeta | null,
+    promotionWindow = 0,
   ): Hello {
     const v = PROTOCOL_VERSION;
-    return { type: "hello", v, generation, pid: process.pid, transfer, listeners, control };
+    const hello: Hello = {
+      type: "hello",
+      v,
+      generation,
+      pid: process.pid,
+      transfer,
+      listeners,
+      control,
+    };
+    if (promotionWindow > 0) hello.promotionWindow = promotionWindow;
+    return hello;
   },
   /** The new generation is ready: the sender may drain. */
   ready: (): Message => ({ type: "ready", v: PROTOCOL_VERSION, pid: process.pid }),
@@ -129,6 +148,19 @@ export const messages = {
     v: PROTOCOL_VERSION,
     reason,
     message,
+  }),
+  /** The new generation, in its promotion window, declares itself unhealthy (a checked {@link checkReason}). */
+  unhealthy: (reason: string): Message => ({
+    type: "unhealthy",
+    v: PROTOCOL_VERSION,
+    pid: process.pid,
+    reason: checkReason(reason),
+  }),
+  /** The old generation takes its sockets back: the new one drains and exits. */
+  rollback: (reason: string): Message => ({
+    type: "rollback",
+    v: PROTOCOL_VERSION,
+    reason: reason.slice(0, MAX_REASON_LENGTH),
   }),
   /** The answer to `status`. */
   statusReply: (status: StatusReport): Message => ({
@@ -258,7 +290,51 @@ export function validateHello(m: unknown): Hello {
     protocolError(`malformed control entry ${shown(c)}`);
   }
   if (c !== null) once(c.fd as number, "the control socket");
+  if (
+    o.promotionWindow !== undefined &&
+    (!Number.isSafeInteger(o.promotionWindow) || (o.promotionWindow as number) < 0 ||
+      (o.promotionWindow as number) > MAX_WINDOW_MS)
+  ) {
+    protocolError(`promotionWindow ${shown(o.promotionWindow)} is not a number of ms up to a day`);
+  }
   return o as unknown as Hello;
+}
+
+// The longest promotion window a hello may announce (the option's own limit).
+const MAX_WINDOW_MS = 86_400_000;
+
+/** The longest reason `unhealthy` carries, in UTF-16 units. */
+export const MAX_REASON_LENGTH = 1024;
+
+/**
+ * `reason` if it can travel in an `unhealthy` message and a log line or
+ * sd_notify STATUS: a non-empty string of at most {@link MAX_REASON_LENGTH}
+ * characters without control characters (a newline would start another
+ * sd_notify field). Throws `INVALID_ARGUMENT` otherwise.
+ */
+export function checkReason(reason: unknown): string {
+  if (
+    typeof reason !== "string" || reason.length === 0 || reason.length > MAX_REASON_LENGTH ||
+    // deno-lint-ignore no-control-regex
+    /[\u0000-\u001f\u007f]/.test(reason)
+  ) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `reason ${shown(reason)} is not a non-empty string of at most ${MAX_REASON_LENGTH} ` +
+        "characters without control characters",
+    );
+  }
+  return reason;
+}
+
+/** Validates an `unhealthy` message from a new generation; throws `PROTOCOL_ERROR` naming the fault. */
+export function validateUnhealthy(m: Message): string {
+  const reason = (m as { reason?: unknown }).reason;
+  try {
+    return checkReason(reason);
+  } catch (err) {
+    protocolError(`unhealthy: ${(err as Error).message}`);
+  }
 }
 
 function sameAddr(a: Addr, b: Addr): boolean {
@@ -271,7 +347,7 @@ function sameAddr(a: Addr, b: Addr): boolean {
 
 /**
  * Checks that `fd` is what the metadata says: an open, listening stream
- * socket bound to `addr`. Throws `PROTOCOL_ERROR` naming the fd otherwise.
+ * socket (a datagram socket for a `udp:`/`unixgram:` key) bound to `addr`. Throws `PROTOCOL_ERROR` naming the fd otherwise.
  */
 export function checkListeningFd(fd: number, addr: Addr, key: string): void {
   let type: number, accepting: number, bound: Addr;
@@ -288,8 +364,15 @@ export function checkListeningFd(fd: number, addr: Addr, key: string): void {
       { cause: err },
     );
   }
-  if (type !== C.SOCK_STREAM) protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
-  if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
+  // A datagram socket (key udp:… or unixgram:…) is bound, never listening.
+  if (key.startsWith("udp:") || key.startsWith("unixgram:")) {
+    if (type !== C.SOCK_DGRAM) protocolError(`fd ${fd} for ${key} is not a datagram socket`);
+  } else {
+    if (type !== C.SOCK_STREAM) {
+      protocolError(`fd ${fd} for listener ${key} is not a stream socket`);
+    }
+    if (accepting !== 1) protocolError(`fd ${fd} for listener ${key} is not listening`);
+  }
   if (!sameAddr(bound, addr)) {
     protocolError(
       `fd ${fd} for listener ${key} is bound to ${formatAddr(bound)}, not ${formatAddr(addr)}`,

@@ -55,17 +55,20 @@ export interface UnixAddr {
 export type Addr = NetAddr | UnixAddr;
 
 /**
- * Why a generation stops: a newer one took over, or it was told to stop.
+ * Why a generation stops: a newer one took over (`"upgrade"`), it was told to
+ * stop (`"stop"`), or it was a new generation in its promotion window and the
+ * previous generation took the sockets back (`"rolled-back"`: it drains what it
+ * accepted and never shuts the shared sockets down).
  *
  * @example
  * ```ts
  * import { type ExitReason, Upgrader } from "@instar/instar";
  *
  * const up = await Upgrader.create();
- * const why: ExitReason = await up.exit; // "upgrade" or "stop"
+ * const why: ExitReason = await up.exit; // "upgrade", "stop" or "rolled-back"
  * ```
  */
-export type ExitReason = "upgrade" | "stop";
+export type ExitReason = "upgrade" | "stop" | "rolled-back";
 
 /**
  * Where a generation is in its life, for readiness probes and `instar status`.
@@ -102,7 +105,9 @@ export type UpgradeFailure =
   | "ready-timeout"
   | "exec-failed"
   | "protocol-error"
-  | "cancelled";
+  | "cancelled"
+  // The new generation exited or was declared unhealthy within the promotion window: this one serves on.
+  | "rolled-back";
 
 /**
  * Why a trigger did not start an upgrade at all.
@@ -120,7 +125,12 @@ export type UpgradeFailure =
  * });
  * ```
  */
-export type UpgradeRefusal = "in-progress" | "not-ready" | "stopping";
+export type UpgradeRefusal =
+  | "in-progress"
+  | "not-ready"
+  | "stopping"
+  // This generation is in its promotion window: the previous one may still take over again.
+  | "promotion-window";
 
 /**
  * Everything a generation serves on a socket it passes on: a listener, an

@@ -118,6 +118,29 @@ for (const mode of ["transplant", "fallback"] as const) {
       await stopped(next);
     });
 
+    test("a repeated SIGTERM lets in-flight requests finish; a second SIGINT exits at once", async () => {
+      const s = await start(mode);
+      const slow = get(s.port, "/slow?ms=1500");
+      await sleep(200);
+      for (let i = 0; i < 3; i++) {
+        process.kill(s.server.pid, "SIGTERM");
+        await sleep(50);
+      }
+      const r = await slow;
+      assert.equal(typeof r, "object", `the in-flight request was cut: ${r}`);
+      assert.equal((r as { status: number }).status, 200);
+      assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
+
+      const t = await start(mode);
+      const cut = get(t.port, "/slow?ms=5000");
+      await sleep(200);
+      process.kill(t.server.pid, "SIGINT");
+      await sleep(100);
+      process.kill(t.server.pid, "SIGINT");
+      assert.equal(await within(t.server.exited, 3_000, "forced exit"), 1);
+      assert.equal(typeof await cut, "string", "the forced exit cut the 5 s request");
+    });
+
     test("connections queued in the kernel when SIGTERM arrives are answered, not reset", async () => {
       const s = await start(mode);
       const busy = get(s.port, "/busy?ms=800"); // the event loop is blocked from now on

@@ -11,6 +11,8 @@ import type { LibcSymbols, NativeFunction, Signature } from "./symbols.ts";
 export interface Backend {
   /** Which runtime this backend serves. */
   readonly runtime: "deno" | "bun";
+  /** The library file the symbols were loaded from (for a worker thread that loads its own). */
+  readonly path: string;
   /** The functions of the symbol table. */
   readonly libc: LibcSymbols;
   /** The calling thread's errno; read it right after the failing call. */

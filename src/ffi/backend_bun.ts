@@ -51,6 +51,11 @@ const BUN_TYPE: Record<NativeType, string> = {
   void: "void",
 };
 
+/** A signature of the table in `bun:ffi`'s notation. */
+export function toBunSignature(sig: Signature): { args: string[]; returns: string } {
+  return { args: sig.parameters.map((t) => BUN_TYPE[t]), returns: BUN_TYPE[sig.result] };
+}
+
 function toBun(table: Record<string, Signature>): Record<string, BunFfiFunction> {
   const out: Record<string, BunFfiFunction> = {};
   for (const [name, sig] of Object.entries(table)) {
@@ -65,9 +70,11 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
   let symbols: Record<string, (...args: unknown[]) => unknown> | undefined;
   let errnoFn: (() => unknown) | undefined;
   let lastError: unknown;
+  let loaded = "";
   for (const path of candidates) {
     try {
       symbols = ffi.dlopen(path, toBun(SYMBOLS)).symbols;
+      loaded = path;
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
       errnoFn = Object.values(e)[0];
       break;
@@ -85,6 +92,7 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
   let errnoAddr: number | undefined;
   return {
     runtime: "bun",
+    path: loaded,
     libc: symbols as unknown as LibcSymbols,
     errno(): number {
       // The errno address is per thread and never changes for the JS thread.

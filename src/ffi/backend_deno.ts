@@ -48,10 +48,12 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
   let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
   let errnoLib: { symbols: Record<string, () => number | bigint> } | undefined;
   let lastError: unknown;
+  let loaded = "";
   for (const path of candidates) {
     try {
       lib = Deno.dlopen(path, SYMBOLS);
       errnoLib = Deno.dlopen(path, darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS);
+      loaded = path;
       break;
     } catch (err) {
       if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
@@ -72,6 +74,7 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
   let errnoView: Deno.UnsafePointerView | undefined;
   return {
     runtime: "deno",
+    path: loaded,
     libc: lib.symbols as unknown as LibcSymbols,
     errno(): number {
       // The errno address is per thread and never changes for the JS thread.

@@ -12,7 +12,8 @@
 import process from "node:process";
 import { InstarError, SystemError } from "../errors.ts";
 import type { Backend } from "./backend.ts";
-import { openBun } from "./backend_bun.ts";
+import { openBun, toBunSignature } from "./backend_bun.ts";
+import { type Signature, SYMBOLS } from "./symbols.ts";
 import { openDeno } from "./backend_deno.ts";
 import { DARWIN_ERRNO, LINUX_ERRNO } from "./errno.ts";
 import { C, platform } from "./layout.ts";
@@ -306,6 +307,81 @@ export function poll(fds: PollFd[], timeoutMs: number): number {
   }
   fds.forEach((p, i) => (p.revents = dv.getInt16(i * l.size + l.revents, true)));
   return n;
+}
+
+// ---------------------------------------------------------------- worker threads
+
+/**
+ * What a worker thread needs to load one symbol of the table itself (a
+ * worker has its own FFI): the library file this thread loaded, and the
+ * symbol's signature in Deno's and in Bun's notation.
+ */
+export function symbolForWorker(name: keyof typeof SYMBOLS): {
+  lib: string;
+  deno: Signature;
+  bun: { args: string[]; returns: string };
+} {
+  const sig = SYMBOLS[name] as Signature;
+  return { lib: backend().path, deno: sig, bun: toBunSignature(sig) };
+}
+
+// ---------------------------------------------------------------- datagrams
+
+/**
+ * `sendto(2)` of one datagram to an encoded sockaddr, never blocking
+ * (MSG_DONTWAIT); returns the bytes sent, or `null` when the socket buffer is
+ * full (EAGAIN).
+ */
+export function sendTo(fd: number, data: Uint8Array, to: Uint8Array): number | null {
+  const b = backend();
+  for (;;) {
+    const n = Number(
+      b.libc.sendto(fd, data, data.byteLength, C.MSG_DONTWAIT | C.MSG_NOSIGNAL, to, to.byteLength),
+    );
+    if (n >= 0) return n;
+    const errno = b.errno();
+    if (errno === EAGAIN) return null;
+    if (errno !== EINTR) throw new SystemError("sendto", errno, errnoName(errno), `fd ${fd}`);
+  }
+}
+
+/** What {@link recvFrom} received. */
+export interface Datagram {
+  /** The datagram's bytes (cut to the buffer's size when `truncated`). */
+  data: Uint8Array;
+  /** The sender's encoded sockaddr (empty for an unnamed Unix sender). */
+  from: Uint8Array;
+  /** The datagram was longer than the buffer; the rest is lost. */
+  truncated: boolean;
+}
+
+/**
+ * `recvfrom(2)` of one datagram of up to `maxBytes`, never blocking
+ * (MSG_DONTWAIT); `null` when none is queued (EAGAIN).
+ */
+export function recvFrom(fd: number, maxBytes: number): Datagram | null {
+  const b = backend();
+  const size = platform().layout.sockaddrStorage.size;
+  const data = new Uint8Array(maxBytes);
+  const from = new Uint8Array(size);
+  const len = new Uint8Array(4);
+  const lenDv = new DataView(len.buffer);
+  for (;;) {
+    lenDv.setUint32(0, size, true);
+    // MSG_TRUNC: the result is the datagram's real length, so truncation shows.
+    const n = Number(b.libc.recvfrom(fd, data, maxBytes, C.MSG_DONTWAIT | C.MSG_TRUNC, from, len));
+    if (n >= 0) {
+      const fromLen = Math.min(lenDv.getUint32(0, true), size);
+      return {
+        data: data.subarray(0, Math.min(n, maxBytes)),
+        from: from.subarray(0, fromLen),
+        truncated: n > maxBytes,
+      };
+    }
+    const errno = b.errno();
+    if (errno === EAGAIN) return null;
+    if (errno !== EINTR) throw new SystemError("recvfrom", errno, errnoName(errno), `fd ${fd}`);
+  }
 }
 
 // ---------------------------------------------------------------- SCM_RIGHTS

@@ -45,6 +45,12 @@ export const SYMBOLS = {
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // ssize_t recvmsg(int fd, struct msghdr *msg, int flags);
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  // ssize_t sendto(int fd, const void *buf, size_t len, int flags,
+  //                const struct sockaddr *dest_addr, socklen_t addrlen);
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  // ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
+  //                  struct sockaddr *src_addr, socklen_t *addrlen);
+  recvfrom: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"], result: "isize" },
   // ssize_t read(int fd, void *buf, size_t count);
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count);

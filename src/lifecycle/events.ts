@@ -26,10 +26,23 @@ export interface UpgraderEvents {
   "upgrade-started": { generation: number };
   /** The new generation's process exists. */
   "upgrade-spawned": { pid: number };
-  /** The new generation said ready; this one drains now. */
+  /** The new generation said ready (and its promotion window passed, if any); this one drains now. */
   "upgrade-succeeded": { pid: number; ms: number };
   /** The upgrade failed; this generation serves on. */
   "upgrade-failed": { error: UpgradeError };
+  /**
+   * The new generation `pid` is ready and this one has stopped accepting for
+   * the promotion window of `ms`; `upgrade-succeeded` follows when it has
+   * passed, `rolled-back` if the new generation failed within it.
+   */
+  "promotion-window": { pid: number; generation: number; ms: number };
+  /**
+   * The new generation (`pid`, `generation`) exited or was declared unhealthy
+   * within the promotion window: this generation accepts again and serves on;
+   * `upgrade()` rejects with reason `rolled-back`. It is the upgrade's outcome
+   * (no `upgrade-failed` follows). `reason`: the `unhealthy()` reason, or how it ended.
+   */
+  "rolled-back": { pid: number; generation: number; reason: string };
   /** A trigger was refused (an upgrade in flight, not ready yet, stopping): nothing was started. */
   "upgrade-refused": { error: UpgradeRefusedError };
   /** This generation stopped accepting and drains. */

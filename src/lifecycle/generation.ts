@@ -19,6 +19,7 @@ import {
   type ControlMeta,
   type ListenerMeta,
   type Message,
+  type MessageHandlers,
   messages,
   MessageSocket,
 } from "../protocol.ts";
@@ -45,6 +46,22 @@ export interface Attempt {
   release(): void;
   /** Whether bytes from it wait on the channel, not yet read by the event loop (poll(2), 0 ms). */
   pending(): boolean;
+  /** Started by this process (fork/exec): its exit is reaped here. False (or absent) for a handover. */
+  readonly child?: boolean;
+  /**
+   * It is ready and the link stays open (the promotion window): what arrives
+   * on it from now on goes to `handlers`. `release()` or `abandon()` still end it.
+   * Both kinds of next generation have it; absent, no window can be held.
+   */
+  keep?(handlers: MessageHandlers): MessageSocket;
+}
+
+/** The sockets (and the promotion window) a next generation is handed. */
+export interface Passed {
+  listeners: ListenerMeta[];
+  control: ControlMeta | null;
+  /** The promotion window in ms, announced in the hello (0: none). */
+  promotionWindow?: number;
 }
 
 /** How to start the program anew. */
@@ -84,7 +101,7 @@ function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[]
 export function spawnGeneration(
   plan: ExecPlan,
   generation: number,
-  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+  sockets: Passed,
   reaper: Reaper,
 ): Attempt {
   const { path, argv, env } = execArgs(plan);
@@ -99,7 +116,13 @@ export function spawnGeneration(
   try {
     // The hello waits in the socket buffer, so the child reads it at once.
     new Channel(mine).send(
-      messages.hello(generation, "inherit", sockets.listeners, sockets.control),
+      messages.hello(
+        generation,
+        "inherit",
+        sockets.listeners,
+        sockets.control,
+        sockets.promotionWindow,
+      ),
     );
     pid = spawn({
       path,
@@ -137,6 +160,8 @@ export function spawnGeneration(
       reaper.forget(pid);
     },
     pending: () => !wait.closed() && readable(mine),
+    child: true,
+    keep: wait.keep,
   };
 }
 
@@ -149,7 +174,7 @@ export function handOver(
   fd: number,
   pid: number,
   generation: number,
-  sockets: { listeners: ListenerMeta[]; control: ControlMeta | null },
+  sockets: Passed,
 ): Attempt {
   // Attached fds travel in order; the hello names them by index.
   const all = [...sockets.listeners, ...(sockets.control ? [sockets.control] : [])];
@@ -158,6 +183,7 @@ export function handOver(
     "scm_rights",
     sockets.listeners.map((l, i) => ({ ...l, fd: i })),
     sockets.control ? { ...sockets.control, fd: sockets.listeners.length } : null,
+    sockets.promotionWindow,
   );
   const bytes = new TextEncoder().encode(JSON.stringify(hello) + "\n");
   // A fresh connection's send buffer is empty: the message goes at once or not at all.
@@ -182,6 +208,8 @@ export function handOver(
     abandon: () => Promise.resolve(wait.close()),
     release: () => wait.close(),
     pending: () => !wait.closed() && readable(fd),
+    child: false,
+    keep: wait.keep,
   };
 }
 
@@ -214,9 +242,15 @@ function readiness(
   pid: number,
   ended: () => Promise<UpgradeError>,
   existing?: MessageSocket,
-): { ready: Promise<void>; close: () => void; closed: () => boolean } {
+): {
+  ready: Promise<void>;
+  close: () => void;
+  closed: () => boolean;
+  keep: (h: MessageHandlers) => MessageSocket;
+} {
   let conn: MessageSocket | undefined = existing;
   let closed = false;
+  let linkEnded = false; // the link ended (before keep() could rebind it)
   const ready = new Promise<void>((resolve, reject) => {
     const handlers = {
       message(m: Message) {
@@ -227,6 +261,7 @@ function readiness(
         reject(new UpgradeError("protocol-error", why, { pid }));
       },
       end(error: InstarError | null) {
+        linkEnded = true;
         if (error) {
           reject(new UpgradeError("protocol-error", error.message, { pid }, { cause: error }));
         } else ended().then(reject);
@@ -243,6 +278,12 @@ function readiness(
       conn?.close();
     },
     closed: () => closed,
+    keep: (h) => {
+      conn!.rebind(h);
+      // An end already reported to the readiness wait is reported again, after this call returns.
+      if (linkEnded) queueMicrotask(() => h.end(null));
+      return conn!;
+    },
   };
 }
 

@@ -45,6 +45,15 @@ export function logLifecycle(
     "upgrade-refused",
     ({ error }) => say(`upgrade-refused: ${error.reason}: ${error.message}`),
   );
+  up.on(
+    "promotion-window",
+    ({ pid, ms }) => say(`promotion-window: pid ${pid} is ready; this generation waits ${ms} ms`),
+  );
+  up.on(
+    "rolled-back",
+    ({ pid, generation, reason }) =>
+      say(`rolled-back: generation ${generation} (pid ${pid}): ${reason}`),
+  );
   up.on("draining", ({ reason }) => say(`draining: ${reason}`));
   up.on(
     "drained",

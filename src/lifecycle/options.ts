@@ -61,19 +61,49 @@ export interface UpgraderOptions {
    * Default: on when systemd set those variables; `false` turns both off.
    */
   systemd?: boolean;
+  /**
+   * The promotion window, in ms (default 0: none). After the next generation
+   * is ready, this one stops accepting but keeps its sockets for this long;
+   * if the new generation exits or calls `up.unhealthy(reason)` within it,
+   * this one accepts again and serves on (`rolled-back`), else it drains.
+   * `upgrade()` resolves at the end of the window. At most 24 h.
+   */
+  promotionWindow?: number;
 }
 
 /** The options with their defaults, checked. */
 export interface Settings extends
   Omit<
     UpgraderOptions,
-    "readyTimeout" | "drainTimeout" | "upgradeSignal" | "stopSignals" | "exitAfterDrain"
+    | "readyTimeout"
+    | "drainTimeout"
+    | "upgradeSignal"
+    | "stopSignals"
+    | "exitAfterDrain"
+    | "promotionWindow"
   > {
   readyTimeout: number;
   drainTimeout: number;
   upgradeSignal: string | null;
   stopSignals: string[];
   exitAfterDrain: boolean;
+  promotionWindow: number;
+}
+
+/** The longest promotion window: 24 h. */
+export const MAX_PROMOTION_WINDOW_MS = 86_400_000;
+
+// 0 (none, the default) or a whole number of ms up to a day: a timer must hold it.
+function windowMs(value: number | undefined): number {
+  if (value === undefined) return 0;
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_PROMOTION_WINDOW_MS) {
+    invalid(
+      "promotionWindow",
+      value,
+      `a whole number of milliseconds from 0 to ${MAX_PROMOTION_WINDOW_MS}`,
+    );
+  }
+  return value;
 }
 
 function ms(option: string, value: number | undefined, fallback: number): number {
@@ -100,5 +130,6 @@ export function resolveOptions(options: UpgraderOptions): Settings {
     upgradeSignal,
     stopSignals,
     exitAfterDrain: options.exitAfterDrain ?? true,
+    promotionWindow: windowMs(options.promotionWindow),
   };
 }

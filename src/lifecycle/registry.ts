@@ -11,6 +11,7 @@
 import { invalid } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import type { ListenOptions, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
+import type { UdpDatagramOptions, UnixDatagramOptions } from "../net/datagram.ts";
 import { type ActivatedSocket, activatedSockets, findActivated } from "../process/systemd.ts";
 import type { ControlMeta, Hello, ListenerMeta } from "../protocol.ts";
 import type { Endpoint } from "../types.ts";
@@ -47,6 +48,34 @@ export function keyOf(spec: SocketSpec): string {
   if ("path" in spec) return `unix:${spec.path}`;
   if ("port" in spec) return `tcp:${spec.hostname ?? "0.0.0.0"}:${spec.port}`;
   invalid("listen options", JSON.stringify(spec), "{ hostname?, port }, { path } or { name }");
+}
+
+/**
+ * Where {@link Upgrader.listenDatagram} receives: UDP or a Unix datagram socket.
+ *
+ * @example
+ * ```ts
+ * import { type DatagramSpec, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const spec: DatagramSpec = { hostname: "127.0.0.1", port: 5353 };
+ * const sock = await up.listenDatagram(spec);
+ * ```
+ */
+export type DatagramSpec = UdpDatagramOptions | UnixDatagramOptions;
+
+/** The registry key of a datagram spec: `udp:<host>:<port>` or `unixgram:<path>` (port 0 stays 0). */
+export function datagramKeyOf(spec: DatagramSpec): string {
+  if (spec === null || typeof spec !== "object" || "fd" in spec) {
+    invalid(
+      "listenDatagram options",
+      spec,
+      "{ hostname?, port } or { path }: fds are managed by the Upgrader",
+    );
+  }
+  if ("path" in spec) return `unixgram:${spec.path}`;
+  if ("port" in spec) return `udp:${spec.hostname ?? "0.0.0.0"}:${spec.port}`;
+  invalid("listenDatagram options", JSON.stringify(spec), "{ hostname?, port } or { path }");
 }
 
 /** The sockets of one generation, by key. */
@@ -100,6 +129,23 @@ export class Registry {
       );
     }
     return { key, fd: undefined, activated: false };
+  }
+
+  /**
+   * Reserves a datagram socket's key (`udp:host:port`, `unixgram:path`) and
+   * returns the inherited socket for it, if any; `undefined` means open a
+   * fresh one. (systemd's datagram sockets are not adopted: only listening
+   * stream sockets are kept from LISTEN_FDS.)
+   */
+  claimDatagram(spec: DatagramSpec): { key: string; fd: number | undefined } {
+    const key = datagramKeyOf(spec);
+    if (this.#keys.has(key)) {
+      invalid("listenDatagram options", key, "an address this Upgrader does not use yet");
+    }
+    this.#keys.add(key);
+    const fd = this.#inherited.get(key);
+    this.#inherited.delete(key);
+    return { key, fd };
   }
 
   /** Gives back a key whose socket could not be opened. */

@@ -2,8 +2,11 @@
  * The signals a generation answers: the upgrade signal and the stop signals.
  * Handlers stay installed until the generation has drained, so no signal
  * reaches its default action (which would kill a generation with requests
- * in flight): an upgrade signal while draining is refused, a second stop
- * signal forces the exit.
+ * in flight): an upgrade signal while draining is refused. A second SIGINT
+ * (Ctrl-C pressed again: a person who does not want to wait) forces the exit;
+ * a repeated SIGTERM does not, because machines repeat it: systemd's default
+ * KillMode signals every process of the unit while a supervisor forwards its
+ * own, `docker stop` and kubelet may resend. The drain timeout bounds the wait.
  *
  * @module
  */
@@ -27,7 +30,7 @@ export function checkSignal(option: string, name: string): number {
 export interface SignalActions {
   /** The upgrade signal arrived. */
   upgrade(): void;
-  /** A stop signal arrived; `count` is 1 for the first, 2 and more for later ones. */
+  /** A stop signal arrived; `count` is 1 for the first, 2 and more for a repeated SIGINT. */
   stop(count: number): void;
 }
 
@@ -40,8 +43,10 @@ export function installSignals(
   const installed: [string, () => void][] = [];
   if (upgradeSignal) installed.push([upgradeSignal, () => actions.upgrade()]);
   let stops = 0;
-  const onStop = () => actions.stop(++stops);
-  for (const s of stopSignals) installed.push([s, onStop]);
+  const onStop = (sig: string) => {
+    if (stops === 0 || sig === "SIGINT") actions.stop(++stops);
+  };
+  for (const s of stopSignals) installed.push([s, () => onStop(s)]);
   for (const [sig, h] of installed) process.on(sig, h);
   return () => {
     for (const [sig, h] of installed) process.off(sig, h);

@@ -2,12 +2,14 @@
  * What systemd hears of the lifecycle (`Type=notify-reload`): RELOADING at
  * the start of an upgrade, EXTEND_TIMEOUT while the child starts, MAINPID +
  * READY from the old generation before it stops accepting (systemd must know
- * the new main pid before the old one exits), READY + STATUS after a failure,
- * STOPPING on stop. A failed notification is a warning, never a stop.
+ * the new main pid before the old one exits; with a promotion window, once it
+ * passed), READY + STATUS after a failure, MAINPID (its own) + READY + STATUS
+ * after a rollback, STOPPING on stop. A failed notification is a warning, never a stop.
  *
  * @module
  */
 
+import process from "node:process";
 import type { SystemdNotifier } from "../process/systemd.ts";
 import type { Emitter } from "./events.ts";
 
@@ -43,6 +45,11 @@ export function bridgeSystemd(events: Emitter, notify: SystemdNotifier): { ready
       if (error.reason !== "cancelled") {
         sd((n) => n.upgradeFailed(`upgrade failed: ${error.reason}`));
       }
+    });
+    // The old generation stayed systemd's main process through the window; it is again the one that serves.
+    events.on("rolled-back", ({ reason }) => {
+      stopExtending();
+      sd((n) => n.readyWithMainPid(process.pid, `upgrade rolled back: ${reason}`));
     });
     events.on("draining", ({ reason }) => {
       stopExtending();

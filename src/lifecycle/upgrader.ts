@@ -12,22 +12,31 @@ import { InstarError, UpgradeError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
+import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
 import type { MessageSocket, StatusReport } from "../protocol.ts";
 import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";
 import type { Addr, ExitReason, State } from "../types.ts";
-import { type ParentLink, readHello, requestHandover, sayReady } from "./child.ts";
+import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
-import { type Attempt, awaitReady, handOver, spawnGeneration } from "./generation.ts";
+import { type Attempt, awaitReady, handOver, type Passed, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
 import { removePidFileIfOurs, writePidFile } from "./pid_file.ts";
+import { Probation, PromotionWindow, unhealthy } from "./promotion.ts";
 import { Reaper } from "./reaper.ts";
-import { activatedListeners, addressOf, Registry, type SocketSpec } from "./registry.ts";
+import {
+  activatedListeners,
+  addressOf,
+  type DatagramSpec,
+  Registry,
+  type SocketSpec,
+} from "./registry.ts";
+import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { statusReport } from "./status.ts";
 import { installSignals } from "./signals.ts";
 import { bridgeSystemd } from "./systemd_bridge.ts";
@@ -69,11 +78,14 @@ export class Upgrader {
   #systemd: { ready(): void };
   #control: ControlServer | null = null;
   #paused: PausedSocket[] = [];
+  #resumeOnReady: (() => void)[] = [];
   #readyCalled = false;
   #serving = false;
   #cancel: ((e: UpgradeError) => void) | null = null;
   #hooks: (() => void | Promise<void>)[] = [];
   #removeSignals: () => void = () => {};
+  #window: PromotionWindow | null = null;
+  #probation: Probation | null = null;
   #resolveExit!: (r: ExitReason) => void;
   #resolveDrained!: () => void;
 
@@ -197,6 +209,41 @@ export class Upgrader {
     }
   }
 
+  /**
+   * A UDP or Unix datagram socket that survives upgrades: `{ hostname?, port }`
+   * or `{ path, mode? }`. Iterate it for `{ data, addr }`, answer with
+   * `send(data, addr)`. A new generation reads nothing before `ready()`; at
+   * the handover the old one stops reading (datagrams wait in the shared
+   * socket for the new one), hands out what it took, and can still send
+   * until it exits. See docs/datagram.md.
+   *
+   * @example
+   * ```ts
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create();
+   * const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 5353 });
+   * (async () => {
+   *   for await (const { data, addr } of sock) await sock.send(data, addr);
+   * })();
+   * await up.ready();
+   * ```
+   */
+  async listenDatagram(spec: DatagramSpec): Promise<DatagramSocket> {
+    const { key, fd } = this.#registry.claimDatagram(spec);
+    const hold = fd !== undefined && this.#state === "starting" && this.#link !== null;
+    let sock: DatagramSocketControl;
+    try {
+      sock = await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
+    } catch (err) {
+      this.#registry.unclaim(key);
+      throw err;
+    }
+    if (hold) this.#resumeOnReady.push(() => sock.resumeReceiving());
+    this.#registry.add(datagramEndpoint(key, sock));
+    return sock;
+  }
+
   // A new generation accepts nothing on a shared socket before it is ready: the
   // previous one serves until then, and a new version that dies before ready()
   // takes no connection with it. (Synchronous right after the runtime started
@@ -227,7 +274,13 @@ export class Upgrader {
     this.#stillStarting();
     if (this.#settings.pidFile) this.#writePidFile(this.#settings.pidFile);
     for (const p of this.#paused.splice(0)) resumeSocket(p);
-    if (this.#link) sayReady(this.#link, (m) => this.#events.warn(m));
+    for (const resume of this.#resumeOnReady.splice(0)) resume();
+    if (this.#link) {
+      this.#probation = Probation.begin(this.#link, (reason) => {
+        this.#events.warn(`the previous generation took over again: ${reason}`);
+        this.#beginExit("rolled-back");
+      }, (m) => this.#events.warn(m));
+    }
     this.#link = null;
     // A later generation is announced by the one it replaces (MAINPID + READY).
     if (this.generation === 1) this.#systemd.ready();
@@ -260,8 +313,11 @@ export class Upgrader {
    * then drains. Rejects with an {@link UpgradeError} (and keeps serving) when
    * the new generation exits, is killed, is not ready in time, cannot be
    * executed, or breaks the protocol; with an `UpgradeRefusedError`
-   * (nothing started) when an upgrade is in flight, `ready()` was not called
-   * or this generation stops.
+   * (nothing started) when an upgrade is in flight, `ready()` was not called,
+   * this generation stops or is itself within its promotion window. With a
+   * `promotionWindow` it resolves once the window has passed, and rejects
+   * with reason `rolled-back` when the new generation exited or was declared
+   * unhealthy within it (this generation then serves on).
    */
   upgrade(): Promise<number> {
     return this.#run((generation, sockets) =>
@@ -269,10 +325,40 @@ export class Upgrader {
     );
   }
 
-  /** Stops this generation gracefully: stop accepting, drain, exit. */
+  /**
+   * Stops this generation gracefully: stop accepting, drain, exit. Within a
+   * promotion window, stopping the old generation stops the new one too;
+   * stopping the new one hands the sockets back to the old one, which serves on.
+   */
   stop(): void {
+    this.#window?.stop();
     this.#cancel?.(new UpgradeError("cancelled", "this generation was told to stop"));
-    this.#beginExit("stop");
+    const left = this.#probation?.leave("stopped within its promotion window") ?? false;
+    this.#beginExit(left ? "rolled-back" : "stop");
+  }
+
+  /**
+   * Declares this new generation unhealthy within its promotion window: the
+   * previous generation accepts again and serves on (it reports `rolled-back`
+   * with `reason`), and this one drains what it accepted and exits. Resolves
+   * once the previous generation has taken over. Rejects with
+   * `NO_PROMOTION_WINDOW` when none is open (no `promotionWindow` on the
+   * previous generation, the first generation, or the window has ended:
+   * nobody can take over, so nothing changes), and `INVALID_ARGUMENT` for a
+   * reason that is empty, longer than 1024 characters or has control characters.
+   *
+   * @example
+   * ```ts
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create({ promotionWindow: 30_000 });
+   * await up.ready();
+   * const db = await fetch("http://127.0.0.1:5984/").catch(() => null);
+   * if (!db?.ok) await up.unhealthy("database unreachable").catch((e) => console.error(e.message));
+   * ```
+   */
+  unhealthy(reason: string): Promise<void> {
+    return unhealthy(this.#probation, reason);
   }
 
   /** The addresses this generation listens and serves on. */
@@ -308,9 +394,9 @@ export class Upgrader {
 
   /** One upgrade, however the next generation comes to exist. This generation serves on whatever happens. */
   async #run(
-    start: (generation: number, sockets: ReturnType<Registry["passable"]>) => Attempt,
+    start: (generation: number, sockets: Passed) => Attempt,
   ): Promise<number> {
-    const refused = refusal(this.#state);
+    const refused = refusal(this.#state) ?? this.#probation?.refusal() ?? null;
     if (refused) {
       this.#events.emit("upgrade-refused", { error: refused });
       throw refused;
@@ -322,10 +408,10 @@ export class Upgrader {
     const cancelled = new Promise<UpgradeError>((r) => (this.#cancel = r));
     try {
       const c = this.#control;
-      attempt = start(
-        this.generation + 1,
-        this.#registry.passable(c && { path: c.path, fd: c.fd }),
-      );
+      attempt = start(this.generation + 1, {
+        ...this.#registry.passable(c && { path: c.path, fd: c.fd }),
+        promotionWindow: this.#settings.promotionWindow,
+      });
       this.#events.emit("upgrade-spawned", { pid: attempt.pid });
       await awaitReady(attempt, this.#settings.readyTimeout, cancelled);
     } catch (err) {
@@ -334,10 +420,35 @@ export class Upgrader {
     } finally {
       this.#cancel = null;
     }
+    const ms = performance.now() - started;
+    if (this.#settings.promotionWindow > 0) await this.#promote(attempt);
     attempt.release();
-    this.#events.emit("upgrade-succeeded", { pid: attempt.pid, ms: performance.now() - started });
+    this.#events.emit("upgrade-succeeded", { pid: attempt.pid, ms });
     this.#beginExit("upgrade");
     return attempt.pid;
+  }
+
+  // The promotion window (promotion.ts): returns once it passed; throws when this generation serves on.
+  async #promote(attempt: Attempt): Promise<void> {
+    const generation = this.generation + 1, ms = this.#settings.promotionWindow;
+    this.#window = new PromotionWindow(attempt, {
+      windowMs: ms,
+      generation,
+      endpoints: this.#registry.endpoints,
+      controlFd: this.#control?.fd ?? null,
+      reaper: this.#reaper,
+      drainTimeout: this.#settings.drainTimeout,
+      pidFile: this.#settings.pidFile,
+      warn: (m) => this.#events.warn(m),
+    });
+    this.#events.emit("promotion-window", { pid: attempt.pid, generation, ms });
+    const failed = await this.#window.outcome;
+    this.#window = null;
+    if (!failed) return;
+    if (failed.error.reason === "cancelled") this.#failed(failed.error);
+    this.#events.emit("rolled-back", { pid: attempt.pid, generation, reason: failed.reason });
+    this.#setState("ready");
+    throw failed.error;
   }
 
   #failed(err: unknown): never {

@@ -8,6 +8,9 @@
  *   to a starting generation): Deno `new net.Socket({ fd })`, Bun
  *   `net.connect({ fd })` (Bun's `new net.Socket({ fd })` never reads);
  * - the native HTTP server `serve()` starts: `Deno.serve` or `Bun.serve`;
+ * - reading a datagram socket: `Bun.udpSocket({ fd })`, `node:dgram`
+ *   transplanted (Deno), or `recvfrom` woken by a poll worker (Unix datagram
+ *   sockets, and the fallback);
  * - the fd under an accepted `node:net` socket (`_handle.fd` in both), for
  *   SO_PEERCRED and SCM_RIGHTS on control connections.
  *
@@ -20,6 +23,9 @@ import { C, close as closeFd, dupCloexec, getsockoptInt, runtimeName } from "../
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { Acceptor, BaseConn } from "./conn.ts";
 import { bunAcceptor } from "./listener_bun.ts";
+import { bunDatagramReader } from "./datagram_bun.ts";
+import { denoDatagramReader } from "./datagram_deno.ts";
+import { type DatagramReader, type OnDatagram, pollReader } from "./datagram_reader.ts";
 import { denoAcceptor } from "./listener_deno.ts";
 import { nodeAcceptor } from "./listener_node.ts";
 import { bunAdapter } from "./serve_bun.ts";
@@ -95,4 +101,33 @@ export function serveAdapter(): ServeAdapter {
 /** Which runtime serves: `deno` or `bun` (for messages and option checks that differ). */
 export function currentRuntime(): "deno" | "bun" | "unknown" {
   return runtimeName() ?? "unknown";
+}
+
+/** How a datagram socket is read (tests force the portable path). */
+export type DatagramBackend = "auto" | "poll";
+
+/**
+ * Starts reading the datagram socket `fd` with the runtime's own UDP socket
+ * when it can carry it (UDP; Deno through a transplant), else with the
+ * portable reader. `fd` stays the caller's. `paused`: nothing is read until
+ * `resume()`.
+ */
+export async function startDatagramReader(
+  fd: number,
+  onDatagram: OnDatagram,
+  options: { paused: boolean; backend: DatagramBackend },
+): Promise<DatagramReader> {
+  const rt = runtimeName();
+  const inet = getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN) !== C.AF_UNIX;
+  if (options.backend === "auto" && inet && rt === "bun") {
+    return await bunDatagramReader(fd, onDatagram, options.paused);
+  }
+  if (options.backend === "auto" && inet && rt === "deno") {
+    try {
+      return await denoDatagramReader(fd, onDatagram, options.paused);
+    } catch (err) {
+      if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
+    }
+  }
+  return await pollReader(fd, onDatagram, options.paused);
 }

@@ -9,6 +9,7 @@
  */
 
 import net from "node:net";
+import tls from "node:tls";
 
 /** Options of {@link runLoad}. */
 export interface LoadOptions {
@@ -45,6 +46,13 @@ export interface LoadOptions {
   onFailure?: (kind: FailureKind, startMs: number, endMs: number, msg: string) => void;
   /** Stops early when it resolves. */
   signal?: AbortSignal;
+  /**
+   * HTTPS (HTTP/1.1 over TLS, any certificate accepted: the tests make their
+   * own); a failed handshake counts as a failure of the request it carried.
+   */
+  tls?: boolean;
+  /** With `tls`: called with the SHA-256 fingerprint of each connection's server certificate. */
+  onCertificate?: (fingerprint256: string) => void;
 }
 
 /** What {@link runLoad} measured. */
@@ -151,10 +159,21 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     let waiter: ((e: Error | null) => void) | null = null;
     const open = () =>
       new Promise<net.Socket>((resolve, reject) => {
-        const s = net.connect({ host: hostname, port: o.port });
+        const s = o.tls
+          ? tls.connect({
+            host: hostname,
+            port: o.port,
+            rejectUnauthorized: false,
+            ALPNProtocols: ["http/1.1"],
+          })
+          : net.connect({ host: hostname, port: o.port });
         s.setNoDelay(true);
         s.setEncoding("latin1");
-        s.once("connect", () => resolve(s));
+        s.once(o.tls ? "secureConnect" : "connect", () => {
+          const cert = o.tls ? (s as tls.TLSSocket).getPeerCertificate() : undefined;
+          if (cert?.fingerprint256) o.onCertificate?.(cert.fingerprint256);
+          resolve(s);
+        });
         s.once("error", reject);
         s.on("data", (d: string) => {
           buf += d;

@@ -1,0 +1,565 @@
+/**
+ * Datagram sockets instar owns (UDP and Unix datagram), created or adopted
+ * through libc and read through the runtime's own I/O (see
+ * `src/runtime/mod.ts`): an async iterable of received datagrams with their
+ * senders, `send()`, `close()`.
+ *
+ * Sending always goes through `sendto(2)` on instar's own fd, never through
+ * the runtime's reader: a generation that stopped reading at a handover
+ * still answers the datagrams it already took.
+ *
+ * @module
+ */
+
+import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { InstarError, invalid, SystemError } from "../errors.ts";
+import {
+  bind,
+  C,
+  close as closeFd,
+  connect,
+  EAGAIN,
+  fcntl,
+  getsockname,
+  getsockoptInt,
+  sendTo,
+  setCloexec,
+  setNonBlocking,
+  setsockoptInt,
+  socket,
+} from "../ffi/mod.ts";
+import { decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { type DatagramBackend, startDatagramReader } from "../runtime/mod.ts";
+import {
+  type DatagramAddr,
+  datagramAddrOf,
+  type DatagramReader,
+} from "../runtime/datagram_reader.ts";
+import { sleep } from "../timeout.ts";
+
+export type { DatagramAddr } from "../runtime/datagram_reader.ts";
+
+/**
+ * A UDP socket: numeric `hostname` (default `"0.0.0.0"`; `"::"` is
+ * dual-stack) and `port` (0 picks a free one).
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram, type UdpDatagramOptions } from "@instar/instar";
+ *
+ * const o: UdpDatagramOptions = { hostname: "127.0.0.1", port: 5353 };
+ * const sock = await listenDatagram(o);
+ * ```
+ */
+export interface UdpDatagramOptions {
+  /** A numeric IPv4 or IPv6 address; default `"0.0.0.0"`. */
+  hostname?: string;
+  /** 0–65535; 0 picks a free port (see {@link DatagramSocket.addr}). */
+  port: number;
+}
+
+/**
+ * A Unix datagram socket at `path` (`@name`: abstract namespace). A stale
+ * socket file is replaced; closing leaves the file for the next generation.
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram, type UnixDatagramOptions } from "@instar/instar";
+ *
+ * const o: UnixDatagramOptions = { path: "/run/app/log.sock", mode: 0o660 };
+ * const sock = await listenDatagram(o);
+ * ```
+ */
+export interface UnixDatagramOptions {
+  /** The socket path, or `@name` for the Linux abstract namespace. */
+  path: string;
+  /** File mode of the socket file, e.g. `0o660`. */
+  mode?: number;
+}
+
+/**
+ * Adopt a bound datagram socket (inherited, or received over SCM_RIGHTS).
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram } from "@instar/instar";
+ *
+ * const sock = await listenDatagram({ fd: 3 });
+ * ```
+ */
+export interface FdDatagramOptions {
+  /** The socket; it becomes close-on-exec and non-blocking, and `close()` closes it. */
+  fd: number;
+}
+
+/**
+ * Where {@link listenDatagram} receives.
+ *
+ * @example
+ * ```ts
+ * import { type DatagramOptions, listenDatagram } from "@instar/instar";
+ *
+ * const where: DatagramOptions = { hostname: "::", port: 514 };
+ * const sock = await listenDatagram(where);
+ * ```
+ */
+export type DatagramOptions = UdpDatagramOptions | UnixDatagramOptions | FdDatagramOptions;
+
+/**
+ * One received datagram and who sent it.
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram, type ReceivedDatagram } from "@instar/instar";
+ *
+ * const sock = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
+ * const d: ReceivedDatagram = await sock.receive();
+ * await sock.send(d.data, d.addr);
+ * ```
+ */
+export interface ReceivedDatagram {
+  /** The payload (at most 65,536 bytes; a longer Unix datagram is cut). */
+  data: Uint8Array;
+  /** The sender. */
+  addr: DatagramAddr;
+}
+
+/**
+ * A bound datagram socket: iterate it (or call `receive()`) for datagrams,
+ * answer with `send()`.
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram } from "@instar/instar";
+ *
+ * await using sock = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
+ * for await (const { data, addr } of sock) await sock.send(data, addr);
+ * ```
+ */
+export interface DatagramSocket extends AsyncIterable<ReceivedDatagram>, AsyncDisposable {
+  /** The address the socket is bound to (the real port when 0 was asked for). */
+  readonly addr: DatagramAddr;
+  /** instar's own close-on-exec fd of the socket; -1 after `close()`. */
+  readonly fd: number;
+  /** Which runtime I/O reads: `Bun.udpSocket`, `node:dgram (transplanted)`, `recvfrom + poll worker`. */
+  readonly kind: string;
+  /** Datagrams dropped because more than 4,096 were waiting for `receive()`. */
+  readonly dropped: number;
+  /**
+   * The next datagram. Rejects with `SOCKET_CLOSED` once the socket is
+   * closed (or handed over) and the datagrams taken before have been handed out.
+   */
+  receive(): Promise<ReceivedDatagram>;
+  /**
+   * Sends one datagram to `to` (e.g. the `addr` of a received one); resolves
+   * with the bytes sent. Works until `close()`, also after a handover.
+   * A full socket buffer is retried for up to a second, then `EAGAIN`.
+   */
+  send(data: Uint8Array | string, to: DatagramAddr): Promise<number>;
+  /** Stops receiving and closes instar's fds (never the next generation's). Idempotent. */
+  close(): void;
+}
+
+/** How many received datagrams may wait for `receive()` before new ones are dropped. */
+const MAX_QUEUED = 4096;
+/** How long `send()` retries a full socket buffer. */
+const SEND_RETRY_MS = 1000;
+
+function closedError(addr: DatagramAddr): InstarError {
+  return new InstarError("SOCKET_CLOSED", `the datagram socket ${showAddr(addr)} is closed`);
+}
+
+/** `udp:127.0.0.1:53`, `udp:[::1]:53`, `unixgram:/run/x.sock`. */
+export function showAddr(a: DatagramAddr): string {
+  if (a.transport === "unixgram") return `unixgram:${a.path}`;
+  return `udp:${formatAddr({ transport: "tcp", hostname: a.hostname, port: a.port })}`;
+}
+
+/** The internals the lifecycle drives (see `src/lifecycle/datagram_endpoint.ts`). */
+export interface DatagramSocketControl extends DatagramSocket {
+  /** Stops taking datagrams from the kernel; they wait there for whoever else reads the socket. */
+  pauseReceiving(): void;
+  /** Takes datagrams again. */
+  resumeReceiving(): void;
+  /**
+   * Ends receiving for good (a handover): the datagrams already taken are
+   * handed out, then the iteration ends. Resolves once the program has
+   * come back for the next one (it handled every datagram it took), or at
+   * once when nobody receives. Sending still works.
+   */
+  endReceiving(): Promise<void>;
+}
+
+class DatagramSocketImpl implements DatagramSocketControl {
+  readonly addr: DatagramAddr;
+  dropped = 0;
+  #fd: number;
+  #family: number;
+  #reader: DatagramReader | undefined;
+  #queue: ReceivedDatagram[] = [];
+  #waiters: { resolve: (d: ReceivedDatagram | null) => void }[] = [];
+  #ended = false;
+  #closed = false;
+  // Who takes datagrams: running `for await` loops, and whether receive() was ever called.
+  #iterators = 0;
+  #usedReceive = false;
+  #back: (() => void) | undefined;
+
+  constructor(fd: number, addr: DatagramAddr) {
+    this.#fd = fd;
+    this.addr = addr;
+    this.#family = getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN);
+  }
+
+  get fd(): number {
+    return this.#fd;
+  }
+
+  get kind(): string {
+    return this.#reader?.kind ?? "";
+  }
+
+  async start(backend: DatagramBackend, paused: boolean): Promise<void> {
+    const push = (data: Uint8Array, addr: DatagramAddr) => this.#push({ data, addr });
+    this.#reader = await startDatagramReader(this.#fd, push, { paused, backend });
+  }
+
+  #push(d: ReceivedDatagram): void {
+    if (this.#ended) return; // a reader's last batch after the end: the next generation's
+    const w = this.#waiters.shift();
+    if (w) return w.resolve(d);
+    if (this.#queue.length >= MAX_QUEUED) return void this.dropped++;
+    this.#queue.push(d);
+  }
+
+  /** The next datagram, or `null` at the end. */
+  #next(): Promise<ReceivedDatagram | null> {
+    const d = this.#queue.shift();
+    if (d) return Promise.resolve(d);
+    if (this.#ended) {
+      this.#back?.();
+      return Promise.resolve(null);
+    }
+    return new Promise((resolve) => this.#waiters.push({ resolve }));
+  }
+
+  async receive(): Promise<ReceivedDatagram> {
+    this.#usedReceive = true;
+    const d = await this.#next();
+    if (d) return d;
+    throw closedError(this.addr);
+  }
+
+  // A hand-written iterator: an async generator costs a few promises more per datagram.
+  [Symbol.asyncIterator](): AsyncIterator<ReceivedDatagram> {
+    this.#iterators++;
+    let done = false;
+    const end = (): IteratorResult<ReceivedDatagram> => {
+      // A loop that ends (or breaks out) takes nothing more: a drain need not wait for it.
+      if (!done && --this.#iterators === 0 && this.#ended) this.#back?.();
+      done = true;
+      return { done: true, value: undefined };
+    };
+    return {
+      next: () => {
+        if (done) return Promise.resolve(end());
+        return this.#next().then((d) => (d ? { done: false, value: d } : end()));
+      },
+      return: () => Promise.resolve(end()),
+    };
+  }
+
+  send(data: Uint8Array | string, to: DatagramAddr): Promise<number> {
+    try {
+      const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+      if (!(bytes instanceof Uint8Array)) invalid("data", typeof data, "a Uint8Array or a string");
+      if (this.#closed) throw closedError(this.addr);
+      const sa = this.#encode(to);
+      // The common case, at once: the socket buffer has room.
+      const n = sendTo(this.#fd, bytes, sa);
+      return n !== null ? Promise.resolve(n) : this.#sendLater(bytes, sa);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  // The last address sent to, encoded: an answer usually goes to the sender just heard from.
+  #lastTo: { to: DatagramAddr; sa: Uint8Array } | undefined;
+
+  #encode(to: DatagramAddr): Uint8Array {
+    const last = this.#lastTo;
+    if (last && sameAddr(last.to, to)) return last.sa;
+    const sa = encodeTo(to, this.#family);
+    this.#lastTo = { to: { ...to }, sa };
+    return sa;
+  }
+
+  async #sendLater(bytes: Uint8Array, sa: Uint8Array): Promise<number> {
+    const deadline = performance.now() + SEND_RETRY_MS;
+    for (let wait = 1;; wait = Math.min(wait * 2, 50)) {
+      if (performance.now() > deadline) {
+        throw new SystemError(
+          "sendto",
+          EAGAIN,
+          "EAGAIN",
+          `the socket buffer stayed full for ${SEND_RETRY_MS} ms`,
+        );
+      }
+      await sleep(wait);
+      if (this.#closed) throw closedError(this.addr);
+      const n = sendTo(this.#fd, bytes, sa);
+      if (n !== null) return n;
+    }
+  }
+
+  pauseReceiving(): void {
+    if (!this.#closed) this.#reader?.pause();
+  }
+
+  resumeReceiving(): void {
+    if (!this.#closed && !this.#ended) this.#reader?.resume();
+  }
+
+  endReceiving(): Promise<void> {
+    this.#reader?.pause();
+    this.#ended = true;
+    const nobody = this.#iterators === 0 && !this.#usedReceive;
+    const idle = this.#waiters.length > 0 || nobody || this.#closed;
+    for (const w of this.#waiters.splice(0)) w.resolve(null);
+    if (idle && this.#queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.#back = resolve));
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#ended = true;
+    for (const w of this.#waiters.splice(0)) w.resolve(null);
+    this.#back?.();
+    try {
+      this.#reader?.close();
+    } finally {
+      closeFd(this.#fd);
+      this.#fd = -1;
+    }
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+function sameAddr(a: DatagramAddr, b: DatagramAddr): boolean {
+  if (a.transport === "udp") {
+    return b.transport === "udp" && a.port === b.port && a.hostname === b.hostname;
+  }
+  return b.transport === "unixgram" && a.path === b.path;
+}
+
+/** The sockaddr to send to, for a socket of address family `family`. */
+function encodeTo(to: DatagramAddr, family: number): Uint8Array {
+  if (to === null || typeof to !== "object") invalid("send address", to, "a DatagramAddr");
+  if (to.transport === "unixgram") {
+    if (family !== C.AF_UNIX) invalid("send address", showAddr(to), "a UDP address");
+    if (typeof to.path !== "string" || to.path === "") {
+      invalid(
+        "send address",
+        to.path,
+        "the path of a bound Unix datagram socket (an unnamed sender cannot be answered)",
+      );
+    }
+    return encodeUnix(to.path);
+  }
+  if (to.transport !== "udp") {
+    invalid(
+      "send address",
+      JSON.stringify(to),
+      '{ transport: "udp", hostname, port } or { transport: "unixgram", path }',
+    );
+  }
+  if (family === C.AF_UNIX) invalid("send address", showAddr(to), "a Unix datagram path");
+  if (!Number.isInteger(to.port) || to.port < 1 || to.port > 65535) {
+    invalid("send port", to.port, "an integer from 1 to 65535");
+  }
+  // A dual-stack socket reaches IPv4 peers through their IPv4-mapped address.
+  const host = family === C.AF_INET6 && /^\d+\.\d+\.\d+\.\d+$/.test(to.hostname)
+    ? `::ffff:${to.hostname}`
+    : to.hostname;
+  const sa = typeof host === "string" ? encodeInet(host, to.port) : null;
+  if (!sa) invalid("send hostname", to.hostname, "a numeric IPv4 or IPv6 address");
+  return sa;
+}
+
+function checkPort(port: unknown): number {
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
+    invalid("port", port, "an integer from 0 to 65535");
+  }
+  return port;
+}
+
+function bindOrExplain(fd: number, sa: Uint8Array, where: string): void {
+  try {
+    bind(fd, sa);
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+    const why: Record<string, string> = {
+      EADDRINUSE: `cannot bind ${where}: the address is already in use`,
+      EACCES: `cannot bind ${where}: permission denied (ports below 1024 need ` +
+        "CAP_NET_BIND_SERVICE; Unix paths need write access to the directory)",
+      EADDRNOTAVAIL: `cannot bind ${where}: that address is not on this machine`,
+    };
+    throw new SystemError("bind", err.errno, err.code, why[err.code] ?? `cannot bind ${where}`);
+  }
+}
+
+function openUdp(o: UdpDatagramOptions): number {
+  const hostname = o.hostname ?? "0.0.0.0";
+  if (typeof hostname !== "string") invalid("hostname", hostname, "a numeric IPv4 or IPv6 address");
+  const sa = encodeInet(hostname, checkPort(o.port));
+  if (!sa) {
+    invalid(
+      "hostname",
+      hostname,
+      "a numeric IPv4 or IPv6 address (names are not resolved for UDP)",
+    );
+  }
+  const family = new DataView(sa.buffer).getUint16(0, true);
+  const fd = socket(family, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    if (family === C.AF_INET6 && (decode(sa) as { hostname: string }).hostname === "::") {
+      setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 0); // "::" takes IPv4 too
+    }
+    bindOrExplain(fd, sa, `udp:${hostname}:${o.port}`);
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+// A socket file nobody reads any more (a crashed server's) may be replaced.
+function isStale(path: string, sa: Uint8Array): boolean {
+  try {
+    if (!lstatSync(path).isSocket()) return false;
+  } catch {
+    return false;
+  }
+  const probe = socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    connect(probe, sa);
+    return false;
+  } catch (err) {
+    return (err as SystemError).code === "ECONNREFUSED";
+  } finally {
+    closeFd(probe);
+  }
+}
+
+function openUnixgram(o: UnixDatagramOptions): number {
+  if (typeof o.path !== "string") invalid("path", o.path, "a Unix socket path");
+  if (
+    o.mode !== undefined &&
+    (typeof o.mode !== "number" || !Number.isInteger(o.mode) || o.mode < 0 || o.mode > 0o7777)
+  ) {
+    invalid("mode", o.mode, "a file mode from 0 to 0o7777, e.g. 0o660");
+  }
+  const sa = encodeUnix(o.path);
+  const abstract = o.path.startsWith("@");
+  const fd = socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+  try {
+    try {
+      bindOrExplain(fd, sa, `unixgram:${o.path}`);
+    } catch (err) {
+      if ((err as SystemError).code !== "EADDRINUSE" || abstract || !isStale(o.path, sa)) throw err;
+      unlinkSync(o.path);
+      bindOrExplain(fd, sa, `unixgram:${o.path}`);
+    }
+    if (o.mode !== undefined && !abstract) chmodSync(o.path, o.mode);
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+  return fd;
+}
+
+function adoptDatagram(fd: unknown): number {
+  if (typeof fd !== "number" || !Number.isInteger(fd) || fd < 0) {
+    invalid("fd", fd, "the non-negative integer fd of a bound datagram socket");
+  }
+  let type: number;
+  try {
+    fcntl(fd, C.F_GETFD);
+    type = getsockoptInt(fd, C.SOL_SOCKET, C.SO_TYPE);
+  } catch (err) {
+    if (!(err instanceof SystemError)) throw err;
+    throw new SystemError(err.syscall, err.errno, err.code, `fd ${fd} is not an open socket`);
+  }
+  if (type !== C.SOCK_DGRAM) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `fd ${fd} is a socket of type ${type}, not SOCK_DGRAM; pass a UDP or Unix datagram socket`,
+    );
+  }
+  setCloexec(fd, true);
+  setNonBlocking(fd, true);
+  return fd;
+}
+
+/** How {@link openDatagram} starts the socket. */
+export interface OpenDatagramOptions {
+  /** Read nothing until `resumeReceiving()` (a new generation before `ready()`). */
+  paused?: boolean;
+  /** `"poll"` forces the portable reader (tests). */
+  backend?: DatagramBackend;
+}
+
+/**
+ * {@link listenDatagram} with the lifecycle's controls: start paused, force
+ * the portable reader.
+ */
+export async function openDatagram(
+  options: DatagramOptions,
+  o: OpenDatagramOptions = {},
+): Promise<DatagramSocketControl> {
+  if (options === null || typeof options !== "object") {
+    invalid("options", options, "{ hostname?, port }, { path } or { fd }");
+  }
+  let fd: number;
+  if ("fd" in options) fd = adoptDatagram(options.fd);
+  else if ("path" in options) fd = openUnixgram(options);
+  else if ("port" in options) fd = openUdp(options);
+  else invalid("options", JSON.stringify(options), "{ hostname?, port }, { path } or { fd }");
+  try {
+    const addr = datagramAddrOf(getsockname(fd));
+    const sock = new DatagramSocketImpl(fd, addr);
+    await sock.start(o.backend ?? "auto", o.paused ?? false);
+    return sock;
+  } catch (err) {
+    closeFd(fd);
+    throw err;
+  }
+}
+
+/**
+ * Opens a datagram socket and reads it with the runtime's own I/O.
+ *
+ * - `{ hostname?, port }`: UDP; `hostname` is numeric (default `"0.0.0.0"`,
+ *   `"::"` is dual-stack); port 0 picks a free port.
+ * - `{ path, mode? }`: a Unix datagram socket (`@name` is abstract).
+ * - `{ fd }`: adopts a bound datagram socket and takes ownership of it.
+ *
+ * Errors: `INVALID_ARGUMENT` naming the bad option, a {@link SystemError}
+ * such as `EADDRINUSE` naming the address.
+ *
+ * @example
+ * ```ts
+ * import { listenDatagram } from "@instar/instar";
+ *
+ * const sock = await listenDatagram({ hostname: "127.0.0.1", port: 5353 });
+ * for await (const { data, addr } of sock) await sock.send(data, addr);
+ * ```
+ */
+export function listenDatagram(options: DatagramOptions): Promise<DatagramSocket> {
+  return openDatagram(options);
+}
