@@ -421,7 +421,7 @@ let cached: Activation | undefined;
  * @example
  * ```ts
  * import process from "node:process";
- * import { SUPERVISOR_PID_ENV } from "@instar/instar/unstable";
+ * import { SUPERVISOR_PID_ENV } from "./systemd.ts";
  *
  * console.log("supervised by", process.env[SUPERVISOR_PID_ENV] ?? "nobody");
  * ```
