@@ -120,7 +120,14 @@ export type UpgradeFailure =
  * });
  * ```
  */
-export type UpgradeRefusal = "in-progress" | "not-ready" | "stopping";
+export type UpgradeRefusal =
+  | "in-progress"
+  | "not-ready"
+  | "stopping"
+  // fork/exec upgrades only (src/lifecycle/init_check.ts): this generation is PID 1 of its pid
+  // namespace, or its parent is an init that exits with its only child (tini, dumb-init, …)
+  | "pid-1"
+  | "init-parent";
 
 /**
  * Everything a generation serves on a socket it passes on: a listener, an

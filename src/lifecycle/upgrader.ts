@@ -8,7 +8,7 @@
  */
 
 import process from "node:process";
-import { InstarError, UpgradeError } from "../errors.ts";
+import { InstarError, UpgradeError, type UpgradeRefusedError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
@@ -22,6 +22,7 @@ import { type ParentLink, readHello, requestHandover, sayReady } from "./child.t
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
+import { forkUpgradeRefusal, initHazard } from "./init_check.ts";
 import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
 import { type Attempt, awaitReady, handOver, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
@@ -74,6 +75,8 @@ export class Upgrader {
   #cancel: ((e: UpgradeError) => void) | null = null;
   #hooks: (() => void | Promise<void>)[] = [];
   #removeSignals: () => void = () => {};
+  // Detected once at start-up: PID 1 or a child of tini & co. refuses fork/exec upgrades.
+  #initHazard = initHazard();
   #resolveExit!: (r: ExitReason) => void;
   #resolveDrained!: () => void;
 
@@ -264,8 +267,9 @@ export class Upgrader {
    * or this generation stops.
    */
   upgrade(): Promise<number> {
-    return this.#run((generation, sockets) =>
-      spawnGeneration(this.#settings, generation, sockets, this.#reaper)
+    return this.#run(
+      (generation, sockets) => spawnGeneration(this.#settings, generation, sockets, this.#reaper),
+      forkUpgradeRefusal(this.#initHazard),
     );
   }
 
@@ -309,8 +313,9 @@ export class Upgrader {
   /** One upgrade, however the next generation comes to exist. This generation serves on whatever happens. */
   async #run(
     start: (generation: number, sockets: ReturnType<Registry["passable"]>) => Attempt,
+    blocked: UpgradeRefusedError | null = null,
   ): Promise<number> {
-    const refused = refusal(this.#state);
+    const refused = refusal(this.#state) ?? blocked;
     if (refused) {
       this.#events.emit("upgrade-refused", { error: refused });
       throw refused;
