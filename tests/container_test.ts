@@ -1,0 +1,159 @@
+// Containers without the supervisor: a generation that is PID 1 of its pid
+// namespace, or the child of an init that exits with its only child (tini),
+// refuses a fork/exec upgrade (an upgrade there would end the container) and
+// serves on; a handover through the control socket still works.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import process from "node:process";
+import { initHazard } from "../src/lifecycle/init_check.ts";
+import {
+  cleanupAfterTests,
+  exchange,
+  httpGet,
+  onPath,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  skipIf,
+  sleep,
+  startServer,
+  stopped,
+} from "./support/helpers.ts";
+import { runLoad } from "./support/load_client.ts";
+import { childrenOf, noPidNamespaces, startInPidNamespace } from "./support/namespace.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
+
+const left = cleanupAfterTests();
+const HTTP = join(ROOT, "examples", "http_server.ts");
+const noTini = noPidNamespaces() === false && !onPath("tini") &&
+  "tini is missing (Debian package tini; .ci/run installs it)";
+
+/**
+ * Three SIGHUPs to `pid` under load (keep-alive and one connection per
+ * request, clients that never re-send): each is refused with `reason` and a
+ * message naming `instar run`; the same generation answers throughout.
+ */
+async function refusedUnderLoad(server: ServerProcess, pid: number, port: number, reason: string) {
+  const ac = new AbortController();
+  const common = { port, durationMs: 60_000, signal: ac.signal };
+  const bodies = new Set<string>();
+  const onResponse = (b: string) => bodies.add(b.replace(/ \(.*$/, "").trim());
+  const keepAlive = runLoad({ ...common, connections: 16, onResponse });
+  const short = runLoad({ ...common, connections: 4, keepAlive: false, onResponse });
+  try {
+    for (let i = 1; i <= 3; i++) {
+      await sleep(300);
+      const from = server.lines.length;
+      process.kill(pid, "SIGHUP");
+      const m = await server.waitFor(/upgrade-refused: (\S+): (.*)$/, 15_000, from);
+      assert.equal(m[1], reason);
+      assert.match(m[2], /instar run/, "the refusal names the supervisor");
+    }
+    await sleep(500);
+  } finally {
+    ac.abort();
+  }
+  for (const [name, r] of [["keep-alive", await keepAlive], ["short", await short]] as const) {
+    assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    assert.ok(r.ok > 50, `${name}: only ${r.ok} responses`);
+  }
+  assert.equal(bodies.size, 1, `one generation answered all along: ${[...bodies].join(" | ")}`);
+  assert.ok(!server.lines.some((l) => /upgrade-spawned/.test(l)), "no generation was started");
+}
+
+describe(`containers without the supervisor (${RUNTIME})`, () => {
+  const pid1 = "PID 1 of a pid namespace: SIGHUP is refused (pid-1) and it serves on under load";
+  test(pid1, skipIf(noPidNamespaces(), pid1), async () => {
+    const dir = left.tempDir("instar-ctr-");
+    const ctl = join(dir, "ctl.sock");
+    const ns = await startInPidNamespace(
+      runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]),
+    );
+    try {
+      const ready = await readyGeneration(ctl, 1, { pid: 1, log: ns.server.lines });
+      assert.equal(initHazard(ns.initPid)?.reason, "pid-1", "seen from outside too");
+      await refusedUnderLoad(ns.server, ns.initPid, portOf(ready), "pid-1");
+      assert.match(await exchange(portOf(ready), httpGet()), /generation 1 /);
+      // Nothing else runs in the namespace: no half-started generation was left behind.
+      assert.deepEqual(childrenOf(ns.initPid), []);
+      process.kill(ns.initPid, "SIGTERM");
+      assert.equal(await ns.server.exited, 0, "stopped gracefully");
+    } finally {
+      ns.kill();
+    }
+  });
+
+  const tini = "a child of tini: SIGHUP is refused (init-parent) and it serves on under load";
+  test(tini, skipIf(noPidNamespaces() || noTini, tini), async () => {
+    const dir = left.tempDir("instar-ctr-");
+    const ctl = join(dir, "ctl.sock");
+    // tini as PID 1 of its namespace, as `docker run --init` runs it.
+    const ns = await startInPidNamespace([
+      "tini",
+      "--",
+      ...runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]),
+    ]);
+    try {
+      const ready = await readyGeneration(ctl, 1, { log: ns.server.lines });
+      const [app] = childrenOf(ns.initPid);
+      assert.ok(app, "tini started the server");
+      assert.equal(initHazard(app)?.reason, "init-parent");
+      await refusedUnderLoad(ns.server, app, portOf(ready), "init-parent");
+      assert.ok(ns.server.lines.some((l) => /pid \d+, is tini/.test(l)), "names tini");
+      process.kill(app, "SIGTERM");
+      assert.equal(await ns.server.exited, 0, "tini exited with the server's status 0");
+    } finally {
+      ns.kill();
+    }
+  });
+
+  const handover =
+    "PID 1 of a pid namespace: a handover to a process started outside it works, 0 failed";
+  test(handover, skipIf(noPidNamespaces(), handover), async () => {
+    const dir = left.tempDir("instar-ctr-");
+    const ctl = join(dir, "ctl.sock");
+    const ns = await startInPidNamespace(
+      runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]),
+    );
+    try {
+      const port = portOf(await readyGeneration(ctl, 1, { pid: 1, log: ns.server.lines }));
+      const ac = new AbortController();
+      const common = { port, durationMs: 60_000, signal: ac.signal };
+      const pids = new Set<string>();
+      const onResponse = (b: string) => pids.add(/pid (\d+)/.exec(b)?.[1] ?? "?");
+      const keepAlive = runLoad({ ...common, connections: 16, onResponse });
+      const short = runLoad({ ...common, connections: 4, keepAlive: false, onResponse });
+      let next: ServerProcess;
+      try {
+        await sleep(300);
+        // Started independently (another container sharing the socket's volume, or the
+        // host): it asks the control socket for the listeners, the namespace's PID 1 drains.
+        next = startServer(runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]));
+        left.servers.push(next);
+        await readyGeneration(ctl, 2, { pid: next.pid, log: next.lines });
+        await stopped(ns.initPid, 60_000); // PID 1 drained and exited: the namespace is gone
+        await sleep(500);
+      } finally {
+        ac.abort();
+      }
+      for (const [name, r] of [["keep-alive", await keepAlive], ["short", await short]] as const) {
+        assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+        assert.ok(r.ok > 50, `${name}: only ${r.ok} responses`);
+      }
+      assert.ok(pids.has("1") && pids.has(String(next.pid)), `answers from: ${[...pids]}`);
+      assert.match(await exchange(port, httpGet()), new RegExp(`pid ${next.pid} generation 2 `));
+      process.kill(next.pid, "SIGTERM");
+      assert.equal(await next.exited, 0);
+    } finally {
+      ns.kill();
+    }
+  });
+
+  test("initHazard: none for a process that is neither PID 1 nor the child of such an init", () => {
+    // This test process: started by a shell or a test runner, not by tini.
+    assert.equal(initHazard(), null);
+    assert.equal(initHazard(process.pid), null);
+  });
+});
