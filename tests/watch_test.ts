@@ -6,9 +6,22 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, renameSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import process from "node:process";
+import * as sys from "../src/ffi/mod.ts";
 import { InstarError } from "../src/errors.ts";
 import { watchPaths } from "../src/supervisor/watch.ts";
-import { cleanupAfterTests, RUNTIME, sleep } from "./support/helpers.ts";
+import {
+  cleanupAfterTests,
+  exchange,
+  httpGet,
+  rawListen,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  sleep,
+  startServer,
+} from "./support/helpers.ts";
+import { runLoad } from "./support/load_client.ts";
 
 const left = cleanupAfterTests();
 
@@ -185,5 +198,88 @@ describe(`watchPaths (${RUNTIME})`, () => {
     bad([dir], -1, /debounce must be 0 to 60000 ms, got -1/);
     bad([dir], Number.NaN, /got NaN/);
     bad(Array(65).fill(dir), 100, /got 65/);
+  });
+});
+
+/** A handler module answering `<version>` (`broken` leaves a syntax error in it). */
+function handlerSource(version: string, broken = false): string {
+  return `export default () => new Response("${version}\\n"${broken ? "" : ")"};\n`;
+}
+
+/** Writes `text` to `path` in place or, like many editors, as a new file renamed over it. */
+function save(path: string, text: string, byRename: boolean): void {
+  if (!byRename) return writeFileSync(path, text);
+  writeFileSync(`${path}.tmp`, text);
+  renameSync(`${path}.tmp`, path);
+}
+
+/** Waits until a fresh GET / answers `version`. */
+async function answers(port: number, version: string, log: string[]): Promise<void> {
+  const end = Date.now() + 60_000;
+  let last = "";
+  while (Date.now() < end) {
+    last = await exchange(port, httpGet()).catch((e) => String(e));
+    if (last.endsWith(`\r\n\r\n${version}\n`)) return;
+    await sleep(50);
+  }
+  throw new Error(`never answered ${version}; last: ${last}\nlog:\n${log.slice(-30).join("\n")}`);
+}
+
+describe(`instar run --watch (${RUNTIME})`, () => {
+  test("5 edits of the served file under load: 0 failed, each edit served; a syntax error keeps the old version and is printed", async () => {
+    const dir = left.tempDir("instar-watch-run-");
+    const handler = join(dir, "handler.ts");
+    writeFileSync(handler, handlerSource("v1"));
+    const { fd, port } = await rawListen();
+    sys.close(fd); // a port that was free a moment ago
+    const app = runtimeCmd(RUNTIME, join(ROOT, "examples", "watch_app.ts"), [
+      ...["--handler", handler, "--port", String(port)],
+    ]);
+    const server = startServer(
+      runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), [
+        ...["run", "--watch", handler, "--watch-debounce", "200", "--", ...app],
+      ]),
+    );
+    left.servers.push(server);
+    await answers(port, "v1", server.lines);
+    const ac = new AbortController();
+    const seen = new Set<string>();
+    const common = {
+      port,
+      durationMs: 180_000,
+      signal: ac.signal,
+      onResponse: (b: string) => seen.add(b.trim()),
+    };
+    const keepAlive = runLoad({ ...common, connections: 16 });
+    const short = runLoad({ ...common, connections: 4, keepAlive: false });
+    try {
+      await sleep(300);
+      for (let v = 2; v <= 6; v++) {
+        save(handler, handlerSource(`v${v}`), v % 2 === 0);
+        await answers(port, `v${v}`, server.lines);
+        await sleep(300);
+      }
+      const from = server.lines.length;
+      save(handler, handlerSource("v7", true), false);
+      await server.waitFor(/upgrade-failed/, 60_000, from);
+      const after = server.lines.slice(from).join("\n");
+      // The runtime's own report of the broken file, forwarded untouched by the supervisor.
+      assert.match(after, /handler\.ts:1:\d+/, after);
+      assert.match(after, /error/i, after);
+      await sleep(500);
+      await answers(port, "v6", server.lines);
+    } finally {
+      ac.abort();
+    }
+    for (const [name, r] of [["keep-alive", await keepAlive], ["short", await short]] as const) {
+      assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+      assert.ok(r.ok > 100, `${name}: only ${r.ok} responses`);
+    }
+    assert.deepEqual(
+      [...seen].sort(),
+      ["v2", "v3", "v4", "v5", "v6"].concat(seen.has("v1") ? ["v1"] : []).sort(),
+    );
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0, "the supervisor stopped gracefully");
   });
 });
