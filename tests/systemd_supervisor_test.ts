@@ -8,7 +8,6 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import process from "node:process";
 import { join } from "node:path";
 import {
@@ -33,7 +32,11 @@ const RELOADS = 5;
 const cannot = noSystemdNamespace();
 
 /** The units: a target that only wants the service, both without default dependencies. */
-function units(name: string, execStart: string[]): Record<string, string> {
+function units(
+  name: string,
+  execStart: string[],
+  { killMode = "control-group", notifyAccess = "all" } = {},
+): Record<string, string> {
   const home = process.env.HOME ?? "/root";
   return {
     [`${name}.target`]: `[Unit]\nDescription=instar test target\nDefaultDependencies=no\n` +
@@ -44,11 +47,11 @@ function units(name: string, execStart: string[]): Record<string, string> {
       "DefaultDependencies=no",
       "[Service]",
       "Type=notify",
-      "NotifyAccess=all",
+      `NotifyAccess=${notifyAccess}`,
       `WorkingDirectory=${ROOT}`,
       `ExecStart=${execStart.join(" ")}`,
       "ExecReload=/bin/kill -HUP $MAINPID",
-      "KillMode=control-group",
+      `KillMode=${killMode}`,
       "TimeoutStartSec=60",
       "TimeoutStopSec=30",
       "StandardOutput=append:/run/app.log",
@@ -62,6 +65,11 @@ function units(name: string, execStart: string[]): Record<string, string> {
 /** The server's command line under this runtime, on the namespace's 127.0.0.1:8080. */
 function serverCmd(): string[] {
   return runtimeCmd(RUNTIME, HTTP, ["--port", String(PORT), "--drain-timeout", "15000"]);
+}
+
+/** `instar run -- <the server>` under this runtime. */
+function supervisedCmd(): string[] {
+  return runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), ["run", "--", ...serverCmd()]);
 }
 
 /** A client of tests/support/ns_client.ts in the namespace's network; `pid` is the client itself. */
@@ -213,6 +221,50 @@ describe(`a real systemd running instar (${RUNTIME})`, () => {
         `expected the documented SIGKILL: ${JSON.stringify(state)}`,
       );
       assert.ok(slow.status !== 200, `the in-flight request was cut: ${JSON.stringify(slow)}`);
+    } finally {
+      await ns.kill();
+    }
+  });
+
+  const supervised = "instar run as ExecStart= (KillMode=mixed): 5 reloads under load, 0 failed, " +
+    "MainPID stays the supervisor's; stop drains the in-flight request and the unit ends 'success'";
+  test(supervised, skipIf(cannot, supervised), async () => {
+    const name = `instar-run-${RUNTIME}`;
+    const service = `${name}.service`;
+    // NotifyAccess=main: only the supervisor speaks to systemd (its generations speak to it).
+    const opts = { killMode: "mixed", notifyAccess: "main" };
+    const dir = left.tempDir("instar-sd-");
+    const ns = await bootSystemd(dir, units(name, supervisedCmd(), opts), `${name}.target`);
+    try {
+      await generationAnswers(ns, 1, service);
+      const { MainPID: supervisor } = await ns.show(service, "MainPID");
+      const results = await underLoad(ns, async () => {
+        for (let g = 2; g <= RELOADS + 1; g++) {
+          const r = await ns.systemctl("reload", service);
+          assert.equal(r.code, 0, showResult(r));
+          await generationAnswers(ns, g, service);
+          const state = await ns.show(service, "MainPID", "ActiveState");
+          assert.equal(state.MainPID, supervisor, "the main process never changes");
+        }
+      });
+      for (const r of results) {
+        assert.equal(r.failed, 0, `${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+        assert.ok(r.ok > 100, `only ${r.ok} answers`);
+      }
+      assert.doesNotMatch(await ns.journal(), /which is not our child/);
+      const { slow, stop, state } = await stopWithRequestInFlight(ns, service);
+      assert.equal(stop.code, 0, showResult(stop));
+      assert.equal(slow.status, 200, `the in-flight request: ${JSON.stringify(slow)}`);
+      assert.ok(
+        /generation 6 /.test(slow.body ?? ""),
+        `answered by the last generation: ${slow.body}`,
+      );
+      assert.equal(
+        state.Result,
+        "success",
+        JSON.stringify(state) + ns.read("/run/app.log").slice(-2000),
+      );
+      assert.equal(state.ActiveState, "inactive");
     } finally {
       await ns.kill();
     }
