@@ -4,6 +4,7 @@
 // serves on; a handover through the control socket still works.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { initHazard } from "../src/lifecycle/init_check.ts";
@@ -22,7 +23,7 @@ import {
   stopped,
 } from "./support/helpers.ts";
 import { runLoad } from "./support/load_client.ts";
-import { childrenOf, noPidNamespaces, startInPidNamespace } from "./support/namespace.ts";
+import { childrenOf, netGet, noPidNamespaces, startInPidNamespace } from "./support/namespace.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
 
 const left = cleanupAfterTests();
@@ -155,5 +156,68 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
     // This test process: started by a shell or a test runner, not by tini.
     assert.equal(initHazard(), null);
     assert.equal(initHazard(process.pid), null);
+  });
+});
+
+/** The instructions of a Dockerfile that say how the container runs (no line continuations used). */
+function dockerfile(path: string) {
+  const lines = readFileSync(path, "utf8").split("\n").filter((l) => !/^\s*(#|$)/.test(l));
+  const arg = (op: string) => lines.find((l) => l.startsWith(`${op} `))?.slice(op.length + 1);
+  const execForm = (op: string) => JSON.parse(arg(op) ?? "null") as string[];
+  return {
+    entrypoint: execForm("ENTRYPOINT"),
+    cmd: execForm("CMD"),
+    expose: arg("EXPOSE"),
+    stopSignal: arg("STOPSIGNAL"),
+    npmInstall: lines.find((l) => /^RUN npm install /.test(l)) ?? "",
+  };
+}
+
+describe(`examples/container (${RUNTIME})`, () => {
+  const file = join(ROOT, "examples", "container", `Dockerfile.${RUNTIME}`);
+  const name = `Dockerfile.${RUNTIME}: its ENTRYPOINT + CMD runs as PID 1 of new pid and net ` +
+    "namespaces (as docker run would), upgrades in place on SIGHUP and stops with STOPSIGNAL, status 0";
+  test(name, skipIf(noPidNamespaces(), name), async () => {
+    const d = dockerfile(file);
+    // What the image is built from and how it is stopped agree with the command line.
+    const pinned = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).devDependencies;
+    assert.ok(d.npmInstall.includes(`${RUNTIME}@${pinned[RUNTIME]}`), d.npmInstall);
+    assert.equal(d.stopSignal, "SIGTERM");
+    assert.equal(d.expose, "8080");
+    assert.ok(d.entrypoint.includes("run") && d.entrypoint.at(-1) === "--", `${d.entrypoint}`);
+    assert.ok(d.entrypoint.includes("tcp://0.0.0.0:8080"), "the supervisor holds the exposed port");
+    assert.deepEqual(d.cmd.slice(-2), ["--port", "8080"]);
+    // The image's /app mirrors this repository (node_modules/.bin/<runtime>, src/, examples/).
+    const argv = [...d.entrypoint, ...d.cmd].map((a) => a.replace(/^\/app\//, ROOT));
+    const ns = await startInPidNamespace(
+      ["sh", "-c", 'ip link set lo up && exec "$@"', "sh", ...argv],
+      {},
+      ["--net"],
+    );
+    try {
+      const answer = async (generation: number) => {
+        const end = Date.now() + 60_000;
+        let last: unknown;
+        while (Date.now() < end) {
+          const r = await netGet(ns.initPid, 8080, "/");
+          if (r.body?.includes(`generation ${generation} `)) return r;
+          last = r;
+          await sleep(200);
+        }
+        throw new Error(
+          `no answer from generation ${generation}: ${JSON.stringify(last)}\n` +
+            ns.server.lines.slice(-30).join("\n"),
+        );
+      };
+      await answer(1);
+      const cmdline = readFileSync(`/proc/${ns.initPid}/cmdline`, "utf8").split("\0");
+      assert.ok(cmdline.some((a) => a.endsWith("src/cli.ts")), `PID 1 is instar run: ${cmdline}`);
+      process.kill(ns.initPid, "SIGHUP"); // docker kill -s HUP
+      await answer(2);
+      process.kill(ns.initPid, "SIGTERM"); // docker stop
+      assert.equal(await ns.server.exited, 0, ns.server.lines.slice(-20).join("\n"));
+    } finally {
+      ns.kill();
+    }
   });
 });

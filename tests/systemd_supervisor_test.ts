@@ -7,14 +7,10 @@
 // `instar run` as ExecStart= the main process never changes.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import process from "node:process";
 import { join } from "node:path";
 import {
-  bunBin,
   cleanupAfterTests,
-  type CommandResult,
-  denoBin,
   ROOT,
   RUNTIME,
   runtimeCmd,
@@ -22,11 +18,11 @@ import {
   skipIf,
   sleep,
 } from "./support/helpers.ts";
+import { clientJson, netClient, netGet } from "./support/namespace.ts";
 import { bootSystemd, noSystemdNamespace, type SystemdNamespace } from "./support/systemd_ns.ts";
 
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
-const CLIENT = join(ROOT, "tests", "support", "ns_client.ts");
 const PORT = 8080; // the namespace's own loopback: nothing else listens there
 const RELOADS = 5;
 const cannot = noSystemdNamespace();
@@ -72,44 +68,9 @@ function supervisedCmd(): string[] {
   return runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), ["run", "--", ...serverCmd()]);
 }
 
-/** A client of tests/support/ns_client.ts in the namespace's network; `pid` is the client itself. */
-function spawnClient(ns: SystemdNamespace, ...args: string[]) {
-  const runtime = RUNTIME === "deno" ? [denoBin(), "run", "-A", "--no-check"] : [bunBin()];
-  // nsenter -n without --fork execs the client: the pid spawned is the client's.
-  const cmd = ns.inNet([...runtime, CLIENT, ...args]);
-  const child = spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "", stderr = "";
-  child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
-  const result = new Promise<CommandResult>((resolve) =>
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    })
-  );
-  return { pid: child.pid!, result };
-}
-
-function client(ns: SystemdNamespace, ...args: string[]): Promise<CommandResult> {
-  return spawnClient(ns, ...args).result;
-}
-
-function json(r: CommandResult): Record<string, unknown> {
-  try {
-    return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "");
-  } catch {
-    throw new Error(`no JSON from the client: ${showResult(r)}`);
-  }
-}
-
 /** The answer to GET `path` in the namespace: `{ status, body }` or `{ error }`. */
-async function get(ns: SystemdNamespace, path: string, timeoutMs = 5_000) {
-  return json(await client(ns, "get", String(PORT), path, String(timeoutMs))) as {
-    status?: number;
-    body?: string;
-    error?: string;
-  };
+function get(ns: SystemdNamespace, path: string, timeoutMs = 5_000) {
+  return netGet(ns.pid, PORT, path, timeoutMs);
 }
 
 /** Waits until GET / answers from generation `n`; resolves with the body. */
@@ -132,8 +93,8 @@ async function generationAnswers(ns: SystemdNamespace, n: number, service: strin
 /** Load for as long as `during` runs: keep-alive and one connection per request, never re-sent. */
 async function underLoad(ns: SystemdNamespace, during: () => Promise<void>) {
   const loads = [
-    spawnClient(ns, "load", String(PORT), "16", "1", "200000"),
-    spawnClient(ns, "load", String(PORT), "4", "0", "200000"),
+    netClient(ns.pid, ["load", String(PORT), "16", "1", "200000"]),
+    netClient(ns.pid, ["load", String(PORT), "4", "0", "200000"]),
   ];
   await sleep(1_000); // the clients' runtimes start
   try {
@@ -143,7 +104,7 @@ async function underLoad(ns: SystemdNamespace, during: () => Promise<void>) {
     // SIGTERM: each client stops and prints what it saw
     for (const l of loads) process.kill(l.pid, "SIGTERM");
   }
-  return (await Promise.all(loads.map((l) => l.result))).map(json) as {
+  return (await Promise.all(loads.map((l) => l.result))).map(clientJson) as {
     ok: number;
     failed: number;
     failures: Record<string, number>;

@@ -11,10 +11,23 @@
  *
  * @module
  */
+import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import process from "node:process";
 import { after } from "node:test";
-import { onPath, type ServerProcess, sleep, startServer } from "./helpers.ts";
+import {
+  bunBin,
+  type CommandResult,
+  denoBin,
+  onPath,
+  ROOT,
+  RUNTIME,
+  type ServerProcess,
+  showResult,
+  sleep,
+  startServer,
+} from "./helpers.ts";
 import { namespacePid } from "../../src/proc.ts";
 
 /** Why namespaced tests cannot run here, or `false`. */
@@ -44,6 +57,7 @@ export function childrenOf(pid: number): number[] {
   }
 }
 
+const CLIENT = join(ROOT, "tests", "support", "ns_client.ts");
 const started: Namespaced[] = [];
 after(() => {
   for (const n of started) n.kill();
@@ -86,4 +100,49 @@ export async function startInPidNamespace(
   };
   started.push(n);
   return n;
+}
+
+/**
+ * tests/support/ns_client.ts under this runtime, in the network namespace of
+ * process `pid` (`nsenter -t <pid> -n`, which execs it: `pid` of the result is
+ * the client's). Killed after 240 s at the latest.
+ */
+export function netClient(
+  pid: number,
+  args: string[],
+): { pid: number; result: Promise<CommandResult> } {
+  const runtime = RUNTIME === "deno" ? [denoBin(), "run", "-A", "--no-check"] : [bunBin()];
+  const cmd = ["nsenter", "-t", String(pid), "-n", "--", ...runtime, CLIENT, ...args];
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "", stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 240_000);
+  const result = new Promise<CommandResult>((resolve) =>
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    })
+  );
+  return { pid: child.pid!, result };
+}
+
+/** The last line of a client's stdout as JSON; throws with its output when there is none. */
+export function clientJson<T>(r: CommandResult): T {
+  try {
+    return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "");
+  } catch {
+    throw new Error(`no JSON from the client: ${showResult(r)}`);
+  }
+}
+
+/** GET `path` on 127.0.0.1:`port` in the network namespace of `pid`: `{ status, body }` or `{ error }`. */
+export async function netGet(
+  pid: number,
+  port: number,
+  path: string,
+  timeoutMs = 5_000,
+): Promise<{ status?: number; body?: string; error?: string }> {
+  const r = await netClient(pid, ["get", String(port), path, String(timeoutMs)]).result;
+  return clientJson(r);
 }
