@@ -152,6 +152,35 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
     }
   });
 
+  const inside = "PID 1 of a pid namespace: a handover to a process inside the namespace " +
+    "(which would die with PID 1) is refused, and the server serves on";
+  test(inside, skipIf(noPidNamespaces(), inside), async () => {
+    const dir = left.tempDir("instar-ctr-");
+    const ctl = join(dir, "ctl.sock");
+    const ns = await startInPidNamespace(
+      runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]),
+    );
+    try {
+      const port = portOf(await readyGeneration(ctl, 1, { pid: 1, log: ns.server.lines }));
+      // As `docker exec` would start it: in the container's pid and mount namespaces. Its log
+      // names pids of that namespace: it is not handed to cleanupAfterTests (ns.kill ends it).
+      const peer = startServer([
+        ...["nsenter", "-t", String(ns.initPid), "-p", "-m", `--wd=${ROOT}`, "--"],
+        ...runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]),
+      ]);
+      const code = await peer.exited;
+      const out = peer.lines.join("\n");
+      assert.notEqual(code, 0, `the peer did not start: ${out}`);
+      assert.match(out, /handover refused: process \d+ runs in this generation's pid namespace/);
+      assert.match(out, /instar run/);
+      const m = await ns.server.waitFor(/upgrade-refused: (\S+): handover refused/, 15_000);
+      assert.equal(m[1], "pid-1");
+      assert.match(await exchange(port, httpGet()), /pid 1 generation 1 /, "PID 1 serves on");
+    } finally {
+      ns.kill();
+    }
+  });
+
   test("initHazard: none for a process that is neither PID 1 nor the child of such an init", () => {
     // This test process: started by a shell or a test runner, not by tini.
     assert.equal(initHazard(), null);

@@ -48,8 +48,8 @@ export interface InitHazard {
 }
 
 const ADVICE = "run the server under the supervisor instead, `instar run [options] -- <command>` " +
-  "(it stays and keeps each new generation), or upgrade by a control-socket handover to a " +
-  "process started independently";
+  "(it stays and keeps each new generation), or hand over through the control socket to a " +
+  "process started outside this pid namespace";
 
 /**
  * Detects, for process `pid` (this one by default), whether a fork/exec
@@ -100,4 +100,31 @@ export function initHazard(pid: number | "self" = "self"): InitHazard | null {
  */
 export function forkUpgradeRefusal(hazard: InitHazard | null): UpgradeRefusedError | null {
   return hazard && new UpgradeRefusedError(hazard.reason, `upgrade refused: ${hazard.message}`);
+}
+
+/**
+ * The refusal of a handover to the process `peerPid` (from SO_PEERCRED, as
+ * this process's pid namespace sees it), or `null`. With a hazard, a peer this
+ * namespace can see (pid > 0) lives in it or below it and would be killed
+ * with it when this generation exits; a peer outside (pid 0: another
+ * container sharing the control socket's volume, or the host) survives, and
+ * is let through.
+ *
+ * @example
+ * ```ts
+ * import { handoverRefusal, initHazard } from "./src/lifecycle/init_check.ts";
+ *
+ * console.log(handoverRefusal(initHazard(), 0)); // null: a peer outside this pid namespace
+ * ```
+ */
+export function handoverRefusal(
+  hazard: InitHazard | null,
+  peerPid: number,
+): UpgradeRefusedError | null {
+  if (!hazard || peerPid <= 0) return null;
+  return new UpgradeRefusedError(
+    hazard.reason,
+    `handover refused: process ${peerPid} runs in this generation's pid namespace and would be ` +
+      `killed with it: ${hazard.message}`,
+  );
 }

@@ -22,7 +22,7 @@ import { type ParentLink, readHello, requestHandover, sayReady } from "./child.t
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
-import { forkUpgradeRefusal, initHazard } from "./init_check.ts";
+import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts";
 import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
 import { type Attempt, awaitReady, handOver, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
@@ -305,7 +305,10 @@ export class Upgrader {
         return this.upgrade().finally(off);
       },
       handover: (peer: MessageSocket, fd: number, pid: number) =>
-        this.#run((generation, sockets) => handOver(peer, fd, pid, generation, sockets)),
+        this.#run(
+          (generation, sockets) => handOver(peer, fd, pid, generation, sockets),
+          handoverRefusal(this.#initHazard, pid),
+        ),
       warn: (m: string) => this.#events.warn(m),
     };
   }
