@@ -244,12 +244,15 @@ describe(`instar run --watch (${RUNTIME})`, () => {
     await answers(port, "v1", server.lines);
     const ac = new AbortController();
     const seen = new Set<string>();
-    const common = {
-      port,
-      durationMs: 180_000,
-      signal: ac.signal,
-      onResponse: (b: string) => seen.add(b.trim()),
+    // When each answer came, and from which version (a few tens of thousands at most).
+    const times: number[] = [], versions: string[] = [];
+    const onResponse = (b: string) => {
+      seen.add(b.trim());
+      times.push(performance.now());
+      versions.push(b.trim());
     };
+    const common = { port, durationMs: 180_000, signal: ac.signal, onResponse };
+    let v6At = Infinity;
     const keepAlive = runLoad({ ...common, connections: 16 });
     const short = runLoad({ ...common, connections: 4, keepAlive: false });
     try {
@@ -259,6 +262,7 @@ describe(`instar run --watch (${RUNTIME})`, () => {
         await answers(port, `v${v}`, server.lines);
         await sleep(300);
       }
+      v6At = performance.now();
       const from = server.lines.length;
       save(handler, handlerSource("v7", true), false);
       await server.waitFor(/upgrade-failed/, 60_000, from);
@@ -268,6 +272,8 @@ describe(`instar run --watch (${RUNTIME})`, () => {
       assert.match(after, /error/i, after);
       await sleep(500);
       await answers(port, "v6", server.lines);
+      // Long enough after v6 took over for every keep-alive connection of v5 to have moved.
+      await sleep(Math.max(0, v6At + 4_000 - performance.now()));
     } finally {
       ac.abort();
     }
@@ -279,6 +285,11 @@ describe(`instar run --watch (${RUNTIME})`, () => {
       [...seen].sort(),
       ["v2", "v3", "v4", "v5", "v6"].concat(seen.has("v1") ? ["v1"] : []).sort(),
     );
+    // Once the old generations have drained, every answer is the new version's (and the broken
+    // edit never answered).
+    const late = versions.filter((_, i) => times[i] > v6At + 2_500);
+    assert.ok(late.length > 50, `only ${late.length} answers late in the run`);
+    assert.deepEqual([...new Set(late)], ["v6"]);
     process.kill(server.pid, "SIGTERM");
     assert.equal(await server.exited, 0, "the supervisor stopped gracefully");
   });
