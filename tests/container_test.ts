@@ -4,7 +4,7 @@
 // serves on; a handover through the control socket still works.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { initHazard } from "../src/lifecycle/init_check.ts";
@@ -28,8 +28,7 @@ import { portOf, readyGeneration } from "./support/status.ts";
 
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
-const noTini = noPidNamespaces() === false && !onPath("tini") &&
-  "tini is missing (Debian package tini; .ci/run installs it)";
+const noTini = !onPath("tini") && "tini is missing (Debian package tini; .ci/run installs it)";
 
 /**
  * Three SIGHUPs to `pid` under load (keep-alive and one connection per
@@ -178,6 +177,36 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
       assert.match(await exchange(port, httpGet()), /pid 1 generation 1 /, "PID 1 serves on");
     } finally {
       ns.kill();
+    }
+  });
+
+  const names = "initHazard: a child of tini, docker-init, dumb-init or catatonit is init-parent " +
+    "(by command name); a child of sh is not";
+  test(names, skipIf(noTini, names), async () => {
+    const dir = left.tempDir("instar-ctr-");
+    for (const init of ["tini", "docker-init", "dumb-init", "catatonit", "sh"]) {
+      // tini under each name (its command name is the name it was started by); sh as itself
+      const bin = init === "sh" ? "/bin/sh" : join(dir, init);
+      if (init !== "sh") symlinkSync("/usr/bin/tini", bin);
+      const args = init === "sh" ? ["-c", "sleep 30; :"] : ["-s", "--", "sleep", "30"];
+      const parent = startServer([bin, ...args]);
+      left.servers.push(parent);
+      let child: number | undefined;
+      try {
+        const end = Date.now() + 10_000;
+        while (!(child = childrenOf(parent.pid)[0]) && Date.now() < end) await sleep(10);
+        assert.ok(child, `${init} started sleep`);
+        const hazard = initHazard(child);
+        if (init === "sh") assert.equal(hazard, null);
+        else {
+          assert.equal(hazard?.reason, "init-parent", init);
+          assert.match(hazard!.message, new RegExp(`is ${init}, an init`));
+          assert.match(hazard!.message, /instar run/);
+        }
+      } finally {
+        if (child) parent.pids.add(child);
+        parent.killAll();
+      }
     }
   });
 
