@@ -14,9 +14,11 @@ import {
   httpGet,
   onPath,
   ROOT,
+  runCommand,
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
+  showResult,
   skipIf,
   sleep,
   startServer,
@@ -76,6 +78,12 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
       assert.equal(initHazard(ns.initPid)?.reason, "pid-1", "seen from outside too");
       await refusedUnderLoad(ns.server, ns.initPid, portOf(ready), "pid-1");
       assert.match(await exchange(portOf(ready), httpGet()), /generation 1 /);
+      // `instar upgrade --control` is refused the same way, with the reason on stderr.
+      const cli = await runCommand(
+        runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), ["upgrade", "--control", ctl]),
+      );
+      assert.equal(cli.code, 1, showResult(cli));
+      assert.match(cli.stderr, /upgrade refused: pid-1: this generation is PID 1 .*instar run/);
       // Nothing else runs in the namespace: no half-started generation was left behind.
       assert.deepEqual(childrenOf(ns.initPid), []);
       process.kill(ns.initPid, "SIGTERM");

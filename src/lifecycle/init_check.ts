@@ -99,7 +99,7 @@ export function initHazard(pid: number | "self" = "self"): InitHazard | null {
  * ```
  */
 export function forkUpgradeRefusal(hazard: InitHazard | null): UpgradeRefusedError | null {
-  return hazard && new UpgradeRefusedError(hazard.reason, `upgrade refused: ${hazard.message}`);
+  return hazard && new UpgradeRefusedError(hazard.reason, hazard.message);
 }
 
 /**
