@@ -30,6 +30,7 @@ import { processRuns, processStartedAt } from "./proc.ts";
 import { checkSignal } from "./lifecycle/signals.ts";
 import { sleep } from "./timeout.ts";
 import { formatReport, TRIGGER, type UpgradeReport, validateReport } from "./observe/report.ts";
+import { runSupervisor } from "./supervisor/run.ts";
 
 const HELP: Record<string, string> = {
   main: `instar — zero-downtime upgrades for Deno and Bun servers
@@ -37,11 +38,13 @@ const HELP: Record<string, string> = {
 Usage:
   instar upgrade (--control <path> | --pid-file <path>) [--timeout <ms>] [--json] [--wait-drain]
   instar status  (--control <path> | --pid-file <path>) [--json]
+  instar run [options] -- <command> [args...]
   instar <command> --help
 
 Commands:
   upgrade   start the new version of a running server and wait until it is ready
   status    print pid, generation, state, listeners and open connections
+  run       supervise a server: upgrades as PID 1, crash restarts (docs/supervisor.md)
 `,
   upgrade: `instar upgrade — start the new version of a running server
 
@@ -125,9 +128,10 @@ export async function main(
       out(HELP.main);
       return command === undefined ? 2 : 0;
     }
+    if (command === "run") return await run(rest, out, err);
     if (command !== "upgrade" && command !== "status") {
       throw new UsageError(
-        `unknown command ${JSON.stringify(command)}; expected upgrade or status`,
+        `unknown command ${JSON.stringify(command)}; expected upgrade, status or run`,
       );
     }
     let values: Record<string, string | boolean | undefined>;
@@ -232,6 +236,20 @@ export async function main(
     }
     err(`instar: ${(e as Error).message}\n`);
     return 1;
+  }
+}
+
+// `instar run`: bad usage (INVALID_ARGUMENT from its option parser) is a usage error.
+async function run(
+  args: string[],
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
+  try {
+    return await runSupervisor(args, out, err);
+  } catch (e) {
+    if ((e as InstarError).code === "INVALID_ARGUMENT") throw new UsageError((e as Error).message);
+    throw e;
   }
 }
 

@@ -231,3 +231,27 @@ function established(table: string, port: number): number[] {
   }
   return out;
 }
+
+/**
+ * The pid of process `pid` in its own (innermost) pid namespace: the last
+ * field of `NSpid:` in `/proc/<pid>/status`; 1 for a namespace's init. `null`
+ * when it cannot be read.
+ */
+export function namespacePid(pid: number | "self" = "self"): number | null {
+  try {
+    const m = /^NSpid:\s*([\d\s]+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    const last = m?.[1].trim().split(/\s+/).at(-1);
+    return last ? Number(last) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The program file process `pid` runs (`/proc/<pid>/exe`, without " (deleted)"), or `null`. */
+export function executablePath(pid: number): string | null {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, "");
+  } catch {
+    return null;
+  }
+}

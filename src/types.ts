@@ -130,7 +130,11 @@ export type UpgradeRefusal =
   | "not-ready"
   | "stopping"
   // This generation is in its promotion window: the previous one may still take over again.
-  | "promotion-window";
+  | "promotion-window"
+  // fork/exec upgrades only (src/lifecycle/init_check.ts): this generation is PID 1 of its pid
+  // namespace, or its parent is an init that exits with its only child (tini, dumb-init, …)
+  | "pid-1"
+  | "init-parent";
 
 /**
  * Everything a generation serves on a socket it passes on: a listener, an

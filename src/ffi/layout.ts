@@ -164,6 +164,11 @@ export const C = {
   SYS_pidfd_open: 434,
   SYS_close_range: 436,
   CLOSE_RANGE_CLOEXEC: 4,
+  SCM_CREDENTIALS: 2,
+  F_SETOWN: 8,
+  O_ASYNC: 0o20000,
+  PR_SET_CHILD_SUBREAPER: 36,
+  PR_GET_CHILD_SUBREAPER: 37,
 } as const;
 
 /** Linux signal numbers (identical on x86_64 and aarch64). */

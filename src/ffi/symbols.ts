@@ -67,6 +67,9 @@ export const SYMBOLS = {
   getppid: { parameters: [], result: "i32" },
   // uid_t getuid(void);
   getuid: { parameters: [], result: "u32" },
+  // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+  //           unsigned long arg5); used for PR_SET_CHILD_SUBREAPER (instar run)
+  prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   // long syscall(long number, ...); used for pidfd_open and kcmp, which older libcs lack
   syscall: {
     parameters: ["i64", "i64", "i64", "i64", "i64", "i64"],

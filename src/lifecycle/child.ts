@@ -9,7 +9,7 @@
  */
 
 import process from "node:process";
-import { InstarError } from "../errors.ts";
+import { InstarError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import {
   Channel,
@@ -117,6 +117,7 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
   try {
     const { msg, fds } = channel.receiveSync(HELLO_TIMEOUT_MS);
     received = fds;
+    throwIfRefused(msg);
     const hello = validateHello(msg);
     if (hello.transfer !== transfer) {
       protocolError(`expected ${transfer} transfer, got ${hello.transfer}`);
@@ -164,4 +165,18 @@ function mapReceived(hello: Hello, received: number[]): void {
   };
   for (const l of hello.listeners) l.fd = take(l.fd, `listener ${l.key}`);
   if (hello.control) hello.control.fd = take(hello.control.fd, "the control socket");
+}
+
+// A handover the running generation refused (e.g. it is PID 1 of this pid namespace): its
+// reason and message, bounded, instead of "expected a hello message".
+function throwIfRefused(msg: unknown): void {
+  const m = msg as { type?: unknown; reason?: unknown; message?: unknown } | null;
+  if (m?.type !== "refused" || typeof m.reason !== "string" || typeof m.message !== "string") {
+    return;
+  }
+  const reason = m.reason.slice(0, 64) as UpgradeRefusedError["reason"];
+  throw new UpgradeRefusedError(
+    reason,
+    `the running generation refused: ${m.message.slice(0, 2000)}`,
+  );
 }

@@ -8,7 +8,7 @@
  */
 
 import process from "node:process";
-import { InstarError, UpgradeError } from "../errors.ts";
+import { InstarError, UpgradeError, type UpgradeRefusedError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
@@ -23,6 +23,7 @@ import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
+import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts";
 import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
 import { type Attempt, awaitReady, handOver, type Passed, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
@@ -87,6 +88,8 @@ export class Upgrader {
   #removeSignals: () => void = () => {};
   #window: PromotionWindow | null = null;
   #probation: Probation | null = null;
+  // Detected once at start-up: PID 1 or a child of tini & co. refuses fork/exec upgrades.
+  #initHazard = initHazard();
   #resolveExit!: (r: ExitReason) => void;
   #resolveDrained!: () => void;
   #observer: Observer;
@@ -339,8 +342,9 @@ export class Upgrader {
 
   #upgrade(trigger: string): Promise<number> {
     this.#observer.trigger(trigger);
-    return this.#run((generation, sockets) =>
-      spawnGeneration(this.#settings, generation, sockets, this.#reaper)
+    return this.#run(
+      (generation, sockets) => spawnGeneration(this.#settings, generation, sockets, this.#reaper),
+      forkUpgradeRefusal(this.#initHazard),
     );
   }
 
@@ -436,7 +440,10 @@ export class Upgrader {
         this.#observer.adopt(pid, report, counters),
       handover: (peer: MessageSocket, fd: number, pid: number) => {
         this.#observer.trigger("handover");
-        return this.#run((generation, sockets) => handOver(peer, fd, pid, generation, sockets));
+        return this.#run(
+          (generation, sockets) => handOver(peer, fd, pid, generation, sockets),
+          handoverRefusal(this.#initHazard, pid),
+        );
       },
       warn: (m: string) => this.#events.warn(m),
     };
@@ -445,8 +452,9 @@ export class Upgrader {
   /** One upgrade, however the next generation comes to exist. This generation serves on whatever happens. */
   async #run(
     start: (generation: number, sockets: Passed) => Attempt,
+    blocked: UpgradeRefusedError | null = null,
   ): Promise<number> {
-    const refused = refusal(this.#state) ?? this.#probation?.refusal() ?? null;
+    const refused = refusal(this.#state) ?? this.#probation?.refusal() ?? blocked;
     if (refused) {
       this.#events.emit("upgrade-refused", { error: refused });
       throw refused;

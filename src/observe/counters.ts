@@ -28,7 +28,7 @@ export interface UpgradeCounts {
   succeeded: number;
   /** The new generation failed before ready, by reason (`exited`, `killed`, `ready-timeout`, …). */
   failed: Record<string, number>;
-  /** A trigger started nothing, by reason (`in-progress`, `not-ready`, `stopping`). */
+  /** A trigger started nothing, by reason (`in-progress`, `not-ready`, `stopping`, `pid-1`, …). */
   refused: Record<string, number>;
   /** A ready generation was rolled back within its promotion window. */
   rolledBack: number;

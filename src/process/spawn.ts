@@ -66,6 +66,12 @@ export interface SpawnOptions {
   fds: readonly number[];
   /** `auto` (default): `fork` where available, else `posix_spawn`. */
   backend?: SpawnBackend;
+  /**
+   * Fds the child gets under another number: `from` (open here, and not itself a
+   * `to`) becomes `to` in the child (socket activation wants fds 3, 4, …, which the
+   * runtime holds in this process). Only the `posix_spawn` backend can (`auto` picks it).
+   */
+  moves?: readonly { from: number; to: number }[];
 }
 
 /**
@@ -87,7 +93,12 @@ export interface SpawnOptions {
  */
 export function spawn(options: SpawnOptions): number {
   const o = validate(options);
-  const backend = resolveBackend(o.backend);
+  const backend = o.moves.length && o.backend === "auto"
+    ? "posix_spawn"
+    : resolveBackend(o.backend);
+  if (backend === "fork" && o.moves.length) {
+    invalid("spawn backend", "fork", '"posix_spawn" or "auto" when fds are moved');
+  }
   const args = encodeArgs(o);
   return backend === "fork" ? spawnFork(o, args) : spawnPosix(o, args);
 }
@@ -113,7 +124,9 @@ function hasNul(s: string): boolean {
   return s.includes("\0");
 }
 
-function validate(options: SpawnOptions): Required<Omit<SpawnOptions, "cwd">> & { cwd?: string } {
+function validate(
+  options: SpawnOptions,
+): Required<Omit<SpawnOptions, "cwd" | "moves">> & { cwd?: string; moves: Move[] } {
   if (typeof options !== "object" || options === null) {
     invalid("spawn options", options, "an object");
   }
@@ -156,7 +169,26 @@ function validate(options: SpawnOptions): Required<Omit<SpawnOptions, "cwd">> & 
   if (backend !== "fork" && backend !== "posix_spawn" && backend !== "auto") {
     invalid("spawn backend", backend, '"fork", "posix_spawn" or "auto"');
   }
-  return { path, argv, env, cwd, fds, backend };
+  return { path, argv, env, cwd, fds, backend, moves: validMoves(options.moves ?? []) };
+}
+
+type Move = { from: number; to: number };
+
+function validMoves(moves: readonly Move[]): Move[] {
+  if (!Array.isArray(moves)) invalid("spawn moves", moves, "an array of { from, to } fds");
+  const targets = new Set(moves.map((m) => m?.to));
+  moves.forEach((m, i) => {
+    const ok = (fd: unknown) => Number.isInteger(fd) && (fd as number) >= 0;
+    if (typeof m !== "object" || m === null || !ok(m.from) || !ok(m.to)) {
+      invalid(`spawn moves[${i}]`, JSON.stringify(m), "{ from, to } with non-negative fds");
+    }
+    // dup2 runs in order in the child: a source that is an earlier target would be gone.
+    if (targets.has(m.from)) {
+      invalid(`spawn moves[${i}].from`, m.from, "an fd that is not also a target (dup it higher)");
+    }
+    sys.fcntl(m.from, sys.C.F_GETFD); // EBADF now, not in the child
+  });
+  return [...moves];
 }
 
 function resolveBackend(b: SpawnBackend): "fork" | "posix_spawn" {
@@ -341,7 +373,10 @@ function strayFds(keep: readonly number[]): number[] {
   return out;
 }
 
-function spawnPosix(o: { path: string; cwd?: string; fds: readonly number[] }, a: Args): number {
+function spawnPosix(
+  o: { path: string; cwd?: string; fds: readonly number[]; moves: Move[] },
+  a: Args,
+): number {
   const { libc } = sys.backend();
   const C = sys.C;
   const opaque = sys.platform().layout.spawnOpaque.size;
@@ -362,9 +397,15 @@ function spawnPosix(o: { path: string; cwd?: string; fds: readonly number[] }, a
           "posix_spawn_file_actions_adddup2",
         );
       }
+      for (const { from, to } of o.moves) {
+        check(
+          libc.posix_spawn_file_actions_adddup2(fa, from, to),
+          "posix_spawn_file_actions_adddup2",
+        );
+      }
       // posix_spawn has no "close everything else": close the fds this process
       // inherited without FD_CLOEXEC (the runtimes' own fds all have it).
-      for (const fd of strayFds(o.fds)) {
+      for (const fd of strayFds([...o.fds, ...o.moves.map((m) => m.to)])) {
         check(libc.posix_spawn_file_actions_addclose(fa, fd), "posix_spawn_file_actions_addclose");
       }
       if (o.cwd !== undefined) {

@@ -19,6 +19,7 @@ import {
   EAGAIN,
   fcntl,
   getpid,
+  getppid,
   getsockname,
   getsockoptInt,
   monotonicUsec,
@@ -411,6 +412,22 @@ export interface ActivationOptions {
 
 let cached: Activation | undefined;
 
+/**
+ * Set by `instar run` to its own pid in every generation's environment. With
+ * `LISTEN_PID` equal to it and to the parent's pid, the passed fds are this
+ * process's (docs/supervisor.md: a supervisor cannot put the child's pid in
+ * `LISTEN_PID` before the exec without running code in the child).
+ *
+ * @example
+ * ```ts
+ * import process from "node:process";
+ * import { SUPERVISOR_PID_ENV } from "./systemd.ts";
+ *
+ * console.log("supervised by", process.env[SUPERVISOR_PID_ENV] ?? "nobody");
+ * ```
+ */
+export const SUPERVISOR_PID_ENV = "INSTAR_SUPERVISOR_PID";
+
 const DECIMAL = /^(0|[1-9][0-9]{0,9})$/;
 
 function malformed(variable: string, value: string, expected: string): never {
@@ -456,7 +473,17 @@ export function activatedSockets(options: ActivationOptions = {}): Activation {
   delete env.LISTEN_PID;
   delete env.LISTEN_FDS;
   delete env.LISTEN_FDNAMES;
-  const result = readActivation(pidText, fdsText, namesText, options.pid ?? getpid());
+  const ourPid = options.pid ?? getpid();
+  // `instar run --listen` cannot know its child's pid before the exec: it names itself in
+  // LISTEN_PID and in SUPERVISOR_PID_ENV, and the fds are ours when it is our parent.
+  const bySupervisor = pidText !== undefined && pidText === env[SUPERVISOR_PID_ENV] &&
+    options.pid === undefined && Number(pidText) === getppid();
+  const result = readActivation(
+    pidText,
+    fdsText,
+    namesText,
+    bySupervisor ? Number(pidText) : ourPid,
+  );
   if (useProcessEnv && options.pid === undefined) cached = result;
   return result;
 }

@@ -1,0 +1,116 @@
+/**
+ * `instar run [options] -- <command> [args...]`: parses the command line,
+ * starts the {@link Supervisor}, wires the signals, the control socket and
+ * `--watch`, and returns the exit status once every generation is gone.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import type { ControlServer } from "../lifecycle/control.ts";
+import { openControl } from "./control.ts";
+import { parseRunArgs, RUN_HELP, type RunOptions } from "./options.ts";
+import { Supervisor, type SupervisorLog } from "./supervisor.ts";
+
+/** What `--watch` needs of src/supervisor/watch.ts (written on its own branch). */
+interface WatchModule {
+  watchPaths(
+    paths: string[],
+    options: { debounceMs: number },
+    onChange: (changed: string[]) => void,
+  ): { close(): void };
+}
+
+/**
+ * Runs `instar run` with `args` (what follows `run`); resolves with the exit
+ * status. Bad usage throws `INVALID_ARGUMENT` (the CLI exits with 2).
+ *
+ * @example
+ * ```ts
+ * import process from "node:process";
+ * import { runSupervisor } from "./run.ts";
+ *
+ * process.exit(await runSupervisor(["--", "deno", "run", "-A", "app.ts"]));
+ * ```
+ */
+export async function runSupervisor(
+  args: readonly string[],
+  out: (s: string) => void = (s) => process.stdout.write(s),
+  err: (s: string) => void = (s) => process.stderr.write(s),
+): Promise<number> {
+  const o = parseRunArgs(args);
+  if (!o) {
+    out(RUN_HELP);
+    return 0;
+  }
+  const log: SupervisorLog = {
+    info: (m) => err(`instar run[${process.pid}]: ${m}\n`),
+    warn: (m) => err(`instar run[${process.pid}]: warning: ${m}\n`),
+  };
+  const sup = await Supervisor.start(o, log);
+  const removeSignals = installSignals(sup, log);
+  let control: ControlServer | null = null;
+  let watcher: { close(): void } | null = null;
+  try {
+    if (o.control) control = await openControl(o.control, sup, log);
+    watcher = await startWatch(o, sup, log);
+  } catch (e) {
+    log.warn((e as Error).message);
+    sup.stop("start-up failed");
+  }
+  const code = await sup.done;
+  watcher?.close();
+  if (control) {
+    control.release();
+    control.unlink();
+  }
+  removeSignals();
+  log.info(`exiting with status ${code}`);
+  return code;
+}
+
+// SIGHUP upgrades, SIGTERM and SIGINT stop; none reaches its default action.
+function installSignals(sup: Supervisor, log: SupervisorLog): () => void {
+  const onHup = () => {
+    sup.upgrade("SIGHUP").then(
+      (pid) => log.info(`upgraded: pid ${pid} serves`),
+      () => {/* logged by the supervisor */},
+    );
+  };
+  const onTerm = () => sup.stop("SIGTERM");
+  const onInt = () => sup.stop("SIGINT");
+  process.on("SIGHUP", onHup);
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+  return () => {
+    process.off("SIGHUP", onHup);
+    process.off("SIGTERM", onTerm);
+    process.off("SIGINT", onInt);
+  };
+}
+
+// ---- THE --watch CALL SITE (issue 11) ----
+// src/supervisor/watch.ts (the `ctr` branch) exports watchPaths(); it is loaded
+// only when --watch is given, by a computed specifier, so that this file
+// type-checks and runs before that module lands. Once it is merged, a static
+// `import { watchPaths } from "./watch.ts"` may replace the dynamic import.
+async function startWatch(
+  o: RunOptions,
+  sup: Supervisor,
+  log: SupervisorLog,
+): Promise<{ close(): void } | null> {
+  if (o.watch.length === 0) return null;
+  const specifier = new URL("./watch.ts", import.meta.url).href;
+  let mod: WatchModule;
+  try {
+    mod = await import(specifier) as WatchModule;
+  } catch (e) {
+    throw new Error(`--watch needs src/supervisor/watch.ts: ${(e as Error).message}`);
+  }
+  return mod.watchPaths(o.watch, { debounceMs: o.watchDebounceMs }, (changed) => {
+    sup.upgrade(`watch: ${changed.slice(0, 3).join(", ")}`).then(
+      (pid) => log.info(`upgraded after a change: pid ${pid} serves`),
+      () => {/* logged by the supervisor; the running generation serves on */},
+    );
+  });
+}
