@@ -1,8 +1,8 @@
 /**
  * What one metrics scrape costs, by how the open connections of an HTTP
- * server are counted: reading /proc/net/tcp{,6} (src/proc.ts, what
- * `instar status` uses) or asking the kernel through sock_diag
- * (src/observe/sock_diag.ts, what `up.metrics()` uses). Both costs grow with
+ * server are counted: reading /proc/net/tcp{,6} (src/proc.ts, the
+ * fallback) or asking the kernel through sock_diag
+ * (src/net/sock_diag.ts, what `up.metrics()` uses). Both costs grow with
  * the TCP sockets of the network namespace (TIME_WAIT included), which the
  * output states. Prints, per way: wall time and CPU time per count, and the
  * longest gap between 1 ms timers while one count runs (the event-loop stall).
@@ -17,7 +17,7 @@ import process from "node:process";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { socketInodesAsync, tcpConnections } from "../src/proc.ts";
-import { establishedByPort } from "../src/observe/sock_diag.ts";
+import { establishedByPort } from "../src/net/sock_diag.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),

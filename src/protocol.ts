@@ -380,8 +380,8 @@ export function checkListeningFd(fd: number, addr: Addr, key: string): void {
       { cause: err },
     );
   }
-  // A datagram socket (key udp:… or unixgram:…) is bound, never listening.
-  if (key.startsWith("udp:") || key.startsWith("unixgram:")) {
+  // A datagram socket is bound, never listening.
+  if (isDatagramKey(key)) {
     if (type !== C.SOCK_DGRAM) protocolError(`fd ${fd} for ${key} is not a datagram socket`);
   } else {
     if (type !== C.SOCK_STREAM) {
@@ -674,4 +674,9 @@ function parseLine(line: string): unknown {
   } catch {
     protocolError(`malformed message ${shown(line)}`);
   }
+}
+
+/** Whether a registry key names a datagram socket (`udp:…`, `unixgram:…`): bound, never listening, no connections. */
+export function isDatagramKey(key: string): boolean {
+  return key.startsWith("udp:") || key.startsWith("unixgram:");
 }

@@ -23,7 +23,7 @@ import {
   validateCounters,
 } from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
-import { establishedByPort } from "../src/observe/sock_diag.ts";
+import { establishedByPort } from "../src/net/sock_diag.ts";
 import { Observer } from "../src/observe/metrics.ts";
 import { Emitter } from "../src/lifecycle/events.ts";
 import type { UpgradeReport } from "../mod.ts";

@@ -9,7 +9,7 @@ import { acceptQueueLength, C, close as closeFd, shutdown } from "../ffi/mod.ts"
 import { sleep } from "../timeout.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
-import { tcpConnections } from "../proc.ts";
+import { openConnections } from "../net/sock_diag.ts";
 import { type Server, serverEndpoint as endpointOfServer } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
@@ -82,7 +82,7 @@ export function serverEndpoint(
     fd,
     // The native servers keep no count: ask the kernel.
     connections:
-      () => (addr.transport === "tcp" ? tcpConnections(addr.port) : Promise.resolve(null)),
+      () => (addr.transport === "tcp" ? openConnections(addr.port) : Promise.resolve(null)),
     refuseNew: () => refuse(fd, activated, base.pauseAccepting),
     release: () => {
       if (!released) closeFd(fd);

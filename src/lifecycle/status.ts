@@ -7,8 +7,9 @@
 
 import process from "node:process";
 import { formatAddr } from "../ffi/sockaddr.ts";
-import { processRuns, tcpConnections } from "../proc.ts";
-import type { StatusReport } from "../protocol.ts";
+import { processRuns } from "../proc.ts";
+import { openConnections } from "../net/sock_diag.ts";
+import { isDatagramKey, type StatusReport } from "../protocol.ts";
 import type { Endpoint, State } from "../types.ts";
 
 /** The status of generation `generation` serving `endpoints`. */
@@ -19,7 +20,7 @@ export async function statusReport(
   endpoints: readonly Endpoint[],
 ): Promise<StatusReport> {
   const listeners = await Promise.all(endpoints.map(async (e) => ({
-    addr: formatAddr(e.addr),
+    addr: shown(e),
     connections: await e.connections(),
   })));
   return {
@@ -40,8 +41,16 @@ async function previous(
 ): Promise<StatusReport["previous"]> {
   if (pid === null || !processRuns(pid)) return null;
   const listeners = await Promise.all(endpoints.map(async (e) => ({
-    addr: formatAddr(e.addr),
-    connections: e.addr.transport === "tcp" ? await tcpConnections(e.addr.port, pid) : null,
+    addr: shown(e),
+    connections: e.addr.transport === "tcp" && !isDatagramKey(e.key)
+      ? await openConnections(e.addr.port, pid)
+      : null,
   })));
   return { pid, generation: generation - 1, listeners };
+}
+
+// A datagram socket's address is carried tcp/unix shaped: its key says udp:… or unixgram:….
+function shown(e: Endpoint): string {
+  if (!isDatagramKey(e.key)) return formatAddr(e.addr);
+  return `${e.addr.transport === "unix" ? "unixgram" : "udp"}:${formatAddr(e.addr)}`;
 }

@@ -18,8 +18,8 @@ import { formatAddr } from "../ffi/sockaddr.ts";
 import * as sys from "../ffi/mod.ts";
 import { C } from "../ffi/mod.ts";
 import { encodeUnix } from "../ffi/sockaddr.ts";
-import { processRuns, socketInodesAsync, tcpConnections } from "../proc.ts";
-import { establishedByPort } from "./sock_diag.ts";
+import { processRuns, socketInodesAsync } from "../proc.ts";
+import { establishedByPort, openConnections } from "../net/sock_diag.ts";
 import { Channel, PROTOCOL_VERSION } from "../protocol.ts";
 import type { Endpoint, State } from "../types.ts";
 import type { Emitter } from "../lifecycle/events.ts";
@@ -283,7 +283,7 @@ export class Observer {
       const listener = this.#counted.get(e.key)?.kind === "listen";
       const own = tcp === null || listener || !mine ? await e.connections() : among(tcp, mine);
       if (previous === null || tcp === null) return { own, previous: null };
-      return { own, previous: theirs ? among(tcp, theirs) : await tcpConnections(tcp, previous) };
+      return { own, previous: theirs ? among(tcp, theirs) : await openConnections(tcp, previous) };
     }));
   }
 

@@ -16,7 +16,7 @@ import { UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import type { WaitStatus } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
-import { tcpConnections } from "../proc.ts";
+import { openConnections } from "../net/sock_diag.ts";
 import type { Env } from "../process/systemd.ts";
 import type { StatusReport } from "../protocol.ts";
 import type { UpgradeFailure } from "../types.ts";
@@ -315,7 +315,7 @@ export class Supervisor {
       Promise.all(this.#held.map(async (h) => ({
         addr: formatAddr(h.addr),
         connections: pid !== undefined && h.addr.transport === "tcp"
-          ? await tcpConnections(h.addr.port, pid)
+          ? await openConnections(h.addr.port, pid)
           : null,
       })));
     const [pid, generation] = [...this.#draining].at(-1) ?? [];

@@ -129,10 +129,10 @@ export function readyGeneration(
   );
 }
 
-/** The TCP port of the report's first listener on `hostname` (127.0.0.1 by default). */
+/** The port of the report's first listener (or `udp:` socket) on `hostname` (127.0.0.1 by default). */
 export function portOf(s: StatusReport, hostname = "127.0.0.1"): number {
   for (const { addr } of s.listeners) {
-    const m = /^(.*):(\d+)$/.exec(addr);
+    const m = /^(?:udp:)?(.*):(\d+)$/.exec(addr);
     if (m && m[1] === hostname) return Number(m[2]);
   }
   throw new Error(`no ${hostname} listener in ${JSON.stringify(s.listeners)}`);
@@ -142,11 +142,9 @@ export function portOf(s: StatusReport, hostname = "127.0.0.1"): number {
  * Waits until the PID file at `pidFile` names a running process other than
  * `previousPid` (a generation writes it in `ready()`), and resolves with that
  * pid: the next generation is ready. It reads no control socket, so it can
- * be polled while the previous generation drains without slowing the server:
- * while a previous generation runs, a status reply counts its connections by
- * parsing all of /proc/net/tcp{,6} synchronously, which blocks the new
- * generation's event loop for 0.3-0.8 s when the machine holds tens of
- * thousands of TIME_WAIT sockets, as load tests leave behind.
+ * be polled while the previous generation drains without adding work to the
+ * server: while a previous generation runs, a status reply counts its
+ * connections (a kernel dump of every TCP socket of the namespace).
  */
 export async function nextPidInPidFile(
   pidFile: string,
