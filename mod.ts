@@ -68,3 +68,11 @@ export {
   type ServeTarget,
   type UpgraderServeOptions,
 } from "./src/serve/serve.ts";
+export {
+  type NodeHttpServer,
+  type NodeServeOptions,
+  type NodeServePath,
+  type NodeServing,
+  serveNode,
+  type UpgraderServeNodeOptions,
+} from "./src/serve/serve_node.ts";
