@@ -1,0 +1,354 @@
+// node:http frameworks through up.serveNode() (Express, Fastify, Koa: both
+// runtimes) and Elysia through up.serve() (Bun): 20 upgrades under keep-alive
+// and POST load from a client that never re-sends, a request in flight at an
+// upgrade, WebSockets kept on the old generation; and serveNode() itself: every
+// path, Connection: close while draining, the fallback reported, bad input.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import { join } from "node:path";
+import process from "node:process";
+import { runLoad } from "./support/load_client.ts";
+import {
+  alive,
+  cleanupAfterTests,
+  rawListen,
+  ROOT,
+  RUNTIME,
+  skipIf,
+  stopped,
+  within,
+} from "./support/helpers.ts";
+import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
+import { serveNode } from "../src/serve/serve_node.ts";
+import { InstarError } from "../src/errors.ts";
+import { close as closeFd } from "../src/ffi/mod.ts";
+import { openSocket } from "../src/net/listener.ts";
+
+const left = cleanupAfterTests();
+
+const FRAMEWORKS = [
+  { name: "express", ws: "/", bunOnly: false },
+  { name: "fastify", ws: "/", bunOnly: false },
+  { name: "koa", ws: "/", bunOnly: false },
+  { name: "elysia", ws: "/ws", bunOnly: true },
+] as const;
+
+/** One HTTP/1.1 keep-alive GET; resolves with the status, headers and body. */
+function get(
+  port: number,
+  path: string,
+  agent?: http.Agent,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port, path, agent: agent ?? false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.setTimeout(30_000, () => req.destroy(new Error(`GET ${path}: no answer in 30 s`)));
+  });
+}
+
+const pidOf = (body: string) => Number(/pid (\d+)/.exec(body)?.[1] ?? NaN);
+
+/** A WebSocket client (the runtime's own) that queues what it receives. */
+class WsClient {
+  readonly messages: string[] = [];
+  readonly closed: Promise<{ code: number }>;
+  #ws: WebSocket;
+  #wake: (() => void) | undefined;
+  private constructor(ws: WebSocket) {
+    this.#ws = ws;
+    ws.onmessage = (e) => {
+      this.messages.push(String(e.data));
+      this.#wake?.();
+    };
+    this.closed = new Promise((r) => (ws.onclose = (e) => r({ code: e.code })));
+  }
+  static open(port: number, path: string): Promise<WsClient> {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+    left.sockets.push(ws);
+    return within(
+      new Promise((resolve, reject) => {
+        ws.onopen = () => resolve(new WsClient(ws));
+        ws.onerror = () => reject(new Error(`WebSocket to port ${port} failed`));
+      }),
+      20_000,
+      "WebSocket open",
+    );
+  }
+  /** The next message matching `re`. */
+  async next(re: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    const end = performance.now() + timeoutMs;
+    let read = 0;
+    for (;;) {
+      for (; read < this.messages.length; read++) {
+        const m = this.messages[read].match(re);
+        if (m) {
+          this.messages.splice(0, read + 1);
+          return m;
+        }
+      }
+      if (performance.now() > end) throw new Error(`no ${re} in ${JSON.stringify(this.messages)}`);
+      await new Promise<void>((r) => {
+        this.#wake = r;
+        setTimeout(r, 100);
+      });
+    }
+  }
+  /** Sends `text`; resolves with the pid that echoed it. */
+  async echo(text: string): Promise<number> {
+    this.#ws.send(text);
+    return Number((await this.next(new RegExp(`^(\\d+): ${text}$`)))[1]);
+  }
+  close(): void {
+    this.#ws.close();
+  }
+}
+
+for (const fw of FRAMEWORKS) {
+  const example = join(ROOT, "examples", `${fw.name}.ts`);
+  const skip = skipIf(fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`, fw.name);
+  const start = (args: string[] = []): Promise<Generations> =>
+    startGenerations(left, example, args);
+
+  describe(`${fw.name} across upgrades (${RUNTIME})`, skip, () => {
+    test("20 upgrades under keep-alive GETs and POSTs fail no request", async () => {
+      const stats = join(left.tempDir("instar-node-"), "posts.txt");
+      const g = await start(["--stats-file", stats]);
+      const { server, port } = g;
+      const ac = new AbortController();
+      const pids = new Set<number>();
+      const onResponse = (body: string) => void pids.add(pidOf(body));
+      const common = { port, durationMs: 150_000, signal: ac.signal, onResponse };
+      const keepAlive = runLoad({ ...common, connections: 32 });
+      const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
+      let current = server.pid;
+      try {
+        for (let i = 0; i < 20; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+          current = await upgradeByHup(g, current);
+        }
+        await new Promise((r) => setTimeout(r, 300));
+      } finally {
+        ac.abort();
+      }
+      const [k, p] = await Promise.all([keepAlive, posts]);
+      for (const [name, r] of [["keep-alive", k], ["POST", p]] as const) {
+        assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+        assert.ok(r.ok > 100, `${name}: only ${r.ok} responses`);
+      }
+      assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
+      assert.equal(alive(current), true);
+      process.kill(current, "SIGTERM");
+      for (const pid of server.pids) await stopped(pid);
+      // Each generation appended how many POST bodies it read once it had drained.
+      const lines = readFileSync(stats, "utf8").trim().split("\n");
+      assert.equal(lines.length, 21, `one line per generation: ${lines.join(" | ")}`);
+      const read = lines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
+      assert.equal(read, p.ok, "the servers read exactly the POSTs the client got answers to");
+    });
+
+    test("a request in flight at the upgrade finishes on the old generation, with Connection: close", async () => {
+      const g = await start();
+      const oldPid = g.server.pid;
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
+        const slow = get(g.port, "/slow?ms=3000", agent);
+        await new Promise((r) => setTimeout(r, 300));
+        const newPid = await upgradeByHup(g, oldPid);
+        const fresh = await get(g.port, "/");
+        assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
+        const res = await within(slow, 30_000, "the slow request");
+        assert.equal(res.status, 200);
+        assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
+        // Taken before the drain, answered during it: the client moves on.
+        assert.equal(res.headers.connection?.toLowerCase(), "close");
+        assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+        process.kill(newPid, "SIGTERM");
+        await stopped(newPid);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    test("a WebSocket opened before an upgrade stays on the old generation and closes cleanly", async () => {
+      const g = await start(["--drain-timeout", "60000"]);
+      const oldPid = g.server.pid;
+      const a = await WsClient.open(g.port, fw.ws);
+      assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
+      assert.equal(await a.echo("before"), oldPid);
+      const newPid = await upgradeByHup(g, oldPid);
+      for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
+      const b = await WsClient.open(g.port, fw.ws);
+      assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
+      assert.equal(await a.echo("still old"), oldPid);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
+      a.close();
+      assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
+      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+      await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
+      assert.equal(await b.echo("new serves on"), newPid);
+      b.close();
+      await within(b.closed, 10_000, "new socket close");
+      process.kill(newPid, "SIGTERM");
+      await stopped(newPid);
+    });
+
+    test("at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0", async () => {
+      const g = await start(["--drain-timeout", "1500"]);
+      const oldPid = g.server.pid;
+      const a = await WsClient.open(g.port, fw.ws);
+      await a.next(/^welcome/);
+      const newPid = await upgradeByHup(g, oldPid);
+      assert.equal(await a.echo("open"), oldPid);
+      assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
+      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+      process.kill(newPid, "SIGTERM");
+      await stopped(newPid);
+    });
+  });
+}
+
+// ---------------------------------------------------------------- serveNode() itself
+
+const hello = () =>
+  http.createServer((req, res) => {
+    if (req.url?.startsWith("/slow")) setTimeout(() => res.end("slow\n"), 600);
+    else res.end("hi\n");
+  });
+
+describe(`serveNode() (${RUNTIME})`, () => {
+  for (const mode of ["auto", "transplant", "fallback"] as const) {
+    test(`mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`, async () => {
+      const { fd, port } = await rawListen();
+      const server = hello();
+      const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
+      try {
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
+        assert.equal((server.address() as { port: number }).port, port);
+        assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        const first = await get(port, "/", agent);
+        assert.equal(first.body, "hi\n");
+        assert.notEqual(first.headers.connection?.toLowerCase(), "close");
+        const inFlight = get(port, "/slow", agent);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(s.pauseAccepting(), true);
+        assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
+        agent.destroy();
+        s.resumeAccepting();
+        const again = new http.Agent({ keepAlive: true });
+        const resumed = await get(port, "/", again);
+        again.destroy();
+        assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
+        await within(s.shutdown(), 20_000, "shutdown");
+        await within(s.finished, 5_000, "finished");
+        // The socket is still ours and still listening: another server takes it over.
+        const next = await serveNode(fd, hello(), { mode: "fallback" });
+        assert.equal((await get(port, "/")).body, "hi\n");
+        await next.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    });
+  }
+
+  test("serves a Unix socket", async () => {
+    const dir = left.tempDir("instar-node-unix-");
+    const path = join(dir, "http.sock");
+    const { fd } = await openSocket({ path });
+    const s = await serveNode(fd, hello());
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        http.get({ socketPath: path, path: "/" }, (res) => {
+          let b = "";
+          res.on("data", (d) => (b += d)).on("end", () => resolve(b));
+        }).on("error", reject);
+      });
+      assert.equal(body, "hi\n");
+      assert.equal(s.url.protocol, "http+unix:");
+      await s.shutdown();
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  test(
+    "a failed transplant precondition falls back to the proxy and says why (Bun's auto)",
+    skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback"),
+    async () => {
+      const { fd, port } = await rawListen();
+      const reasons: InstarError[] = [];
+      const warned: string[] = [];
+      const warn = console.warn;
+      console.warn = (m: string) => void warned.push(String(m));
+      try {
+        const s = await serveNode(fd, hello(), {
+          knownMasks: {},
+          onFallback: (r) => reasons.push(r),
+        });
+        assert.equal(s.mode, "fallback");
+        assert.equal(reasons.length, 1);
+        assert.equal(reasons[0].code, "TRANSPLANT_UNSUPPORTED");
+        assert.match(reasons[0].message, /event mask/);
+        assert.equal(s.fallbackReason, reasons[0]);
+        assert.equal((await get(port, "/")).body, "hi\n");
+        await s.shutdown();
+        // Without onFallback the reason goes to the console.
+        const t = await serveNode(fd, hello(), { knownMasks: {} });
+        assert.equal(t.mode, "fallback");
+        assert.ok(warned.some((m) => /node:net proxy.*event mask/.test(m)), warned.join("\n"));
+        await t.shutdown();
+      } finally {
+        console.warn = warn;
+        closeFd(fd);
+      }
+    },
+  );
+
+  test("mode transplant with a failed precondition throws TRANSPLANT_UNSUPPORTED and leaves the server closed", async () => {
+    const { fd } = await rawListen();
+    const server = hello();
+    try {
+      await assert.rejects(
+        serveNode(fd, server, { mode: "transplant", knownMasks: {} }),
+        (e: unknown) => e instanceof InstarError && e.code === "TRANSPLANT_UNSUPPORTED",
+      );
+      assert.equal(server.listening, false);
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  test("bad input: a listening server, not a server, a bad mode, a bad fd", async () => {
+    const { fd } = await rawListen();
+    const listening = hello();
+    await new Promise<void>((r) => listening.listen(0, "127.0.0.1", () => r()));
+    try {
+      const bad = (code: string, re: RegExp) => (e: unknown) =>
+        e instanceof InstarError && e.code === code && re.test(e.message);
+      await assert.rejects(serveNode(fd, listening), bad("INVALID_ARGUMENT", /already listening/));
+      await assert.rejects(
+        serveNode(fd, {} as http.Server),
+        bad("INVALID_ARGUMENT", /node:http or node:https Server/),
+      );
+      await assert.rejects(
+        serveNode(fd, hello(), { mode: "fast" as "auto" }),
+        bad("INVALID_ARGUMENT", /mode is "fast"/),
+      );
+      await assert.rejects(serveNode(-1, hello()), bad("INVALID_ARGUMENT", /target is -1/));
+    } finally {
+      listening.close();
+      closeFd(fd);
+    }
+  });
+});
