@@ -105,8 +105,9 @@ class WsClient {
     this.#ws.send(text);
     return Number((await this.next(new RegExp(`^(\\d+): ${text}$`)))[1]);
   }
+  /** Closes with 1000 (normal closure): the server answers it, so `closed` gets 1000 back. */
   close(): void {
-    this.#ws.close();
+    this.#ws.close(1000, "bye");
   }
 }
 
