@@ -21,7 +21,7 @@ import {
   within,
 } from "./support/helpers.ts";
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
-import { serveNode } from "../src/serve/serve_node.ts";
+import { serveNode, splitNodeOptions } from "../src/serve/serve_node.ts";
 import { InstarError } from "../src/errors.ts";
 import { close as closeFd } from "../src/ffi/mod.ts";
 import { openSocket } from "../src/net/listener.ts";
@@ -347,6 +347,16 @@ describe(`serveNode() (${RUNTIME})`, () => {
         bad("INVALID_ARGUMENT", /mode is "fast"/),
       );
       await assert.rejects(serveNode(-1, hello()), bad("INVALID_ARGUMENT", /target is -1/));
+      // up.serveNode()'s options, checked before a socket is claimed.
+      const opts = (o: unknown) => () => splitNodeOptions(o as { port: number });
+      assert.throws(opts({ port: 0, fetch: () => {} }), bad("INVALID_ARGUMENT", /"fetch"/));
+      assert.throws(opts({ port: 0, path: "/x" }), bad("INVALID_ARGUMENT", /TCP or a Unix/));
+      assert.throws(opts({ hostname: "::1" }), bad("INVALID_ARGUMENT", /a `port`, a `path`/));
+      assert.throws(opts(null), bad("INVALID_ARGUMENT", /up.serveNode\(\) options/));
+      assert.deepEqual(splitNodeOptions({ path: "/x", socketMode: 0o600, mode: "fallback" }), {
+        listen: { path: "/x", mode: 0o600 },
+        node: { mode: "fallback" },
+      });
     } finally {
       listening.close();
       closeFd(fd);
