@@ -5,14 +5,17 @@
 // path, Connection: close while draining, the fallback reported, bad input.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
+import https from "node:https";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
+  onPath,
   rawListen,
   ROOT,
   RUNTIME,
@@ -264,6 +267,37 @@ describe(`serveNode() (${RUNTIME})`, () => {
       }
     });
   }
+
+  const noOpenssl = !onPath("openssl") && "openssl is not on the PATH (Debian package openssl)";
+  test("serves a node:https server on every path", skipIf(noOpenssl, "https"), async () => {
+    const dir = left.tempDir("instar-node-tls-");
+    const made = spawnSync("openssl", [
+      ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
+      ...["-addext", "subjectAltName=IP:127.0.0.1"],
+      ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
+    ], { encoding: "utf8" });
+    assert.equal(made.status, 0, `openssl req failed: ${made.error ?? made.stderr}`);
+    const cert = readFileSync(join(dir, "cert.pem"), "utf8");
+    const key = readFileSync(join(dir, "key.pem"), "utf8");
+    for (const mode of ["auto", "transplant", "fallback"] as const) {
+      const { fd, port } = await rawListen();
+      const server = https.createServer({ cert, key }, (_req, res) => res.end("secure hello"));
+      const s = await serveNode(fd, server, { mode });
+      try {
+        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        const body = await new Promise<string>((resolve, reject) => {
+          https.get({ host: "127.0.0.1", port, path: "/", ca: cert, agent: false }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => resolve(b));
+          }).on("error", reject);
+        });
+        assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
+        await s.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    }
+  });
 
   test("serves a Unix socket", async () => {
     const dir = left.tempDir("instar-node-unix-");

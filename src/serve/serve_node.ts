@@ -21,6 +21,7 @@
  */
 
 import { mkdtempSync, rmSync } from "node:fs";
+import * as https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InstarError, invalid } from "../errors.ts";
@@ -235,7 +236,9 @@ export async function serveNode(
     a = await viaTransplant(server, fd, addr, o);
   }
   reportAddress(server, addr);
-  const tls = typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
+  // (Bun's https.Server has no setSecureContext; Deno's is no https.Server subclass in every version.)
+  const tls = server instanceof https.Server ||
+    typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
   const handle = serving(server, drainer, fd, addr, a, o);
   return Object.assign(handle, { url: urlOf(addr, tls) });
 }
