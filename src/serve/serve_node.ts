@@ -284,17 +284,11 @@ function acceptControl(fd: number, a: Accepting) {
   };
 }
 
-function serving(
-  server: NodeHttpServer,
-  d: NodeDrain,
-  fd: number,
-  addr: Addr,
-  a: Accepting,
-  o: NodeServeOptions,
-): Omit<NodeServing, "url"> & { url?: URL } {
-  const accept = acceptControl(fd, a);
-  const finished = new Promise<void>((r) => server.once("close", () => r()));
-  const endpoint: Endpoint = {
+type AcceptControl = ReturnType<typeof acceptControl>;
+
+/** The server as the drain sees it (src/lifecycle/drain.ts). */
+function drainEndpoint(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepting): Endpoint {
+  return {
     key: "serveNode",
     fd: -1,
     addr,
@@ -328,13 +322,25 @@ function serving(
     },
     release: () => {},
   };
+}
+
+function serving(
+  server: NodeHttpServer,
+  d: NodeDrain,
+  fd: number,
+  addr: Addr,
+  a: Accepting,
+  o: NodeServeOptions,
+): Omit<NodeServing, "url"> & { url?: URL } {
+  const accept = acceptControl(fd, a);
+  const endpoint = drainEndpoint(d, accept, addr, a);
   let shutdownPromise: Promise<void> | undefined;
   const handle = {
     server,
     mode: a.mode,
     fallbackReason: a.fallbackReason,
     addr,
-    finished,
+    finished: new Promise<void>((r) => server.once("close", () => r())),
     pauseAccepting: () => {
       const p = accept.pause();
       d.draining(true);
