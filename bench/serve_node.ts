@@ -3,8 +3,9 @@
  * framework's own listen(), hello world: a bare node:http handler and
  * Express, on each runtime (`own` = the server's own `listen()` on a port;
  * `auto` = serveNode() on an instar socket, the path the runtime takes by
- * default: Bun transplant, Deno listen({ fd }); with --paths also serveNode's
- * `transplant` on Deno and the `fallback` proxy). `wrk -t1 -c50` keep-alive,
+ * default: Bun transplant, Deno listen({ fd }); with --paths also `own+drain`
+ * (own listen() with instar's drain listeners: their steady-state cost alone),
+ * serveNode's `transplant` on Deno and the `fallback` proxy). `wrk -t1 -c50` keep-alive,
  * the server pinned to CPU 0 and wrk to CPU 1 (taskset), every variant once
  * per round, rounds interleaved (the order alternates); reports median req/s,
  * median CPU µs per request, and both as ratios to `own` of the same round.
@@ -50,7 +51,7 @@ const apps = values.app ?? ["node", "express"];
 const variantsOf = (rt: Runtime) => [
   "own",
   "auto",
-  ...(values.paths ? [...(rt === "deno" ? ["transplant"] : []), "fallback"] : []),
+  ...(values.paths ? ["own+drain", ...(rt === "deno" ? ["transplant"] : []), "fallback"] : []),
 ];
 
 /** CPU time (user + system, all threads) of a process in ms, from /proc/<pid>/stat. */
@@ -73,7 +74,7 @@ async function measure(rt: Runtime, app: string, variant: string): Promise<Sampl
       let out = "";
       child.stdout!.on("data", (d) => {
         out += d;
-        const m = /port=(\d+) mode=(\w+)/.exec(out);
+        const m = /port=(\d+) mode=([\w+]+)/.exec(out);
         if (m) resolve([Number(m[1]), m[2]]);
       });
       child.on("exit", (code) => reject(new Error(`${rt} ${app} ${variant} exited (${code})`)));
@@ -137,7 +138,11 @@ for (const rt of rts) {
       const rps = median(xs.map((x) => x.rps)), cpu = median(xs.map((x) => x.cpuUsPerReq));
       const rpsRatio = median(xs.map((x, i) => x.rps / own[i].rps));
       const cpuRatio = median(xs.map((x, i) => x.cpuUsPerReq / own[i].cpuUsPerReq));
-      const name = v === "own" ? "own listen()" : `serveNode() ${v}`;
+      const name = v === "own"
+        ? "own listen()"
+        : v === "own+drain"
+        ? "own listen() + drain listeners"
+        : `serveNode() ${v}`;
       console.log(
         `| ${rt} | ${app} | ${name} | ${xs[0].mode} | ${Math.round(rps)} | ${
           rpsRatio.toFixed(3)

@@ -1,7 +1,8 @@
 // A hello-world node:http server for bench/serve_node.ts. argv: <app> <variant>
 //   app:     node (a bare http.createServer handler) | express
-//   variant: own (the framework's own listen() on 127.0.0.1:0) | auto | transplant | fallback
-//            (instar's serveNode() on an instar socket, in that mode)
+//   variant: own (the framework's own listen() on 127.0.0.1:0) | own+drain (the same with
+//            instar's drain listeners installed: their steady-state cost alone) | auto | transplant |
+//            fallback (instar's serveNode() on an instar socket, in that mode)
 // Prints "port=<n> mode=<path>" once it accepts; runs until killed.
 import http from "node:http";
 import process from "node:process";
@@ -10,6 +11,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
 import { serveNode } from "../src/serve/serve_node.ts";
+import { NodeDrain } from "../src/serve/node_drain.ts";
 
 const [app = "node", variant = "own"] = process.argv.slice(2);
 const text = "Hello, World!";
@@ -28,7 +30,8 @@ function handler(): http.RequestListener {
 
 const server = http.createServer(handler());
 let port: number, mode = "own";
-if (variant === "own") {
+if (variant === "own" || variant === "own+drain") {
+  if (variant === "own+drain") new NodeDrain(server);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", 4096, () => r()));
   port = (server.address() as { port: number }).port;
 } else {
