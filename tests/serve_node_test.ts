@@ -227,6 +227,7 @@ for (const fw of FRAMEWORKS) {
 const hello = () =>
   http.createServer((req, res) => {
     if (req.url?.startsWith("/slow")) setTimeout(() => res.end("slow\n"), 600);
+    else if (req.url === "/peer") res.end(`${req.socket.remoteAddress} ${req.socket.remotePort}`);
     else res.end("hi\n");
   });
 
@@ -246,6 +247,16 @@ describe(`serveNode() (${RUNTIME})`, () => {
         const first = await get(port, "/", agent);
         assert.equal(first.body, "hi\n");
         assert.notEqual(first.headers.connection?.toLowerCase(), "close");
+        // The handler sees the client's own address on every path (behind the proxy too).
+        const peer = await new Promise<[string, string]>((resolve, reject) => {
+          const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => {
+              resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
+            });
+          }).on("error", reject);
+        });
+        assert.equal(peer[0], peer[1]);
         const inFlight = get(port, "/slow", agent);
         await new Promise((r) => setTimeout(r, 200));
         assert.equal(s.pauseAccepting(), true);

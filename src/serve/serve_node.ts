@@ -26,7 +26,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InstarError, invalid } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
-import { type Addr, decode } from "../ffi/sockaddr.ts";
+import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
+import type { Socket } from "node:net";
 import { drain } from "../lifecycle/drain.ts";
 import { cutConnections } from "../net/connections.ts";
 import {
@@ -185,16 +186,43 @@ async function viaTransplant(
       }
       if (o.onFallback) o.onFallback(err);
       else console.warn(`instar: serving node:http through the node:net proxy: ${err.message}`);
-      return { ...(await viaProxy(fd, at, throwaway.remove)), fallbackReason: err };
+      return { ...(await viaProxy(server, fd, at, throwaway.remove)), fallbackReason: err };
     }
   }
-  return await viaProxy(fd, at, throwaway.remove);
+  return await viaProxy(server, fd, at, throwaway.remove);
 }
 
-async function viaProxy(fd: number, upstream: Addr, remove: () => void): Promise<Accepting> {
+async function viaProxy(
+  server: NodeHttpServer,
+  fd: number,
+  upstream: Addr,
+  remove: () => void,
+): Promise<Accepting> {
   const proxy = new ConnectionProxy(fd, upstream);
   await proxy.listen();
+  if (upstream.transport === "tcp") server.prependListener("connection", realPeer(proxy));
   return { mode: "fallback", proxy, remove };
+}
+
+// Behind the proxy a connection comes from loopback: its socket reports the proxied client's
+// address instead (read when asked: the proxy learns it once its upstream connection is up).
+function realPeer(proxy: ConnectionProxy): (socket: Socket) => void {
+  return (socket) => {
+    const port = socket.remotePort;
+    if (port === undefined) return;
+    const before = { address: socket.remoteAddress, family: socket.remoteFamily };
+    const define = (key: string, real: (a: NetAddr) => unknown, otherwise: unknown) =>
+      Object.defineProperty(socket, key, {
+        configurable: true,
+        get: () => {
+          const a = proxy.remoteOf(port);
+          return a ? real(a) : otherwise;
+        },
+      });
+    define("remoteAddress", (a) => a.hostname, before.address);
+    define("remotePort", (a) => a.port, port);
+    define("remoteFamily", (a) => (a.hostname.includes(":") ? "IPv6" : "IPv4"), before.family);
+  };
 }
 
 /**
