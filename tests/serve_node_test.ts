@@ -114,6 +114,17 @@ class WsClient {
   }
 }
 
+/**
+ * Upgrades `g` by SIGHUP; resolves with the new pid once the old generation said it drains: it
+ * stopped accepting in the same tick, so a new connection reaches the new generation from then on.
+ */
+async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> {
+  const from = g.server.lines.length;
+  const newPid = await upgradeByHup(g, oldPid);
+  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=\\d+\\] draining`), 30_000, from);
+  return newPid;
+}
+
 for (const fw of FRAMEWORKS) {
   const example = join(ROOT, "examples", `${fw.name}.ts`);
   const skip = skipIf(fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`, fw.name);
@@ -165,7 +176,7 @@ for (const fw of FRAMEWORKS) {
         assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
         const slow = get(g.port, "/slow?ms=3000", agent);
         await new Promise((r) => setTimeout(r, 300));
-        const newPid = await upgradeByHup(g, oldPid);
+        const newPid = await upgradeAndDrain(g, oldPid);
         const fresh = await get(g.port, "/");
         assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
         const res = await within(slow, 30_000, "the slow request");
@@ -189,7 +200,7 @@ for (const fw of FRAMEWORKS) {
       const a = await WsClient.open(g.port, fw.ws);
       assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
       assert.equal(await a.echo("before"), oldPid);
-      const newPid = await upgradeByHup(g, oldPid);
+      const newPid = await upgradeAndDrain(g, oldPid);
       for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
       const b = await WsClient.open(g.port, fw.ws);
       assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
@@ -212,7 +223,7 @@ for (const fw of FRAMEWORKS) {
       const oldPid = g.server.pid;
       const a = await WsClient.open(g.port, fw.ws);
       await a.next(/^welcome/);
-      const newPid = await upgradeByHup(g, oldPid);
+      const newPid = await upgradeAndDrain(g, oldPid);
       assert.equal(await a.echo("open"), oldPid);
       assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
       assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
