@@ -264,7 +264,7 @@ export async function serveNode(
     a = await viaTransplant(server, fd, addr, o);
   }
   reportAddress(server, addr);
-  // (Bun's https.Server has no setSecureContext; Deno's is no https.Server subclass in every version.)
+  // Either test: Bun's https.Server has no setSecureContext.
   const tls = server instanceof https.Server ||
     typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
   const handle = serving(server, drainer, fd, addr, a, o);
