@@ -7,9 +7,11 @@
  * the `upgrade` event (the `ws` package) stay open until they close; at the
  * drain timeout they get close code 1012 and are cut.
  *
- * Nothing runs per request in steady state but one listener that pushes the
- * response on an array (compacted as responses end): the `finish` listeners
- * that drive the quiet clock are added only while draining.
+ * Nothing runs per request in steady state: connections are tracked as they
+ * come (`connection` / `secureConnection`), and only when the drain starts
+ * does a `request` listener go in front of the framework's; the responses
+ * in flight then are found on their sockets (`socket._httpMessage`, set by
+ * both runtimes' `node:http` as by Node's).
  *
  * @module
  */
@@ -35,24 +37,20 @@ export class NodeDrain {
   #server: http.Server;
   #draining = false;
   #clock = new QuietClock();
-  // Responses that may still be in flight (ended ones are dropped on compaction).
-  #responses: Res[] = [];
-  #live = 0;
+  #sockets = new Set<Socket>();
   #upgraded = new Set<Socket>();
   #closed: Promise<void> | undefined;
+  #onRequest = (_req: http.IncomingMessage, res: Res) => this.#closing(res);
 
-  /** Starts watching `server`'s requests and upgrades (before the user's listeners run). */
+  /** Starts watching `server`'s connections and upgrades. */
   constructor(server: http.Server) {
     this.#server = server;
-    server.prependListener("request", (_req: http.IncomingMessage, res: Res) => {
-      if (this.#draining) return this.#closing(res);
-      this.#responses.push(res);
-      // Amortised O(1): compact once the array doubled since the last compaction.
-      if (this.#responses.length > 2 * this.#live + 64) {
-        this.#responses = this.#responses.filter((r) => !r.writableEnded);
-        this.#live = this.#responses.length;
-      }
-    });
+    const track = (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once("close", () => this.#sockets.delete(socket));
+    };
+    server.prependListener("connection", track);
+    server.prependListener("secureConnection", track);
     server.prependListener("upgrade", (_req: http.IncomingMessage, socket: Socket) => {
       this.#upgraded.add(socket);
       socket.once("close", () => this.#upgraded.delete(socket));
@@ -78,11 +76,20 @@ export class NodeDrain {
   draining(on: boolean): void {
     if (on === this.#draining) return;
     this.#draining = on;
-    if (!on) return;
+    if (!on) {
+      this.#server.off("request", this.#onRequest);
+      return;
+    }
     this.#clock.mark();
+    // In front of the framework's listener: the header is set before it answers.
+    this.#server.prependListener("request", this.#onRequest);
     // Requests taken before the drain and not answered yet close their connection too.
-    for (const res of this.#responses.splice(0)) if (!res.writableEnded) this.#closing(res);
-    this.#live = 0;
+    for (const socket of this.#sockets) {
+      const res = (socket as unknown as { _httpMessage?: unknown })._httpMessage;
+      if (res && typeof (res as Res).setHeader === "function" && !(res as Res).writableEnded) {
+        this.#closing(res as Res);
+      }
+    }
   }
 
   /** Resolves once no response went out for `idleMs` (at most `maxMs`). */
