@@ -315,17 +315,30 @@ describe(`serveNode() (${RUNTIME})`, () => {
     const key = readFileSync(join(dir, "key.pem"), "utf8");
     for (const mode of ["auto", "transplant", "fallback"] as const) {
       const { fd, port } = await rawListen();
-      const server = https.createServer({ cert, key }, (_req, res) => res.end("secure hello"));
+      const server = https.createServer({ cert, key }, (req, res) => {
+        if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
+        else res.end("secure hello");
+      });
       const s = await serveNode(fd, server, { mode });
-      try {
-        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
-        const body = await new Promise<string>((resolve, reject) => {
-          https.get({ host: "127.0.0.1", port, path: "/", ca: cert, agent: false }, (res) => {
+      const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
+      const get = (path: string) =>
+        new Promise<[string, string | undefined]>((resolve, reject) => {
+          https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
             let b = "";
-            res.on("data", (d) => (b += d)).on("end", () => resolve(b));
+            res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
           }).on("error", reject);
         });
+      try {
+        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        const [body, connection] = await get("/");
         assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
+        assert.notEqual(connection?.toLowerCase(), "close");
+        // A request in flight when the drain starts closes its TLS connection too.
+        const slow = get("/slow");
+        await new Promise((r) => setTimeout(r, 200));
+        s.pauseAccepting();
+        assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
+        agent.destroy();
         await s.shutdown();
       } finally {
         closeFd(fd);
