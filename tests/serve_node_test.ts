@@ -19,11 +19,14 @@ import {
   rawListen,
   ROOT,
   RUNTIME,
+  runtimeCmd,
   skipIf,
+  startServer,
   stopped,
   within,
 } from "./support/helpers.ts";
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
 import { serveNode, splitNodeOptions } from "../src/serve/serve_node.ts";
 import { InstarError } from "../src/errors.ts";
 import { close as closeFd } from "../src/ffi/mod.ts";
@@ -396,6 +399,29 @@ describe(`serveNode() (${RUNTIME})`, () => {
         console.warn = warn;
         closeFd(fd);
       }
+    },
+  );
+
+  test(
+    "up.serveNode(): the fallback is in the lifecycle log, and the proxy serves (Bun)",
+    skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback log"),
+    async () => {
+      const dir = left.tempDir("instar-node-fb-");
+      const ctl = join(dir, "ctl.sock");
+      const server = startServer(
+        runtimeCmd(RUNTIME, join(ROOT, "tests/serve_node_child.ts"), [ctl]),
+      );
+      left.servers.push(server);
+      const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines }));
+      const m = await server.waitFor(
+        /serve-fallback: (\S+) served through the node:net proxy: (.*)/,
+      );
+      assert.equal(m[1], `127.0.0.1:${port}`);
+      assert.match(m[2], /event mask/);
+      await server.waitFor(/^mode=fallback$/);
+      assert.equal((await get(port, "/")).body, `fallback pid ${server.pid}\n`);
+      process.kill(server.pid, "SIGTERM");
+      assert.equal(await within(server.exited, 30_000, "exit"), 0);
     },
   );
 
