@@ -94,3 +94,11 @@ export {
   type UpgraderServeOptions,
 } from "./src/serve/serve.ts";
 export { readTlsFiles, type TlsFileOptions, type TlsFiles } from "./src/serve/tls_files.ts";
+export {
+  type NodeHttpServer,
+  type NodeServeOptions,
+  type NodeServePath,
+  type NodeServing,
+  serveNode,
+  type UpgraderServeNodeOptions,
+} from "./src/serve/serve_node.ts";

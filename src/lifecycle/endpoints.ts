@@ -74,7 +74,20 @@ export function serverEndpoint(
   activated: boolean,
 ): Endpoint {
   // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
-  const base = endpointOfServer(server);
+  return socketServerEndpoint(key, fd, addr, endpointOfServer(server), activated);
+}
+
+/**
+ * An HTTP server's standalone endpoint (`base`: {@link serve}'s or
+ * `serveNode()`'s) on `fd`, which the lifecycle owns and closes.
+ */
+export function socketServerEndpoint(
+  key: string,
+  fd: number,
+  addr: Addr,
+  base: Endpoint,
+  activated: boolean,
+): Endpoint {
   let released = false;
   return {
     ...base,

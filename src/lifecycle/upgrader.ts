@@ -22,8 +22,16 @@ import type { Addr, ExitReason, State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
-import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts";
+import { listenerEndpoint, serverEndpoint, socketServerEndpoint } from "./endpoints.ts";
+import {
+  type NodeHttpServer,
+  type NodeServing,
+  nodeServingEndpoint,
+  serveNode,
+  splitNodeOptions,
+  type UpgraderServeNodeOptions,
+} from "../serve/serve_node.ts";
 import { Emitter, refusal, runHooks, type UpgraderEvents, type UpgraderHandler } from "./events.ts";
 import { type Attempt, awaitReady, handOver, type Passed, spawnGeneration } from "./generation.ts";
 import { resolveOptions, type Settings, type UpgraderOptions } from "./options.ts";
@@ -259,6 +267,48 @@ export class Upgrader {
     if (hold) this.#resumeOnReady.push(() => sock.resumeReceiving());
     this.#registry.add(datagramEndpoint(key, sock));
     return sock;
+  }
+
+  /**
+   * Serves a `node:http` / `node:https` server that is not listening yet
+   * (Express's `http.createServer(app)`, Fastify's `fastify.server`, Koa's
+   * `http.createServer(app.callback())`) on a socket that survives upgrades,
+   * at the runtime's native speed, draining like {@link Upgrader.serve}'s.
+   *
+   * @example
+   * ```ts
+   * import http from "node:http";
+   * import { Upgrader } from "@instar/instar";
+   *
+   * const up = await Upgrader.create();
+   * await up.serveNode(http.createServer((_req, res) => res.end("hello")), { port: 8080 });
+   * await up.ready();
+   * ```
+   */
+  async serveNode(
+    server: NodeHttpServer,
+    options: UpgraderServeNodeOptions,
+  ): Promise<NodeServing> {
+    const { listen: spec, node } = splitNodeOptions(options);
+    const { key, fd: claimed, activated } = this.#registry.claim(spec);
+    let socket: { fd: number; addr: Addr } | undefined;
+    try {
+      socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
+      const { fd, addr } = socket;
+      const onFallback = (reason: InstarError) =>
+        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
+      const drainTimeoutMs = this.#settings.drainTimeout;
+      const serving = await serveNode(fd, server, { drainTimeoutMs, onFallback, ...node });
+      if (claimed !== undefined) this.#holdUntilReady(fd);
+      this.#registry.add(
+        socketServerEndpoint(key, fd, addr, nodeServingEndpoint(serving), activated),
+      );
+      return serving;
+    } catch (err) {
+      if (socket) closeFd(socket.fd);
+      this.#registry.unclaim(key);
+      throw err;
+    }
   }
 
   // A new generation accepts nothing on a shared socket before it is ready: the

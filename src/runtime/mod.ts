@@ -11,6 +11,8 @@
  * - reading a datagram socket: `Bun.udpSocket({ fd })`, `node:dgram`
  *   transplanted (Deno), or `recvfrom` woken by a poll worker (Unix datagram
  *   sockets, and the fallback);
+ * - how `serveNode()` puts a `node:http` server on a socket: transplanted
+ *   (Bun) or its own `listen({ fd })` (Deno);
  * - the fd under an accepted `node:net` socket (`_handle.fd` in both), for
  *   SO_PEERCRED and SCM_RIGHTS on control connections.
  *
@@ -31,6 +33,9 @@ import { nodeAcceptor } from "./listener_node.ts";
 import { bunAdapter } from "./serve_bun.ts";
 import { denoAdapter } from "./serve_deno.ts";
 import type { ServeAdapter } from "../serve/types.ts";
+import { bunNodeAdapter } from "./serve_node_bun.ts";
+import { denoNodeAdapter } from "./serve_node_deno.ts";
+import type { NodeServeAdapter } from "../serve/node_types.ts";
 
 /** How a listener serves its socket (tests force the portable path). */
 export type ListenerBackend = "auto" | "node";
@@ -96,6 +101,14 @@ export function serveAdapter(): ServeAdapter {
   if (rt === "deno") return denoAdapter;
   if (rt === "bun") return bunAdapter;
   throw new InstarError("UNSUPPORTED_RUNTIME", "serve() runs on Deno and Bun");
+}
+
+/** How this runtime's `node:http` gets onto a socket, for `serveNode()`. */
+export function serveNodeAdapter(): NodeServeAdapter {
+  const rt = runtimeName();
+  if (rt === "deno") return denoNodeAdapter;
+  if (rt === "bun") return bunNodeAdapter;
+  throw new InstarError("UNSUPPORTED_RUNTIME", "serveNode() runs on Deno and Bun");
 }
 
 /** Which runtime serves: `deno` or `bun` (for messages and option checks that differ). */

@@ -1,0 +1,36 @@
+/**
+ * The Deno side of `serveNode()`. Deno's `node:http` server is built on its
+ * `node:net` TCP handles (not on `Deno.serve`), and its documented
+ * `listen({ fd })` serves the socket directly: measured in one interleaved
+ * run (docs/benchmarks.md, bench/serve_node.ts) at the speed of the
+ * transplanted server, so `auto` takes it and depends on no reactor detail.
+ * `mode: "transplant"` still transplants (for the benchmark).
+ *
+ * @module
+ */
+
+import type * as http from "node:http";
+import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
+import type { NodeServeAdapter } from "../serve/node_types.ts";
+
+/** `serveNode()` on Deno: `listen({ fd })` on a duplicate of the socket. */
+export const denoNodeAdapter: NodeServeAdapter = {
+  auto: "fd",
+  listenOnFd(server: http.Server, fd: number): Promise<void> {
+    // The server owns (and closes) the fd it listens on: it gets a duplicate.
+    const dup = dupCloexec(fd);
+    return new Promise<void>((resolve, reject) => {
+      const failed = (err: Error) => {
+        try {
+          closeFd(dup);
+        } catch { /* the runtime closed it */ }
+        reject(err);
+      };
+      server.once("error", failed);
+      server.listen({ fd: dup }, () => {
+        server.off("error", failed);
+        resolve();
+      });
+    });
+  },
+};

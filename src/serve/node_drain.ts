@@ -1,0 +1,140 @@
+/**
+ * What a draining `node:http` / `node:https` server does, in both runtimes
+ * (their `node:http` share the API): every response carries
+ * `Connection: close` (the ones already in flight too, if their headers are
+ * not sent yet), the drain waits until no response went out for a while
+ * before closing idle keep-alive connections, and WebSockets upgraded through
+ * the `upgrade` event (the `ws` package) stay open until they close; at the
+ * drain timeout they get close code 1012 and are cut.
+ *
+ * Nothing runs per request in steady state: connections are tracked as they
+ * come (`connection` / `secureConnection`), and only when the drain starts
+ * does a `request` listener go in front of the framework's; the responses
+ * in flight then are found on their sockets (`socket._httpMessage`, set by
+ * both runtimes' `node:http` as by Node's).
+ *
+ * @module
+ */
+
+import type * as http from "node:http";
+import type { Socket } from "node:net";
+import { QuietClock, RESTART_REASON, SERVICE_RESTART } from "../runtime/http_drain.ts";
+import { deadline } from "../timeout.ts";
+
+type Res = http.ServerResponse;
+
+// The `ws` package keeps its WebSocket on the upgraded socket under Symbol("websocket").
+function webSocketOf(socket: Socket): { close(code: number, reason: string): void } | undefined {
+  const key = Object.getOwnPropertySymbols(socket).find((s) => s.description === "websocket");
+  const ws = key === undefined ? undefined : (socket as unknown as Record<symbol, unknown>)[key];
+  return ws && typeof (ws as { close?: unknown }).close === "function"
+    ? ws as { close(code: number, reason: string): void }
+    : undefined;
+}
+
+/** The drain of one `node:http` server: see the module comment. */
+export class NodeDrain {
+  #server: http.Server;
+  #draining = false;
+  #clock = new QuietClock();
+  #sockets = new Set<Socket>();
+  #upgraded = new Set<Socket>();
+  #closed: Promise<void> | undefined;
+  #onRequest = (_req: http.IncomingMessage, res: Res) => this.#closing(res);
+
+  /** Starts watching `server`'s connections and upgrades. */
+  constructor(server: http.Server) {
+    this.#server = server;
+    const track = (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once("close", () => this.#sockets.delete(socket));
+    };
+    server.prependListener("connection", track);
+    server.prependListener("secureConnection", track);
+    server.prependListener("upgrade", (_req: http.IncomingMessage, socket: Socket) => {
+      this.#upgraded.add(socket);
+      socket.once("close", () => this.#upgraded.delete(socket));
+    });
+  }
+
+  /** How many upgraded connections (WebSockets) are open. */
+  get upgraded(): number {
+    return this.#upgraded.size;
+  }
+
+  // A response of a draining server: `Connection: close` (the client opens its next
+  // connection to the new generation), and its end marks the quiet clock.
+  #closing(res: Res): void {
+    res.once("finish", () => this.#clock.mark());
+    if (res.headersSent) return;
+    try {
+      res.setHeader("connection", "close");
+    } catch { /* headers went out meanwhile */ }
+  }
+
+  /** Switches the answers to `Connection: close` (and back). */
+  draining(on: boolean): void {
+    if (on === this.#draining) return;
+    this.#draining = on;
+    if (!on) {
+      this.#server.off("request", this.#onRequest);
+      return;
+    }
+    this.#clock.mark();
+    // In front of the framework's listener: the header is set before it answers.
+    this.#server.prependListener("request", this.#onRequest);
+    // Requests taken before the drain and not answered yet close their connection too.
+    for (const socket of this.#sockets) {
+      const res = (socket as unknown as { _httpMessage?: unknown })._httpMessage;
+      if (res && typeof (res as Res).setHeader === "function" && !(res as Res).writableEnded) {
+        this.#closing(res as Res);
+      }
+    }
+  }
+
+  /** Resolves once no response went out for `idleMs` (at most `maxMs`). */
+  quiet(idleMs: number, maxMs: number): Promise<void> {
+    return this.#clock.quiet(idleMs, maxMs);
+  }
+
+  /**
+   * Stops the server: it closes its (duplicate) listening fd and its idle
+   * connections; resolves when every connection, WebSockets included, ended.
+   */
+  finish(): Promise<void> {
+    const s = this.#server;
+    this.#closed ??= new Promise<void>((resolve) => {
+      if (!s.listening) return resolve();
+      s.close(() => resolve());
+    });
+    s.closeIdleConnections?.();
+    return this.#closed;
+  }
+
+  /** Closes the open WebSockets with 1012; resolves with how many closed within `ms`. */
+  async closeWebSockets(ms: number): Promise<number> {
+    const n = this.#upgraded.size;
+    if (n === 0) return 0;
+    const gone = new Promise<void>((resolve) => {
+      let left = n;
+      for (const socket of [...this.#upgraded]) {
+        socket.once("close", () => --left === 0 && resolve());
+        try {
+          const ws = webSocketOf(socket);
+          if (ws) ws.close(SERVICE_RESTART, RESTART_REASON);
+          else socket.end();
+        } catch {
+          socket.destroy();
+        }
+      }
+    });
+    await deadline(gone, ms);
+    return n - this.#upgraded.size;
+  }
+
+  /** Cuts every connection the server still has, upgraded ones included. */
+  closeAll(): void {
+    this.#server.closeAllConnections?.();
+    for (const s of this.#upgraded) s.destroy();
+  }
+}

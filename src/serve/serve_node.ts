@@ -1,0 +1,425 @@
+/**
+ * Serving a `node:http` / `node:https` server (Express, Fastify, Koa, …) on a
+ * listening socket instar owns, at the runtime's native speed, with the
+ * draining of {@link serve}.
+ *
+ * The paths (see src/runtime/serve_node_*.ts for which one each runtime
+ * takes): `transplant` starts the server on a throwaway address of the
+ * socket's family and moves the socket under its fd (Bun, where node:http runs
+ * on the native server and `listen({ fd })` listens elsewhere); `fd` is the
+ * runtime's own `listen({ fd })` (Deno); `fallback` is a `node:net` proxy to
+ * the server on its throwaway address, taken by `mode: "auto"` only when a
+ * precondition of the transplant fails, and never silently.
+ *
+ * Draining (src/serve/node_drain.ts): stop accepting, answer every response
+ * with `Connection: close`, wait until the server went quiet, close idle
+ * connections, let requests and WebSockets run on until they end or the
+ * drain timeout cuts them (WebSockets of the `ws` package get close code
+ * 1012 first).
+ *
+ * @module
+ */
+
+import { mkdtempSync, rmSync } from "node:fs";
+import * as https from "node:https";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InstarError, invalid } from "../errors.ts";
+import { getsockname } from "../ffi/mod.ts";
+import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
+import type { Socket } from "node:net";
+import { drain } from "../lifecycle/drain.ts";
+import { cutConnections } from "../net/connections.ts";
+import {
+  pauseAccepting,
+  type PausedSocket,
+  pauseSocket,
+  resumeAccepting,
+  resumeSocket,
+  transplant,
+  type TransplantInfo,
+} from "../net/transplant.ts";
+import { serveNodeAdapter } from "../runtime/mod.ts";
+import { deadline } from "../timeout.ts";
+import type { Endpoint } from "../types.ts";
+import type { SocketSpec } from "../lifecycle/registry.ts";
+import { NodeDrain } from "./node_drain.ts";
+import type {
+  NodeHttpServer,
+  NodeServeOptions,
+  NodeServePath,
+  NodeServing,
+  UpgraderServeNodeOptions,
+} from "./node_types.ts";
+import { ConnectionProxy } from "./proxy.ts";
+import type { ServeMode, ServeTarget } from "./types.ts";
+
+export type {
+  NodeHttpServer,
+  NodeServeOptions,
+  NodeServePath,
+  NodeServing,
+  UpgraderServeNodeOptions,
+} from "./node_types.ts";
+
+/** The quiet wait before idle connections close: as {@link serve}'s (src/serve/serve.ts). */
+const QUIET_MS = 1_000;
+const QUIET_MAX_MS = 5_000;
+/** How long WebSockets closed with 1012 get to answer before their connections are cut. */
+const WS_CLOSE_MS = 500;
+
+function checkServer(server: unknown): NodeHttpServer {
+  const s = server as Partial<NodeHttpServer> | null;
+  if (
+    !s || typeof s !== "object" || typeof s.listen !== "function" ||
+    typeof s.close !== "function" || typeof s.prependListener !== "function"
+  ) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      "serveNode() needs a node:http or node:https Server (e.g. http.createServer(app))",
+    );
+  }
+  if (s.listening) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      "the server given to serveNode() is already listening: pass it before calling listen()",
+    );
+  }
+  return s as NodeHttpServer;
+}
+
+function checkMode(mode: unknown): ServeMode {
+  if (mode === undefined) return "auto";
+  if (mode !== "auto" && mode !== "transplant" && mode !== "fallback") {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `mode is ${JSON.stringify(mode)}; expected "auto", "transplant" or "fallback"`,
+    );
+  }
+  return mode;
+}
+
+function targetFd(target: ServeTarget): number {
+  const fd = typeof target === "number" ? target : target?.fd;
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `serveNode() target is ${String(fd)}; expected a listening fd or an object with an fd`,
+    );
+  }
+  return fd;
+}
+
+/** Where the server starts before the transplant (or behind the proxy), and how to clean up. */
+function throwawayFor(addr: Addr): { listen: object; remove: () => void } {
+  if (addr.transport === "unix") {
+    // As serve(): a Unix socket in a 0700 directory, never easier to reach than ours.
+    const dir = mkdtempSync(join(tmpdir(), "instar-node-"));
+    const remove = () => rmSync(dir, { recursive: true, force: true });
+    return { listen: { path: join(dir, "s.sock") }, remove };
+  }
+  const host = addr.hostname.includes(":") ? "::1" : "127.0.0.1";
+  return { listen: { host, port: 0, exclusive: true }, remove: () => {} };
+}
+
+/** Starts `server` on `options`; resolves with the address it got. */
+function listenOn(server: NodeHttpServer, options: object): Promise<Addr> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options, () => {
+      server.off("error", reject);
+      const a = server.address();
+      if (typeof a === "string") resolve({ transport: "unix", path: a });
+      else if (a) resolve({ transport: "tcp", hostname: a.address, port: a.port });
+      else reject(new InstarError("SERVE_FAILED", "the node:http server has no address"));
+    });
+  });
+}
+
+function urlOf(addr: Addr, tls: boolean): URL {
+  const scheme = tls ? "https" : "http";
+  if (addr.transport === "unix") {
+    return new URL(`${scheme}+unix://${encodeURIComponent(addr.path)}/`);
+  }
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  return new URL(`${scheme}://${host}:${addr.port}/`);
+}
+
+// `server.address()` names the socket, not the throwaway address.
+function reportAddress(server: NodeHttpServer, addr: Addr): void {
+  const value = addr.transport === "unix" ? addr.path : {
+    address: addr.hostname,
+    family: addr.hostname.includes(":") ? "IPv6" : "IPv4",
+    port: addr.port,
+  };
+  Object.defineProperty(server, "address", { value: () => value, configurable: true });
+}
+
+/** How the server accepts on the socket: one of the three paths. */
+interface Accepting {
+  mode: NodeServePath;
+  info?: TransplantInfo;
+  proxy?: ConnectionProxy;
+  fallbackReason?: InstarError;
+  remove: () => void;
+}
+
+async function viaTransplant(
+  server: NodeHttpServer,
+  fd: number,
+  addr: Addr,
+  o: NodeServeOptions & { mode: ServeMode },
+): Promise<Accepting> {
+  const throwaway = throwawayFor(addr);
+  const at = await listenOn(server, throwaway.listen);
+  if (o.mode !== "fallback") {
+    try {
+      const info = transplant({ throwaway: at, fd, dedupe: o.dedupe, knownMasks: o.knownMasks });
+      throwaway.remove();
+      return { mode: "transplant", info, remove: () => {} };
+    } catch (err) {
+      const unsupported = err instanceof InstarError && err.code === "TRANSPLANT_UNSUPPORTED";
+      if (o.mode === "transplant" || !unsupported) {
+        await new Promise((r) => server.close(r));
+        throwaway.remove();
+        throw err;
+      }
+      if (o.onFallback) o.onFallback(err);
+      else console.warn(`instar: serving node:http through the node:net proxy: ${err.message}`);
+      return { ...(await viaProxy(server, fd, at, throwaway.remove)), fallbackReason: err };
+    }
+  }
+  return await viaProxy(server, fd, at, throwaway.remove);
+}
+
+async function viaProxy(
+  server: NodeHttpServer,
+  fd: number,
+  upstream: Addr,
+  remove: () => void,
+): Promise<Accepting> {
+  const proxy = new ConnectionProxy(fd, upstream);
+  await proxy.listen();
+  if (upstream.transport === "tcp") server.prependListener("connection", realPeer(proxy));
+  return { mode: "fallback", proxy, remove };
+}
+
+// Behind the proxy a connection comes from loopback: its socket reports the proxied client's
+// address instead (read when asked: the proxy learns it once its upstream connection is up).
+function realPeer(proxy: ConnectionProxy): (socket: Socket) => void {
+  return (socket) => {
+    const port = socket.remotePort;
+    if (port === undefined) return;
+    const before = { address: socket.remoteAddress, family: socket.remoteFamily };
+    const define = (key: string, real: (a: NetAddr) => unknown, otherwise: unknown) =>
+      Object.defineProperty(socket, key, {
+        configurable: true,
+        get: () => {
+          const a = proxy.remoteOf(port);
+          return a ? real(a) : otherwise;
+        },
+      });
+    define("remoteAddress", (a) => a.hostname, before.address);
+    define("remotePort", (a) => a.port, port);
+    define("remoteFamily", (a) => (a.hostname.includes(":") ? "IPv6" : "IPv4"), before.family);
+  };
+}
+
+/**
+ * Serves a `node:http` or `node:https` server that is not listening yet on
+ * the listening socket `target` (an fd, or an object with one), at the
+ * runtime's native speed, and drains it like {@link serve}'s servers: see the
+ * module comment. `server.address()` reports the socket's address.
+ *
+ * @example
+ * ```ts
+ * import http from "node:http";
+ * import { serveNode } from "@instar/instar";
+ *
+ * const fd = 3; // a listening socket, e.g. inherited from the previous generation
+ * const s = await serveNode(fd, http.createServer((_req, res) => res.end("hello")));
+ * console.log(s.mode, s.url.href);
+ * ```
+ */
+export async function serveNode(
+  target: ServeTarget,
+  server: NodeHttpServer,
+  options: NodeServeOptions = {},
+): Promise<NodeServing> {
+  const fd = targetFd(target);
+  checkServer(server);
+  const o = { ...options, mode: checkMode(options.mode) };
+  const addr = decode(getsockname(fd));
+  // A Listener already accepts on its socket: from now on the HTTP server does.
+  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
+    pauseSocket(fd);
+  }
+  const drainer = new NodeDrain(server);
+  const adapter = serveNodeAdapter();
+  let a: Accepting;
+  if (o.mode === "auto" && adapter.auto === "fd") {
+    await adapter.listenOnFd(server, fd);
+    a = { mode: "fd", remove: () => {} };
+  } else {
+    a = await viaTransplant(server, fd, addr, o);
+  }
+  reportAddress(server, addr);
+  // Either test: Bun's https.Server has no setSecureContext.
+  const tls = server instanceof https.Server ||
+    typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
+  const handle = serving(server, drainer, fd, addr, a, o);
+  return Object.assign(handle, { url: urlOf(addr, tls) });
+}
+
+const endpoints = new WeakMap<NodeServing, Endpoint>();
+
+/**
+ * A server started by {@link serveNode} as the drain sees it. Standalone it
+ * owns no fd and refuses nothing; the lifecycle adds its key, fd, count and
+ * refusal (src/lifecycle/endpoints.ts).
+ */
+export function nodeServingEndpoint(s: NodeServing): Endpoint {
+  const e = endpoints.get(s);
+  if (!e) throw new InstarError("INVALID_ARGUMENT", "not a server started by serveNode()");
+  return e;
+}
+
+// Stops and restarts accepting on whichever path the server took.
+function acceptControl(fd: number, a: Accepting) {
+  let paused: PausedSocket | undefined;
+  return {
+    pause(): boolean {
+      if (a.info) return pauseAccepting(a.info);
+      if (a.proxy) return a.proxy.stopAccepting();
+      if (paused) return false;
+      paused = pauseSocket(fd);
+      return true;
+    },
+    resume(): boolean {
+      if (a.info) return resumeAccepting(a.info);
+      if (a.proxy) {
+        if (a.proxy.accepting) return false;
+        a.proxy.listen().catch((err) => {
+          console.error(`instar: the proxy could not accept again: ${(err as Error).message}`);
+        });
+        return true;
+      }
+      if (!paused) return false;
+      resumeSocket(paused);
+      paused = undefined;
+      return true;
+    },
+  };
+}
+
+type AcceptControl = ReturnType<typeof acceptControl>;
+
+/** The server as the drain sees it (src/lifecycle/drain.ts). */
+function drainEndpoint(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepting): Endpoint {
+  return {
+    key: "serveNode",
+    fd: -1,
+    addr,
+    connections: () => Promise.resolve(null),
+    pauseAccepting: () => {
+      // Accepting stops first: a failure to switch the answers cannot keep it accepting.
+      accept.pause();
+      d.draining(true);
+    },
+    resumeAccepting: () => {
+      d.draining(false);
+      accept.resume();
+    },
+    refuseNew: () => Promise.resolve(),
+    finish: async () => {
+      // Busy keep-alive connections get their last answer, with Connection: close, first.
+      await d.quiet(QUIET_MS, QUIET_MAX_MS);
+      await d.finish();
+      await a.proxy?.drained();
+      a.remove();
+    },
+    forceClose: async () => {
+      const closed = await d.closeWebSockets(WS_CLOSE_MS);
+      // At the socket, on every path: a response that never ends cannot hold the runtime.
+      const cut = closed + cutConnections(addr);
+      a.proxy?.destroyAll();
+      d.closeAll();
+      await deadline(d.finish(), 1000);
+      a.remove();
+      return cut;
+    },
+    release: () => {},
+  };
+}
+
+function serving(
+  server: NodeHttpServer,
+  d: NodeDrain,
+  fd: number,
+  addr: Addr,
+  a: Accepting,
+  o: NodeServeOptions,
+): Omit<NodeServing, "url"> & { url?: URL } {
+  const accept = acceptControl(fd, a);
+  const endpoint = drainEndpoint(d, accept, addr, a);
+  let shutdownPromise: Promise<void> | undefined;
+  const handle = {
+    server,
+    mode: a.mode,
+    fallbackReason: a.fallbackReason,
+    addr,
+    finished: new Promise<void>((r) => server.once("close", () => r())),
+    pauseAccepting: () => {
+      const p = accept.pause();
+      d.draining(true);
+      return p;
+    },
+    resumeAccepting: () => {
+      d.draining(false);
+      return accept.resume();
+    },
+    shutdown: (): Promise<void> =>
+      shutdownPromise ??= drain([endpoint], {
+        timeoutMs: o.drainTimeoutMs ?? 30_000,
+        delayMs: o.drainDelayMs,
+      }).then(() => {}),
+  };
+  endpoints.set(handle as NodeServing, endpoint);
+  return handle;
+}
+
+const NODE_KEYS = new Set(["mode", "onFallback", "drainDelayMs", "dedupe", "knownMasks"]);
+const LISTEN_KEYS = new Set(["hostname", "port", "path", "backlog", "socketMode", "name"]);
+
+/**
+ * Splits `up.serveNode()`'s options into where to listen and instar's
+ * options; an unknown key or a TCP and Unix address together is
+ * `INVALID_ARGUMENT`, before any socket is claimed.
+ */
+export function splitNodeOptions(
+  options: UpgraderServeNodeOptions,
+): { listen: SocketSpec; node: NodeServeOptions } {
+  if (options === null || typeof options !== "object") {
+    invalid("up.serveNode() options", options, "{ port, hostname? } or { path } and instar's");
+  }
+  const listen: Record<string, unknown> = {}, node: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (v === undefined) continue;
+    if (LISTEN_KEYS.has(k)) listen[k === "socketMode" ? "mode" : k] = v;
+    else if (NODE_KEYS.has(k)) node[k] = v;
+    else {
+      invalid(
+        "up.serveNode() option",
+        k,
+        "hostname, port, path, backlog, socketMode, name, mode, onFallback, drainDelayMs",
+      );
+    }
+  }
+  if (listen.path !== undefined && (listen.port !== undefined || listen.hostname !== undefined)) {
+    invalid("up.serveNode() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
+  }
+  if (listen.path === undefined && listen.port === undefined && listen.name === undefined) {
+    invalid("up.serveNode() options", JSON.stringify(options), "a `port`, a `path` or a `name`");
+  }
+  return { listen: listen as SocketSpec, node: node as NodeServeOptions };
+}

@@ -1,0 +1,474 @@
+// node:http frameworks through up.serveNode() (Express, Fastify, Koa: both
+// runtimes) and Elysia through up.serve() (Bun): 20 upgrades under keep-alive
+// and POST load from a client that never re-sends, a request in flight at an
+// upgrade, WebSockets kept on the old generation; and serveNode() itself: every
+// path, Connection: close while draining, the fallback reported, bad input.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import { join } from "node:path";
+import process from "node:process";
+import { runLoad } from "./support/load_client.ts";
+import {
+  alive,
+  cleanupAfterTests,
+  onPath,
+  rawListen,
+  ROOT,
+  RUNTIME,
+  runtimeCmd,
+  skipIf,
+  startServer,
+  stopped,
+  within,
+} from "./support/helpers.ts";
+import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
+import { serveNode, splitNodeOptions } from "../src/serve/serve_node.ts";
+import { InstarError } from "../src/errors.ts";
+import { close as closeFd } from "../src/ffi/mod.ts";
+import { openSocket } from "../src/net/listener.ts";
+
+const left = cleanupAfterTests();
+
+const FRAMEWORKS = [
+  { name: "express", ws: "/", bunOnly: false },
+  { name: "fastify", ws: "/", bunOnly: false },
+  { name: "koa", ws: "/", bunOnly: false },
+  { name: "elysia", ws: "/ws", bunOnly: true },
+] as const;
+
+/** One HTTP/1.1 keep-alive GET; resolves with the status, headers and body. */
+function get(
+  port: number,
+  path: string,
+  agent?: http.Agent,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port, path, agent: agent ?? false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.setTimeout(30_000, () => req.destroy(new Error(`GET ${path}: no answer in 30 s`)));
+  });
+}
+
+const pidOf = (body: string) => Number(/pid (\d+)/.exec(body)?.[1] ?? NaN);
+
+/** A WebSocket client (the runtime's own) that queues what it receives. */
+class WsClient {
+  readonly messages: string[] = [];
+  readonly closed: Promise<{ code: number }>;
+  #ws: WebSocket;
+  #wake: (() => void) | undefined;
+  private constructor(ws: WebSocket) {
+    this.#ws = ws;
+    ws.onmessage = (e) => {
+      this.messages.push(String(e.data));
+      this.#wake?.();
+    };
+    this.closed = new Promise((r) => (ws.onclose = (e) => r({ code: e.code })));
+  }
+  static open(port: number, path: string): Promise<WsClient> {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${path}`);
+    left.sockets.push(ws);
+    return within(
+      new Promise((resolve, reject) => {
+        ws.onopen = () => resolve(new WsClient(ws));
+        ws.onerror = () => reject(new Error(`WebSocket to port ${port} failed`));
+      }),
+      20_000,
+      "WebSocket open",
+    );
+  }
+  /** The next message matching `re`. */
+  async next(re: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    const end = performance.now() + timeoutMs;
+    let read = 0;
+    for (;;) {
+      for (; read < this.messages.length; read++) {
+        const m = this.messages[read].match(re);
+        if (m) {
+          this.messages.splice(0, read + 1);
+          return m;
+        }
+      }
+      if (performance.now() > end) throw new Error(`no ${re} in ${JSON.stringify(this.messages)}`);
+      await new Promise<void>((r) => {
+        this.#wake = r;
+        setTimeout(r, 100);
+      });
+    }
+  }
+  /** Sends `text`; resolves with the pid that echoed it. */
+  async echo(text: string): Promise<number> {
+    this.#ws.send(text);
+    return Number((await this.next(new RegExp(`^(\\d+): ${text}$`)))[1]);
+  }
+  /** Closes with 1000 (normal closure): the server answers it, so `closed` gets 1000 back. */
+  close(): void {
+    this.#ws.close(1000, "bye");
+  }
+}
+
+/**
+ * Upgrades `g` by SIGHUP; resolves with the new pid once the old generation said it drains: it
+ * stopped accepting in the same tick, so a new connection reaches the new generation from then on.
+ */
+async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> {
+  const from = g.server.lines.length;
+  const newPid = await upgradeByHup(g, oldPid);
+  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=\\d+\\] draining`), 30_000, from);
+  return newPid;
+}
+
+for (const fw of FRAMEWORKS) {
+  const example = join(ROOT, "examples", `${fw.name}.ts`);
+  const skip = skipIf(fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`, fw.name);
+  const start = (args: string[] = []): Promise<Generations> =>
+    startGenerations(left, example, args);
+
+  describe(`${fw.name} across upgrades (${RUNTIME})`, skip, () => {
+    // Express also on the paths auto does not take here: the proxy, and on Deno the transplant.
+    const modes = fw.name !== "express"
+      ? ["auto"]
+      : RUNTIME === "deno"
+      ? ["auto", "transplant", "fallback"]
+      : ["auto", "fallback"];
+    for (const mode of modes) {
+      test(`20 upgrades under keep-alive GETs and POSTs fail no request (serve mode ${mode})`, async () => {
+        const stats = join(left.tempDir("instar-node-"), "posts.txt");
+        const g = await start(["--stats-file", stats, "--serve-mode", mode]);
+        const { server, port } = g;
+        const ac = new AbortController();
+        const pids = new Set<number>();
+        const onResponse = (body: string) => void pids.add(pidOf(body));
+        const common = { port, durationMs: 150_000, signal: ac.signal, onResponse };
+        const keepAlive = runLoad({ ...common, connections: 32 });
+        const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
+        let current = server.pid;
+        try {
+          for (let i = 0; i < 20; i++) {
+            await new Promise((r) => setTimeout(r, 50));
+            current = await upgradeByHup(g, current);
+          }
+          await new Promise((r) => setTimeout(r, 300));
+        } finally {
+          ac.abort();
+        }
+        const [k, p] = await Promise.all([keepAlive, posts]);
+        for (const [name, r] of [["keep-alive", k], ["POST", p]] as const) {
+          assert.equal(
+            r.failed,
+            0,
+            `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`,
+          );
+          assert.ok(r.ok > 100, `${name}: only ${r.ok} responses`);
+        }
+        assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
+        assert.equal(alive(current), true);
+        process.kill(current, "SIGTERM");
+        for (const pid of server.pids) await stopped(pid);
+        // Each generation appended how many POST bodies it read once it had drained.
+        const lines = readFileSync(stats, "utf8").trim().split("\n");
+        assert.equal(lines.length, 21, `one line per generation: ${lines.join(" | ")}`);
+        const read = lines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
+        assert.equal(read, p.ok, "the servers read exactly the POSTs the client got answers to");
+      });
+    }
+
+    test("a request in flight at the upgrade finishes on the old generation (serveNode: with Connection: close)", async () => {
+      const g = await start();
+      const oldPid = g.server.pid;
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
+        const slow = get(g.port, "/slow?ms=3000", agent);
+        await new Promise((r) => setTimeout(r, 300));
+        const newPid = await upgradeAndDrain(g, oldPid);
+        const fresh = await get(g.port, "/");
+        assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
+        const res = await within(slow, 30_000, "the slow request");
+        assert.equal(res.status, 200);
+        assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
+        // Taken before the drain, answered during it: the client moves on. (Not through
+        // up.serve() on Bun (Elysia): it switches its handlers with server.reload(), which
+        // only reaches requests that arrive after the switch.)
+        if (fw.name !== "elysia") assert.equal(res.headers.connection?.toLowerCase(), "close");
+        assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+        process.kill(newPid, "SIGTERM");
+        await stopped(newPid);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    test("a WebSocket opened before an upgrade stays on the old generation and closes cleanly", async () => {
+      const g = await start(["--drain-timeout", "60000"]);
+      const oldPid = g.server.pid;
+      const a = await WsClient.open(g.port, fw.ws);
+      assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
+      assert.equal(await a.echo("before"), oldPid);
+      const newPid = await upgradeAndDrain(g, oldPid);
+      for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
+      const b = await WsClient.open(g.port, fw.ws);
+      assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
+      assert.equal(await a.echo("still old"), oldPid);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
+      a.close();
+      assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
+      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+      await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
+      assert.equal(await b.echo("new serves on"), newPid);
+      b.close();
+      await within(b.closed, 10_000, "new socket close");
+      process.kill(newPid, "SIGTERM");
+      await stopped(newPid);
+    });
+
+    test("at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0", async () => {
+      const g = await start(["--drain-timeout", "1500"]);
+      const oldPid = g.server.pid;
+      const a = await WsClient.open(g.port, fw.ws);
+      await a.next(/^welcome/);
+      const newPid = await upgradeAndDrain(g, oldPid);
+      assert.equal(await a.echo("open"), oldPid);
+      assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
+      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+      process.kill(newPid, "SIGTERM");
+      await stopped(newPid);
+    });
+  });
+}
+
+// ---------------------------------------------------------------- serveNode() itself
+
+const hello = () =>
+  http.createServer((req, res) => {
+    if (req.url?.startsWith("/slow")) setTimeout(() => res.end("slow\n"), 600);
+    else if (req.url === "/peer") res.end(`${req.socket.remoteAddress} ${req.socket.remotePort}`);
+    else res.end("hi\n");
+  });
+
+describe(`serveNode() (${RUNTIME})`, () => {
+  for (const mode of ["auto", "transplant", "fallback"] as const) {
+    test(`mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`, async () => {
+      const { fd, port } = await rawListen();
+      const server = hello();
+      const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
+      try {
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
+        assert.equal((server.address() as { port: number }).port, port);
+        assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        const first = await get(port, "/", agent);
+        assert.equal(first.body, "hi\n");
+        assert.notEqual(first.headers.connection?.toLowerCase(), "close");
+        // The handler sees the client's own address on every path (behind the proxy too).
+        const peer = await new Promise<[string, string]>((resolve, reject) => {
+          const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => {
+              resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
+            });
+          }).on("error", reject);
+        });
+        assert.equal(peer[0], peer[1]);
+        const inFlight = get(port, "/slow", agent);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(s.pauseAccepting(), true);
+        assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
+        agent.destroy();
+        s.resumeAccepting();
+        const again = new http.Agent({ keepAlive: true });
+        const resumed = await get(port, "/", again);
+        again.destroy();
+        assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
+        await within(s.shutdown(), 20_000, "shutdown");
+        await within(s.finished, 5_000, "finished");
+        // The socket is still ours and still listening: another server takes it over.
+        const next = await serveNode(fd, hello(), { mode: "fallback" });
+        assert.equal((await get(port, "/")).body, "hi\n");
+        await next.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    });
+  }
+
+  const noOpenssl = !onPath("openssl") && "openssl is not on the PATH (Debian package openssl)";
+  test("serves a node:https server on every path", skipIf(noOpenssl, "https"), async () => {
+    const dir = left.tempDir("instar-node-tls-");
+    const made = spawnSync("openssl", [
+      ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
+      ...["-addext", "subjectAltName=IP:127.0.0.1"],
+      ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
+    ], { encoding: "utf8" });
+    assert.equal(made.status, 0, `openssl req failed: ${made.error ?? made.stderr}`);
+    const cert = readFileSync(join(dir, "cert.pem"), "utf8");
+    const key = readFileSync(join(dir, "key.pem"), "utf8");
+    for (const mode of ["auto", "transplant", "fallback"] as const) {
+      const { fd, port } = await rawListen();
+      const server = https.createServer({ cert, key }, (req, res) => {
+        if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
+        else res.end("secure hello");
+      });
+      const s = await serveNode(fd, server, { mode });
+      const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
+      const get = (path: string) =>
+        new Promise<[string, string | undefined]>((resolve, reject) => {
+          https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
+          }).on("error", reject);
+        });
+      try {
+        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        const [body, connection] = await get("/");
+        assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
+        assert.notEqual(connection?.toLowerCase(), "close");
+        // A request in flight when the drain starts closes its TLS connection too.
+        const slow = get("/slow");
+        await new Promise((r) => setTimeout(r, 200));
+        s.pauseAccepting();
+        assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
+        agent.destroy();
+        await s.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    }
+  });
+
+  test("serves a Unix socket", async () => {
+    const dir = left.tempDir("instar-node-unix-");
+    const path = join(dir, "http.sock");
+    const { fd } = await openSocket({ path });
+    const s = await serveNode(fd, hello());
+    try {
+      const body = await new Promise<string>((resolve, reject) => {
+        http.get({ socketPath: path, path: "/" }, (res) => {
+          let b = "";
+          res.on("data", (d) => (b += d)).on("end", () => resolve(b));
+        }).on("error", reject);
+      });
+      assert.equal(body, "hi\n");
+      assert.equal(s.url.protocol, "http+unix:");
+      await s.shutdown();
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  test(
+    "a failed transplant precondition falls back to the proxy and says why (Bun's auto)",
+    skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback"),
+    async () => {
+      const { fd, port } = await rawListen();
+      const reasons: InstarError[] = [];
+      const warned: string[] = [];
+      const warn = console.warn;
+      console.warn = (m: string) => void warned.push(String(m));
+      try {
+        const s = await serveNode(fd, hello(), {
+          knownMasks: {},
+          onFallback: (r) => reasons.push(r),
+        });
+        assert.equal(s.mode, "fallback");
+        assert.equal(reasons.length, 1);
+        assert.equal(reasons[0].code, "TRANSPLANT_UNSUPPORTED");
+        assert.match(reasons[0].message, /event mask/);
+        assert.equal(s.fallbackReason, reasons[0]);
+        assert.equal((await get(port, "/")).body, "hi\n");
+        await s.shutdown();
+        // Without onFallback the reason goes to the console.
+        const t = await serveNode(fd, hello(), { knownMasks: {} });
+        assert.equal(t.mode, "fallback");
+        assert.ok(warned.some((m) => /node:net proxy.*event mask/.test(m)), warned.join("\n"));
+        await t.shutdown();
+      } finally {
+        console.warn = warn;
+        closeFd(fd);
+      }
+    },
+  );
+
+  test(
+    "up.serveNode(): the fallback is in the lifecycle log, and the proxy serves (Bun)",
+    skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback log"),
+    async () => {
+      const dir = left.tempDir("instar-node-fb-");
+      const ctl = join(dir, "ctl.sock");
+      const server = startServer(
+        runtimeCmd(RUNTIME, join(ROOT, "tests/serve_node_child.ts"), [ctl]),
+      );
+      left.servers.push(server);
+      const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, log: server.lines }));
+      const m = await server.waitFor(
+        /serve-fallback: (\S+) served through the node:net proxy: (.*)/,
+      );
+      assert.equal(m[1], `127.0.0.1:${port}`);
+      assert.match(m[2], /event mask/);
+      await server.waitFor(/^mode=fallback$/);
+      assert.equal((await get(port, "/")).body, `fallback pid ${server.pid}\n`);
+      process.kill(server.pid, "SIGTERM");
+      assert.equal(await within(server.exited, 30_000, "exit"), 0);
+    },
+  );
+
+  test("mode transplant with a failed precondition throws TRANSPLANT_UNSUPPORTED and leaves the server closed", async () => {
+    const { fd } = await rawListen();
+    const server = hello();
+    try {
+      await assert.rejects(
+        serveNode(fd, server, { mode: "transplant", knownMasks: {} }),
+        (e: unknown) => e instanceof InstarError && e.code === "TRANSPLANT_UNSUPPORTED",
+      );
+      assert.equal(server.listening, false);
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  test("bad input: a listening server, not a server, a bad mode, a bad fd", async () => {
+    const { fd } = await rawListen();
+    const listening = hello();
+    await new Promise<void>((r) => listening.listen(0, "127.0.0.1", () => r()));
+    try {
+      const bad = (code: string, re: RegExp) => (e: unknown) =>
+        e instanceof InstarError && e.code === code && re.test(e.message);
+      await assert.rejects(serveNode(fd, listening), bad("INVALID_ARGUMENT", /already listening/));
+      await assert.rejects(
+        serveNode(fd, {} as http.Server),
+        bad("INVALID_ARGUMENT", /node:http or node:https Server/),
+      );
+      await assert.rejects(
+        serveNode(fd, hello(), { mode: "fast" as "auto" }),
+        bad("INVALID_ARGUMENT", /mode is "fast"/),
+      );
+      await assert.rejects(serveNode(-1, hello()), bad("INVALID_ARGUMENT", /target is -1/));
+      // up.serveNode()'s options, checked before a socket is claimed.
+      const opts = (o: unknown) => () => splitNodeOptions(o as { port: number });
+      assert.throws(opts({ port: 0, fetch: () => {} }), bad("INVALID_ARGUMENT", /"fetch"/));
+      assert.throws(opts({ port: 0, path: "/x" }), bad("INVALID_ARGUMENT", /TCP or a Unix/));
+      assert.throws(opts({ hostname: "::1" }), bad("INVALID_ARGUMENT", /a `port`, a `path`/));
+      assert.throws(opts(null), bad("INVALID_ARGUMENT", /up.serveNode\(\) options/));
+      assert.deepEqual(splitNodeOptions({ path: "/x", socketMode: 0o600, mode: "fallback" }), {
+        listen: { path: "/x", mode: 0o600 },
+        node: { mode: "fallback" },
+      });
+    } finally {
+      listening.close();
+      closeFd(fd);
+    }
+  });
+});
