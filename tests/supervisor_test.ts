@@ -354,6 +354,20 @@ describe(`instar run (${RUNTIME})`, () => {
     assert.equal(await within(s.exited, 30_000, "exit"), 0);
   });
 
+  test("a successor announced after the stop is stopped too (the supervisor does not wait for it)", async () => {
+    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+    const child = runtimeCmd(RUNTIME, join(ROOT, "tests/supervisor_handoff_child.ts"), []);
+    const s = start(
+      runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", "--control", ctl, "--", ...child]),
+    );
+    await statusWhere(ctl, (r) => r.state === "ready", "ready");
+    process.kill(s.pid, "SIGTERM");
+    const m = await s.waitFor(/generation 2 \(pid (\d+)\) took over/, 30_000);
+    // `sleep 60` would keep the supervisor a minute: it must get the stop too.
+    assert.equal(await within(s.exited, 20_000, "exit"), 128 + 15, s.lines.join("\n"));
+    assert.ok(!alive(Number(m[1])), "the successor is gone");
+  });
+
   test("a plain program: upgrades refused with the reason, crashes restarted", async () => {
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
     const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), args);

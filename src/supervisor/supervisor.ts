@@ -447,6 +447,13 @@ export class Supervisor {
         `(pid ${cur.pid}), which drains`,
     );
     this.#settle(pid);
+    // Announced after a stop was sent (it crossed our SIGTERM to its parent): it is told too,
+    // or the supervisor would wait for a generation that nobody asked to stop.
+    if (this.#stopping) {
+      try {
+        sys.kill(pid, sys.SIGNALS.SIGTERM);
+      } catch { /* ended; reaped soon */ }
+    }
     return true;
   }
 
