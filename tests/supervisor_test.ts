@@ -354,6 +354,48 @@ describe(`instar run (${RUNTIME})`, () => {
     assert.equal(await within(s.exited, 30_000, "exit"), 0);
   });
 
+  test("a successor announced after the stop is stopped too (the supervisor does not wait for it)", async () => {
+    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+    const child = runtimeCmd(RUNTIME, join(ROOT, "tests/supervisor_handoff_child.ts"), []);
+    const s = start(
+      runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", "--control", ctl, "--", ...child]),
+    );
+    await statusWhere(ctl, (r) => r.state === "ready", "ready");
+    process.kill(s.pid, "SIGTERM");
+    const m = await s.waitFor(/generation 2 \(pid (\d+)\) took over/, 30_000);
+    // `sleep 60` would keep the supervisor a minute: it must get the stop too.
+    assert.equal(await within(s.exited, 20_000, "exit"), 128 + 15, s.lines.join("\n"));
+    assert.ok(!alive(Number(m[1])), "the successor is gone");
+  });
+
+  test("SIGINT twice: the second is forwarded as SIGINT, and the generation stops without its drain", async () => {
+    const port = await freePort();
+    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+    const s = start(runCmd(["--control", ctl], port, ["--drain-timeout", "60000"]));
+    await statusWhere(ctl, (r) => r.state === "ready", "ready");
+    const slow = runLoad({
+      port,
+      path: "/slow?ms=9500", // under Bun.serve's 10 s idle timeout
+      connections: 1,
+      maxRequests: 1,
+      durationMs: 60_000,
+      timeoutMs: 50_000,
+    });
+    await sleep(700); // in flight: a graceful stop would wait for its 9.5 s
+    process.kill(s.pid, "SIGINT");
+    await s.waitFor(/SIGINT: stopping every generation/, 10_000);
+    await sleep(500);
+    const t0 = performance.now();
+    process.kill(s.pid, "SIGINT");
+    await within(s.exited, 20_000, "exit after the second SIGINT");
+    const ms = performance.now() - t0;
+    assert.ok(
+      ms < 4_000,
+      `exited ${Math.round(ms)} ms after the second SIGINT: ${s.lines.join("\n")}`,
+    );
+    await slow;
+  });
+
   test("a plain program: upgrades refused with the reason, crashes restarted", async () => {
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
     const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), args);

@@ -226,6 +226,36 @@ async function answers(port: number, version: string, log: string[]): Promise<vo
 }
 
 describe(`instar run --watch (${RUNTIME})`, () => {
+  test("an edit made while the upgrade of the previous one runs is served too (not merged into it)", async () => {
+    const dir = left.tempDir("instar-watch-run-");
+    const handler = join(dir, "handler.ts");
+    writeFileSync(handler, handlerSource("v1"));
+    const { fd, port } = await rawListen();
+    sys.close(fd);
+    const app = runtimeCmd(RUNTIME, join(ROOT, "examples", "watch_app.ts"), [
+      ...["--handler", handler, "--port", String(port)],
+    ]);
+    const server = startServer(
+      runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), [
+        ...["run", "--watch", handler, "--watch-debounce", "100", "--", ...app],
+      ]),
+    );
+    left.servers.push(server);
+    await answers(port, "v1", server.lines);
+    // v2 takes 3 s to load after it was read: the next generation has read v2 when v3 is saved.
+    const from = server.lines.length;
+    writeFileSync(
+      handler,
+      "await new Promise((r) => setTimeout(r, 3000));\n" + handlerSource("v2"),
+    );
+    await server.waitFor(/upgrade \(watch/, 30_000, from);
+    await sleep(500);
+    writeFileSync(handler, handlerSource("v3"));
+    await answers(port, "v3", server.lines);
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await server.exited, 0, "the supervisor stopped gracefully");
+  });
+
   test("5 edits of the served file under load: 0 failed, each edit served; a syntax error keeps the old version and is printed", async () => {
     const dir = left.tempDir("instar-watch-run-");
     const handler = join(dir, "handler.ts");

@@ -107,10 +107,29 @@ async function startWatch(
   } catch (e) {
     throw new Error(`--watch needs src/supervisor/watch.ts: ${(e as Error).message}`);
   }
-  return mod.watchPaths(o.watch, { debounceMs: o.watchDebounceMs }, (changed) => {
+  return mod.watchPaths(o.watch, { debounceMs: o.watchDebounceMs }, watchUpgrades(sup, log));
+}
+
+// A change seen while an upgrade runs is upgraded again once that one ends: joining it would
+// keep a generation that may have read the files before the change (the edit would be lost).
+function watchUpgrades(sup: Supervisor, log: SupervisorLog): (changed: string[]) => void {
+  let running = false;
+  let again: string[] | null = null;
+  const upgrade = (changed: string[]): void => {
+    if (running) {
+      again = changed;
+      return;
+    }
+    running = true;
     sup.upgrade(`watch: ${changed.slice(0, 3).join(", ")}`).then(
       (pid) => log.info(`upgraded after a change: pid ${pid} serves`),
       () => {/* logged by the supervisor; the running generation serves on */},
-    );
-  });
+    ).finally(() => {
+      running = false;
+      const next = again;
+      again = null;
+      if (next) upgrade(next);
+    });
+  };
+  return upgrade;
 }

@@ -283,8 +283,9 @@ export class Supervisor {
 
   /**
    * Stops every generation gracefully (SIGTERM to the current one and to any
-   * that still drains); a second call sends SIGTERM again, which makes an
-   * instar generation stop without waiting for its drain. `done` resolves once
+   * that still drains). A second call with `trigger` "SIGINT" sends SIGINT,
+   * which makes an instar generation stop without waiting for its drain; any
+   * other repeat sends SIGTERM again, which does not. `done` resolves once
    * every generation is gone.
    */
   stop(trigger: string): void {
@@ -299,10 +300,13 @@ export class Supervisor {
     } else {
       this.#log.info(`${trigger} again: telling every generation to stop now`);
     }
+    // A repeated SIGINT is passed on as SIGINT: a generation ends its drain on a second SIGINT
+    // only (src/lifecycle/signals.ts); a repeated SIGTERM is passed on as one, which does not.
+    const signal = this.#stops > 1 && trigger === "SIGINT" ? "SIGINT" : "SIGTERM";
     const pids = [...(this.#current ? [this.#current.pid] : []), ...this.#draining.keys()];
     for (const pid of pids) {
       try {
-        sys.kill(pid, sys.SIGNALS.SIGTERM);
+        sys.kill(pid, sys.SIGNALS[signal]);
       } catch { /* ended; reaped soon */ }
     }
     this.#maybeFinish();
@@ -447,6 +451,13 @@ export class Supervisor {
         `(pid ${cur.pid}), which drains`,
     );
     this.#settle(pid);
+    // Announced after a stop was sent (it crossed our SIGTERM to its parent): it is told too,
+    // or the supervisor would wait for a generation that nobody asked to stop.
+    if (this.#stopping) {
+      try {
+        sys.kill(pid, sys.SIGNALS.SIGTERM);
+      } catch { /* ended; reaped soon */ }
+    }
     return true;
   }
 
