@@ -8,7 +8,7 @@
 
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
@@ -35,6 +35,7 @@ import {
   skipIf,
   sleep,
   startServer,
+  stopped,
   within,
 } from "./support/helpers.ts";
 import { runLoad } from "./support/load_client.ts";
@@ -414,6 +415,33 @@ describe(`instar run (${RUNTIME})`, () => {
     assert.equal(again.generation, 2);
     process.kill(s.pid, "SIGTERM");
     assert.equal(await within(s.exited, 30_000, "exit"), 128 + 15, "sleep's own status: SIGTERM");
+  });
+});
+
+describe(`instar run leftovers (${RUNTIME})`, () => {
+  test("a leftover that ignores SIGTERM is killed once the grace ends, then the supervisor exits", async () => {
+    const dir = left.tempDir("instar-sup-");
+    const pidFile = join(dir, "leftover.pid");
+    // The program leaves a process behind that ignores SIGTERM, then ends on SIGTERM itself.
+    const script = `(trap '' TERM; exec sleep 300) & echo $! > ${pidFile}; ` +
+      `trap 'exit 0' TERM; while :; do sleep 0.1; done`;
+    const cli = runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", "--", "sh", "-c", script]);
+    const s = start(cli);
+    const until = Date.now() + 15_000;
+    while (!existsSync(pidFile) || !readFileSync(pidFile, "utf8").trim()) {
+      assert.ok(Date.now() < until, "the program never started its leftover");
+      await sleep(50);
+    }
+    const leftover = Number(readFileSync(pidFile, "utf8").trim());
+    try {
+      await sleep(300);
+      process.kill(s.pid, "SIGTERM");
+      assert.equal(await within(s.exited, 15_000, "supervisor exit"), 0);
+      assert.ok(s.lines.some((l) => /SIGTERM to 1 leftover/.test(l)), s.lines.join("\n"));
+      await stopped(leftover, 5_000);
+    } finally {
+      if (alive(leftover)) process.kill(leftover, "SIGKILL");
+    }
   });
 });
 

@@ -11,15 +11,7 @@ import type { ControlServer } from "../lifecycle/control.ts";
 import { openControl } from "./control.ts";
 import { parseRunArgs, RUN_HELP, type RunOptions } from "./options.ts";
 import { Supervisor, type SupervisorLog } from "./supervisor.ts";
-
-/** What `--watch` needs of src/supervisor/watch.ts (written on its own branch). */
-interface WatchModule {
-  watchPaths(
-    paths: string[],
-    options: { debounceMs: number },
-    onChange: (changed: string[]) => void,
-  ): { close(): void };
-}
+import { watchPaths } from "./watch.ts";
 
 /**
  * Runs `instar run` with `args` (what follows `run`); resolves with the exit
@@ -53,7 +45,7 @@ export async function runSupervisor(
   let watcher: { close(): void } | null = null;
   try {
     if (o.control) control = await openControl(o.control, sup, log);
-    watcher = await startWatch(o, sup, log);
+    watcher = startWatch(o, sup, log);
   } catch (e) {
     log.warn((e as Error).message);
     sup.stop("start-up failed");
@@ -89,25 +81,14 @@ function installSignals(sup: Supervisor, log: SupervisorLog): () => void {
   };
 }
 
-// ---- THE --watch CALL SITE (issue 11) ----
-// src/supervisor/watch.ts (the `ctr` branch) exports watchPaths(); it is loaded
-// only when --watch is given, by a computed specifier, so that this file
-// type-checks and runs before that module lands. Once it is merged, a static
-// `import { watchPaths } from "./watch.ts"` may replace the dynamic import.
-async function startWatch(
+// --watch: a change upgrades the current generation (a static import, so a compiled binary has it).
+function startWatch(
   o: RunOptions,
   sup: Supervisor,
   log: SupervisorLog,
-): Promise<{ close(): void } | null> {
+): { close(): void } | null {
   if (o.watch.length === 0) return null;
-  const specifier = new URL("./watch.ts", import.meta.url).href;
-  let mod: WatchModule;
-  try {
-    mod = await import(specifier) as WatchModule;
-  } catch (e) {
-    throw new Error(`--watch needs src/supervisor/watch.ts: ${(e as Error).message}`);
-  }
-  return mod.watchPaths(o.watch, { debounceMs: o.watchDebounceMs }, watchUpgrades(sup, log));
+  return watchPaths(o.watch, { debounceMs: o.watchDebounceMs }, watchUpgrades(sup, log));
 }
 
 // A change seen while an upgrade runs is upgraded again once that one ends: joining it would

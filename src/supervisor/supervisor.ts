@@ -135,6 +135,7 @@ export class Supervisor {
   #status: number | null = null;
   #restart: ReturnType<typeof setTimeout> | undefined;
   #keepAlive: ReturnType<typeof setInterval> | undefined;
+  #orphansTold = false;
   #finished = false;
   #resolveDone!: (code: number) => void;
 
@@ -487,15 +488,20 @@ export class Supervisor {
     this.#reaper.reap();
     const orphans = this.#reaper.anyLeft ? childrenOf(process.pid) : [];
     if (orphans.length === 0) return this.#finish();
-    // Processes the generations left behind: asked to stop, then the supervisor goes.
+    // Each leftover's exit comes back here: one round of SIGTERM and one grace timer only.
+    if (this.#orphansTold) return;
+    this.#orphansTold = true;
+    // Processes the generations left behind: asked to stop, then killed, then the supervisor
+    // goes. As a subreaper under tini or systemd (not PID 1) nothing else would kill one that
+    // ignores SIGTERM, and it could keep a port.
     this.#log.info(`every generation is gone; SIGTERM to ${orphans.length} leftover process(es)`);
-    for (const pid of orphans) {
-      try {
-        sys.kill(pid, sys.SIGNALS.SIGTERM);
-      } catch { /* gone */ }
-    }
+    signalAll(orphans, sys.SIGNALS.SIGTERM);
     this.#current = null;
-    setTimeout(() => this.#finish(), ORPHAN_GRACE_MS);
+    setTimeout(() => {
+      signalAll(childrenOf(process.pid), sys.SIGNALS.SIGKILL);
+      this.#reaper.reap();
+      this.#finish();
+    }, ORPHAN_GRACE_MS);
   }
 
   #finish(): void {
@@ -523,4 +529,12 @@ function envObject(entries: readonly string[]): Env {
     if (i > 0) env[e.slice(0, i)] = e.slice(i + 1);
   }
   return env;
+}
+
+function signalAll(pids: readonly number[], signal: number): void {
+  for (const pid of pids) {
+    try {
+      sys.kill(pid, signal);
+    } catch { /* gone */ }
+  }
 }
