@@ -18,7 +18,7 @@ import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.
 import { systemdNotifier } from "../process/systemd.ts";
 import type { MessageSocket, StatusReport } from "../protocol.ts";
 import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";
-import type { Addr, ExitReason, State } from "../types.ts";
+import type { Addr, Endpoint, ExitReason, State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import { ControlServer } from "./control.ts";
 import { drain } from "./drain.ts";
@@ -214,24 +214,11 @@ export class Upgrader {
     // The old (listenOptions, options, handler) form fails here with the new form in the message.
     checkOneObject("up.serve()", options, arguments.length);
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
-    const { key, fd: claimed, activated } = this.#registry.claim(spec);
-    let socket: { fd: number; addr: Addr } | undefined;
-    try {
-      socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
-      const { fd, addr } = socket;
-      const onFallback = (reason: InstarError) =>
-        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
-      const drainTimeoutMs = this.#settings.drainTimeout;
+    return await this.#onSocket(spec, async ({ key, fd, addr, activated }) => {
       const counted = this.#observer.countRequests(key, serveOptions);
-      const server = await serve(fd, { drainTimeoutMs, onFallback, ...counted });
-      if (claimed !== undefined) this.#holdUntilReady(fd);
-      this.#registry.add(serverEndpoint(key, fd, addr, server, activated));
-      return server;
-    } catch (err) {
-      if (socket) closeFd(socket.fd);
-      this.#registry.unclaim(key);
-      throw err;
-    }
+      const server = await serve(fd, { ...this.#serverSettings(addr), ...counted });
+      return [server, serverEndpoint(key, fd, addr, server, activated)];
+    });
   }
 
   /**
@@ -290,25 +277,46 @@ export class Upgrader {
     options: UpgraderServeNodeOptions,
   ): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
+    return await this.#onSocket(spec, async ({ key, fd, addr, activated }) => {
+      const serving = await serveNode(fd, server, { ...this.#serverSettings(addr), ...node });
+      return [
+        serving,
+        socketServerEndpoint(key, fd, addr, nodeServingEndpoint(serving), activated),
+      ];
+    });
+  }
+
+  // Claims `spec`'s socket (inherited, activated or fresh), opens it and starts a server on it;
+  // on failure the socket is closed and the claim released. An inherited socket is held until
+  // ready(), and the server's endpoint joins the registry (passed on, drained).
+  async #onSocket<T>(
+    spec: SocketSpec,
+    start: (s: { key: string; fd: number; addr: Addr; activated: boolean }) => Promise<
+      [T, Endpoint]
+    >,
+  ): Promise<T> {
     const { key, fd: claimed, activated } = this.#registry.claim(spec);
     let socket: { fd: number; addr: Addr } | undefined;
     try {
       socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
-      const { fd, addr } = socket;
-      const onFallback = (reason: InstarError) =>
-        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
-      const drainTimeoutMs = this.#settings.drainTimeout;
-      const serving = await serveNode(fd, server, { drainTimeoutMs, onFallback, ...node });
-      if (claimed !== undefined) this.#holdUntilReady(fd);
-      this.#registry.add(
-        socketServerEndpoint(key, fd, addr, nodeServingEndpoint(serving), activated),
-      );
-      return serving;
+      const [server, endpoint] = await start({ key, ...socket, activated });
+      if (claimed !== undefined) this.#holdUntilReady(socket.fd);
+      this.#registry.add(endpoint);
+      return server;
     } catch (err) {
       if (socket) closeFd(socket.fd);
       this.#registry.unclaim(key);
       throw err;
     }
+  }
+
+  // What every HTTP server gets from the lifecycle: the drain timeout, and fallbacks reported.
+  #serverSettings(addr: Addr): { drainTimeoutMs: number; onFallback(e: InstarError): void } {
+    return {
+      drainTimeoutMs: this.#settings.drainTimeout,
+      onFallback: (reason) =>
+        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason }),
+    };
   }
 
   // A new generation accepts nothing on a shared socket before it is ready: the
