@@ -157,6 +157,27 @@ describe(`listenDatagram (${RUNTIME})`, () => {
     });
   }
 
+  for (const backend of ["auto", "poll"] as const) {
+    test(`a queued datagram holds only its own bytes, not a 64 KiB receive buffer (${backend} reader)`, async () => {
+      const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 }, { backend });
+      const c = await udpClient();
+      try {
+        for (let i = 0; i < 20; i++) c.send(`tiny ${i}`, (sock.addr as { port: number }).port);
+        const got: string[] = [];
+        for (let i = 0; i < 20; i++) {
+          const d = await sock.receive();
+          got.push(new TextDecoder().decode(d.data));
+          assert.ok(d.data.buffer.byteLength < 1024, `retains ${d.data.buffer.byteLength} bytes`);
+        }
+        // (Deno's node:dgram client may send a burst out of order.)
+        assert.deepEqual(got.sort(), Array.from({ length: 20 }, (_, i) => `tiny ${i}`).sort());
+      } finally {
+        c.close();
+        sock.close();
+      }
+    });
+  }
+
   test("the end of receiving waits for a loop still handling a datagram, not for one that left", async () => {
     const sock = await openDatagram({ hostname: "127.0.0.1", port: 0 });
     const port = (sock.addr as { port: number }).port;

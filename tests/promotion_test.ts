@@ -7,7 +7,7 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { type LoadResult, runLoad } from "./support/load_client.ts";
@@ -305,6 +305,10 @@ describe(`promotion window (${RUNTIME})`, () => {
     await s.server.waitFor(new RegExp(`pid=${third} gen=2\\] draining: rolled-back`), 30_000, from);
     await stopped(old, 30_000);
     await stopped(third, 30_000);
+    // A stop leaves no PID file behind, even one the new generation had written in its window.
+    if (existsSync(s.pidFile)) {
+      assert.fail(`PID file left behind: ${readFileSync(s.pidFile, "utf8")}`);
+    }
   });
 });
 

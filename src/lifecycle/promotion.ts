@@ -214,6 +214,8 @@ export class PromotionWindow {
     const reason = "the previous generation was told to stop";
     this.#finish(reason);
     this.#goAway();
+    // The new generation wrote it at its ready(); this stop removes it only if it names this pid.
+    this.#takePidFile();
     const error = new UpgradeError(
       "cancelled",
       `this generation was told to stop within the promotion window of ${this.#attempt.who}`,

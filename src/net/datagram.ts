@@ -226,6 +226,10 @@ class DatagramSocketImpl implements DatagramSocketControl {
 
   #push(d: ReceivedDatagram): void {
     if (this.#ended) return; // a reader's last batch after the end: the next generation's
+    // Deno's node:dgram and the portable reader hand out views of a 64 KiB buffer per
+    // datagram: 4,096 queued tiny ones would keep 256 MiB alive. A copy of its own size
+    // (a plain Uint8Array: Buffer.slice() would be another view).
+    if (d.data.byteLength < d.data.buffer.byteLength) d.data = new Uint8Array(d.data);
     const w = this.#waiters.shift();
     if (w) return w.resolve(d);
     if (this.#queue.length >= MAX_QUEUED) return void this.dropped++;
