@@ -79,7 +79,9 @@ export interface Hello {
 /** Every message of the protocol. */
 export type Message =
   | Hello
-  | { type: "ready"; v: number; pid: number }
+  // keepsLink: the sender keeps the link open for the promotion window, so the link's end
+  // means it died or broke (roll back); an instar without windows closes it after ready.
+  | { type: "ready"; v: number; pid: number; keepsLink?: boolean }
   | { type: "error"; v: number; pid: number; message: string }
   | { type: "handover"; v: number; pid: number }
   | { type: "upgrade"; v: number; trigger?: string }
@@ -119,7 +121,12 @@ export const messages = {
     return hello;
   },
   /** The new generation is ready: the sender may drain. */
-  ready: (): Message => ({ type: "ready", v: PROTOCOL_VERSION, pid: process.pid }),
+  ready: (keepsLink = false): Message => ({
+    type: "ready",
+    v: PROTOCOL_VERSION,
+    pid: process.pid,
+    ...(keepsLink ? { keepsLink: true } : {}),
+  }),
   /** The new generation refuses what it was handed. */
   error: (message: string): Message => ({
     type: "error",

@@ -47,6 +47,8 @@ export interface Attempt {
   release(): void;
   /** Whether bytes from it wait on the channel, not yet read by the event loop (poll(2), 0 ms). */
   pending(): boolean;
+  /** Whether its `ready` said it keeps the link open for the promotion window. */
+  keepsLink?(): boolean;
   /** Started by this process (fork/exec): its exit is reaped here. False (or absent) for a handover. */
   readonly child?: boolean;
   /**
@@ -166,6 +168,7 @@ export function spawnGeneration(
     pending: () => !wait.closed() && readable(mine),
     child: true,
     keep: wait.keep,
+    keepsLink: wait.keepsLink,
   };
 }
 
@@ -215,6 +218,7 @@ export function handOver(
     pending: () => !wait.closed() && readable(fd),
     child: false,
     keep: wait.keep,
+    keepsLink: wait.keepsLink,
   };
 }
 
@@ -252,14 +256,19 @@ function readiness(
   close: () => void;
   closed: () => boolean;
   keep: (h: MessageHandlers) => MessageSocket;
+  keepsLink: () => boolean;
 } {
   let conn: MessageSocket | undefined = existing;
   let closed = false;
+  let keepsLink = false;
   let linkEnded = false; // the link ended (before keep() could rebind it)
   const ready = new Promise<void>((resolve, reject) => {
     const handlers = {
       message(m: Message) {
-        if (m.type === "ready") return resolve();
+        if (m.type === "ready") {
+          keepsLink = m.keepsLink === true;
+          return resolve();
+        }
         const why = m.type === "error"
           ? `${who} refused the handover: ${m.message}`
           : `unexpected ${m.type} message from ${who}`;
@@ -283,6 +292,7 @@ function readiness(
       conn?.close();
     },
     closed: () => closed,
+    keepsLink: () => keepsLink,
     keep: (h) => {
       conn!.rebind(h);
       // An end already reported to the readiness wait is reported again, after this call returns.

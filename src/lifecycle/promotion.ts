@@ -159,7 +159,9 @@ export class PromotionWindow {
 
   // The link ended without a word: the new generation died (roll back), or it is
   // an instar that does not keep the link (it serves: promote). Either way nobody
-  // may wait meanwhile, so this generation accepts again at once.
+  // may wait meanwhile, so this generation accepts again at once. One that said
+  // it keeps the link is rolled back whatever its exit looks like: a process slow
+  // to finish dying must never be promoted.
   async #linkEnded(error: InstarError | null): Promise<void> {
     if (this.#done || this.#deciding) return;
     if (error) return this.#rollback(`broke the protocol: ${error.message}`);
@@ -174,6 +176,9 @@ export class PromotionWindow {
       ended = processRuns(this.#attempt.pid) ? null : "closed the control connection and exited";
     }
     this.#deciding = false;
+    if (ended === null && this.#attempt.keepsLink?.()) {
+      ended = "closed the link within its promotion window";
+    }
     if (ended !== null) return this.#rollback(ended);
     this.#o.warn(
       `${this.#attempt.who} closed the link after ready: an instar without promotion windows; ` +
@@ -313,7 +318,7 @@ export class Probation {
     let fd: number;
     try {
       // This generation accepts already: never wait (see sayReady).
-      link.channel.send(messages.ready(), [], 0);
+      link.channel.send(messages.ready(true), [], 0);
       fd = dupCloexec(link.channel.fd);
     } catch (err) {
       warn(`could not tell the previous generation: ${(err as Error).message}`);

@@ -70,7 +70,7 @@ export async function bootSystemd(
 ): Promise<SystemdNamespace> {
   for (const [name, text] of Object.entries(units)) writeFileSync(join(dir, name), text);
   const cg = `instar-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
-  const outer = startServer([SCRIPT, "outer", dir, target, cg]);
+  const outer = startServer([SCRIPT, "outer", dir, target, cg, ROOT]);
   const pid = await systemdPid(outer.pid, () => outer.lines.join("\n"));
   let killed = false;
   const ns: SystemdNamespace = {
