@@ -17,7 +17,9 @@
  * - `POST` anything: the number of body bytes it read;
  * - `GET /unhealthy?reason=R`: calls `up.unhealthy(R)` (in a new generation
  *   within its promotion window the previous one takes over again), answers
- *   `rolled back: R`, or status 409 with the error when no window is open;
+ *   `rolled back: R`, or status 409 with the error when no window is open. A
+ *   demonstration: any client can reach it. A real service calls `up.unhealthy()`
+ *   from its own checks (a failing dependency, a config path taken late);
  * - any other request: `hello from pid <pid> generation <n> (<label>)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file, --control,
@@ -152,6 +154,12 @@ await up.ready();
 // Test aid: crash (an uncaught error, exit code 1) this long after ready.
 const crashAfter = flags["crash-after-ready"];
 if (crashAfter !== undefined) {
+  if (!/^\d+$/.test(String(crashAfter))) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `--crash-after-ready ${crashAfter}: expected ms, e.g. 1000`,
+    );
+  }
   setTimeout(() => {
     throw new Error(`--crash-after-ready ${crashAfter}: crashing on purpose`);
   }, Number(crashAfter));
