@@ -310,6 +310,45 @@ describe(`metrics across generations (${RUNTIME})`, () => {
   });
 
   test(
+    "with a promotion window the new generation counts the upgrade succeeded once the window has passed",
+    skipIf(noParser(), "prometheus"),
+    async () => {
+      const dir = tempDir("instar-window-metrics-");
+      const ctl = join(dir, "ctl");
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        "--promotion-window=3000",
+      ]));
+      servers.push(srv);
+      const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
+      const cli = instar(["upgrade", `--control=${ctl}`, "--json"]);
+      const succeeded = async () => {
+        const samples = await parsePrometheus((await get(port, "/metrics")).body, dir);
+        return [
+          value(samples, "instar_generation"),
+          value(samples, "instar_upgrades_total", { outcome: "succeeded" }),
+        ];
+      };
+      let seen: number[] = [];
+      for (let i = 0; i < 300 && seen[0] !== 2; i++) {
+        seen = await succeeded();
+        if (seen[0] !== 2) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(seen, [2, 0], "in the window: generation 2 answers, nothing succeeded yet");
+      const r = await cli;
+      assert.equal(r.code, 0, showResult(r));
+      // Generation 2 learns that the window passed when generation 1 closes their link.
+      for (let i = 0; i < 200 && seen[1] !== 1; i++) {
+        seen = await succeeded();
+        if (seen[1] !== 1) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(seen, [2, 1], "after the window: counted once");
+      srv.killAll();
+    },
+  );
+
+  test(
     "a rollback within the promotion window is counted and reported by the generation that serves on",
     skipIf(noParser(), "prometheus"),
     async () => {
@@ -330,6 +369,11 @@ describe(`metrics across generations (${RUNTIME})`, () => {
         if ((await get(port, "/")).body.includes("generation 2")) break;
         await new Promise((r) => setTimeout(r, 50));
       }
+      // Within the window the upgrade has not succeeded yet: generation 2 must not count it,
+      // or the counter would fall back from 1 to 0 once generation 1 serves on (a counter reset).
+      const during = await parsePrometheus((await get(port, "/metrics")).body, dir);
+      assert.equal(value(during, "instar_generation"), 2, "generation 2 answers in the window");
+      assert.equal(value(during, "instar_upgrades_total", { outcome: "succeeded" }), 0);
       const bad = await get(port, "/unhealthy?reason=bad%20config");
       assert.equal(bad.status, 200, JSON.stringify(bad));
       const r = await cli;
