@@ -384,6 +384,11 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       assert.equal(value(samples, "instar_generation"), 1, "generation 1 serves on");
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "rolled-back" }), 1);
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "succeeded" }), 0);
+      // A rollback is the upgrade's one outcome: not counted as failed too.
+      const failed = samples.filter((s) =>
+        s.name === "instar_upgrades_total" && s.labels.outcome === "failed"
+      );
+      assert.deepEqual(failed, [], "no failed upgrade besides the rollback");
       const status = await serverStatus(ctl);
       assert.equal(status?.pid, first.pid);
       const last = status?.lastUpgrade;
