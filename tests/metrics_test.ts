@@ -228,7 +228,8 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
         "--port=0",
         `--control=${ctl}`,
-        `--drain-timeout=${DRAIN_TIMEOUT}`,
+        // The held request (below) must end within the drain.
+        "--drain-timeout=30000",
       ]));
       servers.push(srv);
       const first = await readyGeneration(ctl, 1, { log: srv.lines });
@@ -236,11 +237,18 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       const ready = await get(port, "/healthz");
       assert.equal(ready.status, 200);
       assert.equal(ready.body, "ready\n");
-      // Asked of generation 1 now, answered 3 s later: by then it drains.
-      const held = get(port, "/healthz?ms=3000");
+      // Asked of generation 1 now, answered 10 s later: by then it drains (an upgrade on a loaded
+      // 2-core machine can take seconds; the answer must come after it).
+      const sent = Date.now();
+      const held = get(port, "/healthz?ms=10000");
       await new Promise((r) => setTimeout(r, 300));
       const up = await instar(["upgrade", `--control=${ctl}`]);
       assert.equal(up.code, 0, showResult(up));
+      if (Date.now() - sent > 9_000) {
+        // Too slow to say anything about the held answer: it may have been read before the drain.
+        srv.killAll();
+        return assert.fail(`the upgrade took ${Date.now() - sent} ms: the machine is too loaded`);
+      }
       const late = await held;
       assert.equal(late.status, 503, JSON.stringify(late));
       assert.equal(late.body, "draining\n");
@@ -310,6 +318,47 @@ describe(`metrics across generations (${RUNTIME})`, () => {
   });
 
   test(
+    "with a promotion window the new generation counts the upgrade succeeded once the window has passed",
+    skipIf(noParser(), "prometheus"),
+    async () => {
+      const dir = tempDir("instar-window-metrics-");
+      const ctl = join(dir, "ctl");
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        "--promotion-window=6000",
+      ]));
+      servers.push(srv);
+      const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
+      const cli = instar(["upgrade", `--control=${ctl}`, "--json"]);
+      const succeeded = async () => {
+        const samples = await parsePrometheus((await get(port, "/metrics")).body, dir);
+        return [
+          value(samples, "instar_generation"),
+          value(samples, "instar_upgrades_total", { outcome: "succeeded" }),
+        ];
+      };
+      // Generation 2 answers once it is ready (generation 1 holds back for the window); the
+      // Prometheus parse (a python process) only once it does, well within the window.
+      for (let i = 0; i < 300; i++) {
+        if ((await get(port, "/")).body.includes("generation 2")) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      let seen = await succeeded();
+      assert.deepEqual(seen, [2, 0], "in the window: generation 2 answers, nothing succeeded yet");
+      const r = await cli;
+      assert.equal(r.code, 0, showResult(r));
+      // Generation 2 learns that the window passed when generation 1 closes their link.
+      for (let i = 0; i < 200 && seen[1] !== 1; i++) {
+        seen = await succeeded();
+        if (seen[1] !== 1) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(seen, [2, 1], "after the window: counted once");
+      srv.killAll();
+    },
+  );
+
+  test(
     "a rollback within the promotion window is counted and reported by the generation that serves on",
     skipIf(noParser(), "prometheus"),
     async () => {
@@ -330,6 +379,11 @@ describe(`metrics across generations (${RUNTIME})`, () => {
         if ((await get(port, "/")).body.includes("generation 2")) break;
         await new Promise((r) => setTimeout(r, 50));
       }
+      // Within the window the upgrade has not succeeded yet: generation 2 must not count it,
+      // or the counter would fall back from 1 to 0 once generation 1 serves on (a counter reset).
+      const during = await parsePrometheus((await get(port, "/metrics")).body, dir);
+      assert.equal(value(during, "instar_generation"), 2, "generation 2 answers in the window");
+      assert.equal(value(during, "instar_upgrades_total", { outcome: "succeeded" }), 0);
       const bad = await get(port, "/unhealthy?reason=bad%20config");
       assert.equal(bad.status, 200, JSON.stringify(bad));
       const r = await cli;
@@ -340,6 +394,11 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       assert.equal(value(samples, "instar_generation"), 1, "generation 1 serves on");
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "rolled-back" }), 1);
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "succeeded" }), 0);
+      // A rollback is the upgrade's one outcome: not counted as failed too.
+      const failed = samples.filter((s) =>
+        s.name === "instar_upgrades_total" && s.labels.outcome === "failed"
+      );
+      assert.deepEqual(failed, [], "no failed upgrade besides the rollback");
       const status = await serverStatus(ctl);
       assert.equal(status?.pid, first.pid);
       const last = status?.lastUpgrade;

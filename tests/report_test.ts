@@ -21,6 +21,7 @@ import {
   type CarriedCounters,
   MAX_COUNTER_KEYS,
   validateCounters,
+  zeroCounters,
 } from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
 import { establishedByPort } from "../src/net/sock_diag.ts";
@@ -29,6 +30,7 @@ import { Emitter } from "../src/lifecycle/events.ts";
 import type { UpgradeReport } from "../mod.ts";
 import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";
 import net from "node:net";
+import process from "node:process";
 import { connectControl, messageOf, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
 import { exchange, httpGet, runCommand, showResult, skipIf, sleep } from "./support/helpers.ts";
 
@@ -377,6 +379,7 @@ describe("a rollback (the promotion window's rolled-back event)", () => {
     const observer = new Observer({
       generation: 1,
       parentPid: null,
+      promotionWindow: 0,
       carried: null,
       state: () => "ready",
       endpoints: () => [],
@@ -404,5 +407,31 @@ describe("a rollback (the promotion window's rolled-back event)", () => {
     assert.equal(reports[0].drain, null, "the old generation never drained");
     assert.equal(m.lastUpgrade?.outcome, "rolled-back");
     assert.equal(observer.carry().upgrades.rolledBack, 1, "passed on to the next generation");
+  });
+
+  test("a new generation in a promotion window counts its upgrade once promoted, not at ready", () => {
+    const observe = (promotionWindow: number) => {
+      const events = new Emitter();
+      const carried = zeroCounters();
+      carried.upgrades.succeeded = 2;
+      const observer = new Observer({
+        generation: 3,
+        parentPid: process.ppid,
+        promotionWindow,
+        carried,
+        state: () => "ready",
+        endpoints: () => [],
+        events,
+        onDrained: () => {},
+        controlPath: null,
+      });
+      events.emit("state", { state: "ready" });
+      return observer;
+    };
+    assert.equal(observe(0).carry().upgrades.succeeded, 3, "without a window: ready is success");
+    const windowed = observe(3000);
+    assert.equal(windowed.carry().upgrades.succeeded, 2, "within the window: not yet");
+    windowed.promoted();
+    assert.equal(windowed.carry().upgrades.succeeded, 3, "the window passed");
   });
 });

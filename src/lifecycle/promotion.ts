@@ -278,6 +278,7 @@ export class Probation {
   readonly #windowMs: number;
   readonly #onRollback: (reason: string) => void;
   readonly #warn: (message: string) => void;
+  readonly #onPromoted: () => void;
   #state: "on" | "promoted" | "rolled-back" = "on";
   #waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 
@@ -286,10 +287,12 @@ export class Probation {
     windowMs: number,
     onRollback: (reason: string) => void,
     warn: (message: string) => void,
+    onPromoted: () => void,
   ) {
     this.#windowMs = windowMs;
     this.#onRollback = onRollback;
     this.#warn = warn;
+    this.#onPromoted = onPromoted;
     this.#conn = conn({
       message: (m) => this.#message(m),
       end: (error) => {
@@ -303,12 +306,14 @@ export class Probation {
 
   /**
    * Tells the previous generation this one is ready. `onRollback` is called
-   * when it takes its sockets back (this generation must drain and exit).
+   * when it takes its sockets back (this generation must drain and exit);
+   * `onPromoted` once the window has passed (the upgrade succeeded).
    */
   static begin(
     link: ParentLink,
     onRollback: (reason: string) => void,
     warn: (message: string) => void,
+    onPromoted: () => void = () => {},
   ): Probation | null {
     const windowMs = link.hello.promotionWindow ?? 0;
     if (windowMs <= 0) {
@@ -327,7 +332,13 @@ export class Probation {
       link.channel.close();
     }
     const socket = socketOnFd(fd);
-    return new Probation((h) => new MessageSocket(socket, h), windowMs, onRollback, warn);
+    return new Probation(
+      (h) => new MessageSocket(socket, h),
+      windowMs,
+      onRollback,
+      warn,
+      onPromoted,
+    );
   }
 
   /** Whether the previous generation may still take over. */
@@ -387,6 +398,7 @@ export class Probation {
   #promoted(): void {
     if (this.#state !== "on") return;
     this.#end("promoted");
+    this.#onPromoted();
   }
 
   #end(state: "promoted" | "rolled-back"): void {

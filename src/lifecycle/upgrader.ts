@@ -117,6 +117,7 @@ export class Upgrader {
     this.#observer = new Observer({
       generation: this.generation,
       parentPid: this.parentPid,
+      promotionWindow: link?.hello.promotionWindow ?? 0,
       carried: link?.hello.counters ?? null,
       state: () => this.#state,
       endpoints: () => this.#registry.endpoints,
@@ -351,10 +352,15 @@ export class Upgrader {
     for (const p of this.#paused.splice(0)) resumeSocket(p);
     for (const resume of this.#resumeOnReady.splice(0)) resume();
     if (this.#link) {
-      this.#probation = Probation.begin(this.#link, (reason) => {
-        this.#events.warn(`the previous generation took over again: ${reason}`);
-        this.#beginExit("rolled-back");
-      }, (m) => this.#events.warn(m));
+      this.#probation = Probation.begin(
+        this.#link,
+        (reason) => {
+          this.#events.warn(`the previous generation took over again: ${reason}`);
+          this.#beginExit("rolled-back");
+        },
+        (m) => this.#events.warn(m),
+        () => this.#observer.promoted(),
+      );
     }
     this.#link = null;
     // A later generation is announced by the one it replaces (MAINPID + READY).

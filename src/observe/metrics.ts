@@ -112,6 +112,8 @@ export interface Metrics {
 export interface ObserverContext {
   generation: number;
   parentPid: number | null;
+  /** The promotion window the previous generation announced (0: none): the upgrade succeeds when it has passed. */
+  promotionWindow: number;
   /** The counters the previous generation passed, or `null` for a first generation. */
   carried: CarriedCounters | null;
   state: () => State;
@@ -143,8 +145,10 @@ export class Observer {
     this.#base = c.carried ?? zeroCounters();
     const on = c.events.on.bind(c.events);
     const up = this.#own.upgrades;
-    // The hello left before this upgrade's outcome was known: being ready is its success.
-    if (c.parentPid !== null) {
+    // The hello left before this upgrade's outcome was known: being ready is its success, or,
+    // with a promotion window, its end ({@link Observer.promoted}): counted at ready, a rollback
+    // would take it back and the counter would fall (a reset to Prometheus).
+    if (c.parentPid !== null && c.promotionWindow === 0) {
       const off = on("state", ({ state }) => {
         if (state !== "ready") return;
         off();
@@ -162,6 +166,11 @@ export class Observer {
       count: () => this.#openNow(),
     });
     c.onDrained(() => this.#handOnReport());
+  }
+
+  /** The promotion window this generation started in has passed: its upgrade succeeded. */
+  promoted(): void {
+    this.#base.upgrades.succeeded++;
   }
 
   /** `options` with its request handler counting requests on `key` (one increment each). */
