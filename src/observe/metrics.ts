@@ -168,6 +168,8 @@ export class Observer {
     c.onDrained(() => this.#handOnReport());
   }
 
+  #inflight: Promise<Metrics> | null = null;
+
   /** The promotion window this generation started in has passed: its upgrade succeeded. */
   promoted(): void {
     this.#base.upgrades.succeeded++;
@@ -179,9 +181,11 @@ export class Observer {
     this.#counted.set(key, { kind: "serve", own: () => counter.n });
     const wrap = (h: unknown) => {
       if (typeof h !== "function") return h;
-      return function (this: unknown, ...args: unknown[]) {
+      // Both runtimes call a fetch handler with two arguments (request, info or server):
+      // fixed parameters, no rest array per request.
+      return function (this: unknown, a: unknown, b: unknown) {
         counter.n++;
-        return h.apply(this, args);
+        return h.call(this, a, b);
       };
     };
     const out: Record<string, unknown> = { ...options as Record<string, unknown> };
@@ -231,8 +235,16 @@ export class Observer {
     this.#reporter.trigger(trigger);
   }
 
-  /** Everything measured, connections counted now (off the event loop). */
-  async metrics(): Promise<Metrics> {
+  /**
+   * Everything measured, connections counted now (off the event loop). Callers
+   * that arrive while a count runs share it: a burst of scrapes costs one.
+   */
+  metrics(): Promise<Metrics> {
+    this.#inflight ??= this.#measure().finally(() => (this.#inflight = null));
+    return this.#inflight;
+  }
+
+  async #measure(): Promise<Metrics> {
     const c = this.#c;
     const carried = this.carry();
     const state = c.state();
