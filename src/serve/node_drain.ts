@@ -33,7 +33,7 @@ function webSocketOf(socket: Socket): { close(code: number, reason: string): voi
 }
 
 /** The `upgrade` listeners of every NodeDrain: none of them answers an upgrade. */
-const TRACKERS = new WeakSet<object>();
+const TRACKERS = new WeakSet<(...args: never[]) => unknown>();
 
 /** The drain of one `node:http` server: see the module comment. */
 export class NodeDrain {
@@ -76,13 +76,16 @@ export class NodeDrain {
     if (server.listenerCount("upgrade") > 0) join("upgrade");
     server.on("newListener", join);
     // The application's last one gone: ours goes too.
-    server.on("removeListener", (event: string | symbol, listener: unknown) => {
-      if (event !== "upgrade" || !joined || TRACKERS.has(listener)) return;
-      if (server.listeners("upgrade").every((l) => TRACKERS.has(l))) {
-        joined = false;
-        server.off("upgrade", onUpgrade);
-      }
-    });
+    server.on(
+      "removeListener",
+      (event: string | symbol, listener: (...args: never[]) => unknown) => {
+        if (event !== "upgrade" || !joined || TRACKERS.has(listener)) return;
+        if (server.listeners("upgrade").every((l) => TRACKERS.has(l))) {
+          joined = false;
+          server.off("upgrade", onUpgrade);
+        }
+      },
+    );
   }
 
   /** How many upgraded connections (WebSockets) are open. */
