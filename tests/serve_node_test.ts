@@ -335,6 +335,10 @@ describe(`serveNode() (${RUNTIME})`, () => {
         });
       try {
         assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        // node:https takes the same path as node:http: auto never falls back silently here.
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
         const [body, connection] = await get("/");
         assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
         assert.notEqual(connection?.toLowerCase(), "close");
