@@ -424,6 +424,7 @@ describe(`serveNode() (${RUNTIME})`, () => {
       );
       assert.equal(m[1], `127.0.0.1:${port}`);
       assert.match(m[2], /event mask/);
+      await server.waitFor(/^app-fallback: TRANSPLANT_UNSUPPORTED$/);
       await server.waitFor(/^mode=fallback$/);
       assert.equal((await get(port, "/")).body, `fallback pid ${server.pid}\n`);
       process.kill(server.pid, "SIGTERM");
