@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
+import net, { type Socket } from "node:net";
 import https from "node:https";
 import { join } from "node:path";
 import process from "node:process";
@@ -28,6 +29,7 @@ import {
 import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
 import { serveNode, splitNodeOptions } from "../src/serve/serve_node.ts";
+import { NodeDrain } from "../src/serve/node_drain.ts";
 import { InstarError } from "../src/errors.ts";
 import { close as closeFd } from "../src/ffi/mod.ts";
 import { openSocket } from "../src/net/listener.ts";
@@ -333,6 +335,10 @@ describe(`serveNode() (${RUNTIME})`, () => {
         });
       try {
         assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        // node:https takes the same path as node:http: auto never falls back silently here.
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
         const [body, connection] = await get("/");
         assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
         assert.notEqual(connection?.toLowerCase(), "close");
@@ -418,12 +424,74 @@ describe(`serveNode() (${RUNTIME})`, () => {
       );
       assert.equal(m[1], `127.0.0.1:${port}`);
       assert.match(m[2], /event mask/);
+      await server.waitFor(/^app-fallback: TRANSPLANT_UNSUPPORTED$/);
       await server.waitFor(/^mode=fallback$/);
       assert.equal((await get(port, "/")).body, `fallback pid ${server.pid}\n`);
       process.kill(server.pid, "SIGTERM");
       assert.equal(await within(server.exited, 30_000, "exit"), 0);
     },
   );
+
+  test("a Connection: Upgrade request to a server without an upgrade listener gets a plain answer (h2c probe)", async () => {
+    const { fd, port } = await rawListen();
+    const s = await serveNode(fd, hello());
+    try {
+      const head = await within(
+        new Promise<string>((resolve, reject) => {
+          const c = net.connect(port, "127.0.0.1");
+          let got = "";
+          c.on("data", (d) => {
+            got += d;
+            if (got.endsWith("hi\n")) resolve(got), c.destroy();
+          }).on("error", reject).on("close", () => resolve(got));
+          c.write(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
+              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+          );
+        }),
+        10_000,
+        "an answer to the upgrade request",
+      );
+      assert.match(head, /^HTTP\/1\.1 200 /);
+      assert.ok(head.endsWith("hi\n"), head);
+    } finally {
+      await s.shutdown();
+      closeFd(fd);
+    }
+  });
+
+  test("upgrades are tracked whether the application listens before or after serveNode()", async () => {
+    for (const when of ["before", "after"] as const) {
+      const { fd, port } = await rawListen();
+      const server = hello();
+      const onUpgrade = (_q: http.IncomingMessage, socket: Socket) =>
+        socket.write(
+          "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
+        );
+      if (when === "before") server.on("upgrade", onUpgrade);
+      const drainer = new NodeDrain(server);
+      const s = await serveNode(fd, server, { drainTimeoutMs: 1_000 });
+      if (when === "after") server.on("upgrade", onUpgrade);
+      const c = net.connect(port, "127.0.0.1");
+      try {
+        await within(
+          new Promise<void>((resolve, reject) => {
+            c.once("data", () => resolve()).on("error", reject);
+            c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
+          }),
+          10_000,
+          "101",
+        );
+        assert.equal(drainer.upgraded, 1, `listener ${when}`);
+        server.off("upgrade", onUpgrade);
+        assert.equal(server.listenerCount("upgrade"), 0, "ours left with the application's");
+      } finally {
+        c.destroy();
+        await s.shutdown();
+        closeFd(fd);
+      }
+    }
+  });
 
   test("mode transplant with a failed precondition throws TRANSPLANT_UNSUPPORTED and leaves the server closed", async () => {
     const { fd } = await rawListen();

@@ -279,7 +279,13 @@ export class Upgrader {
   ): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
     return await this.#onSocket(spec, async ({ key, fd, addr, activated }) => {
-      const serving = await serveNode(fd, server, { ...this.#serverSettings(addr), ...node });
+      const settings = this.#serverSettings(addr);
+      // The application's onFallback is told too: it does not silence the lifecycle's event.
+      const onFallback = (reason: InstarError) => {
+        settings.onFallback(reason);
+        node.onFallback?.(reason);
+      };
+      const serving = await serveNode(fd, server, { ...settings, ...node, onFallback });
       return [
         serving,
         socketServerEndpoint(key, fd, addr, nodeServingEndpoint(serving), activated),

@@ -32,6 +32,9 @@ function webSocketOf(socket: Socket): { close(code: number, reason: string): voi
     : undefined;
 }
 
+/** The `upgrade` listeners of every NodeDrain: none of them answers an upgrade. */
+const TRACKERS = new WeakSet<(...args: never[]) => unknown>();
+
 /** The drain of one `node:http` server: see the module comment. */
 export class NodeDrain {
   #server: http.Server;
@@ -51,10 +54,38 @@ export class NodeDrain {
     };
     server.prependListener("connection", track);
     server.prependListener("secureConnection", track);
-    server.prependListener("upgrade", (_req: http.IncomingMessage, socket: Socket) => {
+    this.#trackUpgrades(server);
+  }
+
+  // node:http (Node's, Deno's and Bun's) hands a `Connection: Upgrade` request to the
+  // `upgrade` event only when someone listens to it, else it answers it as a plain request
+  // (h2c probes, `curl --http2`). A listener of ours alone would leave such a request
+  // unanswered and its connection holding the drain: ours joins the application's.
+  #trackUpgrades(server: http.Server): void {
+    const onUpgrade = (_req: http.IncomingMessage, socket: Socket) => {
       this.#upgraded.add(socket);
       socket.once("close", () => this.#upgraded.delete(socket));
-    });
+    };
+    TRACKERS.add(onUpgrade);
+    let joined = false;
+    const join = (event: string | symbol, listener?: unknown) => {
+      if (event !== "upgrade" || joined || listener === onUpgrade) return;
+      joined = true;
+      server.prependListener("upgrade", onUpgrade);
+    };
+    if (server.listenerCount("upgrade") > 0) join("upgrade");
+    server.on("newListener", join);
+    // The application's last one gone: ours goes too.
+    server.on(
+      "removeListener",
+      (event: string | symbol, listener: (...args: never[]) => unknown) => {
+        if (event !== "upgrade" || !joined || TRACKERS.has(listener)) return;
+        if (server.listeners("upgrade").every((l) => TRACKERS.has(l))) {
+          joined = false;
+          server.off("upgrade", onUpgrade);
+        }
+      },
+    );
   }
 
   /** How many upgraded connections (WebSockets) are open. */
