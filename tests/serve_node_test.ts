@@ -236,7 +236,7 @@ for (const fw of FRAMEWORKS) {
     });
 
     test("at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0", async () => {
-      const g = await start(["--drain-timeout", "1500"]);
+      const g = await start(["--drain-timeout", "4000"]);
       const oldPid = g.server.pid;
       const a = await WsClient.open(g.port, fw.ws);
       await a.next(/^welcome/);

@@ -217,7 +217,8 @@ export class Upgrader {
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
     return await this.#onSocket(spec, async ({ key, fd, addr, activated }) => {
       const counted = this.#observer.countRequests(key, serveOptions);
-      const server = await serve(fd, { ...this.#serverSettings(addr), ...counted });
+      const settings = this.#serverSettings(addr, serveOptions.onFallback);
+      const server = await serve(fd, { ...settings, ...counted, onFallback: settings.onFallback });
       return [server, serverEndpoint(key, fd, addr, server, activated)];
     });
   }
@@ -279,13 +280,12 @@ export class Upgrader {
   ): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
     return await this.#onSocket(spec, async ({ key, fd, addr, activated }) => {
-      const settings = this.#serverSettings(addr);
-      // The application's onFallback is told too: it does not silence the lifecycle's event.
-      const onFallback = (reason: InstarError) => {
-        settings.onFallback(reason);
-        node.onFallback?.(reason);
-      };
-      const serving = await serveNode(fd, server, { ...settings, ...node, onFallback });
+      const settings = this.#serverSettings(addr, node.onFallback);
+      const serving = await serveNode(fd, server, {
+        ...settings,
+        ...node,
+        onFallback: settings.onFallback,
+      });
       return [
         serving,
         socketServerEndpoint(key, fd, addr, nodeServingEndpoint(serving), activated),
@@ -318,11 +318,17 @@ export class Upgrader {
   }
 
   // What every HTTP server gets from the lifecycle: the drain timeout, and fallbacks reported.
-  #serverSettings(addr: Addr): { drainTimeoutMs: number; onFallback(e: InstarError): void } {
+  // The application's own onFallback is told too: it does not silence the lifecycle's event.
+  #serverSettings(
+    addr: Addr,
+    app: ((reason: InstarError) => void) | undefined,
+  ): { drainTimeoutMs: number; onFallback(e: InstarError): void } {
     return {
       drainTimeoutMs: this.#settings.drainTimeout,
-      onFallback: (reason) =>
-        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason }),
+      onFallback: (reason) => {
+        this.#events.emit("serve-fallback", { addr: formatAddr(addr), reason });
+        app?.(reason);
+      },
     };
   }
 
