@@ -373,7 +373,9 @@ export class Probation {
    */
   leave(why: string): boolean {
     if (this.#state !== "on") return this.#state === "rolled-back";
-    this.#conn.send(messages.unhealthy(why));
+    // Sent with end(), which flushes it: a write followed by destroy() could drop it, and the
+    // old generation would then see a bare link end.
+    this.#conn.close(messages.unhealthy(why));
     this.#end("rolled-back");
     return true;
   }
