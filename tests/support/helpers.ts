@@ -188,7 +188,7 @@ export interface ServerProcess {
   pid: number;
   /** Every stderr/stdout line so far, from all generations. */
   lines: string[];
-  /** Every pid seen in `[name pid=N gen=G]` log lines. */
+  /** Every pid seen in `[name pid=N gen=G]` log lines and in JSON log lines' `"pid":` fields. */
   pids: Set<number>;
   /** Waits for a line matching `re` (searching lines after index `from`); returns the match. */
   waitFor(re: RegExp, timeoutMs?: number, from?: number): Promise<RegExpMatchArray>;
@@ -215,9 +215,10 @@ export function startServer(cmd: string[], env: Record<string, string> = {}): Se
       rest = parts.pop()!;
       for (const l of parts) {
         lines.push(prefix + l);
-        // "[name pid=N …]" prefixes, and children named before they log anything
-        for (const m of l.matchAll(/pid=(\d+)|upgrade-spawned: pid (\d+)/g)) {
-          pids.add(Number(m[1] ?? m[2]));
+        // "[name pid=N …]" prefixes, children named before they log anything, and the
+        // "pid": fields of JSON log lines (logLifecycle's format "json")
+        for (const m of l.matchAll(/pid=(\d+)|upgrade-spawned: pid (\d+)|"pid":(\d+)/g)) {
+          pids.add(Number(m[1] ?? m[2] ?? m[3]));
         }
       }
       for (const w of [...waiters]) w();
