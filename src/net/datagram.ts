@@ -11,13 +11,10 @@
  * @module
  */
 
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
-  bind,
   C,
   close as closeFd,
-  connect,
   EAGAIN,
   fcntl,
   getsockname,
@@ -28,7 +25,8 @@ import {
   setsockoptInt,
   socket,
 } from "../ffi/mod.ts";
-import { decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { bindExplained, bindUnix, checkMode, checkPort, isV6Any } from "./bind.ts";
 import { type DatagramBackend, startDatagramReader } from "../runtime/mod.ts";
 import {
   type DatagramAddr,
@@ -395,28 +393,6 @@ function encodeTo(to: DatagramAddr, family: number): Uint8Array {
   return sa;
 }
 
-function checkPort(port: unknown): number {
-  if (typeof port !== "number" || !Number.isInteger(port) || port < 0 || port > 65535) {
-    invalid("port", port, "an integer from 0 to 65535");
-  }
-  return port;
-}
-
-function bindOrExplain(fd: number, sa: Uint8Array, where: string): void {
-  try {
-    bind(fd, sa);
-  } catch (err) {
-    if (!(err instanceof SystemError)) throw err;
-    const why: Record<string, string> = {
-      EADDRINUSE: `cannot bind ${where}: the address is already in use`,
-      EACCES: `cannot bind ${where}: permission denied (ports below 1024 need ` +
-        "CAP_NET_BIND_SERVICE; Unix paths need write access to the directory)",
-      EADDRNOTAVAIL: `cannot bind ${where}: that address is not on this machine`,
-    };
-    throw new SystemError("bind", err.errno, err.code, why[err.code] ?? `cannot bind ${where}`);
-  }
-}
-
 function openUdp(o: UdpDatagramOptions): number {
   const hostname = o.hostname ?? "0.0.0.0";
   if (typeof hostname !== "string") invalid("hostname", hostname, "a numeric IPv4 or IPv6 address");
@@ -431,10 +407,10 @@ function openUdp(o: UdpDatagramOptions): number {
   const family = new DataView(sa.buffer).getUint16(0, true);
   const fd = socket(family, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
   try {
-    if (family === C.AF_INET6 && (decode(sa) as { hostname: string }).hostname === "::") {
+    if (family === C.AF_INET6 && isV6Any(sa)) {
       setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 0); // "::" takes IPv4 too
     }
-    bindOrExplain(fd, sa, `udp:${hostname}:${o.port}`);
+    bindExplained(fd, sa, `udp:${hostname}:${o.port}`, "bind");
   } catch (err) {
     closeFd(fd);
     throw err;
@@ -442,44 +418,14 @@ function openUdp(o: UdpDatagramOptions): number {
   return fd;
 }
 
-// A socket file nobody reads any more (a crashed server's) may be replaced.
-function isStale(path: string, sa: Uint8Array): boolean {
-  try {
-    if (!lstatSync(path).isSocket()) return false;
-  } catch {
-    return false;
-  }
-  const probe = socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  try {
-    connect(probe, sa);
-    return false;
-  } catch (err) {
-    return (err as SystemError).code === "ECONNREFUSED";
-  } finally {
-    closeFd(probe);
-  }
-}
-
 function openUnixgram(o: UnixDatagramOptions): number {
   if (typeof o.path !== "string") invalid("path", o.path, "a Unix socket path");
-  if (
-    o.mode !== undefined &&
-    (typeof o.mode !== "number" || !Number.isInteger(o.mode) || o.mode < 0 || o.mode > 0o7777)
-  ) {
-    invalid("mode", o.mode, "a file mode from 0 to 0o7777, e.g. 0o660");
-  }
+  checkMode(o.mode);
   const sa = encodeUnix(o.path);
-  const abstract = o.path.startsWith("@");
   const fd = socket(C.AF_UNIX, C.SOCK_DGRAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
   try {
-    try {
-      bindOrExplain(fd, sa, `unixgram:${o.path}`);
-    } catch (err) {
-      if ((err as SystemError).code !== "EADDRINUSE" || abstract || !isStale(o.path, sa)) throw err;
-      unlinkSync(o.path);
-      bindOrExplain(fd, sa, `unixgram:${o.path}`);
-    }
-    if (o.mode !== undefined && !abstract) chmodSync(o.path, o.mode);
+    const where = `unixgram:${o.path}`;
+    bindUnix(fd, sa, { path: o.path, mode: o.mode, type: C.SOCK_DGRAM, where, verb: "bind" });
   } catch (err) {
     closeFd(fd);
     throw err;

@@ -16,14 +16,11 @@
  * @module
  */
 
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import { lookup } from "node:dns/promises";
 import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
-  bind,
   C,
   close as closeFd,
-  connect,
   fcntl,
   getsockname,
   getsockoptInt,
@@ -34,6 +31,7 @@ import {
   socket,
 } from "../ffi/mod.ts";
 import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { bindExplained, bindUnix, checkMode, checkPort, isV6Any } from "./bind.ts";
 import type { Acceptor, BaseConn, Conn } from "../runtime/conn.ts";
 import { type ListenerBackend, startAcceptor } from "../runtime/mod.ts";
 
@@ -190,9 +188,7 @@ async function openTcp(o: TcpListenOptions): Promise<number> {
   if (typeof hostname !== "string" || hostname === "") {
     invalid("hostname", hostname, "a numeric address or a host name");
   }
-  if (typeof o.port !== "number" || !Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
-    invalid("port", o.port, "an integer from 0 to 65535");
-  }
+  checkPort(o.port);
   const backlog = checkBacklog(o.backlog);
   const numeric = encodeInet(hostname, o.port);
   const sa = numeric ?? encodeInet(await resolveHost(hostname), o.port);
@@ -206,7 +202,7 @@ async function openTcp(o: TcpListenOptions): Promise<number> {
     if (family === C.AF_INET6 && isV6Any(sa)) {
       setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 0);
     }
-    bindTo(fd, sa, shown);
+    bindExplained(fd, sa, shown, "listen on");
     listenFd(fd, backlog);
   } catch (err) {
     closeFd(fd);
@@ -215,77 +211,22 @@ async function openTcp(o: TcpListenOptions): Promise<number> {
   return fd;
 }
 
-function isV6Any(sa: Uint8Array): boolean {
-  return (decode(sa) as { hostname: string }).hostname === "::";
-}
-
-/** `bind(2)`, with a message saying what the errno means for a listener. */
-function bindTo(fd: number, sa: Uint8Array, where: string): void {
-  try {
-    bind(fd, sa);
-  } catch (err) {
-    if (!(err instanceof SystemError)) throw err;
-    const why: Record<string, string> = {
-      EADDRINUSE: `cannot listen on ${where}: the address is already in use`,
-      EACCES: `cannot listen on ${where}: permission denied (ports below 1024 need ` +
-        "CAP_NET_BIND_SERVICE; Unix paths need write access to the directory)",
-      EADDRNOTAVAIL: `cannot listen on ${where}: that address is not on this machine`,
-    };
-    throw new SystemError(
-      "bind",
-      err.errno,
-      err.code,
-      why[err.code] ?? `cannot listen on ${where}`,
-    );
-  }
-}
-
-function isStaleSocket(path: string, sa: Uint8Array): boolean {
-  try {
-    if (!lstatSync(path).isSocket()) return false;
-  } catch {
-    return false;
-  }
-  const probe = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-  try {
-    connect(probe, sa);
-    return false; // someone accepts there
-  } catch (err) {
-    return (err as SystemError).code === "ECONNREFUSED";
-  } finally {
-    closeFd(probe);
-  }
-}
-
 function openUnix(o: UnixListenOptions): number {
   if (typeof o.path !== "string") invalid("path", o.path, "a Unix socket path");
   const backlog = checkBacklog(o.backlog);
-  if (
-    o.mode !== undefined &&
-    (typeof o.mode !== "number" || !Number.isInteger(o.mode) || o.mode < 0 || o.mode > 0o7777)
-  ) {
-    invalid("mode", o.mode, "a file mode from 0 to 0o7777, e.g. 0o660");
-  }
+  checkMode(o.mode);
   const sa = encodeUnix(o.path);
-  const abstract = o.path.startsWith("@");
   const fd = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
   try {
-    try {
-      bindTo(fd, sa, `unix:${o.path}`);
-    } catch (err) {
-      if ((err as SystemError).code !== "EADDRINUSE" || abstract) throw err;
-      if (!isStaleSocket(o.path, sa)) {
-        throw new SystemError(
-          "bind",
-          (err as SystemError).errno,
-          "EADDRINUSE",
-          `cannot listen on unix:${o.path}: a server listens there, or the path is not a socket`,
-        );
-      }
-      unlinkSync(o.path);
-      bindTo(fd, sa, `unix:${o.path}`);
-    }
-    if (o.mode !== undefined && !abstract) chmodSync(o.path, o.mode);
+    const where = `unix:${o.path}`;
+    bindUnix(fd, sa, {
+      path: o.path,
+      mode: o.mode,
+      type: C.SOCK_STREAM,
+      where,
+      verb: "listen on",
+      busy: `cannot listen on ${where}: a server listens there, or the path is not a socket`,
+    });
     listenFd(fd, backlog);
   } catch (err) {
     closeFd(fd);
