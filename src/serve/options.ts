@@ -1,7 +1,8 @@
 /**
  * Checking and splitting the one options object of {@link serve} and
  * `up.serve()`: where to listen, the handler (`fetch` or `handler`), instar's
- * options and the runtime's own.
+ * options and the runtime's own; and what serve() and serveNode() share: the
+ * target and mode checks, the server's URL, the drain's timings.
  *
  * @module
  */
@@ -9,7 +10,56 @@
 import { InstarError, invalid } from "../errors.ts";
 import { currentRuntime } from "../runtime/mod.ts";
 import type { SocketSpec } from "../lifecycle/registry.ts";
-import type { ServeOptions, UpgraderServeOptions } from "./types.ts";
+import type { Addr } from "../ffi/sockaddr.ts";
+import type { ServeMode, ServeOptions, ServeTarget, UpgraderServeOptions } from "./types.ts";
+
+/**
+ * After the drain delay, a server waits until it answered nothing for this long
+ * (at most `QUIET_MAX_MS`) before it closes idle connections: every busy
+ * keep-alive connection has had its last answer by then, and a connection it
+ * closes has been idle at least this long — a client that stalls for less (GC,
+ * a starved CPU) and then sends on it is never cut. 100 ms lost requests of
+ * stalled clients on a loaded 2-core machine; 1 s has not.
+ */
+export const QUIET_MS = 1_000;
+/** The longest quiet wait (see {@link QUIET_MS}). */
+export const QUIET_MAX_MS = 5_000;
+/** How long WebSockets closed with 1012 get to answer the close before their connections are cut. */
+export const WS_CLOSE_MS = 500;
+
+/** The fd of a serve target (an fd, or an object with one); `who` names the caller in the error. */
+export function targetFd(target: ServeTarget, who: string): number {
+  const fd = typeof target === "number" ? target : target?.fd;
+  if (!Number.isInteger(fd) || fd < 0) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `${who} target is ${String(fd)}; expected a listening fd or an object with an fd`,
+    );
+  }
+  return fd;
+}
+
+/** Throws `INVALID_ARGUMENT` unless `mode` is a serve mode; absent is "auto". */
+export function checkServeMode(mode: unknown): ServeMode {
+  if (mode === undefined) return "auto";
+  if (mode !== "auto" && mode !== "transplant" && mode !== "fallback") {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `mode is ${JSON.stringify(mode)}; expected "auto", "transplant" or "fallback"`,
+    );
+  }
+  return mode;
+}
+
+/** The URL a server on `addr` answers at (`http+unix://…` for a Unix socket). */
+export function urlOf(addr: Addr, tls: boolean): URL {
+  const scheme = tls ? "https" : "http";
+  if (addr.transport === "unix") {
+    return new URL(`${scheme}+unix://${encodeURIComponent(addr.path)}/`);
+  }
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  return new URL(`${scheme}://${host}:${addr.port}/`);
+}
 
 /** A handler as the adapters take it: Deno calls it with the info, Bun with the server. */
 export type AnyHandler = (request: Request, infoOrServer: never) => unknown;

@@ -42,7 +42,18 @@ import {
   type TransplantInfo,
 } from "../net/transplant.ts";
 import { currentRuntime, serveAdapter } from "../runtime/mod.ts";
-import { type AnyHandler, checkOneObject, refuseListenKeys, takeHandler } from "./options.ts";
+import {
+  type AnyHandler,
+  checkOneObject,
+  checkServeMode,
+  QUIET_MAX_MS,
+  QUIET_MS,
+  refuseListenKeys,
+  takeHandler,
+  targetFd,
+  urlOf,
+  WS_CLOSE_MS,
+} from "./options.ts";
 import { drain } from "../lifecycle/drain.ts";
 import { cutConnections } from "../net/connections.ts";
 import { deadline } from "../timeout.ts";
@@ -77,37 +88,6 @@ export type {
 export { splitListenOptions } from "./options.ts";
 
 // ---------------------------------------------------------------- serve()
-
-function targetFd(target: ServeTarget): number {
-  const fd = typeof target === "number" ? target : target?.fd;
-  if (!Number.isInteger(fd) || fd < 0) {
-    throw new InstarError(
-      "INVALID_ARGUMENT",
-      `serve() target is ${String(fd)}; expected a listening fd or an object with an fd`,
-    );
-  }
-  return fd;
-}
-
-function urlOf(addr: Addr, tls: boolean): URL {
-  const scheme = tls ? "https" : "http";
-  if (addr.transport === "unix") {
-    return new URL(`${scheme}+unix://${encodeURIComponent(addr.path)}/`);
-  }
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  return new URL(`${scheme}://${host}:${addr.port}/`);
-}
-
-function checkMode(mode: unknown): ServeMode {
-  if (mode === undefined) return "auto";
-  if (mode !== "auto" && mode !== "transplant" && mode !== "fallback") {
-    throw new InstarError(
-      "INVALID_ARGUMENT",
-      `mode is ${JSON.stringify(mode)}; expected "auto", "transplant" or "fallback"`,
-    );
-  }
-  return mode;
-}
 
 /** The throwaway address the native server starts on, and a way to remove what it left on disk. */
 function throwawayFor(addr: Addr, mode: ServeMode): {
@@ -154,11 +134,11 @@ export async function serve<WebSocketData = undefined>(
 ): Promise<Server> {
   // The old serve(fd, options, handler) form fails here with the new form in the message.
   checkOneObject("serve()", options, arguments.length);
-  const fd = targetFd(target);
+  const fd = targetFd(target, "serve()");
   const { mode, onFallback, drainDelayMs, drainTimeoutMs, dedupe, knownMasks, ...runtimeOptions } =
     options as unknown as InstarServeOptions & Record<string, unknown>;
   const instar = {
-    mode: checkMode(mode),
+    mode: checkServeMode(mode),
     onFallback,
     drainDelayMs,
     drainTimeoutMs,
@@ -266,20 +246,6 @@ export function serverEndpoint(server: Server): Endpoint {
   if (!e) throw new InstarError("INVALID_ARGUMENT", "not a server started by instar's serve()");
   return e;
 }
-
-/**
- * After the drain delay, a server waits until it answered nothing for this long
- * (at most `QUIET_MAX_MS`) before it closes idle connections: every busy
- * keep-alive connection has had its last answer by then, and a connection it
- * closes has been idle at least this long — a client that stalls for less (GC,
- * a starved CPU) and then sends on it is never cut. 100 ms lost requests of
- * stalled clients on a loaded 2-core machine; 1 s has not.
- */
-const QUIET_MS = 1_000;
-const QUIET_MAX_MS = 5_000;
-
-/** How long WebSockets closed with 1012 get to answer the close before their connections are cut. */
-const WS_CLOSE_MS = 500;
 
 function drainParts(
   native: NativeServer,

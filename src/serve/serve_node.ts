@@ -51,6 +51,7 @@ import type {
   NodeServing,
   UpgraderServeNodeOptions,
 } from "./node_types.ts";
+import { checkServeMode, QUIET_MAX_MS, QUIET_MS, targetFd, urlOf, WS_CLOSE_MS } from "./options.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type { ServeMode, ServeTarget } from "./types.ts";
 
@@ -61,12 +62,6 @@ export type {
   NodeServing,
   UpgraderServeNodeOptions,
 } from "./node_types.ts";
-
-/** The quiet wait before idle connections close: as {@link serve}'s (src/serve/serve.ts). */
-const QUIET_MS = 1_000;
-const QUIET_MAX_MS = 5_000;
-/** How long WebSockets closed with 1012 get to answer before their connections are cut. */
-const WS_CLOSE_MS = 500;
 
 function checkServer(server: unknown): NodeHttpServer {
   const s = server as Partial<NodeHttpServer> | null;
@@ -86,28 +81,6 @@ function checkServer(server: unknown): NodeHttpServer {
     );
   }
   return s as NodeHttpServer;
-}
-
-function checkMode(mode: unknown): ServeMode {
-  if (mode === undefined) return "auto";
-  if (mode !== "auto" && mode !== "transplant" && mode !== "fallback") {
-    throw new InstarError(
-      "INVALID_ARGUMENT",
-      `mode is ${JSON.stringify(mode)}; expected "auto", "transplant" or "fallback"`,
-    );
-  }
-  return mode;
-}
-
-function targetFd(target: ServeTarget): number {
-  const fd = typeof target === "number" ? target : target?.fd;
-  if (!Number.isInteger(fd) || fd < 0) {
-    throw new InstarError(
-      "INVALID_ARGUMENT",
-      `serveNode() target is ${String(fd)}; expected a listening fd or an object with an fd`,
-    );
-  }
-  return fd;
 }
 
 /** Where the server starts before the transplant (or behind the proxy), and how to clean up. */
@@ -134,15 +107,6 @@ function listenOn(server: NodeHttpServer, options: object): Promise<Addr> {
       else reject(new InstarError("SERVE_FAILED", "the node:http server has no address"));
     });
   });
-}
-
-function urlOf(addr: Addr, tls: boolean): URL {
-  const scheme = tls ? "https" : "http";
-  if (addr.transport === "unix") {
-    return new URL(`${scheme}+unix://${encodeURIComponent(addr.path)}/`);
-  }
-  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-  return new URL(`${scheme}://${host}:${addr.port}/`);
 }
 
 // `server.address()` names the socket, not the throwaway address.
@@ -246,9 +210,9 @@ export async function serveNode(
   server: NodeHttpServer,
   options: NodeServeOptions = {},
 ): Promise<NodeServing> {
-  const fd = targetFd(target);
+  const fd = targetFd(target, "serveNode()");
   checkServer(server);
-  const o = { ...options, mode: checkMode(options.mode) };
+  const o = { ...options, mode: checkServeMode(options.mode) };
   const addr = decode(getsockname(fd));
   // A Listener already accepts on its socket: from now on the HTTP server does.
   if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
