@@ -15,12 +15,11 @@
  * @module
  */
 
-import { spawn, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { ROOT } from "../tests/support/procs.ts";
+import { median, RUNTIME_COMMANDS, wrkRun } from "./wrk_run.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -31,54 +30,24 @@ const { values } = parseArgs({
   },
 });
 const rounds = Number(values.rounds), seconds = Number(values.seconds);
-const commands: Record<string, string[]> = {
-  deno: [join(ROOT, "node_modules/.bin/deno"), "run", "-A", "--no-check"],
-  bun: [join(ROOT, "node_modules/.bin/bun")],
-};
-const runtimes = Object.keys(commands).filter((k) => !values.runtime || values.runtime.includes(k));
+const commands = RUNTIME_COMMANDS;
+const runtimes = (Object.keys(commands) as (keyof typeof commands)[]).filter((k) =>
+  !values.runtime || values.runtime.includes(k)
+);
 const variants = ["bare", "serve", "counted", "scraped"];
 
-/** CPU time (user + system, all threads) of a process in ms, from /proc/<pid>/stat. */
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) * 10;
+function measure(
+  rt: keyof typeof commands,
+  variant: string,
+): Promise<{ rps: number; cpu: number }> {
+  return wrkRun({
+    server: [...commands[rt], join(ROOT, "bench/metrics_server.ts"), variant],
+    label: `${rt} ${variant}`,
+    ready: /port=(\d+)/,
+    connections: 50,
+    seconds,
+  }).then((m) => ({ rps: m.rps, cpu: m.cpuUsPerReq }));
 }
-
-async function measure(rt: string, variant: string): Promise<{ rps: number; cpu: number }> {
-  const [cmd, ...args] = commands[rt];
-  const child = spawn(cmd, [...args, join(ROOT, "bench/metrics_server.ts"), variant], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = "";
-      child.stdout!.on("data", (d) => {
-        out += d;
-        const m = /port=(\d+)/.exec(out);
-        if (m) resolve(Number(m[1]));
-      });
-      child.on("exit", (code) => reject(new Error(`${rt} ${variant} exited (${code}): ${out}`)));
-    });
-    const url = `http://127.0.0.1:${port}/`;
-    spawnSync("wrk", ["-t1", "-c50", "-d1s", url]); // warm-up
-    const cpu0 = cpuMs(child.pid!);
-    const r = spawnSync("wrk", ["-t1", "-c50", `-d${seconds}s`, url], { encoding: "utf8" });
-    const cpu = cpuMs(child.pid!) - cpu0;
-    const rate = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout ?? "");
-    const n = /(\d+) requests in/.exec(r.stdout ?? "");
-    if (!rate || !n) throw new Error(`wrk printed no rate: ${r.stdout}${r.stderr}`);
-    if (/Non-2xx|Socket errors/.test(r.stdout)) console.error(`  ${rt} ${variant}: wrk saw errors`);
-    return { rps: Number(rate[1]), cpu: (cpu * 1000) / Number(n[1]) };
-  } finally {
-    child.kill("SIGKILL");
-  }
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const rps: Record<string, number[]> = {}, cpus: Record<string, number[]> = {};
 for (let round = 1; round <= rounds; round++) {

@@ -13,12 +13,12 @@
  * @module
  */
 
-import { spawn, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { ROOT } from "../tests/support/procs.ts";
+import { median, RUNTIME_COMMANDS, wrkRun } from "./wrk_run.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -44,10 +44,7 @@ function ensureWrk(): string {
   return "wrk";
 }
 
-const commands = {
-  deno: [join(ROOT, "node_modules/.bin/deno"), "run", "-A", "--no-check"],
-  bun: [join(ROOT, "node_modules/.bin/bun")],
-};
+const commands = RUNTIME_COMMANDS;
 type Runtime = keyof typeof commands;
 const runtimes = Object.fromEntries(
   Object.entries(commands).filter(([k]) => !values.runtime || values.runtime.includes(k)),
@@ -59,57 +56,17 @@ const variants = [
   ...(values["no-fallback"] ? [] : ["fallback"]),
 ];
 
-/** CPU time (user + system, all threads) of a process in ms, from /proc/<pid>/stat. */
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime in 100 Hz ticks
-}
-
-async function measure(
-  rt: Runtime,
-  variant: string,
-  wrk: string,
-): Promise<{ rps: number; cpuUsPerReq: number }> {
-  const [cmd, ...args] = commands[rt];
-  const child = spawn(cmd, [...args, join(ROOT, "bench/serve_server.ts"), variant], {
-    stdio: ["ignore", "pipe", "inherit"],
+function measure(rt: Runtime, variant: string): Promise<{ rps: number; cpuUsPerReq: number }> {
+  return wrkRun({
+    server: [...commands[rt], join(ROOT, "bench/serve_server.ts"), variant],
+    label: `${rt} ${variant}`,
+    ready: /port=(\d+)/,
+    connections,
+    seconds,
   });
-  try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = "";
-      child.stdout!.on("data", (d) => {
-        out += d;
-        const m = /port=(\d+)/.exec(out);
-        if (m) resolve(Number(m[1]));
-      });
-      child.on("exit", (code) => reject(new Error(`${rt} ${variant} exited (${code}): ${out}`)));
-    });
-    const url = `http://127.0.0.1:${port}/`;
-    // Warm-up (JIT, connection setup), then the measured run.
-    spawnSync(wrk, ["-t1", `-c${connections}`, "-d1s", url]);
-    const cpu0 = cpuMs(child.pid!);
-    const r = spawnSync(wrk, ["-t1", `-c${connections}`, `-d${seconds}s`, url], {
-      encoding: "utf8",
-    });
-    const cpu = cpuMs(child.pid!) - cpu0;
-    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout ?? "");
-    const n = /(\d+) requests in/.exec(r.stdout ?? "");
-    const errors = /Non-2xx|Socket errors/.exec(r.stdout ?? "");
-    if (!m) throw new Error(`wrk printed no rate: ${r.stdout}${r.stderr}`);
-    if (errors) console.error(`  ${rt} ${variant}: ${errors[0]} in wrk output`);
-    return { rps: Number(m[1]), cpuUsPerReq: (cpu * 1000) / Number(n?.[1] ?? NaN) };
-  } finally {
-    child.kill("SIGKILL");
-  }
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
-const wrk = ensureWrk();
+ensureWrk();
 const results: Record<string, number[]> = {};
 const cpus: Record<string, number[]> = {};
 for (let round = 1; round <= rounds; round++) {
@@ -117,7 +74,7 @@ for (let round = 1; round <= rounds; round++) {
     // Alternate the order inside a round so neither variant always runs first.
     const order = round % 2 ? variants : [...variants].reverse();
     for (const v of order) {
-      const { rps, cpuUsPerReq } = await measure(rt, v, wrk);
+      const { rps, cpuUsPerReq } = await measure(rt, v);
       (results[`${rt} ${v}`] ??= []).push(rps);
       (cpus[`${rt} ${v}`] ??= []).push(cpuUsPerReq);
       console.error(

@@ -18,12 +18,11 @@
  * @module
  */
 
-import { spawn, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { ROOT } from "../tests/support/procs.ts";
+import { median, RUNTIME_COMMANDS, wrkRun } from "./wrk_run.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -39,10 +38,7 @@ const { values } = parseArgs({
 const rounds = Number(values.rounds), seconds = Number(values.seconds);
 const connections = Number(values.connections);
 
-const commands = {
-  deno: [join(ROOT, "node_modules/.bin/deno"), "run", "-A", "--no-check"],
-  bun: [join(ROOT, "node_modules/.bin/bun")],
-};
+const commands = RUNTIME_COMMANDS;
 type Runtime = keyof typeof commands;
 const rts = (Object.keys(commands) as Runtime[]).filter((r) =>
   !values.runtime || values.runtime.includes(r)
@@ -54,60 +50,19 @@ const variantsOf = (rt: Runtime) => [
   ...(values.paths ? ["own+drain", ...(rt === "deno" ? ["transplant"] : []), "fallback"] : []),
 ];
 
-/** CPU time (user + system, all threads) of a process in ms, from /proc/<pid>/stat. */
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime in 100 Hz ticks
-}
-
 type Sample = { rps: number; cpuUsPerReq: number; mode: string };
 
 async function measure(rt: Runtime, app: string, variant: string): Promise<Sample> {
-  const [cmd, ...args] = commands[rt];
-  const script = join(ROOT, "bench/serve_node_server.ts");
-  const child = spawn("taskset", ["-c", "0", cmd, ...args, script, app, variant], {
-    stdio: ["ignore", "pipe", "inherit"],
+  const m = await wrkRun({
+    server: [...commands[rt], join(ROOT, "bench/serve_node_server.ts"), app, variant],
+    label: `${rt} ${app} ${variant}`,
+    ready: /port=(\d+) mode=([\w+]+)/,
+    connections,
+    seconds,
+    pin: true,
   });
-  try {
-    const [port, mode] = await new Promise<[number, string]>((resolve, reject) => {
-      let out = "";
-      child.stdout!.on("data", (d) => {
-        out += d;
-        const m = /port=(\d+) mode=([\w+]+)/.exec(out);
-        if (m) resolve([Number(m[1]), m[2]]);
-      });
-      child.on("exit", (code) => reject(new Error(`${rt} ${app} ${variant} exited (${code})`)));
-    });
-    const wrk = (s: number) =>
-      spawnSync("taskset", [
-        "-c",
-        "1",
-        "wrk",
-        "-t1",
-        `-c${connections}`,
-        `-d${s}s`,
-        `http://127.0.0.1:${port}/`,
-      ], { encoding: "utf8" });
-    wrk(1); // warm-up: JIT, connections
-    const cpu0 = cpuMs(child.pid!);
-    const r = wrk(seconds);
-    const cpu = cpuMs(child.pid!) - cpu0;
-    const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout ?? "");
-    const n = /(\d+) requests in/.exec(r.stdout ?? "");
-    const errors = /Non-2xx.*|Socket errors.*/.exec(r.stdout ?? "");
-    if (!m) throw new Error(`wrk printed no rate: ${r.stdout}${r.stderr}`);
-    if (errors) console.error(`  ${rt} ${app} ${variant}: ${errors[0]}`);
-    return { rps: Number(m[1]), cpuUsPerReq: (cpu * 1000) / Number(n?.[1] ?? NaN), mode };
-  } finally {
-    child.kill("SIGKILL");
-  }
+  return { rps: m.rps, cpuUsPerReq: m.cpuUsPerReq, mode: m.match[2] };
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 const runs: Record<string, Sample[]> = {};
 for (let round = 1; round <= rounds; round++) {
