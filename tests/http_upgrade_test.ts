@@ -4,7 +4,7 @@
 // failure counted, every POST answered exactly once.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { assertLoadsAnswered, assertPostsRead } from "./support/generations.ts";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
@@ -70,24 +70,13 @@ for (const backend of ["fork", "posix_spawn"] as const) {
           ac.abort();
         }
         const [k, p, s] = await Promise.all([keepAlive, posts, short]);
-        for (const [name, r] of [["keep-alive", k], ["POST", p], ["short", s]] as const) {
-          assert.equal(
-            r.failed,
-            0,
-            `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`,
-          );
-          assert.ok(r.ok > 100, `${name}: only ${r.ok} responses`);
-        }
+        assertLoadsAnswered({ "keep-alive": k, POST: p, short: s });
         assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
         assert.equal(alive(current), true);
         process.kill(current, "SIGTERM");
         // Every generation appends its count once it has drained: wait for all of them.
         for (const pid of server.pids) await stopped(pid);
-        // Every generation appended how many POST bodies it read once it had drained.
-        const lines = readFileSync(stats, "utf8").trim().split("\n");
-        assert.equal(lines.length, 21, `one line per generation: ${lines.join(" | ")}`);
-        const read = lines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
-        assert.equal(read, p.ok, "the server read exactly the POSTs the client got answers to");
+        assertPostsRead(stats, 21, p.ok);
       });
     });
   }

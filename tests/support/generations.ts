@@ -5,9 +5,12 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { type Leftovers, RUNTIME, runtimeCmd, type ServerProcess, startServer } from "./helpers.ts";
+import type { LoadResult } from "./load_client.ts";
 import { nextPidInPidFile, portOf, readyGeneration } from "./status.ts";
 
 /** A server started by {@link startGenerations}. */
@@ -49,4 +52,24 @@ export async function upgradeByHup(g: Generations, pid: number): Promise<number>
   const next = await nextPidInPidFile(g.pidFile, pid, { timeoutMs: 60_000, log: g.server.lines });
   g.server.pids.add(next); // killed after the tests even if it has not logged yet
   return next;
+}
+
+/** Asserts that every named load failed no request and got more than 100 answers. */
+export function assertLoadsAnswered(loads: Record<string, LoadResult>): void {
+  for (const [name, r] of Object.entries(loads)) {
+    assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    assert.ok(r.ok > 100, `${name}: only ${r.ok} responses`);
+  }
+}
+
+/**
+ * Asserts that the `--stats-file` at `stats` has one `<pid> <POST bodies read>`
+ * line per generation (`generations` of them, each appended once it drained) and
+ * that together they read exactly the `answered` POSTs the client got answers to.
+ */
+export function assertPostsRead(stats: string, generations: number, answered: number): void {
+  const lines = readFileSync(stats, "utf8").trim().split("\n");
+  assert.equal(lines.length, generations, `one line per generation: ${lines.join(" | ")}`);
+  const read = lines.reduce((n, l) => n + Number(l.split(" ")[1]), 0);
+  assert.equal(read, answered, "the servers read exactly the POSTs the client got answers to");
 }
