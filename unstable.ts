@@ -29,7 +29,7 @@ export {
   transplant,
   type TransplantInfo,
   type TransplantOptions,
-} from "./src/net/transplant.ts";
+} from "./src/runtime/transplant.ts";
 export {
   type ActivatedRequest,
   type ActivatedSocket,

@@ -8,7 +8,7 @@
 
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
 
 /**
  * An accepted connection, in the spirit of `Deno.Conn`. The bytes move through

@@ -40,7 +40,7 @@ import {
   resumeAccepting,
   transplant,
   type TransplantInfo,
-} from "../net/transplant.ts";
+} from "../runtime/transplant.ts";
 import { currentRuntime, serveAdapter } from "../runtime/mod.ts";
 import {
   type AnyHandler,

@@ -38,7 +38,7 @@ import {
   resumeSocket,
   transplant,
   type TransplantInfo,
-} from "../net/transplant.ts";
+} from "../runtime/transplant.ts";
 import { serveNodeAdapter } from "../runtime/mod.ts";
 import { deadline } from "../timeout.ts";
 import type { Endpoint } from "../types.ts";

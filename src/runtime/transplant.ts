@@ -34,7 +34,7 @@ import {
   setsockoptInt,
 } from "../ffi/mod.ts";
 import { type Addr, decode, formatAddr } from "../ffi/sockaddr.ts";
-import { reactorMasks } from "../runtime/reactors.ts";
+import { reactorMasks } from "./reactors.ts";
 import {
   epollFds,
   type EpollRegistration,
@@ -46,7 +46,7 @@ import {
 
 export type { EpollRegistration } from "../proc.ts";
 
-export { KNOWN_EVENT_MASKS } from "../runtime/reactors.ts";
+export { KNOWN_EVENT_MASKS } from "./reactors.ts";
 
 /**
  * How two epoll fds are compared to find whether they are one epoll instance.
