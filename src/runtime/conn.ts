@@ -16,9 +16,10 @@ import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
  * for await (const conn of listener) {
  *   const buf = new Uint8Array(4096);
  *   const n = await conn.read(buf);

@@ -459,8 +459,7 @@ export interface PausedSocket {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
- * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
+ * import { listen, pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * const paused = pauseSocket(listener.fd); // connections wait in the kernel
@@ -492,8 +491,7 @@ export function pauseSocket(fd: number): PausedSocket {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
- * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
+ * import { listen, pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * resumeSocket(pauseSocket(listener.fd));

@@ -197,7 +197,7 @@ export type ServeMode = "auto" | "transplant" | "fallback";
  *
  * @example
  * ```ts
- * import { listen, type ServeTarget } from "@instar/instar";
+ * import { listen, type ServeTarget } from "@instar/instar/unstable";
  *
  * const target: ServeTarget = await listen({ port: 8080 });
  * ```
@@ -209,10 +209,11 @@ export type ServeTarget = number | { readonly fd: number };
  *
  * @example
  * ```ts
- * import { type InstarServeOptions, serve } from "@instar/instar";
+ * import { type InstarServeOptions, Upgrader } from "@instar/instar";
  *
- * const instar: InstarServeOptions = { mode: "transplant", drainTimeoutMs: 5_000 };
- * await serve(3, { ...instar, fetch: () => new Response("hello") });
+ * const instar: InstarServeOptions = { mode: "transplant", drainDelayMs: 500 };
+ * const up = await Upgrader.create();
+ * await up.serve({ port: 8080, ...instar, fetch: () => new Response("hello") });
  * ```
  */
 export interface InstarServeOptions {
@@ -243,10 +244,11 @@ export interface InstarServeOptions {
  *
  * @example
  * ```ts
- * import { serve, type ServeOptions } from "@instar/instar";
+ * import { type ServeOptions, Upgrader } from "@instar/instar";
  *
  * const options: ServeOptions = { mode: "auto", fetch: () => new Response("hello") };
- * await serve(3, options);
+ * const up = await Upgrader.create();
+ * await up.serve({ port: 8080, ...options });
  * ```
  */
 export type ServeOptions<WebSocketData = undefined> =
@@ -311,11 +313,11 @@ export type UpgraderServeOptions<WebSocketData = undefined> =
  *
  * @example
  * ```ts
- * import { serve, type Server } from "@instar/instar";
+ * import { type Server, Upgrader } from "@instar/instar";
  *
- * const server: Server = await serve(3, { fetch: () => new Response("hello") });
+ * const up = await Upgrader.create();
+ * const server: Server = await up.serve({ port: 8080, fetch: () => new Response("hello") });
  * console.log(server.url.href, server.mode);
- * await server.shutdown();
  * ```
  */
 export interface Server {
