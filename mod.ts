@@ -67,12 +67,7 @@ export type {
 } from "./src/types.ts";
 export type { StatusReport } from "./src/protocol.ts";
 export type { SpawnBackend } from "./src/process/spawn.ts";
-export type {
-  Conn,
-  Listener,
-  TcpListenOptions,
-  UnixListenOptions,
-} from "./src/net/listener.ts";
+export type { Conn, Listener, TcpListenOptions, UnixListenOptions } from "./src/net/listener.ts";
 export type {
   bunServe,
   BunServeOptions,

@@ -502,7 +502,6 @@ export async function openDatagram(
  * process alone and does not survive an upgrade. An application uses
  * `up.listenDatagram()` instead, whose socket the next generation inherits.
  *
- *
  * - `{ hostname?, port }`: UDP; `hostname` is numeric (default `"0.0.0.0"`,
  *   `"::"` is dual-stack); port 0 picks a free port.
  * - `{ path, mode? }`: a Unix datagram socket (`@name` is abstract).

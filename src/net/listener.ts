@@ -457,7 +457,6 @@ export async function openListener(
  * process alone and does not survive an upgrade. An application uses
  * `up.listen()` instead, whose socket the next generation inherits.
  *
- *
  * - `{ hostname?, port, backlog? }`: TCP. `hostname` defaults to `"0.0.0.0"`;
  *   `"::"` listens on IPv6 and IPv4; names are resolved with `node:dns`
  *   (`ENOTFOUND` when they do not resolve). Port 0 picks a free port.
