@@ -6,9 +6,9 @@
  * an upgrade), the Prometheus text of a {@link Metrics} object, the epoll
  * transplant that puts a native server on a socket it did not open, pausing
  * a socket in every reactor of the process, spawning without running
- * JavaScript in the child, sd_notify and socket activation. They rest on
- * undocumented reactor details and may change in any release; applications
- * use the main module.
+ * JavaScript in the child, sd_notify and socket activation. Some rest on
+ * undocumented reactor details, and any of them may change in any release;
+ * applications use the main module.
  *
  * @example
  * ```ts
