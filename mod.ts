@@ -6,7 +6,11 @@
  * and exits. If the new version crashes, hangs or is broken, the old one never
  * stopped serving.
  *
- * This module is what an application needs. Low-level primitives (the epoll
+ * This module is what an application needs: the {@link Upgrader} (whose
+ * `listen`, `serve`, `serveNode` and `listenDatagram` open sockets that
+ * survive upgrades), {@link logLifecycle}, the `/metrics` and `/healthz`
+ * answers, {@link readTlsFiles} and the errors. Low-level primitives (the
+ * standalone `listen`/`serve`, which do not survive upgrades, the epoll
  * transplant, spawning, sd_notify, socket activation) are in `./unstable`,
  * without a stability promise.
  *
@@ -25,21 +29,25 @@
  * @module
  */
 
+// Values: what an application calls.
 export { Upgrader } from "./src/lifecycle/upgrader.ts";
+export { logLifecycle, type LogOptions } from "./src/lifecycle/log.ts";
+export { metricsResponse } from "./src/observe/prometheus.ts";
+export { healthResponse } from "./src/observe/health.ts";
+export { readTlsFiles, type TlsFileOptions, type TlsFiles } from "./src/serve/tls_files.ts";
+export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./src/errors.ts";
+
+// Types: what the Upgrader's options, methods, events and metrics name.
 export type { UpgraderOptions } from "./src/lifecycle/options.ts";
 export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
 export type { DatagramSpec, SocketSpec } from "./src/lifecycle/registry.ts";
-export {
-  type DatagramAddr,
-  type DatagramOptions,
-  type DatagramSocket,
-  type FdDatagramOptions,
-  listenDatagram,
-  type ReceivedDatagram,
-  type UdpDatagramOptions,
-  type UnixDatagramOptions,
+export type {
+  DatagramAddr,
+  DatagramSocket,
+  ReceivedDatagram,
+  UdpDatagramOptions,
+  UnixDatagramOptions,
 } from "./src/net/datagram.ts";
-export { logLifecycle, type LogOptions } from "./src/lifecycle/log.ts";
 export type { EndpointMetrics, GenerationConnections, Metrics } from "./src/observe/metrics.ts";
 export type { UpgradeCounts } from "./src/observe/counters.ts";
 export type {
@@ -48,14 +56,6 @@ export type {
   UpgradeReport,
   UpgradeTrigger,
 } from "./src/observe/report.ts";
-export {
-  metricsResponse,
-  metricsText,
-  PROMETHEUS_CONTENT_TYPE,
-  prometheusText,
-} from "./src/observe/prometheus.ts";
-export { healthResponse } from "./src/observe/health.ts";
-export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./src/errors.ts";
 export type {
   Addr,
   ExitReason,
@@ -67,38 +67,27 @@ export type {
 } from "./src/types.ts";
 export type { StatusReport } from "./src/protocol.ts";
 export type { SpawnBackend } from "./src/process/spawn.ts";
-export {
-  type Conn,
-  type FdListenOptions,
-  listen,
-  type Listener,
-  type ListenOptions,
-  type TcpListenOptions,
-  type UnixListenOptions,
-} from "./src/net/listener.ts";
-export {
-  type bunServe,
-  type BunServeOptions,
-  type DenoServeOptions,
-  type InstarServeOptions,
-  type PortableServeOptions,
-  type RuntimeServeOptions,
-  serve,
-  type ServeHandler,
-  type ServeHandlerInfo,
-  type ServeListenOptions,
-  type ServeMode,
-  type ServeOptions,
-  type Server,
-  type ServeTarget,
-  type UpgraderServeOptions,
+export type { Conn, Listener, TcpListenOptions, UnixListenOptions } from "./src/net/listener.ts";
+export type {
+  bunServe,
+  BunServeOptions,
+  DenoServeOptions,
+  InstarServeOptions,
+  PortableServeOptions,
+  RuntimeServeOptions,
+  ServeHandler,
+  ServeHandlerInfo,
+  ServeListenOptions,
+  ServeMode,
+  ServeOptions,
+  Server,
+  UpgraderServeOptions,
 } from "./src/serve/serve.ts";
-export { readTlsFiles, type TlsFileOptions, type TlsFiles } from "./src/serve/tls_files.ts";
-export {
-  type NodeHttpServer,
-  type NodeServeOptions,
-  type NodeServePath,
-  type NodeServing,
-  serveNode,
-  type UpgraderServeNodeOptions,
+export type {
+  NodeHttpServer,
+  NodeServeOptions,
+  NodeServePath,
+  NodeServing,
+  UpgraderServeNodeOptions,
 } from "./src/serve/serve_node.ts";
+export type { DedupeMethod } from "./src/runtime/transplant.ts";

@@ -8,7 +8,8 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
 import { serve } from "../src/serve/serve.ts";
-import { prometheusText, Upgrader } from "../mod.ts";
+import { Upgrader } from "../mod.ts";
+import { prometheusText } from "../unstable.ts";
 
 const variant = process.argv[2] ?? "bare";
 const G = globalThis as unknown as {

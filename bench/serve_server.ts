@@ -6,7 +6,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet, type NetAddr } from "../src/ffi/sockaddr.ts";
 import { serve } from "../src/serve/serve.ts";
-import { transplant } from "../src/net/transplant.ts";
+import { transplant } from "../src/runtime/transplant.ts";
 
 type Variant = "bare" | "raw" | "transplant" | "fallback";
 const variant = (process.argv[2] ?? "bare") as Variant;

@@ -4,9 +4,10 @@
  * generation, prefixed with the generation's pid.
  *
  * Across an upgrade, open sockets stay on the old generation and keep
- * chatting until they close or the drain timeout closes them (code 1001);
- * new sockets reach the new generation. When its generation starts draining,
- * every client gets a `draining` notice, so it can reconnect when it suits it.
+ * chatting until they close or the drain timeout closes them (code 1012,
+ * Service Restart); new sockets reach the new generation. When its generation
+ * starts draining, every client gets a `draining` notice, so it can reconnect
+ * when it suits it.
  *
  *   deno run -A examples/ws_chat.ts --port 8080     (or: bun examples/ws_chat.ts …)
  *   kill -HUP $(cat app.pid)    # start the new generation; open chats stay on this one

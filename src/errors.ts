@@ -14,10 +14,11 @@ import type { UpgradeFailure, UpgradeRefusal } from "./types.ts";
  *
  * @example
  * ```ts
- * import { InstarError, listen } from "@instar/instar";
+ * import { InstarError, Upgrader } from "@instar/instar";
  *
+ * const up = await Upgrader.create();
  * try {
- *   await listen({ port: 70000 });
+ *   await up.listen({ port: 70000 });
  * } catch (err) {
  *   if (err instanceof InstarError) console.error(err.code); // "INVALID_ARGUMENT"
  * }
@@ -47,15 +48,13 @@ export class InstarError extends Error {
  *
  * @example
  * ```ts
- * import { listen, SystemError } from "@instar/instar";
+ * import { SystemError, Upgrader } from "@instar/instar";
  *
- * const first = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
  * try {
- *   await listen({ hostname: "127.0.0.1", port: first.addr.port });
+ *   await up.listen({ port: 80 }); // another server has it, or no permission
  * } catch (err) {
- *   if (err instanceof SystemError) console.error(err.code, err.syscall); // "EADDRINUSE" "bind"
- * } finally {
- *   first.close();
+ *   if (err instanceof SystemError) console.error(err.code, err.syscall); // e.g. "EADDRINUSE" "bind"
  * }
  * ```
  */

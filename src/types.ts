@@ -45,9 +45,10 @@ export interface UnixAddr {
  *
  * @example
  * ```ts
- * import { type Addr, listen } from "@instar/instar";
+ * import { type Addr, Upgrader } from "@instar/instar";
  *
- * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
  * const addr: Addr = listener.addr;
  * console.log(addr.transport === "tcp" ? addr.port : addr.path);
  * ```

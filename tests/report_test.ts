@@ -14,9 +14,9 @@ import {
   logLifecycle,
   type Metrics,
   metricsResponse,
-  prometheusText,
   Upgrader,
 } from "../mod.ts";
+import { prometheusText } from "../unstable.ts";
 import {
   type CarriedCounters,
   MAX_COUNTER_KEYS,

@@ -15,7 +15,7 @@ import {
   resumeSocket,
   transplant,
   type TransplantOptions,
-} from "../src/net/transplant.ts";
+} from "../src/runtime/transplant.ts";
 import { socketInode } from "../src/proc.ts";
 import {
   connectClient,

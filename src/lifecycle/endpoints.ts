@@ -8,7 +8,7 @@
 import { acceptQueueLength, C, close as closeFd, shutdown } from "../ffi/mod.ts";
 import { sleep } from "../timeout.ts";
 import type { Listener } from "../net/listener.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { openConnections } from "../net/sock_diag.ts";
 import { type Server, serverEndpoint as endpointOfServer } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";

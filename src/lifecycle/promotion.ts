@@ -21,7 +21,7 @@
 import process from "node:process";
 import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import { dupCloexec, signalName } from "../ffi/mod.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { processRuns } from "../proc.ts";
 import {
   checkReason,

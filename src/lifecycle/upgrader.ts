@@ -14,7 +14,7 @@ import { formatAddr } from "../ffi/sockaddr.ts";
 import { listen, type Listener, openSocket } from "../net/listener.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
 import type { MessageSocket, StatusReport } from "../protocol.ts";
 import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";

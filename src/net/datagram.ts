@@ -43,10 +43,11 @@ export type { DatagramAddr } from "../runtime/datagram_reader.ts";
  *
  * @example
  * ```ts
- * import { listenDatagram, type UdpDatagramOptions } from "@instar/instar";
+ * import { type UdpDatagramOptions, Upgrader } from "@instar/instar";
  *
  * const o: UdpDatagramOptions = { hostname: "127.0.0.1", port: 5353 };
- * const sock = await listenDatagram(o);
+ * const up = await Upgrader.create();
+ * const sock = await up.listenDatagram(o);
  * ```
  */
 export interface UdpDatagramOptions {
@@ -62,10 +63,11 @@ export interface UdpDatagramOptions {
  *
  * @example
  * ```ts
- * import { listenDatagram, type UnixDatagramOptions } from "@instar/instar";
+ * import { type UnixDatagramOptions, Upgrader } from "@instar/instar";
  *
  * const o: UnixDatagramOptions = { path: "/run/app/log.sock", mode: 0o660 };
- * const sock = await listenDatagram(o);
+ * const up = await Upgrader.create();
+ * const sock = await up.listenDatagram(o);
  * ```
  */
 export interface UnixDatagramOptions {
@@ -80,7 +82,7 @@ export interface UnixDatagramOptions {
  *
  * @example
  * ```ts
- * import { listenDatagram } from "@instar/instar";
+ * import { listenDatagram } from "@instar/instar/unstable";
  *
  * const sock = await listenDatagram({ fd: 3 });
  * ```
@@ -95,7 +97,7 @@ export interface FdDatagramOptions {
  *
  * @example
  * ```ts
- * import { type DatagramOptions, listenDatagram } from "@instar/instar";
+ * import { type DatagramOptions, listenDatagram } from "@instar/instar/unstable";
  *
  * const where: DatagramOptions = { hostname: "::", port: 514 };
  * const sock = await listenDatagram(where);
@@ -108,9 +110,10 @@ export type DatagramOptions = UdpDatagramOptions | UnixDatagramOptions | FdDatag
  *
  * @example
  * ```ts
- * import { listenDatagram, type ReceivedDatagram } from "@instar/instar";
+ * import { type ReceivedDatagram, Upgrader } from "@instar/instar";
  *
- * const sock = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
  * const d: ReceivedDatagram = await sock.receive();
  * await sock.send(d.data, d.addr);
  * ```
@@ -128,9 +131,10 @@ export interface ReceivedDatagram {
  *
  * @example
  * ```ts
- * import { listenDatagram } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * await using sock = await listenDatagram({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
  * for await (const { data, addr } of sock) await sock.send(data, addr);
  * ```
  */
@@ -494,6 +498,10 @@ export async function openDatagram(
 /**
  * Opens a datagram socket and reads it with the runtime's own I/O.
  *
+ * Standalone, from `@instar/instar/unstable`: the socket belongs to this
+ * process alone and does not survive an upgrade. An application uses
+ * `up.listenDatagram()` instead, whose socket the next generation inherits.
+ *
  * - `{ hostname?, port }`: UDP; `hostname` is numeric (default `"0.0.0.0"`,
  *   `"::"` is dual-stack); port 0 picks a free port.
  * - `{ path, mode? }`: a Unix datagram socket (`@name` is abstract).
@@ -504,7 +512,7 @@ export async function openDatagram(
  *
  * @example
  * ```ts
- * import { listenDatagram } from "@instar/instar";
+ * import { listenDatagram } from "@instar/instar/unstable";
  *
  * const sock = await listenDatagram({ hostname: "127.0.0.1", port: 5353 });
  * for await (const { data, addr } of sock) await sock.send(data, addr);

@@ -43,9 +43,10 @@ export type { Addr } from "../ffi/sockaddr.ts";
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * const listener = await listen({ hostname: "::", port: 8080, backlog: 1024 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ hostname: "::", port: 8080, backlog: 1024 });
  * ```
  */
 export interface TcpListenOptions {
@@ -62,9 +63,10 @@ export interface TcpListenOptions {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * const listener = await listen({ path: "/run/app/app.sock", mode: 0o660 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ path: "/run/app/app.sock", mode: 0o660 });
  * ```
  */
 export interface UnixListenOptions {
@@ -86,7 +88,7 @@ export interface UnixListenOptions {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { listen } from "@instar/instar/unstable";
  *
  * const listener = await listen({ fd: 3 }); // e.g. passed by systemd or a parent
  * ```
@@ -104,7 +106,7 @@ export interface FdListenOptions {
  *
  * @example
  * ```ts
- * import { listen, type ListenOptions } from "@instar/instar";
+ * import { listen, type ListenOptions } from "@instar/instar/unstable";
  *
  * const where: ListenOptions = process.env.SOCKET
  *   ? { path: process.env.SOCKET }
@@ -119,9 +121,10 @@ export type ListenOptions = TcpListenOptions | UnixListenOptions | FdListenOptio
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * await using listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
  * console.log(listener.addr); // { transport: "tcp", hostname: "127.0.0.1", port: 41234 }
  * for await (const conn of listener) {
  *   conn.readable.pipeTo(conn.writable).catch(() => {});
@@ -450,6 +453,10 @@ export async function openListener(
 /**
  * Opens a listening socket and serves it with the runtime's native I/O.
  *
+ * Standalone, from `@instar/instar/unstable`: the socket belongs to this
+ * process alone and does not survive an upgrade. An application uses
+ * `up.listen()` instead, whose socket the next generation inherits.
+ *
  * - `{ hostname?, port, backlog? }`: TCP. `hostname` defaults to `"0.0.0.0"`;
  *   `"::"` listens on IPv6 and IPv4; names are resolved with `node:dns`
  *   (`ENOTFOUND` when they do not resolve). Port 0 picks a free port.
@@ -463,7 +470,7 @@ export async function openListener(
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { listen } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 8080 });
  * for await (const conn of listener) {

@@ -6,14 +6,14 @@
  * @module
  */
 
-import type { Upgrader } from "../lifecycle/upgrader.ts";
+import type { State } from "../types.ts";
 import { serving } from "./metrics.ts";
 
 /**
  * A `GET /healthz` answer for `up`: 200 `ready` while it serves (`ready`, or
  * `upgrading`: it serves until the new generation is ready), 503 with the
  * state (`starting`, `draining`, `stopped`) otherwise. Synchronous and free:
- * it reads the state.
+ * it reads the state. `up` is an `Upgrader` (any object with its `state`).
  *
  * @example
  * ```ts
@@ -27,7 +27,7 @@ import { serving } from "./metrics.ts";
  * await up.ready();
  * ```
  */
-export function healthResponse(up: Upgrader): Response {
+export function healthResponse(up: { readonly state: State }): Response {
   const ok = serving(up.state);
   return new Response(`${ok ? "ready" : up.state}\n`, {
     status: ok ? 200 : 503,

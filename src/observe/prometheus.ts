@@ -1,16 +1,25 @@
 /**
  * The Prometheus text exposition format (version 0.0.4) of {@link Metrics}:
- * a ready `GET /metrics` handler for fetch-style servers and the text for
- * any other server.
+ * a ready `GET /metrics` answer ({@link metricsResponse}, in mod.ts), and the
+ * text and its Content-Type on their own (in unstable.ts).
  *
  * @module
  */
 
-import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { State } from "../types.ts";
 import type { Metrics } from "./metrics.ts";
 
-/** The Content-Type of the text exposition format. */
+/**
+ * The Content-Type of the text exposition format (what
+ * {@link metricsResponse} sends).
+ *
+ * @example
+ * ```ts
+ * import { PROMETHEUS_CONTENT_TYPE } from "@instar/instar/unstable";
+ *
+ * const headers = { "content-type": PROMETHEUS_CONTENT_TYPE };
+ * ```
+ */
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
 const STATES: readonly State[] = ["starting", "ready", "upgrading", "draining", "stopped"];
@@ -45,7 +54,8 @@ function family(
  *
  * @example
  * ```ts
- * import { prometheusText, Upgrader } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
+ * import { prometheusText } from "@instar/instar/unstable";
  *
  * const up = await Upgrader.create();
  * console.log(prometheusText(await up.metrics()));
@@ -175,26 +185,14 @@ function lastUpgrade(out: string[], m: Metrics): void {
 }
 
 /**
- * `up`'s metrics in the Prometheus text format, for a server that is not
- * fetch-style (node:http, a raw `listen()`); serve it with
- * {@link PROMETHEUS_CONTENT_TYPE}.
+ * A `GET /metrics` answer: `up`'s metrics in the Prometheus text format, with
+ * its Content-Type and `Cache-Control: no-store`. Open connections are counted
+ * from /proc off the event loop, hence a promise. `up` is an `Upgrader` (any
+ * object with its `metrics()`).
  *
- * @example
- * ```ts
- * import { metricsText, Upgrader } from "@instar/instar";
- *
- * const up = await Upgrader.create();
- * const body: string = await metricsText(up);
- * ```
- */
-export async function metricsText(up: Upgrader): Promise<string> {
-  return prometheusText(await up.metrics());
-}
-
-/**
- * A `GET /metrics` answer for a fetch-style handler (Deno.serve, Bun.serve,
- * Hono, `up.serve`): `up`'s metrics in the Prometheus text format. Open
- * connections are counted from /proc off the event loop, hence a promise.
+ * A fetch-style handler (Deno.serve, Bun.serve, Hono, `up.serve`) returns it
+ * as is; any other server (node:http, a raw `up.listen()`) copies its
+ * Content-Type and `await response.text()`.
  *
  * @example
  * ```ts
@@ -207,9 +205,28 @@ export async function metricsText(up: Upgrader): Promise<string> {
  * });
  * await up.ready();
  * ```
+ *
+ * @example node:http
+ * ```ts
+ * import http from "node:http";
+ * import { metricsResponse, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * await up.serveNode(
+ *   http.createServer(async (_req, res) => {
+ *     const metrics = await metricsResponse(up);
+ *     res.writeHead(200, { "content-type": metrics.headers.get("content-type")! });
+ *     res.end(await metrics.text());
+ *   }),
+ *   { port: 8080 },
+ * );
+ * await up.ready();
+ * ```
  */
-export async function metricsResponse(up: Upgrader): Promise<Response> {
-  const text = await metricsText(up);
+export async function metricsResponse(
+  up: { metrics(): Promise<Metrics> },
+): Promise<Response> {
+  const text = prometheusText(await up.metrics());
   return new Response(text, {
     headers: { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" },
   });

@@ -8,7 +8,7 @@
 
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
 
 /**
  * An accepted connection, in the spirit of `Deno.Conn`. The bytes move through
@@ -16,9 +16,10 @@ import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
+ * import { Upgrader } from "@instar/instar";
  *
- * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
+ * const up = await Upgrader.create();
+ * const listener = await up.listen({ hostname: "127.0.0.1", port: 0 });
  * for await (const conn of listener) {
  *   const buf = new Uint8Array(4096);
  *   const n = await conn.read(buf);

@@ -8,7 +8,7 @@
  */
 
 import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
 import type { DatagramReader, OnDatagram } from "./datagram_reader.ts";
 
 /** The parts of Bun's UDP socket instar uses. */

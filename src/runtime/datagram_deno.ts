@@ -3,7 +3,7 @@
  * `Deno.listenDatagram` API needs `--unstable-net`, and `node:dgram`'s
  * `bind({ fd })` refuses the fd as "UNKNOWN"). The `node:dgram` socket is
  * bound to a throwaway loopback port and instar's socket is transplanted
- * under its fd, as `src/net/transplant.ts` does for listeners: the epoll
+ * under its fd, as `src/runtime/transplant.ts` does for listeners: the epoll
  * registration is removed, instar's socket is `dup3`ed onto the fd number,
  * and registered again with the same events and token. Measured: the mio
  * registration is edge-triggered (mask 0x8000201d, as for TCP) and echoing
@@ -25,7 +25,7 @@ import {
   socket,
 } from "../ffi/mod.ts";
 import { decode } from "../ffi/sockaddr.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "./transplant.ts";
 import { openFds, socketInode } from "../proc.ts";
 import type { DatagramReader, OnDatagram } from "./datagram_reader.ts";
 import { reactorMasks } from "./reactors.ts";

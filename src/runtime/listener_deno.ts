@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
-import { transplant } from "../net/transplant.ts";
+import { transplant } from "./transplant.ts";
 import { type Acceptor, BaseConn } from "./conn.ts";
 
 /** The parts of the Deno namespace instar uses (kept local so Bun type-checks too). */

@@ -32,10 +32,9 @@ import { denoAcceptor } from "./listener_deno.ts";
 import { nodeAcceptor } from "./listener_node.ts";
 import { bunAdapter } from "./serve_bun.ts";
 import { denoAdapter } from "./serve_deno.ts";
-import type { ServeAdapter } from "../serve/types.ts";
 import { bunNodeAdapter } from "./serve_node_bun.ts";
 import { denoNodeAdapter } from "./serve_node_deno.ts";
-import type { NodeServeAdapter } from "../serve/node_types.ts";
+import type { NodeServeAdapter, ServeAdapter } from "./serve_types.ts";
 
 /** How a listener serves its socket (tests force the portable path). */
 export type ListenerBackend = "auto" | "node";

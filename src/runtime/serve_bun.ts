@@ -10,7 +10,7 @@
  * @module
  */
 
-import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { type ClosableSocket, QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
 
 type SocketAddress = { address: string; port: number; family: string };

@@ -8,7 +8,7 @@
  */
 
 import type { Addr } from "../ffi/sockaddr.ts";
-import type { AdapterStart, NativeServer, ServeAdapter } from "../serve/types.ts";
+import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };

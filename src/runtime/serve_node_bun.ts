@@ -2,7 +2,7 @@
  * The Bun side of `serveNode()`. Bun's `node:http` runs on the same native
  * server as `Bun.serve` (uSockets), and its `listen({ fd })` silently listens
  * somewhere else: the server starts on a throwaway address and the socket is
- * transplanted under it (src/net/transplant.ts), at Bun's native speed. When
+ * transplanted under it (src/runtime/transplant.ts), at Bun's native speed. When
  * a precondition of the transplant fails, `mode: "auto"` falls back to the
  * `node:net` proxy, and says why.
  *
@@ -10,7 +10,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import type { NodeServeAdapter } from "../serve/node_types.ts";
+import type { NodeServeAdapter } from "./serve_types.ts";
 
 /** `serveNode()` on Bun: transplant, else the proxy. */
 export const bunNodeAdapter: NodeServeAdapter = {

@@ -11,7 +11,7 @@
 
 import type * as http from "node:http";
 import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
-import type { NodeServeAdapter } from "../serve/node_types.ts";
+import type { NodeServeAdapter } from "./serve_types.ts";
 
 /** `serveNode()` on Deno: `listen({ fd })` on a duplicate of the socket. */
 export const denoNodeAdapter: NodeServeAdapter = {

@@ -1,7 +1,7 @@
 /**
- * The types of `serveNode()` and `up.serveNode()`, and the seam between
- * src/serve/serve_node.ts and the runtime adapters
- * (src/runtime/serve_node_deno.ts, serve_node_bun.ts).
+ * The types of `serveNode()` and `up.serveNode()`. What the runtime adapters
+ * (src/runtime/serve_node_deno.ts, serve_node_bun.ts) implement is in
+ * src/runtime/serve_types.ts.
  *
  * @module
  */
@@ -10,7 +10,7 @@ import type * as http from "node:http";
 import type { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { ServeListenOptions, ServeMode } from "./types.ts";
-import type { DedupeMethod } from "../net/transplant.ts";
+import type { DedupeMethod } from "../runtime/transplant.ts";
 
 /**
  * A `node:http` or `node:https` server that is not listening yet: Express's
@@ -118,12 +118,4 @@ export interface NodeServing {
   resumeAccepting(): boolean;
   /** Drains: stop accepting, finish what is in flight within the drain timeout, close. */
   shutdown(): Promise<void>;
-}
-
-/** What differs between the runtimes' `node:http` (src/runtime/serve_node_*.ts). */
-export interface NodeServeAdapter {
-  /** The path `mode: "auto"` takes first. */
-  readonly auto: "transplant" | "fd";
-  /** Listens on (a duplicate of) `fd` with the runtime's own `listen({ fd })`. */
-  listenOnFd(server: http.Server, fd: number): Promise<void>;
 }

@@ -40,7 +40,7 @@ import {
   resumeAccepting,
   transplant,
   type TransplantInfo,
-} from "../net/transplant.ts";
+} from "../runtime/transplant.ts";
 import { currentRuntime, serveAdapter } from "../runtime/mod.ts";
 import {
   type AnyHandler,
@@ -117,10 +117,14 @@ function throwawayFor(addr: Addr, mode: ServeMode): {
  * listens: `hostname`, `port`, `path` and `unix` are refused. Resolves once
  * the server accepts.
  *
+ * Standalone, from `@instar/instar/unstable`: the server belongs to this
+ * process alone and does not survive an upgrade. An application uses
+ * `up.serve()` instead: the next generation inherits its socket.
+ *
  * @typeParam WebSocketData Bun's `ws.data` type (as in `Bun.serve<WebSocketData>`).
  * @example
  * ```ts
- * import { serve } from "@instar/instar";
+ * import { serve } from "@instar/instar/unstable";
  *
  * const fd = 3; // a listening socket, e.g. inherited from the previous generation
  * const server = await serve(fd, { fetch: () => new Response("hello") });

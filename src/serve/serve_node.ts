@@ -38,7 +38,7 @@ import {
   resumeSocket,
   transplant,
   type TransplantInfo,
-} from "../net/transplant.ts";
+} from "../runtime/transplant.ts";
 import { serveNodeAdapter } from "../runtime/mod.ts";
 import { deadline } from "../timeout.ts";
 import type { Endpoint } from "../types.ts";
@@ -195,10 +195,14 @@ function realPeer(proxy: ConnectionProxy): (socket: Socket) => void {
  * runtime's native speed, and drains it like {@link serve}'s servers: see the
  * module comment. `server.address()` reports the socket's address.
  *
+ * Standalone, from `@instar/instar/unstable`: the server belongs to this
+ * process alone and does not survive an upgrade. An application uses
+ * `up.serveNode()` instead: the next generation inherits its socket.
+ *
  * @example
  * ```ts
  * import http from "node:http";
- * import { serveNode } from "@instar/instar";
+ * import { serveNode } from "@instar/instar/unstable";
  *
  * const fd = 3; // a listening socket, e.g. inherited from the previous generation
  * const s = await serveNode(fd, http.createServer((_req, res) => res.end("hello")));

@@ -1,8 +1,7 @@
 /**
- * The types of {@link serve} and `up.serve()`, and the seam between serve.ts
- * and the runtime adapters (src/runtime/serve_deno.ts, serve_bun.ts). Every
- * one of those imports its types from here, so no two of them import each
- * other.
+ * The types of {@link serve} and `up.serve()`. The seam between serve.ts and
+ * the runtime adapters (src/runtime/serve_deno.ts, serve_bun.ts) is in
+ * src/runtime/serve_types.ts, below both.
  *
  * The runtime's own server options are read off the runtime's type
  * declarations when they are loaded: `typeof globalThis` has a `Deno` under
@@ -16,7 +15,10 @@
 
 import type { InstarError } from "../errors.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
-import type { DedupeMethod } from "../net/transplant.ts";
+import type { DedupeMethod } from "../runtime/transplant.ts";
+
+// serve.ts reads the adapter contract from here with the option types.
+export type { AdapterStart, NativeServer } from "../runtime/serve_types.ts";
 
 // ---------------------------------------------------------------- the runtime's options
 
@@ -195,7 +197,7 @@ export type ServeMode = "auto" | "transplant" | "fallback";
  *
  * @example
  * ```ts
- * import { listen, type ServeTarget } from "@instar/instar";
+ * import { listen, type ServeTarget } from "@instar/instar/unstable";
  *
  * const target: ServeTarget = await listen({ port: 8080 });
  * ```
@@ -207,10 +209,11 @@ export type ServeTarget = number | { readonly fd: number };
  *
  * @example
  * ```ts
- * import { type InstarServeOptions, serve } from "@instar/instar";
+ * import { type InstarServeOptions, Upgrader } from "@instar/instar";
  *
- * const instar: InstarServeOptions = { mode: "transplant", drainTimeoutMs: 5_000 };
- * await serve(3, { ...instar, fetch: () => new Response("hello") });
+ * const instar: InstarServeOptions = { mode: "transplant", drainDelayMs: 500 };
+ * const up = await Upgrader.create();
+ * await up.serve({ port: 8080, ...instar, fetch: () => new Response("hello") });
  * ```
  */
 export interface InstarServeOptions {
@@ -241,10 +244,11 @@ export interface InstarServeOptions {
  *
  * @example
  * ```ts
- * import { serve, type ServeOptions } from "@instar/instar";
+ * import { type ServeOptions, Upgrader } from "@instar/instar";
  *
  * const options: ServeOptions = { mode: "auto", fetch: () => new Response("hello") };
- * await serve(3, options);
+ * const up = await Upgrader.create();
+ * await up.serve({ port: 8080, ...options });
  * ```
  */
 export type ServeOptions<WebSocketData = undefined> =
@@ -309,11 +313,11 @@ export type UpgraderServeOptions<WebSocketData = undefined> =
  *
  * @example
  * ```ts
- * import { serve, type Server } from "@instar/instar";
+ * import { type Server, Upgrader } from "@instar/instar";
  *
- * const server: Server = await serve(3, { fetch: () => new Response("hello") });
+ * const up = await Upgrader.create();
+ * const server: Server = await up.serve({ port: 8080, fetch: () => new Response("hello") });
  * console.log(server.url.href, server.mode);
- * await server.shutdown();
  * ```
  */
 export interface Server {
@@ -347,68 +351,4 @@ export interface Server {
   unref(): void;
   /** {@link Server.shutdown}. */
   [Symbol.asyncDispose](): Promise<void>;
-}
-
-// ---------------------------------------------------------------- adapter seam
-
-/** What a runtime adapter is told when starting its native server. */
-export interface AdapterStart {
-  /** The runtime's server options: instar's, the handler and the listen options removed. */
-  options: Record<string, unknown>;
-  /** The handler, given as `fetch` or as `handler` (undefined: Bun's `routes` alone). */
-  handler: ((request: Request, infoOrServer: never) => unknown) | undefined;
-  /** Where to start: a loopback address (port 0), or a Unix socket path. */
-  listenOn: { hostname: string } | { path: string };
-  /** The real address (what user callbacks must see). */
-  real: () => { addr: Addr; url: URL };
-  /** True once serving through the proxy: remote addresses must be looked up with `remoteOf`. */
-  proxied: boolean;
-  /** Through the proxy: the client's real address behind a proxied loopback port. */
-  remoteOf: (loopbackPort: number) => NetAddr | undefined;
-  /** Calls `shutdown()` of the instar server (for Deno's `signal` option). */
-  shutdown: () => void;
-}
-
-/** A native server started by an adapter. */
-export interface NativeServer {
-  /** The runtime's server object. */
-  native: unknown;
-  /** The address it listens on (the throwaway). */
-  throwaway: Addr;
-  /** Whether TLS is on (for the URL scheme). */
-  tls: boolean;
-  /**
-   * From now on (`true`) every HTTP/1.1 response asks the client to close the
-   * connection after it (`Connection: close`), so a keep-alive client never
-   * has a request on its way when the connection closes; `false` undoes it.
-   */
-  draining(on: boolean): void;
-  /** Resolves once no response went out for `idleMs` since draining began, or after `maxMs`. */
-  quiet(idleMs: number, maxMs: number): Promise<void>;
-  /**
-   * Graceful end, after accepting has stopped: idle connections are closed,
-   * in-flight requests, streams and WebSockets run until they end.
-   */
-  finish(): Promise<void>;
-  /**
-   * WebSockets still open get close code 1012 (Service Restart); resolves when
-   * they closed or after `ms`, with how many closed.
-   */
-  closeWebSockets(ms: number): Promise<number>;
-  /** Stops the native server now; its connections must already be cut. */
-  close(): Promise<void>;
-  /** Resolves when the native server has finished. */
-  finished: Promise<void>;
-  /** Reports the listening address to the user (Deno's onListen). */
-  listening(addr: Addr, url: URL): void;
-  /** Keeps the process alive while the server runs. */
-  ref(): void;
-  /** Lets the process exit while the server runs. */
-  unref(): void;
-}
-
-/** The runtime branch: starts the native server on a loopback port. */
-export interface ServeAdapter {
-  /** Starts the native server described by `s`. */
-  start(s: AdapterStart): NativeServer;
 }

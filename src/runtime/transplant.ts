@@ -34,7 +34,7 @@ import {
   setsockoptInt,
 } from "../ffi/mod.ts";
 import { type Addr, decode, formatAddr } from "../ffi/sockaddr.ts";
-import { reactorMasks } from "../runtime/reactors.ts";
+import { reactorMasks } from "./reactors.ts";
 import {
   epollFds,
   type EpollRegistration,
@@ -46,7 +46,7 @@ import {
 
 export type { EpollRegistration } from "../proc.ts";
 
-export { KNOWN_EVENT_MASKS } from "../runtime/reactors.ts";
+export { KNOWN_EVENT_MASKS } from "./reactors.ts";
 
 /**
  * How two epoll fds are compared to find whether they are one epoll instance.
@@ -459,8 +459,7 @@ export interface PausedSocket {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
- * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
+ * import { listen, pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * const paused = pauseSocket(listener.fd); // connections wait in the kernel
@@ -492,8 +491,7 @@ export function pauseSocket(fd: number): PausedSocket {
  *
  * @example
  * ```ts
- * import { listen } from "@instar/instar";
- * import { pauseSocket, resumeSocket } from "@instar/instar/unstable";
+ * import { listen, pauseSocket, resumeSocket } from "@instar/instar/unstable";
  *
  * const listener = await listen({ hostname: "127.0.0.1", port: 0 });
  * resumeSocket(pauseSocket(listener.fd));

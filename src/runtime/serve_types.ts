@@ -1,0 +1,82 @@
+/**
+ * The contract between src/serve/ and the runtime adapters: what serve.ts
+ * tells an adapter when it starts a native server (src/runtime/serve_deno.ts,
+ * serve_bun.ts), what the adapter hands back, and what differs between the
+ * runtimes' `node:http` (serve_node_deno.ts, serve_node_bun.ts). It lives in
+ * runtime/ because the adapters implement it and serve/ sits above them.
+ *
+ * @module
+ */
+
+import type * as http from "node:http";
+import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
+
+/** What a runtime adapter is told when starting its native server. */
+export interface AdapterStart {
+  /** The runtime's server options: instar's, the handler and the listen options removed. */
+  options: Record<string, unknown>;
+  /** The handler, given as `fetch` or as `handler` (undefined: Bun's `routes` alone). */
+  handler: ((request: Request, infoOrServer: never) => unknown) | undefined;
+  /** Where to start: a loopback address (port 0), or a Unix socket path. */
+  listenOn: { hostname: string } | { path: string };
+  /** The real address (what user callbacks must see). */
+  real: () => { addr: Addr; url: URL };
+  /** True once serving through the proxy: remote addresses must be looked up with `remoteOf`. */
+  proxied: boolean;
+  /** Through the proxy: the client's real address behind a proxied loopback port. */
+  remoteOf: (loopbackPort: number) => NetAddr | undefined;
+  /** Calls `shutdown()` of the instar server (for Deno's `signal` option). */
+  shutdown: () => void;
+}
+
+/** A native server started by an adapter. */
+export interface NativeServer {
+  /** The runtime's server object. */
+  native: unknown;
+  /** The address it listens on (the throwaway). */
+  throwaway: Addr;
+  /** Whether TLS is on (for the URL scheme). */
+  tls: boolean;
+  /**
+   * From now on (`true`) every HTTP/1.1 response asks the client to close the
+   * connection after it (`Connection: close`), so a keep-alive client never
+   * has a request on its way when the connection closes; `false` undoes it.
+   */
+  draining(on: boolean): void;
+  /** Resolves once no response went out for `idleMs` since draining began, or after `maxMs`. */
+  quiet(idleMs: number, maxMs: number): Promise<void>;
+  /**
+   * Graceful end, after accepting has stopped: idle connections are closed,
+   * in-flight requests, streams and WebSockets run until they end.
+   */
+  finish(): Promise<void>;
+  /**
+   * WebSockets still open get close code 1012 (Service Restart); resolves when
+   * they closed or after `ms`, with how many closed.
+   */
+  closeWebSockets(ms: number): Promise<number>;
+  /** Stops the native server now; its connections must already be cut. */
+  close(): Promise<void>;
+  /** Resolves when the native server has finished. */
+  finished: Promise<void>;
+  /** Reports the listening address to the user (Deno's onListen). */
+  listening(addr: Addr, url: URL): void;
+  /** Keeps the process alive while the server runs. */
+  ref(): void;
+  /** Lets the process exit while the server runs. */
+  unref(): void;
+}
+
+/** The runtime branch: starts the native server on a loopback port. */
+export interface ServeAdapter {
+  /** Starts the native server described by `s`. */
+  start(s: AdapterStart): NativeServer;
+}
+
+/** What differs between the runtimes' `node:http` (src/runtime/serve_node_*.ts). */
+export interface NodeServeAdapter {
+  /** The path `mode: "auto"` takes first. */
+  readonly auto: "transplant" | "fd";
+  /** Listens on (a duplicate of) `fd` with the runtime's own `listen({ fd })`. */
+  listenOnFd(server: http.Server, fd: number): Promise<void>;
+}
