@@ -18,14 +18,10 @@ import { readFileSync, statSync } from "node:fs";
 import { parseArgs } from "node:util";
 import * as sys from "./ffi/mod.ts";
 import { InstarError } from "./errors.ts";
-import {
-  type Channel,
-  connectControl,
-  messageOf,
-  nobodyThere,
-  PROTOCOL_VERSION,
-  type StatusReport,
-} from "./protocol.ts";
+import { PROTOCOL_VERSION, type StatusReport } from "./protocol/messages.ts";
+import { messageOf } from "./protocol/validate.ts";
+import type { Channel } from "./protocol/channel.ts";
+import { connectControl, nobodyThere } from "./protocol/client.ts";
 import { processRuns, processStartedAt } from "./proc.ts";
 import { checkSignal } from "./lifecycle/signals.ts";
 import { sleep } from "./timeout.ts";

@@ -32,7 +32,8 @@ import { nextPidInPidFile, portOf, readyGeneration, waitForState } from "./suppo
 import * as sys from "../src/ffi/mod.ts";
 import { Upgrader } from "../mod.ts";
 import type { InstarError } from "../src/errors.ts";
-import { checkReason, messages, validateHello } from "../src/protocol.ts";
+import { checkReason, messages } from "../src/protocol/messages.ts";
+import { validateHello } from "../src/protocol/validate.ts";
 
 const left = cleanupAfterTests();
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");

@@ -13,7 +13,7 @@ import { close as closeFd } from "../ffi/mod.ts";
 import type { ListenOptions, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
 import type { UdpDatagramOptions, UnixDatagramOptions } from "../net/datagram.ts";
 import { type ActivatedSocket, activatedSockets, findActivated } from "../process/systemd.ts";
-import type { ControlMeta, Hello, ListenerMeta } from "../protocol.ts";
+import type { ControlMeta, Hello, ListenerMeta } from "../protocol/messages.ts";
 import type { Endpoint } from "../types.ts";
 
 /**

@@ -16,7 +16,8 @@ import { type DatagramSocket, type DatagramSocketControl, openDatagram } from ".
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
 import { systemdNotifier } from "../process/systemd.ts";
-import type { MessageSocket, StatusReport } from "../protocol.ts";
+import type { StatusReport } from "../protocol/messages.ts";
+import type { MessageSocket } from "../protocol/message_socket.ts";
 import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";
 import type { Addr, Endpoint, ExitReason, State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover } from "./child.ts";
