@@ -19,7 +19,7 @@ import { parseRunArgs } from "../src/supervisor/options.ts";
 import { Backoff } from "../src/supervisor/backoff.ts";
 import { childrenOf, descendsFrom } from "../src/supervisor/ancestry.ts";
 import { exitStatus } from "../src/supervisor/reaper.ts";
-import { activatedSockets, SUPERVISOR_PID_ENV } from "../src/process/systemd.ts";
+import { activatedSockets, SUPERVISOR_PID_ENV } from "../src/systemd/activation.ts";
 import { spawn } from "../src/process/spawn.ts";
 import {
   alive,

@@ -15,7 +15,7 @@ import { listen, type Listener, openSocket } from "../net/listener.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../net/transplant.ts";
-import { systemdNotifier } from "../process/systemd.ts";
+import { systemdNotifier } from "../systemd/notify.ts";
 import type { StatusReport } from "../protocol/messages.ts";
 import type { MessageSocket } from "../protocol/message_socket.ts";
 import { serve, type Server, type UpgraderServeOptions } from "../serve/serve.ts";

@@ -17,7 +17,7 @@ import * as sys from "../ffi/mod.ts";
 import type { WaitStatus } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { openConnections } from "../net/sock_diag.ts";
-import type { Env } from "../process/systemd.ts";
+import type { Env } from "../systemd/env.ts";
 import type { StatusReport } from "../protocol/messages.ts";
 import type { UpgradeFailure } from "../types.ts";
 import { childrenOf, descendsFrom } from "./ancestry.ts";
