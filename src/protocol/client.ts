@@ -77,9 +77,9 @@ export class ControlClient {
     return messageOf(this.channel.receiveSync(timeoutMs).msg);
   }
 
-  /** The replies that have arrived, version-checked; never waits. */
-  replies(): Message[] {
-    return this.channel.receive().map(({ msg }) => messageOf(msg));
+  /** The replies that have arrived, each version-checked as it is taken; never waits. */
+  *replies(): Generator<Message, void, undefined> {
+    for (const { msg } of this.channel.receive()) yield messageOf(msg);
   }
 
   /** True once the server closed the connection and every reply was read. */
