@@ -72,7 +72,12 @@ export class ControlClient {
     this.channel.send(msg);
   }
 
-  /** Waits (blocking the thread, up to `timeoutMs`) for the next reply, version-checked. */
+  /**
+   * Waits (blocking the thread, up to `timeoutMs`) for the next reply,
+   * version-checked. For a request answered by one reply (`status`): replies
+   * that arrived in the same read are dropped, as {@link Channel.receiveSync}
+   * does; read a stream of replies with {@link replies}.
+   */
   replySync(timeoutMs: number): Message {
     return messageOf(this.channel.receiveSync(timeoutMs).msg);
   }
