@@ -88,22 +88,24 @@ export {
   type TransplantInfo,
   type TransplantOptions,
 } from "./src/runtime/transplant.ts";
+export type { Env } from "./src/systemd/env.ts";
+export {
+  encodeNotify,
+  type NotifierOptions,
+  NOTIFY_MAX_BYTES,
+  type NotifyFields,
+  SystemdNotifier,
+  systemdNotifier,
+} from "./src/systemd/notify.ts";
 export {
   type ActivatedRequest,
   type ActivatedSocket,
   activatedSockets,
   type Activation,
   type ActivationOptions,
-  encodeNotify,
-  type Env,
   findActivated,
   LISTEN_FDS_START,
-  type NotifierOptions,
-  NOTIFY_MAX_BYTES,
-  type NotifyFields,
-  SystemdNotifier,
-  systemdNotifier,
-} from "./src/process/systemd.ts";
+} from "./src/systemd/activation.ts";
 export {
   availableBackends,
   spawn,

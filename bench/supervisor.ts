@@ -132,7 +132,7 @@ function startSupervisor(rt: Runtime, options: string[], port: number): ChildPro
     "--port",
     String(port),
   ]);
-  const cmd = runtimeCmd(rt, join(ROOT, "src/cli.ts"), ["run", ...options, "--", ...app]);
+  const cmd = runtimeCmd(rt, join(ROOT, "src/cli/main.ts"), ["run", ...options, "--", ...app]);
   const log = openSync(LOG, "a");
   try {
     return spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", log, log] });

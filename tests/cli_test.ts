@@ -1,4 +1,4 @@
-// Black-box tests of the `instar` command (src/cli.ts) against real echo
+// Black-box tests of the `instar` command (src/cli/main.ts) against real echo
 // servers of this runtime, and of the handoff between two independently
 // started processes over the control socket.
 import { describe, test } from "node:test";
@@ -42,7 +42,7 @@ import {
 } from "./support/helpers.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
 
-const CLI = join(ROOT, "src", "cli.ts");
+const CLI = join(ROOT, "src", "cli", "main.ts");
 const ECHO = join(ROOT, "examples", "echo_server.ts");
 const GOOD = `import ${JSON.stringify(ECHO)};\n`;
 const EXITS = `import process from "node:process";\nprocess.exit(3);\n`;
@@ -115,7 +115,7 @@ function nobodyCmd(script: string, args: string[]): string[] {
 function instarAsNobody(args: string[]): Promise<CommandResult> {
   const home = tempDir("instar-nobody-");
   chmodSync(home, 0o777);
-  const cli = join(nobodyCopy().root, "src", "cli.ts");
+  const cli = join(nobodyCopy().root, "src", "cli", "main.ts");
   return runCommand([...NOBODY, ...nobodyCmd(cli, args)], {
     env: { HOME: home, DENO_DIR: join(home, "deno"), XDG_CACHE_HOME: home },
     cwd: nobodyCopy().root,

@@ -80,7 +80,7 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
       assert.match(await exchange(portOf(ready), httpGet()), /generation 1 /);
       // `instar upgrade --control` is refused the same way, with the reason on stderr.
       const cli = await runCommand(
-        runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), ["upgrade", "--control", ctl]),
+        runtimeCmd(RUNTIME, join(ROOT, "src", "cli", "main.ts"), ["upgrade", "--control", ctl]),
       );
       assert.equal(cli.code, 1, showResult(cli));
       assert.match(cli.stderr, /upgrade refused: pid-1: this generation is PID 1 .*instar run/);
@@ -277,7 +277,10 @@ describe(`examples/container (${RUNTIME})`, () => {
       };
       await answer(1);
       const cmdline = readFileSync(`/proc/${ns.initPid}/cmdline`, "utf8").split("\0");
-      assert.ok(cmdline.some((a) => a.endsWith("src/cli.ts")), `PID 1 is instar run: ${cmdline}`);
+      assert.ok(
+        cmdline.some((a) => a.endsWith("src/cli/main.ts")),
+        `PID 1 is instar run: ${cmdline}`,
+      );
       process.kill(ns.initPid, "SIGHUP"); // docker kill -s HUP
       await answer(2);
       process.kill(ns.initPid, "SIGTERM"); // docker stop

@@ -20,7 +20,7 @@ import {
   PEER_RATE,
   SERVER_RATE,
 } from "../src/lifecycle/control.ts";
-import { CLOSE_GRACE_MS } from "../src/protocol.ts";
+import { CLOSE_GRACE_MS } from "../src/protocol/message_socket.ts";
 import {
   cleanupAfterTests,
   exchange,

@@ -14,7 +14,7 @@ import { openDatagram } from "../src/net/datagram.ts";
 import type { DatagramAddr, DatagramSocket } from "../src/net/datagram.ts";
 import { bind, C, close as closeFd, fcntl, getsockname, listenFd, socket } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
-import { checkListeningFd } from "../src/protocol.ts";
+import { checkListeningFd } from "../src/protocol/validate.ts";
 import {
   alive,
   bunBin,

@@ -17,7 +17,7 @@ import { C } from "../src/ffi/mod.ts";
 import { type Addr, decode, encodeInet, encodeUnix } from "../src/ffi/sockaddr.ts";
 import { ACCEPT_RATE, MAX_REQUEST_BYTES } from "../src/lifecycle/control.ts";
 import { readHello } from "../src/lifecycle/child.ts";
-import { CONTROL_FD_ENV, PROTOCOL_VERSION } from "../src/protocol.ts";
+import { CONTROL_FD_ENV, PROTOCOL_VERSION } from "../src/protocol/messages.ts";
 import { spawn } from "../src/process/spawn.ts";
 import {
   cleanupAfterTests,

@@ -50,7 +50,7 @@ import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { listeningSockets } from "./support/listening.ts";
 
 const left = cleanupAfterTests();
-const CLI = join(ROOT, "src/cli.ts");
+const CLI = join(ROOT, "src/cli/main.ts");
 const HTTP = join(ROOT, "examples/http_server.ts");
 const ECHO = join(ROOT, "examples/echo_server.ts");
 const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];

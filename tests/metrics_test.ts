@@ -25,7 +25,7 @@ import {
 import { portOf, readyGeneration, serverStatus } from "./support/status.ts";
 import type { UpgradeReport } from "../mod.ts";
 
-const CLI = join(ROOT, "src", "cli.ts");
+const CLI = join(ROOT, "src", "cli", "main.ts");
 const HTTP = join(ROOT, "examples", "http_server.ts");
 // The system python, where Debian's python3-prometheus-client lives (.ci/run installs it).
 const PYTHON = "/usr/bin/python3";

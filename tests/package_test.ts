@@ -50,7 +50,13 @@ describe("packaging", () => {
     assert.equal(listed.code, 0, showResult(listed, 3000));
     const files = listed.stdout.trim().split("\n").map((f) => f.replace(/^package\//, ""));
     for (
-      const f of ["mod.ts", "README.md", "package.json", "src/lifecycle/upgrader.ts", "src/cli.ts"]
+      const f of [
+        "mod.ts",
+        "README.md",
+        "package.json",
+        "src/lifecycle/upgrader.ts",
+        "src/cli/main.ts",
+      ]
     ) {
       assert.ok(files.includes(f), `${f} is in the tarball: ${files.join(" ")}`);
     }
@@ -65,8 +71,11 @@ describe("packaging", () => {
     }
     const manifest = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
     assert.deepEqual(Object.keys(manifest.dependencies ?? {}), [], "no runtime dependencies");
-    assert.match(String(manifest.bin?.instar), /^(\.\/)?src\/cli\.ts$/);
-    assert.match(readFileSync(join(ROOT, "src", "cli.ts"), "utf8"), /^#!\/usr\/bin\/env bun\n/);
+    assert.match(String(manifest.bin?.instar), /^(\.\/)?src\/cli\/main\.ts$/);
+    assert.match(
+      readFileSync(join(ROOT, "src", "cli", "main.ts"), "utf8"),
+      /^#!\/usr\/bin\/env bun\n/,
+    );
   });
 
   test("a fresh Bun project installs the tarball, runs a server built on it and upgrades it with SIGHUP", async () => {

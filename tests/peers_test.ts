@@ -9,7 +9,8 @@ import net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
-import { connectControl, validateHello } from "../src/protocol.ts";
+import { validateHello } from "../src/protocol/validate.ts";
+import { connectControl } from "../src/protocol/client.ts";
 import {
   cleanupAfterTests,
   fdTable,

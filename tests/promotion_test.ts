@@ -32,11 +32,12 @@ import { nextPidInPidFile, portOf, readyGeneration, waitForState } from "./suppo
 import * as sys from "../src/ffi/mod.ts";
 import { Upgrader } from "../mod.ts";
 import type { InstarError } from "../src/errors.ts";
-import { checkReason, messages, validateHello } from "../src/protocol.ts";
+import { checkReason, messages } from "../src/protocol/messages.ts";
+import { validateHello } from "../src/protocol/validate.ts";
 
 const left = cleanupAfterTests();
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
-const CLI = join(ROOT, "src", "cli.ts");
+const CLI = join(ROOT, "src", "cli", "main.ts");
 const GOOD = `import ${JSON.stringify(EXAMPLE)};\n`;
 // The new version on disk crashes (an uncaught error, exit code 1) 1 s after ready.
 const CRASHES = `import process from "node:process";

@@ -8,7 +8,9 @@ import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { decode, encodeInet } from "../src/ffi/sockaddr.ts";
-import { Channel, CONTROL_FD_ENV, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
+import { CONTROL_FD_ENV, PROTOCOL_VERSION } from "../src/protocol/messages.ts";
+import { validateHello } from "../src/protocol/validate.ts";
+import { Channel } from "../src/protocol/channel.ts";
 import { spawn } from "../src/process/spawn.ts";
 import { cleanupAfterTests, ROOT, RUNTIME, runtimeCmd, sleep } from "./support/helpers.ts";
 

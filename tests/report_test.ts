@@ -31,7 +31,9 @@ import type { UpgradeReport } from "../mod.ts";
 import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";
 import net from "node:net";
 import process from "node:process";
-import { connectControl, messageOf, PROTOCOL_VERSION, validateHello } from "../src/protocol.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/messages.ts";
+import { messageOf, validateHello } from "../src/protocol/validate.ts";
+import { connectControl } from "../src/protocol/client.ts";
 import { exchange, httpGet, runCommand, showResult, skipIf, sleep } from "./support/helpers.ts";
 
 const PYTHON = "/usr/bin/python3";

@@ -10,7 +10,7 @@
 
 import process from "node:process";
 import { spawn } from "../src/process/spawn.ts";
-import { systemdNotifier } from "../src/process/systemd.ts";
+import { systemdNotifier } from "../src/systemd/notify.ts";
 
 const notify = systemdNotifier();
 notify.ready();

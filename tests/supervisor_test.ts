@@ -19,7 +19,7 @@ import { parseRunArgs } from "../src/supervisor/options.ts";
 import { Backoff } from "../src/supervisor/backoff.ts";
 import { childrenOf, descendsFrom } from "../src/supervisor/ancestry.ts";
 import { exitStatus } from "../src/supervisor/reaper.ts";
-import { activatedSockets, SUPERVISOR_PID_ENV } from "../src/process/systemd.ts";
+import { activatedSockets, SUPERVISOR_PID_ENV } from "../src/systemd/activation.ts";
 import { spawn } from "../src/process/spawn.ts";
 import {
   alive,
@@ -66,7 +66,7 @@ function runCmd(options: string[], port: number, appArgs: string[] = []): string
     String(port),
     ...appArgs,
   ]);
-  return runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", ...options, "--", ...app]);
+  return runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["run", ...options, "--", ...app]);
 }
 
 /** Starts `cmd` (killed after the tests) and returns it. */
@@ -364,7 +364,7 @@ describe(`instar run (${RUNTIME})`, () => {
     assert.ok(!links.includes(pipe), `the attached fds (${pipe}) were closed: ${links}`);
     // It still follows the real generations: `instar upgrade --control` against the supervisor.
     const cli = startServer(
-      runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["upgrade", "--control", ctl]),
+      runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["upgrade", "--control", ctl]),
     );
     assert.equal(await within(cli.exited, 60_000, "instar upgrade"), 0, cli.lines.join("\n"));
     const up = await statusWhere(ctl, (r) => r.pid !== st.pid && r.state === "ready", "upgrade");
@@ -381,7 +381,7 @@ describe(`instar run (${RUNTIME})`, () => {
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
     const child = runtimeCmd(RUNTIME, join(ROOT, "tests/supervisor_handoff_child.ts"), []);
     const s = start(
-      runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", "--control", ctl, "--", ...child]),
+      runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["run", "--control", ctl, "--", ...child]),
     );
     await statusWhere(ctl, (r) => r.state === "ready", "ready");
     process.kill(s.pid, "SIGTERM");
@@ -421,7 +421,7 @@ describe(`instar run (${RUNTIME})`, () => {
 
   test("a plain program: upgrades refused with the reason, crashes restarted", async () => {
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
-    const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), args);
+    const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), args);
     const s = start(
       cli(["run", "--control", ctl, "--restart", "on-failure", "--", "sleep", "300"]),
     );
@@ -447,7 +447,13 @@ describe(`instar run leftovers (${RUNTIME})`, () => {
     // The program leaves a process behind that ignores SIGTERM, then ends on SIGTERM itself.
     const script = `(trap '' TERM; exec sleep 300) & echo $! > ${pidFile}; ` +
       `trap 'exit 0' TERM; while :; do sleep 0.1; done`;
-    const cli = runtimeCmd(RUNTIME, join(ROOT, "src/cli.ts"), ["run", "--", "sh", "-c", script]);
+    const cli = runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), [
+      "run",
+      "--",
+      "sh",
+      "-c",
+      script,
+    ]);
     const s = start(cli);
     const until = Date.now() + 15_000;
     while (!existsSync(pidFile) || !readFileSync(pidFile, "utf8").trim()) {

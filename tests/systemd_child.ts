@@ -5,7 +5,7 @@
 import { execFileSync } from "node:child_process";
 import net from "node:net";
 import process from "node:process";
-import { activatedSockets, findActivated } from "../src/process/systemd.ts";
+import { activatedSockets, findActivated } from "../src/systemd/activation.ts";
 import { C, fcntl } from "../src/ffi/mod.ts";
 
 const mode = process.argv[2] ?? "report";

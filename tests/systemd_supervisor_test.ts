@@ -65,7 +65,7 @@ function serverCmd(): string[] {
 
 /** `instar run -- <the server>` under this runtime. */
 function supervisedCmd(): string[] {
-  return runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), ["run", "--", ...serverCmd()]);
+  return runtimeCmd(RUNTIME, join(ROOT, "src", "cli", "main.ts"), ["run", "--", ...serverCmd()]);
 }
 
 /** The answer to GET `path` in the namespace: `{ status, body }` or `{ error }`. */

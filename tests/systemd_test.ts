@@ -10,15 +10,13 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { InstarError, SystemError } from "../src/errors.ts";
+import type { Env } from "../src/systemd/env.ts";
+import { encodeNotify, SystemdNotifier, systemdNotifier } from "../src/systemd/notify.ts";
 import {
   type ActivatedSocket,
   activatedSockets,
-  encodeNotify,
-  type Env,
   findActivated,
-  SystemdNotifier,
-  systemdNotifier,
-} from "../src/process/systemd.ts";
+} from "../src/systemd/activation.ts";
 import {
   datagramReceiver as receiver,
   drainDatagrams as drain,

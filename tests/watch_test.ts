@@ -236,7 +236,7 @@ describe(`instar run --watch (${RUNTIME})`, () => {
       ...["--handler", handler, "--port", String(port)],
     ]);
     const server = startServer(
-      runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), [
+      runtimeCmd(RUNTIME, join(ROOT, "src", "cli", "main.ts"), [
         ...["run", "--watch", handler, "--watch-debounce", "100", "--", ...app],
       ]),
     );
@@ -266,7 +266,7 @@ describe(`instar run --watch (${RUNTIME})`, () => {
       ...["--handler", handler, "--port", String(port)],
     ]);
     const server = startServer(
-      runtimeCmd(RUNTIME, join(ROOT, "src", "cli.ts"), [
+      runtimeCmd(RUNTIME, join(ROOT, "src", "cli", "main.ts"), [
         ...["run", "--watch", handler, "--watch-debounce", "200", "--", ...app],
       ]),
     );

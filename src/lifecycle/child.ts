@@ -9,20 +9,13 @@
  */
 
 import process from "node:process";
-import { InstarError, UpgradeRefusedError } from "../errors.ts";
+import { UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
-import {
-  Channel,
-  checkListeningFd,
-  connectControl,
-  CONTROL_FD_ENV,
-  type Hello,
-  messages,
-  nobodyThere,
-  protocolError,
-  shown,
-  validateHello,
-} from "../protocol.ts";
+import { protocolError, shown } from "../protocol/fault.ts";
+import { CONTROL_FD_ENV, type Hello, messages } from "../protocol/messages.ts";
+import { checkListeningFd, validateHello } from "../protocol/validate.ts";
+import { Channel } from "../protocol/channel.ts";
+import { ControlClient, nobodyThere } from "../protocol/client.ts";
 
 /** The link to the generation this one replaces. */
 export interface ParentLink {
@@ -71,22 +64,18 @@ function checkChannelFd(fd: number): void {
  * sockets. Nobody there (no file, or a stale one): `null`, a fresh start.
  */
 export function requestHandover(path: string): ParentLink | null {
-  let channel: Channel;
+  let client: ControlClient;
   try {
-    channel = connectControl(path);
+    client = ControlClient.connect(
+      path,
+      () => `control socket ${path} belongs to another user; refusing its listeners`,
+    );
   } catch (err) {
     if (nobodyThere(err)) return null;
     throw err;
   }
-  if (sys.peerCred(channel.fd).uid !== sys.getuid()) {
-    channel.close();
-    throw new InstarError(
-      "PERMISSION_DENIED",
-      `control socket ${path} belongs to another user; refusing its listeners`,
-    );
-  }
-  channel.send(messages.handover());
-  return { hello: receiveHello(channel, "scm_rights"), channel };
+  client.send(messages.handover());
+  return { hello: receiveHello(client.channel, "scm_rights"), channel: client.channel };
 }
 
 /**

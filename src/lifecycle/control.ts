@@ -19,15 +19,10 @@ import { type InstarError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { openSocket } from "../net/listener.ts";
-import {
-  closeWith,
-  type Message,
-  messages,
-  MessageSocket,
-  shown,
-  type StatusReport,
-  triggerOf,
-} from "../protocol.ts";
+import { shown } from "../protocol/fault.ts";
+import { type Message, messages, type StatusReport } from "../protocol/messages.ts";
+import { triggerOf } from "../protocol/validate.ts";
+import { closeWith, MessageSocket } from "../protocol/message_socket.ts";
 import type { UpgradeReport } from "../observe/report.ts";
 import { fdOfSocket } from "../runtime/mod.ts";
 import type { Endpoint } from "../types.ts";

@@ -14,15 +14,14 @@ import * as sys from "../ffi/mod.ts";
 import { C, signalName } from "../ffi/mod.ts";
 import { spawn, type SpawnBackend } from "../process/spawn.ts";
 import {
-  Channel,
   CONTROL_FD_ENV,
   type ControlMeta,
   type ListenerMeta,
   type Message,
-  type MessageHandlers,
   messages,
-  MessageSocket,
-} from "../protocol.ts";
+} from "../protocol/messages.ts";
+import { Channel } from "../protocol/channel.ts";
+import { type MessageHandlers, MessageSocket } from "../protocol/message_socket.ts";
 import { socketOnFd } from "../runtime/mod.ts";
 import type { CarriedCounters } from "../observe/counters.ts";
 import { deadline } from "../timeout.ts";

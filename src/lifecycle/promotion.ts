@@ -23,14 +23,10 @@ import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import { dupCloexec, signalName } from "../ffi/mod.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { processRuns } from "../proc.ts";
-import {
-  checkReason,
-  type Message,
-  messages,
-  MessageSocket,
-  shown,
-  validateUnhealthy,
-} from "../protocol.ts";
+import { shown } from "../protocol/fault.ts";
+import { checkReason, type Message, messages } from "../protocol/messages.ts";
+import { validateUnhealthy } from "../protocol/validate.ts";
+import { MessageSocket } from "../protocol/message_socket.ts";
 import { socketOnFd } from "../runtime/mod.ts";
 import { deadline, sleep } from "../timeout.ts";
 import type { Endpoint } from "../types.ts";

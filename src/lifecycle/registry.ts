@@ -12,8 +12,8 @@ import { invalid } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import type { ListenOptions, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
 import type { UdpDatagramOptions, UnixDatagramOptions } from "../net/datagram.ts";
-import { type ActivatedSocket, activatedSockets, findActivated } from "../process/systemd.ts";
-import type { ControlMeta, Hello, ListenerMeta } from "../protocol.ts";
+import { type ActivatedSocket, activatedSockets, findActivated } from "../systemd/activation.ts";
+import type { ControlMeta, Hello, ListenerMeta } from "../protocol/messages.ts";
 import type { Endpoint } from "../types.ts";
 
 /**

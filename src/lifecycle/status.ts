@@ -9,7 +9,7 @@ import process from "node:process";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
 import { openConnections } from "../net/sock_diag.ts";
-import { isDatagramKey, type StatusReport } from "../protocol.ts";
+import { isDatagramKey, type StatusReport } from "../protocol/messages.ts";
 import type { Endpoint, State } from "../types.ts";
 
 /** The status of generation `generation` serving `endpoints`. */

@@ -10,7 +10,7 @@
  */
 
 import process from "node:process";
-import type { SystemdNotifier } from "../process/systemd.ts";
+import type { SystemdNotifier } from "../systemd/notify.ts";
 import type { Emitter } from "./events.ts";
 
 const EXTEND_USEC = 15_000_000;

@@ -11,8 +11,8 @@
 import process from "node:process";
 import { readNulList } from "../proc.ts";
 import { spawn } from "../process/spawn.ts";
-import { SUPERVISOR_PID_ENV } from "../process/systemd.ts";
-import { CONTROL_FD_ENV } from "../protocol.ts";
+import { SUPERVISOR_PID_ENV } from "../systemd/activation.ts";
+import { CONTROL_FD_ENV } from "../protocol/messages.ts";
 import { activationFor, type HeldSocket } from "./sockets.ts";
 
 // The supervisor's, not its children's: replaced or dropped.

@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as sys from "../ffi/mod.ts";
 import { encodeUnix } from "../ffi/sockaddr.ts";
-import { NOTIFY_MAX_BYTES } from "../process/systemd.ts";
+import { NOTIFY_MAX_BYTES } from "../systemd/notify.ts";
 
 /**
  * One validated datagram.

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { type Env, type SystemdNotifier, systemdNotifier } from "../process/systemd.ts";
+import type { Env } from "../systemd/env.ts";
+import { type SystemdNotifier, systemdNotifier } from "../systemd/notify.ts";
 
 /**
  * The supervisor's line to its own service manager.

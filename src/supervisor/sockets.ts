@@ -12,7 +12,7 @@
 import * as sys from "../ffi/mod.ts";
 import { type Addr, formatAddr } from "../ffi/sockaddr.ts";
 import { openSocket } from "../net/listener.ts";
-import { LISTEN_FDS_START, SUPERVISOR_PID_ENV } from "../process/systemd.ts";
+import { LISTEN_FDS_START, SUPERVISOR_PID_ENV } from "../systemd/activation.ts";
 import type { ListenSpec } from "./listen_spec.ts";
 
 /**

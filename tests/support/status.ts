@@ -11,13 +11,9 @@
  *
  * @module
  */
-import {
-  connectControl,
-  messageOf,
-  nobodyThere,
-  PROTOCOL_VERSION,
-  type StatusReport,
-} from "../../src/protocol.ts";
+import { PROTOCOL_VERSION, type StatusReport } from "../../src/protocol/messages.ts";
+import { messageOf } from "../../src/protocol/validate.ts";
+import { connectControl, nobodyThere } from "../../src/protocol/client.ts";
 import { readFileSync } from "node:fs";
 import { processRuns } from "../../src/proc.ts";
 import { sleep } from "./procs.ts";
