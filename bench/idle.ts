@@ -314,6 +314,9 @@ const median = (xs: number[]): number => {
 };
 const mb = (kb: number) => (kb / 1024).toFixed(1);
 
+/** `n` per second of the idle window; "-" when there was none (`--seconds 0`: memory only). */
+const perSecond = (n: number, digits: number) => SECONDS > 0 ? (n / SECONDS).toFixed(digits) : "-";
+
 /** The `n` thread names with the most switches, medians over rounds. */
 function topThreads(samples: Sample[], n = 3): string {
   const names = new Set(samples.flatMap((s) => Object.keys(s.switchesByThread)));
@@ -333,8 +336,8 @@ function summaryTable(rt: Runtime, samples: Sample[]): string[] {
     const m = (k: keyof Sample["mem"]) => mb(median(s.map((x) => x.mem[k])));
     rows.push(
       `| ${v} | ${s.map((x) => x.ticks).join(" ")} | ${ticks} | ${
-        ((100 * ticks) / CLK_TCK / SECONDS).toFixed(2)
-      } | ${s.map((x) => x.switches).join(" ")} | ${sw} | ${(sw / SECONDS).toFixed(1)} | ${
+        perSecond((100 * ticks) / CLK_TCK, 2)
+      } | ${s.map((x) => x.switches).join(" ")} | ${sw} | ${perSecond(sw, 1)} | ${
         topThreads(s)
       } | ${median(s.map((x) => x.threads))} | ${m("VmRSS")} | ${m("RssAnon")} | ${
         m("RssFile")
