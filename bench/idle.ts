@@ -3,7 +3,8 @@
  * ticks, context switches (wakeups) and resident memory while nothing happens.
  *
  *   deno run -A bench/idle.ts [--seconds 20] [--rounds 3] [--settle 2] [--runtime deno|bun|both]
- *                             [--no-import] [--json]
+ *                             [--variants instar,bare,import,minimal] [--no-import]
+ *                             [--import <module>] [--requests 5] [--json]
  *   bun bench/idle.ts …
  *
  * Variants, each a fresh process, one at a time, the order alternating per round:
@@ -11,15 +12,21 @@
  *   control socket on: the worst case);
  * - `bare`: bench/idle_bare.ts, Deno.serve / Bun.serve with the same kind of
  *   hello handler and no imports;
- * - `import`: the bare server after loading instar's mod.ts without using it,
- *   to split the memory overhead into "loading the code" and "running it".
- * Each server answers one HTTP request (Connection: close), then gets no
- * traffic; after `--settle` seconds the idle window of `--seconds` starts.
+ * - `import`: the bare server after loading instar's mod.ts (or `--import`'s
+ *   module, to measure one part of the graph) without using it, to split the
+ *   memory overhead into "loading the code" and "running it";
+ * - `minimal`: bench/idle_minimal.ts, the smallest app on mod.ts
+ *   (`Upgrader.create()`, `up.serve({ port, fetch })`, `up.ready()`).
+ * Each server answers `--requests` HTTP requests (Connection: close), then gets
+ * no traffic; after `--settle` seconds the idle window of `--seconds` starts
+ * (`--seconds 0` measures memory only).
  * Over the window: utime+stime from /proc/<pid>/stat (clock ticks) and
  * voluntary+nonvoluntary context switches summed over /proc/<pid>/task/*
  * (every timer wakeup of a sleeping thread is one: a poll shows up here even
  * when it costs less than a tick). At its end: VmRSS, VmHWM, RssAnon, RssFile,
- * threads, and resident memory per kind of mapping from /proc/<pid>/smaps.
+ * threads, Pss and Private (Private_Clean + Private_Dirty: pages no other
+ * process maps) from /proc/<pid>/smaps_rollup, and resident memory per kind
+ * of mapping from /proc/<pid>/smaps.
  * Linux only. Only 127.0.0.1 is used.
  *
  * @module
@@ -34,7 +41,8 @@ import { parseArgs } from "node:util";
 import { alive, ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
 
 type Runtime = "deno" | "bun";
-type Variant = "instar" | "bare" | "import";
+type Variant = "instar" | "bare" | "import" | "minimal";
+const ALL_VARIANTS: Variant[] = ["instar", "bare", "import", "minimal"];
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -43,7 +51,10 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "3" },
     settle: { type: "string", default: "2" },
     runtime: { type: "string", default: "both" },
+    variants: { type: "string", default: "instar,bare,import" },
     "no-import": { type: "boolean", default: false },
+    import: { type: "string", default: "../mod.ts" },
+    requests: { type: "string", default: "1" },
     json: { type: "boolean", default: false },
   },
   strict: true,
@@ -56,7 +67,16 @@ const RUNTIMES: Runtime[] = values.runtime === "both"
 for (const r of RUNTIMES) {
   if (r !== "deno" && r !== "bun") throw new Error(`--runtime ${r}: expected deno, bun or both`);
 }
-const VARIANTS: Variant[] = values["no-import"] ? ["instar", "bare"] : ["instar", "bare", "import"];
+const VARIANTS = (values.variants.split(",") as Variant[]).filter((v) =>
+  !(values["no-import"] && v === "import")
+);
+for (const v of VARIANTS) {
+  if (!ALL_VARIANTS.includes(v)) {
+    throw new Error(`--variants ${v}: expected some of ${ALL_VARIANTS.join(",")}`);
+  }
+}
+if (!VARIANTS.includes("bare")) throw new Error("--variants: bare is the reference, keep it");
+const REQUESTS = Math.max(1, Number(values.requests));
 
 /** Clock ticks per second, the unit of /proc/<pid>/stat times (100 on every usual kernel). */
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout) || 100;
@@ -71,7 +91,7 @@ interface Sample {
   switchesByThread: Record<string, number>;
   threads: number;
   /** kB, from /proc/<pid>/status at the end of the window. */
-  mem: Record<"VmRSS" | "VmHWM" | "RssAnon" | "RssFile" | "RssShmem", number>;
+  mem: Record<"VmRSS" | "VmHWM" | "RssAnon" | "RssFile" | "RssShmem" | "Pss" | "Private", number>;
   /** Resident kB per kind of mapping, from /proc/<pid>/smaps. */
   smaps: Record<string, number>;
 }
@@ -94,6 +114,12 @@ function statusFields(path: string): Record<string, number> {
     if (m) out[m[1]] = Number(m[2]);
   }
   return out;
+}
+
+/** Pss and Private (clean + dirty) kB of the whole process, from /proc/<pid>/smaps_rollup. */
+function rollup(pid: number): { Pss: number; Private: number } {
+  const f = statusFields(`/proc/${pid}/smaps_rollup`);
+  return { Pss: f.Pss, Private: f.Private_Clean + f.Private_Dirty };
 }
 
 /** Context switches so far of each live thread, by tid, with the thread's name. */
@@ -172,9 +198,11 @@ function startServer(
       ...["--port", String(port), "--hostname", "127.0.0.1"],
       ...["--control", join(dir, "ctl.sock"), "--pid-file", join(dir, "app.pid")],
     ])
+    : variant === "minimal"
+    ? runtimeCmd(rt, join(ROOT, "bench/idle_minimal.ts"), [String(port)])
     : runtimeCmd(rt, join(ROOT, "bench/idle_bare.ts"), [
       String(port),
-      ...(variant === "import" ? ["--import"] : []),
+      ...(variant === "import" ? ["--import", values.import] : []),
     ]);
   const child = spawn(cmd, args, {
     stdio: ["ignore", "pipe", "pipe"],
@@ -247,6 +275,7 @@ async function idleWindow(pid: number): Promise<Omit<Sample, "runtime" | "varian
       RssAnon: f.RssAnon,
       RssFile: f.RssFile,
       RssShmem: f.RssShmem,
+      ...rollup(pid),
     },
     smaps: smapsByKind(pid),
   };
@@ -260,6 +289,7 @@ async function measure(rt: Runtime, variant: Variant, round: number): Promise<Sa
   running.add(child);
   try {
     await waitAnswering(child, port, log);
+    for (let i = 1; i < REQUESTS; i++) await answers(port);
     await sleep(SETTLE_MS);
     return { runtime: rt, variant, round, ...(await idleWindow(child.pid!)) };
   } finally {
@@ -284,6 +314,9 @@ const median = (xs: number[]): number => {
 };
 const mb = (kb: number) => (kb / 1024).toFixed(1);
 
+/** `n` per second of the idle window; "-" when there was none (`--seconds 0`: memory only). */
+const perSecond = (n: number, digits: number) => SECONDS > 0 ? (n / SECONDS).toFixed(digits) : "-";
+
 /** The `n` thread names with the most switches, medians over rounds. */
 function topThreads(samples: Sample[], n = 3): string {
   const names = new Set(samples.flatMap((s) => Object.keys(s.switchesByThread)));
@@ -303,8 +336,8 @@ function summaryTable(rt: Runtime, samples: Sample[]): string[] {
     const m = (k: keyof Sample["mem"]) => mb(median(s.map((x) => x.mem[k])));
     rows.push(
       `| ${v} | ${s.map((x) => x.ticks).join(" ")} | ${ticks} | ${
-        ((100 * ticks) / CLK_TCK / SECONDS).toFixed(2)
-      } | ${s.map((x) => x.switches).join(" ")} | ${sw} | ${(sw / SECONDS).toFixed(1)} | ${
+        perSecond((100 * ticks) / CLK_TCK, 2)
+      } | ${s.map((x) => x.switches).join(" ")} | ${sw} | ${perSecond(sw, 1)} | ${
         topThreads(s)
       } | ${median(s.map((x) => x.threads))} | ${m("VmRSS")} | ${m("RssAnon")} | ${
         m("RssFile")
@@ -320,10 +353,11 @@ function memoryColumns(): [string, (med: (v: Variant) => number) => number][] {
     `${v} MB`,
     (med) => med(v),
   ]);
-  cols.push(["instar − bare MB", (med) => med("instar") - med("bare")]);
-  if (!VARIANTS.includes("import")) return cols;
+  for (const v of VARIANTS.filter((v) => v !== "bare")) {
+    cols.push([`${v} − bare MB`, (med) => med(v) - med("bare")]);
+  }
+  if (!VARIANTS.includes("import") || !VARIANTS.includes("instar")) return cols;
   // Loading the library's code, then running the lifecycle: the two parts of instar − bare.
-  cols.push(["import − bare MB", (med) => med("import") - med("bare")]);
   cols.push(["instar − import MB", (med) => med("instar") - med("import")]);
   return cols;
 }
@@ -343,12 +377,15 @@ function memoryTable(rt: Runtime, samples: Sample[]): string[] {
     const med = (v: Variant) => median(of(v).map(kb));
     return `| ${label} | ${cols.map(([, f]) => mb(f(med))).join(" | ")} |`;
   };
-  const size = (k: string) => median(of("instar").map((x) => x.smaps[k] ?? 0));
-  // Kinds under 64 kB in instar are left out: they never explain a difference worth a line.
+  const size = (k: string) =>
+    Math.max(...VARIANTS.map((v) => median(of(v).map((x) => x.smaps[k] ?? 0))));
+  // Kinds under 64 kB in every variant are left out: they never explain a difference worth a line.
   for (const k of kinds.sort((a, b) => size(b) - size(a)).filter((k) => size(k) >= 64)) {
     rows.push(row(k, (s) => s.smaps[k] ?? 0));
   }
   rows.push(row("**total (VmRSS)**", (s) => s.mem.VmRSS));
+  rows.push(row("Private (smaps_rollup)", (s) => s.mem.Private));
+  rows.push(row("Pss (smaps_rollup)", (s) => s.mem.Pss));
   return rows;
 }
 
@@ -364,7 +401,7 @@ for (let round = 1; round <= ROUNDS; round++) {
       console.error(
         `round ${round} ${rt} ${v}: ${s.ticks} ticks, ${s.switches} switches, ${
           mb(s.mem.VmRSS)
-        } MB RSS, ${s.threads} threads`,
+        } MB RSS, ${mb(s.mem.Private)} MB Private, ${s.threads} threads`,
       );
     }
   }

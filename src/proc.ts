@@ -7,7 +7,6 @@
  */
 
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { readdir, readFile, readlink } from "node:fs/promises";
 
 /** The NUL-separated list in a /proc file (`cmdline`, `environ`). */
 export function readNulList(path: string): string[] {
@@ -192,6 +191,7 @@ export async function tcpConnections(
   pid: number | "self" = "self",
 ): Promise<number | null> {
   try {
+    const { readFile } = await import("node:fs/promises"); // on first use: memory at start-up
     const tables = await Promise.all(TCP_TABLES.map((t) => readFile(t, "latin1")));
     const theirs = await socketInodesAsync(pid);
     return tables.flatMap((t) => established(t, port)).filter((i) => theirs.has(i)).length;
@@ -203,6 +203,7 @@ export async function tcpConnections(
 /** The inodes of the sockets process `pid` holds open, read off the event loop: a server may hold thousands of connections. */
 export async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
   const dir = `/proc/${pid}/fd`;
+  const { readdir, readlink } = await import("node:fs/promises"); // on first use: memory at start-up
   const links = await Promise.all(
     (await readdir(dir)).map((e) => readlink(`${dir}/${e}`).catch(() => "")),
   );

@@ -64,19 +64,56 @@ function toBun(table: Record<string, Signature>): Record<string, BunFfiFunction>
   return out;
 }
 
+type BunSymbols = Record<string, (...args: unknown[]) => unknown>;
+
+/**
+ * The table's functions, each compiled by `bun:ffi` on its first use: `dlopen`
+ * compiles a trampoline per symbol, and compiling all of them up front costs a
+ * generation ~1 MB resident for functions most never call (docs/benchmarks.md,
+ * "A minimal app's memory"). A getter compiles its symbol once and replaces
+ * itself with the function, so later calls cost what they did. A symbol the
+ * library lacks (a libc instar does not support) fails with the error opening
+ * the whole table gave: `FFI_UNAVAILABLE`, naming the libraries tried.
+ */
+function lazySymbols(ffi: BunFfi, path: string, tried: readonly string[]): BunSymbols {
+  const out: BunSymbols = {};
+  for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
+    Object.defineProperty(out, name, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        let f;
+        try {
+          f = ffi.dlopen(path, toBun({ [name]: SYMBOLS[name] })).symbols[name];
+        } catch (err) {
+          throw new InstarError(
+            "FFI_UNAVAILABLE",
+            `could not load libc (tried ${tried.join(", ")})`,
+            { cause: err },
+          );
+        }
+        Object.defineProperty(out, name, { value: f, enumerable: true });
+        return f;
+      },
+    });
+  }
+  return out;
+}
+
 /** Opens the first library of `candidates` that loads; returns the Bun backend. */
 export function openBun(candidates: readonly string[], darwin: boolean): Backend {
   const ffi = (import.meta as unknown as { require(id: string): BunFfi }).require("bun:ffi");
-  let symbols: Record<string, (...args: unknown[]) => unknown> | undefined;
+  let symbols: BunSymbols | undefined;
   let errnoFn: (() => unknown) | undefined;
   let lastError: unknown;
   let loaded = "";
   for (const path of candidates) {
     try {
-      symbols = ffi.dlopen(path, toBun(SYMBOLS)).symbols;
-      loaded = path;
+      // Opening the errno symbol checks that the library loads; the others compile on first use.
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
       errnoFn = Object.values(e)[0];
+      symbols = lazySymbols(ffi, path, candidates);
+      loaded = path;
       break;
     } catch (err) {
       lastError = err;

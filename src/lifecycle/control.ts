@@ -13,8 +13,9 @@
  * @module
  */
 
-import * as net from "node:net";
+import type * as net from "node:net";
 import { rmSync } from "node:fs";
+import process from "node:process";
 import { type InstarError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
@@ -143,7 +144,10 @@ export class ControlServer implements Endpoint {
   }
 
   async #listen(): Promise<void> {
-    const server = net.createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
+    // node:net is loaded here, not at start-up: a generation without a control socket never pays
+    // for it (a few MB resident; docs/benchmarks.md, Idle cost).
+    const { createServer } = process.getBuiltinModule("node:net") as typeof net;
+    const server = createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
     // A backstop only: peers past MAX_PEERS are refused with a message, and those
     // refusals close within CLOSE_GRACE_MS; the runtime drops what exceeds this.
     server.maxConnections = 2 * MAX_PEERS;

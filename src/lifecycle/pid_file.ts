@@ -16,11 +16,14 @@ import {
   rmSync,
   writeSync,
 } from "node:fs";
-import { randomBytes } from "node:crypto";
+import type * as crypto from "node:crypto";
+import process from "node:process";
 import { dirname, join } from "node:path";
 
 /** A fresh temp file name next to `path`: nobody can plant a file there in advance. */
 function randomTempName(path: string): string {
+  // node:crypto is loaded on first use: only generations with a pid file pay for it (memory).
+  const { randomBytes } = process.getBuiltinModule("node:crypto") as typeof crypto;
   return join(dirname(path), `.${randomBytes(8).toString("hex")}.pid.tmp`);
 }
 

@@ -16,7 +16,6 @@
  * @module
  */
 
-import { lookup } from "node:dns/promises";
 import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
   C,
@@ -173,6 +172,8 @@ function checkBacklog(backlog: unknown): number {
 }
 
 async function resolveHost(hostname: string): Promise<string> {
+  // Loaded here: numeric hostnames, the usual case, never need the resolver (node:dns costs memory).
+  const { lookup } = await import("node:dns/promises");
   try {
     return (await lookup(hostname)).address;
   } catch (err) {

@@ -19,17 +19,16 @@
  * @module
  */
 
-import * as net from "node:net";
+import type * as net from "node:net";
+import process from "node:process";
 import { InstarError } from "../errors.ts";
 import { C, close as closeFd, dupCloexec, getsockoptInt, runtimeName } from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { Acceptor, BaseConn } from "./conn.ts";
 import { bunAcceptor } from "./listener_bun.ts";
 import { bunDatagramReader } from "./datagram_bun.ts";
-import { denoDatagramReader } from "./datagram_deno.ts";
 import { type DatagramReader, type OnDatagram, pollReader } from "./datagram_reader.ts";
 import { denoAcceptor } from "./listener_deno.ts";
-import { nodeAcceptor } from "./listener_node.ts";
 import { bunAdapter } from "./serve_bun.ts";
 import { denoAdapter } from "./serve_deno.ts";
 import { bunNodeAdapter } from "./serve_node_bun.ts";
@@ -60,6 +59,8 @@ export async function startAcceptor(
   const dup = dupCloexec(fd);
   try {
     if (backend === "auto" && rt === "bun") return bunAcceptor(dup, addr, track);
+    // The fallback and its node:net are loaded only when a listener needs them (memory).
+    const { nodeAcceptor } = await import("./listener_node.ts");
     return await nodeAcceptor(dup, addr, track);
   } catch (err) {
     try {
@@ -76,8 +77,11 @@ export async function startAcceptor(
  * through the event loop. The socket owns `fd` from now on and closes it.
  */
 export function socketOnFd(fd: number): net.Socket {
-  if (runtimeName() === "bun") return net.connect({ fd } as unknown as net.NetConnectOpts);
-  return new net.Socket({ fd, readable: true, writable: true } as net.SocketConstructorOpts);
+  // Loaded on first use, not at start-up: a first generation without a control socket needs no
+  // node:net (a few MB resident; docs/benchmarks.md, Idle cost).
+  const { connect, Socket } = process.getBuiltinModule("node:net") as typeof net;
+  if (runtimeName() === "bun") return connect({ fd } as unknown as net.NetConnectOpts);
+  return new Socket({ fd, readable: true, writable: true } as net.SocketConstructorOpts);
 }
 
 /**
@@ -136,6 +140,8 @@ export async function startDatagramReader(
   }
   if (options.backend === "auto" && inet && rt === "deno") {
     try {
+      // node:dgram is loaded only for a datagram socket on Deno (memory).
+      const { denoDatagramReader } = await import("./datagram_deno.ts");
       return await denoDatagramReader(fd, onDatagram, options.paused);
     } catch (err) {
       if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;

@@ -6,7 +6,8 @@
  * @module
  */
 
-import * as net from "node:net";
+import type * as net from "node:net";
+import process from "node:process";
 import { dupCloexec } from "../ffi/mod.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
 
@@ -22,6 +23,8 @@ import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
  * ```
  */
 export class ConnectionProxy {
+  // node:net is loaded by listen(), not at start-up: serve() seldom needs this fallback.
+  #net: typeof net | undefined;
   #server: net.Server | undefined;
   #pairs = new Set<net.Socket>();
   #remotes = new Map<number, NetAddr>();
@@ -45,7 +48,8 @@ export class ConnectionProxy {
   listen(): Promise<void> {
     // node:net owns (and closes) the fd it listens on: give it a duplicate.
     const dup = dupCloexec(this.fd);
-    const server = net.createServer({ allowHalfOpen: true }, (c) => this.#pipe(c));
+    this.#net = process.getBuiltinModule("node:net") as typeof net;
+    const server = this.#net.createServer({ allowHalfOpen: true }, (c) => this.#pipe(c));
     this.#server = server;
     if (!this.#refed) server.unref();
     return new Promise<void>((resolve, reject) => {
@@ -58,10 +62,10 @@ export class ConnectionProxy {
   }
 
   #pipe(client: net.Socket): void {
-    const u = this.upstream;
+    const u = this.upstream, { connect } = this.#net!;
     const up = u.transport === "unix"
-      ? net.connect({ path: u.path, allowHalfOpen: true })
-      : net.connect({ host: u.hostname, port: u.port, allowHalfOpen: true, noDelay: true });
+      ? connect({ path: u.path, allowHalfOpen: true })
+      : connect({ host: u.hostname, port: u.port, allowHalfOpen: true, noDelay: true });
     client.setNoDelay(true);
     this.#pairs.add(client);
     let localPort = 0;

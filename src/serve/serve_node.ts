@@ -21,7 +21,8 @@
  */
 
 import { mkdtempSync, rmSync } from "node:fs";
-import * as https from "node:https";
+import type * as https from "node:https";
+import process from "node:process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InstarError, invalid } from "../errors.ts";
@@ -233,7 +234,8 @@ export async function serveNode(
   }
   reportAddress(server, addr);
   // Either test: Bun's https.Server has no setSecureContext.
-  const tls = server instanceof https.Server ||
+  // node:https is loaded here, not at start-up, for the generations that never call serveNode().
+  const tls = server instanceof (process.getBuiltinModule("node:https") as typeof https).Server ||
     typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
   const handle = serving(server, drainer, fd, addr, a, o);
   return Object.assign(handle, { url: urlOf(addr, tls) });

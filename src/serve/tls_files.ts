@@ -9,8 +9,9 @@
  * @module
  */
 
-import { createPrivateKey, X509Certificate } from "node:crypto";
+import type * as crypto from "node:crypto";
 import { readFileSync } from "node:fs";
+import process from "node:process";
 import { InstarError } from "../errors.ts";
 
 /**
@@ -100,7 +101,12 @@ function read(path: string, what: string): string {
 export function readTlsFiles(o: TlsFileOptions): TlsFiles {
   const cert = read(o.cert, "certificate");
   const key = read(o.key, "private key");
-  let x509: X509Certificate;
+  // Loaded here, not with mod.ts: node:crypto costs a few MB resident to every generation that
+  // never reads a certificate (docs/benchmarks.md, Idle cost).
+  const { createPrivateKey, X509Certificate } = process.getBuiltinModule(
+    "node:crypto",
+  ) as typeof crypto;
+  let x509: crypto.X509Certificate;
   try {
     x509 = new X509Certificate(cert);
   } catch (err) {
@@ -111,7 +117,7 @@ export function readTlsFiles(o: TlsFileOptions): TlsFiles {
       { cause: err },
     );
   }
-  let pkey: ReturnType<typeof createPrivateKey>;
+  let pkey: crypto.KeyObject;
   try {
     pkey = createPrivateKey(key);
   } catch (err) {

@@ -1,0 +1,53 @@
+// What loading mod.ts loads: every `node:` builtin costs a generation memory (2–9 MB resident
+// each, docs/benchmarks.md "A minimal app's memory"), so the rarely needed ones are loaded where
+// they are first used (`await import()` or `process.getBuiltinModule()`), never by a static import
+// on mod.ts's graph. A static one added by mistake shows up here, naming the file.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { ROOT } from "./support/procs.ts";
+
+/** Builtins a generation may never need: loaded on first use only. */
+const LAZY = [
+  "node:net",
+  "node:http",
+  "node:https",
+  "node:tls",
+  "node:crypto",
+  "node:dgram",
+  "node:dns",
+  "node:dns/promises",
+  "node:fs/promises",
+  "node:util",
+  "node:child_process",
+  "node:worker_threads",
+];
+
+// Static imports and re-exports that stay at run time (`import type` / `export type` are erased).
+const STATIC = /^(?:import|export)\s+(?!type\s)(?:[^"';]*?\sfrom\s+)?["']([^"']+)["']/gm;
+
+/** Each module statically reachable from `entry`, with the specifiers it imports. */
+function staticGraph(entry: string): Map<string, string[]> {
+  const graph = new Map<string, string[]>();
+  const todo = [entry];
+  while (todo.length > 0) {
+    const file = todo.pop()!;
+    if (graph.has(file)) continue;
+    const specs = [...readFileSync(file, "utf8").matchAll(STATIC)].map((m) => m[1]);
+    graph.set(file, specs);
+    for (const s of specs) if (s.startsWith(".")) todo.push(join(dirname(file), s));
+  }
+  return graph;
+}
+
+describe("start-up imports", () => {
+  test("mod.ts loads no rarely needed node: builtin at start-up", () => {
+    const graph = staticGraph(join(ROOT, "mod.ts"));
+    assert.ok(graph.size > 20, `only ${graph.size} modules found: the import pattern is broken`);
+    const found = [...graph].flatMap(([file, specs]) =>
+      specs.filter((s) => LAZY.includes(s)).map((s) => `${file.slice(ROOT.length)}: ${s}`)
+    );
+    assert.deepEqual(found, [], "load these where they are first needed, not at start-up");
+  });
+});
