@@ -28,7 +28,7 @@
 export { Upgrader } from "./src/lifecycle/upgrader.ts";
 export type { UpgraderOptions } from "./src/lifecycle/options.ts";
 export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
-export type { DatagramSpec, SocketSpec } from "./src/lifecycle/registry.ts";
+export type { DatagramSpec, SocketSpec } from "./src/net/specs.ts";
 export {
   type DatagramAddr,
   type DatagramOptions,
