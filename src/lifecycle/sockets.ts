@@ -77,13 +77,13 @@ export class Sockets {
   }
 
   /** `up.serve()` (called with `args` arguments): the runtime's own HTTP server, counting requests. */
-  serve<WebSocketData = undefined>(
+  async serve<WebSocketData = undefined>(
     options: UpgraderServeOptions<WebSocketData>,
     args: number,
   ): Promise<Server> {
     checkOneObject("up.serve()", options, args);
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
-    return this.#onSocket(spec, (key, fd, addr) => {
+    return await this.#onSocket(spec, (key, fd, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions.onFallback);
       return startServe(fd, { ...settings, ...counted, onFallback: settings.onFallback });
@@ -91,9 +91,9 @@ export class Sockets {
   }
 
   /** `up.serveNode()`: a `node:http` server on the socket. */
-  serveNode(server: NodeHttpServer, options: UpgraderServeNodeOptions): Promise<NodeServing> {
+  async serveNode(server: NodeHttpServer, options: UpgraderServeNodeOptions): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
-    return this.#onSocket(spec, (_key, fd, addr) => {
+    return await this.#onSocket(spec, (_key, fd, addr) => {
       const settings = this.#serverSettings(addr, node.onFallback);
       return startServeNode(fd, server, { ...settings, ...node, onFallback: settings.onFallback });
     });
