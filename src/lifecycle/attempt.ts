@@ -10,7 +10,7 @@
  */
 
 import { UpgradeError, type UpgradeRefusedError } from "../errors.ts";
-import type { MessageSocket, StatusReport } from "../protocol.ts";
+import type { MessageSocket } from "../protocol.ts";
 import type { ExitReason } from "../types.ts";
 import type { ControlActions } from "./control.ts";
 import { refusal } from "./events.ts";
@@ -19,19 +19,17 @@ import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts
 import type { Observer } from "./observer.ts";
 import { PromotionWindow } from "./promotion.ts";
 import { Reaper } from "./reaper.ts";
-import type { Registry } from "./registry.ts";
 import type { Shared } from "./shared.ts";
+import type { Sockets } from "./sockets.ts";
 
 /** What the attempts need from the generation that runs them. */
 export interface AttemptContext {
   /** The generation's shared state. */
   shared: Shared;
   /** Its sockets: what the next generation gets. */
-  registry: Registry;
-  /** Its observer: the counters passed on, the reports. */
+  sockets: Sockets;
+  /** Its observer: the counters passed on, the reports, the status. */
   observer: Observer;
-  /** Its status report, for the control server. */
-  status: () => Promise<StatusReport>;
   /** Begins its exit (after a successful upgrade). */
   exit: (reason: ExitReason) => void;
 }
@@ -71,7 +69,7 @@ export class Upgrades {
   controlActions(): ControlActions {
     const { observer } = this.#c;
     return {
-      status: () => this.#c.status(),
+      status: () => observer.status(),
       upgrade: (spawned: (pid: number) => void, trigger: string) => {
         const off = this.#s.events.on("upgrade-spawned", ({ pid }) => spawned(pid));
         return this.fork(trigger).finally(off);
@@ -109,7 +107,7 @@ export class Upgrades {
     try {
       const c = s.control;
       attempt = start(s.generation + 1, {
-        ...this.#c.registry.passable(c && { path: c.path, fd: c.fd }),
+        ...this.#c.sockets.registry.passable(c && { path: c.path, fd: c.fd }),
         promotionWindow: s.settings.promotionWindow,
         counters: this.#c.observer.carry(),
       });
@@ -136,7 +134,7 @@ export class Upgrades {
     this.#window = new PromotionWindow(attempt, {
       windowMs: ms,
       generation,
-      endpoints: this.#c.registry.endpoints,
+      endpoints: this.#c.sockets.registry.endpoints,
       controlFd: s.control?.fd ?? null,
       reaper: this.#reaper,
       drainTimeout: s.settings.drainTimeout,

@@ -1,9 +1,8 @@
 /**
- * The lifecycle of one generation, as a small state machine: adopt the
- * sockets of the previous generation, tell it when this one is ready, start
- * the next one on demand, drain when this one must stop. Each step is a
- * unit of its own (sockets.ts, attempt.ts, exit.ts, observer.ts); this file
- * only orchestrates them.
+ * The lifecycle of one generation, as a small state machine: adopt the sockets of the previous
+ * generation, tell it when this one is ready, start the next one on demand, drain when this one
+ * must stop. Each step is a unit of its own (sockets.ts, ready.ts, attempt.ts, exit.ts,
+ * observer.ts); this file only orchestrates them.
  *
  * @module
  */
@@ -74,16 +73,14 @@ export class Upgrader {
     this.drained = this.#exit.drained;
     const observer = this.#observer = Observer.of(s, endpoints, (h) => this.onDrained(h));
     const sockets = this.#sockets = new Sockets(s, observer);
-    const status = () => this.status(), promoted = () => observer.promoted();
-    this.#upgrades = new Upgrades({
+    const upgrades = this.#upgrades = new Upgrades({ shared: s, sockets, observer, exit });
+    this.#ready = new Readiness({
       shared: s,
-      registry: sockets.registry,
-      observer,
-      status,
+      sockets,
       exit,
+      actions: () => upgrades.controlActions(),
+      promoted: () => observer.promoted(),
     });
-    const actions = () => this.#upgrades.controlActions();
-    this.#ready = new Readiness({ shared: s, sockets, actions, exit, promoted });
   }
 
   /**
