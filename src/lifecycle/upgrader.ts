@@ -139,9 +139,9 @@ export class Upgrader {
    * server's: where to listen (`port` and `hostname`, or `path` with
    * `socketMode` for a Unix socket; `backlog`), the handler as `fetch` or
    * `handler`, the runtime's own options (typed with its own types) and
-   * instar's (`mode`, `onFallback`, `drainTimeoutMs`, …). On a handover the
+   * instar's (`mode`, `onFallback`, `drainDelayMs`, …). On a handover the
    * server stops accepting, reads what it accepted, and drains within the
-   * drain timeout.
+   * Upgrader's `drainTimeout`: `drainTimeoutMs` is refused (`INVALID_ARGUMENT`).
    *
    * @typeParam WebSocketData Bun's `ws.data` type (as in `Bun.serve<WebSocketData>`).
    * @example
