@@ -140,7 +140,7 @@ export type UpgradeRefusal =
 /**
  * Everything a generation serves on a socket it passes on: a listener, an
  * HTTP server, the control socket. The lifecycle drains every endpoint the
- * same way (see `src/lifecycle/drain.ts`): pause, let the runtime deliver
+ * same way (see `src/net/drain.ts`): pause, let the runtime deliver
  * what it accepted, finish gracefully within the drain timeout, force-close
  * what is left, release the fd.
  */

@@ -25,7 +25,7 @@ import {
 } from "../src/observe/counters.ts";
 import { validateReport } from "../src/observe/report.ts";
 import { establishedByPort } from "../src/net/sock_diag.ts";
-import { Observer } from "../src/observe/metrics.ts";
+import { Observer } from "../src/lifecycle/observer.ts";
 import { Emitter } from "../src/lifecycle/events.ts";
 import type { UpgradeReport } from "../mod.ts";
 import { socketInodesAsync, tcpConnectionInodes } from "../src/proc.ts";

@@ -522,6 +522,11 @@ describe(`serveNode() (${RUNTIME})`, () => {
       // up.serveNode()'s options, checked before a socket is claimed.
       const opts = (o: unknown) => () => splitNodeOptions(o as { port: number });
       assert.throws(opts({ port: 0, fetch: () => {} }), bad("INVALID_ARGUMENT", /"fetch"/));
+      // The drain timeout is the Upgrader's, for every server of a generation.
+      assert.throws(
+        opts({ port: 0, drainTimeoutMs: 1 }),
+        bad("INVALID_ARGUMENT", /drainTimeoutMs is 1; .*Upgrader\.create\(\{ drainTimeout \}\)/),
+      );
       assert.throws(opts({ port: 0, path: "/x" }), bad("INVALID_ARGUMENT", /TCP or a Unix/));
       assert.throws(opts({ hostname: "::1" }), bad("INVALID_ARGUMENT", /a `port`, a `path`/));
       assert.throws(opts(null), bad("INVALID_ARGUMENT", /up.serveNode\(\) options/));

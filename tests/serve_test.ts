@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import * as net from "node:net";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import * as http from "node:http";
 import * as https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -695,6 +696,37 @@ describe(`serve() under ${RUNTIME}, one options object`, () => {
         message: /`port`.*up\.serve\(\) or listen\(\)/,
       });
     });
+  });
+
+  test("up.serve() and up.serveNode() refuse drainTimeoutMs, naming the Upgrader's drainTimeout, and open no socket", async () => {
+    const up = await Upgrader.create({
+      upgradeSignal: null,
+      stopSignals: [],
+      exitAfterDrain: false,
+    });
+    try {
+      const before = openFds();
+      const message = /drainTimeoutMs is 5000; .*Upgrader\.create\(\{ drainTimeout \}\)/;
+      const options = { hostname: "127.0.0.1", port: 0, drainTimeoutMs: 5000 };
+      await assert.rejects(
+        up.serve({ ...options, fetch: hello } as unknown as UpgraderServeOptions),
+        { name: "InstarError", code: "INVALID_ARGUMENT", message: /^up\.serve\(\) option/ },
+      );
+      await assert.rejects(up.serve({ ...options, fetch: hello } as never), { message });
+      const node = http.createServer();
+      await assert.rejects(up.serveNode(node, options as never), {
+        name: "InstarError",
+        code: "INVALID_ARGUMENT",
+        message: /^up\.serveNode\(\) option/,
+      });
+      await assert.rejects(up.serveNode(node, options as never), { message });
+      assert.deepEqual(await leakedSockets(before), []);
+      assert.deepEqual(up.addrs(), []);
+    } finally {
+      await up.ready();
+      up.stop();
+      await up.drained;
+    }
   });
 
   test("up.serve() in the old (listen, options, handler) form is INVALID_ARGUMENT and opens no socket", async () => {

@@ -57,6 +57,12 @@ export const wrong: unknown[] = [
   { port: 8080, fetch: () => new Response("hi") } satisfies ServeOptions,
   // @ts-expect-error a Unix socket has no port
   { port: 8080, path: "/x.sock", fetch: () => new Response("hi") } satisfies UpgraderServeOptions,
+  {
+    port: 8080,
+    fetch: () => new Response("hi"),
+    // @ts-expect-error up.serve()'s servers drain within the Upgrader's drainTimeout
+    drainTimeoutMs: 5000,
+  } satisfies UpgraderServeOptions,
   // @ts-expect-error upgrade() without a WebSocket handler may not return undefined
   { fetch: (r, s) => (s.upgrade(r) ? undefined : new Response("no")) } satisfies ServeOptions,
   {

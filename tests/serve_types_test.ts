@@ -48,6 +48,8 @@ export const wrong: unknown[] = [
   { port: 8080, path: "/x.sock", fetch: hello } satisfies UpgraderServeOptions,
   // @ts-expect-error up.serve() needs a port or a path
   { fetch: hello } satisfies UpgraderServeOptions,
+  // @ts-expect-error up.serve()'s servers drain within the Upgrader's drainTimeout
+  { port: 8080, fetch: hello, drainTimeoutMs: 5000 } satisfies UpgraderServeOptions,
 ];
 
 describe("up.serve() options", () => {

@@ -284,7 +284,7 @@ export class ControlServer implements Endpoint {
       );
     }
     if (m.type === "report") {
-      // The previous generation's last word after its drain: believed only from it (observe/metrics.ts).
+      // The previous generation's last word after its drain: believed only from it (observer.ts).
       actions.report?.(peer.pid, m.report, m.counters);
       return this.#close(peer);
     }

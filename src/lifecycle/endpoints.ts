@@ -1,6 +1,8 @@
 /**
- * A {@link Listener} and a {@link Server} seen as {@link Endpoint}s, so that
- * the registry passes them on and the drain treats them alike.
+ * A {@link Listener} and an HTTP server seen as {@link Endpoint}s, so that
+ * the registry passes them on and the drain treats them alike. Each endpoint
+ * is built here once, by the socket's owner: a server contributes only what
+ * it decides in a drain ({@link ServerDrain}).
  *
  * @module
  */
@@ -10,7 +12,7 @@ import { sleep } from "../timeout.ts";
 import type { Listener } from "../net/listener.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { openConnections } from "../net/sock_diag.ts";
-import { type Server, serverEndpoint as endpointOfServer } from "../serve/serve.ts";
+import type { ServerDrain } from "../net/drain.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
 /** Pausing, shared by every endpoint on a listening socket instar owns. */
@@ -65,38 +67,28 @@ export function listenerEndpoint(key: string, listener: Listener, activated: boo
   };
 }
 
-/** An HTTP server from `serve()` on `fd`, which the lifecycle owns and closes. */
+/**
+ * An HTTP server (`serve()`'s or `serveNode()`'s, as `server`) on `fd`, which
+ * the lifecycle owns and closes. Paused, the server also answers with
+ * `Connection: close`: keep-alive clients move on.
+ */
 export function serverEndpoint(
   key: string,
   fd: number,
   addr: Addr,
-  server: Server,
-  activated: boolean,
-): Endpoint {
-  // Paused, the server also answers with `Connection: close`: keep-alive clients move on.
-  return socketServerEndpoint(key, fd, addr, endpointOfServer(server), activated);
-}
-
-/**
- * An HTTP server's standalone endpoint (`base`: {@link serve}'s or
- * `serveNode()`'s) on `fd`, which the lifecycle owns and closes.
- */
-export function socketServerEndpoint(
-  key: string,
-  fd: number,
-  addr: Addr,
-  base: Endpoint,
+  server: ServerDrain,
   activated: boolean,
 ): Endpoint {
   let released = false;
   return {
-    ...base,
+    ...server,
     key,
     fd,
+    addr,
     // The native servers keep no count: ask the kernel.
     connections:
       () => (addr.transport === "tcp" ? openConnections(addr.port) : Promise.resolve(null)),
-    refuseNew: () => refuse(fd, activated, base.pauseAccepting),
+    refuseNew: () => refuse(fd, activated, server.pauseAccepting),
     release: () => {
       if (!released) closeFd(fd);
       released = true;

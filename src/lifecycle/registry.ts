@@ -10,30 +10,10 @@
 
 import { invalid } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
-import type { ListenOptions, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
-import type { UdpDatagramOptions, UnixDatagramOptions } from "../net/datagram.ts";
+import type { DatagramSpec, SocketSpec } from "../net/specs.ts";
 import { type ActivatedSocket, activatedSockets, findActivated } from "../systemd/activation.ts";
 import type { ControlMeta, Hello, ListenerMeta } from "../protocol/messages.ts";
 import type { Endpoint } from "../types.ts";
-
-/**
- * Where {@link Upgrader.listen} and {@link Upgrader.serve} listen: TCP or a
- * Unix socket, optionally with the `name` of a systemd socket
- * (`FileDescriptorName=`), or only a name.
- *
- * @example
- * ```ts
- * import { type SocketSpec, Upgrader } from "@instar/instar";
- *
- * const up = await Upgrader.create();
- * const web: SocketSpec = { name: "web", port: 8080 }; // systemd's socket "web", else a fresh one
- * const listener = await up.listen(web);
- * ```
- */
-export type SocketSpec =
-  | (TcpListenOptions & { name?: string })
-  | (UnixListenOptions & { name?: string })
-  | { name: string };
 
 /** The registry key of a spec: its name, else its address as asked for (port 0 stays 0). */
 export function keyOf(spec: SocketSpec): string {
@@ -49,20 +29,6 @@ export function keyOf(spec: SocketSpec): string {
   if ("port" in spec) return `tcp:${spec.hostname ?? "0.0.0.0"}:${spec.port}`;
   invalid("listen options", JSON.stringify(spec), "{ hostname?, port }, { path } or { name }");
 }
-
-/**
- * Where {@link Upgrader.listenDatagram} receives: UDP or a Unix datagram socket.
- *
- * @example
- * ```ts
- * import { type DatagramSpec, Upgrader } from "@instar/instar";
- *
- * const up = await Upgrader.create();
- * const spec: DatagramSpec = { hostname: "127.0.0.1", port: 5353 };
- * const sock = await up.listenDatagram(spec);
- * ```
- */
-export type DatagramSpec = UdpDatagramOptions | UnixDatagramOptions;
 
 /** The registry key of a datagram spec: `udp:<host>:<port>` or `unixgram:<path>` (port 0 stays 0). */
 export function datagramKeyOf(spec: DatagramSpec): string {
@@ -202,12 +168,6 @@ export class Registry {
     }
     this.#activated = [];
   }
-}
-
-/** The address part of a spec (its systemd name only matters to the registry). */
-export function addressOf(spec: SocketSpec): ListenOptions {
-  const { name: _name, ...address } = spec as SocketSpec & { name?: string };
-  return address as ListenOptions;
 }
 
 /**

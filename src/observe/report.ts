@@ -12,7 +12,6 @@
  */
 
 import { InstarError } from "../errors.ts";
-import type { Emitter } from "../lifecycle/events.ts";
 
 /**
  * How an upgrade ended.
@@ -207,11 +206,38 @@ export function formatReport(r: UpgradeReport): string {
   return lines.join("\n") + "\n";
 }
 
+/**
+ * The events a {@link Reporter} follows, with what it reads of them: the
+ * lifecycle emits them (`UpgraderEvents`, src/lifecycle/events.ts).
+ */
+export interface ReportedEvents {
+  "upgrade-started": { generation: number };
+  "upgrade-spawned": { pid: number };
+  "promotion-window": unknown;
+  "upgrade-succeeded": { ms: number };
+  "upgrade-failed": { error: { reason: string } };
+  "upgrade-refused": { error: { reason: string } };
+  "rolled-back": { pid: number; generation: number; reason: string };
+  draining: { reason: string };
+  drained: { forced: number };
+}
+
+/** Where a {@link Reporter} hears the lifecycle's events and tells its reports. */
+export interface ReportEvents {
+  /** Subscribes to `event`. */
+  on<K extends keyof ReportedEvents>(
+    event: K,
+    handler: (payload: ReportedEvents[K]) => void,
+  ): () => void;
+  /** Tells a report. */
+  emit(event: "upgrade-report", report: UpgradeReport): void;
+}
+
 /** What a {@link Reporter} follows. */
 export interface ReporterContext {
   pid: number;
   generation: number;
-  events: Pick<Emitter, "on" | "emit">;
+  events: ReportEvents;
   /** Open connections now (at the handover). */
   count: () => Promise<number | null>;
 }

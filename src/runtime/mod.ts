@@ -114,9 +114,12 @@ export function serveNodeAdapter(): NodeServeAdapter {
   throw new InstarError("UNSUPPORTED_RUNTIME", "serveNode() runs on Deno and Bun");
 }
 
-/** Which runtime serves: `deno` or `bun` (for messages and option checks that differ). */
-export function currentRuntime(): "deno" | "bun" | "unknown" {
-  return runtimeName() ?? "unknown";
+/**
+ * Whether this runtime's own server serves Bun's `routes` without a request
+ * handler (Bun's does): `serve()` then needs no `fetch`, and says so.
+ */
+export function servesRoutesAlone(): boolean {
+  return runtimeName() === "bun";
 }
 
 /** How a datagram socket is read (tests force the portable path). */

@@ -64,7 +64,11 @@ export interface NodeServeOptions {
   onFallback?: (reason: InstarError) => void;
   /** How long to keep reading connections already accepted before closing. Default 250 ms. */
   drainDelayMs?: number;
-  /** How long requests and WebSockets may run on during a shutdown. Default 30 s. */
+  /**
+   * How long requests and WebSockets may run on during a shutdown. Default 30 s.
+   * `serveNode(fd)` only: `up.serveNode()` refuses it, its servers drain within the
+   * Upgrader's `drainTimeout` (`Upgrader.create({ drainTimeout })`).
+   */
   drainTimeoutMs?: number;
   /** Forces the kcmp-free epoll dedupe of the transplant (for tests). */
   dedupe?: DedupeMethod;
@@ -73,7 +77,9 @@ export interface NodeServeOptions {
 }
 
 /**
- * The options of `up.serveNode()`: where to listen and instar's options.
+ * The options of `up.serveNode()`: where to listen and instar's options,
+ * except `drainTimeoutMs` (`INVALID_ARGUMENT`): the drain timeout is the
+ * Upgrader's, `Upgrader.create({ drainTimeout })`.
  *
  * @example
  * ```ts

@@ -8,8 +8,8 @@
  */
 
 import { InstarError, invalid } from "../errors.ts";
-import { currentRuntime } from "../runtime/mod.ts";
-import type { SocketSpec } from "../lifecycle/registry.ts";
+import { servesRoutesAlone } from "../runtime/mod.ts";
+import type { SocketSpec } from "../net/specs.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { ServeMode, ServeOptions, ServeTarget, UpgraderServeOptions } from "./types.ts";
 
@@ -109,19 +109,20 @@ export function checkOneObject(
 /**
  * Takes the handler out of `options`: `fetch` (Bun's and srvx's name) or
  * `handler` (Deno's), never both; neither is allowed only with Bun's
- * `routes`. Returns it and the other options.
+ * `routes`, on the runtime that serves them alone (`runtime/mod.ts` says
+ * which). Returns it and the other options.
  *
  * @example
  * ```ts
  * import { takeHandler } from "./options.ts";
  *
- * const { handler, rest } = takeHandler({ fetch: () => new Response("hi"), mode: "auto" }, "deno");
+ * const { handler, rest } = takeHandler({ fetch: () => new Response("hi"), mode: "auto" });
  * ```
  */
 export function takeHandler(
   options: Record<string, unknown>,
-  runtime: string,
 ): { handler: AnyHandler | undefined; rest: Record<string, unknown> } {
+  const routesAlone = servesRoutesAlone();
   const { fetch, handler, ...rest } = options;
   if (fetch !== undefined && handler !== undefined) {
     throw new InstarError(
@@ -130,12 +131,12 @@ export function takeHandler(
     );
   }
   const h = fetch ?? handler;
-  const routes = runtime === "bun" && rest.routes !== undefined;
+  const routes = routesAlone && rest.routes !== undefined;
   if (h === undefined && !routes) {
     throw new InstarError(
       "INVALID_ARGUMENT",
       "serve options have no request handler; pass `fetch: (req) => Response` " +
-        `(or \`handler\`, Deno's name)${runtime === "bun" ? " or Bun's `routes`" : ""}`,
+        `(or \`handler\`, Deno's name)${routesAlone ? " or Bun's `routes`" : ""}`,
     );
   }
   if (h !== undefined && typeof h !== "function") {
@@ -168,6 +169,28 @@ export function refuseListenKeys(options: Record<string, unknown>): void {
 }
 
 /**
+ * Throws INVALID_ARGUMENT when `up.serve()`'s or `up.serveNode()`'s options
+ * have a `drainTimeoutMs`: a generation's servers drain together within the
+ * Upgrader's `drainTimeout`, so a server's own would be ignored.
+ *
+ * @example
+ * ```ts
+ * import { refuseDrainTimeout } from "./options.ts";
+ *
+ * refuseDrainTimeout("up.serve()", { port: 8080 }); // fine; { drainTimeoutMs: 5000 } throws
+ * ```
+ */
+export function refuseDrainTimeout(call: "up.serve()" | "up.serveNode()", options: object): void {
+  const value = (options as { drainTimeoutMs?: unknown }).drainTimeoutMs;
+  if (value === undefined) return;
+  throw new InstarError(
+    "INVALID_ARGUMENT",
+    `${call} option drainTimeoutMs is ${String(value)}; a generation's servers drain within ` +
+      "the Upgrader's drain timeout: pass Upgrader.create({ drainTimeout })",
+  );
+}
+
+/**
  * Splits `up.serve()`'s options into where to listen (for `listen()` /
  * `openSocket()`: `port` and `hostname`, or `path` with `socketMode` as the
  * file's `mode`; `backlog`) and the options of {@link serve}, whose handler
@@ -184,11 +207,12 @@ export function refuseListenKeys(options: Record<string, unknown>): void {
 export function splitListenOptions<WebSocketData = undefined>(
   options: UpgraderServeOptions<WebSocketData>,
 ): { listen: SocketSpec; serve: ServeOptions<WebSocketData> } {
+  refuseDrainTimeout("up.serve()", options);
   const o = options as unknown as Record<string, unknown>;
   const { hostname, port, path, backlog, socketMode, name, ...rest } = o;
   const serve = rest as unknown as ServeOptions<WebSocketData>;
   // Checked before a socket is claimed: a bad handler must not cost an inherited socket.
-  takeHandler(rest, currentRuntime());
+  takeHandler(rest);
   if (path !== undefined && (port !== undefined || hostname !== undefined)) {
     invalid("up.serve() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
   }

@@ -41,7 +41,7 @@ import {
   transplant,
   type TransplantInfo,
 } from "../runtime/transplant.ts";
-import { currentRuntime, serveAdapter } from "../runtime/mod.ts";
+import { serveAdapter } from "../runtime/mod.ts";
 import {
   type AnyHandler,
   checkOneObject,
@@ -54,10 +54,9 @@ import {
   urlOf,
   WS_CLOSE_MS,
 } from "./options.ts";
-import { drain } from "../lifecycle/drain.ts";
+import { drainAlone, type ServerDrain } from "../net/drain.ts";
 import { cutConnections } from "../net/connections.ts";
 import { deadline } from "../timeout.ts";
-import type { Endpoint } from "../types.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type {
   AdapterStart,
@@ -138,6 +137,25 @@ export async function serve<WebSocketData = undefined>(
 ): Promise<Server> {
   // The old serve(fd, options, handler) form fails here with the new form in the message.
   checkOneObject("serve()", options, arguments.length);
+  return (await startServe(target, options)).server;
+}
+
+/** A started server and what it decides in a drain. */
+export interface Serving<S> {
+  /** The server, as {@link serve} returns it. */
+  server: S;
+  /** What the owner of its socket builds the socket's endpoint from (src/lifecycle/endpoints.ts). */
+  drain: ServerDrain;
+}
+
+/**
+ * {@link serve}, for the lifecycle: also returns the server's part of the
+ * drain, from which the lifecycle builds the endpoint of the socket it owns.
+ */
+export async function startServe<WebSocketData = undefined>(
+  target: ServeTarget,
+  options: ServeOptions<WebSocketData>,
+): Promise<Serving<Server>> {
   const fd = targetFd(target, "serve()");
   const { mode, onFallback, drainDelayMs, drainTimeoutMs, dedupe, knownMasks, ...runtimeOptions } =
     options as unknown as InstarServeOptions & Record<string, unknown>;
@@ -150,7 +168,7 @@ export async function serve<WebSocketData = undefined>(
     knownMasks,
   };
   refuseListenKeys(runtimeOptions);
-  const { handler, rest } = takeHandler(runtimeOptions, currentRuntime());
+  const { handler, rest } = takeHandler(runtimeOptions);
   // A Listener already accepts on its socket: from now on the HTTP server does.
   if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
     pauseSocket(fd);
@@ -166,7 +184,7 @@ async function start(
   instar: Instar,
   handler: AnyHandler | undefined,
   options: Record<string, unknown>,
-): Promise<Server> {
+): Promise<Serving<Server>> {
   const addr = decode(getsockname(fd));
   const throwaway = throwawayFor(addr, instar.mode);
   let proxy: ConnectionProxy | undefined;
@@ -213,9 +231,8 @@ async function start(
   }
   const url = urlOf(addr, tls);
   native.listening(addr, url);
-  const { server, endpoint } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
-  endpoints.set(self, endpoint);
-  return Object.assign(
+  const { server, drain } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
+  Object.assign(
     self,
     server,
     { addr, url, fallbackReason },
@@ -224,9 +241,9 @@ async function start(
       hostname: addr.transport === "tcp" ? addr.hostname : addr.path,
     },
   );
+  return { server: self, drain };
 }
 
-/** The controls of a started server: pausing, draining shutdown, stop, ref. */
 /** What the drain does with a server, beyond its public methods. */
 interface ServerParts {
   /** Stops accepting and starts answering with `Connection: close`. */
@@ -237,18 +254,6 @@ interface ServerParts {
   finish(): Promise<void>;
   /** Closes WebSockets with 1012, cuts every connection, stops the native server; resolves with how many were cut. */
   forceClose(): Promise<number>;
-}
-
-const endpoints = new WeakMap<Server, Endpoint>();
-
-/**
- * A server started by {@link serve} as the drain sees it. Standalone it owns no
- * fd and refuses nothing; the lifecycle adds its key, fd, count and refusal.
- */
-export function serverEndpoint(server: Server): Endpoint {
-  const e = endpoints.get(server);
-  if (!e) throw new InstarError("INVALID_ARGUMENT", "not a server started by instar's serve()");
-  return e;
 }
 
 function drainParts(
@@ -309,25 +314,19 @@ function wrap(
   removeThrowaway: () => void,
 ): {
   server: Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason">;
-  endpoint: Endpoint;
+  drain: ServerDrain;
 } {
   const p = drainParts(native, { ...paths, addr }, removeThrowaway);
-  // The standalone server drains like every endpoint of the lifecycle.
-  const endpoint: Endpoint = {
-    key: "serve",
-    fd: -1,
-    addr,
-    connections: () => Promise.resolve(null),
+  const drain: ServerDrain = {
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),
-    refuseNew: () => Promise.resolve(),
     finish: p.finish,
     forceClose: p.forceClose,
-    release: () => {},
   };
   let shutdownPromise: Promise<void> | undefined;
+  // The standalone server drains like every endpoint of the lifecycle.
   const shutdown = (): Promise<void> =>
-    shutdownPromise ??= drain([endpoint], {
+    shutdownPromise ??= drainAlone("serve", addr, drain, {
       timeoutMs: instar.drainTimeoutMs ?? 30_000,
       delayMs: instar.drainDelayMs,
     }).then(() => {});
@@ -354,5 +353,5 @@ function wrap(
     },
     [Symbol.asyncDispose]: shutdown,
   };
-  return { server, endpoint };
+  return { server, drain };
 }

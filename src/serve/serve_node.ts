@@ -29,7 +29,7 @@ import { InstarError, invalid } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
 import type { Socket } from "node:net";
-import { drain } from "../lifecycle/drain.ts";
+import { drainAlone, type ServerDrain } from "../net/drain.ts";
 import { cutConnections } from "../net/connections.ts";
 import {
   pauseAccepting,
@@ -42,8 +42,7 @@ import {
 } from "../runtime/transplant.ts";
 import { serveNodeAdapter } from "../runtime/mod.ts";
 import { deadline } from "../timeout.ts";
-import type { Endpoint } from "../types.ts";
-import type { SocketSpec } from "../lifecycle/registry.ts";
+import type { SocketSpec } from "../net/specs.ts";
 import { NodeDrain } from "./node_drain.ts";
 import type {
   NodeHttpServer,
@@ -52,7 +51,16 @@ import type {
   NodeServing,
   UpgraderServeNodeOptions,
 } from "./node_types.ts";
-import { checkServeMode, QUIET_MAX_MS, QUIET_MS, targetFd, urlOf, WS_CLOSE_MS } from "./options.ts";
+import {
+  checkServeMode,
+  QUIET_MAX_MS,
+  QUIET_MS,
+  refuseDrainTimeout,
+  targetFd,
+  urlOf,
+  WS_CLOSE_MS,
+} from "./options.ts";
+import type { Serving } from "./serve.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type { ServeMode, ServeTarget } from "./types.ts";
 
@@ -215,6 +223,18 @@ export async function serveNode(
   server: NodeHttpServer,
   options: NodeServeOptions = {},
 ): Promise<NodeServing> {
+  return (await startServeNode(target, server, options)).server;
+}
+
+/**
+ * {@link serveNode}, for the lifecycle: also returns the server's part of the
+ * drain, from which the lifecycle builds the endpoint of the socket it owns.
+ */
+export async function startServeNode(
+  target: ServeTarget,
+  server: NodeHttpServer,
+  options: NodeServeOptions = {},
+): Promise<Serving<NodeServing>> {
   const fd = targetFd(target, "serveNode()");
   checkServer(server);
   const o = { ...options, mode: checkServeMode(options.mode) };
@@ -237,21 +257,8 @@ export async function serveNode(
   // node:https is loaded here, not at start-up, for the generations that never call serveNode().
   const tls = server instanceof (process.getBuiltinModule("node:https") as typeof https).Server ||
     typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
-  const handle = serving(server, drainer, fd, addr, a, o);
-  return Object.assign(handle, { url: urlOf(addr, tls) });
-}
-
-const endpoints = new WeakMap<NodeServing, Endpoint>();
-
-/**
- * A server started by {@link serveNode} as the drain sees it. Standalone it
- * owns no fd and refuses nothing; the lifecycle adds its key, fd, count and
- * refusal (src/lifecycle/endpoints.ts).
- */
-export function nodeServingEndpoint(s: NodeServing): Endpoint {
-  const e = endpoints.get(s);
-  if (!e) throw new InstarError("INVALID_ARGUMENT", "not a server started by serveNode()");
-  return e;
+  const { handle, drain } = serving(server, drainer, fd, addr, a, o);
+  return { server: Object.assign(handle, { url: urlOf(addr, tls) }), drain };
 }
 
 // Stops and restarts accepting on whichever path the server took.
@@ -284,13 +291,9 @@ function acceptControl(fd: number, a: Accepting) {
 
 type AcceptControl = ReturnType<typeof acceptControl>;
 
-/** The server as the drain sees it (src/lifecycle/drain.ts). */
-function drainEndpoint(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepting): Endpoint {
+/** What the server decides in a drain (src/net/drain.ts). */
+function serverDrain(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepting): ServerDrain {
   return {
-    key: "serveNode",
-    fd: -1,
-    addr,
-    connections: () => Promise.resolve(null),
     pauseAccepting: () => {
       // Accepting stops first: a failure to switch the answers cannot keep it accepting.
       accept.pause();
@@ -300,7 +303,6 @@ function drainEndpoint(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accep
       d.draining(false);
       accept.resume();
     },
-    refuseNew: () => Promise.resolve(),
     finish: async () => {
       // Busy keep-alive connections get their last answer, with Connection: close, first.
       await d.quiet(QUIET_MS, QUIET_MAX_MS);
@@ -318,7 +320,6 @@ function drainEndpoint(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accep
       a.remove();
       return cut;
     },
-    release: () => {},
   };
 }
 
@@ -329,9 +330,9 @@ function serving(
   addr: Addr,
   a: Accepting,
   o: NodeServeOptions,
-): Omit<NodeServing, "url"> & { url?: URL } {
+): { handle: Omit<NodeServing, "url"> & { url?: URL }; drain: ServerDrain } {
   const accept = acceptControl(fd, a);
-  const endpoint = drainEndpoint(d, accept, addr, a);
+  const drain = serverDrain(d, accept, addr, a);
   let shutdownPromise: Promise<void> | undefined;
   const handle = {
     server,
@@ -349,13 +350,12 @@ function serving(
       return accept.resume();
     },
     shutdown: (): Promise<void> =>
-      shutdownPromise ??= drain([endpoint], {
+      shutdownPromise ??= drainAlone("serveNode", addr, drain, {
         timeoutMs: o.drainTimeoutMs ?? 30_000,
         delayMs: o.drainDelayMs,
       }).then(() => {}),
   };
-  endpoints.set(handle as NodeServing, endpoint);
-  return handle;
+  return { handle, drain };
 }
 
 const NODE_KEYS = new Set(["mode", "onFallback", "drainDelayMs", "dedupe", "knownMasks"]);
@@ -372,6 +372,7 @@ export function splitNodeOptions(
   if (options === null || typeof options !== "object") {
     invalid("up.serveNode() options", options, "{ port, hostname? } or { path } and instar's");
   }
+  refuseDrainTimeout("up.serveNode()", options);
   const listen: Record<string, unknown> = {}, node: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(options)) {
     if (v === undefined) continue;

@@ -230,7 +230,11 @@ export interface InstarServeOptions {
    * (100 ms was measured to suffice on an idle machine; a CPU-starved one needs more).
    */
   drainDelayMs?: number;
-  /** How long WebSockets and streaming responses may run on during a shutdown. Default 30 s. */
+  /**
+   * How long WebSockets and streaming responses may run on during a shutdown. Default 30 s.
+   * `serve(fd)` only: `up.serve()` refuses it, its servers drain within the Upgrader's
+   * `drainTimeout` (`Upgrader.create({ drainTimeout })`).
+   */
   drainTimeoutMs?: number;
   /** Forces the kcmp-free epoll dedupe of {@link transplant} (for tests). */
   dedupe?: DedupeMethod;
@@ -291,7 +295,9 @@ export type ServeListenOptions =
 
 /**
  * The one options object of `up.serve()`: where to listen, the runtime's own
- * server options and instar's.
+ * server options and instar's, except `drainTimeoutMs`: every server of a
+ * generation drains within the Upgrader's `drainTimeout`, so `up.serve()`
+ * rejects the key (`INVALID_ARGUMENT`); set `Upgrader.create({ drainTimeout })`.
  *
  * @example
  * ```ts
@@ -303,7 +309,12 @@ export type ServeListenOptions =
  * ```
  */
 export type UpgraderServeOptions<WebSocketData = undefined> =
-  & ServeOptions<WebSocketData>
+  & RuntimeServeOptions<WebSocketData>
+  & Omit<InstarServeOptions, "drainTimeoutMs">
+  & {
+    /** Not taken: the drain timeout is the Upgrader's (`Upgrader.create({ drainTimeout })`). */
+    drainTimeoutMs?: never;
+  }
   & ServeListenOptions;
 
 /**

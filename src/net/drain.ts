@@ -8,8 +8,19 @@
  * @module
  */
 
-import type { Endpoint } from "../types.ts";
+import type { Addr, Endpoint } from "../types.ts";
 import { deadline, sleep } from "../timeout.ts";
+
+/**
+ * What a server decides in a drain: how it stops and starts accepting,
+ * finishes gracefully and cuts what is left. Whoever owns the socket adds
+ * the rest of its {@link Endpoint} (key, fd, counting, refusal, release):
+ * the lifecycle for `up.serve()`, {@link drainAlone} for a standalone server.
+ */
+export type ServerDrain = Pick<
+  Endpoint,
+  "pauseAccepting" | "resumeAccepting" | "finish" | "forceClose"
+>;
 
 /**
  * How long a stopping generation lets its runtime deliver connections it
@@ -69,4 +80,27 @@ export async function drain(endpoints: readonly Endpoint[], o: DrainOptions): Pr
   }
   for (const e of endpoints) attempt(e, "releasing", () => e.release());
   return { forced, timedOut: !inTime.done };
+}
+
+/**
+ * Drains one server on a socket it does not own (a standalone `serve()` or
+ * `serveNode()`): it refuses nothing, counts nothing and closes no fd;
+ * `name` and `addr` only name it in warnings.
+ */
+export function drainAlone(
+  name: string,
+  addr: Addr,
+  server: ServerDrain,
+  o: DrainOptions,
+): Promise<DrainResult> {
+  const endpoint: Endpoint = {
+    ...server,
+    key: name,
+    fd: -1,
+    addr,
+    connections: () => Promise.resolve(null),
+    refuseNew: () => Promise.resolve(),
+    release: () => {},
+  };
+  return drain([endpoint], o);
 }

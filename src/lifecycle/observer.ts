@@ -1,0 +1,296 @@
+/**
+ * The observer of one generation: it follows the lifecycle's events and the
+ * endpoints the upgrader tells it about, and keeps the counters, the upgrade
+ * reports and the metrics (their types and counting: src/observe/). Counting
+ * costs one integer increment per request (`serve()`) or accepted connection
+ * (`listen()`); everything else is computed when someone asks.
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { C, connect, socket } from "../ffi/mod.ts";
+import { encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { processRuns } from "../proc.ts";
+import { Channel } from "../protocol/channel.ts";
+import { messages, type StatusReport } from "../protocol/messages.ts";
+import type { Endpoint, State } from "../types.ts";
+import {
+  bump,
+  type CarriedCounters,
+  MAX_COUNTER_KEYS,
+  maxCounters,
+  validateCounters,
+  zeroCounters,
+} from "../observe/counters.ts";
+import {
+  countOpen,
+  type GenerationConnections,
+  type Metrics,
+  type OpenCount,
+  serving,
+} from "../observe/metrics.ts";
+import { Reporter, type UpgradeReport, validateReport } from "../observe/report.ts";
+import { MAX_REQUEST_BYTES } from "./control.ts";
+import type { Emitter } from "./events.ts";
+import type { Shared } from "./shared.ts";
+import { statusReport } from "./status.ts";
+
+/** What the observer needs from the upgrader. */
+export interface ObserverContext {
+  generation: number;
+  parentPid: number | null;
+  /** The promotion window the previous generation announced (0: none): the upgrade succeeds when it has passed. */
+  promotionWindow: number;
+  /** The counters the previous generation passed, or `null` for a first generation. */
+  carried: CarriedCounters | null;
+  state: () => State;
+  endpoints: () => readonly Endpoint[];
+  events: Pick<Emitter, "on" | "emit" | "warn">;
+  onDrained: (hook: () => void | Promise<void>) => void;
+  /** The control socket the next generation answers, where the final report goes. */
+  controlPath: string | null;
+}
+
+type Counted = { kind: "serve" | "listen"; own: () => number };
+
+/** The counters, the report and the metrics of one generation. */
+export class Observer {
+  #c: ObserverContext;
+  #base: CarriedCounters;
+  #own: CarriedCounters = zeroCounters();
+  #counted = new Map<string, Counted>();
+  #reporter: Reporter;
+
+  /**
+   * The observer of `s`'s generation, which serves `endpoints()`; `onDrained`
+   * adds a hook run once the generation drained.
+   */
+  static of(
+    s: Shared,
+    endpoints: () => readonly Endpoint[],
+    onDrained: (hook: () => void | Promise<void>) => void,
+  ): Observer {
+    return new Observer({
+      generation: s.generation,
+      parentPid: s.parentPid,
+      promotionWindow: s.link?.hello.promotionWindow ?? 0,
+      carried: s.link?.hello.counters ?? null,
+      state: () => s.state,
+      endpoints,
+      events: s.events,
+      onDrained,
+      controlPath: s.settings.controlSocket ?? null,
+    });
+  }
+
+  /** Follows `c.events` from now on. */
+  constructor(c: ObserverContext) {
+    this.#c = c;
+    this.#base = c.carried ?? zeroCounters();
+    const on = c.events.on.bind(c.events);
+    const up = this.#own.upgrades;
+    // The hello left before this upgrade's outcome was known: being ready is its success, or,
+    // with a promotion window, its end ({@link Observer.promoted}): counted at ready, a rollback
+    // would take it back and the counter would fall (a reset to Prometheus).
+    if (c.parentPid !== null && c.promotionWindow === 0) {
+      const off = on("state", ({ state }) => {
+        if (state !== "ready") return;
+        off();
+        this.#base.upgrades.succeeded++;
+      });
+    }
+    on("upgrade-succeeded", () => void up.succeeded++);
+    on("upgrade-failed", ({ error }) => bump(up.failed, error.reason));
+    on("upgrade-refused", ({ error }) => bump(up.refused, error.reason));
+    on("rolled-back", () => void up.rolledBack++);
+    this.#reporter = new Reporter({
+      pid: process.pid,
+      generation: c.generation,
+      events: c.events,
+      count: () => this.#openNow(),
+    });
+    c.onDrained(() => this.#handOnReport());
+  }
+
+  #inflight: Promise<Metrics> | null = null;
+
+  /** The promotion window this generation started in has passed: its upgrade succeeded. */
+  promoted(): void {
+    this.#base.upgrades.succeeded++;
+  }
+
+  /** `options` with its request handler counting requests on `key` (one increment each). */
+  countRequests<O extends object>(key: string, options: O): O {
+    const counter = { n: 0 };
+    this.#counted.set(key, { kind: "serve", own: () => counter.n });
+    const wrap = (h: unknown) => {
+      if (typeof h !== "function") return h;
+      // Both runtimes call a fetch handler with two arguments (request, info or server):
+      // fixed parameters, no rest array per request.
+      return function (this: unknown, a: unknown, b: unknown) {
+        counter.n++;
+        return h.call(this, a, b);
+      };
+    };
+    const out: Record<string, unknown> = { ...options as Record<string, unknown> };
+    if ("fetch" in out) out.fetch = wrap(out.fetch);
+    if ("handler" in out) out.handler = wrap(out.handler);
+    return out as O;
+  }
+
+  /** Counts what the listener on `key` accepts (the listener counts; nothing is added per connection). */
+  countAccepts(key: string, listener: { readonly accepted: number }): void {
+    this.#counted.set(key, { kind: "listen", own: () => listener.accepted });
+  }
+
+  /** The counters to pass to the next generation. */
+  carry(): CarriedCounters {
+    const own = this.#own;
+    // Only the endpoints served now, at most MAX_COUNTER_KEYS: keys of sockets no longer
+    // served would pile up over generations until the next one refused the hello.
+    const accepted: Record<string, number> = {};
+    for (const e of this.#streams().slice(0, MAX_COUNTER_KEYS)) {
+      accepted[e.key] = (this.#base.accepted[e.key] ?? 0) + (this.#counted.get(e.key)?.own() ?? 0);
+    }
+    const b = this.#base.upgrades, u = own.upgrades;
+    const add = (x: Record<string, number>, y: Record<string, number>) => {
+      const out = { ...x };
+      for (const [k, n] of Object.entries(y)) out[k] = (out[k] ?? 0) + n;
+      return out;
+    };
+    return {
+      upgrades: {
+        succeeded: b.succeeded + u.succeeded,
+        failed: add(b.failed, u.failed),
+        refused: add(b.refused, u.refused),
+        rolledBack: b.rolledBack + u.rolledBack,
+      },
+      accepted,
+    };
+  }
+
+  /** The last upgrade's report (see {@link Metrics.lastUpgrade}). */
+  lastUpgrade(): UpgradeReport | null {
+    return this.#reporter.last();
+  }
+
+  /** What this generation reports about itself (`instar status`), with the last upgrade's report. */
+  async status(): Promise<StatusReport> {
+    const c = this.#c;
+    const s = await statusReport(c.generation, c.state(), c.parentPid, c.endpoints());
+    return { ...s, lastUpgrade: this.lastUpgrade() };
+  }
+
+  /** The trigger of the next upgrade, for its report. */
+  trigger(trigger: string): void {
+    this.#reporter.trigger(trigger);
+  }
+
+  /**
+   * Everything measured, connections counted now (off the event loop). Callers
+   * that arrive while a count runs share it: a burst of scrapes costs one.
+   */
+  metrics(): Promise<Metrics> {
+    this.#inflight ??= this.#measure().finally(() => (this.#inflight = null));
+    return this.#inflight;
+  }
+
+  async #measure(): Promise<Metrics> {
+    const c = this.#c;
+    const carried = this.carry();
+    const state = c.state();
+    const previous = c.parentPid !== null && processRuns(c.parentPid) ? c.parentPid : null;
+    const all = this.#streams();
+    const open = await this.#open(all, previous);
+    const endpoints = all.map((e, i) => {
+      const connections: GenerationConnections[] = [
+        { pid: process.pid, generation: c.generation, open: open[i].own },
+      ];
+      if (previous !== null) {
+        connections.push({ pid: previous, generation: c.generation - 1, open: open[i].previous });
+      }
+      return {
+        key: e.key,
+        addr: formatAddr(e.addr),
+        kind: this.#counted.get(e.key)?.kind ?? "listen",
+        accepted: carried.accepted[e.key] ?? 0,
+        connections,
+      };
+    });
+    return {
+      pid: process.pid,
+      generation: c.generation,
+      state,
+      ready: serving(state),
+      endpoints,
+      upgrades: carried.upgrades,
+      lastUpgrade: this.lastUpgrade(),
+    };
+  }
+
+  #open(endpoints: readonly Endpoint[], previous: number | null): Promise<OpenCount[]> {
+    return countOpen(endpoints, previous, (key) => this.#counted.get(key)?.kind === "listen");
+  }
+
+  // The endpoints served through up.serve() and up.listen(). Datagram sockets have no
+  // connections, and counting their datagrams would cost something per datagram: left out.
+  #streams(): Endpoint[] {
+    return this.#c.endpoints().filter((e) => this.#counted.has(e.key));
+  }
+
+  // Open connections on every endpoint now; null when one cannot be counted.
+  async #openNow(): Promise<number | null> {
+    const counts = (await this.#open(this.#streams(), null)).map((o) => o.own);
+    return counts.some((n) => n === null) ? null : counts.reduce((a, b) => a! + b!, 0);
+  }
+
+  /**
+   * The previous generation's final report and counters, sent by process
+   * `pid` once it drained. Only the generation that started this one is
+   * believed, and only about this upgrade; anything else is refused.
+   */
+  adopt(pid: number, report: unknown, counters: unknown): void {
+    const c = this.#c;
+    try {
+      if (pid !== c.parentPid) throw new Error(`process ${pid} did not start this generation`);
+      const r = validateReport(report);
+      if (r.new.pid !== process.pid || r.old.pid !== pid) {
+        throw new Error("the report is about another upgrade");
+      }
+      this.#base = maxCounters(this.#base, validateCounters(counters));
+      this.#reporter.adopt(r);
+    } catch (err) {
+      c.events.warn(`control socket: refused an upgrade report: ${(err as Error).message}`);
+    }
+  }
+
+  // After a successful upgrade's drain: the final report and counters go to the next generation
+  // on the control socket it now answers. Never blocks: a non-blocking connect and a 0 ms send.
+  async #handOnReport(): Promise<void> {
+    const report = await this.#reporter.settled();
+    const path = this.#c.controlPath;
+    if (!report || report.outcome !== "succeeded" || !report.drain || !path) return;
+    const msg = messages.report(report, this.carry());
+    const size = new TextEncoder().encode(JSON.stringify(msg)).byteLength;
+    if (size >= MAX_REQUEST_BYTES) {
+      // Many endpoints or reasons: the next generation keeps the counters of the hello.
+      this.#c.events.warn(`the upgrade report (${size} bytes) is too long for the control socket`);
+      return;
+    }
+    const fd = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
+    const channel = new Channel(fd);
+    try {
+      connect(fd, encodeUnix(path), `control socket ${path}`);
+      channel.send(msg, [], 0);
+    } catch (err) {
+      this.#c.events.warn(
+        `could not send the upgrade report to generation ${report.new.generation}: ${
+          (err as Error).message
+        }`,
+      );
+    } finally {
+      channel.close();
+    }
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * The sockets of one generation (in the spirit of tableflip's `fds.go`), in
+ * one place: each is claimed from the registry (inherited, then activated by
+ * systemd, else fresh), opened, held until `ready()` while this generation
+ * is still starting, served (a listener, an HTTP server, a datagram socket),
+ * and recorded as its one `Endpoint`, which the registry passes on and the
+ * drain drains. A socket that fails to open or serve is closed and its
+ * claim released.
+ *
+ * @module
+ */
+
+import type { InstarError } from "../errors.ts";
+import { close as closeFd } from "../ffi/mod.ts";
+import { formatAddr } from "../ffi/sockaddr.ts";
+import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
+import { listen, type Listener, openSocket } from "../net/listener.ts";
+import { addressOf, type DatagramSpec, type SocketSpec } from "../net/specs.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
+import { checkOneObject, splitListenOptions } from "../serve/options.ts";
+import {
+  type Server,
+  type Serving,
+  startServe,
+  type UpgraderServeOptions,
+} from "../serve/serve.ts";
+import {
+  type NodeHttpServer,
+  type NodeServing,
+  splitNodeOptions,
+  startServeNode,
+  type UpgraderServeNodeOptions,
+} from "../serve/serve_node.ts";
+import type { Addr } from "../types.ts";
+import { datagramEndpoint } from "./datagram_endpoint.ts";
+import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
+import type { Observer } from "./observer.ts";
+import { activatedListeners, Registry } from "./registry.ts";
+import type { Shared } from "./shared.ts";
+
+/** What a server started on a claimed socket gets from the lifecycle. */
+type ServerSettings = { drainTimeoutMs: number; onFallback(e: InstarError): void };
+
+/** Opens, serves and records the sockets of one generation. */
+export class Sockets {
+  /** What was claimed and is served: passed on at an upgrade, drained at the end. */
+  readonly registry: Registry;
+  #s: Shared;
+  #observer: Observer;
+  #paused: PausedSocket[] = [];
+  #resumeOnReady: (() => void)[] = [];
+
+  /** The sockets of `s`'s generation; `observer` counts what they accept. */
+  constructor(s: Shared, observer: Observer) {
+    this.#s = s;
+    this.#observer = observer;
+    // Activated sockets belong to the first generation; later ones inherit through instar.
+    const sd = s.settings.systemd !== false;
+    const activated = !s.link && sd ? activatedListeners(s.warn) : [];
+    this.registry = new Registry(s.link?.hello ?? null, activated);
+  }
+
+  /** `up.listen()`: a listener that counts what it accepts. */
+  async listen(spec: SocketSpec): Promise<Listener> {
+    const { key, fd, activated } = this.registry.claim(spec);
+    let listener: Listener;
+    try {
+      listener = await listen(fd === undefined ? addressOf(spec) : { fd });
+    } catch (err) {
+      this.registry.unclaim(key);
+      throw err;
+    }
+    if (fd !== undefined) this.#holdUntilReady(listener.fd);
+    this.registry.add(listenerEndpoint(key, listener, activated));
+    this.#observer.countAccepts(key, listener);
+    return listener;
+  }
+
+  /** `up.serve()` (called with `args` arguments): the runtime's own HTTP server, counting requests. */
+  async serve<WebSocketData = undefined>(
+    options: UpgraderServeOptions<WebSocketData>,
+    args: number,
+  ): Promise<Server> {
+    checkOneObject("up.serve()", options, args);
+    const { listen: spec, serve: serveOptions } = splitListenOptions(options);
+    return await this.#onSocket(spec, (key, fd, addr) => {
+      const counted = this.#observer.countRequests(key, serveOptions);
+      const settings = this.#serverSettings(addr, serveOptions.onFallback);
+      return startServe(fd, { ...settings, ...counted, onFallback: settings.onFallback });
+    });
+  }
+
+  /** `up.serveNode()`: a `node:http` server on the socket. */
+  async serveNode(server: NodeHttpServer, options: UpgraderServeNodeOptions): Promise<NodeServing> {
+    const { listen: spec, node } = splitNodeOptions(options);
+    return await this.#onSocket(spec, (_key, fd, addr) => {
+      const settings = this.#serverSettings(addr, node.onFallback);
+      return startServeNode(fd, server, { ...settings, ...node, onFallback: settings.onFallback });
+    });
+  }
+
+  /** `up.listenDatagram()`: a datagram socket that reads nothing before `ready()` if adopted. */
+  async listenDatagram(spec: DatagramSpec): Promise<DatagramSocket> {
+    const { key, fd } = this.registry.claimDatagram(spec);
+    const hold = fd !== undefined && this.#s.holding;
+    let sock: DatagramSocketControl;
+    try {
+      sock = await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
+    } catch (err) {
+      this.registry.unclaim(key);
+      throw err;
+    }
+    if (hold) this.#resumeOnReady.push(() => sock.resumeReceiving());
+    this.registry.add(datagramEndpoint(key, sock));
+    return sock;
+  }
+
+  /** At `ready()`: the sockets held until now accept and read. */
+  resume(): void {
+    for (const p of this.#paused.splice(0)) resumeSocket(p);
+    for (const resume of this.#resumeOnReady.splice(0)) resume();
+  }
+
+  // Claims `spec`'s socket (inherited, activated or fresh), opens it and starts a server on it;
+  // on failure the socket is closed and the claim released. The server's endpoint is built here
+  // from what the server decides in a drain, and joins the registry (passed on, drained).
+  async #onSocket<T>(
+    spec: SocketSpec,
+    start: (key: string, fd: number, addr: Addr) => Promise<Serving<T>>,
+  ): Promise<T> {
+    const { key, fd: claimed, activated } = this.registry.claim(spec);
+    let socket: { fd: number; addr: Addr } | undefined;
+    try {
+      socket = await openSocket(claimed === undefined ? addressOf(spec) : { fd: claimed });
+      const { fd, addr } = socket;
+      const { server, drain } = await start(key, fd, addr);
+      if (claimed !== undefined) this.#holdUntilReady(fd);
+      this.registry.add(serverEndpoint(key, fd, addr, drain, activated));
+      return server;
+    } catch (err) {
+      if (socket) closeFd(socket.fd);
+      this.registry.unclaim(key);
+      throw err;
+    }
+  }
+
+  // What every HTTP server gets from the lifecycle: the drain timeout, and fallbacks reported.
+  // The application's own onFallback is told too: it does not silence the lifecycle's event.
+  #serverSettings(addr: Addr, app: ((reason: InstarError) => void) | undefined): ServerSettings {
+    return {
+      drainTimeoutMs: this.#s.settings.drainTimeout,
+      onFallback: (reason) => {
+        this.#s.events.emit("serve-fallback", { addr: formatAddr(addr), reason });
+        app?.(reason);
+      },
+    };
+  }
+
+  // (Synchronous right after the runtime started serving: its reactor has not run yet.)
+  #holdUntilReady(fd: number): void {
+    if (this.#s.holding) this.#paused.push(pauseSocket(fd));
+  }
+}
