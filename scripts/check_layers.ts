@@ -5,46 +5,50 @@
  *
  * A unit is a folder under src/ (`src/net/`), a file directly in src/
  * (`src/proc.ts`, named without `.ts`, so a file that later becomes a folder
- * keeps its place), or mod.ts / unstable.ts. A unit may import from units on
- * a lower line of {@link LAYERS}, and from units on its own line (peers, such
- * as src/types.ts and src/errors.ts); never from a higher line. Type imports,
- * re-exports (`export … from`) and dynamic `import("…")` count: each is an
- * arrow from one unit to another. docs/architecture.md ("Layers") writes the
- * same order down.
+ * keeps its place), or mod.ts / unstable.ts. A unit may import from units
+ * lower in {@link LAYERS}; never from a higher one, and never from a file in
+ * no unit (tests/, bench/). Every unit has a place of its own, so no two units
+ * can import each other. Type imports, re-exports (`export … from`) and
+ * dynamic `import("…")` count: each is an arrow from one unit to another.
+ * docs/architecture.md ("Layers") writes the same order down;
+ * tests/check_layers_test.ts runs the check on trees that break it.
  *
  *   deno run -A scripts/check_layers.ts    # exits 1 and lists what breaks the order
  *
  * @module
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import process from "node:process";
+import { fileURLToPath } from "node:url";
 
-/** The units, lowest first; units on one line are peers. */
-const LAYERS: readonly (readonly string[])[] = [
-  ["src/types", "src/errors", "src/timeout"],
-  ["src/ffi"],
-  ["src/proc"],
-  ["src/process", "src/systemd"],
-  ["src/runtime"],
-  ["src/net"],
-  ["src/serve"],
-  ["src/observe"],
-  ["src/protocol"],
-  ["src/lifecycle"],
-  ["src/supervisor"],
-  ["src/cli"],
-  ["mod", "unstable"],
+/** The units, lowest first. */
+export const LAYERS: readonly string[] = [
+  "src/types",
+  "src/errors",
+  "src/timeout",
+  "src/ffi",
+  "src/proc",
+  "src/process",
+  "src/systemd",
+  "src/runtime",
+  "src/net",
+  "src/serve",
+  "src/observe",
+  "src/protocol",
+  "src/lifecycle",
+  "src/supervisor",
+  "src/cli",
+  "mod",
+  "unstable",
 ];
 
-const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
-
-/** Every .ts file under `dir`, as paths relative to the repository root. */
-function tsFiles(dir: string): string[] {
+/** Every .ts file under `dir`, as paths relative to the repository root `root`. */
+function tsFiles(root: string, dir: string): string[] {
   const out: string[] = [];
-  for (const name of readdirSync(join(ROOT, dir)).sort()) {
+  for (const name of readdirSync(join(root, dir)).sort()) {
     const path = join(dir, name);
-    if (statSync(join(ROOT, path)).isDirectory()) out.push(...tsFiles(path));
+    if (statSync(join(root, path)).isDirectory()) out.push(...tsFiles(root, path));
     else if (name.endsWith(".ts")) out.push(path);
   }
   return out;
@@ -57,9 +61,9 @@ function unitOf(file: string): string {
   return `src/${parts[1].replace(/\.ts$/, "")}`;
 }
 
-/** The line of `unit` in {@link LAYERS}, or -1 when it has none. */
+/** The place of `unit` in {@link LAYERS}, or -1 when it has none. */
 function layerOf(unit: string): number {
-  return LAYERS.findIndex((line) => line.includes(unit));
+  return LAYERS.indexOf(unit);
 }
 
 // An import or export-from at the start of a line (so not in a JSDoc example,
@@ -69,8 +73,8 @@ const STATIC = /^\s*(?:import|export)\s(?:[^;'"`]*?\sfrom\s*)?["']([^"']+)["']/g
 const DYNAMIC = /\bimport\(\s*["'`]([^"'`$]+)["'`]\s*\)/g;
 
 /** The relative specifiers `file` imports, resolved to repository paths. */
-function importsOf(file: string): string[] {
-  const code = readFileSync(join(ROOT, file), "utf8")
+function importsOf(root: string, file: string): string[] {
+  const code = readFileSync(join(root, file), "utf8")
     .split("\n")
     .filter((line) => !/^\s*(\*|\/\/|\/\*)/.test(line))
     .join("\n");
@@ -78,7 +82,7 @@ function importsOf(file: string): string[] {
   return [
     ...new Set(
       specs.filter((s) => s.startsWith("./") || s.startsWith("../"))
-        .map((s) => relative(ROOT, resolve(ROOT, dirname(file), s))),
+        .map((s) => relative(root, resolve(root, dirname(file), s))),
     ),
   ];
 }
@@ -93,8 +97,9 @@ function layerViolations(graph: Map<string, string[]>): string[] {
     }
     for (const target of targets) {
       const to = unitOf(target);
-      if (from === to || layerOf(to) < 0 || layerOf(to) <= layerOf(from)) continue;
-      out.push(`${file} -> ${target} (${from} may not import ${to})`);
+      if (from === to || (layerOf(to) >= 0 && layerOf(to) < layerOf(from))) continue;
+      const why = layerOf(to) < 0 ? `${to} is in no layer` : `${from} may not import ${to}`;
+      out.push(`${file} -> ${target} (${why})`);
     }
   }
   return out;
@@ -150,12 +155,30 @@ function cyclePath(graph: Map<string, string[]>, component: Set<string>): string
   return `cycle: ${path.join(" -> ")}`;
 }
 
-const files = [...tsFiles("src"), "mod.ts", "unstable.ts"];
-const graph = new Map(files.map((f) => [f, importsOf(f)]));
-const problems = [...layerViolations(graph), ...cycles(graph)];
-if (problems.length) {
-  console.error(`check_layers: ${problems.length} import(s) break the layer order:`);
-  for (const p of problems) console.error(`  ${p}`);
-  process.exit(1);
+/**
+ * Checks the repository at `root`: the files read, and every import that
+ * breaks the order or closes a cycle (empty when none does).
+ *
+ * @example
+ * ```ts
+ * import { checkLayers } from "./check_layers.ts";
+ *
+ * const { problems } = checkLayers(".");
+ * ```
+ */
+export function checkLayers(root: string): { files: number; problems: string[] } {
+  const entries = ["mod.ts", "unstable.ts"].filter((f) => existsSync(join(root, f)));
+  const files = [...tsFiles(root, "src"), ...entries];
+  const graph = new Map(files.map((f) => [f, importsOf(root, f)]));
+  return { files: files.length, problems: [...layerViolations(graph), ...cycles(graph)] };
 }
-console.log(`check_layers: ${files.length} files, every import points down the layer order`);
+
+if (import.meta.main) {
+  const { files, problems } = checkLayers(resolve(dirname(fileURLToPath(import.meta.url)), ".."));
+  if (problems.length) {
+    console.error(`check_layers: ${problems.length} import(s) break the layer order:`);
+    for (const p of problems) console.error(`  ${p}`);
+    process.exit(1);
+  }
+  console.log(`check_layers: ${files} files, every import points down the layer order`);
+}
