@@ -79,7 +79,6 @@ export type {
   ServeHandlerInfo,
   ServeListenOptions,
   ServeMode,
-  ServeOptions,
   Server,
   UpgraderServeOptions,
 } from "./src/serve/serve.ts";

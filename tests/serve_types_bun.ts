@@ -1,6 +1,7 @@
 // @ts-nocheck -- checked by scripts/check_bun_types.sh with bun-types (no Deno), not by deno check.
 // serve() and up.serve() options as a Bun user's TypeScript sees them: Bun.serve's own types.
-import type { ServeOptions, Upgrader, UpgraderServeOptions } from "../mod.ts";
+import type { Upgrader, UpgraderServeOptions } from "../mod.ts";
+import type { ServeOptions } from "../unstable.ts";
 
 export const typed: ServeOptions[] = [
   {

@@ -4,7 +4,8 @@
 // options split off up.serve()'s.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import type { ServeOptions, UpgraderServeOptions } from "../mod.ts";
+import type { UpgraderServeOptions } from "../mod.ts";
+import type { ServeOptions } from "../unstable.ts";
 import { splitListenOptions } from "../src/serve/options.ts";
 
 const hello = () => new Response("hi");

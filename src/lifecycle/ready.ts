@@ -38,11 +38,20 @@ export class Readiness {
   #called = false;
   #systemd: { ready(): void };
 
-  /** The readiness of the generation `c` describes; systemd hears of its events from now on. */
-  constructor(c: ReadyContext) {
+  /**
+   * Tells systemd of `shared`'s events from now on. Called before the
+   * observer subscribes (as before the split): systemd hears of an event
+   * before the upgrade report that follows it is built.
+   */
+  static bridgeSystemd(shared: Shared): { ready(): void } {
+    const enabled = shared.settings.systemd !== false;
+    return bridgeSystemd(shared.events, systemdNotifier({ enabled }));
+  }
+
+  /** The readiness of the generation `c` describes; `systemd` from {@link Readiness.bridgeSystemd}. */
+  constructor(c: ReadyContext, systemd: { ready(): void }) {
     this.#c = c;
-    const enabled = c.shared.settings.systemd !== false;
-    this.#systemd = bridgeSystemd(c.shared.events, systemdNotifier({ enabled }));
+    this.#systemd = systemd;
   }
 
   /** `up.ready()`: see there. */

@@ -71,6 +71,7 @@ export class Upgrader {
     this.#exit = new Exit(s, endpoints, () => this.#removeSignals());
     this.exit = this.#exit.reason;
     this.drained = this.#exit.drained;
+    const systemd = Readiness.bridgeSystemd(s);
     const observer = this.#observer = Observer.of(s, endpoints, (h) => this.onDrained(h));
     const sockets = this.#sockets = new Sockets(s, observer);
     const upgrades = this.#upgrades = new Upgrades({ shared: s, sockets, observer, exit });
@@ -80,7 +81,7 @@ export class Upgrader {
       exit,
       actions: () => upgrades.controlActions(),
       promoted: () => observer.promoted(),
-    });
+    }, systemd);
   }
 
   /**

@@ -84,7 +84,6 @@ export type {
   ServeTarget,
   UpgraderServeOptions,
 } from "./types.ts";
-export { splitListenOptions } from "./options.ts";
 
 // ---------------------------------------------------------------- serve()
 

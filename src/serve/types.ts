@@ -211,7 +211,7 @@ export type ServeTarget = number | { readonly fd: number };
  * ```ts
  * import { type InstarServeOptions, Upgrader } from "@instar/instar";
  *
- * const instar: InstarServeOptions = { mode: "transplant", drainDelayMs: 500 };
+ * const instar = { mode: "transplant", drainDelayMs: 500 } satisfies InstarServeOptions;
  * const up = await Upgrader.create();
  * await up.serve({ port: 8080, ...instar, fetch: () => new Response("hello") });
  * ```
@@ -243,16 +243,16 @@ export interface InstarServeOptions {
 }
 
 /**
- * The one options object of {@link serve}: the runtime's own server options
- * (with the handler as `fetch` or `handler`) and instar's.
+ * The one options object of the standalone {@link serve} (unstable): the
+ * runtime's own server options (with the handler as `fetch` or `handler`) and
+ * instar's. `up.serve()` takes {@link UpgraderServeOptions}.
  *
  * @example
  * ```ts
- * import { type ServeOptions, Upgrader } from "@instar/instar";
+ * import { listen, serve, type ServeOptions } from "@instar/instar/unstable";
  *
  * const options: ServeOptions = { mode: "auto", fetch: () => new Response("hello") };
- * const up = await Upgrader.create();
- * await up.serve({ port: 8080, ...options });
+ * const server = await serve(await listen({ port: 8080 }), options);
  * ```
  */
 export type ServeOptions<WebSocketData = undefined> =
