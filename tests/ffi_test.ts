@@ -184,6 +184,31 @@ describe("ffi layer", () => {
     assert.equal(sys.getpid(), process.pid);
   });
 
+  test("a library that lacks a symbol of the table is passed over for the next candidate", async () => {
+    // A stub "libc" with errno but nothing else: opening it alone fails at start-up, naming what
+    // it lacks, and the next candidate is taken (Bun compiles symbols on first use, so this is
+    // checked when the library is opened, as Deno's dlopen of the whole table does).
+    const dir = mkdtempSync(join(tmpdir(), "instar-stub-libc-"));
+    try {
+      const stub = join(dir, "libstub.so");
+      writeFileSync(join(dir, "stub.c"), "int e; int *__errno_location(void) { return &e; }\n");
+      execFileSync("cc", ["-shared", "-fPIC", "-o", stub, join(dir, "stub.c")]);
+      const open = "Bun" in globalThis
+        ? (await import("../src/ffi/backend_bun.ts")).openBun
+        : (await import("../src/ffi/backend_deno.ts")).openDeno;
+      const backend = open([stub, "libc.so.6"], false);
+      assert.equal(backend.path, "libc.so.6");
+      assert.equal(Number(backend.libc.getpid()), process.pid);
+      assert.throws(() => open([stub], false), (err: Error & { code?: string }) => {
+        assert.equal(err.code, "FFI_UNAVAILABLE");
+        assert.match(err.message, /libstub\.so/);
+        return true;
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("a failed libc call throws SystemError carrying the errno name, number and syscall", () => {
     assert.throws(() => sys.close(987654), SystemError);
     try {

@@ -71,11 +71,11 @@ type BunSymbols = Record<string, (...args: unknown[]) => unknown>;
  * compiles a trampoline per symbol, and compiling all of them up front costs a
  * generation ~1 MB resident for functions most never call (docs/benchmarks.md,
  * "A minimal app's memory"). A getter compiles its symbol once and replaces
- * itself with the function, so later calls cost what they did. A symbol the
- * library lacks (a libc instar does not support) fails with the error opening
- * the whole table gave: `FFI_UNAVAILABLE`, naming the libraries tried.
+ * itself with the function, so later calls cost what they did. `openBun`
+ * has checked that each is present; compiling one can still fail (out of
+ * memory): `FFI_UNAVAILABLE`, naming the symbol.
  */
-function lazySymbols(ffi: BunFfi, path: string, tried: readonly string[]): BunSymbols {
+function lazySymbols(ffi: BunFfi, path: string): BunSymbols {
   const out: BunSymbols = {};
   for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
     Object.defineProperty(out, name, {
@@ -88,7 +88,7 @@ function lazySymbols(ffi: BunFfi, path: string, tried: readonly string[]): BunSy
         } catch (err) {
           throw new InstarError(
             "FFI_UNAVAILABLE",
-            `could not load libc (tried ${tried.join(", ")})`,
+            `could not load ${name} from ${path}`,
             { cause: err },
           );
         }
@@ -100,29 +100,66 @@ function lazySymbols(ffi: BunFfi, path: string, tried: readonly string[]): BunSy
   return out;
 }
 
-/** Opens the first library of `candidates` that loads; returns the Bun backend. */
+/**
+ * The table's symbols that the library at `path` lacks, looked up with
+ * dlopen(3)/dlsym(3) from that library without compiling them; null when it
+ * has no dlsym of its own (glibc before 2.34 keeps it in libdl): then the
+ * whole table is compiled once instead, which fails the same way.
+ */
+function missingSymbols(ffi: BunFfi, path: string): string[] | null {
+  let dl;
+  try {
+    dl = ffi.dlopen(path, {
+      dlopen: { args: ["ptr", "i32"], returns: "ptr" }, // void *dlopen(const char *file, int mode)
+      dlsym: { args: ["ptr", "ptr"], returns: "ptr" }, // void *dlsym(void *handle, const char *name)
+    }).symbols;
+  } catch {
+    return null;
+  }
+  const cString = (text: string) => new TextEncoder().encode(`${text}\0`);
+  const RTLD_LAZY = 1; // the same on Linux and macOS
+  const handle = dl.dlopen(cString(path), RTLD_LAZY);
+  if (!handle) return null;
+  return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
+}
+
+/** Checks that the library at `path` has every symbol of the table; throws naming the first missing. */
+function checkTable(ffi: BunFfi, path: string): void {
+  const missing = missingSymbols(ffi, path);
+  if (missing === null) ffi.dlopen(path, toBun(SYMBOLS));
+  else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
+}
+
+/**
+ * Opens the first library of `candidates` that loads and has every symbol of
+ * the table (checked now, so a libc that lacks one fails at start-up as on
+ * Deno, not at its first use); returns the Bun backend.
+ */
 export function openBun(candidates: readonly string[], darwin: boolean): Backend {
   const ffi = (import.meta as unknown as { require(id: string): BunFfi }).require("bun:ffi");
   let symbols: BunSymbols | undefined;
   let errnoFn: (() => unknown) | undefined;
+  const errors: string[] = [];
   let lastError: unknown;
   let loaded = "";
   for (const path of candidates) {
     try {
-      // Opening the errno symbol checks that the library loads; the others compile on first use.
+      // The errno symbol is compiled now; the others compile on first use, once checked present.
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
+      checkTable(ffi, path);
       errnoFn = Object.values(e)[0];
-      symbols = lazySymbols(ffi, path, candidates);
+      symbols = lazySymbols(ffi, path);
       loaded = path;
       break;
     } catch (err) {
       lastError = err;
+      errors.push(err instanceof Error ? err.message : String(err));
     }
   }
   if (!symbols || !errnoFn) {
     throw new InstarError(
       "FFI_UNAVAILABLE",
-      `could not load libc (tried ${candidates.join(", ")})`,
+      `could not load libc (tried ${candidates.join(", ")}: ${errors.join("; ")})`,
       { cause: lastError },
     );
   }
