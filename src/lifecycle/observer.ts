@@ -9,10 +9,9 @@
  */
 
 import process from "node:process";
-import { C, connect, socket } from "../ffi/mod.ts";
-import { encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
+import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
-import { Channel } from "../protocol/channel.ts";
+import { ControlClient } from "../protocol/client.ts";
 import { messages, type StatusReport } from "../protocol/messages.ts";
 import type { Endpoint, State } from "../types.ts";
 import {
@@ -278,11 +277,11 @@ export class Observer {
       this.#c.events.warn(`the upgrade report (${size} bytes) is too long for the control socket`);
       return;
     }
-    const fd = socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC | C.SOCK_NONBLOCK);
-    const channel = new Channel(fd);
+    let client: ControlClient | undefined;
     try {
-      connect(fd, encodeUnix(path), `control socket ${path}`);
-      channel.send(msg, [], 0);
+      const otherUser = (uid: number) => `the control socket ${path} answers as uid ${uid}`;
+      client = ControlClient.connect(path, otherUser, true);
+      client.sendNow(msg);
     } catch (err) {
       this.#c.events.warn(
         `could not send the upgrade report to generation ${report.new.generation}: ${
@@ -290,7 +289,7 @@ export class Observer {
         }`,
       );
     } finally {
-      channel.close();
+      client?.close();
     }
   }
 }

@@ -16,11 +16,14 @@ import { messageOf } from "./validate.ts";
 
 /**
  * Connects to the control socket at `path`. Nobody there throws the
- * SystemError of connect(2): ENOENT (no file) or ECONNREFUSED (a stale one).
- * The peer is not checked: {@link ControlClient.connect} does that.
+ * SystemError of connect(2): ENOENT (no file) or ECONNREFUSED (a stale one);
+ * with `nonBlocking`, a server whose backlog is full throws EAGAIN instead of
+ * making the thread wait. The peer is not checked: {@link ControlClient.connect}
+ * does that.
  */
-export function connectControl(path: string): Channel {
-  const fd = sys.socket(C.AF_UNIX, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+export function connectControl(path: string, nonBlocking = false): Channel {
+  const flags = C.SOCK_STREAM | C.SOCK_CLOEXEC | (nonBlocking ? C.SOCK_NONBLOCK : 0);
+  const fd = sys.socket(C.AF_UNIX, flags);
   try {
     sys.connect(fd, encodeUnix(path), `control socket ${path}`);
   } catch (err) {
@@ -55,10 +58,11 @@ export class ControlClient {
    * Connects to `path` and checks the peer's uid (SO_PEERCRED). Nobody there
    * throws as {@link connectControl} does (see {@link nobodyThere}); a peer of
    * another user is cut off and `PERMISSION_DENIED` thrown with `otherUser`'s
-   * message.
+   * message. `nonBlocking` for a serving generation, whose thread must never
+   * wait on a peer: then send with {@link sendNow}.
    */
-  static connect(path: string, otherUser: OtherUser): ControlClient {
-    const channel = connectControl(path);
+  static connect(path: string, otherUser: OtherUser, nonBlocking = false): ControlClient {
+    const channel = connectControl(path, nonBlocking);
     const { uid } = sys.peerCred(channel.fd);
     if (uid !== sys.getuid()) {
       channel.close();
@@ -70,6 +74,11 @@ export class ControlClient {
   /** Sends `msg` (a request), waiting up to 5 s for room as {@link Channel.send} does. */
   send(msg: Message): void {
     this.channel.send(msg);
+  }
+
+  /** Sends `msg` only if the socket has room for it now; else throws EAGAIN. */
+  sendNow(msg: Message): void {
+    this.channel.send(msg, [], 0);
   }
 
   /**
