@@ -21,6 +21,7 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
+  describeUnless,
   skipIf,
   startServer,
   stopped,
@@ -138,11 +139,11 @@ async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> 
 
 for (const fw of FRAMEWORKS) {
   const example = join(ROOT, "examples", `${fw.name}.ts`);
-  const skip = skipIf(fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`, fw.name);
+  const bunOnly = fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
   const start = (args: string[] = []): Promise<Generations> =>
     startGenerations(left, example, args);
 
-  describe(`${fw.name} across upgrades (${RUNTIME})`, skip, () => {
+  describeUnless(bunOnly, `${fw.name} across upgrades (${RUNTIME})`, () => {
     // Express also on the paths auto does not take here: the proxy, and on Deno the transplant.
     const modes = fw.name !== "express"
       ? ["auto"]
