@@ -96,13 +96,16 @@ function judge(r) {
 const results = [];
 const t0 = performance.now();
 console.log(
-  `running ${queue.length} test files (${opts.runtimes.join(", ")}) ${jobs} at a time; logs in ${outDir}`,
+  `running ${queue.length} test files (${
+    opts.runtimes.join(", ")
+  }) ${jobs} at a time; logs in ${outDir}`,
 );
 async function worker() {
   for (let job = queue.shift(); job; job = queue.shift()) {
     const r = judge(await run(job));
     results.push(r);
-    const line = `${r.runtime} ${r.file}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped ` +
+    const line =
+      `${r.runtime} ${r.file}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped ` +
       `(${r.seconds.toFixed(1)} s)`;
     if (opts.verbose || r.problems.length) {
       console.log(`\n===== ${line}\n${r.out}`);
@@ -114,8 +117,16 @@ await Promise.all(Array.from({ length: jobs }, worker));
 const wall = (performance.now() - t0) / 1000;
 
 const sum = (rs, k) => rs.reduce((n, r) => n + r[k], 0);
-const line = (rs) => `${sum(rs, "passed")} passed, ${sum(rs, "failed")} failed, ${sum(rs, "skipped")} skipped`;
+const line = (rs) =>
+  `${sum(rs, "passed")} passed, ${sum(rs, "failed")} failed, ${sum(rs, "skipped")} skipped`;
 let bad = results.some((r) => r.problems.length > 0);
+
+// The measured durations, in scripts/test_durations.json's shape, to update it from.
+const measured = Object.fromEntries(opts.runtimes.map((rt) => [rt, {}]));
+for (const r of [...results].sort((a, b) => b.seconds - a.seconds)) {
+  measured[r.runtime][r.file] = Math.round(r.seconds);
+}
+writeFileSync(join(outDir, "durations.json"), JSON.stringify(measured, null, 2) + "\n");
 
 console.log("\n===== slowest files");
 for (const r of [...results].sort((a, b) => b.seconds - a.seconds).slice(0, 10)) {
@@ -138,8 +149,15 @@ for (const rt of opts.runtimes) {
   console.log(`${rt}: ${line(rs)} (${sum(rs, "seconds").toFixed(0)} s of test time)`);
 }
 console.log(`wall time ${wall.toFixed(0)} s with ${jobs} at a time`);
-if (results.some((r) => r.problems.length)) console.log("some files had problems (marked !!! above)");
-if (ci && skipped.some((s) => !allowed.some((a) => a.runtime === s.runtime && new RegExp(a.reason).test(s.text)))) {
+if (results.some((r) => r.problems.length)) {
+  console.log("some files had problems (marked !!! above)");
+}
+if (
+  ci &&
+  skipped.some((s) =>
+    !allowed.some((a) => a.runtime === s.runtime && new RegExp(a.reason).test(s.text))
+  )
+) {
   console.log("CI=true: a skip is not on tests/support/allowed_skips.json (docs/testing.md)");
 }
 console.log(`total: ${line(results)}`);

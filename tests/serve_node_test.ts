@@ -16,12 +16,12 @@ import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
+  describeUnless,
   onPath,
   rawListen,
   ROOT,
   RUNTIME,
   runtimeCmd,
-  describeUnless,
   skipIf,
   startServer,
   stopped,

@@ -21,12 +21,12 @@ import {
 } from "../src/process/systemd.ts";
 import {
   datagramReceiver as receiver,
+  describeUnless,
   drainDatagrams as drain,
   openFds,
   ROOT,
   RUNTIME,
   runtimeCmd,
-  describeUnless,
 } from "./support/helpers.ts";
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd

@@ -22,9 +22,9 @@ import {
   bunBin,
   cleanupAfterTests,
   denoBin,
+  describeUnless,
   ROOT,
   RUNTIME,
-  describeUnless,
   startServer,
   stopped,
 } from "./support/helpers.ts";
