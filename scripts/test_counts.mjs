@@ -12,14 +12,13 @@ export function countDeno(junitPath) {
   const xml = readFileSync(junitPath, "utf8");
   const cases = [...xml.matchAll(/<testcase name="([^"]*)"[^>]*?(?:\/>|>([\s\S]*?)<\/testcase>)/g)]
     .map((m) => ({ name: m[1], body: m[2] ?? "" }));
-  const names = cases.map((c) => c.name);
   const counts = { passed: 0, failed: 0, skipped: 0 };
+  const failed = (c) => /<failure|<error/.test(c.body);
   for (const c of cases) {
-    const leaf = !names.some((n) => n.startsWith(`${c.name} &gt; `));
-    const failed = /<failure|<error/.test(c.body);
-    // A failed describe (a hook threw) counts even though its steps may have passed.
-    if (failed) counts.failed++;
-    else if (!leaf) continue;
+    const steps = cases.filter((s) => s.name.startsWith(`${c.name} &gt; `));
+    // A failed describe counts only when none of its steps failed (a hook threw).
+    if (steps.length) counts.failed += failed(c) && !steps.some(failed) ? 1 : 0;
+    else if (failed(c)) counts.failed++;
     else if (/<skipped/.test(c.body)) counts.skipped++;
     else counts.passed++;
   }
