@@ -32,6 +32,7 @@ import {
   assertPostsRead,
   type Generations,
   startGenerations,
+  upgradeAndDrain,
   upgradeByHup,
 } from "./support/generations.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
@@ -124,17 +125,6 @@ class WsClient {
   close(): void {
     this.#ws.close(1000, "bye");
   }
-}
-
-/**
- * Upgrades `g` by SIGHUP; resolves with the new pid once the old generation said it drains: it
- * stopped accepting in the same tick, so a new connection reaches the new generation from then on.
- */
-async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> {
-  const from = g.server.lines.length;
-  const newPid = await upgradeByHup(g, oldPid);
-  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=\\d+\\] draining`), 30_000, from);
-  return newPid;
 }
 
 for (const fw of FRAMEWORKS) {
