@@ -27,6 +27,7 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
+  skipIf,
   sleep,
   startServer,
   stopped,
@@ -77,13 +78,12 @@ c.close()
 describe(`hostile input (${RUNTIME})`, () => {
   test(
     "instar upgrade refuses a control socket answered by another user",
-    {
-      skip: !asRoot
+    skipIf(
+      !asRoot
         ? "needs root to run the forger as nobody (setpriv)"
-        : existsSync(PYTHON)
-        ? false
-        : `${PYTHON} is missing (Debian package python3)`,
-    },
+        : !existsSync(PYTHON) && `${PYTHON} is missing (Debian package python3)`,
+      "forged control socket",
+    ),
     async () => {
       const name = `instar-forge-${process.pid}-${Date.now()}`;
       const forger = spawn(

@@ -16,6 +16,7 @@ import { runLoad } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
+  describeUnless,
   onPath,
   rawListen,
   ROOT,
@@ -31,6 +32,7 @@ import {
   assertPostsRead,
   type Generations,
   startGenerations,
+  upgradeAndDrain,
   upgradeByHup,
 } from "./support/generations.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
@@ -125,24 +127,13 @@ class WsClient {
   }
 }
 
-/**
- * Upgrades `g` by SIGHUP; resolves with the new pid once the old generation said it drains: it
- * stopped accepting in the same tick, so a new connection reaches the new generation from then on.
- */
-async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> {
-  const from = g.server.lines.length;
-  const newPid = await upgradeByHup(g, oldPid);
-  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=\\d+\\] draining`), 30_000, from);
-  return newPid;
-}
-
 for (const fw of FRAMEWORKS) {
   const example = join(ROOT, "examples", `${fw.name}.ts`);
-  const skip = skipIf(fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`, fw.name);
+  const bunOnly = fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
   const start = (args: string[] = []): Promise<Generations> =>
     startGenerations(left, example, args);
 
-  describe(`${fw.name} across upgrades (${RUNTIME})`, skip, () => {
+  describeUnless(bunOnly, `${fw.name} across upgrades (${RUNTIME})`, () => {
     // Express also on the paths auto does not take here: the proxy, and on Deno the transplant.
     const modes = fw.name !== "express"
       ? ["auto"]

@@ -19,12 +19,12 @@ import {
 } from "../src/systemd/activation.ts";
 import {
   datagramReceiver as receiver,
+  describeUnless,
   drainDatagrams as drain,
   openFds,
   ROOT,
   RUNTIME,
   runtimeCmd,
-  skipIf,
 } from "./support/helpers.ts";
 
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
@@ -442,7 +442,7 @@ function report(run: Run) {
 const activation = `socket activation through systemd-socket-activate (${RUNTIME})`;
 const noActivate = !existsSync(SOCKET_ACTIVATE) &&
   `${SOCKET_ACTIVATE} is missing: apt-get install systemd`;
-describe(activation, skipIf(noActivate, activation), () => {
+describeUnless(noActivate, activation, () => {
   let dir: string;
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "instar-activate-"));

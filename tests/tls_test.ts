@@ -24,7 +24,7 @@ import {
   skipIf,
   sleep,
 } from "./support/helpers.ts";
-import { startGenerations, upgradeByHup } from "./support/generations.ts";
+import { startGenerations, upgradeAndDrain, upgradeByHup } from "./support/generations.ts";
 
 const left = cleanupAfterTests();
 const EXAMPLE = join(ROOT, "examples", "http_server.ts");
@@ -233,7 +233,9 @@ describe(`TLS (${RUNTIME})`, () => {
         // Rotation: the new pair on disk, then an upgrade.
         copyFileSync(b.cert, cert);
         copyFileSync(b.key, key);
-        current = await upgradeByHup(g, current);
+        // Once the old generation drains, a new connection reaches the new one (the PID file
+        // is written at ready, a moment before the old generation stops accepting).
+        current = await upgradeAndDrain(g, current);
         assert.equal(await servedFingerprint(g.port), b.fingerprint);
 
         // Broken pairs: each upgrade fails before ready, naming the file; b serves on.

@@ -54,6 +54,17 @@ export async function upgradeByHup(g: Generations, pid: number): Promise<number>
   return next;
 }
 
+/**
+ * Upgrades `g` by SIGHUP; resolves with the new pid once the old generation said it drains: it
+ * stopped accepting in the same tick, so a new connection reaches the new generation from then on.
+ */
+export async function upgradeAndDrain(g: Generations, oldPid: number): Promise<number> {
+  const from = g.server.lines.length;
+  const newPid = await upgradeByHup(g, oldPid);
+  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=\\d+\\] draining`), 30_000, from);
+  return newPid;
+}
+
 /** Asserts that every named load failed no request and got more than 100 answers. */
 export function assertLoadsAnswered(loads: Record<string, LoadResult>): void {
   for (const [name, r] of Object.entries(loads)) {

@@ -9,7 +9,7 @@
  */
 import process from "node:process";
 import net from "node:net";
-import { after } from "node:test";
+import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import * as sys from "../../src/ffi/mod.ts";
 import { C } from "../../src/ffi/mod.ts";
@@ -33,14 +33,32 @@ export function bunBin(): string {
 export const RUNTIME: "deno" | "bun" = "Bun" in globalThis ? "bun" : "deno";
 
 /**
- * node:test options that skip a test or describe block when `reason` is a
- * string (a missing tool, privilege or kernel feature) and run it when it is
- * `false` or undefined. The reason is printed: `deno test` reports the test as
- * "ignored" and `bun test` as "(skip)", but neither shows why.
+ * node:test options that skip a test when `reason` is a string (a missing tool,
+ * privilege or kernel feature) and run it when it is `false` or undefined. The
+ * reason is printed as `skipped (<runtime>): <name>: <reason>`: `deno test`
+ * reports the test as "ignored" and `bun test` as "(skip)", but neither shows
+ * why. scripts/test.mjs counts these lines against the runners' own skip counts
+ * and, under CI, checks each reason against tests/support/allowed_skips.json
+ * (docs/testing.md), so every skip goes through here, one call per test. For a
+ * whole describe() block use {@link describeUnless}.
  */
 export function skipIf(reason: string | false | undefined, name: string): { skip: string | false } {
   if (reason) console.warn(`skipped (${RUNTIME}): ${name}: ${reason}`);
   return { skip: reason || false };
+}
+
+/**
+ * `describe(name, body)`, or when `reason` is a string one skipped test in its
+ * place: deno counts a skipped describe() as one ignored test while bun counts
+ * nothing, so a skipped block would make the two runtimes' skip counts differ.
+ */
+export function describeUnless(
+  reason: string | false | undefined,
+  name: string,
+  body: () => void,
+): void {
+  if (reason) test(name, skipIf(reason, name), () => {});
+  else describe(name, body);
 }
 
 /** Whether `cmd` is on the PATH. */
