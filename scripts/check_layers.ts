@@ -22,7 +22,7 @@ import process from "node:process";
 
 /** The units, lowest first; units on one line are peers. */
 const LAYERS: readonly (readonly string[])[] = [
-  ["src/types", "src/errors", "src/timeout"],
+  ["src/types", "src/errors", "src/timeout", "src/host"],
   ["src/ffi"],
   ["src/proc"],
   ["src/process", "src/systemd"],

@@ -8,7 +8,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
 
 /** Byte offsets and sizes of the C structs instar builds by hand. */
@@ -226,7 +226,7 @@ let current: Platform | undefined;
 /** The platform this process runs on; throws `UNSUPPORTED_PLATFORM` elsewhere. */
 export function platform(): Platform {
   if (current) return current;
-  const key = `${process.platform}-${process.arch}`;
+  const key = `${host.platform()}-${host.arch()}`;
   if (key === "linux-x64") {
     current = { name: "linux-x86_64", layout: LINUX_X86_64, sysKcmp: 312 };
   } else if (key === "linux-arm64") {

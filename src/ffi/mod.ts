@@ -9,7 +9,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError, SystemError } from "../errors.ts";
 import type { Backend } from "./backend.ts";
 import { openBun, toBunSignature } from "./backend_bun.ts";
@@ -33,8 +33,8 @@ export function runtimeName(): "deno" | "bun" | undefined {
 
 /** The libc file names to try, in order, for this platform. */
 export function libcCandidates(
-  os: string = process.platform,
-  arch: string = process.arch,
+  os: string = host.platform(),
+  arch: string = host.arch(),
 ): string[] {
   if (os === "darwin") return ["libSystem.B.dylib", "/usr/lib/libSystem.B.dylib"];
   const muslArch = arch === "x64" ? "x86_64" : arch === "arm64" ? "aarch64" : arch;
@@ -45,7 +45,7 @@ export function libcCandidates(
 export function backend(): Backend {
   if (opened) return opened;
   const rt = runtimeName();
-  const darwin = process.platform === "darwin";
+  const darwin = host.platform() === "darwin";
   if (rt === "deno") opened = openDeno(libcCandidates(), darwin);
   else if (rt === "bun") opened = openBun(libcCandidates(), darwin);
   else {
@@ -59,13 +59,13 @@ export function backend(): Backend {
 
 /** The errno name of a number on this platform, or `E<n>` for an unknown one. */
 export function errnoName(errno: number): string {
-  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  const table = host.platform() === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
   return table[errno] ?? `E${errno}`;
 }
 
 /** The errno number of a name on this platform, or `undefined`. */
 export function errnoNumber(name: string): number | undefined {
-  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  const table = host.platform() === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
   for (const [n, v] of Object.entries(table)) if (v === name) return Number(n);
   return undefined;
 }

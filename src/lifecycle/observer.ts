@@ -8,7 +8,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { C, connect, socket } from "../ffi/mod.ts";
 import { encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
@@ -105,7 +105,7 @@ export class Observer {
     on("upgrade-refused", ({ error }) => bump(up.refused, error.reason));
     on("rolled-back", () => void up.rolledBack++);
     this.#reporter = new Reporter({
-      pid: process.pid,
+      pid: host.pid(),
       generation: c.generation,
       events: c.events,
       count: () => this.#openNow(),
@@ -205,7 +205,7 @@ export class Observer {
     const open = await this.#open(all, previous);
     const endpoints = all.map((e, i) => {
       const connections: GenerationConnections[] = [
-        { pid: process.pid, generation: c.generation, open: open[i].own },
+        { pid: host.pid(), generation: c.generation, open: open[i].own },
       ];
       if (previous !== null) {
         connections.push({ pid: previous, generation: c.generation - 1, open: open[i].previous });
@@ -219,7 +219,7 @@ export class Observer {
       };
     });
     return {
-      pid: process.pid,
+      pid: host.pid(),
       generation: c.generation,
       state,
       ready: serving(state),
@@ -255,7 +255,7 @@ export class Observer {
     try {
       if (pid !== c.parentPid) throw new Error(`process ${pid} did not start this generation`);
       const r = validateReport(report);
-      if (r.new.pid !== process.pid || r.old.pid !== pid) {
+      if (r.new.pid !== host.pid() || r.old.pid !== pid) {
         throw new Error("the report is about another upgrade");
       }
       this.#base = maxCounters(this.#base, validateCounters(counters));
