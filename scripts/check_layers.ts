@@ -22,8 +22,9 @@ import process from "node:process";
 
 /** The units, lowest first; units on one line are peers. */
 const LAYERS: readonly (readonly string[])[] = [
-  ["src/types", "src/errors", "src/timeout", "src/host"],
+  ["src/types", "src/errors", "src/timeout"],
   ["src/ffi"],
+  ["src/host"],
   ["src/proc"],
   ["src/process", "src/systemd"],
   ["src/runtime"],

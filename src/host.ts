@@ -4,8 +4,9 @@
  * runtime: `Deno.*` on Deno, where the first `node:` module or the first touch
  * of `globalThis.process` sets up the whole Node compatibility layer (+8 MB
  * resident, docs/benchmarks.md "A minimal app's memory"); Bun's `process`
- * (+0.3 MB) and `Bun.file` on Bun, where `node:fs` (+3 MB) is loaded only by
- * the first synchronous file call. Like `ffi/` and `runtime/`, this unit asks
+ * (+0.3 MB), `Bun.file` and libc (src/ffi/files.ts) on Bun, where `node:fs`
+ * (+3 MB) is loaded only to make or remove a temporary directory, or by an
+ * asynchronous readlink or readdir. Like `ffi/` and `runtime/`, this unit asks
  * which runtime runs; code above it does not.
  *
  * @module
@@ -13,6 +14,8 @@
 
 import type * as fs from "node:fs";
 import type * as fsPromises from "node:fs/promises";
+import { readDirNames, readFileBytes, readLinkText } from "./ffi/files.ts";
+import { osArch } from "./ffi/mod.ts";
 
 /** A signal name such as `SIGHUP`. */
 export type HostSignal = string;
@@ -20,7 +23,6 @@ export type HostSignal = string;
 interface DenoHost {
   pid: number;
   ppid: number;
-  build: { os: string; arch: string };
   env: {
     get(k: string): string | undefined;
     set(k: string, v: string): void;
@@ -49,8 +51,6 @@ interface DenoHost {
 interface NodeProcess {
   pid: number;
   ppid: number;
-  platform: string;
-  arch: string;
   env: Record<string, string | undefined>;
   execPath: string;
   cwd(): string;
@@ -72,7 +72,7 @@ function proc(): NodeProcess {
   return G.process;
 }
 
-/** node:fs, loaded by the first synchronous file call on Bun (never on Deno). */
+/** node:fs, loaded on Bun by the first temporary directory (never on Deno). */
 function nodeFs(): typeof fs {
   return proc().getBuiltinModule("node:fs") as typeof fs;
 }
@@ -89,14 +89,12 @@ export function ppid(): number {
 
 /** The platform, as `process.platform` names it (`linux`, `darwin`). */
 export function platform(): string {
-  return D ? D.build.os : proc().platform;
+  return osArch().os;
 }
 
 /** The CPU architecture, as `process.arch` names it (`x64`, `arm64`). */
 export function arch(): string {
-  if (!D) return proc().arch;
-  const a = D.build.arch;
-  return a === "x86_64" ? "x64" : a === "aarch64" ? "arm64" : a;
+  return osArch().arch;
 }
 
 /** The environment variable `name`, or `undefined`. */
@@ -167,12 +165,12 @@ export function offSignal(sig: HostSignal, fn: () => void): void {
 
 /** The bytes of file `path`; throws when it cannot be read. */
 export function readFileSync(path: string): Uint8Array {
-  return D ? D.readFileSync(path) : nodeFs().readFileSync(path);
+  return D ? D.readFileSync(path) : readFileBytes(path);
 }
 
 /** The text (UTF-8) of file `path`; throws when it cannot be read. */
 export function readTextSync(path: string): string {
-  return D ? D.readTextFileSync(path) : nodeFs().readFileSync(path, "utf8");
+  return D ? D.readTextFileSync(path) : new TextDecoder().decode(readFileBytes(path));
 }
 
 /** The text (UTF-8) of file `path`, read off the event loop. */
@@ -182,12 +180,12 @@ export function readText(path: string): Promise<string> {
 
 /** Where symbolic link `path` points; throws when it is none. */
 export function readLinkSync(path: string): string {
-  return D ? D.readLinkSync(path) : nodeFs().readlinkSync(path);
+  return D ? D.readLinkSync(path) : readLinkText(path);
 }
 
 /** The names in directory `path`; throws when it cannot be read. */
 export function readDirSync(path: string): string[] {
-  return D ? Array.from(D.readDirSync(path), (e) => e.name) : nodeFs().readdirSync(path);
+  return D ? Array.from(D.readDirSync(path), (e) => e.name) : readDirNames(path);
 }
 
 /** node:fs/promises on Bun, loaded by the first call that needs it. */
