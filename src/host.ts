@@ -31,7 +31,6 @@ interface DenoHost {
   };
   execPath(): string;
   cwd(): string;
-  exit(code: number): never;
   addSignalListener(sig: string, fn: () => void): void;
   removeSignalListener(sig: string, fn: () => void): void;
   readFileSync(path: string): Uint8Array;
@@ -142,9 +141,13 @@ export function cwd(): string {
   return D ? D.cwd() : proc().cwd();
 }
 
-/** Ends this process with `code`. */
+/**
+ * Ends this process with `code` through `process.exit()` in both runtimes: on
+ * Deno, `Deno.exit()` would skip the `exit` event an application may listen
+ * for, and memory no longer matters.
+ */
 export function exit(code: number): never {
-  return D ? D.exit(code) : proc().exit(code);
+  return proc().exit(code);
 }
 
 /**

@@ -74,9 +74,8 @@ export function initHazard(pid: number | "self" = "self"): InitHazard | null {
   }
   const ppid = self ? ownPpid() : parentOf(pid);
   if (!ppid || ppid <= 0) return null; // the parent is outside this pid namespace
-  const names = [commandName(ppid), executablePath(ppid)].map((n) =>
-    n && n.slice(n.lastIndexOf("/") + 1)
-  ); // the file name
+  const fileName = (n: string | null) => n && n.slice(n.lastIndexOf("/") + 1);
+  const names = [commandName(ppid), executablePath(ppid)].map(fileName);
   const init = names.find((n) => n !== null && EXITING_INITS.has(n));
   if (!init) return null;
   return {
