@@ -28,6 +28,7 @@ export const LAYERS: readonly string[] = [
   "src/errors",
   "src/timeout",
   "src/ffi",
+  "src/host",
   "src/proc",
   "src/process",
   "src/systemd",

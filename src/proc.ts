@@ -6,7 +6,15 @@
  * @module
  */
 
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import {
+  readDir,
+  readDirSync,
+  readFileSync,
+  readLink,
+  readLinkSync,
+  readText,
+  readTextSync,
+} from "./host.ts";
 
 /** The NUL-separated list in a /proc file (`cmdline`, `environ`). */
 export function readNulList(path: string): string[] {
@@ -18,7 +26,7 @@ export function readNulList(path: string): string[] {
 /** What `/proc/self/fd/<fd>` points to, or `null` when the fd is not open. */
 export function fdLink(fd: number, pid: number | "self" = "self"): string | null {
   try {
-    return readlinkSync(`/proc/${pid}/fd/${fd}`);
+    return readLinkSync(`/proc/${pid}/fd/${fd}`);
   } catch {
     return null;
   }
@@ -26,7 +34,7 @@ export function fdLink(fd: number, pid: number | "self" = "self"): string | null
 
 /** The open fd numbers of process `pid` (this one by default). */
 export function openFds(pid: number | "self" = "self"): number[] {
-  return readdirSync(`/proc/${pid}/fd`).map(Number).filter((n) => Number.isInteger(n));
+  return readDirSync(`/proc/${pid}/fd`).map(Number).filter((n) => Number.isInteger(n));
 }
 
 /** What /proc/<pid>/fd/<fd> links to for a socket: `socket:[<inode>]`. */
@@ -76,7 +84,7 @@ const TFD_LINE =
 export function epollRegistrations(epfd: number): EpollRegistration[] {
   let text: string;
   try {
-    text = readFileSync(`/proc/self/fdinfo/${epfd}`, "utf8");
+    text = readTextSync(`/proc/self/fdinfo/${epfd}`);
   } catch {
     return [];
   }
@@ -98,7 +106,7 @@ export function epollRegistrations(epfd: number): EpollRegistration[] {
 /** The fields of `/proc/<pid>/stat` after the command name (state first), or `null`. */
 function statFields(pid: number): string[] | null {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = readTextSync(`/proc/${pid}/stat`);
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   } catch {
     return null;
@@ -124,7 +132,7 @@ export function processStartedAt(pid: number): number | null {
   const ticks = processStartTime(pid);
   if (ticks === null) return null;
   try {
-    const btime = /^btime (\d+)$/m.exec(readFileSync("/proc/stat", "utf8"));
+    const btime = /^btime (\d+)$/m.exec(readTextSync("/proc/stat"));
     // /proc reports times in USER_HZ, 100 per second on every Linux architecture.
     return btime ? Number(btime[1]) * 1000 + Number(ticks) * 10 : null;
   } catch {
@@ -141,7 +149,7 @@ export function parentOf(pid: number): number | null {
 /** The command name of process `pid` (`/proc/<pid>/comm`), or `null`. */
 export function commandName(pid: number): string | null {
   try {
-    return readFileSync(`/proc/${pid}/comm`, "utf8").trim();
+    return readTextSync(`/proc/${pid}/comm`).trim();
   } catch {
     return null;
   }
@@ -162,14 +170,14 @@ const TCP_TABLES = ["/proc/net/tcp", "/proc/net/tcp6"];
 
 /** Inodes of the established TCP connections (either address family) whose local port is `port`. */
 export function tcpConnectionInodes(port: number): Set<number> {
-  const tables = TCP_TABLES.map((t) => readFileSync(t, "latin1"));
+  const tables = TCP_TABLES.map((t) => readTextSync(t));
   return new Set(tables.flatMap((t) => established(t, port)));
 }
 
 /** Inodes of the connected Unix stream sockets bound to `path` (the ones a listener there accepted). */
 export function unixConnectionInodes(path: string): Set<number> {
   const out = new Set<number>();
-  for (const line of readFileSync("/proc/net/unix", "utf8").split("\n").slice(1)) {
+  for (const line of readTextSync("/proc/net/unix").split("\n").slice(1)) {
     // Num RefCount Protocol Flags Type St Inode Path; St 03 is connected, Type 0001 stream
     const f = line.trim().split(/\s+/);
     if (f.length >= 8 && f[4] === "0001" && f[5] === "03" && f.slice(7).join(" ") === path) {
@@ -191,8 +199,7 @@ export async function tcpConnections(
   pid: number | "self" = "self",
 ): Promise<number | null> {
   try {
-    const { readFile } = await import("node:fs/promises"); // on first use: memory at start-up
-    const tables = await Promise.all(TCP_TABLES.map((t) => readFile(t, "latin1")));
+    const tables = await Promise.all(TCP_TABLES.map(readText));
     const theirs = await socketInodesAsync(pid);
     return tables.flatMap((t) => established(t, port)).filter((i) => theirs.has(i)).length;
   } catch {
@@ -203,9 +210,8 @@ export async function tcpConnections(
 /** The inodes of the sockets process `pid` holds open, read off the event loop: a server may hold thousands of connections. */
 export async function socketInodesAsync(pid: number | "self"): Promise<Set<number>> {
   const dir = `/proc/${pid}/fd`;
-  const { readdir, readlink } = await import("node:fs/promises"); // on first use: memory at start-up
   const links = await Promise.all(
-    (await readdir(dir)).map((e) => readlink(`${dir}/${e}`).catch(() => "")),
+    (await readDir(dir)).map((e) => readLink(`${dir}/${e}`).catch(() => "")),
   );
   const out = new Set<number>();
   for (const l of links) {
@@ -240,7 +246,7 @@ function established(table: string, port: number): number[] {
  */
 export function namespacePid(pid: number | "self" = "self"): number | null {
   try {
-    const m = /^NSpid:\s*([\d\s]+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    const m = /^NSpid:\s*([\d\s]+)$/m.exec(readTextSync(`/proc/${pid}/status`));
     const last = m?.[1].trim().split(/\s+/).at(-1);
     return last ? Number(last) : null;
   } catch {
@@ -251,7 +257,7 @@ export function namespacePid(pid: number | "self" = "self"): number | null {
 /** The program file process `pid` runs (`/proc/<pid>/exe`, without " (deleted)"), or `null`. */
 export function executablePath(pid: number): string | null {
   try {
-    return readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, "");
+    return readLinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, "");
   } catch {
     return null;
   }

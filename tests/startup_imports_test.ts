@@ -1,12 +1,13 @@
 // What loading mod.ts loads: every `node:` builtin costs a generation memory (2–9 MB resident
 // each, docs/benchmarks.md "A minimal app's memory"), so the rarely needed ones are loaded where
-// they are first used (`await import()` or `process.getBuiltinModule()`), never by a static import
+// they are first used (`await import()` or src/host.ts's `builtin()`), never by a static import
 // on mod.ts's graph. A static one added by mistake shows up here, naming the file.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { ROOT } from "./support/procs.ts";
+import { spawnSync } from "node:child_process";
+import { ROOT, runtimeCmd } from "./support/procs.ts";
 
 /** Builtins a generation may never need: loaded on first use only. */
 const LAZY = [
@@ -22,6 +23,12 @@ const LAZY = [
   "node:util",
   "node:child_process",
   "node:worker_threads",
+  // On Deno the first node: module sets up the Node compatibility layer (+8 MB): the start-up path
+  // asks src/host.ts (Deno.* there) for the pid, env, signals and /proc reads instead.
+  "node:process",
+  "node:fs",
+  "node:path",
+  "node:os",
 ];
 
 // Static imports and re-exports that stay at run time (`import type` / `export type` are erased).
@@ -49,5 +56,14 @@ describe("start-up imports", () => {
       specs.filter((s) => LAZY.includes(s)).map((s) => `${file.slice(ROOT.length)}: ${s}`)
     );
     assert.deepEqual(found, [], "load these where they are first needed, not at start-up");
+  });
+
+  // A dynamic import or a `globalThis.process` use is invisible to the walk above: the child runs
+  // the minimal app under Deno with `process` watched (Bun's process is cheap, +0.3 MB).
+  test("the minimal app never touches globalThis.process on Deno", () => {
+    const [cmd, ...args] = runtimeCmd("deno", join(ROOT, "tests/startup_process_child.ts"));
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), "untouched", "the start-up path touched globalThis.process");
   });
 });

@@ -8,7 +8,6 @@
  * @module
  */
 
-import process from "node:process";
 import { InstarError } from "../errors.ts";
 
 /** Byte offsets and sizes of the C structs instar builds by hand. */
@@ -219,18 +218,46 @@ export interface Platform {
   readonly layout: Layout;
   /** `kcmp(2)` syscall number. */
   readonly sysKcmp: number;
+  /** `openat(2)`, `readlinkat(2)` and `getdents64(2)` syscall numbers (src/ffi/files.ts). */
+  readonly sysFiles: { openat: number; readlinkat: number; getdents64: number };
 }
 
 let current: Platform | undefined;
 
+/**
+ * The OS and CPU as `process.platform` and `process.arch` name them (`linux`, `x64`), from
+ * `Deno.build` on Deno: there the first touch of `process` sets up the Node compatibility layer
+ * (+8 MB resident, docs/benchmarks.md "A minimal app's memory"); Bun's `process` is cheap.
+ */
+export function osArch(): { os: string; arch: string } {
+  const g = globalThis as unknown as {
+    Deno?: { build: { os: string; arch: string } };
+    process: { platform: string; arch: string };
+  };
+  if (!g.Deno) return { os: g.process.platform, arch: g.process.arch };
+  const { os, arch } = g.Deno.build;
+  return { os, arch: arch === "x86_64" ? "x64" : arch === "aarch64" ? "arm64" : arch };
+}
+
 /** The platform this process runs on; throws `UNSUPPORTED_PLATFORM` elsewhere. */
 export function platform(): Platform {
   if (current) return current;
-  const key = `${process.platform}-${process.arch}`;
+  const { os, arch } = osArch();
+  const key = `${os}-${arch}`;
   if (key === "linux-x64") {
-    current = { name: "linux-x86_64", layout: LINUX_X86_64, sysKcmp: 312 };
+    current = {
+      name: "linux-x86_64",
+      layout: LINUX_X86_64,
+      sysKcmp: 312,
+      sysFiles: { openat: 257, readlinkat: 267, getdents64: 217 },
+    };
   } else if (key === "linux-arm64") {
-    current = { name: "linux-aarch64", layout: LINUX_AARCH64, sysKcmp: 272 };
+    current = {
+      name: "linux-aarch64",
+      layout: LINUX_AARCH64,
+      sysKcmp: 272,
+      sysFiles: { openat: 56, readlinkat: 78, getdents64: 61 },
+    };
   } else {
     throw new InstarError(
       "UNSUPPORTED_PLATFORM",

@@ -9,17 +9,16 @@
  * @module
  */
 
-import process from "node:process";
 import { InstarError, SystemError } from "../errors.ts";
 import type { Backend } from "./backend.ts";
 import { openBun, toBunSignature } from "./backend_bun.ts";
 import { type Signature, SYMBOLS } from "./symbols.ts";
 import { openDeno } from "./backend_deno.ts";
 import { DARWIN_ERRNO, LINUX_ERRNO } from "./errno.ts";
-import { C, platform } from "./layout.ts";
+import { C, osArch, platform } from "./layout.ts";
 
 export type { Backend } from "./backend.ts";
-export { C, platform, signalName, SIGNALS } from "./layout.ts";
+export { C, osArch, platform, signalName, SIGNALS } from "./layout.ts";
 
 let opened: Backend | undefined;
 
@@ -33,8 +32,8 @@ export function runtimeName(): "deno" | "bun" | undefined {
 
 /** The libc file names to try, in order, for this platform. */
 export function libcCandidates(
-  os: string = process.platform,
-  arch: string = process.arch,
+  os: string = osArch().os,
+  arch: string = osArch().arch,
 ): string[] {
   if (os === "darwin") return ["libSystem.B.dylib", "/usr/lib/libSystem.B.dylib"];
   const muslArch = arch === "x64" ? "x86_64" : arch === "arm64" ? "aarch64" : arch;
@@ -45,7 +44,7 @@ export function libcCandidates(
 export function backend(): Backend {
   if (opened) return opened;
   const rt = runtimeName();
-  const darwin = process.platform === "darwin";
+  const darwin = osArch().os === "darwin";
   if (rt === "deno") opened = openDeno(libcCandidates(), darwin);
   else if (rt === "bun") opened = openBun(libcCandidates(), darwin);
   else {
@@ -59,13 +58,13 @@ export function backend(): Backend {
 
 /** The errno name of a number on this platform, or `E<n>` for an unknown one. */
 export function errnoName(errno: number): string {
-  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  const table = osArch().os === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
   return table[errno] ?? `E${errno}`;
 }
 
 /** The errno number of a name on this platform, or `undefined`. */
 export function errnoNumber(name: string): number | undefined {
-  const table = process.platform === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
+  const table = osArch().os === "darwin" ? DARWIN_ERRNO : LINUX_ERRNO;
   for (const [n, v] of Object.entries(table)) if (v === name) return Number(n);
   return undefined;
 }

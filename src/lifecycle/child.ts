@@ -8,7 +8,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import { protocolError, shown } from "../protocol/fault.ts";
@@ -30,9 +30,9 @@ const HELLO_TIMEOUT_MS = 10_000;
 
 /** The previous generation's hello, if this process was started by one (fork/exec). */
 export function readHello(): ParentLink | null {
-  const raw = process.env[CONTROL_FD_ENV];
+  const raw = host.getEnv(CONTROL_FD_ENV);
   if (raw === undefined) return null;
-  delete process.env[CONTROL_FD_ENV];
+  host.deleteEnv(CONTROL_FD_ENV);
   if (!/^\d{1,10}$/.test(raw) || Number(raw) > 2 ** 31 - 1) {
     protocolError(`${CONTROL_FD_ENV}=${shown(raw)} is not an fd number`);
   }

@@ -14,8 +14,8 @@
  */
 
 import type * as net from "node:net";
-import { rmSync } from "node:fs";
-import process from "node:process";
+import type * as Fs from "node:fs";
+import * as host from "../host.ts";
 import { type InstarError, UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
@@ -27,6 +27,9 @@ import { closeWith, MessageSocket } from "../protocol/message_socket.ts";
 import type { UpgradeReport } from "../observe/report.ts";
 import { fdOfSocket } from "../runtime/mod.ts";
 import type { Endpoint } from "../types.ts";
+
+// node:fs is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const fs = (): typeof Fs => host.builtin("node:fs");
 
 /** What the control server asks of the lifecycle. */
 export interface ControlActions {
@@ -146,7 +149,7 @@ export class ControlServer implements Endpoint {
   async #listen(): Promise<void> {
     // node:net is loaded here, not at start-up: a generation without a control socket never pays
     // for it (a few MB resident; docs/benchmarks.md, Idle cost).
-    const { createServer } = process.getBuiltinModule("node:net") as typeof net;
+    const { createServer } = host.builtin("node:net") as typeof net;
     const server = createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
     // A backstop only: peers past MAX_PEERS are refused with a message, and those
     // refusals close within CLOSE_GRACE_MS; the runtime drops what exceeds this.
@@ -369,7 +372,7 @@ export class ControlServer implements Endpoint {
 
   /** Removes the socket file (on stop: nobody will answer it any more). */
   unlink(): void {
-    if (!this.path.startsWith("@")) rmSync(this.path, { force: true });
+    if (!this.path.startsWith("@")) fs().rmSync(this.path, { force: true });
   }
 }
 

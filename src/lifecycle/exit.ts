@@ -7,7 +7,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { drain } from "../net/drain.ts";
 import type { Endpoint, ExitReason } from "../types.ts";
 import { runHooks } from "./events.ts";
@@ -62,7 +62,7 @@ export class Exit {
   force(): void {
     const control = this.#s.control;
     const all = [...this.#endpoints(), ...(control ? [control] : [])];
-    void Promise.all(all.map((e) => e.forceClose().catch(() => 0))).finally(() => process.exit(1));
+    void Promise.all(all.map((e) => e.forceClose().catch(() => 0))).finally(() => host.exit(1));
   }
 
   async #drain(reason: ExitReason): Promise<void> {
@@ -78,13 +78,13 @@ export class Exit {
       refuse: reason === "stop" && this.#serving,
     });
     await ending;
-    if (reason === "stop" && settings.pidFile) removePidFileIfOurs(settings.pidFile, process.pid);
+    if (reason === "stop" && settings.pidFile) removePidFileIfOurs(settings.pidFile, host.pid());
     s.setState("stopped");
     s.events.emit("drained", { forced });
     await runHooks(this.#hooks, s.warn);
     this.#ended();
     this.#resolveDrained();
     // Code after `await up.drained` runs first: it was queued when drained resolved.
-    if (settings.exitAfterDrain) setTimeout(() => process.exit(0), 0);
+    if (settings.exitAfterDrain) setTimeout(() => host.exit(0), 0);
   }
 }

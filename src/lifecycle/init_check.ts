@@ -18,8 +18,7 @@
  * @module
  */
 
-import process from "node:process";
-import { basename } from "node:path";
+import { pid as ownPid, ppid as ownPpid } from "../host.ts";
 import { UpgradeRefusedError } from "../errors.ts";
 import { commandName, executablePath, namespacePid, parentOf } from "../proc.ts";
 
@@ -65,7 +64,7 @@ const ADVICE = "run the server under the supervisor instead, `instar run [option
  */
 export function initHazard(pid: number | "self" = "self"): InitHazard | null {
   const self = pid === "self";
-  if ((self && process.pid === 1) || namespacePid(pid) === 1) {
+  if ((self && ownPid() === 1) || namespacePid(pid) === 1) {
     return {
       reason: "pid-1",
       message: "this generation is PID 1 of its pid namespace (a container's main process): " +
@@ -73,9 +72,10 @@ export function initHazard(pid: number | "self" = "self"): InitHazard | null {
         `the new generation too; ${ADVICE}`,
     };
   }
-  const ppid = self ? process.ppid : parentOf(pid);
+  const ppid = self ? ownPpid() : parentOf(pid);
   if (!ppid || ppid <= 0) return null; // the parent is outside this pid namespace
-  const names = [commandName(ppid), executablePath(ppid)].map((n) => n && basename(n));
+  const fileName = (n: string | null) => n && n.slice(n.lastIndexOf("/") + 1);
+  const names = [commandName(ppid), executablePath(ppid)].map(fileName);
   const init = names.find((n) => n !== null && EXITING_INITS.has(n));
   if (!init) return null;
   return {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { formatReport } from "../observe/report.ts";
@@ -70,7 +70,7 @@ export function logLifecycle(
 ): void {
   const o = typeof nameOrOptions === "string" ? { name: nameOrOptions } : nameOrOptions;
   const name = o.name ?? "instar";
-  const out = write ?? o.write ?? ((line: string) => process.stderr.write(line + "\n"));
+  const out = write ?? o.write ?? ((line: string) => host.writeStderr(line + "\n"));
   if (o.format === "json") return logJson(up, name, out);
   if (o.format !== undefined && o.format !== "text") {
     throw new InstarError(

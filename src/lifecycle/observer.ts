@@ -8,7 +8,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
 import { ControlClient } from "../protocol/client.ts";
@@ -104,7 +104,7 @@ export class Observer {
     on("upgrade-refused", ({ error }) => bump(up.refused, error.reason));
     on("rolled-back", () => void up.rolledBack++);
     this.#reporter = new Reporter({
-      pid: process.pid,
+      pid: host.pid(),
       generation: c.generation,
       events: c.events,
       count: () => this.#openNow(),
@@ -204,7 +204,7 @@ export class Observer {
     const open = await this.#open(all, previous);
     const endpoints = all.map((e, i) => {
       const connections: GenerationConnections[] = [
-        { pid: process.pid, generation: c.generation, open: open[i].own },
+        { pid: host.pid(), generation: c.generation, open: open[i].own },
       ];
       if (previous !== null) {
         connections.push({ pid: previous, generation: c.generation - 1, open: open[i].previous });
@@ -218,7 +218,7 @@ export class Observer {
       };
     });
     return {
-      pid: process.pid,
+      pid: host.pid(),
       generation: c.generation,
       state,
       ready: serving(state),
@@ -254,7 +254,7 @@ export class Observer {
     try {
       if (pid !== c.parentPid) throw new Error(`process ${pid} did not start this generation`);
       const r = validateReport(report);
-      if (r.new.pid !== process.pid || r.old.pid !== pid) {
+      if (r.new.pid !== host.pid() || r.old.pid !== pid) {
         throw new Error("the report is about another upgrade");
       }
       this.#base = maxCounters(this.#base, validateCounters(counters));

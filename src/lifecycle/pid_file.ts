@@ -6,24 +6,22 @@
  * @module
  */
 
-import {
-  closeSync,
-  constants,
-  fsyncSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeSync,
-} from "node:fs";
+import type * as Fs from "node:fs";
 import type * as crypto from "node:crypto";
-import process from "node:process";
-import { dirname, join } from "node:path";
+import * as host from "../host.ts";
+import type * as Path from "node:path";
+
+// node:path is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const nodePath = (): typeof Path => host.builtin("node:path");
+
+// node:fs is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const fs = (): typeof Fs => host.builtin("node:fs");
 
 /** A fresh temp file name next to `path`: nobody can plant a file there in advance. */
 function randomTempName(path: string): string {
   // node:crypto is loaded on first use: only generations with a pid file pay for it (memory).
-  const { randomBytes } = process.getBuiltinModule("node:crypto") as typeof crypto;
+  const { randomBytes } = host.builtin("node:crypto") as typeof crypto;
+  const { dirname, join } = nodePath();
   return join(dirname(path), `.${randomBytes(8).toString("hex")}.pid.tmp`);
 }
 
@@ -47,9 +45,10 @@ export function writePidFile(
     tmp = tempName(path);
     try {
       // O_EXCL: an existing file or symlink at the name fails; O_NOFOLLOW for good measure.
-      fd = openSync(
+      const O = fs().constants;
+      fd = fs().openSync(
         tmp,
-        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        O.O_WRONLY | O.O_CREAT | O.O_EXCL | O.O_NOFOLLOW,
         0o644,
       );
     } catch (err) {
@@ -57,20 +56,20 @@ export function writePidFile(
     }
   }
   try {
-    writeSync(fd, `${pid}\n`);
-    fsyncSync(fd);
+    fs().writeSync(fd, `${pid}\n`);
+    fs().fsyncSync(fd);
   } catch (err) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
+    fs().closeSync(fd);
+    fs().rmSync(tmp, { force: true });
     throw err;
   }
-  closeSync(fd);
-  renameSync(tmp, path);
+  fs().closeSync(fd);
+  fs().renameSync(tmp, path);
 }
 
 /** Removes `path` if it still names this process (a later generation may own it now). */
 export function removePidFileIfOurs(path: string, pid: number): void {
   try {
-    if (readFileSync(path, "utf8").trim() === String(pid)) rmSync(path);
+    if (fs().readFileSync(path, "utf8").trim() === String(pid)) fs().rmSync(path);
   } catch { /* already gone */ }
 }

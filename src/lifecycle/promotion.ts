@@ -18,7 +18,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError, UpgradeError, UpgradeRefusedError } from "../errors.ts";
 import { dupCloexec, signalName } from "../ffi/mod.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
@@ -230,7 +230,7 @@ export class PromotionWindow {
     const path = this.#o.pidFile;
     if (!path) return;
     try {
-      writePidFile(path, process.pid);
+      writePidFile(path, host.pid());
     } catch (err) {
       this.#o.warn(`rollback: PID file ${path}: ${(err as Error).message}`);
     }

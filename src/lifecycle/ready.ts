@@ -7,7 +7,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
 import { systemdNotifier } from "../systemd/notify.ts";
 import type { ExitReason } from "../types.ts";
@@ -101,7 +101,7 @@ export class Readiness {
   // Before anything accepts: if it fails, the control server stops again and nothing was said.
   #writePidFile(path: string): void {
     try {
-      writePidFile(path, process.pid);
+      writePidFile(path, host.pid());
     } catch (err) {
       this.#c.shared.control?.pauseAccepting();
       throw err;

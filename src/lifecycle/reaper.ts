@@ -6,7 +6,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { kill, SIGNALS, waitpidNoHang, type WaitStatus } from "../ffi/mod.ts";
 import { deadline } from "../timeout.ts";
 
@@ -78,7 +78,7 @@ export class Reaper {
   #listen(on: boolean): void {
     if (on === this.#listening) return;
     this.#listening = on;
-    if (on) process.on("SIGCHLD", this.#onSignal);
-    else process.off("SIGCHLD", this.#onSignal);
+    if (on) host.onSignal("SIGCHLD", this.#onSignal);
+    else host.offSignal("SIGCHLD", this.#onSignal);
   }
 }

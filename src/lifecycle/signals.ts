@@ -11,7 +11,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { invalid } from "../errors.ts";
 import { SIGNALS } from "../ffi/mod.ts";
 
@@ -47,8 +47,8 @@ export function installSignals(
     if (stops === 0 || sig === "SIGINT") actions.stop(++stops);
   };
   for (const s of stopSignals) installed.push([s, () => onStop(s)]);
-  for (const [sig, h] of installed) process.on(sig, h);
+  for (const [sig, h] of installed) host.onSignal(sig, h);
   return () => {
-    for (const [sig, h] of installed) process.off(sig, h);
+    for (const [sig, h] of installed) host.offSignal(sig, h);
   };
 }

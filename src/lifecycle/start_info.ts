@@ -7,7 +7,7 @@
  * @module
  */
 
-import process from "node:process";
+import { cwd, execPath } from "../host.ts";
 import { readNulList } from "../proc.ts";
 
 /** The executable, argv, environment and working directory this process started with. */
@@ -26,10 +26,10 @@ export interface StartInfo {
 
 function capture(): StartInfo {
   const info: StartInfo = {
-    execPath: process.execPath.replace(/ \(deleted\)$/, ""),
+    execPath: execPath().replace(/ \(deleted\)$/, ""),
     argv: null,
     env: null,
-    cwd: process.cwd(),
+    cwd: cwd(),
     problem: null,
   };
   try {

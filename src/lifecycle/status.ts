@@ -5,7 +5,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
 import { openConnections } from "../net/sock_diag.ts";
@@ -24,7 +24,7 @@ export async function statusReport(
     connections: await e.connections(),
   })));
   return {
-    pid: process.pid,
+    pid: host.pid(),
     generation,
     state,
     listeners,

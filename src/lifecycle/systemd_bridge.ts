@@ -9,7 +9,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import type { SystemdNotifier } from "../systemd/notify.ts";
 import type { Emitter } from "./events.ts";
 
@@ -49,7 +49,7 @@ export function bridgeSystemd(events: Emitter, notify: SystemdNotifier): { ready
     // The old generation stayed systemd's main process through the window; it is again the one that serves.
     events.on("rolled-back", ({ reason }) => {
       stopExtending();
-      sd((n) => n.readyWithMainPid(process.pid, `upgrade rolled back: ${reason}`));
+      sd((n) => n.readyWithMainPid(host.pid(), `upgrade rolled back: ${reason}`));
     });
     events.on("draining", ({ reason }) => {
       stopExtending();

@@ -7,7 +7,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import type { DatagramSocket } from "../net/datagram.ts";
 import type { Listener } from "../net/listener.ts";
 import type { DatagramSpec, SocketSpec } from "../net/specs.ts";
@@ -108,7 +108,7 @@ export class Upgrader {
 
   /** This process's pid. */
   get pid(): number {
-    return process.pid;
+    return host.pid();
   }
 
   /** Subscribes to an event; returns a function that unsubscribes. */

@@ -7,10 +7,14 @@
  * @module
  */
 
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import type * as Fs from "node:fs";
+import * as host from "../host.ts";
 import { invalid, SystemError } from "../errors.ts";
 import { bind, C, close as closeFd, connect, socket } from "../ffi/mod.ts";
 import { decode } from "../ffi/sockaddr.ts";
+
+// node:fs is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const fs = (): typeof Fs => host.builtin("node:fs");
 
 /** Throws `INVALID_ARGUMENT` unless `port` is an integer from 0 to 65535; returns it. */
 export function checkPort(port: unknown): number {
@@ -78,16 +82,16 @@ export function bindUnix(fd: number, sa: Uint8Array, o: UnixBind): void {
       if (o.busy === undefined) throw err;
       throw new SystemError("bind", (err as SystemError).errno, "EADDRINUSE", o.busy);
     }
-    unlinkSync(o.path);
+    fs().unlinkSync(o.path);
     bindExplained(fd, sa, o.where, o.verb);
   }
-  if (o.mode !== undefined && !abstract) chmodSync(o.path, o.mode);
+  if (o.mode !== undefined && !abstract) fs().chmodSync(o.path, o.mode);
 }
 
 // A socket file whose connect(2) is refused: nobody reads or accepts there any more.
 function isStaleSocket(path: string, sa: Uint8Array, type: number): boolean {
   try {
-    if (!lstatSync(path).isSocket()) return false;
+    if (!fs().lstatSync(path).isSocket()) return false;
   } catch {
     return false;
   }

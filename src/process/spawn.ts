@@ -17,7 +17,7 @@
  */
 
 import { openFds } from "../proc.ts";
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError, invalid, SystemError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import { TRAMPOLINE_HEX } from "./trampoline/bytes.ts";
@@ -198,7 +198,7 @@ function resolveBackend(b: SpawnBackend): "fork" | "posix_spawn" {
       "UNSUPPORTED_PLATFORM",
       `spawn backend "fork" needs a trampoline for this CPU (there are ${
         Object.keys(TRAMPOLINE_HEX).join(", ")
-      }; this is ${process.platform}-${process.arch}) and Linux 5.11+ (close_range with ` +
+      }; this is ${host.platform()}-${host.arch()}) and Linux 5.11+ (close_range with ` +
         'CLOSE_RANGE_CLOEXEC); use backend "posix_spawn" or "auto"',
     );
   }
@@ -297,8 +297,8 @@ let trampoline:
   | undefined;
 
 function trampolineHex(): string | undefined {
-  if (process.platform !== "linux") return undefined;
-  const arch = process.arch === "x64" ? "x86_64" : process.arch === "arm64" ? "aarch64" : "";
+  if (host.platform() !== "linux") return undefined;
+  const arch = host.arch() === "x64" ? "x86_64" : host.arch() === "arm64" ? "aarch64" : "";
   return TRAMPOLINE_HEX[arch];
 }
 

@@ -23,7 +23,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { InstarError } from "../errors.ts";
 import type { CarriedCounters } from "../observe/counters.ts";
@@ -113,7 +113,7 @@ export const messages = {
       type: "hello",
       v,
       generation,
-      pid: process.pid,
+      pid: host.pid(),
       transfer,
       listeners,
       control,
@@ -126,18 +126,18 @@ export const messages = {
   ready: (keepsLink = false): Message => ({
     type: "ready",
     v: PROTOCOL_VERSION,
-    pid: process.pid,
+    pid: host.pid(),
     ...(keepsLink ? { keepsLink: true } : {}),
   }),
   /** The new generation refuses what it was handed. */
   error: (message: string): Message => ({
     type: "error",
     v: PROTOCOL_VERSION,
-    pid: process.pid,
+    pid: host.pid(),
     message,
   }),
   /** A new process asks a running generation for its sockets. */
-  handover: (): Message => ({ type: "handover", v: PROTOCOL_VERSION, pid: process.pid }),
+  handover: (): Message => ({ type: "handover", v: PROTOCOL_VERSION, pid: host.pid() }),
   /** The `instar` command asks for an upgrade; `trigger` names who asks for the report (`cli` when absent). */
   upgrade: (trigger?: string): Message =>
     trigger === undefined
@@ -175,7 +175,7 @@ export const messages = {
   unhealthy: (reason: string): Message => ({
     type: "unhealthy",
     v: PROTOCOL_VERSION,
-    pid: process.pid,
+    pid: host.pid(),
     reason: checkReason(reason),
   }),
   /** The old generation takes its sockets back: the new one drains and exits. */

@@ -8,9 +8,7 @@
  * @module
  */
 
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { makeTempDirSync, removeTreeSync } from "../host.ts";
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { transplant } from "./transplant.ts";
@@ -82,9 +80,9 @@ class NativeConn extends BaseConn {
 function throwawayListener(addr: Addr): { listener: DenoListener; cleanup: () => void } {
   const D = (globalThis as unknown as { Deno: DenoNs }).Deno;
   if (addr.transport === "unix") {
-    const dir = mkdtempSync(join(tmpdir(), "instar-"));
-    const listener = D.listen({ transport: "unix", path: join(dir, "t.sock") });
-    return { listener, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+    const dir = makeTempDirSync("instar-");
+    const listener = D.listen({ transport: "unix", path: `${dir}/t.sock` });
+    return { listener, cleanup: () => removeTreeSync(dir) };
   }
   const hostname = addr.hostname.includes(":") ? "::1" : "127.0.0.1";
   return { listener: D.listen({ hostname, port: 0 }), cleanup: () => {} };

@@ -20,7 +20,7 @@
  */
 
 import type * as net from "node:net";
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
 import { C, close as closeFd, dupCloexec, getsockoptInt, runtimeName } from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
@@ -79,7 +79,7 @@ export async function startAcceptor(
 export function socketOnFd(fd: number): net.Socket {
   // Loaded on first use, not at start-up: a first generation without a control socket needs no
   // node:net (a few MB resident; docs/benchmarks.md, Idle cost).
-  const { connect, Socket } = process.getBuiltinModule("node:net") as typeof net;
+  const { connect, Socket } = host.builtin("node:net") as typeof net;
   if (runtimeName() === "bun") return connect({ fd } as unknown as net.NetConnectOpts);
   return new Socket({ fd, readable: true, writable: true } as net.SocketConstructorOpts);
 }

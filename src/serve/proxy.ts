@@ -7,7 +7,7 @@
  */
 
 import type * as net from "node:net";
-import process from "node:process";
+import * as host from "../host.ts";
 import { dupCloexec } from "../ffi/mod.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
 
@@ -48,7 +48,7 @@ export class ConnectionProxy {
   listen(): Promise<void> {
     // node:net owns (and closes) the fd it listens on: give it a duplicate.
     const dup = dupCloexec(this.fd);
-    this.#net = process.getBuiltinModule("node:net") as typeof net;
+    this.#net = host.builtin("node:net") as typeof net;
     const server = this.#net.createServer({ allowHalfOpen: true }, (c) => this.#pipe(c));
     this.#server = server;
     if (!this.#refed) server.unref();

@@ -28,9 +28,7 @@
  * @module
  */
 
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { makeTempDirSync, removeTreeSync } from "../host.ts";
 import { InstarError } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode } from "../ffi/sockaddr.ts";
@@ -96,9 +94,9 @@ function throwawayFor(addr: Addr, mode: ServeMode): {
     // Always a Unix socket, on either path: the transplant needs our socket's family, and the
     // proxy's upstream must be no easier to reach than our socket (a loopback port would let
     // any local user past the socket file's permissions). mkdtemp makes the directory 0700.
-    const dir = mkdtempSync(join(tmpdir(), "instar-serve-"));
-    const remove = () => rmSync(dir, { recursive: true, force: true });
-    return { listenOn: { path: join(dir, "s.sock") }, remove };
+    const dir = makeTempDirSync("instar-serve-");
+    const remove = () => removeTreeSync(dir);
+    return { listenOn: { path: `${dir}/s.sock` }, remove };
   }
   // The throwaway must be of our socket's family for the transplant; the proxy only needs loopback.
   const v6 = addr.hostname.includes(":") && mode !== "fallback";

@@ -20,11 +20,9 @@
  * @module
  */
 
-import { mkdtempSync, rmSync } from "node:fs";
 import type * as https from "node:https";
-import process from "node:process";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import * as host from "../host.ts";
+import { makeTempDirSync, removeTreeSync } from "../host.ts";
 import { InstarError, invalid } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
@@ -96,9 +94,9 @@ function checkServer(server: unknown): NodeHttpServer {
 function throwawayFor(addr: Addr): { listen: object; remove: () => void } {
   if (addr.transport === "unix") {
     // As serve(): a Unix socket in a 0700 directory, never easier to reach than ours.
-    const dir = mkdtempSync(join(tmpdir(), "instar-node-"));
-    const remove = () => rmSync(dir, { recursive: true, force: true });
-    return { listen: { path: join(dir, "s.sock") }, remove };
+    const dir = makeTempDirSync("instar-node-");
+    const remove = () => removeTreeSync(dir);
+    return { listen: { path: `${dir}/s.sock` }, remove };
   }
   const host = addr.hostname.includes(":") ? "::1" : "127.0.0.1";
   return { listen: { host, port: 0, exclusive: true }, remove: () => {} };
@@ -255,7 +253,7 @@ export async function startServeNode(
   reportAddress(server, addr);
   // Either test: Bun's https.Server has no setSecureContext.
   // node:https is loaded here, not at start-up, for the generations that never call serveNode().
-  const tls = server instanceof (process.getBuiltinModule("node:https") as typeof https).Server ||
+  const tls = server instanceof (host.builtin("node:https") as typeof https).Server ||
     typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
   const { handle, drain } = serving(server, drainer, fd, addr, a, o);
   return { server: Object.assign(handle, { url: urlOf(addr, tls) }), drain };

@@ -10,9 +10,12 @@
  */
 
 import type * as crypto from "node:crypto";
-import { readFileSync } from "node:fs";
-import process from "node:process";
+import type * as Fs from "node:fs";
+import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
+
+// node:fs is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const fs = (): typeof Fs => host.builtin("node:fs");
 
 /**
  * A checked certificate and key, as PEM text for the runtime's server.
@@ -68,7 +71,7 @@ function read(path: string, what: string): string {
     );
   }
   try {
-    return readFileSync(path, "utf8");
+    return fs().readFileSync(path, "utf8");
   } catch (err) {
     const code = (err as { code?: string }).code ?? "error";
     throw new InstarError(
@@ -103,7 +106,7 @@ export function readTlsFiles(o: TlsFileOptions): TlsFiles {
   const key = read(o.key, "private key");
   // Loaded here, not with mod.ts: node:crypto costs a few MB resident to every generation that
   // never reads a certificate (docs/benchmarks.md, Idle cost).
-  const { createPrivateKey, X509Certificate } = process.getBuiltinModule(
+  const { createPrivateKey, X509Certificate } = host.builtin(
     "node:crypto",
   ) as typeof crypto;
   let x509: crypto.X509Certificate;

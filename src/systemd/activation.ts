@@ -5,12 +5,15 @@
  * @module
  */
 
-import process from "node:process";
-import { resolve } from "node:path";
+import * as host from "../host.ts";
+import type * as Path from "node:path";
 import { InstarError } from "../errors.ts";
 import { C, fcntl, getpid, getppid, getsockname, getsockoptInt, setCloexec } from "../ffi/mod.ts";
 import { type Addr, decode, parseIPv4, parseIPv6 } from "../ffi/sockaddr.ts";
 import type { Env } from "./env.ts";
+
+// node:path is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
+const path = (): typeof Path => host.builtin("node:path");
 
 /**
  * The first fd systemd passes (`SD_LISTEN_FDS_START`).
@@ -150,7 +153,7 @@ function malformed(variable: string, value: string, expected: string): never {
 export function activatedSockets(options: ActivationOptions = {}): Activation {
   const useProcessEnv = options.env === undefined;
   if (useProcessEnv && cached && options.pid === undefined) return cached;
-  const env = options.env ?? (process.env as Env);
+  const env = options.env ?? (host.envRecord() as Env);
   const pidText = env.LISTEN_PID;
   const fdsText = env.LISTEN_FDS;
   const namesText = env.LISTEN_FDNAMES;
@@ -324,7 +327,7 @@ export function findActivated(
   }
   const streams = sockets.filter((s) => s.kind === "stream" && s.listening && s.address);
   if (request.path !== undefined && request.path !== "") {
-    const want = request.path.startsWith("@") ? request.path : resolve(request.path);
+    const want = request.path.startsWith("@") ? request.path : path().resolve(request.path);
     return streams.find((s) => s.address!.transport === "unix" && s.address!.path === want);
   }
   if (request.port !== undefined && request.port !== 0) {

@@ -8,7 +8,7 @@
  * @module
  */
 
-import process from "node:process";
+import * as host from "../host.ts";
 import { InstarError, invalid, SystemError } from "../errors.ts";
 import { C, close, connect, EAGAIN, monotonicUsec, poll, socket, write } from "../ffi/mod.ts";
 import { encodeUnix } from "../ffi/sockaddr.ts";
@@ -288,7 +288,7 @@ function checkPid(pid: number): number {
  * ```
  */
 export function systemdNotifier(options: NotifierOptions = {}): SystemdNotifier {
-  const env = options.env ?? (process.env as Env);
+  const env = options.env ?? (host.envRecord() as Env);
   const path = env.NOTIFY_SOCKET;
   const on = options.enabled !== false && path !== undefined && path !== "";
   return new SystemdNotifier(on ? path : undefined, options.sendTimeoutMs);
