@@ -86,7 +86,15 @@ export class Sockets {
     return await this.#onSocket(spec, (key, fd, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions.onFallback);
-      return startServe(fd, { ...settings, ...counted, onFallback: settings.onFallback });
+      return startServe(fd, {
+        ...settings,
+        ...counted,
+        onFallback: settings.onFallback,
+        onWarning: (message) => {
+          this.#s.warn(`${formatAddr(addr)}: ${message}`);
+          serveOptions.onWarning?.(message);
+        },
+      });
     });
   }
 
