@@ -15,9 +15,11 @@ import {
   cleanupAfterTests,
   onPath,
   ROOT,
+  runCommand,
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
+  showResult,
   skipIf,
   sleep,
   startServer,
@@ -28,6 +30,7 @@ import { raiseFdLimit } from "../src/lifecycle/fd_limit.ts";
 
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
+const CLI = join(ROOT, "src", "cli", "main.ts");
 const IDLE_CLIENTS = 400;
 
 /** The example under `prlimit --nofile=<soft>:<hard>` with a control socket; its port once ready. */
@@ -117,7 +120,7 @@ describe(`at the fd limit (${RUNTIME})`, () => {
     "400 idle clients at a limit of 200 never take the generation down; it answers once they leave",
     skipIf(noPrlimit || tooFewFds, "idle clients at the fd limit"),
     async () => {
-      const { server, port } = await startLimited(200, 200);
+      const { server, port, ctl } = await startLimited(200, 200);
       const socks = await idleClients(port, IDLE_CLIENTS);
       // Long enough for the server to accept up to its limit and hit EMFILE.
       await sleep(1_500);
@@ -132,6 +135,9 @@ describe(`at the fd limit (${RUNTIME})`, () => {
       const failed = await server.waitFor(/upgrade-failed: (\S+): (.*)$/, 15_000, from);
       assert.equal(failed[1], "no-fds", failed[0]);
       assert.match(failed[2], /EMFILE/);
+      // The control socket at the limit: answered or not, it must answer again afterwards.
+      const status = runtimeCmd(RUNTIME, CLI, ["status", "--control", ctl]);
+      await runCommand(status, { timeoutMs: 3_000 });
       for (const s of socks) s.destroy();
       await sleep(500);
       // A client that sends after the release: every request answered by this generation.
@@ -140,10 +146,11 @@ describe(`at the fd limit (${RUNTIME})`, () => {
       const failures = answers.filter((a) => !a.ok);
       assert.equal(failures.length, 0, `failed: ${JSON.stringify(failures.slice(0, 3))}`);
       assert.ok(answers.every((a) => a.text.includes(`pid ${server.pid} `)), answers[0].text);
-      // With fds free again the next upgrade succeeds, and the new generation answers.
-      const next = server.lines.length;
-      process.kill(server.pid, "SIGHUP");
-      await server.waitFor(/upgrade-succeeded/, 30_000, next);
+      // With fds free again the next upgrade succeeds, asked on the control socket (on Deno its
+      // node:net server stopped accepting at EMFILE too, and listens anew), and the new one answers.
+      const cli = runtimeCmd(RUNTIME, CLI, ["upgrade", "--control", ctl, "--timeout", "20000"]);
+      const up = await runCommand(cli, { timeoutMs: 30_000 });
+      assert.equal(up.code, 0, showResult(up));
       const after = await get(port);
       assert.ok(after.ok, after.text);
       assert.doesNotMatch(after.text, new RegExp(`pid ${server.pid} `));

@@ -45,3 +45,27 @@ export class RateLimitedWarning {
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+const recoveredHooks = new Set<() => void>();
+
+/**
+ * Runs `hook` each time an accept path of this process that ran out of fds
+ * accepts again. Deno's `node:net` servers (the control socket's) stop
+ * accepting for good at EMFILE without any event: they listen anew then.
+ * Returns a function that unsubscribes.
+ */
+export function onFdsRecovered(hook: () => void): () => void {
+  recoveredHooks.add(hook);
+  return () => recoveredHooks.delete(hook);
+}
+
+/** Says that an accept path that ran out of fds accepts again. */
+export function fdsRecovered(): void {
+  for (const hook of [...recoveredHooks]) {
+    try {
+      hook();
+    } catch {
+      // a hook reports its own failures
+    }
+  }
+}

@@ -10,7 +10,13 @@
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
-import { FD_BACKOFF_MS, isFdExhaustion, RateLimitedWarning, sleep } from "./fd_exhaustion.ts";
+import {
+  FD_BACKOFF_MS,
+  fdsRecovered,
+  isFdExhaustion,
+  RateLimitedWarning,
+  sleep,
+} from "./fd_exhaustion.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
@@ -169,6 +175,7 @@ class ServerLife {
         this.s.reattach!(next.addr);
         if (!this.#refed) next.unref();
         this.current = this.#add(next);
+        fdsRecovered();
         return;
       } catch (err) {
         if (next) await next.shutdown().catch(() => {});
