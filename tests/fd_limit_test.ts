@@ -31,16 +31,17 @@ import { raiseFdLimit } from "../src/lifecycle/fd_limit.ts";
 const left = cleanupAfterTests();
 const HTTP = join(ROOT, "examples", "http_server.ts");
 const CLI = join(ROOT, "src", "cli", "main.ts");
+const ECHO = join(ROOT, "examples", "echo_server.ts");
 const IDLE_CLIENTS = 400;
 
-/** The example under `prlimit --nofile=<soft>:<hard>` with a control socket; its port once ready. */
-async function startLimited(soft: number, hard: number): Promise<{
+/** An example under `prlimit --nofile=<soft>:<hard>` with a control socket; its port once ready. */
+async function startLimited(soft: number, hard: number, example = HTTP): Promise<{
   server: ServerProcess;
   port: number;
   ctl: string;
 }> {
   const ctl = join(left.tempDir("instar-fdlimit-"), "ctl.sock");
-  const cmd = runtimeCmd(RUNTIME, HTTP, ["--port", "0", "--control", ctl]);
+  const cmd = runtimeCmd(RUNTIME, example, ["--port", "0", "--control", ctl]);
   const server = startServer(["prlimit", `--nofile=${soft}:${hard}`, "--", ...cmd]);
   left.servers.push(server);
   const s = await readyGeneration(ctl, 1, { timeoutMs: 60_000, log: server.lines });
@@ -60,6 +61,24 @@ async function idleClients(port: number, n: number): Promise<net.Socket[]> {
   );
   left.sockets.push({ close: () => socks.forEach((s) => s.destroy()) });
   return socks;
+}
+
+/** One line sent on a fresh connection to the echo server: what came back, or the error. */
+function echo(port: number, line: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1", () => s.write(line));
+    let got = "";
+    const timer = setTimeout(() => s.destroy(new Error("no echo within 5 s")), 5_000);
+    s.on("data", (d) => {
+      got += d.toString();
+      if (got.length >= line.length) s.end();
+    });
+    s.on("error", (err) => got = `error: ${err.message}`);
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
 }
 
 /** One GET on a fresh connection, never re-sent: the body, or the error's message. */
@@ -154,6 +173,23 @@ describe(`at the fd limit (${RUNTIME})`, () => {
       const after = await get(port);
       assert.ok(after.ok, after.text);
       assert.doesNotMatch(after.text, new RegExp(`pid ${server.pid} `));
+      server.killAll();
+    },
+  );
+
+  test(
+    "up.listen keeps accepting after 400 idle clients at a limit of 200 (EMFILE backs off)",
+    skipIf(noPrlimit || tooFewFds, "up.listen at the fd limit"),
+    async () => {
+      const { server, port } = await startLimited(200, 200, ECHO);
+      const socks = await idleClients(port, IDLE_CLIENTS);
+      await sleep(1_500);
+      assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
+      for (const s of socks) s.destroy();
+      await sleep(500);
+      const lines = [];
+      for (let i = 0; i < 20; i++) lines.push(await echo(port, `line ${i}\n`));
+      assert.deepEqual(lines, Array.from({ length: 20 }, (_, i) => `line ${i}\n`));
       server.killAll();
     },
   );
