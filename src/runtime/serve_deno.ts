@@ -90,7 +90,14 @@ export const denoAdapter: ServeAdapter = {
       const out = handler(req, i);
       return out instanceof Promise ? out.then(track) : track(out);
     };
-    const life = new ServerLife(() => D.serve(opts, wrapped), s);
+    // A restart behind the proxy binds the address the proxy connects to (the first server's).
+    let first: Addr | undefined;
+    const life = new ServerLife(() => {
+      const again = first && s.sameAddress && first.transport === "tcp" ? { port: first.port } : {};
+      const server = D.serve({ ...opts, ...again }, wrapped);
+      first ??= server.addr;
+      return server;
+    }, s);
     signal?.addEventListener("abort", () => s.shutdown(), { once: true });
     const tls = options.cert !== undefined && options.key !== undefined;
     return {
@@ -159,7 +166,8 @@ class ServerLife {
   #failed(server: DenoHttpServer, err: unknown): void {
     this.#all.delete(server);
     if (server !== this.current) return;
-    if (this.#stopping || !this.s.reattach || !isFdExhaustion(err)) return this.#end.reject(err);
+    const restartable = this.s.reattach || (this.s.sameAddress && server.addr.transport === "tcp");
+    if (this.#stopping || !restartable || !isFdExhaustion(err)) return this.#end.reject(err);
     this.#warning.report(
       `Deno.serve stopped accepting: ${(err as Error).message}; restarting it on the same socket`,
     );
@@ -172,7 +180,7 @@ class ServerLife {
       let next: DenoHttpServer | undefined;
       try {
         next = this.start();
-        this.s.reattach!(next.addr);
+        this.s.reattach?.(next.addr);
         if (!this.#refed) next.unref();
         this.current = this.#add(next);
         fdsRecovered();

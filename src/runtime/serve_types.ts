@@ -33,6 +33,8 @@ export interface AdapterStart {
    * at EMFILE). Throws when that is not possible (yet). Unset: no restart.
    */
   reattach?: (throwaway: Addr) => void;
+  /** Set by serve.ts behind the proxy: a restarted native server listens on the first one's address. */
+  sameAddress?: boolean;
   /** Reports a recovery worth a log line (a `warning` event in the lifecycle). */
   warn: (message: string) => void;
 }

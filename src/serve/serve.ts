@@ -238,6 +238,7 @@ async function start(
   if (!info) {
     proxy = new ConnectionProxy(fd, native.throwaway);
     s.proxied = true;
+    s.sameAddress = true;
     await proxy.listen().catch(fail);
   }
   const url = urlOf(addr, tls);
