@@ -614,7 +614,10 @@ export function getNofileLimit(): ResourceLimit {
   const buf = new Uint8Array(l.size);
   ok(libc().getrlimit(C.RLIMIT_NOFILE, buf), "getrlimit", () => "RLIMIT_NOFILE");
   const dv = new DataView(buf.buffer);
-  return { soft: rlimValue(dv.getBigUint64(l.cur, true)), hard: rlimValue(dv.getBigUint64(l.max, true)) };
+  return {
+    soft: rlimValue(dv.getBigUint64(l.cur, true)),
+    hard: rlimValue(dv.getBigUint64(l.max, true)),
+  };
 }
 
 /** `setrlimit(RLIMIT_NOFILE)`; throws a SystemError (EPERM, EINVAL) naming the values. */

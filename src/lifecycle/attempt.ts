@@ -159,9 +159,8 @@ export class Upgrades {
   }
 
   #failed(err: unknown): never {
-    const error = err instanceof UpgradeError
-      ? err
-      : outOfFds(err) ?? new UpgradeError("protocol-error", (err as Error).message, {}, { cause: err });
+    const error = err instanceof UpgradeError ? err : outOfFds(err) ??
+      new UpgradeError("protocol-error", (err as Error).message, {}, { cause: err });
     if (this.#s.state === "upgrading") this.#s.setState("ready");
     this.#s.events.emit("upgrade-failed", { error });
     throw error;

@@ -144,7 +144,9 @@ export function denoAcceptor(
           // Deno rejects this accept() only; the connection waits in the backlog (Node sleeps too).
           if (!isFdExhaustion(err)) throw err;
           short = true;
-          warning.report(`accept failed: ${(err as Error).message}; retrying every ${FD_BACKOFF_MS} ms`);
+          warning.report(
+            `accept failed: ${(err as Error).message}; retrying every ${FD_BACKOFF_MS} ms`,
+          );
           await sleep(FD_BACKOFF_MS);
         }
       }
