@@ -64,7 +64,7 @@ function formatStatus(r: StatusReport | PidStatus): string {
     `pid ${r.pid}  generation ${r.generation}  state ${r.state}`,
     ...r.listeners.map((l) => `  ${l.addr}  ${count(l.connections)} open connection(s)`),
   ];
-  if (r.fdLimit) lines.splice(1, 0, `  ${formatFdLimit(r.fdLimit)}`);
+  if (r.fdLimit) lines.push(`  ${formatFdLimit(r.fdLimit)}`);
   if (r.previous) {
     lines.push(`pid ${r.previous.pid}  generation ${r.previous.generation}  state draining`);
     for (const l of r.previous.listeners) {
