@@ -65,7 +65,7 @@ export type {
   UpgradeFailure,
   UpgradeRefusal,
 } from "./src/types.ts";
-export type { StatusReport } from "./src/protocol/messages.ts";
+export type { FdLimit, StatusReport } from "./src/protocol/messages.ts";
 export type { SpawnBackend } from "./src/process/spawn.ts";
 export type { Conn, Listener, TcpListenOptions, UnixListenOptions } from "./src/net/listener.ts";
 export type {

@@ -106,6 +106,8 @@ export type UpgradeFailure =
   | "ready-timeout"
   | "exec-failed"
   | "protocol-error"
+  // This process or the system ran out of fds (EMFILE/ENFILE) while starting the next generation.
+  | "no-fds"
   | "cancelled"
   // The new generation exited or was declared unhealthy within the promotion window: this one serves on.
   | "rolled-back";

@@ -252,9 +252,14 @@ describe(`instar command (${RUNTIME})`, () => {
       current = server.pid;
       const text = await instar(["status", "--control", ctl]);
       assert.equal(text.code, 0, showResult(text));
+      // The fd limit in force: the hard one (raised at start), as the kernel reports it.
+      const limits = readFileSync(`/proc/${current}/limits`, "utf8").match(
+        /^Max open files\s+(\d+)/m,
+      );
       assert.equal(
         text.stdout,
-        `pid ${current}  generation 1  state ready\n  127.0.0.1:${port}  0 open connection(s)\n`,
+        `pid ${current}  generation 1  state ready\n  127.0.0.1:${port}  0 open connection(s)\n` +
+          `  fd limit ${limits?.[1]} (hard ${limits?.[1]})\n`,
       );
       const open = net.connect({ host: "127.0.0.1", port });
       await new Promise((r) => open.once("connect", r));

@@ -27,6 +27,7 @@ const LAYOUT_PROBE = `
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <spawn.h>
@@ -70,6 +71,10 @@ int main(void) {
   P("ucred.gid", offsetof(struct ucred, gid));
   P("timespec.size", sizeof(struct timespec));
   P("timespec.nsec", offsetof(struct timespec, tv_nsec));
+  P("rlimit.size", sizeof(struct rlimit));
+  P("rlimit.cur", offsetof(struct rlimit, rlim_cur));
+  P("rlimit.max", offsetof(struct rlimit, rlim_max));
+  P("C.RLIMIT_NOFILE", RLIMIT_NOFILE);
   P("tcpInfo.unacked", offsetof(struct tcp_info, tcpi_unacked));
   P("sigset.size", sizeof(sigset_t));
   P("spawnFileActions.size", sizeof(posix_spawn_file_actions_t));

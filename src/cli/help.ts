@@ -27,7 +27,7 @@ Usage:
   instar upgrade --pid-file <path> [--signal SIGHUP] [--promotion-window <ms>] [--timeout <ms>] [--json]
 
 With --control the server reports progress and the reason of a failure
-(exited, killed, ready-timeout, exec-failed, protocol-error, in-progress,
+(exited, killed, ready-timeout, exec-failed, protocol-error, no-fds, in-progress,
 promotion-window, rolled-back). A server with a promotion window answers when
 the window has passed (or the new generation was rolled back).
 With --pid-file instar sends the upgrade signal and waits until the PID file

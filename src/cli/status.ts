@@ -7,7 +7,7 @@
 
 import { InstarError } from "../errors.ts";
 import { formatReport } from "../observe/report.ts";
-import { messages, type StatusReport } from "../protocol/messages.ts";
+import { type FdLimit, messages, type StatusReport } from "../protocol/messages.ts";
 import { processRuns } from "../proc.ts";
 import type { StatusCommand } from "./args.ts";
 import { connectServer } from "./connect.ts";
@@ -51,6 +51,12 @@ function statusByPidFile(pidFile: string): PidStatus {
   return { pid, running: processRuns(pid) };
 }
 
+// e.g. "fd limit 65536 (hard 65536)"
+function formatFdLimit(l: FdLimit): string {
+  const n = (v: number | null) => (v === null ? "unlimited" : String(v));
+  return `fd limit ${n(l.soft)} (hard ${n(l.hard)})`;
+}
+
 function formatStatus(r: StatusReport | PidStatus): string {
   if (!("generation" in r)) return `pid ${r.pid}: ${r.running ? "running" : "not running"}\n`;
   const count = (n: number | null) => (n === null ? "?" : String(n));
@@ -58,6 +64,7 @@ function formatStatus(r: StatusReport | PidStatus): string {
     `pid ${r.pid}  generation ${r.generation}  state ${r.state}`,
     ...r.listeners.map((l) => `  ${l.addr}  ${count(l.connections)} open connection(s)`),
   ];
+  if (r.fdLimit) lines.push(`  ${formatFdLimit(r.fdLimit)}`);
   if (r.previous) {
     lines.push(`pid ${r.previous.pid}  generation ${r.previous.generation}  state draining`);
     for (const l of r.previous.listeners) {

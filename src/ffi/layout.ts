@@ -48,6 +48,8 @@ export interface Layout {
   readonly epollEvent: { size: number; events: number; data: number };
   /** `struct ucred` (SO_PEERCRED). */
   readonly ucred: { size: number; pid: number; uid: number; gid: number };
+  /** `struct rlimit`: two `rlim_t` (unsigned long), the soft limit first. */
+  readonly rlimit: { size: number; cur: number; max: number };
   /** `struct timespec`. */
   readonly timespec: { size: number; sec: number; nsec: number };
   /** The start of `struct tcp_info` (TCP_INFO): on a listening socket `unacked` is the accept queue's length. */
@@ -78,6 +80,7 @@ const LP64_COMMON = {
   pollfd: { size: 8, fd: 0, events: 4, revents: 6 },
   ucred: { size: 12, pid: 0, uid: 4, gid: 8 },
   timespec: { size: 16, sec: 0, nsec: 8 },
+  rlimit: { size: 16, cur: 0, max: 8 },
   tcpInfo: { size: 104, unacked: 24 },
   sigset: { size: 128 },
   spawnOpaque: { size: 512 },
@@ -168,6 +171,7 @@ export const C = {
   O_ASYNC: 0o20000,
   PR_SET_CHILD_SUBREAPER: 36,
   PR_GET_CHILD_SUBREAPER: 37,
+  RLIMIT_NOFILE: 7,
 } as const;
 
 /** Linux signal numbers (identical on x86_64 and aarch64). */

@@ -595,6 +595,45 @@ export function monotonicUsec(): bigint {
   return dv.getBigInt64(l.sec, true) * 1_000_000n + dv.getBigInt64(l.nsec, true) / 1000n;
 }
 
+/** A resource limit: the soft one (enforced) and the hard one (the ceiling the soft one may be raised to). */
+export interface ResourceLimit {
+  /** The soft limit; `Infinity` for RLIM_INFINITY. */
+  soft: number;
+  /** The hard limit; `Infinity` for RLIM_INFINITY. */
+  hard: number;
+}
+
+const RLIM_INFINITY = 0xffffffffffffffffn;
+
+const rlimValue = (v: bigint): number => v === RLIM_INFINITY ? Infinity : Number(v);
+const rlimRaw = (v: number): bigint => v === Infinity ? RLIM_INFINITY : BigInt(v);
+
+/** `getrlimit(RLIMIT_NOFILE)`: how many fds this process may hold. */
+export function getNofileLimit(): ResourceLimit {
+  const l = platform().layout.rlimit;
+  const buf = new Uint8Array(l.size);
+  ok(libc().getrlimit(C.RLIMIT_NOFILE, buf), "getrlimit", () => "RLIMIT_NOFILE");
+  const dv = new DataView(buf.buffer);
+  return {
+    soft: rlimValue(dv.getBigUint64(l.cur, true)),
+    hard: rlimValue(dv.getBigUint64(l.max, true)),
+  };
+}
+
+/** `setrlimit(RLIMIT_NOFILE)`; throws a SystemError (EPERM, EINVAL) naming the values. */
+export function setNofileLimit(limit: ResourceLimit): void {
+  const l = platform().layout.rlimit;
+  const buf = new Uint8Array(l.size);
+  const dv = new DataView(buf.buffer);
+  dv.setBigUint64(l.cur, rlimRaw(limit.soft), true);
+  dv.setBigUint64(l.max, rlimRaw(limit.hard), true);
+  ok(
+    libc().setrlimit(C.RLIMIT_NOFILE, buf),
+    "setrlimit",
+    () => `RLIMIT_NOFILE soft ${limit.soft}, hard ${limit.hard}`,
+  );
+}
+
 // ---------------------------------------------------------------- memory and epoll
 
 /** `mmap(2)` of anonymous private memory; returns its address. */

@@ -88,6 +88,10 @@ export const SYMBOLS = {
   epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   // int epoll_create1(int flags);
   epoll_create1: { parameters: ["i32"], result: "i32" },
+  // int getrlimit(int resource, struct rlimit *rlim);
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  // int setrlimit(int resource, const struct rlimit *rlim);
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   // int clock_gettime(clockid_t clockid, struct timespec *tp);
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   // int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *file_actions,

@@ -14,7 +14,14 @@ import type { MessageSocket } from "../protocol/message_socket.ts";
 import type { ExitReason } from "../types.ts";
 import type { ControlActions } from "./control.ts";
 import { refusal } from "./events.ts";
-import { type Attempt, awaitReady, handOver, type Passed, spawnGeneration } from "./generation.ts";
+import {
+  type Attempt,
+  awaitReady,
+  handOver,
+  outOfFds,
+  type Passed,
+  spawnGeneration,
+} from "./generation.ts";
 import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts";
 import type { Observer } from "./observer.ts";
 import { PromotionWindow } from "./promotion.ts";
@@ -152,9 +159,8 @@ export class Upgrades {
   }
 
   #failed(err: unknown): never {
-    const error = err instanceof UpgradeError
-      ? err
-      : new UpgradeError("protocol-error", (err as Error).message, {}, { cause: err });
+    const error = err instanceof UpgradeError ? err : outOfFds(err) ??
+      new UpgradeError("protocol-error", (err as Error).message, {}, { cause: err });
     if (this.#s.state === "upgrading") this.#s.setState("ready");
     this.#s.events.emit("upgrade-failed", { error });
     throw error;

@@ -26,6 +26,7 @@ import { triggerOf } from "../protocol/validate.ts";
 import { closeWith, MessageSocket } from "../protocol/message_socket.ts";
 import type { UpgradeReport } from "../observe/report.ts";
 import { fdOfSocket } from "../runtime/mod.ts";
+import { onFdsRecovered } from "../runtime/fd_exhaustion.ts";
 import type { Endpoint } from "../types.ts";
 
 // node:fs is loaded by the first call that needs it, not at start-up (memory: docs/benchmarks.md).
@@ -123,6 +124,7 @@ export class ControlServer implements Endpoint {
   #refusedSince = 0;
   #released = false;
   #emptied: (() => void) | undefined;
+  #unhook: (() => void) | undefined;
 
   private constructor(path: string, fd: number) {
     this.path = path;
@@ -144,6 +146,17 @@ export class ControlServer implements Endpoint {
   async start(actions: ControlActions): Promise<void> {
     this.#actions = actions;
     await this.#listen();
+    // Deno's node:net stops accepting for good at EMFILE, silently: once fds are back, listen anew.
+    this.#unhook = onFdsRecovered(() => this.#relisten());
+  }
+
+  #relisten(): void {
+    if (this.#stopped || this.#resume || !this.#server) return;
+    this.#server.close();
+    this.#server = undefined;
+    this.#listen().catch((err) =>
+      this.#actions?.warn(`control socket: cannot accept again: ${(err as Error).message}`)
+    );
   }
 
   async #listen(): Promise<void> {
@@ -334,6 +347,7 @@ export class ControlServer implements Endpoint {
 
   pauseAccepting(): void {
     this.#stopped = true;
+    this.#unhook?.();
     clearTimeout(this.#resume);
     this.#resume = undefined;
     this.#server?.close();

@@ -101,6 +101,23 @@ function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[]
   return { path, argv: plan.args ? [path, ...plan.args] : START.argv!, env };
 }
 
+/**
+ * `no-fds` when `err` says this process (EMFILE) or the system (ENFILE) ran
+ * out of fds: the upgrade needs a few (a socketpair, the spawn's pipe), and
+ * the fix is fewer connections or a higher limit, not a new version.
+ */
+export function outOfFds(err: unknown): UpgradeError | null {
+  const code = (err as InstarError | null)?.code;
+  if (code !== "EMFILE" && code !== "ENFILE") return null;
+  const why = code === "EMFILE" ? "this process reached its fd limit" : "the system ran out of fds";
+  return new UpgradeError(
+    "no-fds",
+    `${why} (${code}): ${(err as Error).message}; this generation serves on`,
+    { errno: code },
+    { cause: err },
+  );
+}
+
 /** Starts the program as it now is on disk with `listeners` and `control` inherited. */
 export function spawnGeneration(
   plan: ExecPlan,
@@ -139,6 +156,8 @@ export function spawnGeneration(
     });
   } catch (err) {
     sys.close(mine);
+    const noFds = outOfFds(err);
+    if (noFds) throw noFds;
     throw new UpgradeError(
       "exec-failed",
       `could not start ${path}: ${(err as Error).message}`,

@@ -12,7 +12,7 @@ import * as host from "../host.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
 import { ControlClient } from "../protocol/client.ts";
-import { messages, type StatusReport } from "../protocol/messages.ts";
+import { type FdLimit, messages, type StatusReport } from "../protocol/messages.ts";
 import type { Endpoint, State } from "../types.ts";
 import {
   bump,
@@ -49,6 +49,8 @@ export interface ObserverContext {
   onDrained: (hook: () => void | Promise<void>) => void;
   /** The control socket the next generation answers, where the final report goes. */
   controlPath: string | null;
+  /** The fd limit raised at start (fd_limit.ts). */
+  fdLimit?: FdLimit;
 }
 
 type Counted = { kind: "serve" | "listen"; own: () => number };
@@ -80,6 +82,7 @@ export class Observer {
       events: s.events,
       onDrained,
       controlPath: s.settings.controlSocket ?? null,
+      fdLimit: s.fdLimit,
     });
   }
 
@@ -178,7 +181,7 @@ export class Observer {
   async status(): Promise<StatusReport> {
     const c = this.#c;
     const s = await statusReport(c.generation, c.state(), c.parentPid, c.endpoints());
-    return { ...s, lastUpgrade: this.lastUpgrade() };
+    return { ...s, lastUpgrade: this.lastUpgrade(), ...(c.fdLimit ? { fdLimit: c.fdLimit } : {}) };
   }
 
   /** The trigger of the next upgrade, for its report. */

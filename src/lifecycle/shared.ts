@@ -12,6 +12,8 @@ import type { State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import type { ControlServer } from "./control.ts";
 import { Emitter } from "./events.ts";
+import { raiseFdLimit } from "./fd_limit.ts";
+import type { FdLimit } from "../protocol/messages.ts";
 import type { Settings } from "./options.ts";
 import type { Probation } from "./promotion.ts";
 
@@ -31,6 +33,8 @@ export class Shared {
   control: ControlServer | null = null;
   /** This generation's side of its promotion window, from `ready()` (promotion.ts). */
   probation: Probation | null = null;
+  /** The fd limit, raised to the hard one at start (fd_limit.ts). */
+  readonly fdLimit: FdLimit = raiseFdLimit(this.warn);
   #state: State = "starting";
 
   /** A generation with `settings`, started by `link` (or not). */

@@ -14,7 +14,7 @@ import type { InstarError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
-import { listen, type Listener, openSocket } from "../net/listener.ts";
+import { type Listener, openListener, openSocket } from "../net/listener.ts";
 import { addressOf, type DatagramSpec, type SocketSpec } from "../net/specs.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
@@ -65,7 +65,9 @@ export class Sockets {
     const { key, fd, activated } = this.registry.claim(spec);
     let listener: Listener;
     try {
-      listener = await listen(fd === undefined ? addressOf(spec) : { fd });
+      // What the accept loop recovers from (EMFILE) is a warning event, named by the socket's key.
+      const warn = (message: string) => this.#s.warn(`${key}: ${message}`);
+      listener = await openListener(fd === undefined ? addressOf(spec) : { fd }, "auto", warn);
     } catch (err) {
       this.registry.unclaim(key);
       throw err;
@@ -86,7 +88,15 @@ export class Sockets {
     return await this.#onSocket(spec, (key, fd, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions.onFallback);
-      return startServe(fd, { ...settings, ...counted, onFallback: settings.onFallback });
+      return startServe(fd, {
+        ...settings,
+        ...counted,
+        onFallback: settings.onFallback,
+        onWarning: (message) => {
+          this.#s.warn(`${formatAddr(addr)}: ${message}`);
+          serveOptions.onWarning?.(message);
+        },
+      });
     });
   }
 

@@ -434,16 +434,18 @@ export async function openSocket(options: ListenOptions): Promise<OpenSocket> {
 
 /**
  * Like {@link listen}, choosing how the socket is served: `"node"` forces the
- * `node:net` path (for tests of the fallback).
+ * `node:net` path (for tests of the fallback). `warn` hears what the accept
+ * loop recovered from (EMFILE: it backs off and retries); default the console.
  */
 export async function openListener(
   options: ListenOptions,
   backend: ListenerBackend = "auto",
+  warn?: (message: string) => void,
 ): Promise<Listener> {
   const { fd, addr } = await openSocket(options);
   try {
     const tracker = new Tracker();
-    const acceptor = await startAcceptor(fd, addr, backend, (c) => tracker.add(c));
+    const acceptor = await startAcceptor(fd, addr, backend, (c) => tracker.add(c), warn);
     return new ListenerImpl(fd, addr, acceptor, tracker);
   } catch (err) {
     closeFd(fd);

@@ -230,6 +230,29 @@ export interface StatusReport {
   } | null;
   /** The last upgrade's report (see `UpgradeReport`); absent from older servers. */
   lastUpgrade?: UpgradeReport | null;
+  /** The fd limit (RLIMIT_NOFILE) in force, raised at start; absent from older servers. */
+  fdLimit?: FdLimit;
+}
+
+/**
+ * A generation's fd limit (RLIMIT_NOFILE) after `Upgrader.create()` raised
+ * the soft limit to the hard one (Deno and Bun already do at start).
+ * `null` stands for unlimited (or unknown).
+ *
+ * @example
+ * ```ts
+ * import { type FdLimit, Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create();
+ * const limit: FdLimit | undefined = (await up.status()).fdLimit;
+ * console.log(limit?.soft, limit?.hard);
+ * ```
+ */
+export interface FdLimit {
+  /** The soft limit in force: how many fds the process may hold. */
+  soft: number | null;
+  /** The hard limit: the ceiling the soft one may be raised to. */
+  hard: number | null;
 }
 
 /** The longest reason `unhealthy` carries, in UTF-16 units. */

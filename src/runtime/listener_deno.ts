@@ -13,6 +13,13 @@ import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { transplant } from "./transplant.ts";
 import { type Acceptor, BaseConn } from "./conn.ts";
+import {
+  FD_BACKOFF_MS,
+  fdsRecovered,
+  isFdExhaustion,
+  RateLimitedWarning,
+  sleep,
+} from "./fd_exhaustion.ts";
 
 /** The parts of the Deno namespace instar uses (kept local so Bun type-checks too). */
 interface DenoConn {
@@ -97,6 +104,7 @@ export function denoAcceptor(
   fd: number,
   addr: Addr,
   track: (c: BaseConn) => void,
+  warn: (message: string) => void = (m) => console.warn(`instar: warning: ${m}`),
 ): Acceptor {
   let throwaway: { listener: DenoListener; cleanup: () => void };
   try {
@@ -119,18 +127,30 @@ export function denoAcceptor(
     cleanup();
   }
   let closed = false;
+  const warning = new RateLimitedWarning(warn);
+  let short = false;
   return {
     kind: "Deno.listen",
     async accept() {
-      if (closed) return null;
-      try {
-        const c = new NativeConn(await listener.accept());
-        track(c);
-        return c;
-      } catch (err) {
-        if (closed) return null;
-        throw err;
+      while (!closed) {
+        try {
+          const c = new NativeConn(await listener.accept());
+          track(c);
+          if (short) fdsRecovered();
+          short = false;
+          return c;
+        } catch (err) {
+          if (closed) return null;
+          // Deno rejects this accept() only; the connection waits in the backlog (Node sleeps too).
+          if (!isFdExhaustion(err)) throw err;
+          short = true;
+          warning.report(
+            `accept failed: ${(err as Error).message}; retrying every ${FD_BACKOFF_MS} ms`,
+          );
+          await sleep(FD_BACKOFF_MS);
+        }
       }
+      return null;
     },
     close() {
       if (closed) return;

@@ -47,11 +47,12 @@ export async function startAcceptor(
   addr: Addr,
   backend: ListenerBackend,
   track: (c: BaseConn) => void,
+  warn?: (message: string) => void,
 ): Promise<Acceptor> {
   const rt = runtimeName();
   if (backend === "auto" && rt === "deno") {
     try {
-      return denoAcceptor(fd, addr, track);
+      return denoAcceptor(fd, addr, track, warn);
     } catch (err) {
       if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
     }

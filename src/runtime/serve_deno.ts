@@ -10,6 +10,13 @@
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
+import {
+  FD_BACKOFF_MS,
+  fdsRecovered,
+  isFdExhaustion,
+  RateLimitedWarning,
+  sleep,
+} from "./fd_exhaustion.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
@@ -83,12 +90,19 @@ export const denoAdapter: ServeAdapter = {
       const out = handler(req, i);
       return out instanceof Promise ? out.then(track) : track(out);
     };
-    const server = D.serve(opts, wrapped);
+    // A restart behind the proxy binds the address the proxy connects to (the first server's).
+    let first: Addr | undefined;
+    const life = new ServerLife(() => {
+      const again = first && s.sameAddress && first.transport === "tcp" ? { port: first.port } : {};
+      const server = D.serve({ ...opts, ...again }, wrapped);
+      first ??= server.addr;
+      return server;
+    }, s);
     signal?.addEventListener("abort", () => s.shutdown(), { once: true });
     const tls = options.cert !== undefined && options.key !== undefined;
     return {
-      native: server,
-      throwaway: server.addr,
+      native: life.current,
+      throwaway: life.current.addr,
       tls,
       draining: (on) => void (draining = on),
       quiet: (idleMs, maxMs) => clock.quiet(idleMs, maxMs),
@@ -96,18 +110,99 @@ export const denoAdapter: ServeAdapter = {
         // WebSockets first: Deno's shutdown() would close them at once.
         await sockets.closed();
         // Closes idle connections and waits for in-flight responses.
-        await server.shutdown();
+        await life.shutdown();
       },
       closeWebSockets: (ms) => sockets.closeAll(ms),
       // The connections are cut by now, so Deno's graceful shutdown ends at once.
-      close: () => server.shutdown(),
-      finished: server.finished,
+      close: () => life.shutdown(),
+      finished: life.finished,
       listening(addr: Addr, url: URL): void {
         if (userOnListen) userOnListen(addr);
         else console.log(`Listening on ${url.href}`);
       },
-      ref: () => server.ref(),
-      unref: () => server.unref(),
+      ref: () => life.ref(true),
+      unref: () => life.ref(false),
     };
   },
 };
+
+/**
+ * One `Deno.serve` after another on the same socket: Deno's accept loop ends
+ * for good when accept(2) fails with EMFILE/ENFILE (the server's `finished`
+ * rejects, "Too many open files (os error 24)"). Then a new server is started
+ * on a throwaway address and the socket moved under it again (`reattach`),
+ * retried every {@link FD_BACKOFF_MS} while fds are short; meanwhile
+ * connections wait in the socket's backlog. Said in a rate-limited warning.
+ */
+class ServerLife {
+  current: DenoHttpServer;
+  readonly finished: Promise<void>;
+  #all = new Set<DenoHttpServer>();
+  #stopping = false;
+  #refed = true;
+  #end!: { resolve: () => void; reject: (err: unknown) => void };
+  #warning: RateLimitedWarning;
+
+  constructor(readonly start: () => DenoHttpServer, readonly s: AdapterStart) {
+    this.#warning = new RateLimitedWarning(s.warn);
+    this.finished = new Promise((resolve, reject) => (this.#end = { resolve, reject }));
+    this.current = this.#add(start());
+  }
+
+  #add(server: DenoHttpServer): DenoHttpServer {
+    this.#all.add(server);
+    server.finished.then(
+      () => this.#ended(server),
+      (err) => this.#failed(server, err),
+    );
+    return server;
+  }
+
+  #ended(server: DenoHttpServer): void {
+    this.#all.delete(server);
+    if (server === this.current) this.#end.resolve();
+  }
+
+  #failed(server: DenoHttpServer, err: unknown): void {
+    this.#all.delete(server);
+    if (server !== this.current) return;
+    const restartable = this.s.reattach || (this.s.sameAddress && server.addr.transport === "tcp");
+    if (this.#stopping || !restartable || !isFdExhaustion(err)) return this.#end.reject(err);
+    this.#warning.report(
+      `Deno.serve stopped accepting: ${(err as Error).message}; restarting it on the same socket`,
+    );
+    void this.#restart();
+  }
+
+  // A new server, then the socket under it; both need fds, so retry until there are some.
+  async #restart(): Promise<void> {
+    while (!this.#stopping) {
+      let next: DenoHttpServer | undefined;
+      try {
+        next = this.start();
+        this.s.reattach?.(next.addr);
+        if (!this.#refed) next.unref();
+        this.current = this.#add(next);
+        fdsRecovered();
+        return;
+      } catch (err) {
+        if (next) await next.shutdown().catch(() => {});
+        this.#warning.report(`cannot restart Deno.serve yet: ${(err as Error).message}`);
+        await sleep(FD_BACKOFF_MS);
+      }
+    }
+    this.#end.resolve();
+  }
+
+  ref(on: boolean): void {
+    this.#refed = on;
+    if (on) this.current.ref();
+    else this.current.unref();
+  }
+
+  async shutdown(): Promise<void> {
+    this.#stopping = true;
+    await Promise.all([...this.#all].map((srv) => srv.shutdown().catch(() => {})));
+    if (!this.#all.size) this.#end.resolve();
+  }
+}

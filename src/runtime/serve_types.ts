@@ -27,6 +27,16 @@ export interface AdapterStart {
   remoteOf: (loopbackPort: number) => NetAddr | undefined;
   /** Calls `shutdown()` of the instar server (for Deno's `signal` option). */
   shutdown: () => void;
+  /**
+   * Set by serve.ts once the server runs on the socket: moves the socket under
+   * a native server restarted on `throwaway` (Deno's accept loop ends for good
+   * at EMFILE). Throws when that is not possible (yet). Unset: no restart.
+   */
+  reattach?: (throwaway: Addr) => void;
+  /** Set by serve.ts behind the proxy: a restarted native server listens on the first one's address. */
+  sameAddress?: boolean;
+  /** Reports a recovery worth a log line (a `warning` event in the lifecycle). */
+  warn: (message: string) => void;
 }
 
 /** A native server started by an adapter. */

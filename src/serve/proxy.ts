@@ -9,6 +9,7 @@
 import type * as net from "node:net";
 import * as host from "../host.ts";
 import { dupCloexec } from "../ffi/mod.ts";
+import { onFdsRecovered } from "../runtime/fd_exhaustion.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
 
 /**
@@ -30,6 +31,7 @@ export class ConnectionProxy {
   #remotes = new Map<number, NetAddr>();
   #closedAll: (() => void) | undefined;
   #refed = true;
+  #unhook: (() => void) | undefined;
   constructor(readonly fd: number, readonly upstream: Addr) {}
 
   /** Whether the accepting server keeps the process alive (like the native server's ref()). */
@@ -44,8 +46,21 @@ export class ConnectionProxy {
     return this.#remotes.get(port);
   }
 
+  /**
+   * Deno's node:net stops accepting for good at EMFILE, without an event: once
+   * an accept path of this process has fds again, listen anew.
+   */
+  #relisten(): void {
+    if (!this.stopAccepting()) return;
+    this.listen().catch((err) => {
+      console.error(`instar: the proxy could not accept again: ${(err as Error).message}`);
+    });
+  }
+
   /** Starts accepting; resolves once node:net listens. */
   listen(): Promise<void> {
+    this.#unhook?.();
+    this.#unhook = onFdsRecovered(() => this.#relisten());
     // node:net owns (and closes) the fd it listens on: give it a duplicate.
     const dup = dupCloexec(this.fd);
     this.#net = host.builtin("node:net") as typeof net;
@@ -104,6 +119,7 @@ export class ConnectionProxy {
   stopAccepting(): boolean {
     const s = this.#server;
     if (!s) return false;
+    this.#unhook?.();
     this.#server = undefined;
     s.close();
     return true;

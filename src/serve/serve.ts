@@ -154,11 +154,20 @@ export async function startServe<WebSocketData = undefined>(
   options: ServeOptions<WebSocketData>,
 ): Promise<Serving<Server>> {
   const fd = targetFd(target, "serve()");
-  const { mode, onFallback, drainDelayMs, drainTimeoutMs, dedupe, knownMasks, ...runtimeOptions } =
-    options as unknown as InstarServeOptions & Record<string, unknown>;
+  const {
+    mode,
+    onFallback,
+    onWarning,
+    drainDelayMs,
+    drainTimeoutMs,
+    dedupe,
+    knownMasks,
+    ...runtimeOptions
+  } = options as unknown as InstarServeOptions & Record<string, unknown>;
   const instar = {
     mode: checkServeMode(mode),
     onFallback,
+    onWarning,
     drainDelayMs,
     drainTimeoutMs,
     dedupe,
@@ -195,6 +204,7 @@ async function start(
     proxied: false,
     remoteOf: (port) => proxy?.remoteOf(port),
     shutdown: () => void self.shutdown(),
+    warn: instar.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
   };
   const native = serveAdapter().start(s);
   tls = native.tls;
@@ -212,6 +222,10 @@ async function start(
       info = transplant({ throwaway: native.throwaway, fd, dedupe, knownMasks });
       // The throwaway socket is closed now; its name on disk is left.
       throwaway.remove();
+      // A Unix throwaway's directory is gone by now: only a TCP server can be started again.
+      if (addr.transport === "tcp") {
+        s.reattach = (at) => reattach(paths, { throwaway: at, fd, dedupe, knownMasks });
+      }
     } catch (err) {
       // TRANSPLANT_FAILED: the socket may be half moved, not safe to go on.
       const unsupported = err instanceof InstarError && err.code === "TRANSPLANT_UNSUPPORTED";
@@ -224,11 +238,13 @@ async function start(
   if (!info) {
     proxy = new ConnectionProxy(fd, native.throwaway);
     s.proxied = true;
+    s.sameAddress = true;
     await proxy.listen().catch(fail);
   }
   const url = urlOf(addr, tls);
   native.listening(addr, url);
-  const { server, drain } = wrap(native, { info, proxy }, addr, instar, throwaway.remove);
+  const paths: Paths = { info, proxy };
+  const { server, drain } = wrap(native, paths, addr, instar, throwaway.remove);
   Object.assign(
     self,
     server,
@@ -239,6 +255,16 @@ async function start(
     },
   );
   return { server: self, drain };
+}
+
+/**
+ * Moves the socket under a restarted native server (its accept loop ended at
+ * the fd limit), paused again if the drain had paused the one before.
+ */
+function reattach(paths: Paths, options: Parameters<typeof transplant>[0]): void {
+  const info = transplant(options);
+  if (paths.paused) pauseAccepting(info);
+  paths.info = info;
 }
 
 /** What the drain does with a server, beyond its public methods. */
@@ -255,9 +281,11 @@ interface ServerParts {
 
 function drainParts(
   native: NativeServer,
-  { info, proxy, addr }: Paths & { addr: Addr },
+  paths: Paths,
+  addr: Addr,
   removeThrowaway: () => void,
 ): ServerParts {
+  const { proxy } = paths;
   const resumeProxy = (): boolean => {
     if (proxy!.accepting) return false;
     proxy!.listen().catch((err) => {
@@ -274,13 +302,15 @@ function drainParts(
   return {
     pause: () => {
       // Accepting stops first: a failure to switch the answers cannot keep the server accepting.
-      const paused = info ? pauseAccepting(info) : proxy!.stopAccepting();
+      paths.paused = true;
+      const paused = paths.info ? pauseAccepting(paths.info) : proxy!.stopAccepting();
       answers(true);
       return paused;
     },
     resume: () => {
       answers(false);
-      return info ? resumeAccepting(info) : resumeProxy();
+      paths.paused = false;
+      return paths.info ? resumeAccepting(paths.info) : resumeProxy();
     },
     finish: async () => {
       // Busy keep-alive connections get their last answer, with Connection: close, first.
@@ -301,7 +331,12 @@ function drainParts(
   };
 }
 
-type Paths = { info: TransplantInfo | undefined; proxy: ConnectionProxy | undefined };
+type Paths = {
+  info: TransplantInfo | undefined;
+  proxy: ConnectionProxy | undefined;
+  /** Whether the drain paused accepting (a restarted native server must start paused too). */
+  paused?: boolean;
+};
 
 function wrap(
   native: NativeServer,
@@ -313,7 +348,7 @@ function wrap(
   server: Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason">;
   drain: ServerDrain;
 } {
-  const p = drainParts(native, { ...paths, addr }, removeThrowaway);
+  const p = drainParts(native, paths, addr, removeThrowaway);
   const drain: ServerDrain = {
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),

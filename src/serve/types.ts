@@ -226,6 +226,12 @@ export interface InstarServeOptions {
   /** Called when `auto` falls back, with the reason. Without it instar warns on the console. */
   onFallback?: (reason: InstarError) => void;
   /**
+   * Called (at most once per 10 s) when the server recovers from trouble, e.g. Deno's accept
+   * loop ending at the fd limit (EMFILE) and the server restarted on the same socket. Without
+   * it instar warns on the console; `up.serve()` reports it as a `warning` event.
+   */
+  onWarning?: (message: string) => void;
+  /**
    * How long to keep reading connections already accepted before shutting down. Default 250 ms
    * (100 ms was measured to suffice on an idle machine; a CPU-starved one needs more).
    */

@@ -95,6 +95,7 @@ const FAILURES: readonly UpgradeFailure[] = [
   "ready-timeout",
   "exec-failed",
   "protocol-error",
+  "no-fds",
   "cancelled",
 ];
 const ORPHAN_GRACE_MS = 2_000;

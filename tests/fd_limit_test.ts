@@ -1,0 +1,203 @@
+// A generation at its fd limit, black box against examples/http_server.ts started under
+// prlimit(1): the soft limit is raised to the hard one at start and reported in status;
+// idle clients up to the limit never take the generation down (Deno's accept loop ends at
+// EMFILE: the server is restarted on the same socket), it answers again once they leave;
+// an upgrade at the limit fails as `no-fds` while the old generation serves on, and the next
+// one succeeds.
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import net from "node:net";
+import process from "node:process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  alive,
+  cleanupAfterTests,
+  onPath,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  runtimeCmd,
+  type ServerProcess,
+  showResult,
+  skipIf,
+  sleep,
+  startServer,
+} from "./support/helpers.ts";
+import { portOf, readyGeneration } from "./support/status.ts";
+import { getNofileLimit, setNofileLimit } from "../src/ffi/mod.ts";
+import { raiseFdLimit } from "../src/lifecycle/fd_limit.ts";
+
+const left = cleanupAfterTests();
+const HTTP = join(ROOT, "examples", "http_server.ts");
+const CLI = join(ROOT, "src", "cli", "main.ts");
+const ECHO = join(ROOT, "examples", "echo_server.ts");
+const IDLE_CLIENTS = 400;
+
+/** An example under `prlimit --nofile=<soft>:<hard>` with a control socket; its port once ready. */
+async function startLimited(soft: number, hard: number, example = HTTP): Promise<{
+  server: ServerProcess;
+  port: number;
+  ctl: string;
+}> {
+  const ctl = join(left.tempDir("instar-fdlimit-"), "ctl.sock");
+  const cmd = runtimeCmd(RUNTIME, example, ["--port", "0", "--control", ctl]);
+  const server = startServer(["prlimit", `--nofile=${soft}:${hard}`, "--", ...cmd]);
+  left.servers.push(server);
+  const s = await readyGeneration(ctl, 1, { timeoutMs: 60_000, log: server.lines });
+  return { server, port: portOf(s), ctl };
+}
+
+/** `n` connections to the port that send nothing; resolves once each is connected or failed. */
+async function idleClients(port: number, n: number): Promise<net.Socket[]> {
+  const socks = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<net.Socket>((resolve) => {
+        const s = net.connect(port, "127.0.0.1");
+        s.on("error", () => {});
+        s.once("connect", () => resolve(s));
+        s.once("error", () => resolve(s));
+      })),
+  );
+  left.sockets.push({ close: () => socks.forEach((s) => s.destroy()) });
+  return socks;
+}
+
+/** One line sent on a fresh connection to the echo server: what came back, or the error. */
+function echo(port: number, line: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1", () => s.write(line));
+    let got = "";
+    const timer = setTimeout(() => s.destroy(new Error("no echo within 5 s")), 5_000);
+    s.on("data", (d) => {
+      got += d.toString();
+      if (got.length >= line.length) s.end();
+    });
+    s.on("error", (err) => got = `error: ${err.message}`);
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
+}
+
+/** One GET on a fresh connection, never re-sent: the body, or the error's message. */
+async function get(port: number): Promise<{ ok: boolean; text: string }> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/`, {
+      headers: { connection: "close" },
+      signal: AbortSignal.timeout(5_000),
+    });
+    return { ok: res.ok, text: await res.text() };
+  } catch (err) {
+    return { ok: false, text: (err as Error).message };
+  }
+}
+
+/** The soft and hard "Max open files" of `pid` (or `self`), as the kernel reports them. */
+function nofile(pid: number | "self"): { soft: number; hard: number } {
+  const line = readFileSync(`/proc/${pid}/limits`, "utf8").split("\n")
+    .find((l) => l.startsWith("Max open files"))!;
+  const [soft, hard] = line.replace("Max open files", "").trim().split(/\s+/).map(Number);
+  return { soft, hard };
+}
+
+const noPrlimit = !onPath("prlimit") && "needs prlimit (Debian: util-linux)";
+// The test's own idle clients need fds too: more than the server's limit.
+const tooFewFds = nofile("self").soft < IDLE_CLIENTS + 100 &&
+  `the test process may open only ${nofile("self").soft} fds; it needs ${IDLE_CLIENTS + 100}`;
+
+describe(`at the fd limit (${RUNTIME})`, () => {
+  test("a soft fd limit below the hard one is raised to it, without a warning", () => {
+    const before = getNofileLimit();
+    const warnings: string[] = [];
+    try {
+      setNofileLimit({ soft: Math.min(256, before.hard), hard: before.hard });
+      const hard = Number.isFinite(before.hard) ? before.hard : null;
+      assert.deepEqual(raiseFdLimit((m) => warnings.push(m)), { soft: hard, hard });
+      assert.deepEqual(getNofileLimit(), { soft: before.hard, hard: before.hard });
+      assert.deepEqual(warnings, []);
+    } finally {
+      setNofileLimit(before);
+    }
+  });
+
+  test(
+    "the soft fd limit is raised to the hard one at start and reported in status",
+    skipIf(noPrlimit, "fd limit raised and reported"),
+    async () => {
+      const { server, ctl } = await startLimited(256, 4096);
+      const s = await readyGeneration(ctl, 1, { log: server.lines });
+      // (Deno 2.9.6 and Bun 1.4.5 raise it themselves at start; instar would if they did not.)
+      assert.deepEqual(s.fdLimit, { soft: 4096, hard: 4096 });
+      assert.deepEqual(nofile(server.pid), { soft: 4096, hard: 4096 }, "/proc/<pid>/limits");
+      server.killAll();
+    },
+  );
+
+  test(
+    "400 idle clients at a limit of 200 never take the generation down; it answers once they leave",
+    skipIf(noPrlimit || tooFewFds, "idle clients at the fd limit"),
+    async () => {
+      const { server, port, ctl } = await startLimited(200, 200);
+      const socks = await idleClients(port, IDLE_CLIENTS);
+      // Long enough for the server to accept up to its limit and hit EMFILE.
+      await sleep(1_500);
+      assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
+      if (RUNTIME === "deno") {
+        // Deno's accept loop ended at EMFILE: the server was restarted on the socket, and said so.
+        await server.waitFor(/warning: .*Deno\.serve stopped accepting: .*os error 24/, 5_000);
+      }
+      // An upgrade at the limit fails for lack of fds, naming EMFILE; the generation serves on.
+      const from = server.lines.length;
+      process.kill(server.pid, "SIGHUP");
+      const failed = await server.waitFor(/upgrade-failed: (\S+): (.*)$/, 15_000, from);
+      assert.equal(failed[1], "no-fds", failed[0]);
+      assert.match(failed[2], /EMFILE/);
+      // The control socket at the limit: answered or not, it must answer again afterwards.
+      const status = runtimeCmd(RUNTIME, CLI, ["status", "--control", ctl]);
+      await runCommand(status, { timeoutMs: 3_000 });
+      for (const s of socks) s.destroy();
+      await sleep(500);
+      // A client that sends after the release: every request answered by this generation.
+      const answers = [];
+      for (let i = 0; i < 20; i++) answers.push(await get(port));
+      const failures = answers.filter((a) => !a.ok);
+      assert.equal(failures.length, 0, `failed: ${JSON.stringify(failures.slice(0, 3))}`);
+      assert.ok(answers.every((a) => a.text.includes(`pid ${server.pid} `)), answers[0].text);
+      // With fds free again the next upgrade succeeds, asked on the control socket (on Deno its
+      // node:net server stopped accepting at EMFILE too, and listens anew), and the new one answers.
+      const cli = runtimeCmd(RUNTIME, CLI, ["upgrade", "--control", ctl, "--timeout", "20000"]);
+      const up = await runCommand(cli, { timeoutMs: 30_000 });
+      assert.equal(up.code, 0, showResult(up));
+      const after = await get(port);
+      assert.ok(after.ok, after.text);
+      assert.doesNotMatch(after.text, new RegExp(`pid ${server.pid} `));
+      server.killAll();
+    },
+  );
+
+  test(
+    "up.listen keeps accepting after 400 idle clients at a limit of 200 (EMFILE backs off)",
+    skipIf(noPrlimit || tooFewFds, "up.listen at the fd limit"),
+    async () => {
+      const { server, port } = await startLimited(200, 200, ECHO);
+      const socks = await idleClients(port, IDLE_CLIENTS);
+      await sleep(1_500);
+      assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
+      if (RUNTIME === "deno") {
+        // Deno.listen's accept() rejected with EMFILE: the acceptor backed off, and said so.
+        await server.waitFor(
+          /warning: .*accept failed: .*os error 24.*retrying every 100 ms/,
+          5_000,
+        );
+      }
+      for (const s of socks) s.destroy();
+      await sleep(500);
+      const lines = [];
+      for (let i = 0; i < 20; i++) lines.push(await echo(port, `line ${i}\n`));
+      assert.deepEqual(lines, Array.from({ length: 20 }, (_, i) => `line ${i}\n`));
+      server.killAll();
+    },
+  );
+});
