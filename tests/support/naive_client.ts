@@ -131,24 +131,23 @@ export async function runNaiveClient(o: NaiveOptions): Promise<NaiveResult> {
     await sleep((i * (o.idleMaxMs - o.idleMinMs)) / o.connections);
     let conn: NaiveConnection | undefined;
     while (performance.now() < end) {
-      if (!conn) {
-        conn = new NaiveConnection(o.port);
-        await conn.connected;
-      }
+      const c = conn ?? new NaiveConnection(o.port);
+      if (!conn) await c.connected;
+      conn = c;
       r.sent++;
       try {
-        const a = await conn.request(o.timeoutMs ?? 10_000);
+        const a = await c.request(o.timeoutMs ?? 10_000);
         if (a.status === 200) r.ok++;
         else r.lost[`status ${a.status}`] = (r.lost[`status ${a.status}`] ?? 0) + 1;
         if (a.close) {
           r.closeAnswers++;
-          conn.close();
+          c.close();
           conn = undefined;
         }
       } catch (err) {
         const why = (err as Error).message;
         r.lost[why] = (r.lost[why] ?? 0) + 1;
-        conn.close();
+        c.close();
         conn = undefined;
       }
       await sleep(o.idleMinMs + Math.random() * (o.idleMaxMs - o.idleMinMs));
