@@ -7,6 +7,7 @@
  *
  *   deno run -A bench/idle_keep.ts [--upgrades 10] [--every 2000] [--connections 20]
  *     [--idle-min 1000] [--idle-max 4000] [--drain-timeout 30000] [--modes transplant,fallback]
+ *     [--example http_server.ts|express.ts] (express.ts: a node:http server through up.serveNode())
  *   bun bench/idle_keep.ts …
  *
  * @module
@@ -29,6 +30,7 @@ const { values } = parseArgs({
     "idle-max": { type: "string", default: "4000" },
     "drain-timeout": { type: "string", default: "30000" },
     modes: { type: "string", default: "transplant,fallback" },
+    example: { type: "string", default: "http_server.ts" },
   },
 });
 
@@ -49,7 +51,7 @@ const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
 
 console.log(
-  `${RUNTIME}: ${values.connections} connections idle ${values["idle-min"]}–${
+  `${RUNTIME} ${values.example}: ${values.connections} connections idle ${values["idle-min"]}–${
     values["idle-max"]
   } ms, ${values.upgrades} upgrades every ${values.every} ms, drain timeout ${
     values["drain-timeout"]
@@ -58,11 +60,12 @@ console.log(
 console.log("| path | policy | sent | lost | how | drain ms (median / max) |");
 console.log("| --- | --- | ---: | ---: | --- | --- |");
 try {
-  for (const mode of values.modes.split(",") as ("transplant" | "fallback")[]) {
+  for (const mode of values.modes.split(",") as ("auto" | "transplant" | "fallback")[]) {
     for (const policy of ["close-when-quiet", "keep"] as const) {
       const out = await idleThroughUpgrades(left, {
         policy,
         mode,
+        example: values.example,
         upgrades: Number(values.upgrades),
         everyMs: Number(values.every),
         connections: Number(values.connections),

@@ -18,10 +18,12 @@ export interface IdleRun {
   /** `--idle-connections` of the example. */
   policy: "keep" | "close-when-quiet";
   /** `--serve-mode` of the example. */
-  mode: "transplant" | "fallback";
+  mode: "auto" | "transplant" | "fallback";
   /** Upgrades, one every `everyMs`. */
   upgrades: number;
   everyMs: number;
+  /** The example under examples/ (default http_server.ts; express.ts serves through up.serveNode()). */
+  example?: string;
   /** The client's pool size and idle range. */
   connections: number;
   idleMinMs: number;
@@ -39,7 +41,7 @@ export interface IdleOutcome {
 
 /** Runs the client through `r.upgrades` upgrades; resolves once every old generation drained. */
 export async function idleThroughUpgrades(left: Leftovers, r: IdleRun): Promise<IdleOutcome> {
-  const example = join(ROOT, "examples", "http_server.ts");
+  const example = join(ROOT, "examples", r.example ?? "http_server.ts");
   const g = await startGenerations(left, example, [
     "--serve-mode",
     r.mode,
