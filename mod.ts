@@ -59,6 +59,7 @@ export type {
 export type {
   Addr,
   ExitReason,
+  IdleConnections,
   NetAddr,
   State,
   UnixAddr,

@@ -74,7 +74,7 @@ export type {
   UpgradeReport,
   UpgradeTrigger,
 } from "./src/observe/report.ts";
-export type { Addr, NetAddr, State, UnixAddr } from "./src/types.ts";
+export type { Addr, IdleConnections, NetAddr, State, UnixAddr } from "./src/types.ts";
 export {
   type DedupeMethod,
   type EpollRegistration,

@@ -7,9 +7,16 @@
 //   --spawn-backend fork|posix_spawn|auto
 //   --serve-mode auto|transplant|fallback (for the examples that serve HTTP)
 //   --log-format text|json (the lifecycle log on stderr; default text)
+//   --idle-connections keep|close-when-quiet (what a draining generation does with idle keep-alive connections)
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import process from "node:process";
-import { logLifecycle, type ServeMode, type SpawnBackend, Upgrader } from "../mod.ts";
+import {
+  type IdleConnections,
+  logLifecycle,
+  type ServeMode,
+  type SpawnBackend,
+  Upgrader,
+} from "../mod.ts";
 
 const COMMON = {
   port: { type: "string", default: "8080" },
@@ -22,6 +29,7 @@ const COMMON = {
   "spawn-backend": { type: "string" },
   "serve-mode": { type: "string" },
   "log-format": { type: "string" },
+  "idle-connections": { type: "string" },
 } as const;
 
 /** Parses the common flags plus `extra`, creates the Upgrader and logs its events as `name`. */
@@ -48,6 +56,8 @@ export async function startGeneration(
     readyTimeout: ms(values["ready-timeout"]),
     promotionWindow: ms(values["promotion-window"]),
     spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
+    // Checked by Upgrader.create(): a bad value fails with INVALID_ARGUMENT naming it.
+    idleConnections: values["idle-connections"] as IdleConnections | undefined,
   });
   logLifecycle(up, { name, format: values["log-format"] as "text" | "json" | undefined });
   return {

@@ -72,6 +72,28 @@ export type Addr = NetAddr | UnixAddr;
 export type ExitReason = "upgrade" | "stop" | "rolled-back";
 
 /**
+ * What a draining HTTP server does with keep-alive connections that are idle
+ * (no request in flight). `"keep"`: they stay open; the next request on each
+ * is answered with `Connection: close`, and they close when the client closes
+ * them or at the drain timeout (cut). A client that reuses an idle connection
+ * without checking whether the server closed it (Python's `http.client`, an
+ * upstream keep-alive pool) never sends into a closed connection, but the old
+ * generation lives until its clients leave (at most the drain timeout).
+ * `"close-when-quiet"`: once the server answered nothing for a second, they
+ * are closed (the old generation ends within seconds; such a client may lose
+ * the request it sends at that moment). docs/design.md weighs the two.
+ *
+ * @example
+ * ```ts
+ * import { type IdleConnections, Upgrader } from "@instar/instar";
+ *
+ * const idleConnections: IdleConnections = "keep";
+ * const up = await Upgrader.create({ idleConnections });
+ * ```
+ */
+export type IdleConnections = "keep" | "close-when-quiet";
+
+/**
  * Where a generation is in its life, for readiness probes and `instar status`.
  *
  * @example

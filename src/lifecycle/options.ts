@@ -7,6 +7,8 @@
 
 import { invalid } from "../errors.ts";
 import type { SpawnBackend } from "../process/spawn.ts";
+import type { IdleConnections } from "../types.ts";
+import { checkIdleConnections } from "../net/drain.ts";
 import { checkSignal } from "./signals.ts";
 
 /**
@@ -69,6 +71,14 @@ export interface UpgraderOptions {
    * `upgrade()` resolves at the end of the window. At most 24 h.
    */
   promotionWindow?: number;
+  /**
+   * What a draining generation's HTTP servers (`up.serve()`, `up.serveNode()`)
+   * do with idle keep-alive connections: `"keep"` them open until the client
+   * closes them (its next request is answered with `Connection: close`) or the
+   * drain timeout, or `"close-when-quiet"` once the server answered nothing for a
+   * second. Default `"close-when-quiet"`; see {@link IdleConnections}.
+   */
+  idleConnections?: IdleConnections;
 }
 
 /** The options with their defaults, checked. */
@@ -81,6 +91,7 @@ export interface Settings extends
     | "stopSignals"
     | "exitAfterDrain"
     | "promotionWindow"
+    | "idleConnections"
   > {
   readyTimeout: number;
   drainTimeout: number;
@@ -88,6 +99,7 @@ export interface Settings extends
   stopSignals: string[];
   exitAfterDrain: boolean;
   promotionWindow: number;
+  idleConnections: IdleConnections;
 }
 
 /** The longest promotion window: 24 h. */
@@ -131,5 +143,6 @@ export function resolveOptions(options: UpgraderOptions): Settings {
     stopSignals,
     exitAfterDrain: options.exitAfterDrain ?? true,
     promotionWindow: windowMs(options.promotionWindow),
+    idleConnections: checkIdleConnections("idleConnections", options.idleConnections),
   };
 }

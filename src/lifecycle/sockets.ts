@@ -31,7 +31,7 @@ import {
   startServeNode,
   type UpgraderServeNodeOptions,
 } from "../serve/serve_node.ts";
-import type { Addr } from "../types.ts";
+import type { Addr, IdleConnections } from "../types.ts";
 import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import type { Observer } from "./observer.ts";
@@ -39,7 +39,11 @@ import { activatedListeners, Registry } from "./registry.ts";
 import type { Shared } from "./shared.ts";
 
 /** What a server started on a claimed socket gets from the lifecycle. */
-type ServerSettings = { drainTimeoutMs: number; onFallback(e: InstarError): void };
+type ServerSettings = {
+  drainTimeoutMs: number;
+  idleConnections: IdleConnections;
+  onFallback(e: InstarError): void;
+};
 
 /** Opens, serves and records the sockets of one generation. */
 export class Sockets {
@@ -159,6 +163,7 @@ export class Sockets {
   #serverSettings(addr: Addr, app: ((reason: InstarError) => void) | undefined): ServerSettings {
     return {
       drainTimeoutMs: this.#s.settings.drainTimeout,
+      idleConnections: this.#s.settings.idleConnections,
       onFallback: (reason) => {
         this.#s.events.emit("serve-fallback", { addr: formatAddr(addr), reason });
         app?.(reason);

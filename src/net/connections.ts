@@ -26,6 +26,15 @@ export function connectionFds(addr: Addr): number[] {
   return fds;
 }
 
+/**
+ * Resolves once this process holds no connection accepted on `addr`, checked
+ * every `everyMs` (only while a generation drains with idle connections kept:
+ * neither runtime's server tells when a connection closes).
+ */
+export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
+  while (connectionFds(addr).length > 0) await new Promise((r) => setTimeout(r, everyMs));
+}
+
 /** Shuts down both directions of every connection accepted on `addr`; returns how many. */
 export function cutConnections(addr: Addr): number {
   let n = 0;

@@ -8,7 +8,8 @@
  * @module
  */
 
-import type { Addr, Endpoint } from "../types.ts";
+import type { Addr, Endpoint, IdleConnections } from "../types.ts";
+import { invalid } from "../errors.ts";
 import { deadline, sleep } from "../timeout.ts";
 
 /**
@@ -27,6 +28,21 @@ export type ServerDrain = Pick<
  * already accepted. 100 ms sufficed on an idle machine; a CPU-starved one needs more.
  */
 export const DRAIN_DELAY_MS = 250;
+
+/**
+ * What a draining HTTP server does with idle keep-alive connections when the
+ * application does not say (docs/design.md, "Idle keep-alive connections").
+ */
+export const DEFAULT_IDLE_CONNECTIONS: IdleConnections = "close-when-quiet";
+
+/** `value` as an {@link IdleConnections} policy (absent: the default); `option` names it in the error. */
+export function checkIdleConnections(option: string, value: unknown): IdleConnections {
+  if (value === undefined) return DEFAULT_IDLE_CONNECTIONS;
+  if (value !== "keep" && value !== "close-when-quiet") {
+    invalid(option, value, '"keep" or "close-when-quiet"');
+  }
+  return value;
+}
 
 /** What {@link drain} reports. */
 export interface DrainResult {

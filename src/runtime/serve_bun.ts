@@ -97,7 +97,13 @@ export const bunAdapter: ServeAdapter = {
         ? { transport: "unix", path: s.listenOn.path }
         : { transport: "tcp", hostname: s.listenOn.hostname, port: throwawayPort },
       tls: opts.tls !== undefined && opts.tls !== null && opts.tls !== false,
-      draining: (on) => server.reload(on ? closing(opts, clock) : pick(opts)),
+      // Bun.serve speaks HTTP/1.1 only.
+      multiplexed: false,
+      draining: (on) => {
+        // The quiet wait counts from the drain's start, not from the last answer before it.
+        if (on) clock.mark();
+        server.reload(on ? closing(opts, clock) : pick(opts));
+      },
       quiet: (idleMs, maxMs) => clock.quiet(idleMs, maxMs),
       // Closes idle connections; in-flight requests, streams and WebSockets run until they end.
       finish: () => stop(false),

@@ -104,7 +104,13 @@ export const denoAdapter: ServeAdapter = {
       native: life.current,
       throwaway: life.current.addr,
       tls,
-      draining: (on) => void (draining = on),
+      // Deno negotiates HTTP/2 over TLS (ALPN).
+      multiplexed: tls,
+      draining: (on) => {
+        // The quiet wait counts from the drain's start, not from the last answer before it.
+        if (on) clock.mark();
+        draining = on;
+      },
       quiet: (idleMs, maxMs) => clock.quiet(idleMs, maxMs),
       async finish(): Promise<void> {
         // WebSockets first: Deno's shutdown() would close them at once.

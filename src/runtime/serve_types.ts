@@ -48,6 +48,11 @@ export interface NativeServer {
   /** Whether TLS is on (for the URL scheme). */
   tls: boolean;
   /**
+   * Whether a connection may speak HTTP/2, whose clients move to a new
+   * connection only on GOAWAY (sent by the graceful end), never on `Connection: close`.
+   */
+  multiplexed: boolean;
+  /**
    * From now on (`true`) every HTTP/1.1 response asks the client to close the
    * connection after it (`Connection: close`), so a keep-alive client never
    * has a request on its way when the connection closes; `false` undoes it.

@@ -43,6 +43,7 @@ export class NodeDrain {
   #sockets = new Set<Socket>();
   #upgraded = new Set<Socket>();
   #closed: Promise<void> | undefined;
+  #emptied: (() => void)[] = [];
   #onRequest = (_req: http.IncomingMessage, res: Res) => this.#closing(res);
 
   /** Starts watching `server`'s connections and upgrades. */
@@ -50,7 +51,10 @@ export class NodeDrain {
     this.#server = server;
     const track = (socket: Socket) => {
       this.#sockets.add(socket);
-      socket.once("close", () => this.#sockets.delete(socket));
+      socket.once("close", () => {
+        this.#sockets.delete(socket);
+        if (this.#sockets.size === 0) { for (const r of this.#emptied.splice(0)) r(); }
+      });
     };
     server.prependListener("connection", track);
     server.prependListener("secureConnection", track);
@@ -126,6 +130,12 @@ export class NodeDrain {
   /** Resolves once no response went out for `idleMs` (at most `maxMs`). */
   quiet(idleMs: number, maxMs: number): Promise<void> {
     return this.#clock.quiet(idleMs, maxMs);
+  }
+
+  /** Resolves once the server has no connection open (each closed by its client, or cut). */
+  noConnections(): Promise<void> {
+    if (this.#sockets.size === 0) return Promise.resolve();
+    return new Promise((r) => this.#emptied.push(r));
   }
 
   /**

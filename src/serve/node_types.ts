@@ -11,6 +11,7 @@ import type { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { ServeListenOptions, ServeMode } from "./types.ts";
 import type { DedupeMethod } from "../runtime/transplant.ts";
+import type { IdleConnections } from "../types.ts";
 
 /**
  * A `node:http` or `node:https` server that is not listening yet: Express's
@@ -70,6 +71,11 @@ export interface NodeServeOptions {
    * Upgrader's `drainTimeout` (`Upgrader.create({ drainTimeout })`).
    */
   drainTimeoutMs?: number;
+  /**
+   * What the drain does with idle keep-alive connections ({@link IdleConnections}).
+   * `up.serveNode()` takes the Upgrader's (`Upgrader.create({ idleConnections })`) unless given here.
+   */
+  idleConnections?: IdleConnections;
   /** Forces the kcmp-free epoll dedupe of the transplant (for tests). */
   dedupe?: DedupeMethod;
   /** The reactor event masks the transplant accepts (for tests: `{}` forces the fallback). */

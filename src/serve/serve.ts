@@ -52,8 +52,9 @@ import {
   urlOf,
   WS_CLOSE_MS,
 } from "./options.ts";
-import { drainAlone, type ServerDrain } from "../net/drain.ts";
-import { cutConnections } from "../net/connections.ts";
+import { checkIdleConnections, drainAlone, type ServerDrain } from "../net/drain.ts";
+import { cutConnections, noConnections } from "../net/connections.ts";
+import type { IdleConnections } from "../types.ts";
 import { deadline } from "../timeout.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type {
@@ -160,12 +161,14 @@ export async function startServe<WebSocketData = undefined>(
     onWarning,
     drainDelayMs,
     drainTimeoutMs,
+    idleConnections,
     dedupe,
     knownMasks,
     ...runtimeOptions
   } = options as unknown as InstarServeOptions & Record<string, unknown>;
   const instar = {
     mode: checkServeMode(mode),
+    idleConnections: checkIdleConnections("idleConnections", idleConnections),
     onFallback,
     onWarning,
     drainDelayMs,
@@ -182,7 +185,7 @@ export async function startServe<WebSocketData = undefined>(
   return await start(fd, instar, handler, rest);
 }
 
-type Instar = InstarServeOptions & { mode: ServeMode };
+type Instar = InstarServeOptions & { mode: ServeMode; idleConnections: IdleConnections };
 
 /** Starts the native server, then moves it onto `fd` (or proxies to it). */
 async function start(
@@ -283,9 +286,12 @@ function drainParts(
   native: NativeServer,
   paths: Paths,
   addr: Addr,
+  idle: IdleConnections,
   removeThrowaway: () => void,
 ): ServerParts {
   const { proxy } = paths;
+  // HTTP/2 clients move only on the GOAWAY of the graceful end: kept, they would stay.
+  const keep = idle === "keep" && !native.multiplexed;
   const resumeProxy = (): boolean => {
     if (proxy!.accepting) return false;
     proxy!.listen().catch((err) => {
@@ -313,8 +319,14 @@ function drainParts(
       return paths.info ? resumeAccepting(paths.info) : resumeProxy();
     },
     finish: async () => {
-      // Busy keep-alive connections get their last answer, with Connection: close, first.
-      await native.quiet(QUIET_MS, QUIET_MAX_MS);
+      if (keep) {
+        // Every connection goes when its client closes it, after a last answer with
+        // Connection: close or without one; what stays past the drain timeout is cut.
+        await noConnections(addr);
+      } else {
+        // Busy keep-alive connections get their last answer, with Connection: close, first.
+        await native.quiet(QUIET_MS, QUIET_MAX_MS);
+      }
       await native.finish();
       await proxy?.drained();
       removeThrowaway();
@@ -348,7 +360,7 @@ function wrap(
   server: Omit<Server, "addr" | "url" | "port" | "hostname" | "fallbackReason">;
   drain: ServerDrain;
 } {
-  const p = drainParts(native, paths, addr, removeThrowaway);
+  const p = drainParts(native, paths, addr, instar.idleConnections, removeThrowaway);
   const drain: ServerDrain = {
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),

@@ -27,7 +27,13 @@ import { InstarError, invalid } from "../errors.ts";
 import { getsockname } from "../ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
 import type { Socket } from "node:net";
-import { drainAlone, type ServerDrain } from "../net/drain.ts";
+import {
+  checkIdleConnections,
+  DEFAULT_IDLE_CONNECTIONS,
+  drainAlone,
+  type ServerDrain,
+} from "../net/drain.ts";
+import type { IdleConnections } from "../types.ts";
 import { cutConnections } from "../net/connections.ts";
 import {
   pauseAccepting,
@@ -235,7 +241,11 @@ export async function startServeNode(
 ): Promise<Serving<NodeServing>> {
   const fd = targetFd(target, "serveNode()");
   checkServer(server);
-  const o = { ...options, mode: checkServeMode(options.mode) };
+  const o = {
+    ...options,
+    mode: checkServeMode(options.mode),
+    idleConnections: checkIdleConnections("idleConnections", options.idleConnections),
+  };
   const addr = decode(getsockname(fd));
   // A Listener already accepts on its socket: from now on the HTTP server does.
   if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
@@ -290,7 +300,13 @@ function acceptControl(fd: number, a: Accepting) {
 type AcceptControl = ReturnType<typeof acceptControl>;
 
 /** What the server decides in a drain (src/net/drain.ts). */
-function serverDrain(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepting): ServerDrain {
+function serverDrain(
+  d: NodeDrain,
+  accept: AcceptControl,
+  addr: Addr,
+  a: Accepting,
+  idle: IdleConnections,
+): ServerDrain {
   return {
     pauseAccepting: () => {
       // Accepting stops first: a failure to switch the answers cannot keep it accepting.
@@ -302,8 +318,14 @@ function serverDrain(d: NodeDrain, accept: AcceptControl, addr: Addr, a: Accepti
       accept.resume();
     },
     finish: async () => {
-      // Busy keep-alive connections get their last answer, with Connection: close, first.
-      await d.quiet(QUIET_MS, QUIET_MAX_MS);
+      if (idle === "keep") {
+        // server.close() would close idle connections: each goes when its client closes
+        // it (its next request answered with Connection: close), or is cut at the timeout.
+        await d.noConnections();
+      } else {
+        // Busy keep-alive connections get their last answer, with Connection: close, first.
+        await d.quiet(QUIET_MS, QUIET_MAX_MS);
+      }
       await d.finish();
       await a.proxy?.drained();
       a.remove();
@@ -330,7 +352,7 @@ function serving(
   o: NodeServeOptions,
 ): { handle: Omit<NodeServing, "url"> & { url?: URL }; drain: ServerDrain } {
   const accept = acceptControl(fd, a);
-  const drain = serverDrain(d, accept, addr, a);
+  const drain = serverDrain(d, accept, addr, a, o.idleConnections ?? DEFAULT_IDLE_CONNECTIONS);
   let shutdownPromise: Promise<void> | undefined;
   const handle = {
     server,
@@ -356,7 +378,14 @@ function serving(
   return { handle, drain };
 }
 
-const NODE_KEYS = new Set(["mode", "onFallback", "drainDelayMs", "dedupe", "knownMasks"]);
+const NODE_KEYS = new Set([
+  "mode",
+  "onFallback",
+  "drainDelayMs",
+  "idleConnections",
+  "dedupe",
+  "knownMasks",
+]);
 const LISTEN_KEYS = new Set(["hostname", "port", "path", "backlog", "socketMode", "name"]);
 
 /**

@@ -16,6 +16,7 @@
 import type { InstarError } from "../errors.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
 import type { DedupeMethod } from "../runtime/transplant.ts";
+import type { IdleConnections } from "../types.ts";
 
 // serve.ts reads the adapter contract from here with the option types.
 export type { AdapterStart, NativeServer } from "../runtime/serve_types.ts";
@@ -242,6 +243,13 @@ export interface InstarServeOptions {
    * `drainTimeout` (`Upgrader.create({ drainTimeout })`).
    */
   drainTimeoutMs?: number;
+  /**
+   * What the drain does with idle keep-alive connections ({@link IdleConnections}).
+   * `up.serve()` takes the Upgrader's (`Upgrader.create({ idleConnections })`) unless given here.
+   * A server that may speak HTTP/2 (Deno with TLS) always closes them when quiet: its
+   * clients move only on GOAWAY, which Deno sends as it closes idle connections.
+   */
+  idleConnections?: IdleConnections;
   /** Forces the kcmp-free epoll dedupe of {@link transplant} (for tests). */
   dedupe?: DedupeMethod;
   /** The reactor event masks the transplant accepts (for tests: `{}` forces the fallback). */
