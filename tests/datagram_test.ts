@@ -28,7 +28,12 @@ import {
   startServer,
   stopped,
 } from "./support/helpers.ts";
-import { type Generations, startGenerations, upgradeByHup } from "./support/generations.ts";
+import {
+  type Generations,
+  startGenerations,
+  upgradeAndDrain,
+  upgradeByHup,
+} from "./support/generations.ts";
 import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
 
 const left = cleanupAfterTests();
@@ -597,7 +602,9 @@ for await (const { data, addr } of sock) await sock.send("0 " + new TextDecoder(
     await c.sock.send("seq 1", to);
     assert.equal(await c.next(5000), `${server.pid} seq 1`);
     const g: Generations = { server, port: 0, pidFile, ctl };
-    const next = await upgradeByHup(g, server.pid);
+    // The old generation reads until it is told the new one is ready, a moment after the PID file
+    // changes: wait for its drain, so that seq 2 can only reach the new generation.
+    const next = await upgradeAndDrain(g, server.pid);
     await c.sock.send("seq 2", to);
     assert.equal(await c.next(5000), `${next} seq 2`);
     c.sock.close();

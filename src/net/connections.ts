@@ -8,7 +8,8 @@
  * @module
  */
 
-import { C, shutdown } from "../ffi/mod.ts";
+import { C, getsockname, getsockoptInt, shutdown } from "../ffi/mod.ts";
+import { decode } from "../ffi/sockaddr.ts";
 import { socketInodes, tcpConnectionInodes, unixConnectionInodes } from "../proc.ts";
 import type { Addr } from "../types.ts";
 
@@ -29,10 +30,35 @@ export function connectionFds(addr: Addr): number[] {
 /**
  * Resolves once this process holds no connection accepted on `addr`, checked
  * every `everyMs` (only while a generation drains with idle connections kept:
- * neither runtime's server tells when a connection closes).
+ * neither runtime's server tells when a connection closes). Asked of this
+ * process's own sockets, never of the system-wide tables: on a host whose TCP
+ * table holds tens of thousands of entries, reading /proc/net/tcp every 100 ms
+ * would stall the event loop.
  */
 export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
-  while (connectionFds(addr).length > 0) await new Promise((r) => setTimeout(r, everyMs));
+  while (holdsConnection(addr)) await new Promise((r) => setTimeout(r, everyMs));
+}
+
+/**
+ * Whether this process holds a connection accepted on `addr`: a socket that
+ * is not listening and whose local address (getsockname(2): for an accepted
+ * Unix socket, the listener's path) is `addr`'s port or path.
+ */
+export function holdsConnection(addr: Addr): boolean {
+  for (const fd of socketInodes().values()) {
+    try {
+      if (getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN)) continue;
+      const local = decode(getsockname(fd));
+      if (
+        addr.transport === "tcp"
+          ? local.transport === "tcp" && local.port === addr.port
+          : local.transport === "unix" && local.path === addr.path
+      ) return true;
+    } catch {
+      // closed meanwhile, or not a socket of a kind getsockname describes
+    }
+  }
+  return false;
 }
 
 /** Shuts down both directions of every connection accepted on `addr`; returns how many. */
