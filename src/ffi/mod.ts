@@ -196,6 +196,18 @@ export function acceptQueueLength(fd: number): number | null {
   return new DataView(v.buffer, v.byteOffset).getUint32(l.unacked, true);
 }
 
+/**
+ * The TCP state of a connected socket (TCP_INFO's first byte, `tcpi_state`:
+ * 1 is ESTABLISHED, 8 CLOSE_WAIT); `null` for a socket that is not TCP.
+ */
+export function tcpState(fd: number): number | null {
+  try {
+    return getsockopt(fd, C.IPPROTO_TCP, C.TCP_INFO, platform().layout.tcpInfo.size)[0] ?? null;
+  } catch {
+    return null; // EOPNOTSUPP: a Unix socket
+  }
+}
+
 /** The peer's credentials of a Unix socket (`SO_PEERCRED`). */
 export function peerCred(fd: number): { pid: number; uid: number; gid: number } {
   const l = platform().layout.ucred;

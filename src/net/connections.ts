@@ -8,10 +8,12 @@
  * @module
  */
 
-import { C, getsockname, getsockoptInt, shutdown } from "../ffi/mod.ts";
+import { C, getsockname, getsockoptInt, shutdown, tcpState } from "../ffi/mod.ts";
 import { decode } from "../ffi/sockaddr.ts";
 import { socketInodes, tcpConnectionInodes, unixConnectionInodes } from "../proc.ts";
 import type { Addr } from "../types.ts";
+
+const TCP_ESTABLISHED = 1;
 
 /** The fds of this process's connections accepted on `addr`. */
 export function connectionFds(addr: Addr): number[] {
@@ -42,18 +44,20 @@ export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
 /**
  * Whether this process holds a connection accepted on `addr`: a socket that
  * is not listening and whose local address (getsockname(2): for an accepted
- * Unix socket, the listener's path) is `addr`'s port or path.
+ * Unix socket, the listener's path) is `addr`'s port or path; for TCP only an
+ * ESTABLISHED one, as {@link connectionFds} counts (a connection its client
+ * closed is over, whenever the runtime gets to close its fd).
  */
 export function holdsConnection(addr: Addr): boolean {
   for (const fd of socketInodes().values()) {
     try {
       if (getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN)) continue;
       const local = decode(getsockname(fd));
-      if (
-        addr.transport === "tcp"
-          ? local.transport === "tcp" && local.port === addr.port
-          : local.transport === "unix" && local.path === addr.path
-      ) return true;
+      const ours = addr.transport === "tcp"
+        ? local.transport === "tcp" && local.port === addr.port &&
+          tcpState(fd) === TCP_ESTABLISHED
+        : local.transport === "unix" && local.path === addr.path;
+      if (ours) return true;
     } catch {
       // closed meanwhile, or not a socket of a kind getsockname describes
     }
