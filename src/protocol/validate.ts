@@ -21,14 +21,17 @@ import {
   PROTOCOL_VERSION,
 } from "./messages.ts";
 
+// An address exactly as instar writes one: no other keys (a hello is another process's word, and
+// an address it announces must be the one the fd is checked against, field for field).
 function isAddr(a: unknown): a is Addr {
-  if (typeof a !== "object" || a === null) return false;
+  if (typeof a !== "object" || a === null || Array.isArray(a)) return false;
   const o = a as Record<string, unknown>;
+  const keys = Object.keys(o).sort().join(",");
   if (o.transport === "tcp") {
-    return typeof o.hostname === "string" && Number.isInteger(o.port) && (o.port as number) >= 0 &&
-      (o.port as number) <= 65535;
+    return keys === "hostname,port,transport" && typeof o.hostname === "string" &&
+      Number.isInteger(o.port) && (o.port as number) >= 0 && (o.port as number) <= 65535;
   }
-  return o.transport === "unix" && typeof o.path === "string";
+  return o.transport === "unix" && keys === "path,transport" && typeof o.path === "string";
 }
 
 /** The largest value of a C `int`: fd numbers and pids above it are refused, not wrapped by FFI. */
