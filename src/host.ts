@@ -73,7 +73,7 @@ function proc(): NodeProcess {
 
 /** node:fs, loaded on Bun by the first temporary directory (never on Deno). */
 function nodeFs(): typeof fs {
-  return proc().getBuiltinModule("node:fs") as typeof fs;
+  return builtin<typeof fs>("node:fs");
 }
 
 /** This process's pid. */

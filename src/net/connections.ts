@@ -12,6 +12,7 @@ import { C, getsockname, getsockoptInt, shutdown, tcpState } from "../ffi/mod.ts
 import { decode } from "../ffi/sockaddr.ts";
 import { socketInodes, tcpConnectionInodes, unixConnectionInodes } from "../proc.ts";
 import type { Addr } from "../types.ts";
+import { sleep } from "../timeout.ts";
 
 const TCP_ESTABLISHED = 1;
 
@@ -38,7 +39,7 @@ export function connectionFds(addr: Addr): number[] {
  * would stall the event loop.
  */
 export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
-  while (holdsConnection(addr)) await new Promise((r) => setTimeout(r, everyMs));
+  while (holdsConnection(addr)) await sleep(everyMs);
 }
 
 /**

@@ -41,11 +41,6 @@ export class RateLimitedWarning {
   }
 }
 
-/** Resolves after `ms` (the timer keeps the process alive: the server still runs). */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 const recoveredHooks = new Set<() => void>();
 
 /**

@@ -18,8 +18,8 @@ import {
   fdsRecovered,
   isFdExhaustion,
   RateLimitedWarning,
-  sleep,
 } from "./fd_exhaustion.ts";
+import { sleep } from "../timeout.ts";
 
 /** The parts of the Deno namespace instar uses (kept local so Bun type-checks too). */
 interface DenoConn {

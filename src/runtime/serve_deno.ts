@@ -15,8 +15,8 @@ import {
   fdsRecovered,
   isFdExhaustion,
   RateLimitedWarning,
-  sleep,
 } from "./fd_exhaustion.ts";
+import { sleep } from "../timeout.ts";
 
 type Info = { remoteAddr: Addr; completed: Promise<void> };
 type Handler = (req: Request, info: Info) => Response | Promise<Response>;
