@@ -50,6 +50,8 @@ export interface ControlActions {
 
 /** The most control connections open at once; more are refused (`busy`). */
 export const MAX_PEERS = 16;
+/** Accepted sockets open at once, peers and refusals still flushing; more are closed at once. */
+const MAX_OPEN = 2 * MAX_PEERS;
 /** A control connection with no traffic for this long is closed (`idle`); not while an upgrade or handover runs. */
 export const IDLE_MS = 5_000;
 /** The longest request line; longer is refused (`protocol-error`). Requests are under 100 bytes. */
@@ -116,6 +118,7 @@ export class ControlServer implements Endpoint {
   #actions: ControlActions | undefined;
   #peers = new Set<Peer>();
   #accepts = new Bucket(ACCEPT_RATE);
+  #open = 0;
   #requests = new Bucket(SERVER_RATE);
   #status: Promise<StatusReport> | undefined;
   #resume: ReturnType<typeof setTimeout> | undefined;
@@ -164,9 +167,6 @@ export class ControlServer implements Endpoint {
     // for it (a few MB resident; docs/benchmarks.md, Idle cost).
     const { createServer } = host.builtin("node:net") as typeof net;
     const server = createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
-    // A backstop only: peers past MAX_PEERS are refused with a message, and those
-    // refusals close within CLOSE_GRACE_MS; the runtime drops what exceeds this.
-    server.maxConnections = 2 * MAX_PEERS;
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
@@ -201,6 +201,15 @@ export class ControlServer implements Endpoint {
   #accept(s: net.Socket): void {
     const actions = this.#actions!;
     s.on("error", () => {}); // a peer that resets the connection ends it, nothing more
+    // Peers past MAX_PEERS are refused with a message, and those refusals close within
+    // CLOSE_GRACE_MS. This bounds the fds they hold meanwhile, across the servers #throttle
+    // replaces (each node:net server's own maxConnections counts only its own sockets).
+    if (this.#open >= MAX_OPEN) {
+      s.destroy();
+      return;
+    }
+    this.#open++;
+    s.once("close", () => this.#open--);
     if (!this.#accepts.take()) {
       closeWith(s, messages.failed("rate-limited", "too many connections; try again later"));
       this.#throttle();
