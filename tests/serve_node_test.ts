@@ -141,7 +141,10 @@ for (const fw of FRAMEWORKS) {
       ? ["auto", "transplant", "fallback"]
       : ["auto", "fallback"];
     for (const mode of modes) {
-      test(`20 upgrades under keep-alive GETs and POSTs fail no request (serve mode ${mode})`, async () => {
+      // Twenty on the main path (Express, auto); the other frameworks and paths fewer: what
+      // differs there is the framework or the path, not how many upgrades it goes through.
+      const upgrades = fw.name === "express" && mode === "auto" ? 20 : 8;
+      test(`${upgrades} upgrades under keep-alive GETs and POSTs fail no request (serve mode ${mode})`, async () => {
         const stats = join(left.tempDir("instar-node-"), "posts.txt");
         const g = await start(["--stats-file", stats, "--serve-mode", mode]);
         const { server, port } = g;
@@ -153,7 +156,7 @@ for (const fw of FRAMEWORKS) {
         const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
         let current = server.pid;
         try {
-          for (let i = 0; i < 20; i++) {
+          for (let i = 0; i < upgrades; i++) {
             await new Promise((r) => setTimeout(r, 50));
             current = await upgradeByHup(g, current);
           }
@@ -163,11 +166,11 @@ for (const fw of FRAMEWORKS) {
         }
         const [k, p] = await Promise.all([keepAlive, posts]);
         assertLoadsAnswered({ "keep-alive": k, POST: p });
-        assert.ok(pids.size >= 10, `responses came from ${pids.size} generations`);
+        assert.ok(pids.size >= upgrades / 2, `responses came from ${pids.size} generations`);
         assert.equal(alive(current), true);
         process.kill(current, "SIGTERM");
         for (const pid of server.pids) await stopped(pid);
-        assertPostsRead(stats, 21, p.ok);
+        assertPostsRead(stats, upgrades + 1, p.ok);
       });
     }
 

@@ -330,6 +330,30 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]);
 }
 
+/**
+ * Scenarios that mostly wait (a drain's quiet time, idle clients), started all
+ * at once when the first test asks for one: each test still asserts on its own
+ * scenario's result, but the waits overlap instead of adding up. A scenario's
+ * failure is reported by the test that asks for it.
+ */
+export function startedTogether<T>(
+  starts: Record<string, () => Promise<T>>,
+): (key: string) => Promise<T> {
+  let started: Map<string, Promise<T>> | undefined;
+  return (key) => {
+    started ??= new Map(
+      Object.entries(starts).map(([k, start]) => {
+        const p = start();
+        p.catch(() => {}); // reported by its own test, not as an unhandled rejection
+        return [k, p];
+      }),
+    );
+    const p = started.get(key);
+    if (!p) throw new Error(`no scenario ${key}`);
+    return p;
+  };
+}
+
 /** The pids of `pid`'s zombie children. */
 export function zombieChildren(pid: number): number[] {
   const out: number[] = [];
