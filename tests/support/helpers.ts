@@ -334,7 +334,9 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  * Scenarios that mostly wait (a drain's quiet time, idle clients), started all
  * at once when the first test asks for one: each test still asserts on its own
  * scenario's result, but the waits overlap instead of adding up. A scenario's
- * failure is reported by the test that asks for it.
+ * failure is reported by the test that asks for it; a result that holds
+ * promises of its own must catch them too, or one rejecting before its test
+ * runs is an unhandled rejection that fails whichever test runs then.
  */
 export function startedTogether<T>(
   starts: Record<string, () => Promise<T>>,
