@@ -147,7 +147,19 @@ export function cwd(): string {
  * for, and memory no longer matters.
  */
 export function exit(code: number): never {
-  return proc().exit(code);
+  return (keptExit ?? proc().exit.bind(proc()))(code);
+}
+
+let keptExit: ((code: number) => never) | null = null;
+
+/**
+ * Remembers `process.exit` as it is now, for {@link exit}: instar/auto then
+ * replaces the global (an application's `process.exit()` during a drain waits
+ * for the drain), and instar's own exits must not wait for themselves.
+ */
+export function keepNativeExit(): (code: number) => never {
+  keptExit ??= proc().exit.bind(proc());
+  return keptExit;
 }
 
 /**
