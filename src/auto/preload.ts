@@ -21,6 +21,7 @@
  */
 
 import { insideOf } from "../lifecycle/inside.ts";
+import { logLifecycle } from "../lifecycle/log.ts";
 import { Upgrader } from "../lifecycle/upgrader.ts";
 import { keepNativeServe, nativeServe } from "../runtime/natives.ts";
 import { installBunServe } from "./bun_serve.ts";
@@ -40,6 +41,7 @@ async function start(): Promise<Upgrader> {
   const settings = autoSettings();
   const upgrader = await Upgrader.create(settings.upgrader);
   G[LOADED] = upgrader;
+  if (settings.log !== "off") logLifecycle(upgrader, { format: settings.log });
   const readiness = new AutoReadiness(upgrader, insideOf(upgrader), settings.readiness);
   keepNativeServe();
   if (G.Bun) installBunServe(upgrader, readiness, nativeServe("Bun"), insideNodeListen);

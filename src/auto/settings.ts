@@ -10,6 +10,7 @@
  * | `INSTAR_AUTO_SETTLE` | a first generation is ready this long after its last listen | 100 |
  * | `INSTAR_PID_FILE` | the Upgrader's `pidFile` | none |
  * | `INSTAR_CONTROL` | the Upgrader's `controlSocket` | none |
+ * | `INSTAR_LOG` | the lifecycle's log lines on stderr (`logLifecycle`): `text`, `json` or `off` | `text` |
  *
  * @module
  */
@@ -25,6 +26,8 @@ export interface AutoSettings {
   upgrader: UpgraderOptions;
   /** When the application counts as ready. */
   readiness: ReadinessSettings;
+  /** How the lifecycle is logged on stderr. */
+  log: "text" | "json" | "off";
 }
 
 /** The settings from the environment; a malformed value is `INVALID_ARGUMENT` naming the variable. */
@@ -36,8 +39,16 @@ export function autoSettings(): AutoSettings {
   const pidFile = host.getEnv("INSTAR_PID_FILE"), control = host.getEnv("INSTAR_CONTROL");
   if (pidFile) upgrader.pidFile = pidFile;
   if (control) upgrader.controlSocket = control;
+  const log = host.getEnv("INSTAR_LOG") || "text";
+  if (log !== "text" && log !== "json" && log !== "off") {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `INSTAR_LOG is ${JSON.stringify(log)}; expected text, json or off`,
+    );
+  }
   return {
     upgrader,
+    log,
     readiness: {
       timeoutMs: ms("INSTAR_AUTO_LISTEN_TIMEOUT") ?? 10_000,
       settleMs: ms("INSTAR_AUTO_SETTLE") ?? 100,

@@ -1,0 +1,216 @@
+/**
+ * instar/auto (src/auto/): unmodified servers — no instar import — loaded
+ * with the preload (or through `instar run --auto`) upgrade by SIGHUP under
+ * a load that never re-sends, with no failed request; a generation that
+ * never listens, or listens elsewhere, fails its upgrade with the reason
+ * while the old one serves on; bad input is refused with a clear error; an
+ * app's own SIGTERM → process.exit(0) does not cut a request in flight.
+ */
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import * as http from "node:http";
+import * as net from "node:net";
+import { join } from "node:path";
+import process from "node:process";
+import { describe, test } from "node:test";
+import {
+  cleanupAfterTests,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  type ServerProcess,
+  startServer,
+  stopped,
+} from "./support/helpers.ts";
+import { bin } from "./support/procs.ts";
+import { runLoad } from "./support/load_client.ts";
+import { nextPidInPidFile } from "./support/status.ts";
+
+const left = cleanupAfterTests();
+const PRELOAD = join(ROOT, "src/auto/preload.ts");
+const fixture = (name: string) => join(ROOT, "tests/fixtures/auto", name);
+
+/** `script` under this runtime with instar/auto preloaded. */
+function preloaded(script: string): string[] {
+  return RUNTIME === "deno"
+    ? [bin("deno"), "run", "-A", "--no-check", "--preload", PRELOAD, script]
+    : [bin("bun"), "--preload", PRELOAD, script];
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+interface App {
+  server: ServerProcess;
+  port: number;
+  pidFile: string;
+  pid: number;
+}
+
+/** Starts `cmd` on a free port with a PID file; resolves once generation 1 is ready. */
+async function startApp(cmd: string[], env: Record<string, string> = {}): Promise<App> {
+  const dir = left.tempDir("instar-auto-");
+  const port = await freePort(), pidFile = join(dir, "app.pid");
+  const server = startServer(cmd, {
+    PORT: String(port),
+    INSTAR_PID_FILE: pidFile,
+    INSTAR_DRAIN_TIMEOUT: "5000",
+    ...env,
+  });
+  left.servers.push(server);
+  const pid = await nextPidInPidFile(pidFile, 0, { log: server.lines });
+  return { server, port, pidFile, pid };
+}
+
+/** SIGHUP to the current generation; resolves with the next one's pid once it is ready. */
+async function upgrade(app: App): Promise<number> {
+  process.kill(app.pid, "SIGHUP");
+  const next = await nextPidInPidFile(app.pidFile, app.pid, { log: app.server.lines });
+  app.server.pids.add(next);
+  return (app.pid = next);
+}
+
+function get(port: number, path = "/"): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
+}
+
+/** Two upgrades under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
+async function upgradesUnderLoad(app: App): Promise<void> {
+  const seen = new Set<string>();
+  const common = { port: app.port, durationMs: 60_000, onResponse: (b: string) => seen.add(b) };
+  const stop = new AbortController();
+  const gets = runLoad({ ...common, connections: 8, signal: stop.signal });
+  const posts = runLoad({ ...common, connections: 4, postBytes: 16 * 1024, signal: stop.signal });
+  const first = app.pid;
+  await new Promise((r) => setTimeout(r, 300));
+  await upgrade(app);
+  await stopped(first, 10_000);
+  const second = app.pid;
+  await upgrade(app);
+  await stopped(second, 10_000);
+  await new Promise((r) => setTimeout(r, 200));
+  stop.abort();
+  for (const [name, r] of Object.entries({ gets: await gets, posts: await posts })) {
+    assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    assert.ok(r.ok > 50, `${name}: only ${r.ok} answers`);
+  }
+  assert.equal(seen.size, 3, `answers from three generations: ${[...seen].join(" ")}`);
+}
+
+describe(`instar/auto (${RUNTIME})`, () => {
+  const native = RUNTIME === "bun" ? "Bun.serve" : "Deno.serve";
+  test(`an unmodified ${native} script upgrades twice under load with no failed request`, async () => {
+    const script = fixture(RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts");
+    await upgradesUnderLoad(await startApp(preloaded(script)));
+  });
+
+  test("an unmodified node:http server upgrades twice under load with no failed request", async () => {
+    await upgradesUnderLoad(await startApp(preloaded(fixture("switch.mjs"))));
+  });
+
+  if (RUNTIME === "bun") {
+    test("Bun's export default { fetch, port } goes through instar and upgrades", async () => {
+      const app = await startApp(preloaded(fixture("bun_default.js")));
+      const before = await get(app.port);
+      await upgrade(app);
+      await stopped(app.server.pid, 10_000); // the old generation drained: only the new one accepts
+      const after = await get(app.port);
+      assert.equal(before, `pid ${app.server.pid}\n`);
+      assert.equal(after, `pid ${app.pid}\n`);
+    });
+  }
+
+  test("instar run --auto preloads instar/auto and upgrades on the supervisor's SIGHUP", async () => {
+    const port = await freePort();
+    const runtime = RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check"] : [bin("bun")];
+    const sup = startServer(
+      [...runtimeCmdOfCli(), "run", "--auto", "--", ...runtime, fixture("switch.mjs")],
+      { PORT: String(port) },
+    );
+    left.servers.push(sup);
+    await sup.waitFor(/generation 1 \(pid \d+\) is ready/);
+    const first = await get(port);
+    process.kill(sup.pid, "SIGHUP");
+    await sup.waitFor(/upgraded: pid (\d+) serves/);
+    const second = await get(port);
+    assert.match(first, /^pid \d+\n$/);
+    assert.notEqual(second, first, "the new generation answers");
+    process.kill(sup.pid, "SIGTERM");
+    assert.equal(await sup.exited, 0);
+  });
+
+  test("a generation that never listens, or listens elsewhere, fails with the reason and the old one serves on", async () => {
+    const mode = join(left.tempDir("instar-auto-mode-"), "mode");
+    const app = await startApp(preloaded(fixture("switch.mjs")), {
+      MODE_FILE: mode,
+      INSTAR_AUTO_LISTEN_TIMEOUT: "1000",
+    });
+    const other = await freePort();
+    for (
+      const [what, reason] of [
+        ["nolisten", /did not listen within 1000 ms/],
+        [
+          `port:${other}`,
+          new RegExp(
+            `did not listen on tcp:127\\.0\\.0\\.1:${app.port} .*listened on tcp:127\\.0\\.0\\.1:${other}`,
+          ),
+        ],
+      ] as const
+    ) {
+      writeFileSync(mode, what);
+      const from = app.server.lines.length;
+      process.kill(app.pid, "SIGHUP");
+      await app.server.waitFor(reason, 15_000, from);
+      await app.server.waitFor(/upgrade-failed|upgrade failed/, 15_000, from);
+      assert.equal(
+        await get(app.port),
+        `pid ${app.pid}\n`,
+        `${what}: the old generation serves on`,
+      );
+    }
+  });
+
+  test("a preloaded program that never listens ends with a clear error", async () => {
+    const r = await runCommand(preloaded(fixture("not_a_server.mjs")), {
+      env: { INSTAR_AUTO_LISTEN_TIMEOUT: "300" },
+      timeoutMs: 20_000,
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /instar\/auto: the application did not listen within 300 ms/);
+  });
+
+  test("reusePort and a raw node:net server are refused with AUTO_UNSUPPORTED", async () => {
+    for (const [name, why] of [["reuse_port.mjs", /reusePort: true/], ["raw_tcp.mjs", /raw TCP/]]) {
+      const r = await runCommand(preloaded(fixture(name as string)), { timeoutMs: 20_000 });
+      assert.notEqual(r.code, 0, name as string);
+      assert.match(r.stderr, /AUTO_UNSUPPORTED|instar\/auto:/, name as string);
+      assert.match(r.stderr, why as RegExp, name as string);
+    }
+  });
+
+  test("an app that calls process.exit(0) on SIGTERM still answers the request in flight", async () => {
+    const app = await startApp(preloaded(fixture("switch.mjs")), { EXIT_ON_SIGTERM: "1" });
+    const slow = get(app.port, "/slow");
+    await new Promise((r) => setTimeout(r, 200));
+    process.kill(app.pid, "SIGTERM");
+    assert.equal(await slow, `pid ${app.pid}\n`);
+    assert.equal(await app.server.exited, 0);
+  });
+});
+
+/** How this runtime runs instar's CLI. */
+function runtimeCmdOfCli(): string[] {
+  const main = join(ROOT, "src/cli/main.ts");
+  return RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check", main] : [bin("bun"), main];
+}
