@@ -23,6 +23,8 @@ import {
   stopped,
 } from "./support/helpers.ts";
 import { bin } from "./support/procs.ts";
+import { autoArgv } from "../src/supervisor/auto_argv.ts";
+import type { InstarError } from "../src/errors.ts";
 import { runLoad } from "./support/load_client.ts";
 import { nextPidInPidFile } from "./support/status.ts";
 
@@ -85,6 +87,16 @@ function get(port: number, path = "/"): Promise<string> {
   });
 }
 
+function getUnix(socketPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ socketPath, path: "/", agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
+}
+
 /** Two upgrades under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
 async function upgradesUnderLoad(app: App): Promise<void> {
   const seen = new Set<string>();
@@ -131,6 +143,21 @@ describe(`instar/auto (${RUNTIME})`, () => {
     });
   }
 
+  test("three listens in one app (Express, a Unix socket, port 0) are all inherited before ready", async () => {
+    const sock = join(left.tempDir("instar-auto-sock-"), "s.sock");
+    const app = await startApp(preloaded(fixture("multi.mjs")), { SOCK: sock });
+    const [, zero] = await app.server.waitFor(/^port0 (\d+)/);
+    const first = app.pid;
+    await upgrade(app);
+    await stopped(first, 10_000);
+    const firstLine = app.server.lines.findIndex((l) => /^port0 /.test(l));
+    const [, zeroAgain] = await app.server.waitFor(/^port0 (\d+)/, 5_000, firstLine + 1);
+    assert.equal(zeroAgain, zero, "port 0 keeps the port generation 1 got");
+    assert.equal(await get(app.port), `express ${app.pid}\n`);
+    assert.equal(await getUnix(sock), `unix ${app.pid}\n`);
+    assert.equal(await get(Number(zero)), `zero ${app.pid}\n`);
+  });
+
   test("instar run --auto preloads instar/auto and upgrades on the supervisor's SIGHUP", async () => {
     const port = await freePort();
     const runtime = RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check"] : [bin("bun")];
@@ -148,6 +175,67 @@ describe(`instar/auto (${RUNTIME})`, () => {
     assert.notEqual(second, first, "the new generation answers");
     process.kill(sup.pid, "SIGTERM");
     assert.equal(await sup.exited, 0);
+  });
+
+  if (RUNTIME === "deno") {
+    test("instar run --auto serves deno serve's default export through the launcher", async () => {
+      const port = await freePort();
+      const sup = startServer([
+        ...runtimeCmdOfCli(),
+        "run",
+        "--auto",
+        "--",
+        bin("deno"),
+        "serve",
+        "-A",
+        `--port=${port}`,
+        "--host",
+        "127.0.0.1",
+        fixture("deno_serve_default.ts"),
+      ]);
+      left.servers.push(sup);
+      const [, pid] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/);
+      assert.equal(await get(port), `pid ${pid}\n`);
+      process.kill(sup.pid, "SIGHUP");
+      const [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/);
+      await stopped(Number(pid), 10_000);
+      assert.equal(await get(port), `pid ${next}\n`);
+      process.kill(sup.pid, "SIGTERM");
+      assert.equal(await sup.exited, 0);
+    });
+  }
+
+  test("instar run --auto rewrites bun and deno command lines and refuses what it cannot preload", () => {
+    const p = "/i/auto.ts", l = "/i/serve.ts";
+    assert.deepEqual(autoArgv(["bun", "server.js", "-x"], p, l), [
+      "bun",
+      "--preload",
+      p,
+      "server.js",
+      "-x",
+    ]);
+    assert.deepEqual(
+      autoArgv(["/usr/bin/deno", "run", "-A", "main.ts"], p, l),
+      ["/usr/bin/deno", "run", "--preload", p, "-A", "main.ts"],
+    );
+    assert.deepEqual(
+      autoArgv(["deno", "serve", "-A", "--port", "9", "main.ts"], p, l),
+      ["deno", "run", "-A", l, "main.ts", "--port", "9", "--host", "0.0.0.0"],
+    );
+    for (
+      const bad of [["node", "s.js"], ["bun", "run", "start"], ["deno", "task", "x"], [
+        "deno",
+        "serve",
+        "--parallel",
+        "m.ts",
+      ]]
+    ) {
+      assert.throws(
+        () => autoArgv(bad, p, l),
+        (e: InstarError) => e.code === "INVALID_ARGUMENT",
+        bad.join(" "),
+      );
+    }
   });
 
   test("a generation that never listens, or listens elsewhere, fails with the reason and the old one serves on", async () => {
