@@ -238,7 +238,7 @@ describe(`instar/auto (${RUNTIME})`, () => {
     }
   });
 
-  test("a generation that never listens, or listens elsewhere, fails with the reason and the old one serves on", async () => {
+  test("a generation that never listens, ends without listening or listens elsewhere fails with the reason, and the old one serves on", async () => {
     const mode = join(left.tempDir("instar-auto-mode-"), "mode");
     const app = await startApp(preloaded(fixture("switch.mjs")), {
       MODE_FILE: mode,
@@ -248,6 +248,7 @@ describe(`instar/auto (${RUNTIME})`, () => {
     for (
       const [what, reason] of [
         ["nolisten", /did not listen within 1000 ms/],
+        ["exit", /the application exited before it listened/],
         [
           `port:${other}`,
           new RegExp(
