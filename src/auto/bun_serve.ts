@@ -29,14 +29,9 @@ export function bunServeOptions(options: unknown): UpgraderServeOptions & Option
   if (options === null || typeof options !== "object") {
     unsupported(`Bun.serve(${typeof options})`, "needs an options object");
   }
-  const { unix, reusePort, fd, ...rest } = options as Options;
-  if (reusePort) {
-    unsupported(
-      "Bun.serve({ reusePort: true })",
-      "is not served: instar passes one listening socket from generation to generation, " +
-        "and a second socket on the port would take connections an upgrade cuts; remove reusePort",
-    );
-  }
+  // reusePort is dropped (Elysia sets it by default): instar's socket is the one socket on
+  // the port, passed from generation to generation; a socket someone else binds there fails.
+  const { unix, reusePort: _reusePort, fd, ...rest } = options as Options;
   if (fd !== undefined) unsupported("Bun.serve({ fd })", "is not served: give a port or unix path");
   if (typeof unix === "string") return { ...rest, path: unix } as UpgraderServeOptions & Options;
   const port = rest.port === undefined ? defaultPort() : Number(rest.port);
@@ -67,6 +62,7 @@ export function installBunServe(
       port,
       hostname,
       url: new URL(o.path !== undefined ? "http://localhost/" : `http://${hostname}:${port}/`),
+      protocol: o.tls ? "https" : "http",
       development: false,
       pendingRequests: 0,
       pendingWebSockets: 0,

@@ -22,14 +22,8 @@ export function denoServeOptions(a: unknown, b: unknown): UpgraderServeOptions &
   else if (a !== null && typeof a === "object") {
     options = typeof b === "function" ? { ...a as Options, handler: b } : { ...a as Options };
   } else return unsupported(`Deno.serve(${typeof a})`, "needs a handler or an options object");
-  const { transport, reusePort, path, ...rest } = options;
-  if (reusePort) {
-    unsupported(
-      "Deno.serve({ reusePort: true })",
-      "is not served: instar passes one listening socket from generation to generation, " +
-        "and a second socket on the port would take connections an upgrade cuts; remove reusePort",
-    );
-  }
+  // reusePort is dropped: instar's socket is the one socket on the port (see bun_serve.ts).
+  const { transport, reusePort: _reusePort, path, ...rest } = options;
   if (transport === "unix" || (path !== undefined && transport === undefined)) {
     return { ...rest, path } as UpgraderServeOptions & Options;
   }

@@ -48,12 +48,7 @@ export function parseListen(args: unknown[]): NodeListen {
   if (first !== null && typeof first === "object") {
     const o = first as Record<string, unknown>;
     if ("fd" in o || "_handle" in o || "handle" in o) return { spec: {}, callback, own: true };
-    if (o.reusePort) {
-      unsupported(
-        "server.listen({ reusePort: true })",
-        "is not served: instar passes one listening socket from generation to generation; remove reusePort",
-      );
-    }
+    // reusePort is dropped: instar's socket is the one socket on the port (see bun_serve.ts).
     if (typeof o.path === "string") {
       return { spec: { path: o.path, ...backlog(o.backlog) }, callback, own: false };
     }
