@@ -327,13 +327,16 @@ describe(`instar/auto (${RUNTIME})`, () => {
     }));
   });
 
-  test("an app that calls process.exit(0) on SIGTERM still answers the request in flight", async () => {
-    const app = await startApp(preloaded(fixture("switch.mjs")), { EXIT_ON_SIGTERM: "1" });
-    const slow = get(app.port, "/slow");
-    await new Promise((r) => setTimeout(r, 200));
-    process.kill(app.pid, "SIGTERM");
-    assert.equal(await slow, `pid ${app.pid}\n`);
-    assert.equal(await app.server.exited, 0);
+  test("an app that exits on SIGTERM (process.exit(0); Deno.exit(0) on Deno) still answers the request in flight", async () => {
+    const scripts = ["switch.mjs", ...(RUNTIME === "deno" ? ["deno_serve.ts"] : [])];
+    await Promise.all(scripts.map(async (script) => {
+      const app = await startApp(preloaded(fixture(script)), { EXIT_ON_SIGTERM: "1" });
+      const slow = get(app.port, "/slow");
+      await new Promise((r) => setTimeout(r, 200));
+      process.kill(app.pid, "SIGTERM");
+      assert.equal(await slow, `pid ${app.pid}\n`, script);
+      assert.equal(await app.server.exited, 0, script);
+    }));
   });
 });
 
