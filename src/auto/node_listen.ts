@@ -52,7 +52,7 @@ export function parseListen(args: unknown[]): NodeListen {
     if (typeof o.path === "string") {
       return { spec: { path: o.path, ...backlog(o.backlog) }, callback, own: false };
     }
-    const spec = { port: port(o.port), ...host_(o.host), ...backlog(o.backlog) };
+    const spec = { port: port(o.port), ...hostOf(o.host), ...backlog(o.backlog) };
     return { spec, callback, own: false };
   }
   if (typeof first === "string" && !/^\d+$/.test(first)) {
@@ -61,7 +61,11 @@ export function parseListen(args: unknown[]): NodeListen {
   if (typeof second === "number") {
     return { spec: { port: port(first), backlog: second }, callback, own: false };
   }
-  return { spec: { port: port(first), ...host_(second), ...backlog(third) }, callback, own: false };
+  return {
+    spec: { port: port(first), ...hostOf(second), ...backlog(third) },
+    callback,
+    own: false,
+  };
 }
 
 function port(v: unknown): number {
@@ -73,14 +77,16 @@ function port(v: unknown): number {
   return n;
 }
 
-function host_(v: unknown): { hostname?: string } {
+function hostOf(v: unknown): { hostname?: string } {
   return typeof v === "string" && v !== "" ? { hostname: v } : {};
 }
 
+function where(spec: NodeListen["spec"]): string {
+  return spec.path !== undefined ? `unix:${spec.path}` : `${spec.hostname ?? "::"}:${spec.port}`;
+}
+
 function describe(spec: NodeListen["spec"]): string {
-  return spec.path !== undefined
-    ? `listen(unix:${spec.path})`
-    : `listen(${spec.hostname ?? "::"}:${spec.port})`;
+  return `listen(${where(spec)})`;
 }
 
 /** Whether a Bun.serve call comes from a node:http listen instar passed through (Bun runs node:http on it). */
@@ -116,7 +122,7 @@ export function installNodeListen(up: Upgrader, readiness: AutoReadiness): void 
       if (parsed.own) return pass(this, args);
       if (!isHttp(this)) {
         unsupported(
-          `net.Server.listen(${describe(parsed.spec).slice(7, -1)})`,
+          `net.Server.listen(${where(parsed.spec)})`,
           "is a raw TCP server, which instar/auto does not serve yet (node:http, node:https, " +
             "Bun.serve and Deno.serve are); serve it with up.listen()",
         );

@@ -34,8 +34,8 @@ import { autoSettings } from "./settings.ts";
 const LOADED = Symbol.for("instar.auto");
 const G = globalThis as unknown as Record<symbol, Upgrader | undefined> & { Bun?: unknown };
 
-/** The Upgrader instar/auto created for this process (loaded twice, it is the same one). */
-export const up: Upgrader = G[LOADED] ?? await start();
+// The Upgrader instar/auto created for this process (loaded twice, it is the same one).
+G[LOADED] ??= await start();
 
 async function start(): Promise<Upgrader> {
   const settings = autoSettings();
