@@ -54,11 +54,6 @@ export class AutoReadiness {
     });
   }
 
-  /** Whether `ready()` was called. */
-  get isReady(): boolean {
-    return this.#ready;
-  }
-
   /**
    * Follows one serve the application started (`what` names it for errors):
    * resolves with what `serving` resolves, or fails the generation if it
