@@ -26,7 +26,7 @@ import { bin } from "./support/procs.ts";
 import { autoArgv } from "../src/supervisor/auto_argv.ts";
 import type { InstarError } from "../src/errors.ts";
 import { runLoad } from "./support/load_client.ts";
-import { nextPidInPidFile } from "./support/status.ts";
+import { nextPidInPidFile, serverStatus } from "./support/status.ts";
 
 const left = cleanupAfterTests();
 const PRELOAD = join(ROOT, "src/auto/preload.ts");
@@ -143,9 +143,13 @@ describe(`instar/auto (${RUNTIME})`, () => {
     });
   }
 
-  test("three listens in one app (Express, a Unix socket, port 0) are all inherited before ready", async () => {
-    const sock = join(left.tempDir("instar-auto-sock-"), "s.sock");
-    const app = await startApp(preloaded(fixture("multi.mjs")), { SOCK: sock });
+  test("three listens in one app (Express, a Unix socket, port 0) are all inherited before ready, and instar status reports them", async () => {
+    const dir = left.tempDir("instar-auto-sock-");
+    const sock = join(dir, "s.sock"), ctl = join(dir, "ctl.sock");
+    const app = await startApp(preloaded(fixture("multi.mjs")), {
+      SOCK: sock,
+      INSTAR_CONTROL: ctl,
+    });
     const [, zero] = await app.server.waitFor(/^port0 (\d+)/);
     const first = app.pid;
     await upgrade(app);
@@ -156,6 +160,9 @@ describe(`instar/auto (${RUNTIME})`, () => {
     assert.equal(await get(app.port), `express ${app.pid}\n`);
     assert.equal(await getUnix(sock), `unix ${app.pid}\n`);
     assert.equal(await get(Number(zero)), `zero ${app.pid}\n`);
+    const status = await serverStatus(ctl);
+    assert.equal(status?.generation, 2, "instar status answers on INSTAR_CONTROL");
+    assert.equal(status?.listeners.length, 3);
   });
 
   test("instar run --auto preloads instar/auto and upgrades on the supervisor's SIGHUP", async () => {
