@@ -38,6 +38,7 @@ export const LAYERS: readonly string[] = [
   "src/observe",
   "src/protocol",
   "src/lifecycle",
+  "src/auto",
   "src/supervisor",
   "src/cli",
   "mod",

@@ -147,7 +147,23 @@ export function cwd(): string {
  * for, and memory no longer matters.
  */
 export function exit(code: number): never {
-  return proc().exit(code);
+  return (keptExit ?? proc().exit.bind(proc()))(code);
+}
+
+let keptExit: ((code: number) => never) | null = null;
+
+/**
+ * Remembers `process.exit` as it is now, for {@link exit}: instar/auto then
+ * replaces the global (an application's `process.exit()` during a drain waits
+ * for the drain), and instar's own exits must not wait for themselves.
+ * `wrap` may put something around it (instar/auto marks its own exits, since
+ * Deno's `process.exit` calls the global `Deno.exit`, which it replaces too).
+ */
+export function keepNativeExit(
+  wrap: (exit: (code: number) => never) => (code: number) => never = (e) => e,
+): (code: number) => never {
+  keptExit ??= wrap(proc().exit.bind(proc()));
+  return keptExit;
 }
 
 /**

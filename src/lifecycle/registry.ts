@@ -114,6 +114,16 @@ export class Registry {
     return { key, fd };
   }
 
+  /** The keys of the inherited sockets nobody has claimed yet. */
+  get unclaimed(): string[] {
+    return [...this.#inherited.keys()];
+  }
+
+  /** Every key claimed so far (listeners, servers, datagram sockets). */
+  get claimed(): string[] {
+    return [...this.#keys];
+  }
+
   /** Gives back a key whose socket could not be opened. */
   unclaim(key: string): void {
     this.#keys.delete(key);

@@ -19,6 +19,7 @@ import type { Addr, ExitReason, State } from "../types.ts";
 import { Upgrades } from "./attempt.ts";
 import type { UpgraderEvents, UpgraderHandler } from "./events.ts";
 import { Exit } from "./exit.ts";
+import { expose } from "./inside.ts";
 import { Observer } from "./observer.ts";
 import { resolveOptions, type UpgraderOptions } from "./options.ts";
 import { Readiness } from "./ready.ts";
@@ -74,6 +75,7 @@ export class Upgrader {
     const systemd = Readiness.bridgeSystemd(s);
     const observer = this.#observer = Observer.of(s, endpoints, (h) => this.onDrained(h));
     const sockets = this.#sockets = new Sockets(s, observer);
+    expose(this, s, () => sockets.registry);
     const upgrades = this.#upgrades = new Upgrades({ shared: s, sockets, observer, exit });
     this.#ready = new Readiness({
       shared: s,

@@ -12,6 +12,7 @@
 
 import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { type ClosableSocket, QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
+import { nativeServe } from "./natives.ts";
 
 type SocketAddress = { address: string; port: number; family: string };
 
@@ -26,14 +27,9 @@ interface BunServer {
   unref(): void;
 }
 
-interface BunServeNs {
-  serve(options: Record<string, unknown>): BunServer;
-}
-
 /** Starts `Bun.serve` for {@link serve}. */
 export const bunAdapter: ServeAdapter = {
   start(s: AdapterStart): NativeServer {
-    const B = (globalThis as unknown as { Bun: BunServeNs }).Bun;
     const opts: Record<string, unknown> = { ...s.options };
     // The socket decides where to listen.
     for (const k of ["fd", "reusePort", "ipv6Only"]) delete opts[k];
@@ -49,7 +45,8 @@ export const bunAdapter: ServeAdapter = {
     const sockets = new WebSocketSet();
     const clock = new QuietClock();
     if (opts.websocket) opts.websocket = trackSockets(opts.websocket as WebSocketHandlers, sockets);
-    const server = B.serve(opts);
+    // The runtime's own Bun.serve: instar/auto may have replaced the global.
+    const server = nativeServe("Bun")(opts) as BunServer;
     // Handlers get this very object as `server`: own properties shadow the
     // prototype's getters, so port/hostname/url name the real socket (and,
     // behind the proxy, requestIP the real client) without wrapping a handler.

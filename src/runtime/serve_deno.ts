@@ -10,6 +10,7 @@
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { AdapterStart, NativeServer, ServeAdapter } from "./serve_types.ts";
 import { QuietClock, WebSocketSet, withClose } from "./http_drain.ts";
+import { nativeServe } from "./natives.ts";
 import {
   FD_BACKOFF_MS,
   fdsRecovered,
@@ -39,7 +40,8 @@ const ASSOCIATED_WS = "[[associated_ws]]";
 /** Starts `Deno.serve` for {@link serve}. */
 export const denoAdapter: ServeAdapter = {
   start(s: AdapterStart): NativeServer {
-    const D = (globalThis as unknown as { Deno: DenoServeNs }).Deno;
+    // The runtime's own Deno.serve: instar/auto may have replaced the global.
+    const denoServe = nativeServe("Deno") as DenoServeNs["serve"];
     const options = s.options;
     // serve() checked that there is one, given as `fetch` or `handler`: on Deno both are `(req, info)`.
     const handler = s.handler as unknown as Handler;
@@ -94,7 +96,7 @@ export const denoAdapter: ServeAdapter = {
     let first: Addr | undefined;
     const life = new ServerLife(() => {
       const again = first && s.sameAddress && first.transport === "tcp" ? { port: first.port } : {};
-      const server = D.serve({ ...opts, ...again }, wrapped);
+      const server = denoServe({ ...opts, ...again }, wrapped);
       first ??= server.addr;
       return server;
     }, s);

@@ -9,6 +9,7 @@
 import { accessSync, constants } from "node:fs";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
 import process from "node:process";
+import { autoArgv } from "./auto_argv.ts";
 import { parseArgs } from "node:util";
 import { InstarError, invalid } from "../errors.ts";
 import { type ListenSpec, parseListenSpec } from "./listen_spec.ts";
@@ -41,6 +42,8 @@ export interface RunOptions {
   watchDebounceMs: number;
   /** How long an upgrade may take before the trigger gives up waiting (`--upgrade-timeout`, ms). */
   upgradeTimeoutMs: number;
+  /** Whether instar/auto is preloaded into the command (`--auto`; `argv` then holds the flag). */
+  auto: boolean;
 }
 
 /** `instar run --help`. */
@@ -60,6 +63,9 @@ Options:
   --watch <path>           upgrade when this file or directory changes; repeatable
   --watch-debounce <ms>    collect changes this long before upgrading (default 300)
   --upgrade-timeout <ms>   how long an upgrade may take (default 120000)
+  --auto                   preload instar/auto into an unmodified bun or deno
+                           server (its Bun.serve, Deno.serve, node:http listen
+                           serve through instar); see docs/zero-code.md
   -h, --help               this text
 
 Signals: SIGHUP upgrades the current generation; SIGTERM/SIGINT stop every
@@ -130,7 +136,7 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
   if (command.length === 0) {
     invalid("the command", dash < 0 ? "missing" : "empty", "-- <command> [args...] at the end");
   }
-  let values: Record<string, string | string[] | undefined>;
+  let values: Record<string, string | string[] | boolean | undefined>;
   try {
     ({ values } = parseArgs({
       args: mine,
@@ -141,6 +147,7 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
         watch: { type: "string", multiple: true },
         "watch-debounce": { type: "string" },
         "upgrade-timeout": { type: "string" },
+        auto: { type: "boolean" },
       },
       strict: true,
       allowPositionals: false,
@@ -156,9 +163,11 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
   if (control !== null && (control === "" || control.includes("\0"))) {
     invalid("--control", control, "a socket path");
   }
+  const auto = values.auto === true;
   return {
     command: resolveCommand(command[0]),
-    argv: command,
+    argv: auto ? autoArgv(command) : command,
+    auto,
     listen: ((values.listen as string[] | undefined) ?? []).map(parseListenSpec),
     restart,
     control: control === null ? null : resolve(control),

@@ -1,0 +1,52 @@
+/**
+ * `Deno.serve()` under instar/auto, in its three forms — `(handler)`,
+ * `(options, handler)`, `({ ...options, handler })` — and `deno serve`'s
+ * `export default { fetch }` (through `src/auto/deno_serve_main.ts`, since
+ * `deno serve --preload` does not run the preload on Deno 2.9.6).
+ *
+ * @module
+ */
+
+import type { Upgrader } from "../lifecycle/upgrader.ts";
+import type { UpgraderServeOptions } from "../serve/serve.ts";
+import type { AutoReadiness } from "./readiness.ts";
+import { unsupported } from "./settings.ts";
+import { standIn } from "./stand_in.ts";
+
+type Options = Record<string, unknown>;
+
+/** `Deno.serve`'s arguments as `up.serve()`'s options; what instar cannot serve throws. */
+export function denoServeOptions(a: unknown, b: unknown): UpgraderServeOptions & Options {
+  let options: Options;
+  if (typeof a === "function") options = { handler: a };
+  else if (a !== null && typeof a === "object") {
+    options = typeof b === "function" ? { ...a as Options, handler: b } : { ...a as Options };
+  } else return unsupported(`Deno.serve(${typeof a})`, "needs a handler or an options object");
+  // reusePort is dropped: instar's socket is the one socket on the port (see bun_serve.ts).
+  const { transport, reusePort: _reusePort, path, ...rest } = options;
+  if (transport === "unix" || (path !== undefined && transport === undefined)) {
+    return { ...rest, path } as UpgraderServeOptions & Options;
+  }
+  if (transport !== undefined && transport !== "tcp") {
+    unsupported(`Deno.serve({ transport: ${JSON.stringify(transport)} })`, "is not served");
+  }
+  const port = rest.port === undefined ? 8000 : Number(rest.port);
+  const hostname = (rest.hostname as string | undefined) ?? "0.0.0.0";
+  return { ...rest, port, hostname } as UpgraderServeOptions & Options;
+}
+
+/** Replaces `Deno.serve` so that it serves through `up`. */
+export function installDenoServe(up: Upgrader, readiness: AutoReadiness): void {
+  const deno = (globalThis as unknown as { Deno: { serve: unknown } }).Deno;
+  deno.serve = function serve(a: unknown, b?: unknown): unknown {
+    const o = denoServeOptions(a, b);
+    const what = o.path !== undefined
+      ? `Deno.serve(unix:${o.path})`
+      : `Deno.serve(${o.hostname}:${o.port})`;
+    const started = readiness.follow(what, up.serve(o));
+    const addr = o.path !== undefined
+      ? { transport: "unix", path: o.path }
+      : { transport: "tcp", hostname: o.hostname, port: o.port };
+    return standIn(started, { addr });
+  };
+}

@@ -1,0 +1,151 @@
+/**
+ * `server.listen()` of `node:http` / `node:https` servers under instar/auto
+ * (Express's `app.listen()`, Fastify, Koa, Next.js's standalone server all
+ * end here): the server goes to `up.serveNode()` on the address the
+ * arguments name. Node's argument forms: `(port?, host?, backlog?, cb?)`,
+ * `(path, backlog?, cb?)`, `(options, cb?)`. Without a host Node listens on
+ * `::` (both families) and falls back to `0.0.0.0` where IPv6 is missing; so
+ * does this.
+ *
+ * Passed through untouched: a server instar already serves (serveNode starts
+ * it on a throwaway address first), and `listen({ fd })` / a handle, which
+ * name a socket the application already has. A plain `node:net` server
+ * (raw TCP) is refused with `AUTO_UNSUPPORTED`: instar/auto does not serve
+ * it yet, and an unnoticed server an upgrade cuts is worse than an error.
+ *
+ * @module
+ */
+
+import type * as http from "node:http";
+import type * as https from "node:https";
+import type * as net from "node:net";
+import { SystemError } from "../errors.ts";
+import * as host from "../host.ts";
+import type { Upgrader } from "../lifecycle/upgrader.ts";
+import type { UpgraderServeNodeOptions } from "../serve/serve_node.ts";
+import type { NodeHttpServer } from "../serve/node_types.ts";
+import type { AutoReadiness } from "./readiness.ts";
+import { unsupported } from "./settings.ts";
+
+type Listen = (this: net.Server, ...args: unknown[]) => unknown;
+
+/** Where a listen call asked to listen, and its callback. */
+export interface NodeListen {
+  /** `{ port, hostname? }` or `{ path }`, with `backlog`. */
+  spec: { port?: number; hostname?: string; path?: string; backlog?: number };
+  /** The `listening` callback, if given. */
+  callback: (() => void) | undefined;
+  /** `listen({ fd })` or a handle: not an address. */
+  own: boolean;
+}
+
+/** Reads Node's `listen()` arguments. */
+export function parseListen(args: unknown[]): NodeListen {
+  const rest = [...args];
+  const callback = typeof rest.at(-1) === "function" ? rest.pop() as () => void : undefined;
+  const [first, second, third] = rest;
+  const backlog = (v: unknown) => (typeof v === "number" ? { backlog: v } : {});
+  if (first !== null && typeof first === "object") {
+    const o = first as Record<string, unknown>;
+    if ("fd" in o || "_handle" in o || "handle" in o) return { spec: {}, callback, own: true };
+    // reusePort is dropped: instar's socket is the one socket on the port (see bun_serve.ts).
+    if (typeof o.path === "string") {
+      return { spec: { path: o.path, ...backlog(o.backlog) }, callback, own: false };
+    }
+    const spec = { port: port(o.port), ...hostOf(o.host), ...backlog(o.backlog) };
+    return { spec, callback, own: false };
+  }
+  if (typeof first === "string" && !/^\d+$/.test(first)) {
+    return { spec: { path: first, ...backlog(second) }, callback, own: false };
+  }
+  if (typeof second === "number") {
+    return { spec: { port: port(first), backlog: second }, callback, own: false };
+  }
+  return {
+    spec: { port: port(first), ...hostOf(second), ...backlog(third) },
+    callback,
+    own: false,
+  };
+}
+
+function port(v: unknown): number {
+  if (v === undefined || v === null) return 0;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) {
+    unsupported(`server.listen(${String(v)})`, "is not a port");
+  }
+  return n;
+}
+
+function hostOf(v: unknown): { hostname?: string } {
+  return typeof v === "string" && v !== "" ? { hostname: v } : {};
+}
+
+function where(spec: NodeListen["spec"]): string {
+  return spec.path !== undefined ? `unix:${spec.path}` : `${spec.hostname ?? "::"}:${spec.port}`;
+}
+
+function describe(spec: NodeListen["spec"]): string {
+  return `listen(${where(spec)})`;
+}
+
+/** Whether a Bun.serve call comes from a node:http listen instar passed through (Bun runs node:http on it). */
+let passing = 0;
+
+/** True while a passed-through node `listen()` runs (Bun's node:http calls `Bun.serve` inside). */
+export function insideNodeListen(): boolean {
+  return passing > 0;
+}
+
+/** Replaces `listen()` on node:net's, node:http's and node:https's Server prototypes. */
+export function installNodeListen(up: Upgrader, readiness: AutoReadiness): void {
+  const netMod = host.builtin<typeof net>("node:net");
+  const httpMod = host.builtin<typeof http>("node:http");
+  const httpsMod = host.builtin<typeof https>("node:https");
+  const taken = new WeakSet<object>();
+  const isHttp = (s: object) => s instanceof httpMod.Server || s instanceof httpsMod.Server;
+  const protos = [netMod.Server.prototype, httpMod.Server.prototype, httpsMod.Server.prototype];
+  for (const proto of new Set(protos)) {
+    if (!Object.hasOwn(proto, "listen")) continue; // inherits a replaced one
+    const original = proto.listen as Listen;
+    const pass = (server: net.Server, args: unknown[]) => {
+      passing++;
+      try {
+        return original.apply(server, args);
+      } finally {
+        passing--;
+      }
+    };
+    (proto as { listen: Listen }).listen = function listen(this: net.Server, ...args: unknown[]) {
+      if (taken.has(this)) return pass(this, args);
+      const parsed = parseListen(args);
+      if (parsed.own) return pass(this, args);
+      if (!isHttp(this)) {
+        unsupported(
+          `net.Server.listen(${where(parsed.spec)})`,
+          "is a raw TCP server, which instar/auto does not serve yet (node:http, node:https, " +
+            "Bun.serve and Deno.serve are); serve it with up.listen()",
+        );
+      }
+      taken.add(this);
+      serve(up, readiness, this, parsed);
+      return this;
+    };
+  }
+}
+
+function serve(up: Upgrader, readiness: AutoReadiness, server: net.Server, l: NodeListen): void {
+  const node = server as unknown as NodeHttpServer;
+  const serving = l.spec.path !== undefined || l.spec.hostname !== undefined
+    ? up.serveNode(node, l.spec as UpgraderServeNodeOptions)
+    : up.serveNode(node, { ...l.spec, hostname: "::" } as UpgraderServeNodeOptions).catch((err) => {
+      if (!(err instanceof SystemError) || !["EAFNOSUPPORT", "EADDRNOTAVAIL"].includes(err.code)) {
+        throw err;
+      }
+      return up.serveNode(node, { ...l.spec, hostname: "0.0.0.0" } as UpgraderServeNodeOptions);
+    });
+  readiness.follow(describe(l.spec), serving).then(
+    () => l.callback?.call(server),
+    (err) => server.emit("error", err),
+  );
+}

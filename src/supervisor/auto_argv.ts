@@ -1,0 +1,105 @@
+/**
+ * `instar run --auto`: the command line of an unmodified Bun or Deno server
+ * with instar/auto (src/auto/preload.ts) loaded before it, through the
+ * runtime's own `--preload` flag. The flag stays in the process's command
+ * line, so every later generation (started from `/proc/self/cmdline`) loads
+ * it too.
+ *
+ * - `bun [flags] <file> …` and `bun run <file> …` → `bun --preload <auto> …`
+ * - `deno run [flags] <file> …` → `deno run --preload <auto> [flags] <file> …`
+ * - `deno serve [flags] <file>` → `deno run [flags] <auto/deno_serve_main.ts> <file> --port
+ *   <p> --host <h>`: Deno 2.9.6 does not run a preload for `deno serve`, so a launcher
+ *   imports the module and serves its default export (`--port`/`--host` as `deno serve`
+ *   has them, default 8000 and 0.0.0.0; other flags' values written with `=`; no
+ *   `--parallel`, no arguments after the file)
+ *
+ * Opt-in, never guessed: an application that creates its own Upgrader must
+ * not get a second one. Refused with `INVALID_ARGUMENT`, naming why: another
+ * program (instar/auto runs in Bun and Deno only), `bun run <script>` (a
+ * package.json script starts the server as another process, which the
+ * preload would not reach) and any other deno subcommand.
+ *
+ * @module
+ */
+
+import { existsSync } from "node:fs";
+import { basename } from "node:path";
+import { invalid } from "../errors.ts";
+
+/** The preload's path in this copy of instar. */
+export const AUTO_PRELOAD: string = decodeURIComponent(
+  new URL("../auto/preload.ts", import.meta.url).pathname,
+);
+
+/** The `deno serve` launcher's path in this copy of instar. */
+export const AUTO_SERVE_LAUNCHER: string = decodeURIComponent(
+  new URL("../auto/deno_serve_main.ts", import.meta.url).pathname,
+);
+
+/** `deno serve [flags] <file>` as `deno run [flags] <launcher> <file> --port <p> --host <h>`. */
+function denoServeArgv(argv: readonly string[], launcher: string): string[] {
+  const [runtime, , ...rest] = argv;
+  const flags: string[] = [];
+  let port = "8000", host = "0.0.0.0", i = 0;
+  for (; i < rest.length && rest[i].startsWith("-"); i++) {
+    const [flag, inline] = rest[i].split(/=(.*)/s, 2);
+    if (flag === "--port" || flag === "--host") {
+      const value = inline ?? rest[++i];
+      if (value === undefined) invalid(flag, "missing", "a value");
+      if (flag === "--port") port = value;
+      else host = value;
+    } else if (flag === "--parallel") {
+      invalid(
+        "--auto with",
+        argv.join(" "),
+        "`deno serve` without --parallel (one process serves)",
+      );
+    } else flags.push(rest[i]);
+  }
+  const file = rest[i];
+  if (file === undefined || i + 1 !== rest.length) {
+    invalid(
+      "--auto with",
+      argv.join(" "),
+      "`deno serve [flags] <file>` with nothing after the file",
+    );
+  }
+  return [runtime, "run", ...flags, launcher, file, "--port", port, "--host", host];
+}
+
+/** `argv` (argv[0] the runtime) with instar/auto preloaded; throws for a command it cannot serve. */
+export function autoArgv(
+  argv: readonly string[],
+  preload: string = AUTO_PRELOAD,
+  launcher: string = AUTO_SERVE_LAUNCHER,
+): string[] {
+  const [runtime, ...rest] = argv;
+  const name = basename(runtime);
+  if (name === "bun") {
+    if (rest[0] === "run" && !(rest[1] !== undefined && existsSync(rest[1]))) {
+      invalid(
+        "--auto with",
+        argv.join(" "),
+        "`bun <server file>`: `bun run <script>` starts the server as another process, " +
+          "which instar/auto would not reach",
+      );
+    }
+    return [runtime, "--preload", preload, ...rest];
+  }
+  if (name === "deno") {
+    if (rest[0] === "serve") return denoServeArgv(argv, launcher);
+    if (rest[0] !== "run") {
+      invalid(
+        "--auto with",
+        argv.join(" "),
+        "`deno run [flags] <file>` or `deno serve [flags] <file>`",
+      );
+    }
+    return [runtime, "run", "--preload", preload, ...rest.slice(1)];
+  }
+  return invalid(
+    "--auto with",
+    argv.join(" "),
+    "a bun or deno command (instar/auto runs in those)",
+  );
+}

@@ -1,0 +1,354 @@
+/**
+ * instar/auto (src/auto/): unmodified servers — no instar import — loaded
+ * with the preload (or through `instar run --auto`) upgrade by SIGHUP under
+ * a load that never re-sends, with no failed request; a generation that
+ * never listens, or listens elsewhere, fails its upgrade with the reason
+ * while the old one serves on; bad input is refused with a clear error; an
+ * app's own SIGTERM → process.exit(0) does not cut a request in flight.
+ */
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import * as http from "node:http";
+import * as net from "node:net";
+import { join } from "node:path";
+import process from "node:process";
+import { describe, test } from "node:test";
+import {
+  cleanupAfterTests,
+  ROOT,
+  runCommand,
+  RUNTIME,
+  type ServerProcess,
+  startServer,
+  stopped,
+} from "./support/helpers.ts";
+import { bin } from "./support/procs.ts";
+import { autoArgv } from "../src/supervisor/auto_argv.ts";
+import type { InstarError } from "../src/errors.ts";
+import { runLoad } from "./support/load_client.ts";
+import { nextPidInPidFile, serverStatus } from "./support/status.ts";
+
+const left = cleanupAfterTests();
+const PRELOAD = join(ROOT, "src/auto/preload.ts");
+const fixture = (name: string) => join(ROOT, "tests/fixtures/auto", name);
+
+/** `script` under this runtime with instar/auto preloaded. */
+function preloaded(script: string): string[] {
+  return RUNTIME === "deno"
+    ? [bin("deno"), "run", "-A", "--no-check", "--preload", PRELOAD, script]
+    : [bin("bun"), "--preload", PRELOAD, script];
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+interface App {
+  server: ServerProcess;
+  port: number;
+  pidFile: string;
+  pid: number;
+}
+
+/** Starts `cmd` on a free port with a PID file; resolves once generation 1 is ready. */
+async function startApp(cmd: string[], env: Record<string, string> = {}): Promise<App> {
+  const dir = left.tempDir("instar-auto-");
+  const port = await freePort(), pidFile = join(dir, "app.pid");
+  const server = startServer(cmd, {
+    PORT: String(port),
+    INSTAR_PID_FILE: pidFile,
+    INSTAR_DRAIN_TIMEOUT: "5000",
+    ...env,
+  });
+  left.servers.push(server);
+  const pid = await nextPidInPidFile(pidFile, 0, { log: server.lines });
+  return { server, port, pidFile, pid };
+}
+
+/** SIGHUP to the current generation; resolves with the next one's pid once it is ready. */
+async function upgrade(app: App): Promise<number> {
+  process.kill(app.pid, "SIGHUP");
+  const next = await nextPidInPidFile(app.pidFile, app.pid, { log: app.server.lines });
+  app.server.pids.add(next);
+  return (app.pid = next);
+}
+
+function get(port: number, path = "/"): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ host: "127.0.0.1", port, path, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
+}
+
+function getUnix(socketPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http.get({ socketPath, path: "/", agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
+}
+
+/** Two upgrades under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
+async function upgradesUnderLoad(app: App): Promise<void> {
+  const seen = new Set<string>();
+  const common = { port: app.port, durationMs: 60_000, onResponse: (b: string) => seen.add(b) };
+  const stop = new AbortController();
+  const gets = runLoad({ ...common, connections: 8, signal: stop.signal });
+  const posts = runLoad({ ...common, connections: 4, postBytes: 16 * 1024, signal: stop.signal });
+  const first = app.pid;
+  await new Promise((r) => setTimeout(r, 300));
+  await upgrade(app);
+  await stopped(first, 10_000);
+  const second = app.pid;
+  await upgrade(app);
+  await stopped(second, 10_000);
+  await new Promise((r) => setTimeout(r, 200));
+  stop.abort();
+  for (const [name, r] of Object.entries({ gets: await gets, posts: await posts })) {
+    assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    assert.ok(r.ok > 50, `${name}: only ${r.ok} answers`);
+  }
+  assert.equal(seen.size, 3, `answers from three generations: ${[...seen].join(" ")}`);
+}
+
+describe(`instar/auto (${RUNTIME})`, () => {
+  const native = RUNTIME === "bun" ? "Bun.serve" : "Deno.serve";
+  test(`an unmodified ${native} script upgrades twice under load with no failed request`, async () => {
+    const script = fixture(RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts");
+    await upgradesUnderLoad(await startApp(preloaded(script)));
+  });
+
+  test("an unmodified node:http server upgrades twice under load with no failed request", async () => {
+    await upgradesUnderLoad(await startApp(preloaded(fixture("switch.mjs"))));
+  });
+
+  if (RUNTIME === "bun") {
+    test("Bun's export default { fetch, port } goes through instar and upgrades", async () => {
+      const app = await startApp(preloaded(fixture("bun_default.js")));
+      const before = await get(app.port);
+      await upgrade(app);
+      await stopped(app.server.pid, 10_000); // the old generation drained: only the new one accepts
+      const after = await get(app.port);
+      assert.equal(before, `pid ${app.server.pid}\n`);
+      assert.equal(after, `pid ${app.pid}\n`);
+    });
+  }
+
+  test("three listens in one app (Express, a Unix socket, port 0) are all inherited before ready, and instar status reports them", async () => {
+    const dir = left.tempDir("instar-auto-sock-");
+    const sock = join(dir, "s.sock"), ctl = join(dir, "ctl.sock");
+    const app = await startApp(preloaded(fixture("multi.mjs")), {
+      SOCK: sock,
+      INSTAR_CONTROL: ctl,
+    });
+    const [, zero] = await app.server.waitFor(/^port0 (\d+)/);
+    const first = app.pid;
+    await upgrade(app);
+    await stopped(first, 10_000);
+    const firstLine = app.server.lines.findIndex((l) => /^port0 /.test(l));
+    const [, zeroAgain] = await app.server.waitFor(/^port0 (\d+)/, 5_000, firstLine + 1);
+    assert.equal(zeroAgain, zero, "port 0 keeps the port generation 1 got");
+    assert.equal(await get(app.port), `express ${app.pid}\n`);
+    assert.equal(await getUnix(sock), `unix ${app.pid}\n`);
+    assert.equal(await get(Number(zero)), `zero ${app.pid}\n`);
+    const status = await serverStatus(ctl);
+    assert.equal(status?.generation, 2, "instar status answers on INSTAR_CONTROL");
+    assert.equal(status?.listeners.length, 3);
+  });
+
+  test("instar run --auto preloads instar/auto and upgrades on the supervisor's SIGHUP", async () => {
+    const port = await freePort();
+    const runtime = RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check"] : [bin("bun")];
+    const sup = startServer(
+      [...runtimeCmdOfCli(), "run", "--auto", "--", ...runtime, fixture("switch.mjs")],
+      { PORT: String(port) },
+    );
+    left.servers.push(sup);
+    await sup.waitFor(/generation 1 \(pid \d+\) is ready/);
+    const first = await get(port);
+    process.kill(sup.pid, "SIGHUP");
+    await sup.waitFor(/upgraded: pid (\d+) serves/);
+    const second = await get(port);
+    assert.match(first, /^pid \d+\n$/);
+    assert.notEqual(second, first, "the new generation answers");
+    process.kill(sup.pid, "SIGTERM");
+    assert.equal(await sup.exited, 0);
+  });
+
+  if (RUNTIME === "deno") {
+    test("instar run --auto serves deno serve's default export through the launcher", async () => {
+      const port = await freePort();
+      const sup = startServer([
+        ...runtimeCmdOfCli(),
+        "run",
+        "--auto",
+        "--",
+        bin("deno"),
+        "serve",
+        "-A",
+        `--port=${port}`,
+        "--host",
+        "127.0.0.1",
+        fixture("deno_serve_default.ts"),
+      ]);
+      left.servers.push(sup);
+      const [, pid] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/);
+      assert.equal(await get(port), `pid ${pid}\n`);
+      process.kill(sup.pid, "SIGHUP");
+      const [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/);
+      await stopped(Number(pid), 10_000);
+      assert.equal(await get(port), `pid ${next}\n`);
+      process.kill(sup.pid, "SIGTERM");
+      assert.equal(await sup.exited, 0);
+    });
+  }
+
+  test("instar run --auto rewrites bun and deno command lines and refuses what it cannot preload", () => {
+    const p = "/i/auto.ts", l = "/i/serve.ts";
+    assert.deepEqual(autoArgv(["bun", "server.js", "-x"], p, l), [
+      "bun",
+      "--preload",
+      p,
+      "server.js",
+      "-x",
+    ]);
+    assert.deepEqual(
+      autoArgv(["/usr/bin/deno", "run", "-A", "main.ts"], p, l),
+      ["/usr/bin/deno", "run", "--preload", p, "-A", "main.ts"],
+    );
+    assert.deepEqual(
+      autoArgv(["deno", "serve", "-A", "--port", "9", "main.ts"], p, l),
+      ["deno", "run", "-A", l, "main.ts", "--port", "9", "--host", "0.0.0.0"],
+    );
+    for (
+      const bad of [["node", "s.js"], ["bun", "run", "start"], ["deno", "task", "x"], [
+        "deno",
+        "serve",
+        "--parallel",
+        "m.ts",
+      ]]
+    ) {
+      assert.throws(
+        () => autoArgv(bad, p, l),
+        (e: InstarError) => e.code === "INVALID_ARGUMENT",
+        bad.join(" "),
+      );
+    }
+  });
+
+  test("a generation that never listens, ends without listening or listens elsewhere fails with the reason, and the old one serves on", async () => {
+    const mode = join(left.tempDir("instar-auto-mode-"), "mode");
+    const app = await startApp(preloaded(fixture("switch.mjs")), {
+      MODE_FILE: mode,
+      INSTAR_AUTO_LISTEN_TIMEOUT: "1000",
+    });
+    const other = await freePort();
+    for (
+      const [what, reason] of [
+        ["nolisten", /did not listen within 1000 ms/],
+        ["exit", /the application exited before it listened/],
+        [
+          `port:${other}`,
+          new RegExp(
+            `did not listen on tcp:127\\.0\\.0\\.1:${app.port} .*listened on tcp:127\\.0\\.0\\.1:${other}`,
+          ),
+        ],
+      ] as const
+    ) {
+      writeFileSync(mode, what);
+      const from = app.server.lines.length;
+      process.kill(app.pid, "SIGHUP");
+      await app.server.waitFor(reason, 15_000, from);
+      await app.server.waitFor(/upgrade-failed|upgrade failed/, 15_000, from);
+      assert.equal(
+        await get(app.port),
+        `pid ${app.pid}\n`,
+        `${what}: the old generation serves on`,
+      );
+    }
+  });
+
+  test("a preloaded program that never listens ends with a clear error", async () => {
+    const r = await runCommand(preloaded(fixture("not_a_server.mjs")), {
+      env: { INSTAR_AUTO_LISTEN_TIMEOUT: "300" },
+      timeoutMs: 20_000,
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /instar\/auto: the application did not listen within 300 ms/);
+  });
+
+  test("a raw node:net server is refused with AUTO_UNSUPPORTED", async () => {
+    const r = await runCommand(preloaded(fixture("raw_tcp.mjs")), { timeoutMs: 20_000 });
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /AUTO_UNSUPPORTED/);
+    assert.match(
+      r.stderr,
+      /instar\/auto: net\.Server\.listen\(127\.0\.0\.1:0\) is a raw TCP server/,
+    );
+  });
+
+  test("a port another socket holds with SO_REUSEPORT fails the start, naming the call and EADDRINUSE", async () => {
+    // Elysia asks for reusePort by default: instar/auto drops it, its socket is the only one.
+    const port = await freePort();
+    const holder = net.createServer();
+    await new Promise<void>((r) =>
+      holder.listen({ port, host: "127.0.0.1", reusePort: true } as net.ListenOptions, r)
+    );
+    left.sockets.push(holder);
+    const script = fixture(RUNTIME === "bun" ? "elysia.ts" : "deno_serve.ts");
+    const r = await runCommand(preloaded(script), {
+      env: { PORT: String(port) },
+      timeoutMs: 20_000,
+    });
+    holder.close();
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      new RegExp(`instar/auto: \\w+\\.serve\\(127\\.0\\.0\\.1:${port}\\) failed: .*EADDRINUSE`),
+    );
+  });
+
+  test("Fastify, Koa, Hono (and Elysia on Bun), unmodified, each upgrade to a new generation", async () => {
+    const names = [
+      "fastify.mjs",
+      "koa.mjs",
+      "hono.ts",
+      ...(RUNTIME === "bun" ? ["elysia.ts"] : []),
+    ];
+    await Promise.all(names.map(async (name) => {
+      const app = await startApp(preloaded(fixture(name)), { INSTAR_LOG: "off" });
+      const first = app.pid;
+      assert.match(await get(app.port), new RegExp(` ${first}\n$`), name);
+      await upgrade(app);
+      await stopped(first, 10_000);
+      assert.match(await get(app.port), new RegExp(` ${app.pid}\n$`), name);
+    }));
+  });
+
+  test("an app that exits on SIGTERM (process.exit(0); Deno.exit(0) on Deno) still answers the request in flight", async () => {
+    const scripts = ["switch.mjs", ...(RUNTIME === "deno" ? ["deno_serve.ts"] : [])];
+    await Promise.all(scripts.map(async (script) => {
+      const app = await startApp(preloaded(fixture(script)), { EXIT_ON_SIGTERM: "1" });
+      const slow = get(app.port, "/slow");
+      await new Promise((r) => setTimeout(r, 200));
+      process.kill(app.pid, "SIGTERM");
+      assert.equal(await slow, `pid ${app.pid}\n`, script);
+      assert.equal(await app.server.exited, 0, script);
+    }));
+  });
+});
+
+/** How this runtime runs instar's CLI. */
+function runtimeCmdOfCli(): string[] {
+  const main = join(ROOT, "src/cli/main.ts");
+  return RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check", main] : [bin("bun"), main];
+}
