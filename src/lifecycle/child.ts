@@ -129,6 +129,9 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
       );
       sys.setCloexec(hello.control.fd, true);
     }
+    // Its contents are checked where it is mapped (observe/counter_region.ts): a bad one is
+    // refused there with a warning, and counting starts afresh.
+    if (hello.counterRegion) sys.setCloexec(hello.counterRegion.fd, true);
     return hello;
   } catch (err) {
     for (const f of received) sys.close(f);
@@ -142,7 +145,7 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
 
 // Attached fds arrive in order; the hello names them by index.
 function mapReceived(hello: Hello, received: number[]): void {
-  const named = hello.listeners.length + (hello.control ? 1 : 0);
+  const named = hello.listeners.length + (hello.control ? 1 : 0) + (hello.counterRegion ? 1 : 0);
   if (received.length !== named) {
     protocolError(`${named} sockets announced, ${received.length} fds received`);
   }
@@ -154,6 +157,9 @@ function mapReceived(hello: Hello, received: number[]): void {
   };
   for (const l of hello.listeners) l.fd = take(l.fd, `listener ${l.key}`);
   if (hello.control) hello.control.fd = take(hello.control.fd, "the control socket");
+  if (hello.counterRegion) {
+    hello.counterRegion.fd = take(hello.counterRegion.fd, "the counter region");
+  }
 }
 
 // A handover the running generation refused (e.g. it is PID 1 of this pid namespace): its

@@ -66,6 +66,8 @@ export interface Passed {
   promotionWindow?: number;
   /** The counters that survive upgrades (metrics). */
   counters?: CarriedCounters;
+  /** The shared counter region's fd (observe/counter_region.ts), passed like a socket. */
+  counterRegion?: number | null;
 }
 
 /** How to start the program anew. */
@@ -131,6 +133,7 @@ export function spawnGeneration(
   const fds = [
     ...sockets.listeners.map((l) => l.fd),
     ...(sockets.control ? [sockets.control.fd] : []),
+    ...(sockets.counterRegion != null ? [sockets.counterRegion] : []),
     theirs,
   ];
   let pid: number;
@@ -144,6 +147,7 @@ export function spawnGeneration(
         sockets.control,
         sockets.promotionWindow,
         sockets.counters,
+        sockets.counterRegion != null ? { fd: sockets.counterRegion } : undefined,
       ),
     );
     pid = spawn({
@@ -202,18 +206,24 @@ export function handOver(
   sockets: Passed,
 ): Attempt {
   // Attached fds travel in order; the hello names them by index.
-  const all = [...sockets.listeners, ...(sockets.control ? [sockets.control] : [])];
+  const all = [
+    ...sockets.listeners.map((l) => l.fd),
+    ...(sockets.control ? [sockets.control.fd] : []),
+    ...(sockets.counterRegion != null ? [sockets.counterRegion] : []),
+  ];
+  const controlAt = sockets.listeners.length;
   const hello = messages.hello(
     generation,
     "scm_rights",
     sockets.listeners.map((l, i) => ({ ...l, fd: i })),
-    sockets.control ? { ...sockets.control, fd: sockets.listeners.length } : null,
+    sockets.control ? { ...sockets.control, fd: controlAt } : null,
     sockets.promotionWindow,
     sockets.counters,
+    sockets.counterRegion != null ? { fd: all.length - 1 } : undefined,
   );
   const bytes = new TextEncoder().encode(JSON.stringify(hello) + "\n");
   // A fresh connection's send buffer is empty: the message goes at once or not at all.
-  const sent = sys.sendFds(fd, bytes, all.map((s) => s.fd));
+  const sent = sys.sendFds(fd, bytes, all);
   if (sent !== bytes.byteLength) {
     throw new UpgradeError("protocol-error", `could not send the sockets to process ${pid}`, {
       pid,

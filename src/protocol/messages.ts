@@ -76,6 +76,11 @@ export interface Hello {
   promotionWindow?: number;
   /** The counters that survive upgrades (metrics), as of this hello; absent from older senders. */
   counters?: CarriedCounters;
+  /**
+   * The shared counter region (src/observe/counter_region.ts), fd as in
+   * {@link ListenerMeta}; absent from older senders and from a sender that could not make one.
+   */
+  counterRegion?: { fd: number };
 }
 
 /** Every message of the protocol. */
@@ -107,6 +112,7 @@ export const messages = {
     control: ControlMeta | null,
     promotionWindow = 0,
     counters?: CarriedCounters,
+    counterRegion?: { fd: number },
   ): Hello {
     const v = PROTOCOL_VERSION;
     const hello: Hello = {
@@ -120,6 +126,7 @@ export const messages = {
     };
     if (promotionWindow > 0) hello.promotionWindow = promotionWindow;
     if (counters) hello.counters = counters;
+    if (counterRegion) hello.counterRegion = counterRegion;
     return hello;
   },
   /** The new generation is ready: the sender may drain. */
