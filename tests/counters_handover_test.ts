@@ -4,7 +4,9 @@
 // started independently on its control socket (the counter region travels
 // with the sockets over SCM_RIGHTS), and upgraded 5 times back to back under
 // `instar run`. Once every old generation has exited, instar_requests_total
-// equals the requests answered plus the test's scrape, exactly.
+// equals the requests answered plus the test's scrape, exactly. And a
+// generation `instar run` restarts after a crash counts on from the crashed
+// one's counts (the supervisor holds the region).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -117,5 +119,38 @@ describe(`exact counters across handovers and instar run (${RUNTIME})`, () => {
     }
     stop.abort();
     await assertExact(port, pids.slice(0, -1), await load, 5);
+  });
+
+  test("a generation instar run restarts after a crash counts on from the crashed one's counts", async () => {
+    const dir = left.tempDir("instar-counters-");
+    const port = await freePort(), pidFile = join(dir, "app.pid");
+    const run = started(
+      runtimeCmd(RUNTIME, CLI, [
+        "run",
+        "--listen",
+        `tcp://127.0.0.1:${port}`,
+        "--restart",
+        "on-failure",
+        "--",
+        ...app(port, dir),
+      ]),
+    );
+    const first = await nextPidInPidFile(pidFile, 0, { log: run.lines });
+    const answered = 25;
+    for (let i = 0; i < answered; i++) {
+      assert.match(await exchange(port, httpGet("/")), /^HTTP\/1\.1 200/);
+    }
+    const from = run.lines.length;
+    process.kill(first, "SIGKILL"); // counted to the last request: no drain, no message
+    await run.waitFor(/generation 2 \(pid \d+\) is ready/, 60_000, from);
+    const raw = await exchange(port, httpGet("/metrics"), { timeoutMs: 30_000 });
+    const text = raw.slice(raw.indexOf("\r\n\r\n") + 4);
+    assert.equal(sample(text, "instar_generation"), 1, "a fresh start as the program sees it");
+    assert.equal(
+      sample(text, "instar_requests_total"),
+      answered + 1,
+      "the crashed one's, and this",
+    );
+    assert.ok(!run.lines.some((l) => /counter region/.test(l)), run.lines.join("\n"));
   });
 });

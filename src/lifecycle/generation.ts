@@ -16,6 +16,7 @@ import { spawn, type SpawnBackend } from "../process/spawn.ts";
 import {
   CONTROL_FD_ENV,
   type ControlMeta,
+  COUNTERS_FD_ENV,
   type ListenerMeta,
   type Message,
   messages,
@@ -83,7 +84,7 @@ export interface ExecPlan {
 const ABANDON_GRACE_MS = 5_000;
 
 // Only these belong to systemd's socket activation, which the first generation consumed.
-const ACTIVATION_ENV = ["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="];
+const ACTIVATION_ENV = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[] } {
   if ((!plan.args && !START.argv?.length) || (!plan.env && !START.env)) {
@@ -98,7 +99,7 @@ function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[]
   const env = plan.env
     ? Object.entries(plan.env).map(([k, v]) => `${k}=${v}`)
     : START.env!.filter((e) =>
-      !e.startsWith(`${CONTROL_FD_ENV}=`) && !ACTIVATION_ENV.some((p) => e.startsWith(p))
+      ![CONTROL_FD_ENV, COUNTERS_FD_ENV, ...ACTIVATION_ENV].some((p) => e.startsWith(`${p}=`))
     );
   return { path, argv: plan.args ? [path, ...plan.args] : START.argv!, env };
 }

@@ -24,6 +24,7 @@ import {
   serving,
 } from "../observe/metrics.ts";
 import { Reporter, type UpgradeReport, validateReport } from "../observe/report.ts";
+import { supervisorRegion } from "./child.ts";
 import { MAX_REQUEST_BYTES } from "./control.ts";
 import type { Emitter } from "./events.ts";
 import type { Shared } from "./shared.ts";
@@ -72,7 +73,7 @@ export class Observer {
       parentPid: s.parentPid,
       promotionWindow: s.link?.hello.promotionWindow ?? 0,
       carried: s.link?.hello.counters ?? null,
-      regionFd: s.link?.hello.counterRegion?.fd ?? null,
+      regionFd: s.link ? s.link.hello.counterRegion?.fd ?? null : supervisorRegion(s.warn),
       state: () => s.state,
       endpoints,
       events: s.events,

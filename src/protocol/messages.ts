@@ -36,6 +36,13 @@ export const PROTOCOL_VERSION = 1;
 /** The environment variable naming the child's end of the control channel. */
 export const CONTROL_FD_ENV = "INSTAR_CONTROL_FD";
 
+/**
+ * The environment variable naming the counter region `instar run` passes to a
+ * generation it starts itself (the first one, and after a crash): believed only
+ * from the parent named by `INSTAR_SUPERVISOR_PID`; later generations get it in the hello.
+ */
+export const COUNTERS_FD_ENV = "INSTAR_COUNTERS_FD";
+
 /** One listening socket handed to the next generation. */
 export interface ListenerMeta {
   /** What the program asked for (`tcp:0.0.0.0:8080`, `unix:/run/app.sock`, `name:web`); port 0 stays 0. */
