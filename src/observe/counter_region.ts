@@ -142,17 +142,18 @@ export class CounterRegion {
 
   /**
    * Takes a slot for process `pid`: a free one, else one whose owner no
-   * longer runs (it died without freeing it). Its counts stay: this
-   * generation counts on from them. False when every slot is held by a
-   * running process (this process then counts privately, and those counts
-   * end with it).
+   * longer runs (it died without freeing it; a pid is looked for in this
+   * process's pid namespace, so a generation handed over across namespaces
+   * should find free slots, as it does unless 64 generations live at once).
+   * Its counts stay: this generation counts on from them. False when every
+   * slot is held by a running process (this process then counts privately,
+   * and those counts end with it).
    */
   claim(pid: number, generation: number): boolean {
     for (const dead of [false, true]) {
       for (let s = 0; s < SLOTS; s++) {
         const at = (SLOTS_AT + s * SLOT_BYTES) / 4;
         const owner = Atomics.load(this.#i32, at);
-        if (owner === pid) return this.#take(s, at, generation);
         if (dead ? owner === 0 || processRuns(owner) : owner !== 0) continue;
         if (Atomics.compareExchange(this.#i32, at, owner, pid) === owner) {
           return this.#take(s, at, generation);
