@@ -237,7 +237,7 @@ describe(`generations (${RUNTIME})`, () => {
     process.kill(current, "SIGTERM");
   });
 
-  test("only the listener and the control channel are passed to the new generation", async () => {
+  test("only the listener, the control channel and the counter region are passed to the new generation", async () => {
     const { server, port } = await startWithoutControl();
     const idle = net.connect({ host: "127.0.0.1", port }); // an accepted connection in the parent
     await new Promise((r) => idle.once("connect", r));
@@ -256,6 +256,11 @@ describe(`generations (${RUNTIME})`, () => {
     // The child may hold the listening socket twice (instar's fd and the runtime's duplicate).
     const shared = new Set(sockets(child).filter((l) => parentSockets.has(l)));
     assert.equal(shared.size, 1, `child shares ${[...shared]} with its parent`);
+    // The counter region (observe/counter_region.ts): one memfd in each, never a second one.
+    const regions = (pid: number) =>
+      [...fdTable(pid).values()].filter((l) => l.startsWith("/memfd:instar-counters"));
+    assert.equal(regions(server.pid).length, 1, `parent: ${[...fdTable(server.pid).values()]}`);
+    assert.equal(regions(child).length, 1, `child: ${[...fdTable(child).values()]}`);
     idle.end();
     await server.exited;
     process.kill(child, "SIGTERM");

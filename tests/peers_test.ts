@@ -45,7 +45,8 @@ describe(`peers (${RUNTIME})`, () => {
       ch.send({ type: "handover", v: 1, pid: 1 } as never);
       const { msg, fds } = ch.receiveSync(10_000);
       const hello = validateHello(msg);
-      assert.equal(fds.length, hello.listeners.length + (hello.control ? 1 : 0));
+      const region = hello.counterRegion ? 1 : 0; // the shared counters (observe/counter_region.ts)
+      assert.equal(fds.length, hello.listeners.length + (hello.control ? 1 : 0) + region);
       for (const fd of fds) sys.close(fd);
       ch.send({ type: "ready", v: 1, pid: 1 } as never);
       const ok = await g.server.waitFor(/upgrade-succeeded: pid (\d+)/, 10_000);

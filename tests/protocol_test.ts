@@ -24,9 +24,12 @@ writeFileSync(
 import process from "node:process";
 import { Upgrader } from ${JSON.stringify(join(ROOT, "mod.ts"))};
 const out = process.argv[2];
+const warnings = [];
+console.warn = (m) => warnings.push(String(m)); // a warning with nobody subscribed goes here
 try {
   const up = await Upgrader.create({ upgradeSignal: null, stopSignals: [] });
-  writeFileSync(out, JSON.stringify({ ok: true, generation: up.generation, env: process.env.${CONTROL_FD_ENV} ?? null }));
+  const succeeded = (await up.metrics()).upgrades.succeeded;
+  writeFileSync(out, JSON.stringify({ ok: true, generation: up.generation, env: process.env.${CONTROL_FD_ENV} ?? null, ...(warnings.length ? { warnings, succeeded } : {}) }));
 } catch (e) {
   writeFileSync(out, JSON.stringify({ ok: false, code: e.code, message: e.message }));
   process.exit(3);
@@ -90,6 +93,32 @@ describe(`generation protocol (${RUNTIME})`, () => {
       assert.deepEqual(status, { pid: status.pid, exited: true, code: 0 });
     } finally {
       sys.close(fd);
+    }
+  });
+
+  test("a counter region that is no region is refused with a warning: the child starts and counts afresh", async () => {
+    const fd = listeningSocket();
+    const [rd, wr] = sys.pipe2(C.O_CLOEXEC);
+    try {
+      const carried = {
+        upgrades: { succeeded: 4, failed: {}, refused: {}, rolledBack: 0 },
+        accepted: {},
+      };
+      const { status, report } = await runChild(
+        hello([], { counterRegion: { fd: rd }, counters: carried }),
+        [rd],
+      );
+      assert.equal(report.ok, true, JSON.stringify(report));
+      assert.equal(report.generation, 2);
+      assert.equal(report.warnings.length, 1, report.warnings.join("\n"));
+      assert.match(
+        report.warnings[0],
+        /counter region: fd \d+ is not a sealed memfd .*; refused: counting starts afresh/,
+      );
+      assert.equal(report.succeeded, 4, "the hello's counters are the base of the fresh region");
+      assert.deepEqual(status, { pid: status.pid, exited: true, code: 0 });
+    } finally {
+      for (const f of [fd, rd, wr]) sys.close(f);
     }
   });
 
@@ -176,5 +205,19 @@ describe(`generation protocol (${RUNTIME})`, () => {
         validateHello({ type: "hello", v: 1, generation: 2, pid: 1, transfer: "carrier-pigeon" }),
       /unknown transfer/,
     );
+    const withRegion = (counterRegion: unknown) => ({
+      type: "hello",
+      v: 1,
+      generation: 2,
+      pid: 1,
+      transfer: "inherit",
+      listeners: [{ key: "a", addr: { transport: "unix", path: "/x" }, fd: 3 }],
+      counterRegion,
+    });
+    assert.equal(validateHello(withRegion({ fd: 4 })).counterRegion?.fd, 4);
+    for (const bad of [{ fd: 1 }, { fd: -1 }, { fd: "4" }, { fd: 4, size: 9 }, [4], null]) {
+      assert.throws(() => validateHello(withRegion(bad)), /malformed counterRegion entry/);
+    }
+    assert.throws(() => validateHello(withRegion({ fd: 3 })), /fd 3 is named twice/);
   });
 });

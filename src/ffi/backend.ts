@@ -19,6 +19,11 @@ export interface Backend {
   errno(): number;
   /** The address of a buffer's first byte. The buffer must stay referenced while the address is used. */
   addressOf(buf: Uint8Array): bigint;
+  /**
+   * The `length` bytes of native memory at `addr` as an ArrayBuffer (no copy;
+   * the memory must stay mapped for as long as the buffer is reachable).
+   */
+  arrayBufferAt(addr: bigint, length: number): ArrayBuffer;
   /** Reads the NUL-terminated string at `addr`. */
   readCString(addr: bigint): string;
   /** A callable for native code at `addr` with the given signature. */

@@ -31,6 +31,7 @@ interface BunFfi {
   ptr(view: Uint8Array): number;
   read: { i32(ptr: number, offset?: number): number };
   CString: new (ptr: number) => { toString(): string };
+  toArrayBuffer(ptr: number, byteOffset: number, byteLength: number): ArrayBuffer;
   CFunction(fn: BunFfiFunction & { ptr: number | bigint }): (...args: unknown[]) => unknown;
 }
 
@@ -175,6 +176,10 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
     },
     addressOf(buf: Uint8Array): bigint {
       return BigInt(ffi.ptr(buf));
+    },
+    arrayBufferAt(addr: bigint, length: number): ArrayBuffer {
+      if (addr === 0n) throw new InstarError("INVALID_ARGUMENT", "memory address is NULL");
+      return ffi.toArrayBuffer(Number(addr), 0, length);
     },
     readCString(addr: bigint): string {
       return addr === 0n ? "" : new ffi.CString(Number(addr)).toString();

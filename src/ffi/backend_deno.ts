@@ -88,6 +88,11 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
         Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)),
       );
     },
+    arrayBufferAt(addr: bigint, length: number): ArrayBuffer {
+      const p = Deno.UnsafePointer.create(addr);
+      if (!p) throw new InstarError("INVALID_ARGUMENT", "memory address is NULL");
+      return Deno.UnsafePointerView.getArrayBuffer(p, length);
+    },
     readCString(addr: bigint): string {
       const p = Deno.UnsafePointer.create(addr);
       return p ? Deno.UnsafePointerView.getCString(p) : "";

@@ -655,6 +655,35 @@ export function mmapAnonymous(length: number, prot: number): bigint {
   return r;
 }
 
+/** `memfd_create(2)`: an anonymous file in memory; returns its fd (pass `C.MFD_CLOEXEC`, …). */
+export function memfdCreate(name: string, flags: number): number {
+  const cName = new TextEncoder().encode(`${name}\0`);
+  return ok(libc().memfd_create(cName, flags), "memfd_create", () => name);
+}
+
+/** `ftruncate(2)`: sets the size of the file on `fd`. */
+export function ftruncate(fd: number, length: number): void {
+  ok(libc().ftruncate(fd, length), "ftruncate", () => `fd ${fd}, ${length} bytes`);
+}
+
+/** The size of the file on `fd` (`lseek(fd, 0, SEEK_END)`: moves its offset to the end). */
+export function fileSize(fd: number): number {
+  return ok(libc().lseek(fd, 0, C.SEEK_END), "lseek", () => `fd ${fd}`);
+}
+
+/** `mmap(2)` of `length` bytes of the file on `fd`, shared with every process that maps it, read and write. */
+export function mmapShared(fd: number, length: number): bigint {
+  const prot = C.PROT_READ | C.PROT_WRITE;
+  const r = BigInt(libc().mmap(0, length, prot, C.MAP_SHARED, fd, 0));
+  if (r === 0xffffffffffffffffn || r === -1n) fail("mmap", `fd ${fd}, ${length} bytes`);
+  return r;
+}
+
+/** The native memory at `addr` as an ArrayBuffer (no copy): keep it mapped while the buffer lives. */
+export function arrayBufferAt(addr: bigint, length: number): ArrayBuffer {
+  return backend().arrayBufferAt(addr, length);
+}
+
 /** `mprotect(2)`. */
 export function mprotect(addr: bigint, length: number, prot: number): void {
   ok(libc().mprotect(addr, length, prot), "mprotect");

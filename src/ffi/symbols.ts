@@ -80,6 +80,12 @@ export const SYMBOLS = {
     parameters: ["usize", "usize", "i32", "i32", "i32", "i64"],
     result: "usize",
   },
+  // int memfd_create(const char *name, unsigned int flags); the counter region (glibc 2.27, musl 1.1.20)
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  // int ftruncate(int fd, off_t length);
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  // off_t lseek(int fd, off_t offset, int whence); the size of a passed counter region
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   // int mprotect(void *addr, size_t len, int prot);
   mprotect: { parameters: ["usize", "usize", "i32"], result: "i32" },
   // int munmap(void *addr, size_t length);

@@ -117,6 +117,7 @@ export class Upgrades {
         ...this.#c.sockets.registry.passable(c && { path: c.path, fd: c.fd }),
         promotionWindow: s.settings.promotionWindow,
         counters: this.#c.observer.carry(),
+        counterRegion: this.#c.observer.regionFd,
       });
       s.events.emit("upgrade-spawned", { pid: attempt.pid });
       await awaitReady(attempt, s.settings.readyTimeout, cancelled);

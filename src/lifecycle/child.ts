@@ -12,7 +12,8 @@ import * as host from "../host.ts";
 import { UpgradeRefusedError } from "../errors.ts";
 import * as sys from "../ffi/mod.ts";
 import { protocolError, shown } from "../protocol/fault.ts";
-import { CONTROL_FD_ENV, type Hello, messages } from "../protocol/messages.ts";
+import { CONTROL_FD_ENV, COUNTERS_FD_ENV, type Hello, messages } from "../protocol/messages.ts";
+import { SUPERVISOR_PID_ENV } from "../systemd/activation.ts";
 import { checkListeningFd, validateHello } from "../protocol/validate.ts";
 import { Channel } from "../protocol/channel.ts";
 import { ControlClient, nobodyThere } from "../protocol/client.ts";
@@ -41,6 +42,24 @@ export function readHello(): ParentLink | null {
   sys.setCloexec(fd, true);
   const channel = new Channel(fd);
   return { hello: receiveHello(channel, "inherit"), channel };
+}
+
+/**
+ * The counter region `instar run` passed to this generation (`INSTAR_COUNTERS_FD`),
+ * or null. Believed only when `INSTAR_SUPERVISOR_PID` names this process's parent
+ * (anything else set the variable: it is ignored, its fd left alone). The variable
+ * is removed either way; the region itself is checked where it is mapped.
+ */
+export function supervisorRegion(warn: (m: string) => void): number | null {
+  const raw = host.getEnv(COUNTERS_FD_ENV);
+  if (raw === undefined) return null;
+  host.deleteEnv(COUNTERS_FD_ENV);
+  const fromParent = host.getEnv(SUPERVISOR_PID_ENV) === String(host.ppid());
+  if (!fromParent || !/^\d{1,10}$/.test(raw) || Number(raw) <= 2 || Number(raw) > 2 ** 31 - 1) {
+    warn(`${COUNTERS_FD_ENV}=${shown(raw)} is not an fd from this process's instar run; ignored`);
+    return null;
+  }
+  return Number(raw);
 }
 
 // Anything but our end of a Unix stream socketpair (stdout, a file, a TCP
@@ -129,6 +148,9 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
       );
       sys.setCloexec(hello.control.fd, true);
     }
+    // Its contents are checked where it is mapped (observe/counter_region.ts): a bad one is
+    // refused there with a warning, and counting starts afresh.
+    if (hello.counterRegion) sys.setCloexec(hello.counterRegion.fd, true);
     return hello;
   } catch (err) {
     for (const f of received) sys.close(f);
@@ -142,7 +164,7 @@ function receiveHello(channel: Channel, transfer: Hello["transfer"]): Hello {
 
 // Attached fds arrive in order; the hello names them by index.
 function mapReceived(hello: Hello, received: number[]): void {
-  const named = hello.listeners.length + (hello.control ? 1 : 0);
+  const named = hello.listeners.length + (hello.control ? 1 : 0) + (hello.counterRegion ? 1 : 0);
   if (received.length !== named) {
     protocolError(`${named} sockets announced, ${received.length} fds received`);
   }
@@ -154,6 +176,9 @@ function mapReceived(hello: Hello, received: number[]): void {
   };
   for (const l of hello.listeners) l.fd = take(l.fd, `listener ${l.key}`);
   if (hello.control) hello.control.fd = take(hello.control.fd, "the control socket");
+  if (hello.counterRegion) {
+    hello.counterRegion.fd = take(hello.counterRegion.fd, "the counter region");
+  }
 }
 
 // A handover the running generation refused (e.g. it is PID 1 of this pid namespace): its

@@ -16,6 +16,7 @@ import { spawn, type SpawnBackend } from "../process/spawn.ts";
 import {
   CONTROL_FD_ENV,
   type ControlMeta,
+  COUNTERS_FD_ENV,
   type ListenerMeta,
   type Message,
   messages,
@@ -66,6 +67,8 @@ export interface Passed {
   promotionWindow?: number;
   /** The counters that survive upgrades (metrics). */
   counters?: CarriedCounters;
+  /** The shared counter region's fd (observe/counter_region.ts), passed like a socket. */
+  counterRegion?: number | null;
 }
 
 /** How to start the program anew. */
@@ -81,7 +84,7 @@ export interface ExecPlan {
 const ABANDON_GRACE_MS = 5_000;
 
 // Only these belong to systemd's socket activation, which the first generation consumed.
-const ACTIVATION_ENV = ["LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES="];
+const ACTIVATION_ENV = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[] } {
   if ((!plan.args && !START.argv?.length) || (!plan.env && !START.env)) {
@@ -96,7 +99,7 @@ function execArgs(plan: ExecPlan): { path: string; argv: string[]; env: string[]
   const env = plan.env
     ? Object.entries(plan.env).map(([k, v]) => `${k}=${v}`)
     : START.env!.filter((e) =>
-      !e.startsWith(`${CONTROL_FD_ENV}=`) && !ACTIVATION_ENV.some((p) => e.startsWith(p))
+      ![CONTROL_FD_ENV, COUNTERS_FD_ENV, ...ACTIVATION_ENV].some((p) => e.startsWith(`${p}=`))
     );
   return { path, argv: plan.args ? [path, ...plan.args] : START.argv!, env };
 }
@@ -131,6 +134,7 @@ export function spawnGeneration(
   const fds = [
     ...sockets.listeners.map((l) => l.fd),
     ...(sockets.control ? [sockets.control.fd] : []),
+    ...(sockets.counterRegion != null ? [sockets.counterRegion] : []),
     theirs,
   ];
   let pid: number;
@@ -144,6 +148,7 @@ export function spawnGeneration(
         sockets.control,
         sockets.promotionWindow,
         sockets.counters,
+        sockets.counterRegion != null ? { fd: sockets.counterRegion } : undefined,
       ),
     );
     pid = spawn({
@@ -202,18 +207,24 @@ export function handOver(
   sockets: Passed,
 ): Attempt {
   // Attached fds travel in order; the hello names them by index.
-  const all = [...sockets.listeners, ...(sockets.control ? [sockets.control] : [])];
+  const all = [
+    ...sockets.listeners.map((l) => l.fd),
+    ...(sockets.control ? [sockets.control.fd] : []),
+    ...(sockets.counterRegion != null ? [sockets.counterRegion] : []),
+  ];
+  const controlAt = sockets.listeners.length;
   const hello = messages.hello(
     generation,
     "scm_rights",
     sockets.listeners.map((l, i) => ({ ...l, fd: i })),
-    sockets.control ? { ...sockets.control, fd: sockets.listeners.length } : null,
+    sockets.control ? { ...sockets.control, fd: controlAt } : null,
     sockets.promotionWindow,
     sockets.counters,
+    sockets.counterRegion != null ? { fd: all.length - 1 } : undefined,
   );
   const bytes = new TextEncoder().encode(JSON.stringify(hello) + "\n");
   // A fresh connection's send buffer is empty: the message goes at once or not at all.
-  const sent = sys.sendFds(fd, bytes, all.map((s) => s.fd));
+  const sent = sys.sendFds(fd, bytes, all);
   if (sent !== bytes.byteLength) {
     throw new UpgradeError("protocol-error", `could not send the sockets to process ${pid}`, {
       pid,

@@ -14,14 +14,8 @@ import { processRuns } from "../proc.ts";
 import { ControlClient } from "../protocol/client.ts";
 import { type FdLimit, messages, type StatusReport } from "../protocol/messages.ts";
 import type { Endpoint, State } from "../types.ts";
-import {
-  bump,
-  type CarriedCounters,
-  MAX_COUNTER_KEYS,
-  maxCounters,
-  validateCounters,
-  zeroCounters,
-} from "../observe/counters.ts";
+import { type CarriedCounters, MAX_COUNTER_KEYS, validateCounters } from "../observe/counters.ts";
+import { Tally } from "../observe/tally.ts";
 import {
   countOpen,
   type GenerationConnections,
@@ -30,6 +24,7 @@ import {
   serving,
 } from "../observe/metrics.ts";
 import { Reporter, type UpgradeReport, validateReport } from "../observe/report.ts";
+import { supervisorRegion } from "./child.ts";
 import { MAX_REQUEST_BYTES } from "./control.ts";
 import type { Emitter } from "./events.ts";
 import type { Shared } from "./shared.ts";
@@ -43,6 +38,8 @@ export interface ObserverContext {
   promotionWindow: number;
   /** The counters the previous generation passed, or `null` for a first generation. */
   carried: CarriedCounters | null;
+  /** The counter region the previous generation passed (its fd), if any. */
+  regionFd?: number | null;
   state: () => State;
   endpoints: () => readonly Endpoint[];
   events: Pick<Emitter, "on" | "emit" | "warn">;
@@ -53,13 +50,12 @@ export interface ObserverContext {
   fdLimit?: FdLimit;
 }
 
-type Counted = { kind: "serve" | "listen"; own: () => number };
+type Counted = { kind: "serve" | "listen" };
 
 /** The counters, the report and the metrics of one generation. */
 export class Observer {
   #c: ObserverContext;
-  #base: CarriedCounters;
-  #own: CarriedCounters = zeroCounters();
+  #tally: Tally;
   #counted = new Map<string, Counted>();
   #reporter: Reporter;
 
@@ -77,6 +73,7 @@ export class Observer {
       parentPid: s.parentPid,
       promotionWindow: s.link?.hello.promotionWindow ?? 0,
       carried: s.link?.hello.counters ?? null,
+      regionFd: s.link ? s.link.hello.counterRegion?.fd ?? null : supervisorRegion(s.warn),
       state: () => s.state,
       endpoints,
       events: s.events,
@@ -89,49 +86,64 @@ export class Observer {
   /** Follows `c.events` from now on. */
   constructor(c: ObserverContext) {
     this.#c = c;
-    this.#base = c.carried ?? zeroCounters();
+    const tally = this.#tally = new Tally({
+      regionFd: c.regionFd ?? null,
+      carried: c.carried,
+      pid: host.pid(),
+      generation: c.generation,
+      warn: (m) => c.events.warn(m),
+    });
     const on = c.events.on.bind(c.events);
-    const up = this.#own.upgrades;
-    // The hello left before this upgrade's outcome was known: being ready is its success, or,
-    // with a promotion window, its end ({@link Observer.promoted}): counted at ready, a rollback
-    // would take it back and the counter would fall (a reset to Prometheus).
-    if (c.parentPid !== null && c.promotionWindow === 0) {
+    // A previous generation that passed no region cannot count this upgrade where this one
+    // reads: being ready is its success, or, with a promotion window, its end
+    // ({@link Observer.promoted}): counted at ready, a rollback would take it back and the
+    // counter would fall (a reset to Prometheus). With a region, the old generation counts it.
+    if (c.parentPid !== null && c.promotionWindow === 0 && !tally.shared) {
       const off = on("state", ({ state }) => {
         if (state !== "ready") return;
         off();
-        this.#base.upgrades.succeeded++;
+        tally.succeededBefore();
       });
     }
-    on("upgrade-succeeded", () => void up.succeeded++);
-    on("upgrade-failed", ({ error }) => bump(up.failed, error.reason));
-    on("upgrade-refused", ({ error }) => bump(up.refused, error.reason));
-    on("rolled-back", () => void up.rolledBack++);
+    on("upgrade-succeeded", () => tally.upgrade("succeeded"));
+    on("upgrade-failed", ({ error }) => tally.upgrade("failed", error.reason));
+    on("upgrade-refused", ({ error }) => tally.upgrade("refused", error.reason));
+    on("rolled-back", () => tally.upgrade("rolled-back"));
     this.#reporter = new Reporter({
       pid: host.pid(),
       generation: c.generation,
       events: c.events,
       count: () => this.#openNow(),
     });
-    c.onDrained(() => this.#handOnReport());
+    c.onDrained(async () => {
+      await this.#handOnReport();
+      tally.release();
+    });
   }
 
   #inflight: Promise<Metrics> | null = null;
 
   /** The promotion window this generation started in has passed: its upgrade succeeded. */
   promoted(): void {
-    this.#base.upgrades.succeeded++;
+    if (!this.#tally.shared) this.#tally.succeededBefore();
+  }
+
+  /** The counter region's fd, passed to the next generation with the sockets (null: none). */
+  get regionFd(): number | null {
+    return this.#tally.regionFd;
   }
 
   /** `options` with its request handler counting requests on `key` (one increment each). */
   countRequests<O extends object>(key: string, options: O): O {
-    const counter = { n: 0 };
-    this.#counted.set(key, { kind: "serve", own: () => counter.n });
+    // This generation's count in the shared region: every generation reads the sum.
+    const counter = this.#tally.requests(key);
+    this.#counted.set(key, { kind: "serve" });
     const wrap = (h: unknown) => {
       if (typeof h !== "function") return h;
       // Both runtimes call a fetch handler with two arguments (request, info or server):
       // fixed parameters, no rest array per request.
       return function (this: unknown, a: unknown, b: unknown) {
-        counter.n++;
+        counter[0]++;
         return h.call(this, a, b);
       };
     };
@@ -143,33 +155,15 @@ export class Observer {
 
   /** Counts what the listener on `key` accepts (the listener counts; nothing is added per connection). */
   countAccepts(key: string, listener: { readonly accepted: number }): void {
-    this.#counted.set(key, { kind: "listen", own: () => listener.accepted });
+    this.#counted.set(key, { kind: "listen" });
+    this.#tally.accepts(key, listener);
   }
 
-  /** The counters to pass to the next generation. */
+  /** The counters to pass to the next generation (in the hello, for one that reads no region). */
   carry(): CarriedCounters {
-    const own = this.#own;
     // Only the endpoints served now, at most MAX_COUNTER_KEYS: keys of sockets no longer
     // served would pile up over generations until the next one refused the hello.
-    const accepted: Record<string, number> = {};
-    for (const e of this.#streams().slice(0, MAX_COUNTER_KEYS)) {
-      accepted[e.key] = (this.#base.accepted[e.key] ?? 0) + (this.#counted.get(e.key)?.own() ?? 0);
-    }
-    const b = this.#base.upgrades, u = own.upgrades;
-    const add = (x: Record<string, number>, y: Record<string, number>) => {
-      const out = { ...x };
-      for (const [k, n] of Object.entries(y)) out[k] = (out[k] ?? 0) + n;
-      return out;
-    };
-    return {
-      upgrades: {
-        succeeded: b.succeeded + u.succeeded,
-        failed: add(b.failed, u.failed),
-        refused: add(b.refused, u.refused),
-        rolledBack: b.rolledBack + u.rolledBack,
-      },
-      accepted,
-    };
+    return this.#tally.read(this.#streams().slice(0, MAX_COUNTER_KEYS).map((e) => e.key));
   }
 
   /** The last upgrade's report (see {@link Metrics.lastUpgrade}). */
@@ -260,7 +254,7 @@ export class Observer {
       if (r.new.pid !== host.pid() || r.old.pid !== pid) {
         throw new Error("the report is about another upgrade");
       }
-      this.#base = maxCounters(this.#base, validateCounters(counters));
+      this.#tally.merge(validateCounters(counters));
       this.#reporter.adopt(r);
     } catch (err) {
       c.events.warn(`control socket: refused an upgrade report: ${(err as Error).message}`);

@@ -115,9 +115,17 @@ export function maxCounters(a: CarriedCounters, b: CarriedCounters): CarriedCoun
   };
 }
 
-/** `by[key]` plus one, for a count by reason (at most {@link MAX_COUNTER_KEYS} reasons). */
-export function bump(by: Record<string, number>, key: string): void {
-  const k = REASON.test(key) ? key : "other";
+/**
+ * `by[key]` plus `n` (one by default), for a count by reason: a malformed
+ * reason counts as `other`, and a map holds at most {@link MAX_COUNTER_KEYS}.
+ */
+export function bump(by: Record<string, number>, key: string, n = 1): void {
+  const k = reasonKey(key);
   if (by[k] === undefined && Object.keys(by).length >= MAX_COUNTER_KEYS) return;
-  by[k] = (by[k] ?? 0) + 1;
+  by[k] = (by[k] ?? 0) + n;
+}
+
+/** `key` if it is a well-formed reason (lower-case words joined by dashes), else `other`. */
+export function reasonKey(key: string): string {
+  return REASON.test(key) ? key : "other";
 }

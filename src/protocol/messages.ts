@@ -36,6 +36,13 @@ export const PROTOCOL_VERSION = 1;
 /** The environment variable naming the child's end of the control channel. */
 export const CONTROL_FD_ENV = "INSTAR_CONTROL_FD";
 
+/**
+ * The environment variable naming the counter region `instar run` passes to a
+ * generation it starts itself (the first one, and after a crash): believed only
+ * from the parent named by `INSTAR_SUPERVISOR_PID`; later generations get it in the hello.
+ */
+export const COUNTERS_FD_ENV = "INSTAR_COUNTERS_FD";
+
 /** One listening socket handed to the next generation. */
 export interface ListenerMeta {
   /** What the program asked for (`tcp:0.0.0.0:8080`, `unix:/run/app.sock`, `name:web`); port 0 stays 0. */
@@ -76,6 +83,11 @@ export interface Hello {
   promotionWindow?: number;
   /** The counters that survive upgrades (metrics), as of this hello; absent from older senders. */
   counters?: CarriedCounters;
+  /**
+   * The shared counter region (src/observe/counter_region.ts), fd as in
+   * {@link ListenerMeta}; absent from older senders and from a sender that could not make one.
+   */
+  counterRegion?: { fd: number };
 }
 
 /** Every message of the protocol. */
@@ -107,6 +119,7 @@ export const messages = {
     control: ControlMeta | null,
     promotionWindow = 0,
     counters?: CarriedCounters,
+    counterRegion?: { fd: number },
   ): Hello {
     const v = PROTOCOL_VERSION;
     const hello: Hello = {
@@ -120,6 +133,7 @@ export const messages = {
     };
     if (promotionWindow > 0) hello.promotionWindow = promotionWindow;
     if (counters) hello.counters = counters;
+    if (counterRegion) hello.counterRegion = counterRegion;
     return hello;
   },
   /** The new generation is ready: the sender may drain. */

@@ -105,6 +105,16 @@ export function validateHello(m: unknown): Hello {
     protocolError(`promotionWindow ${shown(o.promotionWindow)} is not a number of ms up to a day`);
   }
   if (o.counters !== undefined) o.counters = validateCounters(o.counters);
+  if (o.counterRegion !== undefined) {
+    const r = o.counterRegion as Record<string, unknown> | null;
+    if (
+      typeof r !== "object" || r === null || Array.isArray(r) ||
+      Object.keys(r).join() !== "fd" || !isFd(r.fd) || (o.transfer === "inherit" && r.fd <= 2)
+    ) {
+      protocolError(`malformed counterRegion entry ${shown(r)}`);
+    }
+    once(r.fd as number, "the counter region");
+  }
   return o as unknown as Hello;
 }
 

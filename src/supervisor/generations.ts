@@ -9,14 +9,23 @@
  */
 
 import process from "node:process";
+import * as sys from "../ffi/mod.ts";
+import { CounterRegion } from "../observe/counter_region.ts";
 import { readNulList } from "../proc.ts";
 import { spawn } from "../process/spawn.ts";
 import { SUPERVISOR_PID_ENV } from "../systemd/activation.ts";
-import { CONTROL_FD_ENV } from "../protocol/messages.ts";
+import { CONTROL_FD_ENV, COUNTERS_FD_ENV } from "../protocol/messages.ts";
 import { activationFor, type HeldSocket } from "./sockets.ts";
 
 // The supervisor's, not its children's: replaced or dropped.
-const OWN = ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", CONTROL_FD_ENV];
+const OWN = [
+  "NOTIFY_SOCKET",
+  "LISTEN_PID",
+  "LISTEN_FDS",
+  "LISTEN_FDNAMES",
+  CONTROL_FD_ENV,
+  COUNTERS_FD_ENV,
+];
 
 /**
  * The environment this process was started with (`/proc/self/environ`: Bun
@@ -34,6 +43,24 @@ export function startEnvironment(): string[] {
     return readNulList("/proc/self/environ");
   } catch {
     return Object.entries(process.env).map(([k, v]) => `${k}=${v}`);
+  }
+}
+
+/**
+ * The counter region the supervisor holds for its generations, so that one it
+ * starts after a crash counts on from what the crashed one counted: its fd,
+ * numbered above the held sockets' activation fds (3 … 2 + `held`) so that no
+ * move in {@link launch} overwrites it; null (with a warning) when none can be made.
+ */
+export function counterRegionFd(held: number, warn: (m: string) => void): number | null {
+  try {
+    const fd = CounterRegion.create().fd!;
+    const high = sys.dupCloexec(fd, 3 + held);
+    sys.close(fd);
+    return high;
+  } catch (err) {
+    warn(`no counter region (${(err as Error).message}): a restarted generation counts from 0`);
+    return null;
   }
 }
 
@@ -61,6 +88,11 @@ export interface LaunchPlan {
   notifySocket: string;
   /** The sockets to pass as fds 3, 4, … */
   held: readonly HeldSocket[];
+  /**
+   * The counter region every generation counts in (observe/counter_region.ts),
+   * passed under its own number, above the held sockets' (null: none).
+   */
+  counters?: number | null;
 }
 
 /**
@@ -78,5 +110,8 @@ export function launch(plan: LaunchPlan): number {
     `NOTIFY_SOCKET=${plan.notifySocket}`,
     ...(activation.length ? activation : [`${SUPERVISOR_PID_ENV}=${self}`]),
   ];
-  return spawn({ path: plan.command, argv: plan.argv, env, fds: [], moves });
+  const counters = plan.counters ?? null;
+  if (counters !== null) env.push(`${COUNTERS_FD_ENV}=${counters}`);
+  const fds = counters === null ? [] : [counters];
+  return spawn({ path: plan.command, argv: plan.argv, env, fds, moves });
 }

@@ -21,7 +21,7 @@ import type { Env } from "../systemd/env.ts";
 import type { StatusReport } from "../protocol/messages.ts";
 import type { UpgradeFailure } from "../types.ts";
 import { childrenOf, descendsFrom } from "./ancestry.ts";
-import { launch, startEnvironment } from "./generations.ts";
+import { counterRegionFd, launch, startEnvironment } from "./generations.ts";
 import { type NotifyMessage, NotifySocket } from "./notify_socket.ts";
 import type { RunOptions } from "./options.ts";
 import { AllChildren, exitStatus } from "./reaper.ts";
@@ -139,6 +139,8 @@ export class Supervisor {
   #orphansTold = false;
   #finished = false;
   #resolveDone!: (code: number) => void;
+  // The counter region passed to every generation this process starts (generations.ts).
+  #counters: number | null = null;
 
   private constructor(o: RunOptions, log: SupervisorLog, held: HeldSocket[]) {
     this.#o = o;
@@ -169,6 +171,7 @@ export class Supervisor {
       closeHeld(held);
       throw err;
     }
+    sup.#counters = counterRegionFd(held.length, (m) => log.warn(m));
     // Signal listeners keep no runtime alive: one timer that fires every 24.8 days does.
     sup.#keepAlive = setInterval(() => {}, 2 ** 31 - 1);
     sup.#reaper.start();
@@ -347,6 +350,7 @@ export class Supervisor {
       env: this.#env,
       notifySocket: this.#ns.path,
       held: this.#held,
+      counters: this.#counters,
     });
     this.#current = { pid, generation, ready: false, readyAt: 0, upgrading: false };
     this.#log.info(`generation ${generation} started: pid ${pid} (${this.#o.argv.join(" ")})`);
@@ -513,6 +517,8 @@ export class Supervisor {
     clearInterval(this.#keepAlive);
     this.#ns?.close();
     closeHeld(this.#held);
+    if (this.#counters !== null) sys.close(this.#counters);
+    this.#counters = null;
     this.#resolveDone(this.#status ?? 0);
   }
 }
