@@ -44,6 +44,8 @@ export class Readiness {
    * before the upgrade report that follows it is built.
    */
   static bridgeSystemd(shared: Shared): { ready(): void } {
+    // Portable mode tells systemd nothing (no libc to send with, perhaps no environment to read).
+    if (shared.portable) return bridgeSystemd(shared.events, systemdNotifier({ env: {} }));
     const enabled = shared.settings.systemd !== false;
     return bridgeSystemd(shared.events, systemdNotifier({ enabled }));
   }
@@ -61,7 +63,8 @@ export class Readiness {
       throw new InstarError("INVALID_STATE", `ready() called in state ${s.state}; call it once`);
     }
     this.#called = true;
-    if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
+    if (path && s.portable) s.warn(`portable mode: no control socket at ${path} (docs/portable.md)`);
+    else if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
     this.#stillStarting();
     sockets.registry.closeUnclaimed(s.warn);
     await s.control?.start(this.#c.actions());

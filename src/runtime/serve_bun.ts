@@ -43,7 +43,7 @@ export const bunAdapter: ServeAdapter = {
       opts,
       "path" in s.listenOn
         ? { unix: s.listenOn.path }
-        : { hostname: s.listenOn.hostname, port: 0, reusePort: false },
+        : { hostname: s.listenOn.hostname, port: s.listenOn.port ?? 0, reusePort: false },
     );
 
     const sockets = new WebSocketSet();

@@ -52,7 +52,7 @@ export const denoAdapter: ServeAdapter = {
       opts,
       "path" in s.listenOn
         ? { path: s.listenOn.path, onListen() {} }
-        : { hostname: s.listenOn.hostname, port: 0, reusePort: false, onListen() {} },
+        : { hostname: s.listenOn.hostname, port: s.listenOn.port ?? 0, reusePort: false, onListen() {} },
     );
 
     const sockets = new WebSocketSet<WebSocket>();

@@ -17,8 +17,11 @@ export interface AdapterStart {
   options: Record<string, unknown>;
   /** The handler, given as `fetch` or as `handler` (undefined: Bun's `routes` alone). */
   handler: ((request: Request, infoOrServer: never) => unknown) | undefined;
-  /** Where to start: a loopback address (port 0), or a Unix socket path. */
-  listenOn: { hostname: string } | { path: string };
+  /**
+   * Where to start: a loopback address (port 0), or a Unix socket path; in
+   * portable mode the real address, port included (no socket is moved under it).
+   */
+  listenOn: { hostname: string; port?: number } | { path: string };
   /** The real address (what user callbacks must see). */
   real: () => { addr: Addr; url: URL };
   /** True once serving through the proxy: remote addresses must be looked up with `remoteOf`. */

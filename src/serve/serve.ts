@@ -155,6 +155,57 @@ export async function startServe<WebSocketData = undefined>(
   options: ServeOptions<WebSocketData>,
 ): Promise<Serving<Server>> {
   const fd = targetFd(target, "serve()");
+  const { instar, handler, rest } = splitServe(options);
+  // A Listener already accepts on its socket: from now on the HTTP server does.
+  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
+    pauseSocket(fd);
+  }
+  return await start(fd, instar, handler, rest);
+}
+
+/** Where the runtime's own server listens in portable mode: an address, not an fd. */
+export type DirectAddress = { hostname: string; port: number } | { path: string };
+
+/**
+ * {@link startServe} in portable mode (src/runtime/platform.ts): the
+ * runtime's own server listens on `where` itself, with no fd of instar's
+ * under it; it drains the same way (`Connection: close`, the quiet wait,
+ * WebSockets 1012 at the timeout), and stops accepting when it shuts down.
+ */
+export async function startServeAt<WebSocketData = undefined>(
+  where: DirectAddress,
+  options: ServeOptions<WebSocketData>,
+): Promise<Serving<Server>> {
+  const { instar, handler, rest } = splitServe(options);
+  const self = {} as Server;
+  let addr: Addr | undefined, tls = false;
+  const native = serveAdapter().start({
+    options: rest,
+    handler,
+    listenOn: where,
+    real: () => ({ addr: addr!, url: urlOf(addr!, tls) }),
+    proxied: false,
+    remoteOf: () => undefined,
+    shutdown: () => void self.shutdown(),
+    warn: instar.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+  });
+  tls = native.tls;
+  addr = native.throwaway;
+  const url = urlOf(addr, tls);
+  native.listening(addr, url);
+  const { server, drain } = wrap(native, { info: undefined, proxy: undefined }, addr, instar, () => {});
+  const port = addr.transport === "tcp" ? addr.port : 0;
+  const hostname = addr.transport === "tcp" ? addr.hostname : addr.path;
+  Object.assign(self, server, { addr, url, fallbackReason: undefined, port, hostname });
+  return { server: self, drain };
+}
+
+// The options object split into instar's (checked), the handler and the runtime's own.
+function splitServe(options: ServeOptions<unknown>): {
+  instar: Instar;
+  handler: AnyHandler | undefined;
+  rest: Record<string, unknown>;
+} {
   const {
     mode,
     onFallback,
@@ -177,12 +228,7 @@ export async function startServe<WebSocketData = undefined>(
     knownMasks,
   };
   refuseListenKeys(runtimeOptions);
-  const { handler, rest } = takeHandler(runtimeOptions);
-  // A Listener already accepts on its socket: from now on the HTTP server does.
-  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
-    pauseSocket(fd);
-  }
-  return await start(fd, instar, handler, rest);
+  return { instar, ...takeHandler(runtimeOptions) };
 }
 
 type Instar = InstarServeOptions & { mode: ServeMode; idleConnections: IdleConnections };
@@ -290,8 +336,11 @@ function drainParts(
   removeThrowaway: () => void,
 ): ServerParts {
   const { proxy } = paths;
+  // Portable mode: the native server listens itself, stops accepting when it finishes, and
+  // instar has no fd to count or cut connections at (so "keep" has nothing to wait on).
+  const direct = !paths.info && !proxy;
   // HTTP/2 clients move only on the GOAWAY of the graceful end: kept, they would stay.
-  const keep = idle === "keep" && !native.multiplexed;
+  const keep = idle === "keep" && !native.multiplexed && !direct;
   const resumeProxy = (): boolean => {
     if (proxy!.accepting) return false;
     proxy!.listen().catch((err) => {
@@ -309,14 +358,14 @@ function drainParts(
     pause: () => {
       // Accepting stops first: a failure to switch the answers cannot keep the server accepting.
       paths.paused = true;
-      const paused = paths.info ? pauseAccepting(paths.info) : proxy!.stopAccepting();
+      const paused = paths.info ? pauseAccepting(paths.info) : !direct && proxy!.stopAccepting();
       answers(true);
       return paused;
     },
     resume: () => {
       answers(false);
       paths.paused = false;
-      return paths.info ? resumeAccepting(paths.info) : resumeProxy();
+      return paths.info ? resumeAccepting(paths.info) : !direct && resumeProxy();
     },
     finish: async () => {
       if (keep) {
@@ -334,7 +383,7 @@ function drainParts(
     forceClose: async () => {
       const closed = await native.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on either path: a response that never ends cannot hold the runtime.
-      const cut = closed + cutConnections(addr);
+      const cut = closed + (direct ? 0 : cutConnections(addr));
       proxy?.destroyAll();
       await deadline(native.close(), 1000);
       removeThrowaway();
@@ -376,7 +425,7 @@ function wrap(
     }).then(() => {});
   const finished = native.finished.then(() => paths.proxy?.drained());
   const server = {
-    mode: paths.info ? "transplant" as const : "fallback" as const,
+    mode: paths.info ? "transplant" as const : paths.proxy ? "fallback" as const : "direct" as const,
     native: native.native,
     finished,
     pauseAccepting: p.pause,
