@@ -26,8 +26,8 @@ import {
 import {
   forkUpgradeRefusal,
   handoverRefusal,
-  initHazard,
   type InitHazard,
+  initHazard,
   portableHazard,
 } from "./init_check.ts";
 import type { Observer } from "./observer.ts";
@@ -64,7 +64,9 @@ export class Upgrades {
     this.#c = c;
     this.#s = c.shared;
     const mode = platformMode();
-    this.#initHazard = mode.mode === "portable" ? portableHazard(mode.why, mode.enable) : initHazard();
+    this.#initHazard = mode.mode === "portable"
+      ? portableHazard(mode.why, mode.enable)
+      : initHazard();
   }
 
   /** A fork/exec upgrade, started by `trigger` (for its report); resolves with the new pid. */

@@ -238,7 +238,9 @@ export class Observer {
 
   #open(endpoints: readonly Endpoint[], previous: number | null): Promise<OpenCount[]> {
     if (this.#c.portable) {
-      return Promise.all(endpoints.map(async (e) => ({ own: await e.connections(), previous: null })));
+      return Promise.all(
+        endpoints.map(async (e) => ({ own: await e.connections(), previous: null })),
+      );
     }
     return countOpen(endpoints, previous, (key) => this.#counted.get(key)?.kind === "listen");
   }

@@ -73,8 +73,9 @@ export function directServerEndpoint(key: string, addr: Addr, server: ServerDrai
     fd: -1,
     addr,
     connections: () => Promise.resolve(null),
-    // Its graceful end closes the listening socket; until then it answers with Connection: close.
-    refuseNew: () => Promise.resolve(),
+    // A stop closes the listening socket where the runtime can (Bun); elsewhere (Deno) its
+    // graceful end does, and until then it answers with Connection: close.
+    refuseNew: server.refuseNew ?? (() => Promise.resolve()),
     release: () => {},
   };
 }

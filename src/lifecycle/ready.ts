@@ -63,8 +63,9 @@ export class Readiness {
       throw new InstarError("INVALID_STATE", `ready() called in state ${s.state}; call it once`);
     }
     this.#called = true;
-    if (path && s.portable) s.warn(`portable mode: no control socket at ${path} (docs/portable.md)`);
-    else if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
+    if (path && s.portable) {
+      s.warn(`portable mode: no control socket at ${path} (docs/portable.md)`);
+    } else if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
     this.#stillStarting();
     sockets.registry.closeUnclaimed(s.warn);
     await s.control?.start(this.#c.actions());

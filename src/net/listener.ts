@@ -489,7 +489,9 @@ export async function openListenerAt(
   } catch (err) {
     throw netError(err, `cannot listen on ${shown}`);
   }
-  if ("path" in options && options.mode !== undefined) await chmodSocket(options.path, options.mode);
+  if ("path" in options && options.mode !== undefined) {
+    await chmodSocket(options.path, options.mode);
+  }
   return new ListenerImpl(-1, opened.addr, opened.acceptor, tracker);
 }
 

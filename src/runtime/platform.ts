@@ -50,7 +50,9 @@ export type PlatformMode =
 export const PORTABLE_ENV = "INSTAR_PORTABLE";
 
 type DenoPermissions = {
-  permissions: { querySync(d: { name: string; path?: string; variable?: string }): { state: string } };
+  permissions: {
+    querySync(d: { name: string; path?: string; variable?: string }): { state: string };
+  };
   env: { get(name: string): string | undefined };
 };
 

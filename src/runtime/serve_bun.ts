@@ -109,6 +109,8 @@ export const bunAdapter: ServeAdapter = {
       finish: () => stop(false),
       closeWebSockets: (ms) => sockets.closeAll(ms),
       close: () => stop(true),
+      // Bun stops listening at once; requests in flight, idle connections and WebSockets go on.
+      stopListening: () => void server.stop(false),
       finished,
       listening(): void {},
       ref: () => server.ref(),

@@ -75,6 +75,13 @@ export interface NativeServer {
   closeWebSockets(ms: number): Promise<number>;
   /** Stops the native server now; its connections must already be cut. */
   close(): Promise<void>;
+  /**
+   * Closes the listening socket at once while every connection goes on
+   * (Bun's `stop(false)`); absent where the runtime has no such step (Deno's
+   * `shutdown()` also closes idle connections and WebSockets). Portable mode's
+   * stop, where instar has no fd to refuse connections with.
+   */
+  stopListening?(): void;
   /** Resolves when the native server has finished. */
   finished: Promise<void>;
   /** Reports the listening address to the user (Deno's onListen). */
