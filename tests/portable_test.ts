@@ -16,6 +16,7 @@ import {
   exchange,
   httpGet,
   ROOT,
+  runCommand,
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
@@ -24,6 +25,7 @@ import {
 } from "./support/helpers.ts";
 
 const left = cleanupAfterTests();
+const CLI = join(ROOT, "src", "cli", "main.ts");
 const PORTABLE = { INSTAR_PORTABLE: "1" };
 const WARNING = /instar: warning: portable mode \((.*?)\): serving and stopping work/;
 
@@ -56,8 +58,11 @@ async function refusedHup(server: ServerProcess, from: number): Promise<void> {
 }
 
 describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
-  test("serves, warns once, refuses SIGHUP under load without a failed request, and a stop drains a slow request and a stream", async () => {
-    const { server, port } = await started(example("http_server.ts", ["--drain-timeout", "5000"]));
+  test("serves, warns once, refuses SIGHUP and `instar upgrade` under load without a failed request, answers `instar status`, and a stop drains a slow request and a stream", async () => {
+    const ctl = join(left.tempDir("instar-portable-"), "ctl.sock");
+    const { server, port } = await started(
+      example("http_server.ts", ["--drain-timeout", "5000", "--control", ctl]),
+    );
     const hello = await get(port, "/");
     assert.equal(hello.status, 200);
     assert.match(hello.body, new RegExp(`hello from pid ${server.pid} generation 1`));
@@ -66,7 +71,7 @@ describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
     // Three upgrade signals under keep-alive and fresh-connection load: each refused with the
     // reason, the same process answers every request, none fails (the client never re-sends).
     const ac = new AbortController();
-    const common = { port, durationMs: 20_000, signal: ac.signal };
+    const common = { port, durationMs: 30_000, signal: ac.signal };
     const loads = [
       runLoad({ ...common, connections: 4 }),
       runLoad({ ...common, keepAlive: false }),
@@ -75,6 +80,13 @@ describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
       await new Promise((r) => setTimeout(r, 150));
       await refusedHup(server, server.lines.length);
     }
+    // The control socket (node:net, mode 0600): status answered, an upgrade refused with the reason.
+    const status = await runCommand(runtimeCmd(RUNTIME, CLI, ["status", "--control", ctl]));
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, new RegExp(`pid ${server.pid} +generation 1 +state ready`));
+    const upgrade = await runCommand(runtimeCmd(RUNTIME, CLI, ["upgrade", "--control", ctl]));
+    assert.equal(upgrade.code, 1, upgrade.stdout);
+    assert.match(upgrade.stderr, /upgrade refused: unsupported-platform: portable mode/);
     ac.abort();
     for (const r of await Promise.all(loads)) {
       assert.equal(r.failed, 0, `${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
@@ -83,7 +95,7 @@ describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
     const metrics = await get(port, "/metrics");
     assert.match(
       metrics.body,
-      /instar_upgrades_total\{outcome="refused",reason="unsupported-platform"\} 3/,
+      /instar_upgrades_total\{outcome="refused",reason="unsupported-platform"\} 4/,
     );
     assert.match(metrics.body, new RegExp(`instar_generation\\{pid="${server.pid}"\\} 1`));
     assert.equal(server.lines.filter((l) => WARNING.test(l)).length, 1, "one start-up warning");

@@ -113,8 +113,11 @@ export class Upgrades {
     blocked: UpgradeRefusedError | null = null,
   ): Promise<number> {
     const s = this.#s;
-    // Portable mode's refusal comes first: whatever the state, no upgrade could ever start.
-    const refused = s.portable ? blocked : refusal(s.state) ?? s.probation?.refusal() ?? blocked;
+    // Portable mode's refusal comes first: whatever the state or the trigger (a handover on the
+    // control socket too), no upgrade could ever start.
+    const refused = s.portable
+      ? forkUpgradeRefusal(this.#initHazard)
+      : refusal(s.state) ?? s.probation?.refusal() ?? blocked;
     if (refused) {
       s.events.emit("upgrade-refused", { error: refused });
       throw refused;

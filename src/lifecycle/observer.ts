@@ -84,7 +84,8 @@ export class Observer {
       events: s.events,
       onDrained,
       controlPath: s.settings.controlSocket ?? null,
-      fdLimit: s.fdLimit,
+      // Portable mode cannot read the limit: left out rather than shown as unlimited.
+      fdLimit: s.portable ? undefined : s.fdLimit,
       portable: s.portable,
     });
   }

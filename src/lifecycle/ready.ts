@@ -63,9 +63,10 @@ export class Readiness {
       throw new InstarError("INVALID_STATE", `ready() called in state ${s.state}; call it once`);
     }
     this.#called = true;
-    if (path && s.portable) {
-      s.warn(`portable mode: no control socket at ${path} (docs/portable.md)`);
-    } else if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
+    if (path) {
+      const inherited = s.portable ? undefined : sockets.registry.takeControl(path);
+      s.control = await ControlServer.open(path, inherited, s.portable);
+    }
     this.#stillStarting();
     sockets.registry.closeUnclaimed(s.warn);
     await s.control?.start(this.#c.actions());
