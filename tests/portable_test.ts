@@ -6,6 +6,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
+import { writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
@@ -20,6 +21,7 @@ import {
   RUNTIME,
   runtimeCmd,
   type ServerProcess,
+  sleep,
   startServer,
   within,
 } from "./support/helpers.ts";
@@ -210,3 +212,61 @@ describe("portable mode, Deno with --allow-net only", () => {
     assert.equal(await within(server.exited, 10_000, "exit"), 0);
   });
 });
+
+describe(`portable mode, instar run (${RUNTIME})`, () => {
+  test("restarts a crashed command, restarts it on SIGHUP and on a change under --watch, and stops it on SIGTERM", async () => {
+    const port = await freePort();
+    const dir = left.tempDir("instar-portable-watch-");
+    const app = runtimeCmd(RUNTIME, join(ROOT, "examples", "http_server.ts"), [
+      "--port",
+      `${port}`,
+    ]);
+    const sup = startServer(
+      runtimeCmd(RUNTIME, CLI, ["run", "--restart", "on-failure", "--watch", dir, "--", ...app]),
+      PORTABLE,
+    );
+    left.servers.push(sup);
+    // Each start logs "ready"; resolves with the pid that answers once the n-th start is ready.
+    const readyLines = () => sup.lines.filter((l) => /\] ready on /.test(l));
+    const readyPid = async (n: number): Promise<number> => {
+      const deadline = Date.now() + 30_000;
+      while (readyLines().length < n && Date.now() < deadline) await sleep(50);
+      const all = readyLines();
+      assert.equal(all.length, n, all.join("\n"));
+      const pid = Number(/\[http pid=(\d+)/.exec(all[n - 1])![1]);
+      assert.match((await get(port, "/")).body, new RegExp(`hello from pid ${pid} `));
+      return pid;
+    };
+    const first = await readyPid(1);
+    assert.ok(sup.lines.some((l) => /instar run\[\d+\]: warning: portable mode/.test(l)));
+    process.kill(first, "SIGKILL");
+    const second = await readyPid(2);
+    process.kill(sup.pid, "SIGHUP");
+    const third = await readyPid(3);
+    writeFileSync(join(dir, "changed.txt"), "x");
+    const fourth = await readyPid(4);
+    assert.equal(new Set([first, second, third, fourth]).size, 4, "a new process each time");
+    assert.ok(sup.lines.some((l) => new RegExp(`\\[http pid=${third} gen=1\\] drained`).test(l)));
+    process.kill(sup.pid, "SIGTERM");
+    assert.equal(await within(sup.exited, 10_000, "supervisor exit"), 0, sup.lines.join("\n"));
+  });
+
+  test("refuses --listen and --control, which need Linux", async () => {
+    const r = await runCommand(
+      runtimeCmd(RUNTIME, CLI, ["run", "--listen", "tcp://127.0.0.1:0", "--", "true"]),
+      { env: PORTABLE },
+    );
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /--listen needs Linux: instar run runs in portable mode here/);
+  });
+});
+
+/** A TCP port nobody listens on now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
