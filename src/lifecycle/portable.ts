@@ -10,11 +10,17 @@
  */
 
 import { InstarError } from "../errors.ts";
-import type { Listener, TcpListenOptions, UnixListenOptions } from "../net/listener.ts";
+import {
+  chmodSocket,
+  type Listener,
+  type TcpListenOptions,
+  type UnixListenOptions,
+} from "../net/listener.ts";
 import type { ServerDrain } from "../net/drain.ts";
 import { addressOf, type SocketSpec } from "../net/specs.ts";
-import type { DirectAddress } from "../serve/serve.ts";
+import type { DirectAddress, Serving } from "../serve/serve.ts";
 import type { Addr, Endpoint } from "../types.ts";
+import type { Registry } from "./registry.ts";
 
 /** Where a portable socket for `spec` listens (`name` alone needs systemd: refused). */
 export function portableAddress(spec: SocketSpec): TcpListenOptions | UnixListenOptions {
@@ -78,4 +84,35 @@ export function directServerEndpoint(key: string, addr: Addr, server: ServerDrai
     refuseNew: server.refuseNew ?? (() => Promise.resolve()),
     release: () => {},
   };
+}
+
+/**
+ * `up.serve()` / `up.serveNode()` in portable mode: claims `spec`'s key and
+ * has `start` listen on its address itself (no fd to hold until `ready()`:
+ * nothing is shared with a previous generation). A failure after the server
+ * started stops it again and releases the claim.
+ */
+export async function serveDirect<T extends { addr: Addr }>(
+  registry: Registry,
+  spec: SocketSpec,
+  start: (key: string, at: DirectAddress, addr: Addr) => Promise<Serving<T>>,
+): Promise<T> {
+  const { key } = registry.claim(spec);
+  let started: Serving<T> | undefined;
+  try {
+    const where = directAddress(spec);
+    const asked: Addr = "path" in where
+      ? { transport: "unix", path: where.path }
+      : { transport: "tcp", ...where };
+    started = await start(key, where, asked);
+    // The runtime's server does not set a Unix socket's mode: set once it exists.
+    const mode = (spec as { mode?: number }).mode;
+    if ("path" in where && mode !== undefined) await chmodSocket(where.path, mode);
+    registry.add(directServerEndpoint(key, started.server.addr, started.drain));
+    return started.server;
+  } catch (err) {
+    await started?.drain.forceClose().catch(() => 0);
+    registry.unclaim(key);
+    throw err;
+  }
 }

@@ -15,13 +15,7 @@ import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
 import { openDatagramAt } from "../net/datagram_portable.ts";
-import {
-  chmodSocket,
-  type Listener,
-  openListener,
-  openListenerAt,
-  openSocket,
-} from "../net/listener.ts";
+import { type Listener, openListener, openListenerAt, openSocket } from "../net/listener.ts";
 import { addressOf, type DatagramSpec, type SocketSpec } from "../net/specs.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
@@ -45,12 +39,7 @@ import type { Addr, IdleConnections } from "../types.ts";
 import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import type { Observer } from "./observer.ts";
-import {
-  directAddress,
-  directServerEndpoint,
-  portableAddress,
-  portableListenerEndpoint,
-} from "./portable.ts";
+import { portableAddress, portableListenerEndpoint, serveDirect } from "./portable.ts";
 import { activatedListeners, Registry } from "./registry.ts";
 import type { Shared } from "./shared.ts";
 
@@ -114,16 +103,16 @@ export class Sockets {
     return await this.#onSocket(spec, (key, at, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions.onFallback);
-      const begin = typeof at === "number" ? startServe : startServeAt;
-      return begin(at as number & DirectAddress, {
+      const o = {
         ...settings,
         ...counted,
         onFallback: settings.onFallback,
-        onWarning: (message) => {
+        onWarning: (message: string) => {
           this.#s.warn(`${formatAddr(addr)}: ${message}`);
           serveOptions.onWarning?.(message);
         },
-      });
+      };
+      return typeof at === "number" ? startServe(at, o) : startServeAt(at, o);
     });
   }
 
@@ -132,9 +121,10 @@ export class Sockets {
     const { listen: spec, node } = splitNodeOptions(options);
     return await this.#onSocket(spec, (_key, at, addr) => {
       const settings = this.#serverSettings(addr, node.onFallback);
-      const begin = typeof at === "number" ? startServeNode : startServeNodeAt;
       const o = { ...settings, ...node, onFallback: settings.onFallback };
-      return begin(at as number & DirectAddress, server, o);
+      return typeof at === "number"
+        ? startServeNode(at, server, o)
+        : startServeNodeAt(at, server, o);
     });
   }
 
@@ -169,7 +159,7 @@ export class Sockets {
     spec: SocketSpec,
     start: (key: string, at: number | DirectAddress, addr: Addr) => Promise<Serving<T>>,
   ): Promise<T> {
-    if (this.#s.portable) return await this.#direct(spec, start);
+    if (this.#s.portable) return await serveDirect(this.registry, spec, start);
     const { key, fd: claimed, activated } = this.registry.claim(spec);
     let socket: { fd: number; addr: Addr } | undefined;
     try {
@@ -184,33 +174,6 @@ export class Sockets {
       this.registry.unclaim(key);
       throw err;
     }
-  }
-
-  // Portable mode: the runtime's server listens on the spec's address itself; no fd to hold.
-  async #direct<T extends { addr: Addr }>(
-    spec: SocketSpec,
-    start: (key: string, at: DirectAddress, addr: Addr) => Promise<Serving<T>>,
-  ): Promise<T> {
-    const { key } = this.registry.claim(spec);
-    try {
-      const where = directAddress(spec);
-      const asked: Addr = "path" in where
-        ? { transport: "unix", path: where.path }
-        : { transport: "tcp", ...where };
-      const { server, drain } = await start(key, where, asked);
-      if ("path" in where) await this.#chmod(spec, where.path);
-      this.registry.add(directServerEndpoint(key, server.addr, drain));
-      return server;
-    } catch (err) {
-      this.registry.unclaim(key);
-      throw err;
-    }
-  }
-
-  // A Unix socket's mode, which the runtime's server does not set (portable mode).
-  async #chmod(spec: SocketSpec, path: string): Promise<void> {
-    const mode = (spec as { mode?: number }).mode;
-    if (mode !== undefined) await chmodSocket(path, mode);
   }
 
   // What every HTTP server gets from the lifecycle: the drain timeout, and fallbacks reported.
