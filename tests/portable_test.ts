@@ -11,6 +11,7 @@ import net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
+import { Upgrader, UpgradeRefusedError } from "../mod.ts";
 import {
   cleanupAfterTests,
   denoBin,
@@ -58,6 +59,53 @@ async function refusedHup(server: ServerProcess, from: number): Promise<void> {
   process.kill(server.pid, "SIGHUP");
   await server.waitFor(/upgrade-refused: unsupported-platform: portable mode/, 10_000, from);
 }
+
+describe(`portable mode, in this process (${RUNTIME})`, () => {
+  test("an upgrade is refused with unsupported-platform before and after ready(), and sockets hold no fd", async () => {
+    // This process's mode is decided on the first Upgrader.create(): forced here, once.
+    process.env.INSTAR_PORTABLE = "1";
+    const up = await Upgrader.create({
+      upgradeSignal: null,
+      stopSignals: [],
+      exitAfterDrain: false,
+    });
+    const refused: string[] = [];
+    up.on("upgrade-refused", ({ error }) => refused.push(error.reason));
+    const isRefusal = (e: unknown) =>
+      e instanceof UpgradeRefusedError && e.reason === "unsupported-platform";
+    await assert.rejects(up.upgrade(), isRefusal, "before ready(): not not-ready");
+    const server = await up.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => new Response("ok"),
+    });
+    const listener = await up.listen({ hostname: "127.0.0.2", port: 0 }); // another key than serve's
+    const sock = await up.listenDatagram({ hostname: "127.0.0.1", port: 0 });
+    assert.equal(server.mode, "direct");
+    assert.deepEqual([listener.fd, sock.fd], [-1, -1]);
+    assert.equal(listener.kind, "node:net");
+    await assert.rejects(up.listenDatagram({ path: "/tmp/instar-portable.sock" }), {
+      code: "UNSUPPORTED_PLATFORM",
+    });
+    await assert.rejects(up.listen({ name: "web" }), { code: "INVALID_ARGUMENT" });
+    await assert.rejects(
+      up.listen({ hostname: "127.0.0.2", port: (listener.addr as { port: number }).port }),
+      {
+        code: "EADDRINUSE",
+      },
+    );
+    await up.ready();
+    await assert.rejects(up.upgrade(), isRefusal, "after ready()");
+    assert.deepEqual(refused, ["unsupported-platform", "unsupported-platform"]);
+    const m = await up.metrics();
+    assert.equal(m.upgrades.refused["unsupported-platform"], 2);
+    assert.deepEqual(m.endpoints.map((e) => e.kind).sort(), ["listen", "serve"]);
+    assert.equal((await get(server.port, "/")).body, "ok");
+    up.stop();
+    await within(up.drained, 10_000, "drained");
+    sock.close();
+  });
+});
 
 describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
   test("serves, warns once, refuses SIGHUP and `instar upgrade` under load without a failed request, answers `instar status`, and a stop drains a slow request and a stream", async () => {
