@@ -11,7 +11,8 @@ import net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
-import { Upgrader, UpgradeRefusedError } from "../mod.ts";
+import { InstarError, Upgrader, UpgradeRefusedError } from "../mod.ts";
+import { decideMode, type PlatformProbe } from "../src/runtime/platform.ts";
 import {
   cleanupAfterTests,
   denoBin,
@@ -59,6 +60,53 @@ async function refusedHup(server: ServerProcess, from: number): Promise<void> {
   process.kill(server.pid, "SIGHUP");
   await server.waitFor(/upgrade-refused: unsupported-platform: portable mode/, 10_000, from);
 }
+
+describe("the mode, decided once (src/runtime/platform.ts)", () => {
+  test("forced first, then off Linux, then Deno's missing permissions, then whether libc loads", () => {
+    const linux = { forced: false, os: "linux", arch: "x64", denoMissing: "", openFfi() {} };
+    assert.deepEqual(decideMode(linux), { mode: "linux" });
+    const cases: [Partial<PlatformProbe>, string, RegExp][] = [
+      [{ forced: true, os: "darwin" }, "forced", /\(INSTAR_PORTABLE=1\).*unset INSTAR_PORTABLE/],
+      [{ os: "darwin", arch: "arm64" }, "platform", /\(darwin-arm64\).*upgrades need Linux/],
+      [{ os: "windows", denoMissing: "--allow-ffi" }, "platform", /\(windows-x64\)/],
+      [
+        { denoMissing: "--allow-ffi --allow-read" },
+        "permission",
+        /Deno without --allow-ffi --allow-read\).*-A/,
+      ],
+      [
+        {
+          arch: "riscv64",
+          openFfi: () => {
+            throw new InstarError("UNSUPPORTED_PLATFORM", "no layouts");
+          },
+        },
+        "platform",
+        /\(linux-riscv64\).*x86_64 or aarch64/,
+      ],
+      [
+        {
+          openFfi: () => {
+            throw new InstarError("FFI_UNAVAILABLE", "no libc here");
+          },
+        },
+        "ffi-unavailable",
+        /\(no libc here\)/,
+      ],
+    ];
+    for (const [probe, reason, message] of cases) {
+      const m = decideMode({ ...linux, ...probe });
+      assert.equal(m.mode, "portable", JSON.stringify(probe));
+      if (m.mode !== "portable") continue;
+      assert.equal(m.reason, reason, JSON.stringify(probe));
+      assert.match(m.message, message);
+      assert.match(
+        m.message,
+        /^portable mode \(.*\): serving and stopping work, upgrades are refused; /,
+      );
+    }
+  });
+});
 
 describe(`portable mode, in this process (${RUNTIME})`, () => {
   test("an upgrade is refused with unsupported-platform before and after ready(), and sockets hold no fd", async () => {

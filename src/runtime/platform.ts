@@ -83,30 +83,69 @@ const portable = (reason: PortableReason, why: string, enable: string): Platform
   message: `portable mode (${why}): serving and stopping work, upgrades are refused; ${enable}`,
 });
 
-function decide(): PlatformMode {
-  const deno = (globalThis as unknown as { Deno?: DenoPermissions }).Deno;
-  const { os, arch } = osArch();
-  if (forced(deno)) {
+/** What {@link decideMode} looks at; {@link platformMode} asks this process. */
+export interface PlatformProbe {
+  /** `INSTAR_PORTABLE=1`, where it may be read. */
+  forced: boolean;
+  /** As `process.platform` names it. */
+  os: string;
+  /** As `process.arch` names it. */
+  arch: string;
+  /** Deno only: the flags the full mode needs and the process lacks ("" when none). */
+  denoMissing: string;
+  /** Loads the layouts and the FFI backend; throws the InstarError that says why not. */
+  openFfi: () => void;
+}
+
+/**
+ * The mode for `probe`, in order: forced, off Linux, Deno's missing
+ * permissions, then whether libc can be reached.
+ *
+ * @example
+ * ```ts
+ * import { decideMode } from "./src/runtime/platform.ts"; // internal: platformMode() asks it
+ *
+ * const m = decideMode({ forced: false, os: "darwin", arch: "arm64", denoMissing: "", openFfi() {} });
+ * console.log(m.mode); // "portable"
+ * ```
+ */
+export function decideMode(probe: PlatformProbe): PlatformMode {
+  const { os, arch } = probe;
+  if (probe.forced) {
     return portable("forced", `${PORTABLE_ENV}=1`, `unset ${PORTABLE_ENV} to upgrade`);
   }
   if (os !== "linux") {
     return portable("platform", `${os}-${arch}`, "upgrades need Linux (docs/portable.md)");
   }
-  if (deno) {
-    const missing = denoMissing(deno);
-    if (missing) {
-      return portable("permission", `Deno without ${missing}`, "run with -A to upgrade");
-    }
+  if (probe.denoMissing) {
+    return portable("permission", `Deno without ${probe.denoMissing}`, "run with -A to upgrade");
   }
   try {
-    platform();
-    backend();
+    probe.openFfi();
   } catch (err) {
     if (!(err instanceof InstarError)) throw err;
-    const reason = err.code === "UNSUPPORTED_PLATFORM" ? "platform" : "ffi-unavailable";
-    return portable(reason, err.message, "upgrades need libc through FFI");
+    if (err.code === "UNSUPPORTED_PLATFORM") {
+      return portable("platform", `${os}-${arch}`, "upgrades need Linux on x86_64 or aarch64");
+    }
+    return portable("ffi-unavailable", err.message, "upgrades need libc through FFI");
   }
   return { mode: "linux" };
+}
+
+// This process: Deno's permissions are queried before FFI is touched (a query never prompts).
+function decide(): PlatformMode {
+  const deno = (globalThis as unknown as { Deno?: DenoPermissions }).Deno;
+  const { os, arch } = osArch();
+  return decideMode({
+    forced: forced(deno),
+    os,
+    arch,
+    denoMissing: deno && os === "linux" ? denoMissing(deno) : "",
+    openFfi: () => {
+      platform();
+      backend();
+    },
+  });
 }
 
 // Read only when Deno grants it: Deno.env.get throws without --allow-env (and may prompt).
