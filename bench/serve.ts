@@ -7,6 +7,8 @@
  *
  * Usage: deno run -A bench/serve.ts [--rounds 5] [--seconds 5] [--no-fallback] [--runtime deno]
  *        [--raw]   (adds transplant() without serve()'s handler wrapper)
+ *        [--portable] (adds up.serve() in portable mode)  [--no-transplant]
+ *        [--pin]   (server on CPU 0, wrk on CPU 1: CPU per request with less noise)
  *
  * Needs wrk (installed with apt-get when missing). Only hits 127.0.0.1.
  *
@@ -28,6 +30,9 @@ const { values } = parseArgs({
     connections: { type: "string", default: "50" },
     "no-fallback": { type: "boolean", default: false },
     raw: { type: "boolean", default: false },
+    portable: { type: "boolean", default: false },
+    "no-transplant": { type: "boolean", default: false },
+    pin: { type: "boolean", default: false },
     runtime: { type: "string", multiple: true },
   },
 });
@@ -52,8 +57,9 @@ const runtimes = Object.fromEntries(
 const variants = [
   "bare",
   ...(values.raw ? ["raw"] : []),
-  "transplant",
+  ...(values["no-transplant"] ? [] : ["transplant"]),
   ...(values["no-fallback"] ? [] : ["fallback"]),
+  ...(values.portable ? ["portable"] : []),
 ];
 
 function measure(rt: Runtime, variant: string): Promise<{ rps: number; cpuUsPerReq: number }> {
@@ -63,6 +69,7 @@ function measure(rt: Runtime, variant: string): Promise<{ rps: number; cpuUsPerR
     ready: /port=(\d+)/,
     connections,
     seconds,
+    pin: values.pin,
   });
 }
 
@@ -94,7 +101,13 @@ for (const rt of Object.keys(runtimes) as Runtime[]) {
   for (const v of variants) {
     const xs = results[`${rt} ${v}`];
     const native = rt === "deno" ? "Deno.serve" : "Bun.serve";
-    const name = v === "bare" ? native : v === "raw" ? `${native} + transplant()` : `serve() ${v}`;
+    const name = v === "bare"
+      ? native
+      : v === "raw"
+      ? `${native} + transplant()`
+      : v === "portable"
+      ? "up.serve() portable"
+      : `serve() ${v}`;
     console.log(
       `| ${rt} | ${name} | ${Math.round(median(xs))} | ${(median(xs) / bare).toFixed(3)}x | ${
         // The median of each round's ratio to the bare run of that round: less exposed to drift.

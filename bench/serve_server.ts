@@ -1,6 +1,7 @@
 // A hello-world server for bench/serve.ts: `bare` is the runtime's own server on
 // its own port; `raw` is transplant() alone; `transplant` and `fallback` are instar's serve() on an instar
-// socket. Prints "port=<n>" once it accepts; runs until killed.
+// socket; `portable` is up.serve() in portable mode (INSTAR_PORTABLE=1: the runtime's server on the
+// address itself, requests counted, docs/portable.md). Prints "port=<n>" once it accepts; runs until killed.
 import process from "node:process";
 import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
@@ -8,7 +9,7 @@ import { decode, encodeInet, type NetAddr } from "../src/ffi/sockaddr.ts";
 import { serve } from "../src/serve/serve.ts";
 import { transplant } from "../src/runtime/transplant.ts";
 
-type Variant = "bare" | "raw" | "transplant" | "fallback";
+type Variant = "bare" | "raw" | "transplant" | "fallback" | "portable";
 const variant = (process.argv[2] ?? "bare") as Variant;
 const G = globalThis as unknown as {
   Deno?: {
@@ -19,7 +20,15 @@ const G = globalThis as unknown as {
 const hello = () => new Response("Hello, World!");
 
 let port: number;
-if (variant === "bare") {
+if (variant === "portable") {
+  process.env.INSTAR_PORTABLE = "1"; // read once, by the first Upgrader.create()
+  const { Upgrader } = await import("../mod.ts");
+  const up = await Upgrader.create();
+  const server = await up.serve({ hostname: "127.0.0.1", port: 0, fetch: hello, onListen() {} });
+  if (server.mode !== "direct") throw new Error(`expected portable mode, got ${server.mode}`);
+  await up.ready();
+  port = server.port;
+} else if (variant === "bare") {
   port = G.Bun
     ? G.Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: hello }).port
     : G.Deno!.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, hello).addr.port;

@@ -182,6 +182,19 @@ export function offSignal(sig: HostSignal, fn: () => void): void {
   else proc().off(sig, fn);
 }
 
+/**
+ * Whether this process may read `path` without asking: always on Bun; on Deno
+ * when the read permission is granted. A read Deno has not granted would
+ * prompt on a terminal (or throw): callers that can do without skip it.
+ */
+export function mayRead(path: string): boolean {
+  if (!D) return true;
+  const permissions = (D as unknown as {
+    permissions: { querySync(d: { name: string; path: string }): { state: string } };
+  }).permissions;
+  return permissions.querySync({ name: "read", path }).state === "granted";
+}
+
 /** The bytes of file `path`; throws when it cannot be read. */
 export function readFileSync(path: string): Uint8Array {
   return D ? D.readFileSync(path) : readFileBytes(path);

@@ -159,7 +159,10 @@ export type UpgradeRefusal =
   // fork/exec upgrades only (src/lifecycle/init_check.ts): this generation is PID 1 of its pid
   // namespace, or its parent is an init that exits with its only child (tini, dumb-init, …)
   | "pid-1"
-  | "init-parent";
+  | "init-parent"
+  // Portable mode (src/runtime/platform.ts: off Linux, Deno without -A, INSTAR_PORTABLE=1): no socket
+  // can be passed to a next generation, so every trigger is refused and this one serves on.
+  | "unsupported-platform";
 
 /**
  * Everything a generation serves on a socket it passes on: a listener, an

@@ -11,6 +11,7 @@
 
 import { UpgradeError, type UpgradeRefusedError } from "../errors.ts";
 import type { MessageSocket } from "../protocol/message_socket.ts";
+import { platformMode } from "../runtime/platform.ts";
 import type { ExitReason } from "../types.ts";
 import type { ControlActions } from "./control.ts";
 import { refusal } from "./events.ts";
@@ -22,7 +23,13 @@ import {
   type Passed,
   spawnGeneration,
 } from "./generation.ts";
-import { forkUpgradeRefusal, handoverRefusal, initHazard } from "./init_check.ts";
+import {
+  forkUpgradeRefusal,
+  handoverRefusal,
+  type InitHazard,
+  initHazard,
+  portableHazard,
+} from "./init_check.ts";
 import type { Observer } from "./observer.ts";
 import { PromotionWindow } from "./promotion.ts";
 import { Reaper } from "./reaper.ts";
@@ -46,8 +53,9 @@ export class Upgrades {
   #c: AttemptContext;
   #s: Shared;
   #reaper = new Reaper();
-  // Detected once at start-up: PID 1 or a child of tini & co. refuses fork/exec upgrades.
-  #initHazard = initHazard();
+  // Detected once at start-up: PID 1 or a child of tini & co. refuses fork/exec upgrades;
+  // portable mode refuses every upgrade (and has no /proc to read).
+  #initHazard: InitHazard | null;
   #window: PromotionWindow | null = null;
   #cancel: ((e: UpgradeError) => void) | null = null;
 
@@ -55,6 +63,10 @@ export class Upgrades {
   constructor(c: AttemptContext) {
     this.#c = c;
     this.#s = c.shared;
+    const mode = platformMode();
+    this.#initHazard = mode.mode === "portable"
+      ? portableHazard(mode.why, mode.enable)
+      : initHazard();
   }
 
   /** A fork/exec upgrade, started by `trigger` (for its report); resolves with the new pid. */
@@ -101,7 +113,11 @@ export class Upgrades {
     blocked: UpgradeRefusedError | null = null,
   ): Promise<number> {
     const s = this.#s;
-    const refused = refusal(s.state) ?? s.probation?.refusal() ?? blocked;
+    // Portable mode's refusal comes first: whatever the state or the trigger (a handover on the
+    // control socket too), no upgrade could ever start.
+    const refused = s.portable
+      ? forkUpgradeRefusal(this.#initHazard)
+      : refusal(s.state) ?? s.probation?.refusal() ?? blocked;
     if (refused) {
       s.events.emit("upgrade-refused", { error: refused });
       throw refused;

@@ -138,9 +138,16 @@ export class ControlServer implements Endpoint {
   /**
    * The control socket at `path`: `inherited` when the previous generation
    * passed it, else created with mode 0600 set before listen(2), so no other
-   * user can connect in between.
+   * user can connect in between. `portable` (docs/portable.md): no fd of
+   * instar's (-1); `node:net` creates the socket when it starts, and its mode
+   * is all that keeps other users out.
    */
-  static async open(path: string, inherited: number | undefined): Promise<ControlServer> {
+  static async open(
+    path: string,
+    inherited: number | undefined,
+    portable = false,
+  ): Promise<ControlServer> {
+    if (portable) return new ControlServer(path, -1);
     const fd = inherited ?? (await openSocket({ path, mode: 0o600, backlog: 64 })).fd;
     return new ControlServer(path, fd);
   }
@@ -154,7 +161,8 @@ export class ControlServer implements Endpoint {
   }
 
   #relisten(): void {
-    if (this.#stopped || this.#resume || !this.#server) return;
+    // Portable mode's server owns its socket: closing it would remove the file (see #throttle).
+    if (this.fd < 0 || this.#stopped || this.#resume || !this.#server) return;
     this.#server.close();
     this.#server = undefined;
     this.#listen().catch((err) =>
@@ -168,20 +176,24 @@ export class ControlServer implements Endpoint {
     const { createServer } = host.builtin("node:net") as typeof net;
     const server = createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
     this.#server = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      // node:net owns (and closes) the fd it listens on: it gets a duplicate.
-      server.listen({ fd: sys.dupCloexec(this.fd) }, () => {
-        server.off("error", reject);
-        resolve();
+    if (this.fd < 0) await listenPortable(server, this.path);
+    else {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        // node:net owns (and closes) the fd it listens on: it gets a duplicate.
+        server.listen({ fd: sys.dupCloexec(this.fd) }, () => {
+          server.off("error", reject);
+          resolve();
+        });
       });
-    });
+    }
     server.unref(); // the control socket alone does not keep a generation alive
   }
 
   // Stops accepting for a while; the socket itself keeps listening, so the kernel queues.
   #throttle(): void {
-    if (this.#resume || !this.#server) return;
+    // Portable mode: closing node:net's server would remove the socket file; the refusal said enough.
+    if (this.fd < 0 || this.#resume || !this.#server) return;
     this.#server.close();
     this.#server = undefined;
     this.#resume = setTimeout(() => {
@@ -215,12 +227,13 @@ export class ControlServer implements Endpoint {
       this.#throttle();
       return;
     }
-    const fd = fdOfSocket(s);
+    const fd = this.fd < 0 ? -1 : fdOfSocket(s);
     let cred: { pid: number; uid: number } | undefined;
     try {
-      if (fd >= 0) cred = sys.peerCred(fd);
+      // Portable mode has no SO_PEERCRED: the socket file's mode (0600) admitted only our user.
+      cred = this.fd < 0 ? { pid: 0, uid: -1 } : fd >= 0 ? sys.peerCred(fd) : undefined;
     } catch { /* gone already */ }
-    if (!cred || cred.uid !== sys.getuid()) {
+    if (!cred || (this.fd >= 0 && cred.uid !== sys.getuid())) {
       // Only the same user may take the listeners or drive upgrades.
       closeWith(s, messages.failed("forbidden", "peer uid differs from the server's"));
       this.#warnRefused(
@@ -390,13 +403,51 @@ export class ControlServer implements Endpoint {
     if (this.#released) return;
     this.#released = true;
     this.pauseAccepting();
-    sys.close(this.fd);
+    if (this.fd >= 0) sys.close(this.fd);
   }
 
   /** Removes the socket file (on stop: nobody will answer it any more). */
   unlink(): void {
     if (!this.path.startsWith("@")) fs().rmSync(this.path, { force: true });
   }
+}
+
+/**
+ * Portable mode: `server` listens on `path` itself, created with mode 0600
+ * (the umask, for the moment of the bind, so no other user can connect in
+ * between). A socket file nobody answers (a crashed server's) is replaced.
+ */
+async function listenPortable(server: net.Server, path: string): Promise<void> {
+  const proc = host.builtin<{ umask(mask?: number): number }>("node:process");
+  const attempt = () =>
+    new Promise<void>((resolve, reject) => {
+      const before = proc.umask(0o177);
+      const done = (err?: Error) => {
+        proc.umask(before);
+        server.off("error", done);
+        if (err) reject(err);
+        else resolve();
+      };
+      server.once("error", done);
+      server.listen({ path, backlog: 64 }, () => done());
+    });
+  try {
+    await attempt();
+  } catch (err) {
+    if ((err as { code?: string }).code !== "EADDRINUSE" || !(await stale(path))) throw err;
+    fs().rmSync(path, { force: true });
+    await attempt();
+  }
+}
+
+// Whether the socket file at `path` is a dead server's: connecting is refused.
+function stale(path: string): Promise<boolean> {
+  const { connect } = host.builtin("node:net") as typeof net;
+  return new Promise((resolve) => {
+    const c = connect({ path });
+    c.once("connect", () => (c.destroy(), resolve(false)));
+    c.once("error", (e: { code?: string }) => resolve(e.code === "ECONNREFUSED"));
+  });
 }
 
 function failure(err: unknown): Message {

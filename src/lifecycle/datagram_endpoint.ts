@@ -18,7 +18,13 @@ import { getsockname } from "../ffi/mod.ts";
 export function datagramEndpoint(key: string, sock: DatagramSocketControl): Endpoint {
   const fd = sock.fd;
   // The protocol carries socket addresses (tcp/unix shaped); the key says it is a datagram socket.
-  const addr: Addr = decode(getsockname(fd));
+  // Portable mode's socket has no fd of instar's (-1): its own address, reshaped.
+  const a = sock.addr;
+  const addr: Addr = fd >= 0
+    ? decode(getsockname(fd))
+    : a.transport === "udp"
+    ? { transport: "tcp", hostname: a.hostname, port: a.port }
+    : { transport: "unix", path: a.path };
   return {
     key,
     fd,

@@ -40,8 +40,11 @@ const EXITING_INITS = new Set(["tini", "tini-static", "docker-init", "dumb-init"
  * ```
  */
 export interface InitHazard {
-  /** `pid-1`: PID 1 of its pid namespace; `init-parent`: its parent is an init that exits with it. */
-  readonly reason: "pid-1" | "init-parent";
+  /**
+   * `pid-1`: PID 1 of its pid namespace; `init-parent`: its parent is an init that exits with it;
+   * `unsupported-platform`: portable mode, where no socket can pass to a next generation.
+   */
+  readonly reason: "pid-1" | "init-parent" | "unsupported-platform";
   /** What happens, and what to do instead (names `instar run`). */
   readonly message: string;
 }
@@ -83,6 +86,24 @@ export function initHazard(pid: number | "self" = "self"): InitHazard | null {
     message: `the parent of this generation, pid ${ppid}, is ${init}, an init that exits ` +
       "when its only child exits: the container would end with the old generation, the new " +
       `one with it; ${ADVICE} (e.g. \`${init} -- instar run -- <command>\`)`,
+  };
+}
+
+/**
+ * Portable mode's hazard (src/runtime/platform.ts): every upgrade trigger is
+ * refused; `why` says why portable mode runs, `enable` what would upgrade.
+ *
+ * @example
+ * ```ts
+ * import { portableHazard } from "./src/lifecycle/init_check.ts"; // internal: used by the Upgrader
+ *
+ * console.log(portableHazard("darwin-arm64", "upgrades need Linux").reason); // "unsupported-platform"
+ * ```
+ */
+export function portableHazard(why: string, enable: string): InitHazard {
+  return {
+    reason: "unsupported-platform",
+    message: `portable mode (${why}) cannot upgrade: ${enable}; this generation serves on`,
   };
 }
 

@@ -48,6 +48,8 @@ export interface ObserverContext {
   controlPath: string | null;
   /** The fd limit raised at start (fd_limit.ts). */
   fdLimit?: FdLimit;
+  /** Portable mode: each endpoint counts its own connections (no kernel table, no /proc). */
+  portable?: boolean;
 }
 
 type Counted = { kind: "serve" | "listen" };
@@ -79,7 +81,9 @@ export class Observer {
       events: s.events,
       onDrained,
       controlPath: s.settings.controlSocket ?? null,
-      fdLimit: s.fdLimit,
+      // Portable mode cannot read the limit: left out rather than shown as unlimited.
+      fdLimit: s.portable ? undefined : s.fdLimit,
+      portable: s.portable,
     });
   }
 
@@ -196,7 +200,9 @@ export class Observer {
     const c = this.#c;
     const carried = this.carry();
     const state = c.state();
-    const previous = c.parentPid !== null && processRuns(c.parentPid) ? c.parentPid : null;
+    const previous = c.parentPid !== null && !c.portable && processRuns(c.parentPid)
+      ? c.parentPid
+      : null;
     const all = this.#streams();
     const open = await this.#open(all, previous);
     const endpoints = all.map((e, i) => {
@@ -226,6 +232,11 @@ export class Observer {
   }
 
   #open(endpoints: readonly Endpoint[], previous: number | null): Promise<OpenCount[]> {
+    if (this.#c.portable) {
+      return Promise.all(
+        endpoints.map(async (e) => ({ own: await e.connections(), previous: null })),
+      );
+    }
     return countOpen(endpoints, previous, (key) => this.#counted.get(key)?.kind === "listen");
   }
 

@@ -44,6 +44,8 @@ export class Readiness {
    * before the upgrade report that follows it is built.
    */
   static bridgeSystemd(shared: Shared): { ready(): void } {
+    // Portable mode tells systemd nothing (no libc to send with, perhaps no environment to read).
+    if (shared.portable) return bridgeSystemd(shared.events, systemdNotifier({ env: {} }));
     const enabled = shared.settings.systemd !== false;
     return bridgeSystemd(shared.events, systemdNotifier({ enabled }));
   }
@@ -61,7 +63,10 @@ export class Readiness {
       throw new InstarError("INVALID_STATE", `ready() called in state ${s.state}; call it once`);
     }
     this.#called = true;
-    if (path) s.control = await ControlServer.open(path, sockets.registry.takeControl(path));
+    if (path) {
+      const inherited = s.portable ? undefined : sockets.registry.takeControl(path);
+      s.control = await ControlServer.open(path, inherited, s.portable);
+    }
     this.#stillStarting();
     sockets.registry.closeUnclaimed(s.warn);
     await s.control?.start(this.#c.actions());

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { platformMode, portableWarning } from "../runtime/platform.ts";
 import type { State } from "../types.ts";
 import { type ParentLink, readHello, requestHandover } from "./child.ts";
 import type { ControlServer } from "./control.ts";
@@ -33,8 +34,13 @@ export class Shared {
   control: ControlServer | null = null;
   /** This generation's side of its promotion window, from `ready()` (promotion.ts). */
   probation: Probation | null = null;
-  /** The fd limit, raised to the hard one at start (fd_limit.ts). */
-  readonly fdLimit: FdLimit = raiseFdLimit(this.warn);
+  /**
+   * Portable mode (src/runtime/platform.ts): sockets through the runtime's own
+   * I/O, no previous or next generation, upgrades refused. Decided once per process.
+   */
+  readonly portable: boolean = platformMode().mode === "portable";
+  /** The fd limit, raised to the hard one at start (fd_limit.ts); unknown in portable mode. */
+  readonly fdLimit: FdLimit = this.portable ? { soft: null, hard: null } : raiseFdLimit(this.warn);
   #state: State = "starting";
 
   /** A generation with `settings`, started by `link` (or not). */
@@ -49,9 +55,19 @@ export class Shared {
    * started it, else a handover asked for on the control socket, else a first one.
    */
   static start(settings: Settings): Shared {
+    if (platformMode().mode === "portable") return Shared.#portable(settings);
     let link = readHello();
     if (!link && settings.controlSocket) link = requestHandover(settings.controlSocket);
     return new Shared(settings, link);
+  }
+
+  // A first generation, always: nothing can be inherited. Says so once per process, on stderr
+  // (no subscriber can listen yet): which mode runs, why, and what would enable upgrades.
+  static #portable(settings: Settings): Shared {
+    const shared = new Shared(settings, null);
+    const warning = portableWarning();
+    if (warning) shared.warn(warning);
+    return shared;
   }
 
   /** Where this generation is in its life. */

@@ -47,8 +47,16 @@ export function installSignals(
     if (stops === 0 || sig === "SIGINT") actions.stop(++stops);
   };
   for (const s of stopSignals) installed.push([s, () => onStop(s)]);
-  for (const [sig, h] of installed) host.onSignal(sig, h);
+  const added = installed.filter(([sig, h]) => {
+    try {
+      host.onSignal(sig, h);
+      return true;
+    } catch {
+      // A platform without it (Windows knows SIGINT and SIGBREAK only): it cannot arrive either.
+      return false;
+    }
+  });
   return () => {
-    for (const [sig, h] of installed) host.offSignal(sig, h);
+    for (const [sig, h] of added) host.offSignal(sig, h);
   };
 }

@@ -14,14 +14,17 @@ import type { InstarError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
-import { type Listener, openListener, openSocket } from "../net/listener.ts";
+import { openDatagramAt } from "../net/datagram_portable.ts";
+import { type Listener, openListener, openListenerAt, openSocket } from "../net/listener.ts";
 import { addressOf, type DatagramSpec, type SocketSpec } from "../net/specs.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import { checkOneObject, splitListenOptions } from "../serve/options.ts";
 import {
+  type DirectAddress,
   type Server,
   type Serving,
   startServe,
+  startServeAt,
   type UpgraderServeOptions,
 } from "../serve/serve.ts";
 import {
@@ -29,12 +32,14 @@ import {
   type NodeServing,
   splitNodeOptions,
   startServeNode,
+  startServeNodeAt,
   type UpgraderServeNodeOptions,
 } from "../serve/serve_node.ts";
 import type { Addr, IdleConnections } from "../types.ts";
 import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import type { Observer } from "./observer.ts";
+import { portableAddress, portableListenerEndpoint, serveDirect } from "./portable.ts";
 import { activatedListeners, Registry } from "./registry.ts";
 import type { Shared } from "./shared.ts";
 
@@ -59,7 +64,7 @@ export class Sockets {
     this.#s = s;
     this.#observer = observer;
     // Activated sockets belong to the first generation; later ones inherit through instar.
-    const sd = s.settings.systemd !== false;
+    const sd = s.settings.systemd !== false && !s.portable;
     const activated = !s.link && sd ? activatedListeners(s.warn) : [];
     this.registry = new Registry(s.link?.hello ?? null, activated);
   }
@@ -71,13 +76,19 @@ export class Sockets {
     try {
       // What the accept loop recovers from (EMFILE) is a warning event, named by the socket's key.
       const warn = (message: string) => this.#s.warn(`${key}: ${message}`);
-      listener = await openListener(fd === undefined ? addressOf(spec) : { fd }, "auto", warn);
+      listener = this.#s.portable
+        ? await openListenerAt(portableAddress(spec))
+        : await openListener(fd === undefined ? addressOf(spec) : { fd }, "auto", warn);
     } catch (err) {
       this.registry.unclaim(key);
       throw err;
     }
     if (fd !== undefined) this.#holdUntilReady(listener.fd);
-    this.registry.add(listenerEndpoint(key, listener, activated));
+    this.registry.add(
+      this.#s.portable
+        ? portableListenerEndpoint(key, listener)
+        : listenerEndpoint(key, listener, activated),
+    );
     this.#observer.countAccepts(key, listener);
     return listener;
   }
@@ -89,27 +100,31 @@ export class Sockets {
   ): Promise<Server> {
     checkOneObject("up.serve()", options, args);
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
-    return await this.#onSocket(spec, (key, fd, addr) => {
+    return await this.#onSocket(spec, (key, at, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions.onFallback);
-      return startServe(fd, {
+      const o = {
         ...settings,
         ...counted,
         onFallback: settings.onFallback,
-        onWarning: (message) => {
+        onWarning: (message: string) => {
           this.#s.warn(`${formatAddr(addr)}: ${message}`);
           serveOptions.onWarning?.(message);
         },
-      });
+      };
+      return typeof at === "number" ? startServe(at, o) : startServeAt(at, o);
     });
   }
 
   /** `up.serveNode()`: a `node:http` server on the socket. */
   async serveNode(server: NodeHttpServer, options: UpgraderServeNodeOptions): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
-    return await this.#onSocket(spec, (_key, fd, addr) => {
+    return await this.#onSocket(spec, (_key, at, addr) => {
       const settings = this.#serverSettings(addr, node.onFallback);
-      return startServeNode(fd, server, { ...settings, ...node, onFallback: settings.onFallback });
+      const o = { ...settings, ...node, onFallback: settings.onFallback };
+      return typeof at === "number"
+        ? startServeNode(at, server, o)
+        : startServeNodeAt(at, server, o);
     });
   }
 
@@ -119,7 +134,9 @@ export class Sockets {
     const hold = fd !== undefined && this.#s.holding;
     let sock: DatagramSocketControl;
     try {
-      sock = await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
+      sock = this.#s.portable
+        ? await openDatagramAt(spec)
+        : await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
     } catch (err) {
       this.registry.unclaim(key);
       throw err;
@@ -138,10 +155,11 @@ export class Sockets {
   // Claims `spec`'s socket (inherited, activated or fresh), opens it and starts a server on it;
   // on failure the socket is closed and the claim released. The server's endpoint is built here
   // from what the server decides in a drain, and joins the registry (passed on, drained).
-  async #onSocket<T>(
+  async #onSocket<T extends { addr: Addr }>(
     spec: SocketSpec,
-    start: (key: string, fd: number, addr: Addr) => Promise<Serving<T>>,
+    start: (key: string, at: number | DirectAddress, addr: Addr) => Promise<Serving<T>>,
   ): Promise<T> {
+    if (this.#s.portable) return await serveDirect(this.registry, spec, start);
     const { key, fd: claimed, activated } = this.registry.claim(spec);
     let socket: { fd: number; addr: Addr } | undefined;
     try {

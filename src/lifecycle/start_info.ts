@@ -7,7 +7,7 @@
  * @module
  */
 
-import { cwd, execPath } from "../host.ts";
+import { cwd, execPath, mayRead } from "../host.ts";
 import { readNulList } from "../proc.ts";
 
 /** The executable, argv, environment and working directory this process started with. */
@@ -32,6 +32,11 @@ function capture(): StartInfo {
     cwd: cwd(),
     problem: null,
   };
+  // Deno without --allow-read (portable mode) would prompt on a terminal: nothing to restart anyway.
+  if (!mayRead("/proc/self")) {
+    info.problem = "no permission to read /proc/self";
+    return info;
+  }
   try {
     info.argv = readNulList("/proc/self/cmdline");
     info.env = readNulList("/proc/self/environ");

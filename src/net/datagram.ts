@@ -192,7 +192,13 @@ export interface DatagramSocketControl extends DatagramSocket {
   endReceiving(): Promise<void>;
 }
 
-class DatagramSocketImpl implements DatagramSocketControl {
+/**
+ * A datagram socket on instar's fd, read by the runtime's reader, sent to
+ * through `sendto(2)`. Portable mode's (net/datagram_portable.ts) replaces
+ * the three hooks that reach the kernel: {@link DatagramSocketImpl.openReader},
+ * {@link DatagramSocketImpl.sendBytes}, {@link DatagramSocketImpl.closeTransport}.
+ */
+export class DatagramSocketImpl implements DatagramSocketControl {
   readonly addr: DatagramAddr;
   dropped = 0;
   #fd: number;
@@ -207,10 +213,11 @@ class DatagramSocketImpl implements DatagramSocketControl {
   #usedReceive = false;
   #back: (() => void) | undefined;
 
+  /** The socket `fd` (-1: none of instar's, portable mode) bound to `addr`. */
   constructor(fd: number, addr: DatagramAddr) {
     this.#fd = fd;
     this.addr = addr;
-    this.#family = getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN);
+    this.#family = fd < 0 ? -1 : getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN);
   }
 
   get fd(): number {
@@ -221,9 +228,19 @@ class DatagramSocketImpl implements DatagramSocketControl {
     return this.#reader?.kind ?? "";
   }
 
+  /** Starts reading (`paused`: nothing until `resumeReceiving()`). */
   async start(backend: DatagramBackend, paused: boolean): Promise<void> {
     const push = (data: Uint8Array, addr: DatagramAddr) => this.#push({ data, addr });
-    this.#reader = await startDatagramReader(this.#fd, push, { paused, backend });
+    this.#reader = await this.openReader(push, backend, paused);
+  }
+
+  /** The reader that takes datagrams from the kernel and hands them to `push`. */
+  protected openReader(
+    push: (data: Uint8Array, addr: DatagramAddr) => void,
+    backend: DatagramBackend,
+    paused: boolean,
+  ): Promise<DatagramReader> {
+    return startDatagramReader(this.#fd, push, { paused, backend });
   }
 
   #push(d: ReceivedDatagram): void {
@@ -280,13 +297,23 @@ class DatagramSocketImpl implements DatagramSocketControl {
       const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
       if (!(bytes instanceof Uint8Array)) invalid("data", typeof data, "a Uint8Array or a string");
       if (this.#closed) throw closedError(this.addr);
-      const sa = this.#encode(to);
-      // The common case, at once: the socket buffer has room.
-      const n = sendTo(this.#fd, bytes, sa);
-      return n !== null ? Promise.resolve(n) : this.#sendLater(bytes, sa);
+      return this.sendBytes(bytes, to);
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /** Sends `bytes` to `to` on an open socket; throws what is wrong with `to`. */
+  protected sendBytes(bytes: Uint8Array, to: DatagramAddr): Promise<number> {
+    const sa = this.#encode(to);
+    // The common case, at once: the socket buffer has room.
+    const n = sendTo(this.#fd, bytes, sa);
+    return n !== null ? Promise.resolve(n) : this.#sendLater(bytes, sa);
+  }
+
+  /** Closes instar's fd (the reader closed its own already). */
+  protected closeTransport(): void {
+    closeFd(this.#fd);
   }
 
   // The last address sent to, encoded: an answer usually goes to the sender just heard from.
@@ -345,7 +372,7 @@ class DatagramSocketImpl implements DatagramSocketControl {
     try {
       this.#reader?.close();
     } finally {
-      closeFd(this.#fd);
+      this.closeTransport();
       this.#fd = -1;
     }
   }

@@ -18,10 +18,10 @@ import { deadline, sleep } from "../timeout.ts";
  * the rest of its {@link Endpoint} (key, fd, counting, refusal, release):
  * the lifecycle for `up.serve()`, {@link drainAlone} for a standalone server.
  */
-export type ServerDrain = Pick<
-  Endpoint,
-  "pauseAccepting" | "resumeAccepting" | "finish" | "forceClose"
->;
+export type ServerDrain =
+  & Pick<Endpoint, "pauseAccepting" | "resumeAccepting" | "finish" | "forceClose">
+  // A server listening on its address itself (portable mode) refuses new connections itself.
+  & Partial<Pick<Endpoint, "refuseNew">>;
 
 /**
  * How long a stopping generation lets its runtime deliver connections it

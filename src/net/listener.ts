@@ -20,6 +20,7 @@ import { InstarError, invalid, SystemError } from "../errors.ts";
 import {
   C,
   close as closeFd,
+  errnoNumber,
   fcntl,
   getsockname,
   getsockoptInt,
@@ -33,6 +34,7 @@ import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "../ffi/so
 import { bindExplained, bindUnix, checkMode, checkPort, isV6Any } from "./bind.ts";
 import type { Acceptor, BaseConn, Conn } from "../runtime/conn.ts";
 import { type ListenerBackend, startAcceptor } from "../runtime/mod.ts";
+import type { NetAddress } from "../runtime/listener_node.ts";
 
 export type { Conn } from "../runtime/conn.ts";
 export type { Addr } from "../ffi/sockaddr.ts";
@@ -365,7 +367,8 @@ class ListenerImpl implements Listener {
     try {
       this.#acceptor.close();
     } finally {
-      closeFd(this.#fd);
+      // Portable mode's listener has no fd of instar's (-1): the runtime's server is all.
+      if (this.#fd >= 0) closeFd(this.#fd);
       this.#fd = -1;
     }
   }
@@ -451,6 +454,60 @@ export async function openListener(
     closeFd(fd);
     throw err;
   }
+}
+
+/**
+ * Portable mode (src/runtime/platform.ts): a {@link Listener} whose socket
+ * `node:net` opens and serves itself, checked like {@link openListener}'s
+ * options; its `fd` is -1 (nothing can pass it on). Listen errors are
+ * {@link SystemError}s naming the address, as in the full mode.
+ */
+export async function openListenerAt(
+  options: TcpListenOptions | UnixListenOptions,
+): Promise<Listener> {
+  const backlog = checkBacklog(options.backlog);
+  let where: NetAddress, shown: string;
+  if ("path" in options) {
+    if (typeof options.path !== "string") invalid("path", options.path, "a Unix socket path");
+    checkMode(options.mode);
+    where = { path: options.path, backlog };
+    shown = `unix:${options.path}`;
+  } else {
+    const host = options.hostname ?? "0.0.0.0";
+    if (typeof host !== "string" || host === "") {
+      invalid("hostname", host, "a numeric address or a host name");
+    }
+    where = { host, port: checkPort(options.port), backlog };
+    shown = formatAddr({ transport: "tcp", hostname: host, port: options.port });
+  }
+  // node:net is loaded only in portable mode (memory, as for the fallback acceptor).
+  const { nodeAcceptorAt } = await import("../runtime/listener_node.ts");
+  const tracker = new Tracker();
+  let opened;
+  try {
+    opened = await nodeAcceptorAt(where, (c) => tracker.add(c));
+  } catch (err) {
+    throw netError(err, `cannot listen on ${shown}`);
+  }
+  if ("path" in options && options.mode !== undefined) {
+    await chmodSocket(options.path, options.mode);
+  }
+  return new ListenerImpl(-1, opened.addr, opened.acceptor, tracker);
+}
+
+/** A `node:net` / `node:dgram` error (`code: "EADDRINUSE"`) as a {@link SystemError} saying `what`. */
+export function netError(err: unknown, what: string): Error {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== "string") return err as Error;
+  const syscall = String((err as { syscall?: unknown }).syscall ?? "listen");
+  return new SystemError(syscall, errnoNumber(code) ?? 0, code, what);
+}
+
+/** Sets a Unix socket file's mode (portable mode: the runtime created the file). */
+export async function chmodSocket(path: string, mode: number): Promise<void> {
+  if (path.startsWith("@")) return;
+  const { chmod } = await import("node:fs/promises");
+  await chmod(path, mode);
 }
 
 /**

@@ -103,23 +103,63 @@ export async function nodeAcceptor(
   // accept() catches up (node:net's server has no pause of its own).
   const gate = socketGate(fd);
   const queue = new ConnQueue(gate);
+  const server = await listening({ fd } as net.ListenOptions, queue, () => addr, track);
+  // Closes the runtime's duplicate; node:net never shutdown(2)s a listener.
+  return queueAcceptor("node:net", queue, () => {
+    gate.close();
+    server.close();
+  });
+}
+
+/** Where {@link nodeAcceptorAt} listens: TCP or a Unix socket path. */
+export type NetAddress = { host: string; port: number; backlog: number } | {
+  path: string;
+  backlog: number;
+};
+
+/**
+ * Portable mode (src/runtime/platform.ts): `node:net` listening on `where`
+ * itself, no fd of instar's under it. The queue is unbounded: without libc
+ * there is no epoll registration to remove, and node:net has no pause.
+ * Resolves with the acceptor and the address it is bound to.
+ */
+export async function nodeAcceptorAt(
+  where: NetAddress,
+  track: (c: BaseConn) => void,
+): Promise<{ acceptor: Acceptor; addr: Addr }> {
+  const queue = new ConnQueue();
+  let addr: Addr = "path" in where
+    ? { transport: "unix", path: where.path }
+    : { transport: "tcp", hostname: where.host, port: where.port };
+  const server = await listening(where, queue, () => addr, track);
+  const bound = server.address();
+  if (bound && typeof bound === "object") {
+    addr = { transport: "tcp", hostname: bound.address, port: bound.port };
+  }
+  return { acceptor: queueAcceptor("node:net", queue, () => server.close()), addr };
+}
+
+// A node:net server queueing what it accepts, resolved once it listens (rejected with
+// the listen error). Connections arrive after "listening": `addr()` is known by then.
+async function listening(
+  how: net.ListenOptions,
+  queue: ConnQueue,
+  addr: () => Addr,
+  track: (c: BaseConn) => void,
+): Promise<net.Server> {
   const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    const c = new NodeConn(s, addr);
+    const c = new NodeConn(s, addr());
     track(c);
     queue.push(c);
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen({ fd }, () => {
+    server.listen(how, () => {
       server.off("error", reject);
       resolve();
     });
   });
   // Accept errors (EMFILE, …) are retried by the runtime; keep the process alive.
   server.on("error", () => {});
-  // Closes the runtime's duplicate; node:net never shutdown(2)s a listener.
-  return queueAcceptor("node:net", queue, () => {
-    gate.close();
-    server.close();
-  });
+  return server;
 }

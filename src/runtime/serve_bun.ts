@@ -39,7 +39,7 @@ export const bunAdapter: ServeAdapter = {
       opts,
       "path" in s.listenOn
         ? { unix: s.listenOn.path }
-        : { hostname: s.listenOn.hostname, port: 0, reusePort: false },
+        : { hostname: s.listenOn.hostname, port: s.listenOn.port ?? 0, reusePort: false },
     );
 
     const sockets = new WebSocketSet();
@@ -106,6 +106,8 @@ export const bunAdapter: ServeAdapter = {
       finish: () => stop(false),
       closeWebSockets: (ms) => sockets.closeAll(ms),
       close: () => stop(true),
+      // Bun stops listening at once; requests in flight, idle connections and WebSockets go on.
+      stopListening: () => void server.stop(false),
       finished,
       listening(): void {},
       ref: () => server.ref(),

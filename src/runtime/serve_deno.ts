@@ -52,9 +52,12 @@ export const denoAdapter: ServeAdapter = {
     for (const k of ["signal", "transport", "reusePort", "tcpBacklog"]) delete opts[k];
     Object.assign(
       opts,
-      "path" in s.listenOn
-        ? { path: s.listenOn.path, onListen() {} }
-        : { hostname: s.listenOn.hostname, port: 0, reusePort: false, onListen() {} },
+      "path" in s.listenOn ? { path: s.listenOn.path, onListen() {} } : {
+        hostname: s.listenOn.hostname,
+        port: s.listenOn.port ?? 0,
+        reusePort: false,
+        onListen() {},
+      },
     );
 
     const sockets = new WebSocketSet<WebSocket>();

@@ -17,8 +17,11 @@ export interface AdapterStart {
   options: Record<string, unknown>;
   /** The handler, given as `fetch` or as `handler` (undefined: Bun's `routes` alone). */
   handler: ((request: Request, infoOrServer: never) => unknown) | undefined;
-  /** Where to start: a loopback address (port 0), or a Unix socket path. */
-  listenOn: { hostname: string } | { path: string };
+  /**
+   * Where to start: a loopback address (port 0), or a Unix socket path; in
+   * portable mode the real address, port included (no socket is moved under it).
+   */
+  listenOn: { hostname: string; port?: number } | { path: string };
   /** The real address (what user callbacks must see). */
   real: () => { addr: Addr; url: URL };
   /** True once serving through the proxy: remote addresses must be looked up with `remoteOf`. */
@@ -72,6 +75,13 @@ export interface NativeServer {
   closeWebSockets(ms: number): Promise<number>;
   /** Stops the native server now; its connections must already be cut. */
   close(): Promise<void>;
+  /**
+   * Closes the listening socket at once while every connection goes on
+   * (Bun's `stop(false)`); absent where the runtime has no such step (Deno's
+   * `shutdown()` also closes idle connections and WebSockets). Portable mode's
+   * stop, where instar has no fd to refuse connections with.
+   */
+  stopListening?(): void;
   /** Resolves when the native server has finished. */
   finished: Promise<void>;
   /** Reports the listening address to the user (Deno's onListen). */

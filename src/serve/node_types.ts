@@ -32,7 +32,8 @@ export type NodeHttpServer = http.Server;
  * How a `node:http` server ended up on the socket: `transplant` (started on a
  * throwaway address, the socket moved under its fd: native speed), `fd` (the
  * runtime's own `listen({ fd })`: Deno), `fallback` (a `node:net` proxy to
- * the server on its throwaway address).
+ * the server on its throwaway address), `direct` (portable mode: the server
+ * listens on the address itself).
  *
  * @example
  * ```ts
@@ -41,7 +42,7 @@ export type NodeHttpServer = http.Server;
  * const path: NodeServePath = "transplant";
  * ```
  */
-export type NodeServePath = "transplant" | "fd" | "fallback";
+export type NodeServePath = "transplant" | "fd" | "fallback" | "direct";
 
 /**
  * instar's options of `serveNode()`.

@@ -55,7 +55,7 @@ import {
 import { checkIdleConnections, drainAlone, type ServerDrain } from "../net/drain.ts";
 import { cutConnections, noConnections } from "../net/connections.ts";
 import type { IdleConnections } from "../types.ts";
-import { deadline } from "../timeout.ts";
+import { deadline, sleep } from "../timeout.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type {
   AdapterStart,
@@ -155,6 +155,64 @@ export async function startServe<WebSocketData = undefined>(
   options: ServeOptions<WebSocketData>,
 ): Promise<Serving<Server>> {
   const fd = targetFd(target, "serve()");
+  const { instar, handler, rest } = splitServe(options);
+  // A Listener already accepts on its socket: from now on the HTTP server does.
+  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
+    pauseSocket(fd);
+  }
+  return await start(fd, instar, handler, rest);
+}
+
+/** Where the runtime's own server listens in portable mode: an address, not an fd. */
+export type DirectAddress = { hostname: string; port: number } | { path: string };
+
+/**
+ * {@link startServe} in portable mode (src/runtime/platform.ts): the
+ * runtime's own server listens on `where` itself, with no fd of instar's
+ * under it; it drains the same way (`Connection: close`, the quiet wait,
+ * WebSockets 1012 at the timeout), and stops accepting when it shuts down.
+ */
+// deno-lint-ignore require-await -- async so that bad options reject, as startServe()'s do
+export async function startServeAt<WebSocketData = undefined>(
+  where: DirectAddress,
+  options: ServeOptions<WebSocketData>,
+): Promise<Serving<Server>> {
+  const { instar, handler, rest } = splitServe(options);
+  const self = {} as Server;
+  // Known once the server listens (the port 0 asked for is chosen then); read only after that.
+  const real: { addr?: Addr; url?: URL } = {};
+  const native = serveAdapter().start({
+    options: rest,
+    handler,
+    listenOn: where,
+    real: () => ({ addr: real.addr!, url: real.url! }),
+    proxied: false,
+    remoteOf: () => undefined,
+    shutdown: () => void self.shutdown(),
+    warn: instar.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+  });
+  const addr = real.addr = native.throwaway;
+  const url = real.url = urlOf(addr, native.tls);
+  native.listening(addr, url);
+  const { server, drain } = wrap(
+    native,
+    { info: undefined, proxy: undefined },
+    addr,
+    instar,
+    () => {},
+  );
+  const port = addr.transport === "tcp" ? addr.port : 0;
+  const hostname = addr.transport === "tcp" ? addr.hostname : addr.path;
+  Object.assign(self, server, { addr, url, fallbackReason: undefined, port, hostname });
+  return { server: self, drain };
+}
+
+// The options object split into instar's (checked), the handler and the runtime's own.
+function splitServe(options: ServeOptions<unknown>): {
+  instar: Instar;
+  handler: AnyHandler | undefined;
+  rest: Record<string, unknown>;
+} {
   const {
     mode,
     onFallback,
@@ -177,12 +235,7 @@ export async function startServe<WebSocketData = undefined>(
     knownMasks,
   };
   refuseListenKeys(runtimeOptions);
-  const { handler, rest } = takeHandler(runtimeOptions);
-  // A Listener already accepts on its socket: from now on the HTTP server does.
-  if (typeof target === "object" && typeof (target as { accept?: unknown }).accept === "function") {
-    pauseSocket(fd);
-  }
-  return await start(fd, instar, handler, rest);
+  return { instar, ...takeHandler(runtimeOptions) };
 }
 
 type Instar = InstarServeOptions & { mode: ServeMode; idleConnections: IdleConnections };
@@ -280,6 +333,8 @@ interface ServerParts {
   finish(): Promise<void>;
   /** Closes WebSockets with 1012, cuts every connection, stops the native server; resolves with how many were cut. */
   forceClose(): Promise<number>;
+  /** Direct (portable mode): a stop closes the listening socket now, where the runtime can. */
+  refuseNew?(): Promise<void>;
 }
 
 function drainParts(
@@ -290,8 +345,11 @@ function drainParts(
   removeThrowaway: () => void,
 ): ServerParts {
   const { proxy } = paths;
+  // Portable mode: the native server listens itself, stops accepting when it finishes, and
+  // instar has no fd to count or cut connections at (so "keep" has nothing to wait on).
+  const direct = !paths.info && !proxy;
   // HTTP/2 clients move only on the GOAWAY of the graceful end: kept, they would stay.
-  const keep = idle === "keep" && !native.multiplexed;
+  const keep = idle === "keep" && !native.multiplexed && !direct;
   const resumeProxy = (): boolean => {
     if (proxy!.accepting) return false;
     proxy!.listen().catch((err) => {
@@ -309,14 +367,14 @@ function drainParts(
     pause: () => {
       // Accepting stops first: a failure to switch the answers cannot keep the server accepting.
       paths.paused = true;
-      const paused = paths.info ? pauseAccepting(paths.info) : proxy!.stopAccepting();
+      const paused = paths.info ? pauseAccepting(paths.info) : !direct && proxy!.stopAccepting();
       answers(true);
       return paused;
     },
     resume: () => {
       answers(false);
       paths.paused = false;
-      return paths.info ? resumeAccepting(paths.info) : resumeProxy();
+      return paths.info ? resumeAccepting(paths.info) : !direct && resumeProxy();
     },
     finish: async () => {
       if (keep) {
@@ -325,16 +383,26 @@ function drainParts(
         await noConnections(addr);
       } else {
         // Busy keep-alive connections get their last answer, with Connection: close, first.
-        await native.quiet(QUIET_MS, QUIET_MAX_MS);
+        // A direct server that still accepts (Deno) is never quiet under load: one grace then.
+        await native.quiet(QUIET_MS, direct ? QUIET_MS : QUIET_MAX_MS);
       }
       await native.finish();
       await proxy?.drained();
       removeThrowaway();
     },
+    // Busy keep-alive clients get a last answer with Connection: close first, so that the
+    // runtime's close of idle connections with the listener finds them between requests.
+    refuseNew: direct && native.stopListening
+      ? async () => {
+        answers(true);
+        await sleep(LAST_ANSWER_MS);
+        native.stopListening!();
+      }
+      : undefined,
     forceClose: async () => {
       const closed = await native.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on either path: a response that never ends cannot hold the runtime.
-      const cut = closed + cutConnections(addr);
+      const cut = closed + (direct ? 0 : cutConnections(addr));
       proxy?.destroyAll();
       await deadline(native.close(), 1000);
       removeThrowaway();
@@ -342,6 +410,9 @@ function drainParts(
     },
   };
 }
+
+/** Portable mode's stop: how long busy keep-alive connections get to hear Connection: close. */
+const LAST_ANSWER_MS = 100;
 
 type Paths = {
   info: TransplantInfo | undefined;
@@ -366,6 +437,7 @@ function wrap(
     resumeAccepting: () => void p.resume(),
     finish: p.finish,
     forceClose: p.forceClose,
+    refuseNew: p.refuseNew,
   };
   let shutdownPromise: Promise<void> | undefined;
   // The standalone server drains like every endpoint of the lifecycle.
@@ -376,7 +448,11 @@ function wrap(
     }).then(() => {});
   const finished = native.finished.then(() => paths.proxy?.drained());
   const server = {
-    mode: paths.info ? "transplant" as const : "fallback" as const,
+    mode: paths.info
+      ? "transplant" as const
+      : paths.proxy
+      ? "fallback" as const
+      : "direct" as const,
     native: native.native,
     finished,
     pauseAccepting: p.pause,

@@ -64,7 +64,7 @@ import {
   urlOf,
   WS_CLOSE_MS,
 } from "./options.ts";
-import type { Serving } from "./serve.ts";
+import type { DirectAddress, Serving } from "./serve.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type { ServeMode, ServeTarget } from "./types.ts";
 
@@ -261,19 +261,47 @@ export async function startServeNode(
     a = await viaTransplant(server, fd, addr, o);
   }
   reportAddress(server, addr);
-  // Either test: Bun's https.Server has no setSecureContext.
-  // node:https is loaded here, not at start-up, for the generations that never call serveNode().
-  const tls = server instanceof (host.builtin("node:https") as typeof https).Server ||
-    typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
   const { handle, drain } = serving(server, drainer, fd, addr, a, o);
-  return { server: Object.assign(handle, { url: urlOf(addr, tls) }), drain };
+  return { server: Object.assign(handle, { url: urlOf(addr, isTls(server)) }), drain };
+}
+
+/**
+ * {@link startServeNode} in portable mode (src/runtime/platform.ts): the
+ * server listens on `where` itself (mode `direct`), with no fd of instar's;
+ * it drains the same way and stops accepting when it closes.
+ */
+export async function startServeNodeAt(
+  where: DirectAddress,
+  server: NodeHttpServer,
+  options: NodeServeOptions = {},
+): Promise<Serving<NodeServing>> {
+  checkServer(server);
+  const o = {
+    ...options,
+    mode: checkServeMode(options.mode),
+    idleConnections: checkIdleConnections("idleConnections", options.idleConnections),
+  };
+  const drainer = new NodeDrain(server);
+  const at = "path" in where ? { path: where.path } : { host: where.hostname, port: where.port };
+  const addr = await listenOn(server, at);
+  const { handle, drain } = serving(server, drainer, -1, addr, { mode: "direct", remove() {} }, o);
+  return { server: Object.assign(handle, { url: urlOf(addr, isTls(server)) }), drain };
+}
+
+// Either test: Bun's https.Server has no setSecureContext.
+// node:https is loaded here, not at start-up, for the generations that never call serveNode().
+function isTls(server: NodeHttpServer): boolean {
+  return server instanceof (host.builtin("node:https") as typeof https).Server ||
+    typeof (server as { setSecureContext?: unknown }).setSecureContext === "function";
 }
 
 // Stops and restarts accepting on whichever path the server took.
 function acceptControl(fd: number, a: Accepting) {
   let paused: PausedSocket | undefined;
   return {
+    // Direct (portable mode): the server stops accepting when it closes; nothing pauses it before.
     pause(): boolean {
+      if (a.mode === "direct") return false;
       if (a.info) return pauseAccepting(a.info);
       if (a.proxy) return a.proxy.stopAccepting();
       if (paused) return false;
@@ -281,6 +309,7 @@ function acceptControl(fd: number, a: Accepting) {
       return true;
     },
     resume(): boolean {
+      if (a.mode === "direct") return false;
       if (a.info) return resumeAccepting(a.info);
       if (a.proxy) {
         if (a.proxy.accepting) return false;
@@ -333,7 +362,7 @@ function serverDrain(
     forceClose: async () => {
       const closed = await d.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on every path: a response that never ends cannot hold the runtime.
-      const cut = closed + cutConnections(addr);
+      const cut = closed + (a.mode === "direct" ? 0 : cutConnections(addr));
       a.proxy?.destroyAll();
       d.closeAll();
       await deadline(d.finish(), 1000);

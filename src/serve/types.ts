@@ -354,8 +354,11 @@ export interface Server {
   readonly hostname: string;
   /** `http://host:port/` (or `https://` with TLS). */
   readonly url: URL;
-  /** `transplant`, or `fallback` when serving through the proxy. */
-  readonly mode: "transplant" | "fallback";
+  /**
+   * `transplant`, `fallback` when serving through the proxy, or `direct` in
+   * portable mode (the runtime's server listens on the address itself: docs/portable.md).
+   */
+  readonly mode: "transplant" | "fallback" | "direct";
   /** Why `auto` fell back, if it did. */
   readonly fallbackReason: InstarError | undefined;
   /** The runtime's server: a `Deno.HttpServer` or a `Bun.Server`. */

@@ -12,6 +12,8 @@ import { openControl } from "./control.ts";
 import { parseRunArgs, RUN_HELP, type RunOptions } from "./options.ts";
 import { Supervisor, type SupervisorLog } from "./supervisor.ts";
 import { watchPaths } from "./watch.ts";
+import { checkPortable, PortableSupervisor } from "./portable.ts";
+import { platformMode } from "../runtime/platform.ts";
 
 /**
  * Runs `instar run` with `args` (what follows `run`); resolves with the exit
@@ -39,6 +41,8 @@ export async function runSupervisor(
     info: (m) => err(`instar run[${process.pid}]: ${m}\n`),
     warn: (m) => err(`instar run[${process.pid}]: warning: ${m}\n`),
   };
+  const mode = platformMode();
+  if (mode.mode === "portable") return await runPortable(o, log, mode.why);
   const sup = await Supervisor.start(o, log);
   const removeSignals = installSignals(sup, log);
   let control: ControlServer | null = null;
@@ -57,6 +61,38 @@ export async function runSupervisor(
     control.unlink();
   }
   removeSignals();
+  log.info(`exiting with status ${code}`);
+  return code;
+}
+
+// Portable mode (docs/portable.md): the command restarts instead of upgrading in place.
+async function runPortable(o: RunOptions, log: SupervisorLog, why: string): Promise<number> {
+  checkPortable(o, why);
+  log.warn(
+    `portable mode (${why}): crashes restart the command; SIGHUP and --watch restart it too, ` +
+      "refusing connections between its stop and its next start (upgrades need Linux)",
+  );
+  const sup = new PortableSupervisor(o, log);
+  const handlers: [string, () => void][] = [
+    ["SIGHUP", () => sup.restart("SIGHUP")],
+    ["SIGTERM", () => sup.stop("SIGTERM")],
+    ["SIGINT", () => sup.stop("SIGINT")],
+  ];
+  for (const [sig, h] of handlers) {
+    try {
+      process.on(sig, h);
+    } catch { /* a platform without it (Windows: SIGHUP, SIGTERM) */ }
+  }
+  const watcher = o.watch.length
+    ? watchPaths(
+      o.watch,
+      { debounceMs: o.watchDebounceMs },
+      (changed) => sup.restart(`watch: ${changed.slice(0, 3).join(", ")}`),
+    )
+    : null;
+  const code = await sup.done;
+  watcher?.close();
+  for (const [sig, h] of handlers) process.off(sig, h);
   log.info(`exiting with status ${code}`);
   return code;
 }
