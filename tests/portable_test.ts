@@ -142,6 +142,17 @@ describe(`portable mode, in this process (${RUNTIME})`, () => {
         code: "EADDRINUSE",
       },
     );
+    // A port another server holds: the full mode's SystemError, naming the address.
+    const other = net.createServer();
+    await new Promise<void>((r) => other.listen(0, "127.0.0.3", r));
+    const taken = (other.address() as net.AddressInfo).port;
+    await assert.rejects(
+      up.serve({ hostname: "127.0.0.3", port: taken, fetch: () => new Response("") }),
+      (e: unknown) =>
+        e instanceof InstarError && e.code === "EADDRINUSE" &&
+        e.message.includes(`cannot listen on 127.0.0.3:${taken}`),
+    );
+    other.close();
     await up.ready();
     await assert.rejects(up.upgrade(), isRefusal, "after ready()");
     assert.deepEqual(refused, ["unsupported-platform", "unsupported-platform"]);
@@ -281,6 +292,32 @@ describe(`portable mode, the other APIs (${RUNTIME})`, () => {
     await within(next(/^draining pid/), 5_000, "draining notice");
     assert.equal(await within(closed, 5_000, "close"), 1012);
     assert.equal(await within(server.exited, 10_000, "exit"), 0);
+  });
+});
+
+describe(`portable mode, the zero-code preload (${RUNTIME})`, () => {
+  test("an unmodified server under instar/auto serves, refuses SIGHUP with the reason, serves on, and stops with 0", async () => {
+    const fixture = join(
+      ROOT,
+      "tests",
+      "fixtures",
+      "auto",
+      RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts",
+    );
+    const preload = join(ROOT, "src", "auto", "preload.ts");
+    const cmd = RUNTIME === "bun"
+      ? [process.execPath, "--preload", preload, fixture]
+      : [denoBin(), "run", "-A", "--no-check", "--preload", preload, fixture];
+    const { server, port } = await started(cmd, { ...PORTABLE, PORT: "0" });
+    const before = await get(port, "/");
+    assert.equal(before.status, 200);
+    await refusedHup(server, 0);
+    const after = await get(port, "/");
+    assert.equal(after.status, 200);
+    assert.equal(after.body, before.body, "the same process answers");
+    assert.equal(server.lines.filter((l) => WARNING.test(l)).length, 1, "one warning");
+    process.kill(server.pid, "SIGTERM");
+    assert.equal(await within(server.exited, 10_000, "the stop"), 0);
   });
 });
 

@@ -75,7 +75,11 @@ export class Observer {
       parentPid: s.parentPid,
       promotionWindow: s.link?.hello.promotionWindow ?? 0,
       carried: s.link?.hello.counters ?? null,
-      regionFd: s.link ? s.link.hello.counterRegion?.fd ?? null : supervisorRegion(s.warn),
+      regionFd: s.portable
+        ? null
+        : s.link
+        ? s.link.hello.counterRegion?.fd ?? null
+        : supervisorRegion(s.warn),
       state: () => s.state,
       endpoints,
       events: s.events,
@@ -96,6 +100,7 @@ export class Observer {
       pid: host.pid(),
       generation: c.generation,
       warn: (m) => c.events.warn(m),
+      portable: c.portable,
     });
     const on = c.events.on.bind(c.events);
     // A previous generation that passed no region cannot count this upgrade where this one

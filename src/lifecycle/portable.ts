@@ -13,6 +13,7 @@ import { InstarError } from "../errors.ts";
 import {
   chmodSocket,
   type Listener,
+  netError,
   type TcpListenOptions,
   type UnixListenOptions,
 } from "../net/listener.ts";
@@ -113,6 +114,13 @@ export async function serveDirect<T extends { addr: Addr }>(
   } catch (err) {
     await started?.drain.forceClose().catch(() => 0);
     registry.unclaim(key);
-    throw err;
+    // The runtime's own error (Deno's AddrInUse, Bun's and node's EADDRINUSE) as the full
+    // mode's SystemError, naming the address.
+    throw netError(err, `cannot listen on ${shownAddress(spec)}: is another server there?`);
   }
+}
+
+function shownAddress(spec: SocketSpec): string {
+  const a = addressOf(spec) as { path?: string; hostname?: string; port?: number };
+  return a.path ?? `${a.hostname ?? "0.0.0.0"}:${a.port}`;
 }

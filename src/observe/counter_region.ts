@@ -279,9 +279,15 @@ export interface OpenedRegion {
 /**
  * The region passed on `fd` if it checks out, else a fresh one (a warning
  * names why the passed one was refused and says counting starts afresh);
- * a private one when no memfd can be made. Never throws.
+ * a private one when no memfd can be made, or when `shared` is false (portable
+ * mode: nothing is passed on, and libc is not used). Never throws.
  */
-export function openRegion(fd: number | null, warn: (message: string) => void): OpenedRegion {
+export function openRegion(
+  fd: number | null,
+  warn: (message: string) => void,
+  shared = true,
+): OpenedRegion {
+  if (!shared) return { region: CounterRegion.private(), adopted: false };
   if (fd !== null) {
     try {
       return { region: CounterRegion.adopt(fd), adopted: true };

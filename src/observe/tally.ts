@@ -48,9 +48,11 @@ export class Tally {
     pid: number;
     generation: number;
     warn: (message: string) => void;
+    /** Portable mode: counts stay in this process, without libc (no region, no warning). */
+    portable?: boolean;
   }) {
     this.#warn = o.warn;
-    const { region, adopted } = openRegion(o.regionFd, o.warn);
+    const { region, adopted } = openRegion(o.regionFd, o.warn, !o.portable);
     this.#region = region;
     this.shared = adopted;
     this.#base = adopted ? zeroCounters() : structuredClone(o.carried ?? zeroCounters());
