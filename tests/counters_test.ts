@@ -22,6 +22,7 @@ import {
   stopped,
 } from "./support/helpers.ts";
 import { runLoad } from "./support/load_client.ts";
+import { parsePrometheus, value } from "./support/prometheus.ts";
 import { nextPidInPidFile } from "./support/status.ts";
 
 const HTTP = join(ROOT, "examples", "http_server.ts");
@@ -60,13 +61,6 @@ async function start(args: string[]) {
   return { server, port, pidFile, pid };
 }
 
-/** The value of the one sample of `name` whose labels contain `labels` (`""` matches any). */
-function sample(text: string, name: string, labels = ""): number {
-  const lines = text.split("\n").filter((l) => l.startsWith(`${name}{`) && l.includes(labels));
-  assert.equal(lines.length, 1, `one ${name} ${labels} in:\n${text}`);
-  return Number(lines[0].slice(lines[0].lastIndexOf(" ") + 1));
-}
-
 /** GET /metrics on a fresh connection: the scrape is itself a request counted. */
 async function scrape(port: number): Promise<string> {
   const raw = await exchange(port, httpGet("/metrics"), { timeoutMs: 30_000 });
@@ -100,17 +94,17 @@ async function exactThroughUpgrades(args: string[]): Promise<void> {
   stop.abort();
   const answered = await load;
   for (const pid of pids.slice(0, -1)) await stopped(pid, 30_000);
-  const text = await scrape(s.port);
+  const text = await parsePrometheus(await scrape(s.port));
   const failures = Object.values(answered.failures).reduce((a, b) => a + b, 0);
   assert.equal(failures, 0, `no request failed: ${JSON.stringify(answered.failures)}`);
   assert.ok(answered.ok > 200, `the load was answered (${answered.ok})`);
   assert.equal(
-    sample(text, "instar_requests_total"),
+    value(text, "instar_requests_total"),
     answered.ok + 1,
     "every request answered, and this scrape, counted exactly once",
   );
-  assert.equal(sample(text, "instar_upgrades_total", 'outcome="succeeded"'), UPGRADES);
-  assert.equal(sample(text, "instar_generation"), UPGRADES + 1);
+  assert.equal(value(text, "instar_upgrades_total", { outcome: "succeeded" }), UPGRADES);
+  assert.equal(value(text, "instar_generation"), UPGRADES + 1);
 }
 
 describe(`exact counters across upgrades (${RUNTIME})`, () => {
@@ -139,11 +133,11 @@ describe(`exact counters across upgrades (${RUNTIME})`, () => {
     await stopped(next, 30_000);
     stop.abort();
     const answered = await load;
-    const text = await scrape(s.port);
+    const text = await parsePrometheus(await scrape(s.port));
     assert.equal(Object.values(answered.failures).reduce((a, b) => a + b, 0), 0);
-    assert.equal(sample(text, "instar_generation"), 1, "the first generation serves on");
-    assert.equal(sample(text, "instar_requests_total"), answered.ok + byNew + 1);
-    assert.equal(sample(text, "instar_upgrades_total", 'outcome="rolled-back"'), 1);
-    assert.equal(sample(text, "instar_upgrades_total", 'outcome="succeeded"'), 0);
+    assert.equal(value(text, "instar_generation"), 1, "the first generation serves on");
+    assert.equal(value(text, "instar_requests_total"), answered.ok + byNew + 1);
+    assert.equal(value(text, "instar_upgrades_total", { outcome: "rolled-back" }), 1);
+    assert.equal(value(text, "instar_upgrades_total", { outcome: "succeeded" }), 0);
   });
 });
