@@ -7,6 +7,7 @@
  * app's own SIGTERM → process.exit(0) does not cut a request in flight.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import * as http from "node:http";
 import * as net from "node:net";
@@ -15,15 +16,19 @@ import process from "node:process";
 import { describe, test } from "node:test";
 import {
   cleanupAfterTests,
+  onPath,
   ROOT,
   runCommand,
   RUNTIME,
   type ServerProcess,
+  skipIf,
   startServer,
   stopped,
 } from "./support/helpers.ts";
 import { bin } from "./support/procs.ts";
 import { autoArgv } from "../src/supervisor/auto_argv.ts";
+import { parseRunArgs } from "../src/supervisor/options.ts";
+import { checkReadyPath } from "../src/auto/settings.ts";
 import type { InstarError } from "../src/errors.ts";
 import { runLoad } from "./support/load_client.ts";
 import { nextPidInPidFile, serverStatus } from "./support/status.ts";
@@ -31,6 +36,22 @@ import { nextPidInPidFile, serverStatus } from "./support/status.ts";
 const left = cleanupAfterTests();
 const PRELOAD = join(ROOT, "src/auto/preload.ts");
 const fixture = (name: string) => join(ROOT, "tests/fixtures/auto", name);
+
+const NO_OPENSSL = !onPath("openssl") && "openssl is not installed (Debian package openssl)";
+
+/** A self-signed certificate for 127.0.0.1 and its key, made with openssl in `dir`. */
+function makeCert(dir: string): { cert: string; key: string } {
+  const cert = join(dir, "c.crt"), key = join(dir, "c.key");
+  const r = spawnSync("openssl", [
+    "req",
+    "-x509",
+    ...["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"],
+    ...["-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=instar-auto"],
+    ...["-addext", "subjectAltName=IP:127.0.0.1"],
+  ]);
+  assert.equal(r.status, 0, String(r.stderr));
+  return { cert, key };
+}
 
 /** `script` under this runtime with instar/auto preloaded. */
 function preloaded(script: string): string[] {
@@ -97,27 +118,31 @@ function getUnix(socketPath: string): Promise<string> {
   });
 }
 
-/** Two upgrades under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
-async function upgradesUnderLoad(app: App): Promise<void> {
+/** Upgrades (two by default) under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
+async function upgradesUnderLoad(app: App, { upgrades = 2, tls = false } = {}): Promise<void> {
   const seen = new Set<string>();
-  const common = { port: app.port, durationMs: 60_000, onResponse: (b: string) => seen.add(b) };
+  const common = {
+    port: app.port,
+    tls,
+    durationMs: 60_000,
+    onResponse: (b: string) => seen.add(b),
+  };
   const stop = new AbortController();
   const gets = runLoad({ ...common, connections: 8, signal: stop.signal });
   const posts = runLoad({ ...common, connections: 4, postBytes: 16 * 1024, signal: stop.signal });
-  const first = app.pid;
   await new Promise((r) => setTimeout(r, 300));
-  await upgrade(app);
-  await stopped(first, 10_000);
-  const second = app.pid;
-  await upgrade(app);
-  await stopped(second, 10_000);
+  for (let i = 0; i < upgrades; i++) {
+    const old = app.pid;
+    await upgrade(app);
+    await stopped(old, 10_000);
+  }
   await new Promise((r) => setTimeout(r, 200));
   stop.abort();
   for (const [name, r] of Object.entries({ gets: await gets, posts: await posts })) {
     assert.equal(r.failed, 0, `${name}: ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
     assert.ok(r.ok > 50, `${name}: only ${r.ok} answers`);
   }
-  assert.equal(seen.size, 3, `answers from three generations: ${[...seen].join(" ")}`);
+  assert.equal(seen.size, upgrades + 1, `answers from each generation: ${[...seen].join(" ")}`);
 }
 
 describe(`instar/auto (${RUNTIME})`, () => {
@@ -130,6 +155,62 @@ describe(`instar/auto (${RUNTIME})`, () => {
   test("an unmodified node:http server upgrades twice under load with no failed request", async () => {
     await upgradesUnderLoad(await startApp(preloaded(fixture("switch.mjs"))));
   });
+
+  test("with a ready URL, an app that answers 503 on /ready for 1 s upgrades under load with no failed request, the old generation draining only after /ready answered 2xx on the new one; an app that never answers 2xx fails its upgrade with that reason", async () => {
+    const mode = join(left.tempDir("instar-auto-ready-"), "mode");
+    const app = await startApp(preloaded(fixture("switch.mjs")), {
+      WARMUP_MS: "1000",
+      INSTAR_AUTO_READY_URL: "/ready",
+      INSTAR_AUTO_LISTEN_TIMEOUT: "3000",
+      INSTAR_LOG: "json",
+      MODE_FILE: mode,
+    });
+    const old = app.pid;
+    await upgradesUnderLoad(app, { upgrades: 1 });
+    const [, ok] = await app.server.waitFor(new RegExp(`^ready-ok ${app.pid} (\\d+)`), 5_000);
+    const readyOk = Number(ok);
+    const event = (name: string) =>
+      app.server.lines.map((l) => l.startsWith("{") ? JSON.parse(l) : null)
+        .find((j) => j?.event === name && j.pid === old);
+    const spawned = Date.parse(event("upgrade-spawned").time);
+    const draining = Date.parse(event("draining").time);
+    assert.ok(
+      readyOk - spawned >= 1000,
+      `/ready answered 2xx ${readyOk - spawned} ms after the spawn`,
+    );
+    assert.ok(draining >= readyOk, `drained ${readyOk - draining} ms before /ready answered 2xx`);
+
+    writeFileSync(mode, "notready");
+    const from = app.server.lines.length;
+    process.kill(app.pid, "SIGHUP");
+    await app.server.waitFor(
+      /GET \/ready did not answer 2xx on this generation within 3000 ms .*\(last: 503\)/,
+      15_000,
+      from,
+    );
+    await app.server.waitFor(/upgrade-failed/, 15_000, from);
+    assert.equal(await get(app.port), `pid ${app.pid}\n`, "the old generation serves on");
+  });
+
+  test(
+    "TLS options the app passes (node:https, and Bun.serve's tls or Deno.serve's cert/key) are served: an upgrade under HTTPS load fails no request, the ready URL asked in plain HTTP",
+    skipIf(NO_OPENSSL, "TLS"),
+    async () => {
+      const { cert, key } = makeCert(left.tempDir("instar-auto-tls-"));
+      const scripts = ["switch.mjs", RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts"];
+      await Promise.all(scripts.map(async (script) => {
+        const app = await startApp(preloaded(fixture(script)), {
+          TLS_CERT: cert,
+          TLS_KEY: key,
+          WARMUP_MS: "300",
+          INSTAR_AUTO_READY_URL: "/ready",
+          INSTAR_LOG: "off",
+        });
+        await upgradesUnderLoad(app, { upgrades: 1, tls: true });
+        await app.server.waitFor(new RegExp(`^ready-ok ${app.pid} `), 5_000);
+      }));
+    },
+  );
 
   if (RUNTIME === "bun") {
     test("Bun's export default { fetch, port } goes through instar and upgrades", async () => {
@@ -165,21 +246,28 @@ describe(`instar/auto (${RUNTIME})`, () => {
     assert.equal(status?.listeners.length, 3);
   });
 
-  test("instar run --auto preloads instar/auto and upgrades on the supervisor's SIGHUP", async () => {
+  test("instar run --auto --ready-url preloads instar/auto, asks each generation's /ready and upgrades on the supervisor's SIGHUP", async () => {
     const port = await freePort();
     const runtime = RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check"] : [bin("bun")];
     const sup = startServer(
-      [...runtimeCmdOfCli(), "run", "--auto", "--", ...runtime, fixture("switch.mjs")],
-      { PORT: String(port) },
+      [
+        ...runtimeCmdOfCli(),
+        ...["run", "--auto", "--ready-url", "/ready", "--"],
+        ...runtime,
+        fixture("switch.mjs"),
+      ],
+      { PORT: String(port), WARMUP_MS: "200" },
     );
     left.servers.push(sup);
-    await sup.waitFor(/generation 1 \(pid \d+\) is ready/);
+    const [, pid] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/);
+    await sup.waitFor(new RegExp(`^ready-ok ${pid} `), 5_000);
     const first = await get(port);
     process.kill(sup.pid, "SIGHUP");
-    await sup.waitFor(/upgraded: pid (\d+) serves/);
+    const [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/);
+    await sup.waitFor(new RegExp(`^ready-ok ${next} `), 5_000);
     const second = await get(port);
-    assert.match(first, /^pid \d+\n$/);
-    assert.notEqual(second, first, "the new generation answers");
+    assert.equal(first, `pid ${pid}\n`);
+    assert.equal(second, `pid ${next}\n`, "the new generation answers");
     process.kill(sup.pid, "SIGTERM");
     assert.equal(await sup.exited, 0);
   });
@@ -243,6 +331,31 @@ describe(`instar/auto (${RUNTIME})`, () => {
         bad.join(" "),
       );
     }
+  });
+
+  test("--ready-url needs --auto and a path; INSTAR_AUTO_READY_URL must be a path", () => {
+    const cmd = ["--", bin("bun"), "s.js"];
+    assert.equal(
+      parseRunArgs(["--auto", "--ready-url", "/ready?deep=1", ...cmd])?.readyUrl,
+      "/ready?deep=1",
+    );
+    for (
+      const bad of [["--ready-url", "/ready"], ["--auto", "--ready-url", "ready"], [
+        "--auto",
+        "--ready-url",
+        "/a b",
+      ]]
+    ) {
+      assert.throws(
+        () => parseRunArgs([...bad, ...cmd]),
+        (e: InstarError) => e.code === "INVALID_ARGUMENT" && /--ready-url/.test(e.message),
+        bad.join(" "),
+      );
+    }
+    assert.throws(
+      () => checkReadyPath("INSTAR_AUTO_READY_URL", "http://x/ready"),
+      (e: InstarError) => e.code === "INVALID_ARGUMENT" && /INSTAR_AUTO_READY_URL/.test(e.message),
+    );
   });
 
   test("a generation that never listens, ends without listening or listens elsewhere fails with the reason, and the old one serves on", async () => {

@@ -10,6 +10,7 @@ import * as host from "../host.ts";
 import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { UpgraderServeOptions } from "../serve/serve.ts";
 import type { AutoReadiness } from "./readiness.ts";
+import type { Twin } from "./ready_url.ts";
 import { unsupported } from "./settings.ts";
 import { standIn } from "./stand_in.ts";
 
@@ -39,6 +40,15 @@ export function bunServeOptions(options: unknown): UpgraderServeOptions & Option
   return { ...rest, port, hostname } as UpgraderServeOptions & Options;
 }
 
+/** The same server on the Unix socket `path`, in plain HTTP, for the ready URL (ready_url.ts). */
+function twin(native: (options: unknown) => unknown, o: Options): Twin {
+  const { port: _port, hostname: _hostname, path: _path, tls: _tls, ...rest } = o;
+  return (path) => {
+    const server = native({ ...rest, unix: path }) as { stop(force: boolean): unknown };
+    return Promise.resolve(() => void server.stop(true));
+  };
+}
+
 function describe(o: Options): string {
   return o.path !== undefined ? `Bun.serve(unix:${o.path})` : `Bun.serve(${o.hostname}:${o.port})`;
 }
@@ -55,7 +65,7 @@ export function installBunServe(
     // Bun's node:http runs on Bun.serve: a node server instar is already serving passes through.
     if (isInternal()) return native(options);
     const o = bunServeOptions(options);
-    const started = readiness.follow(describe(o), up.serve(o));
+    const started = readiness.follow(describe(o), up.serve(o), twin(native, o));
     const port = (o.port as number | undefined) ?? 0;
     const hostname = (o.hostname as string | undefined) ?? (o.path as string);
     return standIn(started, {

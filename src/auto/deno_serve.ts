@@ -10,6 +10,7 @@
 import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { UpgraderServeOptions } from "../serve/serve.ts";
 import type { AutoReadiness } from "./readiness.ts";
+import type { Twin } from "./ready_url.ts";
 import { unsupported } from "./settings.ts";
 import { standIn } from "./stand_in.ts";
 
@@ -35,15 +36,30 @@ export function denoServeOptions(a: unknown, b: unknown): UpgraderServeOptions &
   return { ...rest, port, hostname } as UpgraderServeOptions & Options;
 }
 
-/** Replaces `Deno.serve` so that it serves through `up`. */
-export function installDenoServe(up: Upgrader, readiness: AutoReadiness): void {
+/** The same server on the Unix socket `path`, in plain HTTP, for the ready URL (ready_url.ts). */
+function twin(native: (options: unknown) => unknown, o: Options): Twin {
+  const { port: _p, hostname: _h, path: _x, cert: _c, key: _k, onListen: _l, signal: _s, ...rest } =
+    o;
+  return (path) => {
+    const options = { ...rest, path, transport: "unix", onListen() {} };
+    const server = native(options) as { shutdown(): Promise<void> };
+    return Promise.resolve(() => void server.shutdown().catch(() => {}));
+  };
+}
+
+/** Replaces `Deno.serve` so that it serves through `up` (`native` is the runtime's own). */
+export function installDenoServe(
+  up: Upgrader,
+  readiness: AutoReadiness,
+  native: (options: unknown) => unknown,
+): void {
   const deno = (globalThis as unknown as { Deno: { serve: unknown } }).Deno;
   deno.serve = function serve(a: unknown, b?: unknown): unknown {
     const o = denoServeOptions(a, b);
     const what = o.path !== undefined
       ? `Deno.serve(unix:${o.path})`
       : `Deno.serve(${o.hostname}:${o.port})`;
-    const started = readiness.follow(what, up.serve(o));
+    const started = readiness.follow(what, up.serve(o), twin(native, o));
     const addr = o.path !== undefined
       ? { transport: "unix", path: o.path }
       : { transport: "tcp", hostname: o.hostname, port: o.port };

@@ -25,6 +25,7 @@ import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { UpgraderServeNodeOptions } from "../serve/serve_node.ts";
 import type { NodeHttpServer } from "../serve/node_types.ts";
 import type { AutoReadiness } from "./readiness.ts";
+import type { Twin } from "./ready_url.ts";
 import { unsupported } from "./settings.ts";
 
 type Listen = (this: net.Server, ...args: unknown[]) => unknown;
@@ -128,13 +129,35 @@ export function installNodeListen(up: Upgrader, readiness: AutoReadiness): void 
         );
       }
       taken.add(this);
-      serve(up, readiness, this, parsed);
+      serve(up, readiness, this, parsed, twinOf(httpMod, taken, this));
       return this;
     };
   }
 }
 
-function serve(up: Upgrader, readiness: AutoReadiness, server: net.Server, l: NodeListen): void {
+/**
+ * A plain `http.Server` with `server`'s `request` listeners (the application: Express's app,
+ * Next.js's handler) on the Unix socket `path`, for the ready URL (ready_url.ts). Its
+ * listen passes through (`taken`).
+ */
+function twinOf(httpMod: typeof http, taken: WeakSet<object>, server: net.Server): Twin {
+  return (path) =>
+    new Promise((resolve, reject) => {
+      const twin = httpMod.createServer();
+      for (const l of server.listeners("request")) twin.on("request", l as () => void);
+      taken.add(twin);
+      twin.once("error", reject);
+      twin.listen(path, () => resolve(() => (twin.close(), twin.closeAllConnections?.())));
+    });
+}
+
+function serve(
+  up: Upgrader,
+  readiness: AutoReadiness,
+  server: net.Server,
+  l: NodeListen,
+  twin: Twin,
+): void {
   const node = server as unknown as NodeHttpServer;
   const serving = l.spec.path !== undefined || l.spec.hostname !== undefined
     ? up.serveNode(node, l.spec as UpgraderServeNodeOptions)
@@ -144,7 +167,7 @@ function serve(up: Upgrader, readiness: AutoReadiness, server: net.Server, l: No
       }
       return up.serveNode(node, { ...l.spec, hostname: "0.0.0.0" } as UpgraderServeNodeOptions);
     });
-  readiness.follow(describe(l.spec), serving).then(
+  readiness.follow(describe(l.spec), serving, twin).then(
     () => l.callback?.call(server),
     (err) => server.emit("error", err),
   );

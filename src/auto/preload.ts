@@ -45,7 +45,7 @@ async function start(): Promise<Upgrader> {
   const readiness = new AutoReadiness(upgrader, insideOf(upgrader), settings.readiness);
   keepNativeServe();
   if (G.Bun) installBunServe(upgrader, readiness, nativeServe("Bun"), insideNodeListen);
-  else installDenoServe(upgrader, readiness);
+  else installDenoServe(upgrader, readiness, nativeServe("Deno"));
   installNodeListen(upgrader, readiness);
   guardExit(upgrader);
   return upgrader;

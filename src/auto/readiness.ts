@@ -8,15 +8,19 @@
  * - A first generation (nothing inherited) is ready once the application's
  *   listens stop: `settleMs` after the last one started serving, with none
  *   pending. Later listens still work; the next generation inherits them.
+ * - With `readyUrl`, then also once that path answers 2xx on this generation
+ *   alone (ready_url.ts).
  * - Not ready within `timeoutMs` (it never listened, or never on a socket the
- *   previous generation had: another port): this generation fails with a
- *   reason naming what is missing, and the previous one serves on.
+ *   previous generation had: another port; the ready URL never answered 2xx):
+ *   this generation fails with a reason naming what is missing, and the
+ *   previous one serves on.
  *
  * @module
  */
 
 import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { Inside } from "../lifecycle/inside.ts";
+import { ReadyUrl, type Twin } from "./ready_url.ts";
 
 /** How readiness is decided (from the environment: options.ts). */
 export interface ReadinessSettings {
@@ -24,6 +28,8 @@ export interface ReadinessSettings {
   settleMs: number;
   /** Not ready by then: the generation fails with the reason. */
   timeoutMs: number;
+  /** Ready only once `GET <readyUrl>` answers 2xx on this generation (`INSTAR_AUTO_READY_URL`). */
+  readyUrl?: string;
 }
 
 /** Counts the application's serves and calls `up.ready()` when they cover what is expected. */
@@ -37,6 +43,9 @@ export class AutoReadiness {
   #settle: ReturnType<typeof setTimeout> | undefined;
   #deadline: ReturnType<typeof setTimeout> | undefined;
   #ready = false;
+  #probe: ReadyUrl | undefined;
+  #twin: Twin | undefined;
+  #warm: boolean;
 
   /** Readiness of `up` (whose insides are `inside`), decided with `settings`. */
   constructor(up: Upgrader, inside: Inside, settings: ReadinessSettings) {
@@ -44,6 +53,7 @@ export class AutoReadiness {
     this.#inside = inside;
     this.#settings = settings;
     this.#expected = inside.unclaimed();
+    this.#warm = settings.readyUrl === undefined;
     // Unref'd: Deno 2.9.6 runs a preload's event loop until nothing is pending before it
     // starts the application, so a timer that kept it alive would hold the application back.
     // An application that ends without listening just ends (nothing was served); one that
@@ -58,8 +68,10 @@ export class AutoReadiness {
    * Follows one serve the application started (`what` names it for errors):
    * resolves with what `serving` resolves, or fails the generation if it
    * rejects before ready (after ready, the error is the application's: it rejects).
+   * `twin` starts the same server elsewhere, for the ready URL (the first one given is asked).
    */
-  follow<T>(what: string, serving: Promise<T>): Promise<T> {
+  follow<T>(what: string, serving: Promise<T>, twin: Twin): Promise<T> {
+    this.#twin ??= twin;
     this.#pending++;
     clearTimeout(this.#settle);
     return serving.then(
@@ -88,6 +100,7 @@ export class AutoReadiness {
 
   #declare(): void {
     if (this.#ready || this.#pending > 0) return;
+    if (!this.#warm) return this.#askReadyUrl();
     this.#ready = true;
     clearTimeout(this.#deadline);
     this.#up.ready().catch((err) =>
@@ -95,9 +108,30 @@ export class AutoReadiness {
     );
   }
 
+  // Once: later listens that finish while it asks call #declare again.
+  #askReadyUrl(): void {
+    if (this.#probe) return;
+    this.#probe = new ReadyUrl(this.#settings.readyUrl!);
+    this.#probe.wait(this.#twin!).then(
+      (answered) => {
+        this.#warm = answered;
+        this.#declare();
+      },
+      (err) =>
+        this.#inside.failStart(`instar/auto: the ready URL's server failed: ${message(err)}`),
+    );
+  }
+
   #timedOut(): void {
     if (this.#ready) return;
     const ms = this.#settings.timeoutMs;
+    if (this.#probe) {
+      this.#probe.stop();
+      this.#inside.failStart(
+        `instar/auto: GET ${this.#probe.path} did not answer 2xx on this generation within ${ms} ms ` +
+          `of its start (last: ${this.#probe.last})`,
+      );
+    }
     const missing = this.#inside.unclaimed();
     if (this.#served.length === 0 && this.#pending === 0) {
       this.#inside.failStart(

@@ -8,6 +8,7 @@
  * | `INSTAR_READY_TIMEOUT` | the Upgrader's `readyTimeout` (how long an old generation waits) | the Upgrader's |
  * | `INSTAR_AUTO_LISTEN_TIMEOUT` | how long a generation waits for the application to listen | 10000 |
  * | `INSTAR_AUTO_SETTLE` | a first generation is ready this long after its last listen | 100 |
+ * | `INSTAR_AUTO_READY_URL` | ready only once `GET <path>` answers 2xx on the new generation (ready_url.ts) | none |
  * | `INSTAR_PID_FILE` | the Upgrader's `pidFile` | none |
  * | `INSTAR_CONTROL` | the Upgrader's `controlSocket` | none |
  * | `INSTAR_LOG` | the lifecycle's log lines on stderr (`logLifecycle`): `text`, `json` or `off` | `text` |
@@ -52,8 +53,30 @@ export function autoSettings(): AutoSettings {
     readiness: {
       timeoutMs: ms("INSTAR_AUTO_LISTEN_TIMEOUT") ?? 10_000,
       settleMs: ms("INSTAR_AUTO_SETTLE") ?? 100,
+      ...readyUrl(),
     },
   };
+}
+
+function readyUrl(): { readyUrl?: string } {
+  const raw = host.getEnv("INSTAR_AUTO_READY_URL");
+  if (raw === undefined || raw === "") return {};
+  return { readyUrl: checkReadyPath("INSTAR_AUTO_READY_URL", raw) };
+}
+
+/**
+ * A ready URL's path (`/ready`, `/health?deep=1`): it goes into a request line as it is,
+ * so it starts with `/` and holds no space or control character. Else `INVALID_ARGUMENT`
+ * naming `what`.
+ */
+export function checkReadyPath(what: string, raw: string): string {
+  if (!/^\/[\x21-\x7e]*$/.test(raw)) {
+    throw new InstarError(
+      "INVALID_ARGUMENT",
+      `${what} is ${JSON.stringify(raw)}; expected a path such as /ready (no spaces)`,
+    );
+  }
+  return raw;
 }
 
 function ms(name: string): number | undefined {

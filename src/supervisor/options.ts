@@ -10,6 +10,7 @@ import { accessSync, constants } from "node:fs";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
 import process from "node:process";
 import { autoArgv } from "./auto_argv.ts";
+import { checkReadyPath } from "../auto/settings.ts";
 import { parseArgs } from "node:util";
 import { InstarError, invalid } from "../errors.ts";
 import { type ListenSpec, parseListenSpec } from "./listen_spec.ts";
@@ -44,6 +45,11 @@ export interface RunOptions {
   upgradeTimeoutMs: number;
   /** Whether instar/auto is preloaded into the command (`--auto`; `argv` then holds the flag). */
   auto: boolean;
+  /**
+   * With `--auto`: a generation is ready only once `GET <readyUrl>` answers 2xx on it
+   * (`--ready-url`, passed to every generation as `INSTAR_AUTO_READY_URL`), or `null`.
+   */
+  readyUrl: string | null;
 }
 
 /** `instar run --help`. */
@@ -66,12 +72,21 @@ Options:
   --auto                   preload instar/auto into an unmodified bun or deno
                            server (its Bun.serve, Deno.serve, node:http listen
                            serve through instar); see docs/zero-code.md
+  --ready-url <path>       with --auto: a generation is ready only once GET <path>
+                           answers 2xx on it (apps that listen before they are warm)
   -h, --help               this text
 
 Signals: SIGHUP upgrades the current generation; SIGTERM/SIGINT stop every
 generation gracefully (a second one forces). The exit status is the current
 generation's (128 + signal when it was killed). See docs/supervisor.md.
 `;
+
+/** `base` (`KEY=value` entries) with what `instar run`'s options set for every generation. */
+export function runEnvironment(o: RunOptions, base: readonly string[]): string[] {
+  if (o.readyUrl === null) return [...base];
+  const key = "INSTAR_AUTO_READY_URL=";
+  return [...base.filter((e) => !e.startsWith(key)), key + o.readyUrl];
+}
 
 function positiveMs(option: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
@@ -148,6 +163,7 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
         "watch-debounce": { type: "string" },
         "upgrade-timeout": { type: "string" },
         auto: { type: "boolean" },
+        "ready-url": { type: "string" },
       },
       strict: true,
       allowPositionals: false,
@@ -164,7 +180,12 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
     invalid("--control", control, "a socket path");
   }
   const auto = values.auto === true;
+  const readyUrl = (values["ready-url"] as string | undefined) ?? null;
+  if (readyUrl !== null && !auto) {
+    invalid("--ready-url", readyUrl, "--auto with it (an app with its own Upgrader calls ready())");
+  }
   return {
+    readyUrl: readyUrl === null ? null : checkReadyPath("--ready-url", readyUrl),
     command: resolveCommand(command[0]),
     argv: auto ? autoArgv(command) : command,
     auto,

@@ -23,7 +23,7 @@ import type { UpgradeFailure } from "../types.ts";
 import { childrenOf, descendsFrom } from "./ancestry.ts";
 import { counterRegionFd, launch, startEnvironment } from "./generations.ts";
 import { type NotifyMessage, NotifySocket } from "./notify_socket.ts";
-import type { RunOptions } from "./options.ts";
+import { runEnvironment, type RunOptions } from "./options.ts";
 import { AllChildren, exitStatus } from "./reaper.ts";
 import { Relay } from "./relay.ts";
 import { closeHeld, describeHeld, type HeldSocket, openHeld } from "./sockets.ts";
@@ -146,7 +146,7 @@ export class Supervisor {
     this.#o = o;
     this.#log = log;
     this.#held = held;
-    this.#env = startEnvironment();
+    this.#env = runEnvironment(o, startEnvironment());
     this.#relay = new Relay(envObject(this.#env), (m) => log.warn(m));
     // What a generation said before it ended is read before it is reaped: its MAINPID
     // hand-over counts first, and its /proc entry (a zombie's) still proves its descent.
