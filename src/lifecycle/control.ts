@@ -175,6 +175,9 @@ export class ControlServer implements Endpoint {
     // for it (a few MB resident; docs/benchmarks.md, Idle cost).
     const { createServer } = host.builtin("node:net") as typeof net;
     const server = createServer({ allowHalfOpen: false }, (s) => this.#accept(s));
+    // The runtime's own check too: it closes a connection past it before a socket object is
+    // made, sooner than #accept's (Deno: about half the transient fds of a burst of 300).
+    server.maxConnections = MAX_OPEN;
     this.#server = server;
     if (this.fd < 0) await listenPortable(server, this.path);
     else {
