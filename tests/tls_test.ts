@@ -270,10 +270,10 @@ describe(`TLS (${RUNTIME})`, () => {
             `${what}: the old certificate`,
           );
         }
-        // Repaired, the next upgrade takes c.
+        // Repaired, the next upgrade takes c (once b's generation drained, as above).
         copyFileSync(c.cert, cert);
         copyFileSync(c.key, key);
-        current = await upgradeByHup(g, current);
+        current = await upgradeAndDrain(g, current);
         assert.equal(await servedFingerprint(g.port), c.fingerprint);
         await sleep(300);
       } finally {
