@@ -108,6 +108,7 @@ export const bunAdapter: ServeAdapter = {
       // Closes idle connections; in-flight requests, streams and WebSockets run until they end.
       finish: () => stop(false),
       closeWebSockets: (ms) => sockets.closeAll(ms),
+      closeSpread: (windowMs) => void sockets.closeSpread(windowMs),
       close: () => stop(true),
       finished,
       listening(): void {},
