@@ -23,7 +23,7 @@
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file,
  * --drain-timeout, --ready-timeout, --spawn-backend, --control, --close-spread);
- * `--backlog <n>` sets the listening socket's accept queue (default 511).
+ * `--backlog <n>` sets the listening socket's accept queue (default 4096, SOMAXCONN).
  *
  * @module
  */
