@@ -26,6 +26,11 @@ export interface HerdRun {
   backlog?: number;
   /** `--serve-mode` of the example. */
   mode?: "auto" | "transplant" | "fallback";
+  /**
+   * Clients that ignore the notices and stay until the old generation closes
+   * them (one upgrade only): their closes are awaited and reported.
+   */
+  stay?: number;
   /** The server's runtime (default: this one, which runs the clients). */
   server?: "deno" | "bun";
   /** The prober's pause between requests (ms; default 20), in each of its `probeLanes` (default 4). */
@@ -43,6 +48,8 @@ export interface HerdOutcome {
   moveMs: number[];
   /** The prober's requests: total ms of each, and those that failed. */
   probes: { ms: number[]; connectMs: number[]; failed: string[] };
+  /** The staying clients' closes: code, and ms after the first notice of the (only) upgrade. */
+  closes: { code: number; at: number }[];
   /** TcpExt ListenOverflows of this network namespace during the run (every process's). */
   listenOverflows: number;
 }
@@ -124,6 +131,22 @@ class Herd {
   }
 }
 
+/** `n` clients that ignore notices; resolves once they are open, with their closes to come. */
+async function stayers(url: string, n: number): Promise<Promise<{ code: number; at: number }>[]> {
+  const open = Array.from({ length: n }, () => {
+    const ws = new WebSocket(url);
+    const closed = new Promise<{ code: number; at: number }>((resolve) => {
+      ws.onclose = (e) => resolve({ code: e.code, at: performance.now() });
+    });
+    // Wrapped: a promise resolved with a promise would wait for the close.
+    return new Promise<{ closed: typeof closed }>((resolve, reject) => {
+      ws.onopen = () => resolve({ closed });
+      ws.onerror = () => reject(new Error("a staying client could not connect"));
+    });
+  });
+  return (await Promise.all(open)).map((o) => o.closed);
+}
+
 function listenOverflows(): number {
   const lines = readFileSync("/proc/net/netstat", "utf8").split("\n");
   const i = lines.findIndex((l) => l.startsWith("TcpExt:"));
@@ -144,6 +167,7 @@ export async function herdThroughUpgrades(left: Leftovers, r: HerdRun): Promise<
     await Promise.all(Array.from({ length: Math.min(200, r.clients - i) }, () => herd.join()));
   }
   const opening = herd.failed;
+  const staying = await stayers(herd.url, r.stay ?? 0);
   const prober = startServer(
     runtimeCmd(RUNTIME, join(ROOT, "tests", "support", "http_prober.ts"), [
       String(g.port),
@@ -154,6 +178,7 @@ export async function herdThroughUpgrades(left: Leftovers, r: HerdRun): Promise<
   left.servers.push(prober);
   const overflows = listenOverflows();
   const notices: number[][] = [], moveMs: number[] = [];
+  const closes: { code: number; at: number }[] = [];
   try {
     await prober.waitFor(/^probe /, 30_000);
     let pid = g.server.pid;
@@ -166,6 +191,9 @@ export async function herdThroughUpgrades(left: Leftovers, r: HerdRun): Promise<
       const first = Math.min(...herd.notices);
       notices.push(herd.notices.map((t) => t - first).sort((a, b) => a - b));
     }
+    const ends = await Promise.all(staying);
+    const first = Math.min(...herd.notices);
+    closes.push(...ends.map((c) => ({ code: c.code, at: c.at - first })));
   } finally {
     prober.killAll();
   }
@@ -179,6 +207,7 @@ export async function herdThroughUpgrades(left: Leftovers, r: HerdRun): Promise<
       connectMs: samples.filter((s) => s[3] === "ok").map((s) => Number(s[1])),
       failed: samples.filter((s) => s[3] !== "ok").map((s) => s[3]),
     },
+    closes: closes.sort((a, b) => a.at - b.at),
     listenOverflows: listenOverflows() - overflows,
   };
 }
