@@ -57,6 +57,7 @@ export interface HerdOutcome {
 // The welcome of ws_chat.ts, and its notice to a draining generation's clients.
 const WELCOME = /^welcome pid (\d+)/;
 const DRAINING = /^draining pid (\d+)/;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** The clients and what happened to them; one object, no timer per client. */
 class Herd {
@@ -84,12 +85,20 @@ class Herd {
   #connect(): Promise<void> {
     const ws = new WebSocket(this.url);
     return new Promise((resolve, reject) => {
-      let welcomed = false;
+      let welcomed = false, gaveUp = false;
+      // A handshake unanswered for 10 s counts as failed (and is retried), as a browser's would.
+      const timer = setTimeout(() => {
+        gaveUp = true;
+        ws.close();
+        reject(new Error("no welcome within 10 s"));
+      }, HANDSHAKE_TIMEOUT_MS);
       ws.onmessage = (e) => {
         const text = String(e.data);
         const w = WELCOME.exec(text);
+        if (gaveUp) return;
         if (w && !welcomed) {
           welcomed = true;
+          clearTimeout(timer);
           this.open.add(ws);
           const pid = Number(w[1]);
           this.welcomed.set(pid, (this.welcomed.get(pid) ?? 0) + 1);
@@ -103,6 +112,7 @@ class Herd {
       };
       ws.onclose = () => {
         this.open.delete(ws);
+        clearTimeout(timer);
         if (!welcomed) reject(new Error("closed before the welcome"));
       };
     });
@@ -114,7 +124,11 @@ class Herd {
     while ((this.welcomed.get(pid) ?? 0) < n) {
       const left = end - performance.now();
       if (left <= 0) {
-        throw new Error(`only ${this.welcomed.get(pid) ?? 0} of ${n} clients reached pid ${pid}`);
+        throw new Error(
+          `only ${
+            this.welcomed.get(pid) ?? 0
+          } of ${n} clients reached pid ${pid}; ${this.notices.length} notices, ${this.failed} failed handshakes, ${this.open.size} open`,
+        );
       }
       await new Promise<void>((r) => {
         const t = setTimeout(r, left);
