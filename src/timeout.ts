@@ -44,12 +44,14 @@ export const SPREAD_TICK_MS = 10;
  * there are. The items are taken when called; an item deleted from a `Set`
  * before its turn is skipped. A `windowMs` of 0 calls every one at once.
  * Resolves with how many were called; an exception from `each` does not stop
- * the others: the first one rejects once every item had its turn.
+ * the others: each goes to `onError`, or without one the first rejects once
+ * every item had its turn.
  */
 export async function spread<T>(
   items: Iterable<T>,
   each: (item: T) => void,
   windowMs: number,
+  onError?: (err: unknown) => void,
 ): Promise<number> {
   const all = [...items];
   const still = items instanceof Set ? (x: T) => items.has(x) : () => true;
@@ -67,7 +69,8 @@ export async function spread<T>(
         each(all[i]);
         called++;
       } catch (err) {
-        failure ??= { err };
+        if (onError) onError(err);
+        else failure ??= { err };
       }
     }
   }

@@ -46,6 +46,20 @@ describe("spread()", () => {
     );
     assert.deepEqual(seen, [1, 2, 3, 4]);
   });
+
+  test("with onError every exception goes to it and it resolves with how many calls succeeded", async () => {
+    const errors: string[] = [];
+    const called = await spread(
+      [1, 2, 3, 4],
+      (i) => {
+        if (i % 2 === 0) throw new Error(`item ${i}`);
+      },
+      30,
+      (e) => errors.push((e as Error).message),
+    );
+    assert.equal(called, 2);
+    assert.deepEqual(errors, ["item 2", "item 4"]);
+  });
 });
 
 describe("the closeSpread option", () => {

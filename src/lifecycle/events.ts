@@ -11,8 +11,9 @@ import type { UpgradeReport } from "../observe/report.ts";
 /**
  * Calls `each` for every item of `items` (taken when called; an item deleted
  * from a `Set` before its turn is skipped), spread over the Upgrader's
- * `closeSpread` window. Resolves with how many were called; rejects with the
- * first exception of `each` once every item had its turn.
+ * `closeSpread` window. Resolves with how many were called; an exception
+ * from `each` (a send on a socket closing meanwhile) is reported as a
+ * `warning` event and the other items still get their turn.
  *
  * @example
  * ```ts

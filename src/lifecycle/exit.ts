@@ -56,7 +56,12 @@ export class Exit {
     s.setState("draining");
     this.#resolveReason(reason);
     const window = s.settings.closeSpread;
-    s.events.emit("draining", { reason, spread: (items, each) => spread(items, each, window) });
+    // Called from an event handler, often without a catch: an exception becomes a warning.
+    const warn = (err: unknown) => s.warn(`draining spread(): ${(err as Error)?.message ?? err}`);
+    s.events.emit("draining", {
+      reason,
+      spread: (items, each) => spread(items, each, window, warn),
+    });
     void this.#drain(reason);
   }
 

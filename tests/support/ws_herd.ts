@@ -67,6 +67,8 @@ class Herd {
   notices: number[] = [];
   #wake: (() => void) | undefined;
   readonly open = new Set<WebSocket>();
+  /** The pid that welcomed each open socket. */
+  readonly pidOf = new WeakMap<WebSocket, number>();
 
   constructor(readonly url: string) {}
 
@@ -101,6 +103,7 @@ class Herd {
           clearTimeout(timer);
           this.open.add(ws);
           const pid = Number(w[1]);
+          this.pidOf.set(ws, pid);
           this.welcomed.set(pid, (this.welcomed.get(pid) ?? 0) + 1);
           this.#wake?.();
           resolve();
@@ -138,6 +141,12 @@ class Herd {
         };
       });
     }
+  }
+
+  #openByPid(): string {
+    const by = new Map<number | undefined, number>();
+    for (const ws of this.open) by.set(this.pidOf.get(ws), (by.get(this.pidOf.get(ws)) ?? 0) + 1);
+    return JSON.stringify([...by]);
   }
 
   closeAll(): void {
