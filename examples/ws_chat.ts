@@ -8,7 +8,7 @@
  * Service Restart); new sockets reach the new generation. When its generation
  * starts draining, every client gets a `draining` notice, so it can reconnect
  * when it suits it: the notices are spread over `--close-spread` ms (default
- * 1 s), so that thousands of clients that reconnect at once do not overflow
+ * 5 s), so that thousands of clients that reconnect at once do not overflow
  * the new generation's listen queue.
  *
  *   deno run -A examples/ws_chat.ts --port 8080     (or: bun examples/ws_chat.ts …)

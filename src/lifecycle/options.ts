@@ -95,10 +95,11 @@ export interface UpgraderOptions {
 
 /**
  * The default `closeSpread`: 5,000 WebSockets told to reconnect at once
- * overflowed the listen queue (dropped SYNs, retried after 1 s); spread over
- * this window none were dropped (docs/benchmarks.md, "WebSocket herds").
+ * overflowed a 511 listen queue (dropped SYNs, retried after 1 s), and with a
+ * 4096 one queued fresh requests behind their handshakes for a second on
+ * Deno; spread over 5 s they did not (docs/benchmarks.md, "WebSocket herds").
  */
-export const DEFAULT_CLOSE_SPREAD_MS = 3000;
+export const DEFAULT_CLOSE_SPREAD_MS = 5000;
 
 /** The options with their defaults, checked. */
 export interface Settings extends
