@@ -7,15 +7,16 @@
  * probes' latency and the kernel's listen-queue overflows.
  *
  *   deno run -A bench/ws_herd.ts [--clients 3000] [--upgrades 3] [--rounds 1]
- *     [--spreads -,0,1000] [--backlogs -,4096] [--drain-timeout 30000] [--server deno|bun]
+ *     [--spreads default,0] [--backlogs default,511] [--drain-timeout 30000] [--server deno|bun]
  *   bun bench/ws_herd.ts …
  *
  * The clients run in this runtime, the server in `--server`'s (default the
  * same). Bun's clients reconnect about 5x faster than Deno's (a sharper herd).
  *
- * `-` passes no flag (the example's default). Each run holds 2 × clients
- * connections (plus the clients' own ends): the soft fd limit of this process
- * and of the server is raised to the hard one when it is lower.
+ * `default` passes no flag (the example's default). A run holds up to three
+ * connections per client at once in the server's generations and two in this
+ * process: the hard fd limit must allow it (both runtimes raise their soft
+ * limit to the hard one at start, and so does the Upgrader).
  *
  * @module
  */
@@ -32,8 +33,8 @@ const { values } = parseArgs({
     clients: { type: "string", default: "3000" },
     upgrades: { type: "string", default: "3" },
     rounds: { type: "string", default: "1" },
-    spreads: { type: "string", default: "-,0,1000" },
-    backlogs: { type: "string", default: "-" },
+    spreads: { type: "string", default: "default,0" },
+    backlogs: { type: "string", default: "default,511" },
     "drain-timeout": { type: "string", default: "30000" },
     server: { type: "string", default: RUNTIME },
   },
@@ -57,7 +58,7 @@ const pct = (xs: number[], p: number) =>
   xs.length
     ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))]
     : NaN;
-const opt = (v: string) => (v === "-" ? undefined : Number(v));
+const opt = (v: string) => (v === "default" ? undefined : Number(v));
 const r0 = (x: number) => Math.round(x);
 
 console.log(
