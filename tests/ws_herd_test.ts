@@ -3,10 +3,14 @@
 // `draining` while fresh HTTP requests are timed in a process of their own.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { InstarError } from "../src/errors.ts";
 import { DEFAULT_CLOSE_SPREAD_MS, resolveOptions } from "../src/lifecycle/options.ts";
 import { spread } from "../src/timeout.ts";
-import { cleanupAfterTests, RUNTIME } from "./support/helpers.ts";
+import { close as closeFd } from "../src/ffi/mod.ts";
+import { openSocket } from "../src/net/listener.ts";
+import { cleanupAfterTests, onPath, RUNTIME, skipIf } from "./support/helpers.ts";
 import { herdThroughUpgrades } from "./support/ws_herd.ts";
 
 const left = cleanupAfterTests();
@@ -79,6 +83,30 @@ describe("the closeSpread option", () => {
       );
     }
   });
+});
+
+describe("the listen backlog", () => {
+  // ss shows a listening socket's accept queue length (sk_max_ack_backlog) as its Send-Q.
+  const queueOf = (port: number): number => {
+    const out = spawnSync("ss", ["-Hltn", `sport = :${port}`], { encoding: "utf8" }).stdout;
+    return Number(out.trim().split(/\s+/)[2]);
+  };
+
+  test(
+    "a socket opened without a backlog gets SOMAXCONN's queue (as net.core.somaxconn allows), one with a backlog that",
+    skipIf(!onPath("ss") && "ss (iproute2) not installed", "ss"),
+    async () => {
+      const somaxconn = Number(readFileSync("/proc/sys/net/core/somaxconn", "utf8"));
+      for (const [backlog, expected] of [[undefined, Math.min(4096, somaxconn)], [100, 100]]) {
+        const { fd, addr } = await openSocket({ hostname: "127.0.0.1", port: 0, backlog });
+        try {
+          assert.equal(queueOf((addr as { port: number }).port), expected, `backlog ${backlog}`);
+        } finally {
+          closeFd(fd);
+        }
+      }
+    },
+  );
 });
 
 describe(`a WebSocket herd across an upgrade (${RUNTIME})`, () => {
