@@ -97,7 +97,8 @@ export interface UpgraderOptions {
  * The default `closeSpread`: 5,000 WebSockets told to reconnect at once
  * overflowed a 511 listen queue (dropped SYNs, retried after 1 s), and with a
  * 4096 one queued fresh requests behind their handshakes for a second on
- * Deno; spread over 5 s they did not (docs/benchmarks.md, "WebSocket herds").
+ * Deno; spread over 5 s no SYN was dropped and fresh requests mostly stayed
+ * well under a second (docs/benchmarks.md, "WebSocket herds").
  */
 export const DEFAULT_CLOSE_SPREAD_MS = 5000;
 
