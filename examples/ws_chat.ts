@@ -48,9 +48,14 @@ function broadcast(message: string): void {
   for (const p of peers) p.send(message);
 }
 
+const NOTICE = `draining pid ${process.pid}: reconnect to move on`;
+
 function joined(peer: Peer): void {
   peers.add(peer);
   peer.send(`welcome pid ${process.pid} generation ${up.generation}`);
+  // Accepted just before this generation stopped accepting (the runtime still delivers those):
+  // it missed the notices, so it is told at once.
+  if (up.state === "draining") peer.send(NOTICE);
 }
 
 function said(message: string | ArrayBuffer | Uint8Array): void {
@@ -65,7 +70,7 @@ function page(): Response {
 
 // Told a few at a time: thousands reconnecting in the same instant would overflow the listen queue.
 up.on("draining", ({ spread }) => {
-  void spread(peers, (p) => p.send(`draining pid ${process.pid}: reconnect to move on`));
+  void spread(peers, (p) => p.send(NOTICE));
 });
 
 // ---------------------------------------------------------------- the runtime's WebSocket API

@@ -13,7 +13,10 @@ import type { UpgradeReport } from "../observe/report.ts";
  * from a `Set` before its turn is skipped), spread over the Upgrader's
  * `closeSpread` window. Resolves with how many were called; an exception
  * from `each` (a send on a socket closing meanwhile) is reported as a
- * `warning` event and the other items still get their turn.
+ * `warning` event and the other items still get their turn. A connection
+ * the runtime still delivers once draining began (it had accepted it just
+ * before) is not among the items: tell it when it arrives (`up.state` is
+ * `"draining"`).
  *
  * @example
  * ```ts
