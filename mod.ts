@@ -39,7 +39,7 @@ export { InstarError, SystemError, UpgradeError, UpgradeRefusedError } from "./s
 
 // Types: what the Upgrader's options, methods, events and metrics name.
 export type { UpgraderOptions } from "./src/lifecycle/options.ts";
-export type { UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
+export type { Spread, UpgraderEvents, UpgraderHandler } from "./src/lifecycle/events.ts";
 export type { DatagramSpec, SocketSpec } from "./src/net/specs.ts";
 export type {
   DatagramAddr,

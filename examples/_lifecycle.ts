@@ -8,6 +8,7 @@
 //   --serve-mode auto|transplant|fallback (for the examples that serve HTTP)
 //   --log-format text|json (the lifecycle log on stderr; default text)
 //   --idle-connections keep|close-when-quiet (what a draining generation does with idle keep-alive connections)
+//   --close-spread <ms> (the window a draining generation spreads reconnect notices and 1012 closes over)
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import process from "node:process";
 import {
@@ -30,6 +31,7 @@ const COMMON = {
   "serve-mode": { type: "string" },
   "log-format": { type: "string" },
   "idle-connections": { type: "string" },
+  "close-spread": { type: "string" },
 } as const;
 
 /** Parses the common flags plus `extra`, creates the Upgrader and logs its events as `name`. */
@@ -58,6 +60,7 @@ export async function startGeneration(
     spawnBackend: values["spawn-backend"] as SpawnBackend | undefined,
     // Checked by Upgrader.create(): a bad value fails with INVALID_ARGUMENT naming it.
     idleConnections: values["idle-connections"] as IdleConnections | undefined,
+    closeSpread: ms(values["close-spread"]),
   });
   logLifecycle(up, { name, format: values["log-format"] as "text" | "json" | undefined });
   return {

@@ -7,7 +7,9 @@
  * chatting until they close or the drain timeout closes them (code 1012,
  * Service Restart); new sockets reach the new generation. When its generation
  * starts draining, every client gets a `draining` notice, so it can reconnect
- * when it suits it.
+ * when it suits it: the notices are spread over `--close-spread` ms (default
+ * 5 s), so that thousands of clients that reconnect at once do not overflow
+ * the new generation's listen queue.
  *
  *   deno run -A examples/ws_chat.ts --port 8080     (or: bun examples/ws_chat.ts …)
  *   kill -HUP $(cat app.pid)    # start the new generation; open chats stay on this one
@@ -20,7 +22,8 @@
  * `GET /` without an upgrade answers `ws chat pid <pid> generation <n>: <k> client(s)`.
  *
  * Flags: see examples/_lifecycle.ts (--port, --hostname, --pid-file,
- * --drain-timeout, --ready-timeout, --spawn-backend, --control).
+ * --drain-timeout, --ready-timeout, --spawn-backend, --control, --close-spread);
+ * `--backlog <n>` sets the listening socket's accept queue (default 4096, SOMAXCONN).
  *
  * @module
  */
@@ -28,7 +31,10 @@ import process from "node:process";
 import type { PortableServeOptions, UpgraderServeOptions } from "../mod.ts";
 import { startGeneration } from "./_lifecycle.ts";
 
-const { up, hostname, port, serveMode } = await startGeneration("chat");
+const { up, hostname, port, serveMode, flags } = await startGeneration("chat", {
+  backlog: { type: "string" },
+});
+const backlog = flags.backlog === undefined ? undefined : Number(flags.backlog);
 
 // ---------------------------------------------------------------- the chat, runtime-neutral
 
@@ -42,9 +48,14 @@ function broadcast(message: string): void {
   for (const p of peers) p.send(message);
 }
 
+const NOTICE = `draining pid ${process.pid}: reconnect to move on`;
+
 function joined(peer: Peer): void {
   peers.add(peer);
   peer.send(`welcome pid ${process.pid} generation ${up.generation}`);
+  // Accepted just before this generation stopped accepting (the runtime still delivers those):
+  // it missed the notices, so it is told at once.
+  if (up.state === "draining") peer.send(NOTICE);
 }
 
 function said(message: string | ArrayBuffer | Uint8Array): void {
@@ -57,7 +68,10 @@ function page(): Response {
   );
 }
 
-up.on("draining", () => broadcast(`draining pid ${process.pid}: reconnect to move on`));
+// Told a few at a time: thousands reconnecting in the same instant would overflow the listen queue.
+up.on("draining", ({ spread }) => {
+  void spread(peers, (p) => p.send(NOTICE));
+});
 
 // ---------------------------------------------------------------- the runtime's WebSocket API
 
@@ -77,12 +91,13 @@ if (process.versions.bun) {
       close: (ws: Peer) => void peers.delete(ws),
     },
   };
-  await up.serve({ hostname, port, mode: serveMode, ...bun } as UpgraderServeOptions);
+  await up.serve({ hostname, port, backlog, mode: serveMode, ...bun } as UpgraderServeOptions);
 } else {
   // Deno upgrades a request into a WebSocket object with its own event handlers.
   await up.serve({
     hostname,
     port,
+    backlog,
     mode: serveMode,
     fetch(req) {
       if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") return page();

@@ -194,6 +194,12 @@ export interface Endpoint {
   refuseNew(): Promise<void>;
   /** Stops for good and resolves when every connection has ended by itself. */
   finish(): Promise<void>;
+  /**
+   * Starts closing its long-lived connections (WebSockets: 1012) spread over
+   * `windowMs`, ahead of {@link Endpoint.forceClose} at the drain timeout, so
+   * that their clients reconnect a few at a time. Absent: nothing to spread.
+   */
+  closeSpread?(windowMs: number): void;
   /** Closes the connections that are still open; resolves with how many it cut. */
   forceClose(): Promise<number>;
   /** Closes instar's fds of the socket (never `shutdown(2)`: the next generation may use it). */

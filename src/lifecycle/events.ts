@@ -9,6 +9,27 @@ import type { ExitReason, State } from "../types.ts";
 import type { UpgradeReport } from "../observe/report.ts";
 
 /**
+ * Calls `each` for every item of `items` (taken when called; an item deleted
+ * from a `Set` before its turn is skipped), spread over the Upgrader's
+ * `closeSpread` window. Resolves with how many were called; an exception
+ * from `each` (a send on a socket closing meanwhile) is reported as a
+ * `warning` event and the other items still get their turn. A connection
+ * the runtime still delivers once draining began (it had accepted it just
+ * before) is not among the items: tell it when it arrives (`up.state` is
+ * `"draining"`).
+ *
+ * @example
+ * ```ts
+ * import { Upgrader } from "@instar/instar";
+ *
+ * const up = await Upgrader.create({ closeSpread: 2000 });
+ * const clients = new Set<WebSocket>();
+ * up.on("draining", ({ spread }) => void spread(clients, (ws) => ws.send("reconnect")));
+ * ```
+ */
+export type Spread = <T>(items: Iterable<T>, each: (item: T) => void) => Promise<number>;
+
+/**
  * Events an {@link Upgrader} emits, with their payloads.
  *
  * @example
@@ -46,8 +67,13 @@ export interface UpgraderEvents {
   "rolled-back": { pid: number; generation: number; reason: string };
   /** A trigger was refused (an upgrade in flight, not ready yet, stopping): nothing was started. */
   "upgrade-refused": { error: UpgradeRefusedError };
-  /** This generation stopped accepting and drains. */
-  draining: { reason: ExitReason };
+  /**
+   * This generation stopped accepting and drains. `spread(items, each)`
+   * calls `each` for every item spread over the `closeSpread` window, in
+   * batches 10 ms apart: notices that make clients reconnect (a `draining`
+   * message to each WebSocket) reach them a few at a time, not all at once.
+   */
+  draining: { reason: ExitReason; spread: Spread };
   /** Draining finished; `forced` connections were closed at the drain timeout. */
   drained: { forced: number };
   /** serve() could not transplant and serves through its node:net proxy; `reason` says why. */

@@ -9,6 +9,7 @@
 
 import * as host from "../host.ts";
 import { drain } from "../net/drain.ts";
+import { spread } from "../timeout.ts";
 import type { Endpoint, ExitReason } from "../types.ts";
 import { runHooks } from "./events.ts";
 import { removePidFileIfOurs } from "./pid_file.ts";
@@ -54,7 +55,13 @@ export class Exit {
     this.#serving = s.state === "ready" || s.state === "upgrading";
     s.setState("draining");
     this.#resolveReason(reason);
-    s.events.emit("draining", { reason });
+    const window = s.settings.closeSpread;
+    // Called from an event handler, often without a catch: an exception becomes a warning.
+    const warn = (err: unknown) => s.warn(`draining spread(): ${(err as Error)?.message ?? err}`);
+    s.events.emit("draining", {
+      reason,
+      spread: (items, each) => spread(items, each, window, warn),
+    });
     void this.#drain(reason);
   }
 
@@ -76,6 +83,7 @@ export class Exit {
       timeoutMs: settings.drainTimeout,
       warn: s.warn,
       refuse: reason === "stop" && this.#serving,
+      closeSpreadMs: settings.closeSpread,
     });
     await ending;
     if (reason === "stop" && settings.pidFile) removePidFileIfOurs(settings.pidFile, host.pid());

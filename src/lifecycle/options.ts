@@ -79,7 +79,28 @@ export interface UpgraderOptions {
    * second. Default `"close-when-quiet"`; see {@link IdleConnections}.
    */
   idleConnections?: IdleConnections;
+  /**
+   * A window, in ms, over which a draining generation spreads the closes and
+   * notices that make long-lived clients reconnect, so that they do not all
+   * knock on the next generation's listen queue at once (HAProxy's
+   * `close-spread-time`): WebSockets still open near the drain timeout get
+   * their 1012 a few at a time over its last `closeSpread` ms, and the
+   * `draining` event's `spread()` hands an application's own notices out
+   * over its first. At most half the drain timeout; 0 closes and notifies all
+   * at once. Default {@link DEFAULT_CLOSE_SPREAD_MS}; see docs/design.md,
+   * "Spreading reconnections".
+   */
+  closeSpread?: number;
 }
+
+/**
+ * The default `closeSpread`: 5,000 WebSockets told to reconnect at once
+ * overflowed a 511 listen queue (dropped SYNs, retried after 1 s), and with a
+ * 4096 one queued fresh requests behind their handshakes for a second on
+ * Deno; spread over 5 s no SYN was dropped and fresh requests mostly stayed
+ * well under a second (docs/benchmarks.md, "WebSocket herds").
+ */
+export const DEFAULT_CLOSE_SPREAD_MS = 5000;
 
 /** The options with their defaults, checked. */
 export interface Settings extends
@@ -92,6 +113,7 @@ export interface Settings extends
     | "exitAfterDrain"
     | "promotionWindow"
     | "idleConnections"
+    | "closeSpread"
   > {
   readyTimeout: number;
   drainTimeout: number;
@@ -100,6 +122,8 @@ export interface Settings extends
   exitAfterDrain: boolean;
   promotionWindow: number;
   idleConnections: IdleConnections;
+  /** `closeSpread`, at most half the drain timeout. */
+  closeSpread: number;
 }
 
 /** The longest promotion window: 24 h. */
@@ -118,6 +142,19 @@ function windowMs(value: number | undefined): number {
   return value;
 }
 
+// 0 (at once) or a whole number of ms up to a day.
+function closeSpreadMs(value: number | undefined): number {
+  if (value === undefined) return DEFAULT_CLOSE_SPREAD_MS;
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_PROMOTION_WINDOW_MS) {
+    invalid(
+      "closeSpread",
+      value,
+      `a whole number of milliseconds from 0 to ${MAX_PROMOTION_WINDOW_MS}`,
+    );
+  }
+  return value;
+}
+
 function ms(option: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   if (!Number.isFinite(value) || value <= 0) {
@@ -129,6 +166,7 @@ function ms(option: string, value: number | undefined, fallback: number): number
 /** Checks `options` and fills in the defaults; throws `INVALID_ARGUMENT` naming the first bad one. */
 export function resolveOptions(options: UpgraderOptions): Settings {
   const upgradeSignal = options.upgradeSignal === undefined ? "SIGHUP" : options.upgradeSignal;
+  const drainTimeout = ms("drainTimeout", options.drainTimeout, 30_000);
   const stopSignals = options.stopSignals ?? ["SIGTERM", "SIGINT"];
   if (upgradeSignal !== null) checkSignal("upgradeSignal", upgradeSignal);
   for (const s of stopSignals) checkSignal("stopSignals", s);
@@ -138,11 +176,12 @@ export function resolveOptions(options: UpgraderOptions): Settings {
   return {
     ...options,
     readyTimeout: ms("readyTimeout", options.readyTimeout, 60_000),
-    drainTimeout: ms("drainTimeout", options.drainTimeout, 30_000),
+    drainTimeout,
     upgradeSignal,
     stopSignals,
     exitAfterDrain: options.exitAfterDrain ?? true,
     promotionWindow: windowMs(options.promotionWindow),
     idleConnections: checkIdleConnections("idleConnections", options.idleConnections),
+    closeSpread: Math.min(closeSpreadMs(options.closeSpread), drainTimeout / 2),
   };
 }

@@ -19,7 +19,7 @@ import { deadline, sleep } from "../timeout.ts";
  * the lifecycle for `up.serve()`, {@link drainAlone} for a standalone server.
  */
 export type ServerDrain =
-  & Pick<Endpoint, "pauseAccepting" | "resumeAccepting" | "finish" | "forceClose">
+  & Pick<Endpoint, "pauseAccepting" | "resumeAccepting" | "finish" | "closeSpread" | "forceClose">
   // A server listening on its address itself (portable mode) refuses new connections itself.
   & Partial<Pick<Endpoint, "refuseNew">>;
 
@@ -62,6 +62,12 @@ export interface DrainOptions {
   warn?: (message: string) => void;
   /** Nobody takes over (a stop): refuse new connections at once. */
   refuse?: boolean;
+  /**
+   * The last part of `timeoutMs` over which long-lived connections still
+   * open are closed a few at a time ({@link Endpoint.closeSpread}) rather
+   * than all at the timeout; at most `timeoutMs`. Default 0.
+   */
+  closeSpreadMs?: number;
 }
 
 /** Drains `endpoints` together; resolves when all are released. */
@@ -88,7 +94,13 @@ export async function drain(endpoints: readonly Endpoint[], o: DrainOptions): Pr
   const finished = endpoints.map((e) =>
     e.finish().catch((err) => warn(`finishing ${e.key}: ${(err as Error).message}`))
   );
-  const inTime = await deadline(Promise.all(finished), o.timeoutMs);
+  const all = Promise.all(finished);
+  const window = Math.min(o.closeSpreadMs ?? 0, o.timeoutMs);
+  let inTime = await deadline(all, o.timeoutMs - window);
+  if (!inTime.done && window > 0) {
+    for (const e of endpoints) attempt(e, "closing", () => e.closeSpread?.(window));
+    inTime = await deadline(all, window);
+  }
   let forced = 0;
   if (!inTime.done) {
     const cut = await Promise.all(endpoints.map((e) => e.forceClose().catch(() => 0)));

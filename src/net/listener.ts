@@ -55,7 +55,7 @@ export interface TcpListenOptions {
   hostname?: string;
   /** 0–65535; 0 picks a free port (see {@link Listener.addr}). */
   port: number;
-  /** The kernel's accept queue length; default 511. */
+  /** The kernel's accept queue length; default `SOMAXCONN` (4096, capped by `net.core.somaxconn`). */
   backlog?: number;
 }
 
@@ -78,7 +78,7 @@ export interface UnixListenOptions {
    * place, because the next generation may still be serving on it.
    */
   path: string;
-  /** The kernel's accept queue length; default 511. */
+  /** The kernel's accept queue length; default `SOMAXCONN` (4096, capped by `net.core.somaxconn`). */
   backlog?: number;
   /** File mode of the socket file, e.g. `0o660` (set before listening). */
   mode?: number;
@@ -163,7 +163,15 @@ export interface Listener extends AsyncIterable<Conn>, AsyncDisposable {
   closeConnections(): void;
 }
 
-const DEFAULT_BACKLOG = 511;
+/**
+ * The accept queue a new socket gets: the most the kernel allows (listen(2)
+ * caps it at `net.core.somaxconn`, 4096 since Linux 5.4), as Go does. A herd
+ * of reconnecting clients lands on the next generation's queue at once;
+ * with 511 (Node's and nginx's) 5,000 WebSockets overflowed it and dropped
+ * SYNs were retried after 1 s (docs/benchmarks.md, "WebSocket herds"). A
+ * queued connection costs nothing until it arrives.
+ */
+const DEFAULT_BACKLOG = C.SOMAXCONN;
 
 function checkBacklog(backlog: unknown): number {
   if (backlog === undefined) return DEFAULT_BACKLOG;

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { deadline } from "../timeout.ts";
+import { deadline, spread } from "../timeout.ts";
 
 /** The close code of a WebSocket the server closes to restart (RFC 6455 registry). */
 export const SERVICE_RESTART = 1012;
@@ -35,6 +35,12 @@ export function withClose(res: Response): Response {
 /** A WebSocket as both runtimes have it: it can be closed with a code and a reason. */
 export interface ClosableSocket {
   close(code?: number, reason?: string): void;
+}
+
+function closeForRestart(ws: ClosableSocket): void {
+  try {
+    ws.close(SERVICE_RESTART, RESTART_REASON);
+  } catch { /* closing already */ }
 }
 
 /** The open WebSockets of one server. */
@@ -66,16 +72,21 @@ export class WebSocketSet<W extends ClosableSocket = ClosableSocket> {
   }
 
   /**
+   * Starts closing the open sockets with 1012, spread over `windowMs` (so
+   * that their clients do not all reconnect at once); one closed meanwhile
+   * is skipped. Resolves once every one had its turn.
+   */
+  async closeSpread(windowMs: number): Promise<void> {
+    await spread(this.#open, closeForRestart, windowMs);
+  }
+
+  /**
    * Closes every open socket with 1012; resolves once they closed, or after
    * `ms`, with how many closed (the others' connections are cut by the caller).
    */
   async closeAll(ms: number): Promise<number> {
     const n = this.#open.size;
-    for (const ws of this.#open) {
-      try {
-        ws.close(SERVICE_RESTART, RESTART_REASON);
-      } catch { /* closing already */ }
-    }
+    for (const ws of this.#open) closeForRestart(ws);
     await deadline(this.closed(), ms);
     return n - this.#open.size;
   }

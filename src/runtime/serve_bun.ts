@@ -105,6 +105,7 @@ export const bunAdapter: ServeAdapter = {
       // Closes idle connections; in-flight requests, streams and WebSockets run until they end.
       finish: () => stop(false),
       closeWebSockets: (ms) => sockets.closeAll(ms),
+      closeSpread: (windowMs) => void sockets.closeSpread(windowMs),
       close: () => stop(true),
       // Bun stops listening at once; requests in flight, idle connections and WebSockets go on.
       stopListening: () => void server.stop(false),

@@ -124,6 +124,7 @@ export const denoAdapter: ServeAdapter = {
         await life.shutdown();
       },
       closeWebSockets: (ms) => sockets.closeAll(ms),
+      closeSpread: (windowMs) => void sockets.closeSpread(windowMs),
       // The connections are cut by now, so Deno's graceful shutdown ends at once.
       close: () => life.shutdown(),
       finished: life.finished,

@@ -73,6 +73,13 @@ export interface NativeServer {
    * they closed or after `ms`, with how many closed.
    */
   closeWebSockets(ms: number): Promise<number>;
+  /**
+   * Starts closing the open WebSockets with 1012, spread over `windowMs`, so
+   * that their clients reconnect a few at a time. HTTP/2 connections are not
+   * spread: neither runtime's server sends GOAWAY to one connection alone
+   * (Deno's graceful end sends it to all at once).
+   */
+  closeSpread(windowMs: number): void;
   /** Stops the native server now; its connections must already be cut. */
   close(): Promise<void>;
   /**

@@ -19,7 +19,7 @@
 import type * as http from "node:http";
 import type { Socket } from "node:net";
 import { QuietClock, RESTART_REASON, SERVICE_RESTART } from "../runtime/http_drain.ts";
-import { deadline } from "../timeout.ts";
+import { deadline, spread } from "../timeout.ts";
 
 type Res = http.ServerResponse;
 
@@ -30,6 +30,17 @@ function webSocketOf(socket: Socket): { close(code: number, reason: string): voi
   return ws && typeof (ws as { close?: unknown }).close === "function"
     ? ws as { close(code: number, reason: string): void }
     : undefined;
+}
+
+// An upgraded connection of a restarting server: a `ws` WebSocket gets 1012, anything else an end.
+function closeUpgraded(socket: Socket): void {
+  try {
+    const ws = webSocketOf(socket);
+    if (ws) ws.close(SERVICE_RESTART, RESTART_REASON);
+    else socket.end();
+  } catch {
+    socket.destroy();
+  }
 }
 
 /** The `upgrade` listeners of every NodeDrain: none of them answers an upgrade. */
@@ -152,6 +163,14 @@ export class NodeDrain {
     return this.#closed;
   }
 
+  /**
+   * Starts closing the open WebSockets with 1012, spread over `windowMs`;
+   * one closed meanwhile is skipped. Resolves once every one had its turn.
+   */
+  async closeSpread(windowMs: number): Promise<void> {
+    await spread(this.#upgraded, closeUpgraded, windowMs);
+  }
+
   /** Closes the open WebSockets with 1012; resolves with how many closed within `ms`. */
   async closeWebSockets(ms: number): Promise<number> {
     const n = this.#upgraded.size;
@@ -160,13 +179,7 @@ export class NodeDrain {
       let left = n;
       for (const socket of [...this.#upgraded]) {
         socket.once("close", () => --left === 0 && resolve());
-        try {
-          const ws = webSocketOf(socket);
-          if (ws) ws.close(SERVICE_RESTART, RESTART_REASON);
-          else socket.end();
-        } catch {
-          socket.destroy();
-        }
+        closeUpgraded(socket);
       }
     });
     await deadline(gone, ms);

@@ -331,6 +331,8 @@ interface ServerParts {
   resume(): boolean;
   /** Ends gracefully: idle connections closed, in-flight ones run until they end. */
   finish(): Promise<void>;
+  /** Starts closing the WebSockets with 1012, spread over `windowMs`. */
+  closeSpread(windowMs: number): void;
   /** Closes WebSockets with 1012, cuts every connection, stops the native server; resolves with how many were cut. */
   forceClose(): Promise<number>;
   /** Direct (portable mode): a stop closes the listening socket now, where the runtime can. */
@@ -399,6 +401,7 @@ function drainParts(
         native.stopListening!();
       }
       : undefined,
+    closeSpread: (windowMs) => native.closeSpread(windowMs),
     forceClose: async () => {
       const closed = await native.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on either path: a response that never ends cannot hold the runtime.
@@ -436,6 +439,7 @@ function wrap(
     pauseAccepting: () => void p.pause(),
     resumeAccepting: () => void p.resume(),
     finish: p.finish,
+    closeSpread: p.closeSpread,
     forceClose: p.forceClose,
     refuseNew: p.refuseNew,
   };

@@ -359,6 +359,7 @@ function serverDrain(
       await a.proxy?.drained();
       a.remove();
     },
+    closeSpread: (windowMs) => void d.closeSpread(windowMs),
     forceClose: async () => {
       const closed = await d.closeWebSockets(WS_CLOSE_MS);
       // At the socket, on every path: a response that never ends cannot hold the runtime.

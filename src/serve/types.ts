@@ -276,7 +276,7 @@ export type ServeOptions<WebSocketData = undefined> =
 /**
  * Where `up.serve()` listens: TCP (`port`, with `hostname`), or a Unix socket
  * (`path`, with `socketMode` for the socket file's permissions: `mode` is the
- * serve mode). `backlog` is the kernel's accept queue length (default 511).
+ * serve mode). `backlog` is the kernel's accept queue length (default 4096, `SOMAXCONN`).
  * `name` claims the socket systemd passed under that `FileDescriptorName=`
  * (then the address is only a fallback, and may be left out).
  *

@@ -26,20 +26,21 @@ export interface Generations {
 }
 
 /**
- * Starts `script` under this runtime on a free port with a control socket and
- * a PID file in a new temporary directory, plus `args`; resolves once
- * generation 1 reports itself ready on the control socket.
+ * Starts `script` under `runtime` (default: this one) on a free port with a
+ * control socket and a PID file in a new temporary directory, plus `args`;
+ * resolves once generation 1 reports itself ready on the control socket.
  */
 export async function startGenerations(
   left: Leftovers,
   script: string,
   args: string[] = [],
   timeoutMs = 60_000,
+  runtime: "deno" | "bun" = RUNTIME,
 ): Promise<Generations> {
   const dir = left.tempDir("instar-gen-");
   const ctl = join(dir, "ctl.sock"), pidFile = join(dir, "app.pid");
   const server = startServer(
-    runtimeCmd(RUNTIME, script, ["--port", "0", "--control", ctl, "--pid-file", pidFile, ...args]),
+    runtimeCmd(runtime, script, ["--port", "0", "--control", ctl, "--pid-file", pidFile, ...args]),
   );
   left.servers.push(server);
   const ready = await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs, log: server.lines });
