@@ -6,6 +6,7 @@
  * waits for the open connections and exits 0.
  */
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import * as net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
@@ -13,8 +14,10 @@ import { describe, test } from "node:test";
 import {
   cleanupAfterTests,
   ROOT,
+  runCommand,
   RUNTIME,
   type ServerProcess,
+  showResult,
   startServer,
   stopped,
   within,
@@ -63,6 +66,20 @@ async function upgrade(app: App): Promise<number> {
   const next = await nextPidInPidFile(app.pidFile, app.pid, { log: app.server.lines });
   app.server.pids.add(next);
   return (app.pid = next);
+}
+
+/** The fds (≥ 3) of process `pid` without O_CLOEXEC, with what they are. */
+function withoutCloexec(pid: number): string[] {
+  const O_CLOEXEC = 0o2000000;
+  return readdirSync(`/proc/${pid}/fd`).filter((fd) => Number(fd) > 2).flatMap((fd) => {
+    try {
+      const flags = readFileSync(`/proc/${pid}/fdinfo/${fd}`, "utf8").match(/^flags:\s+(\d+)/m);
+      if (!flags || (parseInt(flags[1], 8) & O_CLOEXEC) !== 0) return [];
+      return [`${fd} -> ${readlinkSync(`/proc/${pid}/fd/${fd}`)}`];
+    } catch {
+      return []; // a connection the load closed meanwhile
+    }
+  });
 }
 
 /** A connection that sends lines and reads their echoes (`<pid> <line>`), one at a time. */
@@ -155,9 +172,11 @@ describe(`instar/auto with a raw node:net server (${RUNTIME})`, () => {
     const load = keepConnecting(app.port, stop.signal);
     await new Promise((r) => setTimeout(r, 300));
     await upgrade(app);
-    assert.equal(await long.echo("after the upgrade"), first, "the old generation answers");
-    // Both generations accept until the old one hears it must drain.
+    // Both generations accept until the old one hears it must drain; past the drain's pause
+    // (250 ms) it waits for its connections alone.
     await app.server.waitFor(new RegExp(`pid=${first} gen=1\\] draining: upgrade`));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await long.echo("after the upgrade"), first, "the old generation answers");
     const local = new Client({ path: app.sock });
     assert.equal(await local.echo("new"), app.pid);
     await local.close();
@@ -166,6 +185,8 @@ describe(`instar/auto with a raw node:net server (${RUNTIME})`, () => {
     const second = app.pid;
     await upgrade(app);
     await stopped(second, 8_000);
+    // instar's fds and the servers' duplicates: none would reach a child the app spawns.
+    assert.deepEqual(withoutCloexec(app.pid), []);
     await new Promise((r) => setTimeout(r, 300));
     stop.abort();
     const { ok, errors, seen } = await load;
@@ -180,8 +201,19 @@ describe(`instar/auto with a raw node:net server (${RUNTIME})`, () => {
     assert.equal(await c.echo("x"), app.pid);
     process.kill(app.pid, "SIGTERM");
     await app.server.waitFor(/draining: stop/);
+    // Past the drain's pause (250 ms): the generation now waits for the connection alone.
+    await new Promise((r) => setTimeout(r, 500));
     assert.equal(await c.echo("still"), app.pid, "the connection is served on while it drains");
     await c.close();
     assert.equal(await within(app.server.exited, 8_000, "exit after the close"), 0);
+  });
+
+  test("a ready URL with only raw servers fails the start, saying why", async () => {
+    const r = await runCommand(preloaded, {
+      env: { PORT: "0", INSTAR_AUTO_READY_URL: "/ready" },
+      timeoutMs: 20_000,
+    });
+    assert.equal(r.code, 1, showResult(r));
+    assert.match(r.stderr, /a ready URL needs an HTTP server/);
   });
 });
