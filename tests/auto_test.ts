@@ -399,16 +399,6 @@ describe(`instar/auto (${RUNTIME})`, () => {
     assert.match(r.stderr, /instar\/auto: the application did not listen within 300 ms/);
   });
 
-  test("a raw node:net server is refused with AUTO_UNSUPPORTED", async () => {
-    const r = await runCommand(preloaded(fixture("raw_tcp.mjs")), { timeoutMs: 20_000 });
-    assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /AUTO_UNSUPPORTED/);
-    assert.match(
-      r.stderr,
-      /instar\/auto: net\.Server\.listen\(127\.0\.0\.1:0\) is a raw TCP server/,
-    );
-  });
-
   test("a port another socket holds with SO_REUSEPORT fails the start, naming the call and EADDRINUSE", async () => {
     // Elysia asks for reusePort by default: instar/auto drops it, its socket is the only one.
     const port = await freePort();

@@ -7,11 +7,12 @@
  * `::` (both families) and falls back to `0.0.0.0` where IPv6 is missing; so
  * does this.
  *
+ * A plain `node:net` server (raw TCP) goes to net_listen.ts the same way:
+ * its own `listen({ fd })` on instar's socket.
+ *
  * Passed through untouched: a server instar already serves (serveNode starts
  * it on a throwaway address first), and `listen({ fd })` / a handle, which
- * name a socket the application already has. A plain `node:net` server
- * (raw TCP) is refused with `AUTO_UNSUPPORTED`: instar/auto does not serve
- * it yet, and an unnoticed server an upgrade cuts is worse than an error.
+ * name a socket the application already has.
  *
  * @module
  */
@@ -21,9 +22,12 @@ import type * as https from "node:https";
 import type * as net from "node:net";
 import { SystemError } from "../errors.ts";
 import * as host from "../host.ts";
+import { insideOf } from "../lifecycle/inside.ts";
 import type { Upgrader } from "../lifecycle/upgrader.ts";
+import type { SocketSpec } from "../net/specs.ts";
 import type { UpgraderServeNodeOptions } from "../serve/serve_node.ts";
 import type { NodeHttpServer } from "../serve/node_types.ts";
+import { type OriginalListen, serveNet } from "./net_listen.ts";
 import type { AutoReadiness } from "./readiness.ts";
 import type { Twin } from "./ready_url.ts";
 import { unsupported } from "./settings.ts";
@@ -117,19 +121,24 @@ export function installNodeListen(up: Upgrader, readiness: AutoReadiness): void 
         passing--;
       }
     };
+    // node:http / node:https go to serveNode (with a twin for the ready URL); a raw node:net
+    // server listens on instar's socket itself (net_listen.ts).
+    const start = (server: net.Server, parsed: NodeListen) => {
+      if (isHttp(server)) {
+        const node = server as unknown as NodeHttpServer;
+        const open = (spec: object) => up.serveNode(node, spec as UpgraderServeNodeOptions);
+        return serve(readiness, server, parsed, open, twinOf(httpMod, taken, server));
+      }
+      const listen: OriginalListen = (options, cb) => pass(server, [options, cb]);
+      const open = (spec: object) => serveNet(insideOf(up), server, spec as SocketSpec, listen);
+      serve(readiness, server, parsed, open);
+    };
     (proto as { listen: Listen }).listen = function listen(this: net.Server, ...args: unknown[]) {
       if (taken.has(this)) return pass(this, args);
       const parsed = parseListen(args);
       if (parsed.own) return pass(this, args);
-      if (!isHttp(this)) {
-        unsupported(
-          `net.Server.listen(${where(parsed.spec)})`,
-          "is a raw TCP server, which instar/auto does not serve yet (node:http, node:https, " +
-            "Bun.serve and Deno.serve are); serve it with up.listen()",
-        );
-      }
       taken.add(this);
-      serve(up, readiness, this, parsed, twinOf(httpMod, taken, this));
+      start(this, parsed);
       return this;
     };
   }
@@ -151,21 +160,22 @@ function twinOf(httpMod: typeof http, taken: WeakSet<object>, server: net.Server
     });
 }
 
+// Serves `server` where `l` asks (through `open`), and runs the application's callback once
+// it serves (a failure is the server's `error` event). `twin`: for the ready URL (HTTP only).
 function serve(
-  up: Upgrader,
   readiness: AutoReadiness,
   server: net.Server,
   l: NodeListen,
-  twin: Twin,
+  open: (spec: object) => Promise<unknown>,
+  twin?: Twin,
 ): void {
-  const node = server as unknown as NodeHttpServer;
   const serving = l.spec.path !== undefined || l.spec.hostname !== undefined
-    ? up.serveNode(node, l.spec as UpgraderServeNodeOptions)
-    : up.serveNode(node, { ...l.spec, hostname: "::" } as UpgraderServeNodeOptions).catch((err) => {
+    ? open(l.spec)
+    : open({ ...l.spec, hostname: "::" }).catch((err) => {
       if (!(err instanceof SystemError) || !["EAFNOSUPPORT", "EADDRNOTAVAIL"].includes(err.code)) {
         throw err;
       }
-      return up.serveNode(node, { ...l.spec, hostname: "0.0.0.0" } as UpgraderServeNodeOptions);
+      return open({ ...l.spec, hostname: "0.0.0.0" });
     });
   readiness.follow(describe(l.spec), serving, twin).then(
     () => l.callback?.call(server),

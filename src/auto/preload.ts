@@ -9,8 +9,9 @@
  *
  * (or let `instar run -- bun server.js` add the flag). It creates this
  * generation's Upgrader, then replaces `Bun.serve`, `Deno.serve` and the
- * `listen()` of node:http / node:https servers, so that the application's
- * own calls serve through `up.serve()` / `up.serveNode()`: sockets inherited
+ * `listen()` of node:http / node:https / node:net servers, so that the
+ * application's own calls serve through `up.serve()` / `up.serveNode()` (a
+ * raw node:net server: its own `listen({ fd })`): sockets inherited
  * across upgrades, held until ready, drained with `Connection: close`. It
  * calls `up.ready()` for the application (readiness.ts), and makes its
  * `process.exit()` wait for a drain (exit_guard.ts). SIGHUP upgrades; SIGTERM

@@ -68,9 +68,10 @@ export class AutoReadiness {
    * Follows one serve the application started (`what` names it for errors):
    * resolves with what `serving` resolves, or fails the generation if it
    * rejects before ready (after ready, the error is the application's: it rejects).
-   * `twin` starts the same server elsewhere, for the ready URL (the first one given is asked).
+   * `twin` starts the same server elsewhere, for the ready URL (the first one given is asked;
+   * a raw `node:net` server has none).
    */
-  follow<T>(what: string, serving: Promise<T>, twin: Twin): Promise<T> {
+  follow<T>(what: string, serving: Promise<T>, twin?: Twin): Promise<T> {
     this.#twin ??= twin;
     this.#pending++;
     clearTimeout(this.#settle);
@@ -111,6 +112,12 @@ export class AutoReadiness {
   // Once: later listens that finish while it asks call #declare again.
   #askReadyUrl(): void {
     if (this.#probe) return;
+    if (!this.#twin) {
+      this.#inside.failStart(
+        "instar/auto: a ready URL needs an HTTP server, and the application listened with raw " +
+          "node:net servers only",
+      );
+    }
     this.#probe = new ReadyUrl(this.#settings.readyUrl!);
     this.#probe.wait(this.#twin!).then(
       (answered) => {
@@ -136,7 +143,7 @@ export class AutoReadiness {
     if (this.#served.length === 0 && this.#pending === 0) {
       this.#inside.failStart(
         `instar/auto: the application did not listen within ${ms} ms (instar/auto serves ` +
-          "Bun.serve, Deno.serve and node:http/node:https listen(); is this a server?)",
+          "Bun.serve, Deno.serve and node:http/node:https/node:net listen(); is this a server?)",
       );
     }
     const listened = this.#inside.claimed().join(", ") || "nothing";

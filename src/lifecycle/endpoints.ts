@@ -86,8 +86,8 @@ export function serverEndpoint(
     fd,
     addr,
     // The native servers keep no count: ask the kernel.
-    connections:
-      () => (addr.transport === "tcp" ? openConnections(addr.port) : Promise.resolve(null)),
+    connections: server.connections ??
+      (() => (addr.transport === "tcp" ? openConnections(addr.port) : Promise.resolve(null))),
     refuseNew: () => refuse(fd, activated, server.pauseAccepting),
     release: () => {
       if (!released) closeFd(fd);

@@ -1,8 +1,8 @@
 /**
  * What `instar/auto` (src/auto/) needs of an Upgrader beyond its public API:
- * which inherited sockets the application has not listened on yet, and a way
- * for a new generation to fail its upgrade with a reason the previous one
- * reports. Kept out of the public class: an application that calls
+ * which inherited sockets the application has not listened on yet, a socket
+ * for a server of its own (raw `node:net`), and a way for a new generation to
+ * fail its upgrade with a reason the previous one reports. Kept out of the public class: an application that calls
  * `up.serve()` itself decides its own readiness.
  *
  * @module
@@ -11,7 +11,7 @@
 import * as host from "../host.ts";
 import { messages } from "../protocol/messages.ts";
 import type { Shared } from "./shared.ts";
-import type { Registry } from "./registry.ts";
+import type { Sockets } from "./sockets.ts";
 
 /** An Upgrader's insides, as instar/auto sees them. */
 export interface Inside {
@@ -19,6 +19,8 @@ export interface Inside {
   unclaimed(): string[];
   /** Every key claimed so far. */
   claimed(): string[];
+  /** A socket claimed as `up.serve()`'s, served by `start`, counted and drained as the endpoint it builds. */
+  serveCounted: Sockets["serveCounted"];
   /**
    * Ends this generation before `ready()`: the previous one (if any) hears
    * `reason` and serves on; the reason goes to stderr; exit status 1.
@@ -33,7 +35,7 @@ export interface Inside {
 const insides = new WeakMap<object, Inside>();
 
 /** Records `up`'s insides (the Upgrader's constructor). */
-export function expose(up: object, s: Shared, registry: () => Registry): void {
+export function expose(up: object, s: Shared, sockets: () => Sockets): void {
   const tellParent = (reason: string): void => {
     const link = s.link;
     if (!link) return;
@@ -44,8 +46,9 @@ export function expose(up: object, s: Shared, registry: () => Registry): void {
     link.channel.close();
   };
   insides.set(up, {
-    unclaimed: () => registry().unclaimed,
-    claimed: () => registry().claimed,
+    unclaimed: () => sockets().registry.unclaimed,
+    claimed: () => sockets().registry.claimed,
+    serveCounted: (spec, start) => sockets().serveCounted(spec, start),
     tellParent,
     failStart(reason: string): never {
       host.writeStderr(`instar: ${reason}\n`);

@@ -75,7 +75,7 @@ export class Upgrader {
     const systemd = Readiness.bridgeSystemd(s);
     const observer = this.#observer = Observer.of(s, endpoints, (h) => this.onDrained(h));
     const sockets = this.#sockets = new Sockets(s, observer);
-    expose(this, s, () => sockets.registry);
+    expose(this, s, () => sockets);
     const upgrades = this.#upgrades = new Upgrades({ shared: s, sockets, observer, exit });
     this.#ready = new Readiness({
       shared: s,

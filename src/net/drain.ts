@@ -20,8 +20,9 @@ import { deadline, sleep } from "../timeout.ts";
  */
 export type ServerDrain =
   & Pick<Endpoint, "pauseAccepting" | "resumeAccepting" | "finish" | "closeSpread" | "forceClose">
-  // A server listening on its address itself (portable mode) refuses new connections itself.
-  & Partial<Pick<Endpoint, "refuseNew">>;
+  // A server listening on its address itself (portable mode) refuses new connections itself;
+  // one that tracks its connections (instar/auto's raw node:net servers) counts them itself.
+  & Partial<Pick<Endpoint, "refuseNew" | "connections">>;
 
 /**
  * How long a stopping generation lets its runtime deliver connections it

@@ -1,0 +1,148 @@
+/**
+ * `listen()` of a plain `node:net` server (raw TCP, a Unix socket) under
+ * instar/auto. The socket is claimed as `up.serve()`'s (inherited when the
+ * previous generation had the same address, else opened fresh); the
+ * application's own server accepts on it through `listen({ fd })` on a
+ * close-on-exec duplicate, so its connections stay `net.Socket`s and instar
+ * keeps its own fd to pass on.
+ *
+ * Its drain is a listener's: accepting pauses at the handover (every epoll
+ * registration of the socket is removed, as for the other servers: the dup
+ * and the application's handle stay as they are), the server then closes
+ * its duplicate and the drain waits for its connections to end by
+ * themselves (a raw protocol has no `Connection: close` to ask them), and
+ * cuts the ones left at the drain timeout. The server counts what it
+ * accepts and what is open, for `up.metrics()`.
+ *
+ * @module
+ */
+
+import type * as net from "node:net";
+import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
+import type { Inside } from "../lifecycle/inside.ts";
+import type { ServerDrain } from "../net/drain.ts";
+import type { SocketSpec } from "../net/specs.ts";
+import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
+import type { Addr } from "../types.ts";
+
+/** The original `listen()` of the server (instar/auto's replacement passes it through). */
+export type OriginalListen = (options: { fd: number }, callback: () => void) => void;
+
+/** A raw server served through instar: what it accepted and what is open. */
+export interface NetServing {
+  /** The address of the socket (port 0 resolved). */
+  readonly addr: Addr;
+  /** Connections accepted by this generation. */
+  readonly accepted: number;
+}
+
+/** The connections of one `net.Server`, tracked from its `connection` event. */
+class Connections {
+  accepted = 0;
+  #open = new Set<net.Socket>();
+  #emptied: (() => void)[] = [];
+
+  constructor(server: net.Server) {
+    server.prependListener("connection", (socket: net.Socket) => {
+      this.accepted++;
+      this.#open.add(socket);
+      socket.once("close", () => {
+        this.#open.delete(socket);
+        if (this.#open.size === 0) { for (const r of this.#emptied.splice(0)) r(); }
+      });
+    });
+  }
+
+  get open(): number {
+    return this.#open.size;
+  }
+
+  /** Resolves once no connection is open. */
+  ended(): Promise<void> {
+    return this.#open.size === 0 ? Promise.resolve() : new Promise((r) => this.#emptied.push(r));
+  }
+
+  /** Destroys every open connection; returns how many. */
+  cut(): number {
+    const n = this.#open.size;
+    for (const s of this.#open) s.destroy();
+    return n;
+  }
+}
+
+/**
+ * Serves the application's `server` on the socket `spec` names, claimed
+ * through `inside`; `listen` is the server's original `listen()`. Resolves
+ * once the server listens (its `listening` event has run).
+ */
+export function serveNet(
+  inside: Inside,
+  server: net.Server,
+  spec: SocketSpec,
+  listen: OriginalListen,
+): Promise<NetServing> {
+  const conns = new Connections(server);
+  return inside.serveCounted(spec, async (fd, addr) => {
+    await listenOnDup(server, fd, listen);
+    reportAddress(server, addr);
+    const serving: NetServing = {
+      addr,
+      get accepted() {
+        return conns.accepted;
+      },
+    };
+    return { server: serving, drain: drainOf(server, fd, conns) };
+  });
+}
+
+// The runtime owns (and closes) the fd it listens on: it gets a duplicate, never inherited
+// by a child (F_DUPFD_CLOEXEC); instar's `fd` is what the next generation gets.
+function listenOnDup(server: net.Server, fd: number, listen: OriginalListen): Promise<void> {
+  const dup = dupCloexec(fd);
+  return new Promise<void>((resolve, reject) => {
+    const failed = (err: Error) => {
+      try {
+        closeFd(dup);
+      } catch { /* the runtime closed it */ }
+      reject(err);
+    };
+    server.once("error", failed);
+    listen({ fd: dup }, () => {
+      server.off("error", failed);
+      resolve();
+    });
+  });
+}
+
+// `server.address()` as the application expects it: the port it got for port 0, the path
+// for a Unix socket (a server listening on an fd may not know them in every runtime).
+function reportAddress(server: net.Server, addr: Addr): void {
+  const value = addr.transport === "unix" ? addr.path : {
+    address: addr.hostname,
+    family: addr.hostname.includes(":") ? "IPv6" : "IPv4",
+    port: addr.port,
+  };
+  Object.defineProperty(server, "address", { value: () => value, configurable: true });
+}
+
+/** The server's part of its endpoint's drain (src/net/drain.ts); the lifecycle owns `fd`. */
+function drainOf(server: net.Server, fd: number, conns: Connections): ServerDrain {
+  let paused: PausedSocket | undefined;
+  return {
+    // Every reactor of this process stops accepting on the socket, the duplicate included.
+    pauseAccepting: () => void (paused ??= pauseSocket(fd)),
+    resumeAccepting: () => {
+      if (paused) resumeSocket(paused);
+      paused = undefined;
+    },
+    finish: () => {
+      // Closes the duplicate only; the connections it accepted go on until they end.
+      try {
+        server.close();
+      } catch { /* the application closed it already */ }
+      return conns.ended();
+    },
+    forceClose: () => Promise.resolve(conns.cut()),
+    connections: () => Promise.resolve(conns.open),
+  };
+}
