@@ -208,6 +208,26 @@ describe(`instar/auto with a raw node:net server (${RUNTIME})`, () => {
     assert.equal(await within(app.server.exited, 8_000, "exit after the close"), 0);
   });
 
+  test("in portable mode the server listens itself, SIGHUP is refused with the reason, and a stop waits for its connection", async () => {
+    const server = startServer(preloaded, { PORT: "0", INSTAR_PORTABLE: "1" });
+    left.servers.push(server);
+    const port = Number((await server.waitFor(/^listening tcp (\d+)$/, 30_000))[1]);
+    await server.waitFor(/\] ready on /, 10_000);
+    const c = new Client({ port });
+    const pid = await c.echo("a");
+    process.kill(pid, "SIGHUP");
+    await server.waitFor(/upgrade-refused: unsupported-platform/, 10_000);
+    const b = new Client({ port });
+    assert.equal(await b.echo("b"), pid, "the same process serves on");
+    await b.close();
+    process.kill(pid, "SIGTERM");
+    await server.waitFor(/draining: stop/, 10_000);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await c.echo("still"), pid, "the open connection is served while it drains");
+    await c.close();
+    assert.equal(await within(server.exited, 8_000, "exit after the close"), 0);
+  });
+
   test("a ready URL with only raw servers fails the start, saying why", async () => {
     const r = await runCommand(preloaded, {
       env: { PORT: "0", INSTAR_AUTO_READY_URL: "/ready" },

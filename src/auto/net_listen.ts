@@ -14,6 +14,11 @@
  * cuts the ones left at the drain timeout. The server counts what it
  * accepts and what is open, for `up.metrics()`.
  *
+ * In portable mode (no libc: src/runtime/platform.ts) the server listens on
+ * the address itself, as the runtime's HTTP servers do there; accepting
+ * stops when a stop closes it, and the drain waits for its connections the
+ * same way.
+ *
  * @module
  */
 
@@ -21,12 +26,16 @@ import type * as net from "node:net";
 import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
 import type { Inside } from "../lifecycle/inside.ts";
 import type { ServerDrain } from "../net/drain.ts";
+import type { DirectAddress } from "../serve/serve.ts";
 import type { SocketSpec } from "../net/specs.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
 import type { Addr } from "../types.ts";
 
 /** The original `listen()` of the server (instar/auto's replacement passes it through). */
-export type OriginalListen = (options: { fd: number }, callback: () => void) => void;
+export type OriginalListen = (
+  options: { fd: number } | { host: string; port: number } | { path: string },
+  callback: () => void,
+) => void;
 
 /** A raw server served through instar: what it accepted and what is open. */
 export interface NetServing {
@@ -82,17 +91,61 @@ export function serveNet(
   listen: OriginalListen,
 ): Promise<NetServing> {
   const conns = new Connections(server);
-  return inside.serveCounted(spec, async (fd, addr) => {
-    await listenOnDup(server, fd, listen);
-    reportAddress(server, addr);
+  return inside.serveCounted(spec, async (at, addr) => {
+    const portable = typeof at !== "number";
+    if (portable) await listenAt(server, at, listen);
+    else await listenOnDup(server, at, listen);
+    reportAddress(server, portable ? addressOf(server, addr) : addr);
     const serving: NetServing = {
-      addr,
+      addr: portable ? addressOf(server, addr) : addr,
       get accepted() {
         return conns.accepted;
       },
     };
-    return { server: serving, drain: drainOf(server, fd, conns) };
+    return {
+      server: serving,
+      drain: portable ? directDrain(server, conns) : drainOf(server, at, conns),
+    };
   });
+}
+
+// Portable mode: the server listens on the address itself.
+function listenAt(server: net.Server, at: DirectAddress, listen: OriginalListen): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    listen("path" in at ? { path: at.path } : { host: at.hostname, port: at.port }, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+// The address the server got (port 0 resolved), read before reportAddress replaces address().
+function addressOf(server: net.Server, asked: Addr): Addr {
+  const a = server.address();
+  if (a === null || typeof a === "string" || asked.transport !== "tcp") return asked;
+  return { transport: "tcp", hostname: asked.hostname, port: a.port };
+}
+
+// Portable mode's drain: no libc to pause a reactor with, and no next generation to leave the
+// socket's queue to: a stop closes the server, then waits for its connections.
+function directDrain(server: net.Server, conns: Connections): ServerDrain {
+  const close = () => {
+    try {
+      server.close();
+    } catch { /* the application closed it already */ }
+  };
+  return {
+    pauseAccepting: close,
+    resumeAccepting: () => {},
+    refuseNew: () => Promise.resolve(close()),
+    finish: () => {
+      close();
+      return conns.ended();
+    },
+    forceClose: () => Promise.resolve(conns.cut()),
+    connections: () => Promise.resolve(conns.open),
+  };
 }
 
 // The runtime owns (and closes) the fd it listens on: it gets a duplicate, never inherited

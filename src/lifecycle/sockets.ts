@@ -10,7 +10,7 @@
  * @module
  */
 
-import { InstarError } from "../errors.ts";
+import type { InstarError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
@@ -130,21 +130,15 @@ export class Sockets {
 
   /**
    * instar/auto's raw `node:net` servers: `start` serves the claimed socket
-   * (its fd; the lifecycle keeps and closes it) and returns what it decides in
+   * (its fd, which the lifecycle keeps and closes; in portable mode the
+   * address, where the server listens itself) and returns what it decides in
    * a drain; what it accepts is counted as `listen()`'s listeners are.
    */
   async serveCounted<T extends { addr: Addr; readonly accepted: number }>(
     spec: SocketSpec,
-    start: (fd: number, addr: Addr) => Promise<Serving<T>>,
+    start: (at: number | DirectAddress, addr: Addr) => Promise<Serving<T>>,
   ): Promise<T> {
     return await this.#onSocket(spec, async (key, at, addr) => {
-      if (typeof at !== "number") {
-        // Portable mode (no libc): no fd to duplicate, so nothing to accept on.
-        throw new InstarError(
-          "AUTO_UNSUPPORTED",
-          `${key}: a raw server needs libc (portable mode)`,
-        );
-      }
       const started = await start(at, addr);
       this.#observer.countAccepts(key, started.server);
       return started;
