@@ -23,12 +23,12 @@
  */
 
 import type * as net from "node:net";
-import { close as closeFd, dupCloexec } from "../ffi/mod.ts";
 import type { Inside } from "../lifecycle/inside.ts";
 import type { ServerDrain } from "../net/drain.ts";
 import type { DirectAddress } from "../serve/serve.ts";
 import type { SocketSpec } from "../net/specs.ts";
-import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
+import { listenOnDup } from "../runtime/serve_node_deno.ts";
+import { accepting } from "../lifecycle/endpoints.ts";
 import type { Addr } from "../types.ts";
 
 /** The original `listen()` of the server (instar/auto's replacement passes it through). */
@@ -148,25 +148,6 @@ function directDrain(server: net.Server, conns: Connections): ServerDrain {
   };
 }
 
-// The runtime owns (and closes) the fd it listens on: it gets a duplicate, never inherited
-// by a child (F_DUPFD_CLOEXEC); instar's `fd` is what the next generation gets.
-function listenOnDup(server: net.Server, fd: number, listen: OriginalListen): Promise<void> {
-  const dup = dupCloexec(fd);
-  return new Promise<void>((resolve, reject) => {
-    const failed = (err: Error) => {
-      try {
-        closeFd(dup);
-      } catch { /* the runtime closed it */ }
-      reject(err);
-    };
-    server.once("error", failed);
-    listen({ fd: dup }, () => {
-      server.off("error", failed);
-      resolve();
-    });
-  });
-}
-
 // `server.address()` as the application expects it: the port it got for port 0, the path
 // for a Unix socket (a server listening on an fd may not know them in every runtime).
 function reportAddress(server: net.Server, addr: Addr): void {
@@ -180,14 +161,9 @@ function reportAddress(server: net.Server, addr: Addr): void {
 
 /** The server's part of its endpoint's drain (src/net/drain.ts); the lifecycle owns `fd`. */
 function drainOf(server: net.Server, fd: number, conns: Connections): ServerDrain {
-  let paused: PausedSocket | undefined;
   return {
     // Every reactor of this process stops accepting on the socket, the duplicate included.
-    pauseAccepting: () => void (paused ??= pauseSocket(fd)),
-    resumeAccepting: () => {
-      if (paused) resumeSocket(paused);
-      paused = undefined;
-    },
+    ...accepting(fd),
     finish: () => {
       // Closes the duplicate only; the connections it accepted go on until they end.
       try {

@@ -16,7 +16,9 @@ import type { ServerDrain } from "../net/drain.ts";
 import type { Addr, Endpoint } from "../types.ts";
 
 /** Pausing, shared by every endpoint on a listening socket instar owns. */
-function accepting(fd: number) {
+export function accepting(
+  fd: number,
+): Pick<Endpoint, "pauseAccepting" | "resumeAccepting"> {
   let paused: PausedSocket | undefined;
   return {
     // Every reactor of this process stops accepting on the socket, whatever fd number it holds.
