@@ -90,7 +90,9 @@ export class Exit {
     s.setState("stopped");
     s.events.emit("drained", { forced });
     await runHooks(this.#hooks, s.warn);
-    this.#ended();
+    // Exiting, the signals stay handled until the exit: one arriving in between (a SIGHUP of a
+    // deploy script) would meet its default action, and the generation would end by it, not 0.
+    if (!settings.exitAfterDrain) this.#ended();
     this.#resolveDrained();
     // Code after `await up.drained` runs first: it was queued when drained resolved.
     if (settings.exitAfterDrain) setTimeout(() => host.exit(0), 0);
