@@ -23,6 +23,7 @@ import {
   RUNTIME,
   runtimeCmd,
   skipIf,
+  startedTogether,
   startServer,
   stopped,
   within,
@@ -127,13 +128,112 @@ class WsClient {
   }
 }
 
-for (const fw of FRAMEWORKS) {
-  const example = join(ROOT, "examples", `${fw.name}.ts`);
-  const bunOnly = fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
-  const start = (args: string[] = []): Promise<Generations> =>
-    startGenerations(left, example, args);
+const exampleOf = (name: string) => join(ROOT, "examples", `${name}.ts`);
+const bunOnlyHere = (fw: (typeof FRAMEWORKS)[number]) =>
+  fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
 
-  describeUnless(bunOnly, `${fw.name} across upgrades (${RUNTIME})`, () => {
+/** A request in flight at an upgrade (its own server): asserts it finishes on the old generation. */
+async function inFlightAtUpgrade(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name));
+  const oldPid = g.server.pid;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
+    // Long enough to be still in flight when the old generation starts draining, even while
+    // the other frameworks' scenarios start and upgrade their servers at the same time.
+    const slow = get(g.port, "/slow?ms=8000", agent);
+    slow.catch(() => {}); // awaited below; not an unhandled rejection if the upgrade fails first
+    await new Promise((r) => setTimeout(r, 300));
+    const newPid = await upgradeAndDrain(g, oldPid);
+    const fresh = await get(g.port, "/");
+    assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
+    const res = await within(slow, 30_000, "the slow request");
+    assert.equal(res.status, 200);
+    assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
+    // Taken before the drain, answered during it: the client moves on. (Not through
+    // up.serve() on Bun (Elysia): it switches its handlers with server.reload(), which
+    // only reaches requests that arrive after the switch.)
+    if (fw.name !== "elysia") assert.equal(res.headers.connection?.toLowerCase(), "close");
+    assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+    process.kill(newPid, "SIGTERM");
+    await stopped(newPid);
+  } finally {
+    agent.destroy();
+  }
+}
+
+/** A WebSocket opened before an upgrade (its own server): asserts it stays on the old generation. */
+async function webSocketThroughUpgrade(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name), ["--drain-timeout", "60000"]);
+  const oldPid = g.server.pid;
+  const a = await WsClient.open(g.port, fw.ws);
+  assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
+  assert.equal(await a.echo("before"), oldPid);
+  const newPid = await upgradeAndDrain(g, oldPid);
+  for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
+  const b = await WsClient.open(g.port, fw.ws);
+  assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
+  assert.equal(await a.echo("still old"), oldPid);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
+  a.close();
+  assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
+  assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
+  assert.equal(await b.echo("new serves on"), newPid);
+  b.close();
+  await within(b.closed, 10_000, "new socket close");
+  process.kill(newPid, "SIGTERM");
+  await stopped(newPid);
+}
+
+/** A WebSocket left open past a 4 s drain timeout (its own server): asserts 1012 and exit 0. */
+async function webSocketAtDrainTimeout(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name), ["--drain-timeout", "4000"]);
+  const oldPid = g.server.pid;
+  const a = await WsClient.open(g.port, fw.ws);
+  await a.next(/^welcome/);
+  const newPid = await upgradeAndDrain(g, oldPid);
+  assert.equal(await a.echo("open"), oldPid);
+  assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
+  assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+  process.kill(newPid, "SIGTERM");
+  await stopped(newPid);
+}
+
+// These scenarios mostly wait (a slow request, a drain, a drain timeout), each on a server of
+// its own: they are started all at once, before any load test (those never overlap), and each
+// test asserts on its own scenario (its assertions run inside it; a failure rejects it).
+const SCENARIOS = {
+  "a request in flight at the upgrade finishes on the old generation (serveNode: with Connection: close)":
+    inFlightAtUpgrade,
+  "a WebSocket opened before an upgrade stays on the old generation and closes cleanly":
+    webSocketThroughUpgrade,
+  "at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0":
+    webSocketAtDrainTimeout,
+};
+const here = FRAMEWORKS.filter((fw) => !bunOnlyHere(fw));
+const scenario = startedTogether(
+  Object.fromEntries(
+    here.flatMap((fw) =>
+      Object.entries(SCENARIOS).map(([name, run]) => [`${fw.name}: ${name}`, () => run(fw)])
+    ),
+  ),
+);
+
+describe(`every framework across an upgrade: in-flight requests and WebSockets (${RUNTIME})`, () => {
+  for (const fw of here) {
+    for (const name of Object.keys(SCENARIOS)) {
+      test(`${fw.name}: ${name}`, () => scenario(`${fw.name}: ${name}`));
+    }
+  }
+});
+
+for (const fw of FRAMEWORKS) {
+  const start = (args: string[] = []): Promise<Generations> =>
+    startGenerations(left, exampleOf(fw.name), args);
+
+  describeUnless(bunOnlyHere(fw), `${fw.name} across upgrades (${RUNTIME})`, () => {
     // Express also on the paths auto does not take here: the proxy, and on Deno the transplant.
     const modes = fw.name !== "express"
       ? ["auto"]
@@ -173,69 +273,6 @@ for (const fw of FRAMEWORKS) {
         assertPostsRead(stats, upgrades + 1, p.ok);
       });
     }
-
-    test("a request in flight at the upgrade finishes on the old generation (serveNode: with Connection: close)", async () => {
-      const g = await start();
-      const oldPid = g.server.pid;
-      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-      try {
-        assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
-        const slow = get(g.port, "/slow?ms=3000", agent);
-        await new Promise((r) => setTimeout(r, 300));
-        const newPid = await upgradeAndDrain(g, oldPid);
-        const fresh = await get(g.port, "/");
-        assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
-        const res = await within(slow, 30_000, "the slow request");
-        assert.equal(res.status, 200);
-        assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
-        // Taken before the drain, answered during it: the client moves on. (Not through
-        // up.serve() on Bun (Elysia): it switches its handlers with server.reload(), which
-        // only reaches requests that arrive after the switch.)
-        if (fw.name !== "elysia") assert.equal(res.headers.connection?.toLowerCase(), "close");
-        assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-        process.kill(newPid, "SIGTERM");
-        await stopped(newPid);
-      } finally {
-        agent.destroy();
-      }
-    });
-
-    test("a WebSocket opened before an upgrade stays on the old generation and closes cleanly", async () => {
-      const g = await start(["--drain-timeout", "60000"]);
-      const oldPid = g.server.pid;
-      const a = await WsClient.open(g.port, fw.ws);
-      assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
-      assert.equal(await a.echo("before"), oldPid);
-      const newPid = await upgradeAndDrain(g, oldPid);
-      for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
-      const b = await WsClient.open(g.port, fw.ws);
-      assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
-      assert.equal(await a.echo("still old"), oldPid);
-      await new Promise((r) => setTimeout(r, 1500));
-      assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
-      a.close();
-      assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
-      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-      await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
-      assert.equal(await b.echo("new serves on"), newPid);
-      b.close();
-      await within(b.closed, 10_000, "new socket close");
-      process.kill(newPid, "SIGTERM");
-      await stopped(newPid);
-    });
-
-    test("at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0", async () => {
-      const g = await start(["--drain-timeout", "4000"]);
-      const oldPid = g.server.pid;
-      const a = await WsClient.open(g.port, fw.ws);
-      await a.next(/^welcome/);
-      const newPid = await upgradeAndDrain(g, oldPid);
-      assert.equal(await a.echo("open"), oldPid);
-      assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
-      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-      process.kill(newPid, "SIGTERM");
-      await stopped(newPid);
-    });
   });
 }
 
