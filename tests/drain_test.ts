@@ -57,10 +57,11 @@ async function refusedAt(port: number, limitMs: number): Promise<number> {
   throw new Error(`port ${port} still accepted connections after ${limitMs} ms`);
 }
 
-// These scenarios mostly wait for slow requests and drains, each on a server of its own, and
-// bound no time tighter than seconds: both modes' are started at once (before the tests that
-// bound a drain or a refusal in milliseconds, and before any load), and each test asserts on
-// its own scenario (its assertions run inside it; a failure rejects it).
+// These scenarios wait for slow requests and drains, each on a server of its own, and bound no
+// time: both modes' are started at once (before the tests that bound a drain, a refusal or a
+// forced exit, or need the old generation still draining when their signals come, and before
+// any load), and each test asserts on its own scenario (its assertions run inside it; a failure
+// rejects it).
 const SIDE_BY_SIDE: Record<string, (mode: string) => Promise<void>> = {
   "slow requests in flight at an upgrade finish on the old generation": async (mode) => {
     const s = await start(mode);
@@ -76,54 +77,6 @@ const SIDE_BY_SIDE: Record<string, (mode: string) => Promise<void>> = {
     assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
     process.kill(next, "SIGTERM");
     await stopped(next);
-  },
-  "50 SIGHUPs to a draining generation change nothing: its in-flight requests finish": async (
-    mode,
-  ) => {
-    const s = await start(mode);
-    const old = s.server.pid;
-    // Long enough to keep it draining through the signals while the other scenarios start.
-    const slow = Array.from({ length: 4 }, () => get(s.port, "/slow?ms=5000"));
-    await sleep(200);
-    const next = await upgradeByHup(s, old);
-    for (let i = 0; i < 50; i++) {
-      process.kill(old, "SIGHUP");
-      await sleep(10);
-    }
-    for (const r of await Promise.all(slow)) {
-      assert.equal(typeof r, "object", `a slow request failed: ${r}`);
-      assert.match((r as { body: string }).body, new RegExp(`pid ${old} generation 1`));
-    }
-    assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
-    const refusals = s.server.lines.filter((l) => /upgrade-refused: stopping/.test(l));
-    assert.ok(refusals.length >= 1, "the signals were answered with refusals");
-    assert.equal(alive(next), true);
-    process.kill(next, "SIGTERM");
-    await stopped(next);
-  },
-  "a repeated SIGTERM lets in-flight requests finish; a second SIGINT exits at once": async (
-    mode,
-  ) => {
-    const s = await start(mode);
-    const slow = get(s.port, "/slow?ms=1500");
-    await sleep(200);
-    for (let i = 0; i < 3; i++) {
-      process.kill(s.server.pid, "SIGTERM");
-      await sleep(50);
-    }
-    const r = await slow;
-    assert.equal(typeof r, "object", `the in-flight request was cut: ${r}`);
-    assert.equal((r as { status: number }).status, 200);
-    assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
-
-    const t = await start(mode);
-    const cut = get(t.port, "/slow?ms=5000");
-    await sleep(200);
-    process.kill(t.server.pid, "SIGINT");
-    await sleep(100);
-    process.kill(t.server.pid, "SIGINT");
-    assert.equal(await within(t.server.exited, 3_000, "forced exit"), 1);
-    assert.equal(typeof await cut, "string", "the forced exit cut the 5 s request");
   },
   "connections queued in the kernel when SIGTERM arrives are answered, not reset": async (mode) => {
     const s = await start(mode);
@@ -178,6 +131,51 @@ for (const mode of MODES) {
       assert.ok(performance.now() - t0 <= drainMs + 1000 + 300, "gone by timeout + 1 s");
       process.kill(next, "SIGTERM");
       await stopped(next);
+    });
+
+    test("50 SIGHUPs to a draining generation change nothing: its in-flight requests finish", async () => {
+      const s = await start(mode);
+      const old = s.server.pid;
+      const slow = Array.from({ length: 4 }, () => get(s.port, "/slow?ms=2000"));
+      await sleep(200);
+      const next = await upgradeByHup(s, old);
+      for (let i = 0; i < 50; i++) {
+        process.kill(old, "SIGHUP");
+        await sleep(10);
+      }
+      for (const r of await Promise.all(slow)) {
+        assert.equal(typeof r, "object", `a slow request failed: ${r}`);
+        assert.match((r as { body: string }).body, new RegExp(`pid ${old} generation 1`));
+      }
+      assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
+      const refusals = s.server.lines.filter((l) => /upgrade-refused: stopping/.test(l));
+      assert.ok(refusals.length >= 1, "the signals were answered with refusals");
+      assert.equal(alive(next), true);
+      process.kill(next, "SIGTERM");
+      await stopped(next);
+    });
+
+    test("a repeated SIGTERM lets in-flight requests finish; a second SIGINT exits at once", async () => {
+      const s = await start(mode);
+      const slow = get(s.port, "/slow?ms=1500");
+      await sleep(200);
+      for (let i = 0; i < 3; i++) {
+        process.kill(s.server.pid, "SIGTERM");
+        await sleep(50);
+      }
+      const r = await slow;
+      assert.equal(typeof r, "object", `the in-flight request was cut: ${r}`);
+      assert.equal((r as { status: number }).status, 200);
+      assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
+
+      const t = await start(mode);
+      const cut = get(t.port, "/slow?ms=5000");
+      await sleep(200);
+      process.kill(t.server.pid, "SIGINT");
+      await sleep(100);
+      process.kill(t.server.pid, "SIGINT");
+      assert.equal(await within(t.server.exited, 3_000, "forced exit"), 1);
+      assert.equal(typeof await cut, "string", "the forced exit cut the 5 s request");
     });
 
     test("after SIGTERM new connections are refused within 100 ms while in-flight requests finish", async () => {
