@@ -142,8 +142,9 @@ async function inFlightAtUpgrade(fw: (typeof FRAMEWORKS)[number]): Promise<void>
   try {
     assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
     // Long enough to be still in flight when the old generation starts draining, even while
-    // the other frameworks' scenarios start and upgrade their servers at the same time.
-    const slow = get(g.port, "/slow?ms=8000", agent);
+    // the other frameworks' scenarios start and upgrade their servers at the same time (8 s
+    // was not, once, on a loaded 2-core machine).
+    const slow = get(g.port, "/slow?ms=15000", agent);
     slow.catch(() => {}); // awaited below; not an unhandled rejection if the upgrade fails first
     await new Promise((r) => setTimeout(r, 300));
     const newPid = await upgradeAndDrain(g, oldPid);
