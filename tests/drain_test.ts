@@ -19,6 +19,7 @@ import {
   showResult,
   skipIf,
   sleep,
+  startedTogether,
   stopped,
   within,
 } from "./support/helpers.ts";
@@ -56,24 +57,60 @@ async function refusedAt(port: number, limitMs: number): Promise<number> {
   throw new Error(`port ${port} still accepted connections after ${limitMs} ms`);
 }
 
-for (const mode of ["transplant", "fallback"] as const) {
-  describe(`draining (${RUNTIME}, serve ${mode})`, () => {
-    test("slow requests in flight at an upgrade finish on the old generation", async () => {
-      const s = await start(mode);
-      const slow = Array.from({ length: 8 }, () => get(s.port, "/slow?ms=1500"));
-      await sleep(200);
-      const next = await upgradeByHup(s, s.server.pid);
-      for (const r of await Promise.all(slow)) {
-        assert.equal(typeof r, "object", `a slow request failed: ${r}`);
-        const { status, body } = r as { status: number; body: string };
-        assert.equal(status, 200);
-        assert.match(body, new RegExp(`pid ${s.server.pid} generation 1`));
-      }
-      assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
-      process.kill(next, "SIGTERM");
-      await stopped(next);
-    });
+// These scenarios wait for slow requests and drains, each on a server of its own, and bound no
+// time: both modes' are started at once (before the tests that bound a drain, a refusal or a
+// forced exit, or need the old generation still draining when their signals come, and before
+// any load), and each test asserts on its own scenario (its assertions run inside it; a failure
+// rejects it).
+const SIDE_BY_SIDE: Record<string, (mode: string) => Promise<void>> = {
+  "slow requests in flight at an upgrade finish on the old generation": async (mode) => {
+    const s = await start(mode);
+    const slow = Array.from({ length: 8 }, () => get(s.port, "/slow?ms=1500"));
+    await sleep(200);
+    const next = await upgradeByHup(s, s.server.pid);
+    for (const r of await Promise.all(slow)) {
+      assert.equal(typeof r, "object", `a slow request failed: ${r}`);
+      const { status, body } = r as { status: number; body: string };
+      assert.equal(status, 200);
+      assert.match(body, new RegExp(`pid ${s.server.pid} generation 1`));
+    }
+    assert.equal(await within(s.server.exited, 10_000, "old generation exit"), 0);
+    process.kill(next, "SIGTERM");
+    await stopped(next);
+  },
+  "connections queued in the kernel when SIGTERM arrives are answered, not reset": async (mode) => {
+    const s = await start(mode);
+    const busy = get(s.port, "/busy?ms=800"); // the event loop is blocked from now on
+    await sleep(200);
+    const queued = Array.from({ length: 5 }, () => get(s.port, "/"));
+    await sleep(200);
+    process.kill(s.server.pid, "SIGTERM"); // handled once the loop is free again
+    for (const r of [await busy, ...(await Promise.all(queued))]) {
+      assert.equal(typeof r, "object", `a request failed: ${r}`);
+      assert.equal((r as { status: number }).status, 200);
+    }
+    assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
+  },
+};
+const MODES = ["transplant", "fallback"] as const;
+const scenario = startedTogether(
+  Object.fromEntries(
+    MODES.flatMap((mode) =>
+      Object.entries(SIDE_BY_SIDE).map(([name, run]) => [`${mode}: ${name}`, () => run(mode)])
+    ),
+  ),
+);
 
+describe(`draining, every mode's scenarios side by side (${RUNTIME})`, () => {
+  for (const mode of MODES) {
+    for (const name of Object.keys(SIDE_BY_SIDE)) {
+      test(`serve ${mode}: ${name}`, () => scenario(`${mode}: ${name}`));
+    }
+  }
+});
+
+for (const mode of MODES) {
+  describe(`draining (${RUNTIME}, serve ${mode})`, () => {
     test("a stream longer than the drain timeout is cut at the timeout; the old process is gone by timeout + 1 s", async () => {
       const drainMs = 1500;
       const s = await start(mode, ["--drain-timeout", String(drainMs)]);
@@ -139,20 +176,6 @@ for (const mode of ["transplant", "fallback"] as const) {
       process.kill(t.server.pid, "SIGINT");
       assert.equal(await within(t.server.exited, 3_000, "forced exit"), 1);
       assert.equal(typeof await cut, "string", "the forced exit cut the 5 s request");
-    });
-
-    test("connections queued in the kernel when SIGTERM arrives are answered, not reset", async () => {
-      const s = await start(mode);
-      const busy = get(s.port, "/busy?ms=800"); // the event loop is blocked from now on
-      await sleep(200);
-      const queued = Array.from({ length: 5 }, () => get(s.port, "/"));
-      await sleep(200);
-      process.kill(s.server.pid, "SIGTERM"); // handled once the loop is free again
-      for (const r of [await busy, ...(await Promise.all(queued))]) {
-        assert.equal(typeof r, "object", `a request failed: ${r}`);
-        assert.equal((r as { status: number }).status, 200);
-      }
-      assert.equal(await within(s.server.exited, 10_000, "exit"), 0);
     });
 
     test("after SIGTERM new connections are refused within 100 ms while in-flight requests finish", async () => {

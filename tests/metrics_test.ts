@@ -4,7 +4,7 @@
 // across 3 upgrades and 1 failed deploy; the JSON lifecycle log parses line
 // by line and its reports' timings are consistent; /healthz answers 200 while
 // ready and 503 from a generation held into its drain.
-import { describe, test } from "node:test";
+import { describe } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -18,6 +18,7 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
+  sideBySide,
   skipIf,
   startServer,
   stopped,
@@ -86,8 +87,11 @@ function instar(args: string[]) {
   return runCommand(runtimeCmd(RUNTIME, CLI, args), { timeoutMs: 90_000 });
 }
 
+// Each test mostly waits (CLI upgrades, a held request, a drain timeout, a promotion window) on a
+// server of its own, and none puts load on it: their bodies run side by side (sideBySide()).
 describe(`metrics across generations (${RUNTIME})`, () => {
-  test(
+  const testSideBySide = sideBySide();
+  testSideBySide(
     "after 3 upgrades and 1 failed deploy /metrics parses and counts succeeded 3, failed 1, every request",
     skipIf(noParser(), "prometheus"),
     async () => {
@@ -220,7 +224,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
     },
   );
 
-  test(
+  testSideBySide(
     "/healthz answers 200 while ready and 503 from a generation held into its drain",
     async () => {
       const dir = tempDir("instar-healthz-");
@@ -261,66 +265,72 @@ describe(`metrics across generations (${RUNTIME})`, () => {
     },
   );
 
-  test("the report counts the connections at the handover: finished by themselves vs cut at the drain timeout", async () => {
-    const dir = tempDir("instar-drain-report-");
-    const ctl = join(dir, "ctl");
-    const drainTimeout = 3_000;
-    const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
-      "--port=0",
-      `--control=${ctl}`,
-      `--drain-timeout=${drainTimeout}`,
-    ]));
-    servers.push(srv);
-    const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
-    // 2 requests that end by themselves within the drain timeout, 3 that outlive it.
-    const sentAt = Date.now();
-    const finishing = [1, 2].map(() => get(port, "/slow?ms=2000"));
-    const cut = [1, 2, 3].map(() =>
-      get(port, "/slow?ms=60000").then((x) => (x.status === 200 ? "answered" : "cut"), () => "cut")
-    );
-    await new Promise((r) => setTimeout(r, 300));
-    // Without --wait-drain: the report as it is when the new generation is ready, no drain part yet.
-    const quick = await instar(["upgrade", `--control=${ctl}`, "--json"]);
-    assert.equal(quick.code, 0, showResult(quick));
-    const early = JSON.parse(quick.stdout) as { pid: number; report: UpgradeReport };
-    assert.equal(early.report.drain, null, quick.stdout);
-    assert.equal(early.report.new.pid, early.pid);
-    // Meanwhile the new generation's metrics count the draining one's connections (the 3 held at least).
-    const m = await get(port, "/metrics");
-    const open = (generation: number) =>
-      Number(
-        new RegExp(`instar_open_connections\\{[^}]*generation="${generation}"[^}]*\\} (\\d+)`)
-          .exec(m.body)?.[1] ?? NaN,
+  testSideBySide(
+    "the report counts the connections at the handover: finished by themselves vs cut at the drain timeout",
+    async () => {
+      const dir = tempDir("instar-drain-report-");
+      const ctl = join(dir, "ctl");
+      const drainTimeout = 3_000;
+      const srv = startServer(runtimeCmd(RUNTIME, HTTP, [
+        "--port=0",
+        `--control=${ctl}`,
+        `--drain-timeout=${drainTimeout}`,
+      ]));
+      servers.push(srv);
+      const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
+      // 2 requests that end by themselves within the drain timeout, 3 that outlive it.
+      const sentAt = Date.now();
+      const finishing = [1, 2].map(() => get(port, "/slow?ms=2000"));
+      const cut = [1, 2, 3].map(() =>
+        get(port, "/slow?ms=60000").then(
+          (x) => (x.status === 200 ? "answered" : "cut"),
+          () => "cut",
+        )
       );
-    assert.ok(open(1) >= 3, m.body);
-    assert.ok(open(2) >= 1, m.body);
-    assert.match(m.body, /instar_state\{state="ready"\} 1/);
-    // Once generation 1 drained, the report with its drain part is in generation 2's status.
-    await stopped(early.report.old.pid, 30_000);
-    let report: UpgradeReport | null | undefined;
-    for (let i = 0; i < 50 && !report?.drain; i++) {
-      report = (await serverStatus(ctl))?.lastUpgrade;
-      if (!report?.drain) await new Promise((r) => setTimeout(r, 100));
-    }
-    const r = { stdout: JSON.stringify(report) };
-    assert.ok(report?.drain, r.stdout);
-    assert.equal(report.new.pid, early.pid);
-    const d = report.drain;
-    assert.equal(d.forced, 3, r.stdout);
-    assert.deepEqual(await Promise.all(cut), ["cut", "cut", "cut"]);
-    for (const f of await Promise.all(finishing)) assert.equal(f.status, 200);
-    assert.ok(d.atHandover !== null && d.atHandover >= 3 && d.atHandover <= 5, r.stdout);
-    assert.equal(d.drained, d.atHandover! - d.forced, r.stdout);
-    // The finishing ones (2 s each) were still open at the handover unless it came more than
-    // 1.7 s after they were sent (the CLI's start-up counts too: seconds on a loaded machine).
-    const handoverAfter = Date.parse(report.startedAt) + report.readyMs! - sentAt;
-    if (handoverAfter < 1_700) assert.equal(d.drained, 2, `${r.stdout} (${handoverAfter} ms)`);
-    // The drain: the 250 ms pause, the timeout, then cutting (which waits for the runtime to close).
-    assert.ok(d.ms >= drainTimeout && d.ms <= drainTimeout + 4_000, r.stdout);
-    srv.killAll();
-  });
+      await new Promise((r) => setTimeout(r, 300));
+      // Without --wait-drain: the report as it is when the new generation is ready, no drain part yet.
+      const quick = await instar(["upgrade", `--control=${ctl}`, "--json"]);
+      assert.equal(quick.code, 0, showResult(quick));
+      const early = JSON.parse(quick.stdout) as { pid: number; report: UpgradeReport };
+      assert.equal(early.report.drain, null, quick.stdout);
+      assert.equal(early.report.new.pid, early.pid);
+      // Meanwhile the new generation's metrics count the draining one's connections (the 3 held at least).
+      const m = await get(port, "/metrics");
+      const open = (generation: number) =>
+        Number(
+          new RegExp(`instar_open_connections\\{[^}]*generation="${generation}"[^}]*\\} (\\d+)`)
+            .exec(m.body)?.[1] ?? NaN,
+        );
+      assert.ok(open(1) >= 3, m.body);
+      assert.ok(open(2) >= 1, m.body);
+      assert.match(m.body, /instar_state\{state="ready"\} 1/);
+      // Once generation 1 drained, the report with its drain part is in generation 2's status.
+      await stopped(early.report.old.pid, 30_000);
+      let report: UpgradeReport | null | undefined;
+      for (let i = 0; i < 50 && !report?.drain; i++) {
+        report = (await serverStatus(ctl))?.lastUpgrade;
+        if (!report?.drain) await new Promise((r) => setTimeout(r, 100));
+      }
+      const r = { stdout: JSON.stringify(report) };
+      assert.ok(report?.drain, r.stdout);
+      assert.equal(report.new.pid, early.pid);
+      const d = report.drain;
+      assert.equal(d.forced, 3, r.stdout);
+      assert.deepEqual(await Promise.all(cut), ["cut", "cut", "cut"]);
+      for (const f of await Promise.all(finishing)) assert.equal(f.status, 200);
+      assert.ok(d.atHandover !== null && d.atHandover >= 3 && d.atHandover <= 5, r.stdout);
+      assert.equal(d.drained, d.atHandover! - d.forced, r.stdout);
+      // The finishing ones (2 s each) were still open at the handover unless it came more than
+      // 1.7 s after they were sent (the CLI's start-up counts too: seconds on a loaded machine).
+      const handoverAfter = Date.parse(report.startedAt) + report.readyMs! - sentAt;
+      if (handoverAfter < 1_700) assert.equal(d.drained, 2, `${r.stdout} (${handoverAfter} ms)`);
+      // The drain: the 250 ms pause, the timeout, then cutting (which waits for the runtime to close).
+      assert.ok(d.ms >= drainTimeout && d.ms <= drainTimeout + 4_000, r.stdout);
+      srv.killAll();
+    },
+  );
 
-  test(
+  testSideBySide(
     "with a promotion window the new generation counts the upgrade succeeded once the window has passed",
     skipIf(noParser(), "prometheus"),
     async () => {
@@ -361,7 +371,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
     },
   );
 
-  test(
+  testSideBySide(
     "a rollback within the promotion window is counted and reported by the generation that serves on",
     skipIf(noParser(), "prometheus"),
     async () => {

@@ -5,7 +5,6 @@
 // path, Connection: close while draining, the fallback reported, bad input.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import net, { type Socket } from "node:net";
@@ -20,9 +19,13 @@ import {
   onPath,
   rawListen,
   ROOT,
+  runCommand,
   RUNTIME,
   runtimeCmd,
+  showResult,
+  sideBySide,
   skipIf,
+  startedTogether,
   startServer,
   stopped,
   within,
@@ -127,13 +130,114 @@ class WsClient {
   }
 }
 
-for (const fw of FRAMEWORKS) {
-  const example = join(ROOT, "examples", `${fw.name}.ts`);
-  const bunOnly = fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
-  const start = (args: string[] = []): Promise<Generations> =>
-    startGenerations(left, example, args);
+const exampleOf = (name: string) => join(ROOT, "examples", `${name}.ts`);
+const bunOnlyHere = (fw: (typeof FRAMEWORKS)[number]) =>
+  fw.bunOnly && RUNTIME !== "bun" && `${fw.name} runs on Bun only`;
 
-  describeUnless(bunOnly, `${fw.name} across upgrades (${RUNTIME})`, () => {
+/** A request in flight at an upgrade (its own server): asserts it finishes on the old generation. */
+async function inFlightAtUpgrade(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name));
+  const oldPid = g.server.pid;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
+    // Long enough to be still in flight when the old generation starts draining, even while
+    // the other frameworks' scenarios start and upgrade their servers at the same time (8 s
+    // was not, once, on a loaded 2-core machine); under Bun.serve's 10 s idle timeout (Elysia).
+    const ms = fw.name === "elysia" ? 9_500 : 15_000;
+    const slow = get(g.port, `/slow?ms=${ms}`, agent);
+    slow.catch(() => {}); // awaited below; not an unhandled rejection if the upgrade fails first
+    await new Promise((r) => setTimeout(r, 300));
+    const newPid = await upgradeAndDrain(g, oldPid);
+    const fresh = await get(g.port, "/");
+    assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
+    const res = await within(slow, 30_000, "the slow request");
+    assert.equal(res.status, 200);
+    assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
+    // Taken before the drain, answered during it: the client moves on. (Not through
+    // up.serve() on Bun (Elysia): it switches its handlers with server.reload(), which
+    // only reaches requests that arrive after the switch.)
+    if (fw.name !== "elysia") assert.equal(res.headers.connection?.toLowerCase(), "close");
+    assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+    process.kill(newPid, "SIGTERM");
+    await stopped(newPid);
+  } finally {
+    agent.destroy();
+  }
+}
+
+/** A WebSocket opened before an upgrade (its own server): asserts it stays on the old generation. */
+async function webSocketThroughUpgrade(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name), ["--drain-timeout", "60000"]);
+  const oldPid = g.server.pid;
+  const a = await WsClient.open(g.port, fw.ws);
+  assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
+  assert.equal(await a.echo("before"), oldPid);
+  const newPid = await upgradeAndDrain(g, oldPid);
+  for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
+  const b = await WsClient.open(g.port, fw.ws);
+  assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
+  assert.equal(await a.echo("still old"), oldPid);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
+  a.close();
+  assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
+  assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+  await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
+  assert.equal(await b.echo("new serves on"), newPid);
+  b.close();
+  await within(b.closed, 10_000, "new socket close");
+  process.kill(newPid, "SIGTERM");
+  await stopped(newPid);
+}
+
+/** A WebSocket left open past a 4 s drain timeout (its own server): asserts 1012 and exit 0. */
+async function webSocketAtDrainTimeout(fw: (typeof FRAMEWORKS)[number]): Promise<void> {
+  const g = await startGenerations(left, exampleOf(fw.name), ["--drain-timeout", "4000"]);
+  const oldPid = g.server.pid;
+  const a = await WsClient.open(g.port, fw.ws);
+  await a.next(/^welcome/);
+  const newPid = await upgradeAndDrain(g, oldPid);
+  assert.equal(await a.echo("open"), oldPid);
+  assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
+  assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
+  process.kill(newPid, "SIGTERM");
+  await stopped(newPid);
+}
+
+// These scenarios mostly wait (a slow request, a drain, a drain timeout), each on a server of
+// its own: they are started all at once, before any load test (those never overlap), and each
+// test asserts on its own scenario (its assertions run inside it; a failure rejects it).
+const SCENARIOS = {
+  "a request in flight at the upgrade finishes on the old generation (serveNode: with Connection: close)":
+    inFlightAtUpgrade,
+  "a WebSocket opened before an upgrade stays on the old generation and closes cleanly":
+    webSocketThroughUpgrade,
+  "at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0":
+    webSocketAtDrainTimeout,
+};
+const here = FRAMEWORKS.filter((fw) => !bunOnlyHere(fw));
+const scenario = startedTogether(
+  Object.fromEntries(
+    here.flatMap((fw) =>
+      Object.entries(SCENARIOS).map(([name, run]) => [`${fw.name}: ${name}`, () => run(fw)])
+    ),
+  ),
+);
+
+describe(`every framework across an upgrade: in-flight requests and WebSockets (${RUNTIME})`, () => {
+  for (const fw of here) {
+    for (const name of Object.keys(SCENARIOS)) {
+      test(`${fw.name}: ${name}`, () => scenario(`${fw.name}: ${name}`));
+    }
+  }
+});
+
+for (const fw of FRAMEWORKS) {
+  const start = (args: string[] = []): Promise<Generations> =>
+    startGenerations(left, exampleOf(fw.name), args);
+
+  describeUnless(bunOnlyHere(fw), `${fw.name} across upgrades (${RUNTIME})`, () => {
     // Express also on the paths auto does not take here: the proxy, and on Deno the transplant.
     const modes = fw.name !== "express"
       ? ["auto"]
@@ -173,69 +277,6 @@ for (const fw of FRAMEWORKS) {
         assertPostsRead(stats, upgrades + 1, p.ok);
       });
     }
-
-    test("a request in flight at the upgrade finishes on the old generation (serveNode: with Connection: close)", async () => {
-      const g = await start();
-      const oldPid = g.server.pid;
-      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-      try {
-        assert.equal(pidOf((await get(g.port, "/", agent)).body), oldPid);
-        const slow = get(g.port, "/slow?ms=3000", agent);
-        await new Promise((r) => setTimeout(r, 300));
-        const newPid = await upgradeAndDrain(g, oldPid);
-        const fresh = await get(g.port, "/");
-        assert.equal(pidOf(fresh.body), newPid, "a new connection reaches the new generation");
-        const res = await within(slow, 30_000, "the slow request");
-        assert.equal(res.status, 200);
-        assert.equal(pidOf(res.body), oldPid, "the old generation answered what it had taken");
-        // Taken before the drain, answered during it: the client moves on. (Not through
-        // up.serve() on Bun (Elysia): it switches its handlers with server.reload(), which
-        // only reaches requests that arrive after the switch.)
-        if (fw.name !== "elysia") assert.equal(res.headers.connection?.toLowerCase(), "close");
-        assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-        process.kill(newPid, "SIGTERM");
-        await stopped(newPid);
-      } finally {
-        agent.destroy();
-      }
-    });
-
-    test("a WebSocket opened before an upgrade stays on the old generation and closes cleanly", async () => {
-      const g = await start(["--drain-timeout", "60000"]);
-      const oldPid = g.server.pid;
-      const a = await WsClient.open(g.port, fw.ws);
-      assert.equal(Number((await a.next(/^welcome pid (\d+) generation 1$/))[1]), oldPid);
-      assert.equal(await a.echo("before"), oldPid);
-      const newPid = await upgradeAndDrain(g, oldPid);
-      for (let i = 0; i < 3; i++) assert.equal(await a.echo(`after ${i}`), oldPid);
-      const b = await WsClient.open(g.port, fw.ws);
-      assert.equal(Number((await b.next(/^welcome pid (\d+) generation 2$/))[1]), newPid);
-      assert.equal(await a.echo("still old"), oldPid);
-      await new Promise((r) => setTimeout(r, 1500));
-      assert.equal(alive(oldPid), true, "the old generation waits for its WebSocket");
-      a.close();
-      assert.equal((await within(a.closed, 10_000, "old socket close")).code, 1000);
-      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-      await g.server.waitFor(new RegExp(`pid=${oldPid} gen=1\\] drained: 0 connection`), 5_000);
-      assert.equal(await b.echo("new serves on"), newPid);
-      b.close();
-      await within(b.closed, 10_000, "new socket close");
-      process.kill(newPid, "SIGTERM");
-      await stopped(newPid);
-    });
-
-    test("at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0", async () => {
-      const g = await start(["--drain-timeout", "4000"]);
-      const oldPid = g.server.pid;
-      const a = await WsClient.open(g.port, fw.ws);
-      await a.next(/^welcome/);
-      const newPid = await upgradeAndDrain(g, oldPid);
-      assert.equal(await a.echo("open"), oldPid);
-      assert.equal((await within(a.closed, 30_000, "closed by the drain timeout")).code, 1012);
-      assert.equal(await within(g.server.exited, 30_000, "old generation exit"), 0);
-      process.kill(newPid, "SIGTERM");
-      await stopped(newPid);
-    });
   });
 }
 
@@ -249,102 +290,115 @@ const hello = () =>
   });
 
 describe(`serveNode() (${RUNTIME})`, () => {
+  // In this process, each on a socket of its own, these mostly wait for a shutdown's quiet
+  // time: they run side by side (sideBySide()), before the tests that patch console.warn or
+  // start a process.
+  const testSideBySide = sideBySide();
   for (const mode of ["auto", "transplant", "fallback"] as const) {
-    test(`mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`, async () => {
-      const { fd, port } = await rawListen();
-      const server = hello();
-      const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
-      try {
-        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
-        assert.equal(s.mode, expected);
-        assert.equal(s.fallbackReason, undefined);
-        assert.equal((server.address() as { port: number }).port, port);
-        assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
-        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-        const first = await get(port, "/", agent);
-        assert.equal(first.body, "hi\n");
-        assert.notEqual(first.headers.connection?.toLowerCase(), "close");
-        // The handler sees the client's own address on every path (behind the proxy too).
-        const peer = await new Promise<[string, string]>((resolve, reject) => {
-          const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
-            let b = "";
-            res.on("data", (d) => (b += d)).on("end", () => {
-              resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
-            });
-          }).on("error", reject);
-        });
-        assert.equal(peer[0], peer[1]);
-        const inFlight = get(port, "/slow", agent);
-        await new Promise((r) => setTimeout(r, 200));
-        assert.equal(s.pauseAccepting(), true);
-        assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
-        agent.destroy();
-        s.resumeAccepting();
-        const again = new http.Agent({ keepAlive: true });
-        const resumed = await get(port, "/", again);
-        again.destroy();
-        assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
-        await within(s.shutdown(), 20_000, "shutdown");
-        await within(s.finished, 5_000, "finished");
-        // The socket is still ours and still listening: another server takes it over.
-        const next = await serveNode(fd, hello(), { mode: "fallback" });
-        assert.equal((await get(port, "/")).body, "hi\n");
-        await next.shutdown();
-      } finally {
-        closeFd(fd);
-      }
-    });
+    testSideBySide(
+      `mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`,
+      async () => {
+        const { fd, port } = await rawListen();
+        const server = hello();
+        const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
+        try {
+          const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+          assert.equal(s.mode, expected);
+          assert.equal(s.fallbackReason, undefined);
+          assert.equal((server.address() as { port: number }).port, port);
+          assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
+          const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+          const first = await get(port, "/", agent);
+          assert.equal(first.body, "hi\n");
+          assert.notEqual(first.headers.connection?.toLowerCase(), "close");
+          // The handler sees the client's own address on every path (behind the proxy too).
+          const peer = await new Promise<[string, string]>((resolve, reject) => {
+            const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
+              let b = "";
+              res.on("data", (d) => (b += d)).on("end", () => {
+                resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
+              });
+            }).on("error", reject);
+          });
+          assert.equal(peer[0], peer[1]);
+          const inFlight = get(port, "/slow", agent);
+          await new Promise((r) => setTimeout(r, 200));
+          assert.equal(s.pauseAccepting(), true);
+          assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
+          agent.destroy();
+          s.resumeAccepting();
+          const again = new http.Agent({ keepAlive: true });
+          const resumed = await get(port, "/", again);
+          again.destroy();
+          assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
+          await within(s.shutdown(), 20_000, "shutdown");
+          await within(s.finished, 5_000, "finished");
+          // The socket is still ours and still listening: another server takes it over.
+          const next = await serveNode(fd, hello(), { mode: "fallback" });
+          assert.equal((await get(port, "/")).body, "hi\n");
+          await next.shutdown();
+        } finally {
+          closeFd(fd);
+        }
+      },
+    );
   }
 
   const noOpenssl = !onPath("openssl") && "openssl is not on the PATH (Debian package openssl)";
-  test("serves a node:https server on every path", skipIf(noOpenssl, "https"), async () => {
-    const dir = left.tempDir("instar-node-tls-");
-    const made = spawnSync("openssl", [
-      ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
-      ...["-addext", "subjectAltName=IP:127.0.0.1"],
-      ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
-    ], { encoding: "utf8" });
-    assert.equal(made.status, 0, `openssl req failed: ${made.error ?? made.stderr}`);
-    const cert = readFileSync(join(dir, "cert.pem"), "utf8");
-    const key = readFileSync(join(dir, "key.pem"), "utf8");
-    for (const mode of ["auto", "transplant", "fallback"] as const) {
-      const { fd, port } = await rawListen();
-      const server = https.createServer({ cert, key }, (req, res) => {
-        if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
-        else res.end("secure hello");
-      });
-      const s = await serveNode(fd, server, { mode });
-      const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
-      const get = (path: string) =>
-        new Promise<[string, string | undefined]>((resolve, reject) => {
-          https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
-            let b = "";
-            res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
-          }).on("error", reject);
+  testSideBySide(
+    "serves a node:https server on every path",
+    skipIf(noOpenssl, "https"),
+    async () => {
+      const dir = left.tempDir("instar-node-tls-");
+      // Not spawnSync: the key's generation would stall the tests beside this one.
+      const made = await runCommand([
+        "openssl",
+        ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
+        ...["-addext", "subjectAltName=IP:127.0.0.1"],
+        ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
+      ]);
+      assert.equal(made.code, 0, `openssl req failed: ${showResult(made)}`);
+      const cert = readFileSync(join(dir, "cert.pem"), "utf8");
+      const key = readFileSync(join(dir, "key.pem"), "utf8");
+      for (const mode of ["auto", "transplant", "fallback"] as const) {
+        const { fd, port } = await rawListen();
+        const server = https.createServer({ cert, key }, (req, res) => {
+          if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
+          else res.end("secure hello");
         });
-      try {
-        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
-        // node:https takes the same path as node:http: auto never falls back silently here.
-        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
-        assert.equal(s.mode, expected);
-        assert.equal(s.fallbackReason, undefined);
-        const [body, connection] = await get("/");
-        assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
-        assert.notEqual(connection?.toLowerCase(), "close");
-        // A request in flight when the drain starts closes its TLS connection too.
-        const slow = get("/slow");
-        await new Promise((r) => setTimeout(r, 200));
-        s.pauseAccepting();
-        assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
-        agent.destroy();
-        await s.shutdown();
-      } finally {
-        closeFd(fd);
+        const s = await serveNode(fd, server, { mode });
+        const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
+        const get = (path: string) =>
+          new Promise<[string, string | undefined]>((resolve, reject) => {
+            https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
+              let b = "";
+              res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
+            }).on("error", reject);
+          });
+        try {
+          assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+          // node:https takes the same path as node:http: auto never falls back silently here.
+          const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+          assert.equal(s.mode, expected);
+          assert.equal(s.fallbackReason, undefined);
+          const [body, connection] = await get("/");
+          assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
+          assert.notEqual(connection?.toLowerCase(), "close");
+          // A request in flight when the drain starts closes its TLS connection too.
+          const slow = get("/slow");
+          await new Promise((r) => setTimeout(r, 200));
+          s.pauseAccepting();
+          assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
+          agent.destroy();
+          await s.shutdown();
+        } finally {
+          closeFd(fd);
+        }
       }
-    }
-  });
+    },
+  );
 
-  test("serves a Unix socket", async () => {
+  testSideBySide("serves a Unix socket", async () => {
     const dir = left.tempDir("instar-node-unix-");
     const path = join(dir, "http.sock");
     const { fd } = await openSocket({ path });
@@ -363,6 +417,73 @@ describe(`serveNode() (${RUNTIME})`, () => {
       closeFd(fd);
     }
   });
+
+  testSideBySide(
+    "a Connection: Upgrade request to a server without an upgrade listener gets a plain answer (h2c probe)",
+    async () => {
+      const { fd, port } = await rawListen();
+      const s = await serveNode(fd, hello());
+      try {
+        const head = await within(
+          new Promise<string>((resolve, reject) => {
+            const c = net.connect(port, "127.0.0.1");
+            let got = "";
+            c.on("data", (d) => {
+              got += d;
+              if (got.endsWith("hi\n")) resolve(got), c.destroy();
+            }).on("error", reject).on("close", () => resolve(got));
+            c.write(
+              "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
+                "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            );
+          }),
+          10_000,
+          "an answer to the upgrade request",
+        );
+        assert.match(head, /^HTTP\/1\.1 200 /);
+        assert.ok(head.endsWith("hi\n"), head);
+      } finally {
+        await s.shutdown();
+        closeFd(fd);
+      }
+    },
+  );
+
+  testSideBySide(
+    "upgrades are tracked whether the application listens before or after serveNode()",
+    async () => {
+      for (const when of ["before", "after"] as const) {
+        const { fd, port } = await rawListen();
+        const server = hello();
+        const onUpgrade = (_q: http.IncomingMessage, socket: Socket) =>
+          socket.write(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
+          );
+        if (when === "before") server.on("upgrade", onUpgrade);
+        const drainer = new NodeDrain(server);
+        const s = await serveNode(fd, server, { drainTimeoutMs: 1_000 });
+        if (when === "after") server.on("upgrade", onUpgrade);
+        const c = net.connect(port, "127.0.0.1");
+        try {
+          await within(
+            new Promise<void>((resolve, reject) => {
+              c.once("data", () => resolve()).on("error", reject);
+              c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
+            }),
+            10_000,
+            "101",
+          );
+          assert.equal(drainer.upgraded, 1, `listener ${when}`);
+          server.off("upgrade", onUpgrade);
+          assert.equal(server.listenerCount("upgrade"), 0, "ours left with the application's");
+        } finally {
+          c.destroy();
+          await s.shutdown();
+          closeFd(fd);
+        }
+      }
+    },
+  );
 
   test(
     "a failed transplant precondition falls back to the proxy and says why (Bun's auto)",
@@ -420,67 +541,6 @@ describe(`serveNode() (${RUNTIME})`, () => {
       assert.equal(await within(server.exited, 30_000, "exit"), 0);
     },
   );
-
-  test("a Connection: Upgrade request to a server without an upgrade listener gets a plain answer (h2c probe)", async () => {
-    const { fd, port } = await rawListen();
-    const s = await serveNode(fd, hello());
-    try {
-      const head = await within(
-        new Promise<string>((resolve, reject) => {
-          const c = net.connect(port, "127.0.0.1");
-          let got = "";
-          c.on("data", (d) => {
-            got += d;
-            if (got.endsWith("hi\n")) resolve(got), c.destroy();
-          }).on("error", reject).on("close", () => resolve(got));
-          c.write(
-            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
-              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-          );
-        }),
-        10_000,
-        "an answer to the upgrade request",
-      );
-      assert.match(head, /^HTTP\/1\.1 200 /);
-      assert.ok(head.endsWith("hi\n"), head);
-    } finally {
-      await s.shutdown();
-      closeFd(fd);
-    }
-  });
-
-  test("upgrades are tracked whether the application listens before or after serveNode()", async () => {
-    for (const when of ["before", "after"] as const) {
-      const { fd, port } = await rawListen();
-      const server = hello();
-      const onUpgrade = (_q: http.IncomingMessage, socket: Socket) =>
-        socket.write(
-          "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
-        );
-      if (when === "before") server.on("upgrade", onUpgrade);
-      const drainer = new NodeDrain(server);
-      const s = await serveNode(fd, server, { drainTimeoutMs: 1_000 });
-      if (when === "after") server.on("upgrade", onUpgrade);
-      const c = net.connect(port, "127.0.0.1");
-      try {
-        await within(
-          new Promise<void>((resolve, reject) => {
-            c.once("data", () => resolve()).on("error", reject);
-            c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
-          }),
-          10_000,
-          "101",
-        );
-        assert.equal(drainer.upgraded, 1, `listener ${when}`);
-        server.off("upgrade", onUpgrade);
-        assert.equal(server.listenerCount("upgrade"), 0, "ours left with the application's");
-      } finally {
-        c.destroy();
-        await s.shutdown();
-        closeFd(fd);
-      }
-    }
-  });
 
   test("mode transplant with a failed precondition throws TRANSPLANT_UNSUPPORTED and leaves the server closed", async () => {
     const { fd } = await rawListen();

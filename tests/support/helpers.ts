@@ -356,6 +356,34 @@ export function startedTogether<T>(
   };
 }
 
+/**
+ * A `test()` whose bodies run side by side: every test declared through it (and
+ * not skipped) starts its body when the first of them runs, and each test awaits
+ * its own body, so its assertions and failures stay its own while the waits
+ * overlap (see {@link startedTogether}; a body's own promises that it awaits
+ * late must be caught when made). For tests that mostly wait on servers of
+ * their own and bound no time tightly; never for tests that put load on them.
+ * Declare them in one describe() (or at the top level), in a row: Deno runs a
+ * describe()'s body only when the block's turn comes, so a test declared in a
+ * later block would not have been started with the others.
+ */
+export function sideBySide(): (
+  name: string,
+  ...args: [body: Body] | [options: { skip: string | false }, body: Body]
+) => void {
+  const bodies: Record<string, Body> = {};
+  const started = startedTogether(bodies);
+  let running = false;
+  return (name, ...args) => {
+    const [options, body] = args.length === 1 ? [{ skip: false as const }, args[0]] : args;
+    if (name in bodies) throw new Error(`two tests named ${name}`);
+    if (running) throw new Error(`${name}: declared after the others started (another describe?)`);
+    if (!options.skip) bodies[name] = body;
+    test(name, options, () => (running = true, started(name)));
+  };
+}
+type Body = () => Promise<void>;
+
 /** The pids of `pid`'s zombie children. */
 export function zombieChildren(pid: number): number[] {
   const out: number[] = [];
