@@ -6,7 +6,7 @@
 // ready and 503 from a generation held into its drain.
 import { describe } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   alive,
@@ -24,55 +24,13 @@ import {
   stopped,
 } from "./support/helpers.ts";
 import { portOf, readyGeneration, serverStatus } from "./support/status.ts";
+import { noParser, parsePrometheus, value } from "./support/prometheus.ts";
 import type { UpgradeReport } from "../mod.ts";
 
 const CLI = join(ROOT, "src", "cli", "main.ts");
 const HTTP = join(ROOT, "examples", "http_server.ts");
-// The system python, where Debian's python3-prometheus-client lives (.ci/run installs it).
-const PYTHON = "/usr/bin/python3";
 const DRAIN_TIMEOUT = 5_000;
-const PARSE = `
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = []
-for f in text_string_to_metric_families(open(sys.argv[1]).read()):
-    for s in f.samples:
-        out.append({"family": f.name, "type": f.type, "name": s.name, "labels": s.labels, "value": s.value})
-print(json.dumps(out))
-`;
-
-function noParser(): string | false {
-  if (!existsSync(PYTHON)) return `${PYTHON} is missing (Debian package python3)`;
-  return false;
-}
-
 const { servers, tempDir } = cleanupAfterTests();
-
-/** One sample of a parsed exposition. */
-interface Sample {
-  family: string;
-  type: string;
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Parses Prometheus text with prometheus_client; fails the test if it does not parse. */
-async function parsePrometheus(text: string, dir: string): Promise<Sample[]> {
-  const file = join(dir, `metrics-${Math.random()}.txt`);
-  writeFileSync(file, text);
-  const r = await runCommand([PYTHON, "-c", PARSE, file], { timeoutMs: 30_000 });
-  assert.equal(r.code, 0, `prometheus_client refused the text:\n${showResult(r)}\n${text}`);
-  return JSON.parse(r.stdout);
-}
-
-function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
-  const s = samples.filter((x) =>
-    x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v)
-  );
-  assert.equal(s.length, 1, `one ${name} ${JSON.stringify(labels)} in ${JSON.stringify(samples)}`);
-  return s[0].value;
-}
 
 /** A GET on a fresh connection (Connection: close): status, headers, body. */
 async function get(port: number, path: string) {
@@ -144,7 +102,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       for (let i = 0; i < 3; i++) await hit("/");
       const m = await hit("/metrics");
       assert.match(m.type, /^text\/plain; version=0\.0\.4/);
-      const samples = await parsePrometheus(m.body, dir);
+      const samples = await parsePrometheus(m.body);
       const upgrades = (labels: Record<string, string>) =>
         value(samples, "instar_upgrades_total", labels);
       assert.equal(upgrades({ outcome: "succeeded" }), 3);
@@ -345,7 +303,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       const port = portOf(await readyGeneration(ctl, 1, { log: srv.lines }));
       const cli = instar(["upgrade", `--control=${ctl}`, "--json"]);
       const succeeded = async () => {
-        const samples = await parsePrometheus((await get(port, "/metrics")).body, dir);
+        const samples = await parsePrometheus((await get(port, "/metrics")).body);
         return [
           value(samples, "instar_generation"),
           value(samples, "instar_upgrades_total", { outcome: "succeeded" }),
@@ -394,7 +352,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       }
       // Within the window the upgrade has not succeeded yet: generation 2 must not count it,
       // or the counter would fall back from 1 to 0 once generation 1 serves on (a counter reset).
-      const during = await parsePrometheus((await get(port, "/metrics")).body, dir);
+      const during = await parsePrometheus((await get(port, "/metrics")).body);
       assert.equal(value(during, "instar_generation"), 2, "generation 2 answers in the window");
       assert.equal(value(during, "instar_upgrades_total", { outcome: "succeeded" }), 0);
       const bad = await get(port, "/unhealthy?reason=bad%20config");
@@ -403,7 +361,7 @@ describe(`metrics across generations (${RUNTIME})`, () => {
       assert.equal(r.code, 3, showResult(r));
       assert.equal(JSON.parse(r.stdout).error.reason, "ROLLED_BACK", r.stdout);
       const m = await get(port, "/metrics");
-      const samples = await parsePrometheus(m.body, dir);
+      const samples = await parsePrometheus(m.body);
       assert.equal(value(samples, "instar_generation"), 1, "generation 1 serves on");
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "rolled-back" }), 1);
       assert.equal(value(samples, "instar_upgrades_total", { outcome: "succeeded" }), 0);
