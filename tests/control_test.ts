@@ -384,6 +384,9 @@ console.log(n);
 process.exit(0);
 `,
     );
+    // The same probe before the flood: on a shared machine (CI runs three files at once) the
+    // latency the flood may add is judged against what the machine gives without it.
+    const quiet = await probeHttp(port, sleep(1000));
     const flood = runCommand(runtimeCmd(RUNTIME, flooder, [ctl, "4000"]), { timeoutMs: 30_000 });
     await sleep(500);
     const http = await probeHttp(port, sleep(3000));
@@ -393,8 +396,11 @@ process.exit(0);
     assert.deepEqual(http.failures, []);
     assert.ok(http.n >= 20, `only ${http.n} HTTP requests`);
     assert.ok(
-      http.p99 < 200,
-      `HTTP p99 ${http.p99.toFixed(1)} ms during the flood (accepting ${ACCEPT_RATE.perSecond}/s)`,
+      http.p99 < 200 + 2 * quiet.p99,
+      `HTTP p99 ${
+        http.p99.toFixed(1)
+      } ms during the flood (accepting ${ACCEPT_RATE.perSecond}/s), ` +
+        `${quiet.p99.toFixed(1)} ms before it`,
     );
     assert.equal(await fdsSettle(pid, base), base, "the server's fds are back where they were");
     assert.ok(await serverStatus(ctl), "and it answers the next client");
