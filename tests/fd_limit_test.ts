@@ -26,7 +26,20 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
-import { getNofileLimit, setNofileLimit } from "../src/ffi/mod.ts";
+import {
+  bind,
+  C,
+  close as closeFd,
+  dupCloexec,
+  getNofileLimit,
+  getsockname,
+  listenFd,
+  setNofileLimit,
+  socket,
+} from "../src/ffi/mod.ts";
+import { decode, encodeInet, type NetAddr } from "../src/ffi/sockaddr.ts";
+import { WATCH_EVERY_MS, watchDeafness } from "../src/runtime/fd_watch.ts";
+import { pauseSocket } from "../src/runtime/transplant.ts";
 import { raiseFdLimit } from "../src/lifecycle/fd_limit.ts";
 
 const left = cleanupAfterTests();
@@ -237,4 +250,65 @@ describe(`at the fd limit (${RUNTIME})`, () => {
       server.killAll();
     },
   );
+
+  test(
+    "on Deno the watchdog has a node:net server whose socket stopped accepting listen anew; on Bun it does nothing",
+    async () => {
+      const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+      bind(fd, encodeInet("127.0.0.1", 0)!);
+      listenFd(fd, 64);
+      const port = (decode(getsockname(fd)) as NetAddr).port;
+      const server = net.createServer((c) => c.end("hi"));
+      await new Promise<void>((r) => server.listen({ fd: dupCloexec(fd) }, r));
+      const warnings: string[] = [];
+      let paused = true;
+      watchDeafness(server, fd, { warn: (m) => warnings.push(m), paused: () => paused });
+      try {
+        // Deaf as at EMFILE: the socket leaves the event loop, unknown to the watchdog. While
+        // the drain says it paused the server, it stays so.
+        pauseSocket(fd);
+        assert.equal(
+          await read(port, 4 * WATCH_EVERY_MS),
+          "timeout",
+          "a paused server listened anew",
+        );
+        paused = false;
+        // Bun: long enough for 3 checks, which would have listened anew.
+        const wait = (RUNTIME === "deno" ? 8 : 3) * WATCH_EVERY_MS;
+        const got = await Promise.all([read(port, wait), read(port, wait)]);
+        if (RUNTIME === "deno") {
+          assert.deepEqual(got, ["hi", "hi"]);
+          assert.match(
+            warnings.join("\n"),
+            /node:net server stopped accepting \(\d+ connections waiting\): listening anew/,
+          );
+        } else {
+          assert.deepEqual(got, ["timeout", "timeout"], "Bun: the watchdog does not run");
+          assert.deepEqual(warnings, []);
+        }
+        // Closed: the watch ends with the server (the timer no longer holds it).
+        await new Promise((r) => server.close(r));
+      } finally {
+        closeFd(fd);
+      }
+    },
+  );
 });
+
+/** What the server at `port` says on a fresh connection, or "timeout" after `ms`. */
+function read(port: number, ms: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    let got = "";
+    const timer = setTimeout(() => {
+      got = "timeout";
+      s.destroy();
+    }, ms);
+    s.on("data", (d) => got += d.toString());
+    s.on("error", () => {});
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve(got);
+    });
+  });
+}
