@@ -452,7 +452,7 @@ export function splitNodeOptions(
       invalid(
         "up.serveNode() option",
         k,
-        "hostname, port, path, backlog, socketMode, name, mode, onFallback, drainDelayMs",
+        "hostname, port, path, backlog, socketMode, name, mode, onFallback, onWarning, drainDelayMs",
       );
     }
   }
