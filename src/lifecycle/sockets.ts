@@ -121,7 +121,15 @@ export class Sockets {
     const { listen: spec, node } = splitNodeOptions(options);
     return await this.#onSocket(spec, (_key, at, addr) => {
       const settings = this.#serverSettings(addr, node.onFallback);
-      const o = { ...settings, ...node, onFallback: settings.onFallback };
+      const o = {
+        ...settings,
+        ...node,
+        onFallback: settings.onFallback,
+        onWarning: (message: string) => {
+          this.#s.warn(`${formatAddr(addr)}: ${message}`);
+          node.onWarning?.(message);
+        },
+      };
       return typeof at === "number"
         ? startServeNode(at, server, o)
         : startServeNodeAt(at, server, o);

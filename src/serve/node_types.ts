@@ -64,6 +64,12 @@ export interface NodeServeOptions {
   mode?: ServeMode;
   /** Called when `auto` falls back, with the reason. Without it instar warns on the console. */
   onFallback?: (reason: InstarError) => void;
+  /**
+   * Called (at most once per 10 s) when the server recovers from trouble: on Deno, a
+   * `node:net` server that stopped accepting at the fd limit (EMFILE) listens anew. Without it
+   * instar warns on the console; `up.serveNode()` reports it as a `warning` event.
+   */
+  onWarning?: (message: string) => void;
   /** How long to keep reading connections already accepted before closing. Default 250 ms. */
   drainDelayMs?: number;
   /**

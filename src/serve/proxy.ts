@@ -10,6 +10,7 @@ import type * as net from "node:net";
 import * as host from "../host.ts";
 import { dupCloexec } from "../ffi/mod.ts";
 import { onFdsRecovered } from "../runtime/fd_exhaustion.ts";
+import { watchDeafness } from "../runtime/fd_watch.ts";
 import type { Addr, NetAddr } from "../ffi/sockaddr.ts";
 
 /**
@@ -32,7 +33,12 @@ export class ConnectionProxy {
   #closedAll: (() => void) | undefined;
   #refed = true;
   #unhook: (() => void) | undefined;
-  constructor(readonly fd: number, readonly upstream: Addr) {}
+  /** `warn` reports a recovery (its node:net server listening anew after EMFILE on Deno). */
+  constructor(
+    readonly fd: number,
+    readonly upstream: Addr,
+    readonly warn: (message: string) => void = (m) => console.warn(`instar: warning: ${m}`),
+  ) {}
 
   /** Whether the accepting server keeps the process alive (like the native server's ref()). */
   ref(on: boolean): void {
@@ -71,6 +77,8 @@ export class ConnectionProxy {
       server.once("error", reject);
       server.listen({ fd: dup }, () => {
         server.off("error", reject);
+        // When no other accept path reports recovery: stops with the server (stopAccepting).
+        watchDeafness(server, this.fd, { warn: this.warn });
         resolve();
       });
     });

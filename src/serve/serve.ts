@@ -292,7 +292,7 @@ async function start(
     }
   }
   if (!info) {
-    proxy = new ConnectionProxy(fd, native.throwaway);
+    proxy = new ConnectionProxy(fd, native.throwaway, instar.onWarning);
     s.proxied = true;
     s.sameAddress = true;
     await proxy.listen().catch(fail);

@@ -45,6 +45,7 @@ import {
   type TransplantInfo,
 } from "../runtime/transplant.ts";
 import { serveNodeAdapter } from "../runtime/mod.ts";
+import { watchDeafness } from "../runtime/fd_watch.ts";
 import { deadline } from "../timeout.ts";
 import type { SocketSpec } from "../net/specs.ts";
 import { NodeDrain } from "./node_drain.ts";
@@ -163,10 +164,11 @@ async function viaTransplant(
       }
       if (o.onFallback) o.onFallback(err);
       else console.warn(`instar: serving node:http through the node:net proxy: ${err.message}`);
-      return { ...(await viaProxy(server, fd, at, throwaway.remove)), fallbackReason: err };
+      const a = await viaProxy(server, fd, at, throwaway.remove, o.onWarning);
+      return { ...a, fallbackReason: err };
     }
   }
-  return await viaProxy(server, fd, at, throwaway.remove);
+  return await viaProxy(server, fd, at, throwaway.remove, o.onWarning);
 }
 
 async function viaProxy(
@@ -174,8 +176,9 @@ async function viaProxy(
   fd: number,
   upstream: Addr,
   remove: () => void,
+  warn?: (message: string) => void,
 ): Promise<Accepting> {
-  const proxy = new ConnectionProxy(fd, upstream);
+  const proxy = new ConnectionProxy(fd, upstream, warn);
   await proxy.listen();
   if (upstream.transport === "tcp") server.prependListener("connection", realPeer(proxy));
   return { mode: "fallback", proxy, remove };
@@ -299,6 +302,8 @@ function isTls(server: NodeHttpServer): boolean {
 function acceptControl(fd: number, a: Accepting) {
   let paused: PausedSocket | undefined;
   return {
+    /** Whether the drain paused the socket under the server. */
+    paused: (): boolean => paused !== undefined,
     // Direct (portable mode): the server stops accepting when it closes; nothing pauses it before.
     pause(): boolean {
       if (a.mode === "direct") return false;
@@ -382,6 +387,13 @@ function serving(
   o: NodeServeOptions,
 ): { handle: Omit<NodeServing, "url"> & { url?: URL }; drain: ServerDrain } {
   const accept = acceptControl(fd, a);
+  if (a.mode === "fd") {
+    // Deno's node:net server stops accepting for good at EMFILE, without an event.
+    watchDeafness(server, fd, {
+      paused: accept.paused,
+      warn: o.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+    });
+  }
   const drain = serverDrain(d, accept, addr, a, o.idleConnections ?? DEFAULT_IDLE_CONNECTIONS);
   let shutdownPromise: Promise<void> | undefined;
   const handle = {
@@ -411,6 +423,7 @@ function serving(
 const NODE_KEYS = new Set([
   "mode",
   "onFallback",
+  "onWarning",
   "drainDelayMs",
   "idleConnections",
   "dedupe",
@@ -439,7 +452,7 @@ export function splitNodeOptions(
       invalid(
         "up.serveNode() option",
         k,
-        "hostname, port, path, backlog, socketMode, name, mode, onFallback, drainDelayMs",
+        "hostname, port, path, backlog, socketMode, name, mode, onFallback, onWarning, drainDelayMs",
       );
     }
   }
