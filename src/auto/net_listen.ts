@@ -28,6 +28,7 @@ import type { ServerDrain } from "../net/drain.ts";
 import type { DirectAddress } from "../serve/serve.ts";
 import type { SocketSpec } from "../net/specs.ts";
 import { listenOnDup } from "../runtime/serve_node_deno.ts";
+import { watchDeafness } from "../runtime/fd_watch.ts";
 import { accepting } from "../lifecycle/endpoints.ts";
 import type { Addr } from "../types.ts";
 
@@ -104,7 +105,7 @@ export function serveNet(
     };
     return {
       server: serving,
-      drain: portable ? directDrain(server, conns) : drainOf(server, at, conns),
+      drain: portable ? directDrain(server, conns) : drainOf(server, at, conns, listen),
     };
   });
 }
@@ -160,10 +161,30 @@ function reportAddress(server: net.Server, addr: Addr): void {
 }
 
 /** The server's part of its endpoint's drain (src/net/drain.ts); the lifecycle owns `fd`. */
-function drainOf(server: net.Server, fd: number, conns: Connections): ServerDrain {
+function drainOf(
+  server: net.Server,
+  fd: number,
+  conns: Connections,
+  listen: OriginalListen,
+): ServerDrain {
+  // Every reactor of this process stops accepting on the socket, the duplicate included.
+  const pausing = accepting(fd);
+  let paused = false;
+  // Deno's node:net server stops accepting for good at EMFILE, without an event.
+  watchDeafness(server, fd, {
+    paused: () => paused,
+    warn: (message) => console.warn(`instar: warning: ${message}`),
+    listen,
+  });
   return {
-    // Every reactor of this process stops accepting on the socket, the duplicate included.
-    ...accepting(fd),
+    pauseAccepting: () => {
+      paused = true;
+      pausing.pauseAccepting();
+    },
+    resumeAccepting: () => {
+      pausing.resumeAccepting();
+      paused = false;
+    },
     finish: () => {
       // Closes the duplicate only; the connections it accepted go on until they end.
       try {
