@@ -16,6 +16,7 @@ import process from "node:process";
 import { describe, test } from "node:test";
 import {
   cleanupAfterTests,
+  freePort,
   onPath,
   ROOT,
   runCommand,
@@ -58,14 +59,6 @@ function preloaded(script: string): string[] {
   return RUNTIME === "deno"
     ? [bin("deno"), "run", "-A", "--no-check", "--preload", PRELOAD, script]
     : [bin("bun"), "--preload", PRELOAD, script];
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 interface App {

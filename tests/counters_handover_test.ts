@@ -9,11 +9,11 @@
 // one's counts (the supervisor holds the region).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { join } from "node:path";
 import {
   cleanupAfterTests,
   exchange,
+  freePort,
   httpGet,
   ROOT,
   RUNTIME,
@@ -29,16 +29,6 @@ const HTTP = join(ROOT, "examples", "http_server.ts");
 const CLI = join(ROOT, "src", "cli", "main.ts");
 
 const left = cleanupAfterTests();
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
 
 function app(port: number, dir: string, extra: string[] = []): string[] {
   return runtimeCmd(RUNTIME, HTTP, [
@@ -76,6 +66,20 @@ async function assertExact(port: number, old: number[], answered: LoadResult, up
   assert.equal(sample(text, "instar_upgrades_total", 'outcome="succeeded"'), upgrades);
 }
 
+/** The app under `instar run`, holding 127.0.0.1:`port` (`options`: more of instar run's). */
+function underRun(port: number, dir: string, options: string[] = []) {
+  return started(
+    runtimeCmd(RUNTIME, CLI, [
+      "run",
+      "--listen",
+      `tcp://127.0.0.1:${port}`,
+      ...options,
+      "--",
+      ...app(port, dir),
+    ]),
+  );
+}
+
 describe(`exact counters across handovers and instar run (${RUNTIME})`, () => {
   test("3 handovers to independently started processes lose no count", async () => {
     const dir = left.tempDir("instar-counters-");
@@ -96,15 +100,7 @@ describe(`exact counters across handovers and instar run (${RUNTIME})`, () => {
   test("5 back-to-back upgrades under instar run lose no count", async () => {
     const dir = left.tempDir("instar-counters-");
     const port = await freePort(), pidFile = join(dir, "app.pid");
-    const run = started(
-      runtimeCmd(RUNTIME, CLI, [
-        "run",
-        "--listen",
-        `tcp://127.0.0.1:${port}`,
-        "--",
-        ...app(port, dir),
-      ]),
-    );
+    const run = underRun(port, dir);
     const pids = [await nextPidInPidFile(pidFile, 0, { log: run.lines })];
     await run.waitFor(/generation 1 \(pid \d+\) is ready/, 30_000); // READY=1 reached the supervisor
     const stop = new AbortController();
@@ -124,17 +120,7 @@ describe(`exact counters across handovers and instar run (${RUNTIME})`, () => {
   test("a generation instar run restarts after a crash counts on from the crashed one's counts", async () => {
     const dir = left.tempDir("instar-counters-");
     const port = await freePort(), pidFile = join(dir, "app.pid");
-    const run = started(
-      runtimeCmd(RUNTIME, CLI, [
-        "run",
-        "--listen",
-        `tcp://127.0.0.1:${port}`,
-        "--restart",
-        "on-failure",
-        "--",
-        ...app(port, dir),
-      ]),
-    );
+    const run = underRun(port, dir, ["--restart", "on-failure"]);
     const first = await nextPidInPidFile(pidFile, 0, { log: run.lines });
     const answered = 25;
     for (let i = 0; i < answered; i++) {

@@ -9,11 +9,11 @@
 // (src/observe/counter_region.ts) and the last one reads the sum.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import { join } from "node:path";
 import {
   cleanupAfterTests,
   exchange,
+  freePort,
   httpGet,
   ROOT,
   RUNTIME,
@@ -29,16 +29,6 @@ const HTTP = join(ROOT, "examples", "http_server.ts");
 const UPGRADES = 20;
 
 const left = cleanupAfterTests();
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-    s.on("error", reject);
-  });
-}
 
 /** The example on a free port with a PID file (and `args`); resolves once generation 1 wrote it. */
 async function start(args: string[]) {

@@ -17,6 +17,7 @@ import {
   cleanupAfterTests,
   denoBin,
   exchange,
+  freePort,
   httpGet,
   ROOT,
   runCommand,
@@ -393,13 +394,3 @@ describe(`portable mode, instar run (${RUNTIME})`, () => {
     assert.match(r.stderr, /--listen needs Linux: instar run runs in portable mode here/);
   });
 });
-
-/** A TCP port nobody listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -13,6 +13,7 @@ import {
   datagramReceiver,
   drainDatagrams,
   fdTable,
+  freePort,
   ROOT,
   RUNTIME,
   runtimeCmd,
@@ -27,15 +28,6 @@ const dir = tempDir("instar-sdlife-");
 
 const ECHO = join(ROOT, "examples", "echo_server.ts");
 const SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"; // Debian package: systemd
-
-/** A TCP port on 127.0.0.1 that was free a moment ago. */
-async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((r) => probe.listen(0, "127.0.0.1", () => r()));
-  const port = (probe.address() as net.AddressInfo).port;
-  await new Promise((r) => probe.close(r));
-  return port;
-}
 
 /**
  * The echo example under systemd-socket-activate on 127.0.0.1:`port`, its socket named "web".

@@ -175,13 +175,11 @@ describe(`a real systemd running instar (${RUNTIME})`, () => {
       assert.match(await ns.journal(), /Supervising process \d+ which is not our child/);
       const { slow, state } = await stopWithRequestInFlight(ns, service);
       // The finding docs/systemd.md reports (RUNTIME-FACTS.md): systemd 252 on a legacy cgroup
-      // hierarchy SIGKILLs an alien main process at once. If this starts draining, update the docs.
-      assert.equal(
-        state.Result,
-        "signal",
-        `expected the documented SIGKILL: ${JSON.stringify(state)}`,
-      );
+      // hierarchy SIGKILLs an alien main process at once: the request is cut. The unit's Result is
+      // "signal", or "success" when systemd lost track of the process (it is not its child, so
+      // it cannot read its status). If the request gets its answer, update the docs.
       assert.ok(slow.status !== 200, `the in-flight request was cut: ${JSON.stringify(slow)}`);
+      assert.ok(["signal", "success"].includes(state.Result), JSON.stringify(state));
     } finally {
       await ns.kill();
     }

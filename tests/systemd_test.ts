@@ -21,6 +21,7 @@ import {
   datagramReceiver as receiver,
   describeUnless,
   drainDatagrams as drain,
+  freePort,
   openFds,
   ROOT,
   RUNTIME,
@@ -409,17 +410,6 @@ function stop(run: Run | undefined): void {
       process.kill(run.child.pid!, "SIGKILL");
     } catch { /* already gone */ }
   }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = net.createServer();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => res(port));
-    });
-  });
 }
 
 function httpLikeRequest(port: number): Promise<string> {

@@ -384,6 +384,18 @@ export function sideBySide(): (
 }
 type Body = () => Promise<void>;
 
+/** A TCP port free on 127.0.0.1 a moment ago (listened on, then closed), for a server a test starts. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
 /** The pids of `pid`'s zombie children. */
 export function zombieChildren(pid: number): number[] {
   const out: number[] = [];
