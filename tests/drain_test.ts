@@ -129,9 +129,11 @@ for (const mode of MODES) {
       }
       assert.ok(ended >= drainMs - 300, `cut after ${ended} ms, before the drain timeout`);
       assert.equal(await within(s.server.exited, drainMs + 1000, "old generation exit"), 0);
-      // The timeout counts from the end of the drain's first pause (DRAIN_DELAY_MS).
+      // The timeout counts from the end of the drain's first pause (DRAIN_DELAY_MS); the 1 s is
+      // the bound on closing the native server; the rest is a loaded machine's slack (CI runs
+      // three files at once on 2 cores: 3,110 ms seen on Bun, 2,000 ms on a quiet machine).
       const gone = performance.now() - t0;
-      assert.ok(gone <= DRAIN_DELAY_MS + drainMs + 1000 + 300, `gone after ${gone} ms`);
+      assert.ok(gone <= DRAIN_DELAY_MS + drainMs + 1000 + 800, `gone after ${gone} ms`);
       process.kill(next, "SIGTERM");
       await stopped(next);
     });
