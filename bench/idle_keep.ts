@@ -13,11 +13,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { RUNTIME, type ServerProcess } from "../tests/support/helpers.ts";
-import type { Leftovers } from "../tests/support/helpers.ts";
+import { leftovers, RUNTIME } from "../tests/support/helpers.ts";
 import { idleThroughUpgrades } from "../tests/support/idle_keep.ts";
 import { lostCount } from "../tests/support/naive_client.ts";
 
@@ -34,18 +30,7 @@ const { values } = parseArgs({
   },
 });
 
-const servers: ServerProcess[] = [];
-const dirs: string[] = [];
-const left: Leftovers = {
-  sockets: [],
-  servers,
-  dirs,
-  tempDir(prefix: string): string {
-    const d = mkdtempSync(join(tmpdir(), prefix));
-    dirs.push(d);
-    return d;
-  },
-};
+const left = leftovers();
 
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
@@ -83,6 +68,5 @@ try {
     }
   }
 } finally {
-  for (const s of servers) s.killAll();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  left.cleanUp();
 }

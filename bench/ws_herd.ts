@@ -21,11 +21,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { RUNTIME, type ServerProcess } from "../tests/support/helpers.ts";
-import type { Leftovers } from "../tests/support/helpers.ts";
+import { leftovers, RUNTIME } from "../tests/support/helpers.ts";
 import { herdThroughUpgrades } from "../tests/support/ws_herd.ts";
 
 const { values } = parseArgs({
@@ -40,19 +36,7 @@ const { values } = parseArgs({
   },
 });
 
-const servers: ServerProcess[] = [];
-const dirs: string[] = [];
-const sockets: { close(): void }[] = [];
-const left: Leftovers = {
-  sockets,
-  servers,
-  dirs,
-  tempDir(prefix: string): string {
-    const d = mkdtempSync(join(tmpdir(), prefix));
-    dirs.push(d);
-    return d;
-  },
-};
+const left = leftovers();
 
 const pct = (xs: number[], p: number) =>
   xs.length
@@ -92,12 +76,11 @@ try {
             r0(Math.max(...p.connectMs))
           } | ${p.failed.length} | ${out.listenOverflows} |`,
         );
-        for (const s of servers.splice(0)) s.killAll();
-        for (const s of sockets.splice(0)) s.close();
+        for (const s of left.servers.splice(0)) s.killAll();
+        for (const s of left.sockets.splice(0)) s.close();
       }
     }
   }
 } finally {
-  for (const s of servers) s.killAll();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  left.cleanUp();
 }

@@ -287,12 +287,15 @@ export interface Leftovers {
   tempDir(prefix: string): string;
 }
 
-/**
- * Empty lists the calling test file pushes what it starts into; after all its
- * tests, the sockets are closed, the servers killed and the directories removed.
- */
-export function cleanupAfterTests(): Leftovers {
-  const left: Leftovers = {
+/** {@link Leftovers} that its owner cleans up when it chooses (a bench, at its end). */
+export interface OwnLeftovers extends Leftovers {
+  /** Closes the sockets, kills every generation of the servers, removes the directories. */
+  cleanUp(): void;
+}
+
+/** Empty lists the caller pushes what it starts into, and the {@link OwnLeftovers.cleanUp} of them. */
+export function leftovers(): OwnLeftovers {
+  const left: OwnLeftovers = {
     sockets: [],
     servers: [],
     dirs: [],
@@ -301,12 +304,22 @@ export function cleanupAfterTests(): Leftovers {
       left.dirs.push(dir);
       return dir;
     },
+    cleanUp(): void {
+      for (const ws of left.sockets) ws.close();
+      for (const s of left.servers) s.killAll();
+      for (const d of left.dirs) rmSync(d, { recursive: true, force: true });
+    },
   };
-  after(() => {
-    for (const ws of left.sockets) ws.close();
-    for (const s of left.servers) s.killAll();
-    for (const d of left.dirs) rmSync(d, { recursive: true, force: true });
-  });
+  return left;
+}
+
+/**
+ * Empty lists the calling test file pushes what it starts into; after all its
+ * tests, the sockets are closed, the servers killed and the directories removed.
+ */
+export function cleanupAfterTests(): Leftovers {
+  const left = leftovers();
+  after(() => left.cleanUp());
   return left;
 }
 
