@@ -129,28 +129,11 @@ export interface Settings extends
 /** The longest promotion window: 24 h. */
 export const MAX_PROMOTION_WINDOW_MS = 86_400_000;
 
-// 0 (none, the default) or a whole number of ms up to a day: a timer must hold it.
-function windowMs(value: number | undefined): number {
-  if (value === undefined) return 0;
+// 0 or a whole number of ms up to a day (a timer must hold it); `fallback` when not given.
+function wholeMs(option: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
   if (!Number.isSafeInteger(value) || value < 0 || value > MAX_PROMOTION_WINDOW_MS) {
-    invalid(
-      "promotionWindow",
-      value,
-      `a whole number of milliseconds from 0 to ${MAX_PROMOTION_WINDOW_MS}`,
-    );
-  }
-  return value;
-}
-
-// 0 (at once) or a whole number of ms up to a day.
-function closeSpreadMs(value: number | undefined): number {
-  if (value === undefined) return DEFAULT_CLOSE_SPREAD_MS;
-  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_PROMOTION_WINDOW_MS) {
-    invalid(
-      "closeSpread",
-      value,
-      `a whole number of milliseconds from 0 to ${MAX_PROMOTION_WINDOW_MS}`,
-    );
+    invalid(option, value, `a whole number of milliseconds from 0 to ${MAX_PROMOTION_WINDOW_MS}`);
   }
   return value;
 }
@@ -180,8 +163,11 @@ export function resolveOptions(options: UpgraderOptions): Settings {
     upgradeSignal,
     stopSignals,
     exitAfterDrain: options.exitAfterDrain ?? true,
-    promotionWindow: windowMs(options.promotionWindow),
+    promotionWindow: wholeMs("promotionWindow", options.promotionWindow, 0),
     idleConnections: checkIdleConnections("idleConnections", options.idleConnections),
-    closeSpread: Math.min(closeSpreadMs(options.closeSpread), drainTimeout / 2),
+    closeSpread: Math.min(
+      wholeMs("closeSpread", options.closeSpread, DEFAULT_CLOSE_SPREAD_MS),
+      drainTimeout / 2,
+    ),
   };
 }
