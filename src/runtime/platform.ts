@@ -18,7 +18,8 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { backend, osArch, platform, runtimeName } from "../ffi/mod.ts";
+import { backend, osArch, platform } from "../ffi/mod.ts";
+import * as host from "../host.ts";
 
 /** Why portable mode runs. */
 export type PortableReason =
@@ -53,7 +54,6 @@ type DenoPermissions = {
   permissions: {
     querySync(d: { name: string; path?: string; variable?: string }): { state: string };
   };
-  env: { get(name: string): string | undefined };
 };
 
 let decided: PlatformMode | undefined;
@@ -150,15 +150,9 @@ function decide(): PlatformMode {
 
 // Read only when Deno grants it: Deno.env.get throws without --allow-env (and may prompt).
 function forced(deno: DenoPermissions | undefined): boolean {
-  let value: string | undefined;
-  if (deno) {
-    const q = deno.permissions.querySync({ name: "env", variable: PORTABLE_ENV });
-    value = q.state === "granted" ? deno.env.get(PORTABLE_ENV) : undefined;
-  } else if (runtimeName() === "bun") {
-    value = (globalThis as unknown as { process: { env: Record<string, string> } }).process
-      .env[PORTABLE_ENV];
-  }
-  return value === "1";
+  const readable = !deno ||
+    deno.permissions.querySync({ name: "env", variable: PORTABLE_ENV }).state === "granted";
+  return readable && host.getEnv(PORTABLE_ENV) === "1";
 }
 
 // The flags the full mode needs and this process lacks, named for the warning; "" when none.
