@@ -47,7 +47,10 @@ export function installRawListenRefusal(
   natives: { bunListen?: Fn },
   isInternal: () => boolean,
 ): void {
-  const g = globalThis as unknown as { Bun?: Record<string, unknown>; Deno?: Record<string, unknown> };
+  const g = globalThis as unknown as {
+    Bun?: Record<string, unknown>;
+    Deno?: Record<string, unknown>;
+  };
   if (g.Bun && natives.bunListen) {
     const own = natives.bunListen;
     g.Bun.listen = function listen(options: unknown): unknown {
