@@ -27,6 +27,7 @@ import { bin } from "./support/procs.ts";
 import { runLoad } from "./support/load_client.ts";
 import { nextPidInPidFile } from "./support/status.ts";
 import { autoCommand } from "../src/supervisor/auto_script.ts";
+import { serveAddressOverride } from "../src/auto/deno_serve.ts";
 import type { InstarError } from "../src/errors.ts";
 
 const left = cleanupAfterTests();
@@ -157,10 +158,17 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
   let port = 0, sup: ServerProcess, current = 0;
   before(async () => {
     port = await freePort();
+    // Bun: Next.js's form, a package binary with a node `#!` (`"start": "next start"`) run by
+    // `bun run --bun start`; Deno: a deno.jsonc task.
     const dir = RUNTIME === "bun"
-      ? project({ start: `bun ${fixture("switch.mjs")}` })
+      ? project({ start: "srv" })
       : project({}, { start: `deno run -A --no-check ${fixture("switch.mjs")}` });
-    const form = RUNTIME === "bun" ? [bin("bun"), "run", "start"] : [bin("deno"), "task", "start"];
+    const srv = join(dir, "node_modules", ".bin", "srv");
+    writeFileSync(srv, `#!/usr/bin/env node\nimport ${JSON.stringify(fixture("switch.mjs"))};\n`);
+    chmodSync(srv, 0o755);
+    const form = RUNTIME === "bun"
+      ? [bin("bun"), "run", "--bun", "start"]
+      : [bin("deno"), "task", "start"];
     // The supervisor runs in the package's directory, where the script runner would.
     sup = startServer(
       ["sh", "-c", 'cd "$0" && exec "$@"', dir, ...CLI, "run", "--auto", "--", ...form],
@@ -175,31 +183,44 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
     await sup.exited;
   });
 
-  test(`instar run --auto -- ${RUNTIME === "bun" ? "bun run start" : "deno task start"} serves the script's server through instar: it upgrades under load with no failed request`, async () => {
-    const environ = readFileSync(`/proc/${current}/environ`, "utf8").split("\0");
-    assert.ok(environ.includes("npm_lifecycle_event=start"), "the script runner's environment");
-    const seen = new Set<string>();
-    const stop = new AbortController();
-    const load = runLoad({
-      port,
-      connections: 4,
-      durationMs: 30_000,
-      signal: stop.signal,
-      onResponse: (b) => seen.add(b),
-    });
-    await new Promise((r) => setTimeout(r, 200));
-    const first = current, from = sup.lines.length;
-    process.kill(sup.pid, "SIGHUP");
-    const [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/, 30_000, from);
-    await stopped(first, 10_000);
-    current = Number(next);
-    await new Promise((r) => setTimeout(r, 200));
-    stop.abort();
-    const r = await load;
-    assert.equal(r.failed, 0, `${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
-    assert.ok(r.ok > 20, `only ${r.ok} answers`);
-    assert.deepEqual([...seen].sort(), [`pid ${first}\n`, `pid ${current}\n`].sort());
-  });
+  test(
+    `instar run --auto -- ${
+      RUNTIME === "bun"
+        ? "bun run --bun start (a package binary with a node #!)"
+        : "deno task start"
+    } serves the script's server through instar: it upgrades under load with no failed request`,
+    async () => {
+      const environ = readFileSync(`/proc/${current}/environ`, "utf8").split("\0");
+      assert.ok(environ.includes("npm_lifecycle_event=start"), "the script runner's environment");
+      const argv = readFileSync(`/proc/${current}/cmdline`, "utf8").split("\0");
+      const entry = RUNTIME === "bun" ? "/node_modules/.bin/srv" : "/switch.mjs";
+      assert.ok(
+        argv.some((a) => a.endsWith(entry)),
+        `the script's command runs: ${argv.join(" ")}`,
+      );
+      const seen = new Set<string>();
+      const stop = new AbortController();
+      const load = runLoad({
+        port,
+        connections: 4,
+        durationMs: 30_000,
+        signal: stop.signal,
+        onResponse: (b) => seen.add(b),
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      const first = current, from = sup.lines.length;
+      process.kill(sup.pid, "SIGHUP");
+      const [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/, 30_000, from);
+      await stopped(first, 10_000);
+      current = Number(next);
+      await new Promise((r) => setTimeout(r, 200));
+      stop.abort();
+      const r = await load;
+      assert.equal(r.failed, 0, `${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+      assert.ok(r.ok > 20, `only ${r.ok} answers`);
+      assert.deepEqual([...seen].sort(), [`pid ${first}\n`, `pid ${current}\n`].sort());
+    },
+  );
 
   test("a second instar run on the same port fails, naming the port and the process that holds it, and the first serves on alone", async () => {
     const r = await runCommand([
@@ -253,26 +274,69 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
     }));
   });
 
-  test(`${RUNTIME === "bun" ? "Bun.serve({ unix })" : "Deno.serve({ path })"} serves through instar and upgrades on its Unix socket`, async () => {
-    const dir = left.tempDir("instar-edges-unix-");
-    const socketPath = join(dir, "app.sock"), pidFile = join(dir, "app.pid");
-    const app = startServer(preloaded(fixture("native_unix.mjs")), {
-      SOCK: socketPath,
-      INSTAR_PID_FILE: pidFile,
-      INSTAR_LOG: "off",
+  test(
+    `${
+      RUNTIME === "bun" ? "Bun.serve({ unix })" : "Deno.serve({ path })"
+    } serves through instar and upgrades on its Unix socket`,
+    async () => {
+      const socketPath = join(left.tempDir("instar-edges-unix-"), "app.sock");
+      await upgradesOnce("native_unix.mjs", { SOCK: socketPath }, { socketPath }, "unix");
+    },
+  );
+
+  if (RUNTIME === "deno") {
+    test("DENO_SERVE_ADDRESS moves the first Deno.serve there, as Deno does, and it upgrades there; an address instar cannot serve is refused", async () => {
+      assert.deepEqual(serveAddressOverride("tcp:[::1]:8080"), { hostname: "::1", port: 8080 });
+      assert.deepEqual(serveAddressOverride("unix:/run/a.sock"), { path: "/run/a.sock" });
+      assert.equal(serveAddressOverride(undefined), null);
+      for (const bad of ["vsock:1:2", "duplicate,tcp:127.0.0.1:1", "tcp:x", "tcp:h:99999"]) {
+        assert.throws(
+          () => serveAddressOverride(bad),
+          (e: InstarError) => e.code === "AUTO_UNSUPPORTED" && e.message.includes(bad),
+          bad,
+        );
+      }
+      const [asked, moved] = [await freePort(), await freePort()];
+      await upgradesOnce(
+        "deno_serve.ts",
+        {
+          PORT: String(asked),
+          DENO_SERVE_ADDRESS: `tcp:127.0.0.1:${moved}`,
+        },
+        { port: moved },
+        "pid",
+      );
     });
-    left.servers.push(app);
-    const pid = await nextPidInPidFile(pidFile, 0, { log: app.lines });
-    assert.equal(await get({ socketPath }), `unix ${pid}\n`);
-    process.kill(pid, "SIGHUP");
-    const next = await nextPidInPidFile(pidFile, pid, { log: app.lines });
-    app.pids.add(next);
-    await stopped(pid, 10_000);
-    assert.equal(await get({ socketPath }), `unix ${next}\n`);
-    process.kill(next, "SIGTERM");
-    await stopped(next, 10_000);
-  });
+  }
 });
+
+/**
+ * Starts `script` preloaded (with a PID file), asks `where` for "<word> <pid>", upgrades
+ * it once by SIGHUP, asks again for the new pid, and stops it.
+ */
+async function upgradesOnce(
+  script: string,
+  env: Record<string, string>,
+  where: { port?: number; socketPath?: string },
+  word: string,
+): Promise<void> {
+  const pidFile = join(left.tempDir("instar-edges-pid-"), "app.pid");
+  const app = startServer(preloaded(fixture(script)), {
+    ...env,
+    INSTAR_PID_FILE: pidFile,
+    INSTAR_LOG: "off",
+  });
+  left.servers.push(app);
+  const pid = await nextPidInPidFile(pidFile, 0, { log: app.lines });
+  assert.equal(await get(where), `${word} ${pid}\n`);
+  process.kill(pid, "SIGHUP");
+  const next = await nextPidInPidFile(pidFile, pid, { log: app.lines });
+  app.pids.add(next);
+  await stopped(pid, 10_000);
+  assert.equal(await get(where), `${word} ${next}\n`, "the new generation answers there");
+  process.kill(next, "SIGTERM");
+  await stopped(next, 10_000);
+}
 
 /** `script` under this runtime with instar/auto preloaded. */
 function preloaded(script: string): string[] {
