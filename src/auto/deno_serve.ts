@@ -81,8 +81,9 @@ export function installDenoServe(
   const deno = (globalThis as unknown as { Deno: { serve: unknown } }).Deno;
   // Taken out of the environment: instar's own Deno.serve calls (a throwaway server to
   // transplant under, the ready URL's twin) must not be moved there instead.
-  let override = serveAddressOverride(host.getEnv("DENO_SERVE_ADDRESS"));
-  host.deleteEnv("DENO_SERVE_ADDRESS");
+  const value = host.getEnv("DENO_SERVE_ADDRESS");
+  let override = serveAddressOverride(value);
+  if (value !== undefined) host.deleteEnv("DENO_SERVE_ADDRESS");
   deno.serve = function serve(a: unknown, b?: unknown): unknown {
     let o = denoServeOptions(a, b);
     if (override) [o, override] = [overridden(o, override), null];
