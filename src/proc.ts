@@ -174,6 +174,52 @@ export function tcpConnectionInodes(port: number): Set<number> {
   return new Set(tables.flatMap((t) => established(t, port)));
 }
 
+/** A process holding a socket open: its pid and command line. */
+export interface SocketHolder {
+  /** Its pid. */
+  pid: number;
+  /** Its command line, NULs as spaces (`null` when it cannot be read). */
+  command: string | null;
+}
+
+/**
+ * The processes that hold a listening TCP socket on local `port` (either
+ * family, any address), as far as this user may see their fds; `[]` when
+ * /proc cannot tell. For an EADDRINUSE worth acting on: it names who holds
+ * the port (another `instar run`, a copy of the app), which bind(2) does not.
+ */
+export function tcpListenerHolders(port: number): SocketHolder[] {
+  try {
+    const inodes = new Set(TCP_TABLES.flatMap((t) => inState(readTextSync(t), port, "0A")));
+    if (inodes.size === 0) return [];
+    const out: SocketHolder[] = [];
+    for (const entry of readDirSync("/proc")) {
+      const pid = Number(entry);
+      if (!Number.isInteger(pid) || pid === 0 || !holdsAny(pid, inodes)) continue;
+      out.push({ pid, command: commandLine(pid) });
+    }
+    return out;
+  } catch {
+    return [];
+  }
+}
+
+function holdsAny(pid: number, inodes: Set<number>): boolean {
+  try {
+    return openFds(pid).some((fd) => inodes.has(socketInode(fd, pid) ?? -1));
+  } catch {
+    return false; // another user's process, or gone
+  }
+}
+
+function commandLine(pid: number): string | null {
+  try {
+    return readNulList(`/proc/${pid}/cmdline`).join(" ") || null;
+  } catch {
+    return null;
+  }
+}
+
 /** Inodes of the connected Unix stream sockets bound to `path` (the ones a listener there accepted). */
 export function unixConnectionInodes(path: string): Set<number> {
   const out = new Set<number>();
@@ -225,6 +271,11 @@ export async function socketInodesAsync(pid: number | "self"): Promise<Set<numbe
 // `port`: the table holds every socket of the namespace, so it is scanned for the port instead of
 // split line by line.
 function established(table: string, port: number): number[] {
+  return inState(table, port, "01");
+}
+
+// The inodes of the entries in state `st` (01 ESTABLISHED, 0A LISTEN) whose local port is `port`.
+function inState(table: string, port: number, st: string): number[] {
   const needle = `:${port.toString(16).toUpperCase().padStart(4, "0")} `;
   const out: number[] = [];
   for (let at = table.indexOf(needle); at >= 0; at = table.indexOf(needle, at + 1)) {
@@ -232,7 +283,7 @@ function established(table: string, port: number): number[] {
     const end = table.indexOf("\n", at);
     const f = table.slice(start, end < 0 ? undefined : end).trim().split(/\s+/);
     // sl local_address rem_address st …: only a match in local_address counts
-    if (f.length > 9 && f[1].endsWith(needle.trimEnd()) && f[3] === "01") out.push(Number(f[9]));
+    if (f.length > 9 && f[1].endsWith(needle.trimEnd()) && f[3] === st) out.push(Number(f[9]));
     if (end < 0) break;
     at = end;
   }

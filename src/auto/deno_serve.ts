@@ -7,6 +7,7 @@
  * @module
  */
 
+import * as host from "../host.ts";
 import type { Upgrader } from "../lifecycle/upgrader.ts";
 import type { UpgraderServeOptions } from "../serve/serve.ts";
 import type { AutoReadiness } from "./readiness.ts";
@@ -47,6 +48,30 @@ function twin(native: (options: unknown) => unknown, o: Options): Twin {
   };
 }
 
+/**
+ * `DENO_SERVE_ADDRESS` as the options it stands for, or `null` when unset.
+ * Deno 2.9.6 serves the process's first `Deno.serve` there instead of where
+ * its options say (measured; later ones where they say): `tcp:<host>:<port>`,
+ * `unix:<path>`. What instar cannot serve throws: `vsock:` (no such socket
+ * here), `duplicate,…` (two servers, the second not on an inherited socket).
+ */
+export function serveAddressOverride(value: string | undefined): Options | null {
+  if (value === undefined || value === "") return null;
+  const what = `DENO_SERVE_ADDRESS=${value}`;
+  if (value.startsWith("unix:") && value.length > 5) return { path: value.slice(5) };
+  const m = /^tcp:\[?([^\]]*?)\]?:(\d{1,5})$/.exec(value);
+  if (m && m[1] !== "" && Number(m[2]) <= 65535) {
+    return { hostname: m[1], port: Number(m[2]) };
+  }
+  return unsupported(what, "is not served: give tcp:<host>:<port> or unix:<path>");
+}
+
+/** `o` served where `override` says instead (TCP address or Unix path). */
+function overridden(o: Options, override: Options): UpgraderServeOptions & Options {
+  const { port: _port, hostname: _hostname, path: _path, ...rest } = o;
+  return { ...rest, ...override } as UpgraderServeOptions & Options;
+}
+
 /** Replaces `Deno.serve` so that it serves through `up` (`native` is the runtime's own). */
 export function installDenoServe(
   up: Upgrader,
@@ -54,8 +79,14 @@ export function installDenoServe(
   native: (options: unknown) => unknown,
 ): void {
   const deno = (globalThis as unknown as { Deno: { serve: unknown } }).Deno;
+  // Taken out of the environment: instar's own Deno.serve calls (a throwaway server to
+  // transplant under, the ready URL's twin) must not be moved there instead.
+  const value = host.getEnv("DENO_SERVE_ADDRESS");
+  let override = serveAddressOverride(value);
+  if (value !== undefined) host.deleteEnv("DENO_SERVE_ADDRESS");
   deno.serve = function serve(a: unknown, b?: unknown): unknown {
-    const o = denoServeOptions(a, b);
+    let o = denoServeOptions(a, b);
+    if (override) [o, override] = [overridden(o, override), null];
     const what = o.path !== undefined
       ? `Deno.serve(unix:${o.path})`
       : `Deno.serve(${o.hostname}:${o.port})`;

@@ -15,7 +15,9 @@
  * across upgrades, held until ready, drained with `Connection: close`. It
  * calls `up.ready()` for the application (readiness.ts), and makes its
  * `process.exit()` wait for a drain (exit_guard.ts). SIGHUP upgrades; SIGTERM
- * stops gracefully. Settings come from the environment (settings.ts).
+ * stops gracefully. `Bun.listen`, `Deno.listen` and `Deno.listenTls` throw
+ * (raw_listen.ts): their listeners would run where no upgrade reaches them.
+ * Settings come from the environment (settings.ts).
  * docs/zero-code.md has the whole story and the limits.
  *
  * @module
@@ -24,11 +26,12 @@
 import { insideOf } from "../lifecycle/inside.ts";
 import { logLifecycle } from "../lifecycle/log.ts";
 import { Upgrader } from "../lifecycle/upgrader.ts";
-import { keepNativeServe, nativeServe } from "../runtime/natives.ts";
+import { keepNativeServe, native, nativeServe } from "../runtime/natives.ts";
 import { installBunServe } from "./bun_serve.ts";
 import { installDenoServe } from "./deno_serve.ts";
 import { guardExit } from "./exit_guard.ts";
 import { insideNodeListen, installNodeListen } from "./node_listen.ts";
+import { installRawListenRefusal } from "./raw_listen.ts";
 import { AutoReadiness } from "./readiness.ts";
 import { autoSettings } from "./settings.ts";
 
@@ -48,6 +51,7 @@ async function start(): Promise<Upgrader> {
   if (G.Bun) installBunServe(upgrader, readiness, nativeServe("Bun"), insideNodeListen);
   else installDenoServe(upgrader, readiness, nativeServe("Deno"));
   installNodeListen(upgrader, readiness);
+  installRawListenRefusal(G.Bun ? { bunListen: native("Bun", "listen") } : {}, insideNodeListen);
   guardExit(upgrader);
   return upgrader;
 }

@@ -32,6 +32,7 @@ import {
 } from "../ffi/mod.ts";
 import { type Addr, decode, encodeInet, encodeUnix, formatAddr } from "../ffi/sockaddr.ts";
 import { bindExplained, bindUnix, checkMode, checkPort, isV6Any } from "./bind.ts";
+import { tcpListenerHolders } from "../proc.ts";
 import type { Acceptor, BaseConn, Conn } from "../runtime/conn.ts";
 import { type ListenerBackend, startAcceptor } from "../runtime/mod.ts";
 import type { NetAddress } from "../runtime/listener_node.ts";
@@ -216,13 +217,31 @@ async function openTcp(o: TcpListenOptions): Promise<number> {
     if (family === C.AF_INET6 && isV6Any(sa)) {
       setsockoptInt(fd, C.IPPROTO_IPV6, C.IPV6_V6ONLY, 0);
     }
-    bindExplained(fd, sa, shown, "listen on");
+    bindTcp(fd, sa, shown, o.port);
     listenFd(fd, backlog);
   } catch (err) {
     closeFd(fd);
     throw err;
   }
   return fd;
+}
+
+/**
+ * `bind(2)` of a TCP listener; an EADDRINUSE names the processes that listen
+ * on the port, when /proc shows them (another `instar run`, another copy of
+ * the app): what the operator needs to act on it.
+ */
+function bindTcp(fd: number, sa: Uint8Array, shown: string, port: number): void {
+  try {
+    bindExplained(fd, sa, shown, "listen on");
+  } catch (err) {
+    if (!(err instanceof SystemError) || err.code !== "EADDRINUSE" || port === 0) throw err;
+    const holders = tcpListenerHolders(port).slice(0, 3);
+    if (holders.length === 0) throw err;
+    const who = holders.map((h) => `pid ${h.pid} (${h.command ?? "?"})`).join(", ");
+    const detail = err.message.replace(/^bind failed: EADDRINUSE \(errno \d+\): /, "");
+    throw new SystemError("bind", err.errno, "EADDRINUSE", `${detail}: held by ${who}`);
+  }
 }
 
 function openUnix(o: UnixListenOptions): number {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { native } from "./natives.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import {
   type Acceptor,
@@ -34,9 +35,7 @@ interface BunListener {
   stop(closeActiveConnections?: boolean): void;
 }
 
-interface BunNs {
-  listen(options: Record<string, unknown>): BunListener;
-}
+type BunListen = (options: Record<string, unknown>) => BunListener;
 
 class BunConn extends BaseConn {
   readonly localAddr: Addr;
@@ -137,7 +136,8 @@ export function bunAcceptor(
   addr: Addr,
   track: (c: BaseConn) => void,
 ): Acceptor {
-  const B = (globalThis as unknown as { Bun: BunNs }).Bun;
+  // The runtime's own: instar/auto replaces the global with a refusal for the application.
+  const B = { listen: native("Bun", "listen") as BunListen };
   // Bounded: at QUEUE_LIMIT waiting connections the socket leaves Bun's epoll until accept() catches up.
   const gate = socketGate(fd);
   const queue = new ConnQueue(gate);

@@ -11,6 +11,7 @@
 import { makeTempDirSync, removeTreeSync } from "../host.ts";
 import { InstarError } from "../errors.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
+import { native } from "./natives.ts";
 import { transplant } from "./transplant.ts";
 import { type Acceptor, BaseConn } from "./conn.ts";
 import {
@@ -39,9 +40,7 @@ interface DenoListener {
   close(): void;
 }
 
-interface DenoNs {
-  listen(options: Record<string, unknown>): DenoListener;
-}
+type DenoListen = (options: Record<string, unknown>) => DenoListener;
 
 class NativeConn extends BaseConn {
   readonly localAddr: Addr;
@@ -85,7 +84,8 @@ class NativeConn extends BaseConn {
 }
 
 function throwawayListener(addr: Addr): { listener: DenoListener; cleanup: () => void } {
-  const D = (globalThis as unknown as { Deno: DenoNs }).Deno;
+  // The runtime's own: instar/auto replaces the global with a refusal for the application.
+  const D = { listen: native("Deno", "listen") as DenoListen };
   if (addr.transport === "unix") {
     const dir = makeTempDirSync("instar-");
     const listener = D.listen({ transport: "unix", path: `${dir}/t.sock` });

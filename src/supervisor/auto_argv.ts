@@ -17,7 +17,8 @@
  * not get a second one. Refused with `INVALID_ARGUMENT`, naming why: another
  * program (instar/auto runs in Bun and Deno only), `bun run <script>` (a
  * package.json script starts the server as another process, which the
- * preload would not reach) and any other deno subcommand.
+ * preload would not reach: `instar run` resolves scripts to their command
+ * first, auto_script.ts) and any other deno subcommand.
  *
  * @module
  */

@@ -9,7 +9,7 @@
 import { accessSync, constants } from "node:fs";
 import { delimiter, isAbsolute, join, resolve } from "node:path";
 import process from "node:process";
-import { autoArgv } from "./auto_argv.ts";
+import { autoCommand } from "./auto_script.ts";
 import { checkReadyPath } from "../auto/settings.ts";
 import { parseArgs } from "node:util";
 import { InstarError, invalid } from "../errors.ts";
@@ -50,6 +50,11 @@ export interface RunOptions {
    * (`--ready-url`, passed to every generation as `INSTAR_AUTO_READY_URL`), or `null`.
    */
   readyUrl: string | null;
+  /**
+   * With `--auto` and a package.json script or deno task (`bun run start`): what the
+   * script runner would have set (auto_script.ts), for every generation.
+   */
+  env?: Record<string, string>;
 }
 
 /** `instar run --help`. */
@@ -71,7 +76,9 @@ Options:
   --upgrade-timeout <ms>   how long an upgrade may take (default 120000)
   --auto                   preload instar/auto into an unmodified bun or deno
                            server (its Bun.serve, Deno.serve, node:http listen
-                           serve through instar); see docs/zero-code.md
+                           serve through instar); \`bun run <script>\` and
+                           \`deno task <task>\` start the command the script names;
+                           see docs/zero-code.md
   --ready-url <path>       with --auto: a generation is ready only once GET <path>
                            answers 2xx on it (apps that listen before they are warm)
   -h, --help               this text
@@ -83,9 +90,12 @@ generation's (128 + signal when it was killed). See docs/supervisor.md.
 
 /** `base` (`KEY=value` entries) with what `instar run`'s options set for every generation. */
 export function runEnvironment(o: RunOptions, base: readonly string[]): string[] {
-  if (o.readyUrl === null) return [...base];
-  const key = "INSTAR_AUTO_READY_URL=";
-  return [...base.filter((e) => !e.startsWith(key)), key + o.readyUrl];
+  const set: Record<string, string> = { ...o.env };
+  if (o.readyUrl !== null) set.INSTAR_AUTO_READY_URL = o.readyUrl;
+  const keys = Object.keys(set);
+  if (keys.length === 0) return [...base];
+  const kept = base.filter((e) => !keys.includes(e.slice(0, e.indexOf("="))));
+  return [...kept, ...keys.map((k) => `${k}=${set[k]}`)];
 }
 
 function positiveMs(option: string, text: string | undefined, fallback: number): number {
@@ -184,10 +194,12 @@ export function parseRunArgs(args: readonly string[]): RunOptions | null {
   if (readyUrl !== null && !auto) {
     invalid("--ready-url", readyUrl, "--auto with it (an app with its own Upgrader calls ready())");
   }
+  const run = auto ? autoCommand(command) : { argv: command, env: {} };
   return {
     readyUrl: readyUrl === null ? null : checkReadyPath("--ready-url", readyUrl),
-    command: resolveCommand(command[0]),
-    argv: auto ? autoArgv(command) : command,
+    command: resolveCommand(run.argv[0], run.env.PATH ?? process.env.PATH),
+    argv: run.argv,
+    env: run.env,
     auto,
     listen: ((values.listen as string[] | undefined) ?? []).map(parseListenSpec),
     restart,
