@@ -64,7 +64,15 @@ async function startNext(build: NextBuild): Promise<NextApp> {
       ...runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts")),
       ...["run", "--auto", "--ready-url", "/api/pid", "--", ...app],
     ],
-    { PORT: String(port), HOSTNAME: "127.0.0.1", NEXT_TELEMETRY_DISABLED: "1" },
+    {
+      PORT: String(port),
+      HOSTNAME: "127.0.0.1",
+      NEXT_TELEMETRY_DISABLED: "1",
+      // A generation's start (Next.js's own, then its first 2xx on /api/pid) took up to 13 s
+      // with both runtimes' runs of this file and other tests on the 2 cores: 10 s, the
+      // default, failed an upgrade there. Below INSTAR_READY_TIMEOUT (60 s).
+      INSTAR_AUTO_LISTEN_TIMEOUT: "45000",
+    },
   );
   left.servers.push(sup);
   const [, pid] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/, 60_000);
@@ -75,7 +83,12 @@ async function startNext(build: NextBuild): Promise<NextApp> {
 async function upgrade(app: NextApp): Promise<number> {
   const from = app.sup.lines.length;
   process.kill(app.sup.pid, "SIGHUP");
-  const [, pid] = await app.sup.waitFor(/upgraded: pid (\d+) serves/, 60_000, from);
+  const [line, pid] = await app.sup.waitFor(
+    /upgraded: pid (\d+) serves|upgrade failed: .*/,
+    60_000,
+    from,
+  );
+  assert.ok(pid, `upgrade ${app.pids.length}: ${line}`);
   app.pids.push(Number(pid));
   return Number(pid);
 }
