@@ -11,7 +11,7 @@
  * `process.exit()`.
  */
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
 import { join } from "node:path";
 import process from "node:process";
@@ -29,7 +29,13 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { bin } from "./support/procs.ts";
-import { builtNext, type NextBuild, nextMissing } from "./support/next_build.ts";
+import {
+  breakStaleLock,
+  builtNext,
+  type NextBuild,
+  nextMissing,
+  tryLock,
+} from "./support/next_build.ts";
 import { runLoad } from "./support/load_client.ts";
 
 const left = cleanupAfterTests();
@@ -103,6 +109,18 @@ let build: Promise<NextBuild> | undefined;
 let started: Promise<NextApp> | undefined;
 const built = () => (build ??= builtNext());
 const running = () => (started ??= built().then(startNext));
+
+test("the build lock is held by one process at a time, and taken over from a builder that died", () => {
+  const lock = join(left.tempDir("instar-next-lock-"), "key.lock");
+  mkdirSync(lock);
+  writeFileSync(join(lock, "owner"), "2147483646 1"); // no such process
+  assert.equal(tryLock(lock), false, "held by its owner file");
+  breakStaleLock(lock);
+  assert.equal(tryLock(lock), true, "taken over from the dead builder");
+  assert.equal(tryLock(lock), false, "held: a second taker waits");
+  breakStaleLock(lock);
+  assert.equal(existsSync(join(lock, "owner")), true, "a live builder's lock stays");
+});
 
 describeUnless(nextMissing(), `Next.js standalone under instar run --auto (${RUNTIME})`, () => {
   test("next build makes a standalone server.js once, then finds it in the cache", async () => {

@@ -101,8 +101,8 @@ function readBuilt(dir: string): NextBuild | null {
   }
 }
 
-/** Takes the lock at `lock`: true if this process holds it now. */
-function tryLock(lock: string): boolean {
+/** Takes the lock at `lock` (a directory path): true if this process holds it now. */
+export function tryLock(lock: string): boolean {
   const mine = `${lock}.${process.pid}`;
   mkdirSync(mine, { recursive: true });
   writeFileSync(join(mine, "owner"), `${process.pid} ${processStartTime(process.pid)}`);
@@ -118,7 +118,7 @@ function tryLock(lock: string): boolean {
 }
 
 /** Removes `lock` if the process that took it has died (its pid gone or reused). */
-function breakStaleLock(lock: string): void {
+export function breakStaleLock(lock: string): void {
   let owner: string;
   try {
     owner = readFileSync(join(lock, "owner"), "utf8");
