@@ -2,8 +2,8 @@
  * The application's own `process.exit()` under instar/auto. Servers often
  * end themselves on SIGTERM (Next.js's standalone server calls
  * `process.exit(0)` in 15, `process.exit(143)` in 16), which would cut the
- * requests in flight. instar's stop signal handlers are installed before the application's (the preload runs
- * first), so by the time the application's handler calls `process.exit()`
+ * requests in flight. instar's stop signal handlers are installed before the
+ * application's (the preload runs first), so by the time the application's handler calls `process.exit()`
  * this generation already drains. An exit called then waits for the drain
  * (within the drain timeout) and ends with the application's status. An exit
  * called while serving (`ready`, `upgrading`) becomes a graceful stop first,
