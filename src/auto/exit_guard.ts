@@ -3,12 +3,12 @@
  * end themselves on SIGTERM (Next.js's standalone server calls
  * `process.exit(0)` in 15, `process.exit(143)` in 16), which would cut the
  * requests in flight. instar's stop signal handlers are installed before the
- * application's (the preload runs first), so by the time the application's handler calls `process.exit()`
- * this generation already drains. An exit called then waits for the drain
- * (within the drain timeout) and ends with the application's status. An exit
- * called while serving (`ready`, `upgrading`) becomes a graceful stop first,
- * whoever's handler ran first. Before `ready()` (nothing served) and after
- * the drain it exits at once.
+ * application's (the preload runs first), so by the time the application's
+ * handler calls `process.exit()` this generation already drains. An exit
+ * called then waits for the drain (within the drain timeout) and ends with
+ * the application's status. An exit called while serving (`ready`,
+ * `upgrading`) becomes a graceful stop first, whoever's handler ran first.
+ * Before `ready()` (nothing served) and after the drain it exits at once.
  *
  * The same for Deno's `Deno.exit()` (Deno's `process.exit` calls it: instar's own
  * exits are marked so that they pass).
