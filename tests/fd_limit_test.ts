@@ -68,12 +68,12 @@ async function startLimited(
   return { server, port: portOf(s), ctl };
 }
 
-/** `n` connections to the port that send nothing; resolves once each is connected or failed. */
-async function idleClients(port: number, n: number): Promise<net.Socket[]> {
+/** `n` connections to the port (or Unix socket) that send nothing; resolves once each is connected or failed. */
+async function idleClients(to: number | string, n: number): Promise<net.Socket[]> {
   const socks = await Promise.all(
     Array.from({ length: n }, () =>
       new Promise<net.Socket>((resolve) => {
-        const s = net.connect(port, "127.0.0.1");
+        const s = typeof to === "string" ? net.connect(to) : net.connect(to, "127.0.0.1");
         s.on("error", () => {});
         s.once("connect", () => resolve(s));
         s.once("error", () => resolve(s));
@@ -112,6 +112,27 @@ async function get(port: number, timeoutMs = 5_000): Promise<{ ok: boolean; text
   } catch (err) {
     return { ok: false, text: (err as Error).message };
   }
+}
+
+/** One GET over the Unix socket `path` on a fresh connection, never re-sent: the body, or the error. */
+function getUnix(path: string, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(
+      path,
+      () => s.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    let got = "";
+    const timer = setTimeout(
+      () => s.destroy(new Error(`no answer within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    s.on("data", (d) => got += d.toString());
+    s.on("error", (err) => got = `error: ${err.message}`);
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve(got.startsWith("HTTP/1.1 200") ? got.slice(got.indexOf("\r\n\r\n") + 4) : got);
+    });
+  });
 }
 
 /** The soft and hard "Max open files" of `pid` (or `self`), as the kernel reports them. */
@@ -263,6 +284,40 @@ describe(`at the fd limit (${RUNTIME})`, () => {
       },
     );
   }
+
+  test(
+    "a Unix socket served by serve() and one by serveNode() answer once 400 idle clients at a limit of 200 leave",
+    skipIf(noPrlimit || tooFewFds, "Unix sockets at the fd limit"),
+    async () => {
+      const dir = left.tempDir("instar-fdlimit-unix-");
+      const paths = [join(dir, "native.sock"), join(dir, "node.sock")];
+      const cmd = runtimeCmd(RUNTIME, join(ROOT, "tests", "fd_limit_child.ts"), paths);
+      const server = startServer(["prlimit", "--nofile=200:200", "--", ...cmd]);
+      left.servers.push(server);
+      await server.waitFor(/ready on /, 60_000);
+      // Half to each: both queues still hold connections when the process reaches its limit.
+      const socks = (await Promise.all(paths.map((p) => idleClients(p, IDLE_CLIENTS / 2)))).flat();
+      await sleep(1_500);
+      assert.ok(alive(server.pid), `died at the limit:\n${server.lines.join("\n")}`);
+      for (const s of socks) s.destroy();
+      // Never re-sent: each request is answered by this process or counts as failed.
+      const answers: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        for (const p of paths) answers.push(await getUnix(p, 3_000));
+      }
+      const expected = Array.from({ length: 10 }, () => [
+        `native pid ${server.pid}\n`,
+        `node pid ${server.pid}\n`,
+      ]).flat();
+      assert.deepEqual(answers, expected);
+      if (RUNTIME === "deno") {
+        // Deno.serve was restarted on the socket, node:http's server listened anew: said so.
+        await server.waitFor(/warning: .*Deno\.serve stopped accepting: .*os error 24/, 1_000);
+        await server.waitFor(/warning: .*node:net server (stopped accepting|deaf)/, 1_000);
+      }
+      server.killAll();
+    },
+  );
 
   test(
     "on Deno the watchdog has a node:net server whose socket stopped accepting listen anew; on Bun it does nothing",
