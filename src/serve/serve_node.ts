@@ -391,7 +391,7 @@ function serverDrain(
       d.draining(false);
       accept.resume();
     },
-    finish: async () => {
+    finish: async (spreadMs?: number) => {
       if (idle === "keep") {
         // server.close() would close idle connections: each goes when its client closes
         // it (its next request answered with Connection: close), or is cut at the timeout.
@@ -400,7 +400,7 @@ function serverDrain(
         // Busy keep-alive connections get their last answer, with Connection: close, first.
         await d.quiet(QUIET_MS, QUIET_MAX_MS);
       }
-      await d.finish();
+      await d.finish(spreadMs);
       await a.proxy?.drained();
       a.remove();
     },
