@@ -21,7 +21,7 @@ async function h2Server(n: number) {
   const sock = await openSocket({ hostname: "127.0.0.1", port: 0 });
   left.sockets.push({ close: () => closeFd(sock.fd) });
   const h2 = http2.createServer();
-  h2.on("stream", (stream) => {
+  h2.on("stream", (stream: http2.ServerHttp2Stream) => {
     stream.respond({ ":status": 200 });
     stream.end("hi");
   });
