@@ -192,8 +192,12 @@ export interface Endpoint {
    * next start.
    */
   refuseNew(): Promise<void>;
-  /** Stops for good and resolves when every connection has ended by itself. */
-  finish(): Promise<void>;
+  /**
+   * Stops for good and resolves when every connection has ended by itself.
+   * `spreadMs` (the drain's close spread): connections told to go at once
+   * otherwise (a `node:http2` server's GOAWAY) are told a few at a time over it.
+   */
+  finish(spreadMs?: number): Promise<void>;
   /**
    * Starts closing its long-lived connections (WebSockets: 1012) spread over
    * `windowMs`, ahead of {@link Endpoint.forceClose} at the drain timeout, so

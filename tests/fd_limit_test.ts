@@ -4,12 +4,15 @@
 // EMFILE: the server is restarted on the same socket), it answers again once they leave;
 // an upgrade at the limit fails as `no-fds` while the old generation serves on, and the next
 // one succeeds. Express through serveNode (on Deno node:http's node:net server, deaf after EMFILE
-// until the fd watchdog has it listen anew) answers fresh requests once the idle clients leave.
+// until the fd watchdog has it listen anew) answers fresh requests once the idle clients leave,
+// in `auto` mode and in `fallback` mode (node:http behind the proxy, watched too). A generation
+// with up.serve and up.serveNode on Unix sockets (tests/fd_limit_child.ts) answers on both once
+// its idle clients leave (on Deno: Deno.serve restarted, node:http's server listened anew).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import process from "node:process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   alive,
@@ -50,25 +53,30 @@ const EXPRESS = join(ROOT, "examples", "express.ts");
 const IDLE_CLIENTS = 400;
 
 /** An example under `prlimit --nofile=<soft>:<hard>` with a control socket; its port once ready. */
-async function startLimited(soft: number, hard: number, example = HTTP): Promise<{
+async function startLimited(
+  soft: number,
+  hard: number,
+  example = HTTP,
+  args: string[] = [],
+): Promise<{
   server: ServerProcess;
   port: number;
   ctl: string;
 }> {
   const ctl = join(left.tempDir("instar-fdlimit-"), "ctl.sock");
-  const cmd = runtimeCmd(RUNTIME, example, ["--port", "0", "--control", ctl]);
+  const cmd = runtimeCmd(RUNTIME, example, ["--port", "0", "--control", ctl, ...args]);
   const server = startServer(["prlimit", `--nofile=${soft}:${hard}`, "--", ...cmd]);
   left.servers.push(server);
   const s = await readyGeneration(ctl, 1, { timeoutMs: 60_000, log: server.lines });
   return { server, port: portOf(s), ctl };
 }
 
-/** `n` connections to the port that send nothing; resolves once each is connected or failed. */
-async function idleClients(port: number, n: number): Promise<net.Socket[]> {
+/** `n` connections to the port (or Unix socket) that send nothing; resolves once each is connected or failed. */
+async function idleClients(to: number | string, n: number): Promise<net.Socket[]> {
   const socks = await Promise.all(
     Array.from({ length: n }, () =>
       new Promise<net.Socket>((resolve) => {
-        const s = net.connect(port, "127.0.0.1");
+        const s = typeof to === "string" ? net.connect(to) : net.connect(to, "127.0.0.1");
         s.on("error", () => {});
         s.once("connect", () => resolve(s));
         s.once("error", () => resolve(s));
@@ -107,6 +115,27 @@ async function get(port: number, timeoutMs = 5_000): Promise<{ ok: boolean; text
   } catch (err) {
     return { ok: false, text: (err as Error).message };
   }
+}
+
+/** One GET over the Unix socket `path` on a fresh connection, never re-sent: the body, or the error. */
+function getUnix(path: string, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect(
+      path,
+      () => s.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    );
+    let got = "";
+    const timer = setTimeout(
+      () => s.destroy(new Error(`no answer within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+    s.on("data", (d) => got += d.toString());
+    s.on("error", (err) => got = `error: ${err.message}`);
+    s.on("close", () => {
+      clearTimeout(timer);
+      resolve(got.startsWith("HTTP/1.1 200") ? got.slice(got.indexOf("\r\n\r\n") + 4) : got);
+    });
+  });
 }
 
 /** The soft and hard "Max open files" of `pid` (or `self`), as the kernel reports them. */
@@ -156,8 +185,7 @@ describe(`at the fd limit (${RUNTIME})`, () => {
     async () => {
       const { server, port, ctl } = await startLimited(200, 200);
       const socks = await idleClients(port, IDLE_CLIENTS);
-      // Long enough for the server to accept up to its limit and hit EMFILE.
-      await sleep(1_500);
+      await atLimit(server.pid);
       assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
       if (RUNTIME === "deno") {
         // Deno's accept loop ended at EMFILE: the server was restarted on the socket, and said so.
@@ -198,7 +226,7 @@ describe(`at the fd limit (${RUNTIME})`, () => {
     async () => {
       const { server, port } = await startLimited(200, 200, ECHO);
       const socks = await idleClients(port, IDLE_CLIENTS);
-      await sleep(1_500);
+      await atLimit(server.pid);
       assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
       if (RUNTIME === "deno") {
         // Deno.listen's accept() rejected with EMFILE: the acceptor backed off, and said so.
@@ -216,35 +244,84 @@ describe(`at the fd limit (${RUNTIME})`, () => {
     },
   );
 
+  for (const mode of ["auto", "fallback"]) {
+    test(
+      `Express through serveNode (mode ${mode}) answers 50 fresh requests after 400 idle clients at a limit of 200 leave`,
+      skipIf(noPrlimit || tooFewFds, "serveNode at the fd limit"),
+      async () => {
+        const { server, port } = await startLimited(200, 200, EXPRESS, ["--serve-mode", mode]);
+        const socks = await idleClients(port, IDLE_CLIENTS);
+        await atLimit(server.pid);
+        assert.ok(
+          alive(server.pid),
+          `the generation died at the limit:\n${server.lines.join("\n")}`,
+        );
+        const released = performance.now();
+        for (const s of socks) s.destroy();
+        // Behind the proxy each client held fds until the proxy saw it leave: on Bun a request
+        // that comes sooner is reset when the proxy's connection to node:http fails with EMFILE.
+        if (mode === "fallback") await fdsBelow(server.pid, 150);
+        // Never re-sent: each request is answered by this generation or counts as failed. (On
+        // Deno node:http's node:net server stopped accepting at EMFILE, without an event: the
+        // watchdog sees its accept queue grow without accepts and has it listen anew.)
+        const answers = [];
+        let first = 0;
+        for (let i = 0; i < 50; i++) {
+          answers.push(await get(port, 3_000));
+          if (!first && answers[i].ok) first = performance.now() - released;
+        }
+        const failures = answers.filter((a) => !a.ok);
+        // Left (docs/design.md): behind the proxy a first request may still be reset, when the
+        // proxy's connection to node:http fails with EMFILE (Deno: in 2 of 6 runs). None waits
+        // for a deaf server (a timeout), which is what the watchdog prevents.
+        const allowed = mode === "fallback" ? 1 : 0;
+        const shown = JSON.stringify(failures.slice(0, 3));
+        assert.ok(failures.length <= allowed, `${failures.length} failed: ${shown}`);
+        assert.ok(failures.every((a) => !/timeout|timed out/i.test(a.text)), shown);
+        const answered = answers.filter((a) => a.ok);
+        assert.ok(answered.every((a) => a.text.includes(`pid ${server.pid} `)), answered[0].text);
+        console.log(
+          `serveNode (${mode}) at the fd limit: the first answer ${
+            Math.round(first)
+          } ms, the last ${Math.round(performance.now() - released)} ms after the release`,
+        );
+        if (RUNTIME === "deno") {
+          // Said in a warning (rate-limited: at the limit it may say it cannot listen anew yet).
+          await server.waitFor(/warning: .*node:net server (stopped accepting|deaf)/, 1_000);
+        }
+        server.killAll();
+      },
+    );
+  }
+
   test(
-    "Express through serveNode answers 50 fresh requests after 400 idle clients at a limit of 200 leave",
-    skipIf(noPrlimit || tooFewFds, "serveNode at the fd limit"),
+    "a Unix socket served by serve() and one by serveNode() answer once 400 idle clients at a limit of 200 leave",
+    skipIf(noPrlimit || tooFewFds, "Unix sockets at the fd limit"),
     async () => {
-      const { server, port } = await startLimited(200, 200, EXPRESS);
-      const socks = await idleClients(port, IDLE_CLIENTS);
-      await sleep(1_500);
-      assert.ok(alive(server.pid), `the generation died at the limit:\n${server.lines.join("\n")}`);
-      const released = performance.now();
+      const dir = left.tempDir("instar-fdlimit-unix-");
+      const paths = [join(dir, "native.sock"), join(dir, "node.sock")];
+      const cmd = runtimeCmd(RUNTIME, join(ROOT, "tests", "fd_limit_child.ts"), paths);
+      const server = startServer(["prlimit", "--nofile=200:200", "--", ...cmd]);
+      left.servers.push(server);
+      await server.waitFor(/ready on /, 60_000);
+      // Half to each: both queues still hold connections when the process reaches its limit.
+      const socks = (await Promise.all(paths.map((p) => idleClients(p, IDLE_CLIENTS / 2)))).flat();
+      await atLimit(server.pid);
+      assert.ok(alive(server.pid), `died at the limit:\n${server.lines.join("\n")}`);
       for (const s of socks) s.destroy();
-      // Never re-sent: each request is answered by this generation or counts as failed. (On
-      // Deno node:http's node:net server stopped accepting at EMFILE, without an event: the
-      // watchdog sees its accept queue grow without accepts and has it listen anew.)
-      const answers = [];
-      let first = 0;
-      for (let i = 0; i < 50; i++) {
-        answers.push(await get(port, 3_000));
-        if (!first && answers[i].ok) first = performance.now() - released;
+      // Never re-sent: each request is answered by this process or counts as failed.
+      const answers: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        for (const p of paths) answers.push(await getUnix(p, 3_000));
       }
-      const failures = answers.filter((a) => !a.ok);
-      assert.equal(failures.length, 0, `failed: ${JSON.stringify(failures.slice(0, 3))}`);
-      assert.ok(answers.every((a) => a.text.includes(`pid ${server.pid} `)), answers[0].text);
-      console.log(
-        `serveNode at the fd limit: the first answer ${Math.round(first)} ms, the last ${
-          Math.round(performance.now() - released)
-        } ms after the release`,
-      );
+      const expected = Array.from({ length: 10 }, () => [
+        `native pid ${server.pid}\n`,
+        `node pid ${server.pid}\n`,
+      ]).flat();
+      assert.deepEqual(answers, expected);
       if (RUNTIME === "deno") {
-        // Said in a warning (rate-limited: at the limit it may say it cannot listen anew yet).
+        // Deno.serve was restarted on the socket, node:http's server listened anew: said so.
+        await server.waitFor(/warning: .*Deno\.serve stopped accepting: .*os error 24/, 1_000);
         await server.waitFor(/warning: .*node:net server (stopped accepting|deaf)/, 1_000);
       }
       server.killAll();
@@ -294,6 +371,30 @@ describe(`at the fd limit (${RUNTIME})`, () => {
     },
   );
 });
+
+/**
+ * Resolves once process `pid` holds (nearly) its 200 fds, and a moment later: its accept
+ * paths with connections waiting have hit EMFILE by then.
+ */
+async function atLimit(pid: number): Promise<void> {
+  const until = performance.now() + 10_000;
+  let open = 0;
+  while ((open = readdirSync(`/proc/${pid}/fd`).length) < 195) {
+    if (performance.now() > until) assert.fail(`pid ${pid} holds only ${open} fds after 10 s`);
+    await sleep(20);
+  }
+  await sleep(250);
+}
+
+/** Resolves once process `pid` holds fewer than `n` fds (within 5 s, else fails). */
+async function fdsBelow(pid: number, n: number): Promise<void> {
+  const until = performance.now() + 5_000;
+  let open = Infinity;
+  while ((open = readdirSync(`/proc/${pid}/fd`).length) >= n) {
+    if (performance.now() > until) assert.fail(`pid ${pid} still holds ${open} fds after 5 s`);
+    await sleep(20);
+  }
+}
 
 /** What the server at `port` says on a fresh connection, or "timeout" after `ms`. */
 function read(port: number, ms: number): Promise<string> {

@@ -86,7 +86,8 @@ export interface UpgraderOptions {
    * `close-spread-time`): WebSockets still open near the drain timeout get
    * their 1012 a few at a time over its last `closeSpread` ms, and the
    * `draining` event's `spread()` hands an application's own notices out
-   * over its first. At most half the drain timeout; 0 closes and notifies all
+   * over its first, as `up.serveNode()` does with the GOAWAYs of a
+   * `node:http2` server's sessions. At most half the drain timeout; 0 closes and notifies all
    * at once. Default {@link DEFAULT_CLOSE_SPREAD_MS}; see docs/design.md,
    * "Spreading reconnections".
    */

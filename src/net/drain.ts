@@ -92,11 +92,11 @@ export async function drain(endpoints: readonly Endpoint[], o: DrainOptions): Pr
   }
   for (const e of endpoints) attempt(e, "pausing", () => e.pauseAccepting());
   if (endpoints.length) await sleep(o.delayMs ?? DRAIN_DELAY_MS);
+  const window = Math.min(o.closeSpreadMs ?? 0, o.timeoutMs);
   const finished = endpoints.map((e) =>
-    e.finish().catch((err) => warn(`finishing ${e.key}: ${(err as Error).message}`))
+    e.finish(window).catch((err) => warn(`finishing ${e.key}: ${(err as Error).message}`))
   );
   const all = Promise.all(finished);
-  const window = Math.min(o.closeSpreadMs ?? 0, o.timeoutMs);
   let inTime = await deadline(all, o.timeoutMs - window);
   if (!inTime.done && window > 0) {
     for (const e of endpoints) attempt(e, "closing", () => e.closeSpread?.(window));

@@ -5,22 +5,36 @@
  * (`onFdsRecovered`), nothing would tell it. One unref'd timer per process
  * reads each watched socket's accept queue (TCP_INFO) every
  * {@link WATCH_EVERY_MS}: a queue that is not empty at two checks in a row
- * while the server accepted nothing in between means the server is deaf. Its
+ * while the server accepted nothing in between means the server is deaf
+ * (the second check comes {@link CONFIRM_MS} after a suspicious one, and
+ * after a relisten, as fds are back: a server behind a proxy is found deaf
+ * only once the proxy accepts again). Its
  * handle is closed and it listens anew on a fresh close-on-exec duplicate;
  * a relisten that fails (EMFILE again) is tried at the next check.
  *
- * Unix sockets are not watched: TCP_INFO has no queue for them, and the
- * kernel's sock_diag (which has) is a layer above.
+ * A Unix socket has no TCP_INFO: its queue is read as empty or not with
+ * poll(2) (a listening socket is readable while a connection waits), which
+ * is all the check needs.
  *
  * @module
  */
 
 import type * as net from "node:net";
-import { acceptQueueLength, close as closeFd, dupCloexec, runtimeName } from "../ffi/mod.ts";
+import {
+  acceptQueueLength,
+  C,
+  close as closeFd,
+  dupCloexec,
+  poll,
+  runtimeName,
+} from "../ffi/mod.ts";
 import { RateLimitedWarning } from "./fd_exhaustion.ts";
 
 /** How often the watchdog reads the watched sockets' accept queues. */
 export const WATCH_EVERY_MS = 500;
+
+/** How soon a check follows one that found a queue waiting without accepts, or a relisten. */
+export const CONFIRM_MS = 100;
 
 /** What {@link watchDeafness} needs besides the server and instar's fd. */
 export interface DeafWatchOptions {
@@ -37,6 +51,8 @@ interface Watched {
   fd: number;
   o: DeafWatchOptions;
   warning: RateLimitedWarning;
+  // TCP_INFO counts the queue; a Unix socket's is only known to be empty or not.
+  tcp: boolean;
   accepted: number;
   // At the last check: whether connections waited, and how many had been accepted.
   queued: boolean;
@@ -48,20 +64,22 @@ interface Watched {
 
 const watched = new Set<Watched>();
 let timer: ReturnType<typeof setInterval> | undefined;
+let soon: ReturnType<typeof setTimeout> | undefined;
 
 /**
  * Watches `server` (a `node:net` or `node:http` server listening on a
- * duplicate of instar's TCP socket `fd`) until it closes or the returned
- * function is called. Only on Deno, only TCP: elsewhere it does nothing.
+ * duplicate of instar's TCP or Unix socket `fd`) until it closes or the
+ * returned function is called. Only on Deno: elsewhere it does nothing.
  * Costs one counter increment per accepted connection.
  */
 export function watchDeafness(server: net.Server, fd: number, o: DeafWatchOptions): () => void {
-  if (runtimeName() !== "deno" || acceptQueueLength(fd) === null) return () => {};
+  if (runtimeName() !== "deno") return () => {};
   const w: Watched = {
     server,
     fd,
     o,
     warning: new RateLimitedWarning(o.warn),
+    tcp: acceptQueueLength(fd) !== null,
     accepted: 0,
     queued: false,
     acceptedThen: 0,
@@ -92,6 +110,16 @@ function checkAll(): void {
   for (const w of watched) check(w);
 }
 
+// One extra check, CONFIRM_MS from now (one timer at most, unref'd like the interval).
+function checkSoon(): void {
+  if (soon !== undefined || watched.size === 0) return;
+  soon = setTimeout(() => {
+    soon = undefined;
+    checkAll();
+  }, CONFIRM_MS);
+  (soon as { unref?: () => void }).unref?.();
+}
+
 function check(w: Watched): void {
   if (w.relistening || w.o.paused?.()) {
     w.queued = false;
@@ -99,16 +127,37 @@ function check(w: Watched): void {
   }
   if (w.down) return relisten(w, 0);
   if (!w.server.listening) return;
-  let queue: number | null;
-  try {
-    queue = acceptQueueLength(w.fd);
-  } catch {
-    return; // instar's fd was closed: the drain closes the server soon
-  }
-  const deaf = w.queued && (queue ?? 0) > 0 && w.accepted === w.acceptedThen;
-  w.queued = (queue ?? 0) > 0;
+  const queue = waiting(w.fd);
+  if (queue === null) return; // instar's fd was closed: the drain closes the server soon
+  const idle = queue > 0 && w.accepted === w.acceptedThen;
+  const deaf = w.queued && idle;
+  w.queued = queue > 0;
   w.acceptedThen = w.accepted;
-  if (deaf) relisten(w, queue!);
+  if (deaf) relisten(w, queue);
+  else if (idle) checkSoon();
+}
+
+/**
+ * How many connections wait in the accept queue of the listening socket
+ * `fd` (TCP_INFO); for a Unix socket 1 or 0 (poll(2): whether one waits);
+ * `null` once `fd` is closed.
+ */
+function waiting(fd: number): number | null {
+  try {
+    const queue = acceptQueueLength(fd);
+    if (queue !== null) return queue;
+  } catch {
+    return null; // EBADF
+  }
+  const p = { fd, events: C.POLLIN, revents: 0 };
+  poll([p], 0);
+  if (p.revents & C.POLLNVAL) return null;
+  return p.revents & C.POLLIN ? 1 : 0;
+}
+
+// A Unix socket's queue is only known to be empty or not.
+function waitingText(w: Watched, queue: number): string {
+  return w.tcp ? `${queue} connections waiting` : "connections waiting";
 }
 
 // Closes the deaf handle and listens on a fresh duplicate; the duplicate is made first,
@@ -119,7 +168,7 @@ function relisten(w: Watched, queue: number): void {
     dup = dupCloexec(w.fd);
   } catch (err) {
     w.warning.report(
-      `node:net server deaf (${queue} connections waiting), cannot listen anew yet: ${
+      `node:net server deaf (${waitingText(w, queue)}), cannot listen anew yet: ${
         (err as Error).message
       }`,
     );
@@ -136,8 +185,9 @@ function relisten(w: Watched, queue: number): void {
     w.queued = false;
     w.down = err !== undefined;
     if (!err) {
+      checkSoon();
       return w.warning.report(
-        `node:net server stopped accepting (${queue} connections waiting): listening anew`,
+        `node:net server stopped accepting (${waitingText(w, queue)}): listening anew`,
       );
     }
     try {

@@ -98,7 +98,13 @@ export const denoAdapter: ServeAdapter = {
     // A restart behind the proxy binds the address the proxy connects to (the first server's).
     let first: Addr | undefined;
     const life = new ServerLife(() => {
-      const again = first && s.sameAddress && first.transport === "tcp" ? { port: first.port } : {};
+      const again = !first
+        ? {}
+        : s.sameAddress && first.transport === "tcp"
+        ? { port: first.port }
+        : s.restartOn
+        ? { path: s.restartOn() }
+        : {};
       const server = denoServe({ ...opts, ...again }, wrapped);
       first ??= server.addr;
       return server;

@@ -36,6 +36,11 @@ export interface AdapterStart {
    * at EMFILE). Throws when that is not possible (yet). Unset: no restart.
    */
   reattach?: (throwaway: Addr) => void;
+  /**
+   * Set by serve.ts for a Unix socket: the path a restarted native server
+   * starts on (the first throwaway's directory is gone). Unset: `listenOn`.
+   */
+  restartOn?: () => string;
   /** Set by serve.ts behind the proxy: a restarted native server listens on the first one's address. */
   sameAddress?: boolean;
   /** Reports a recovery worth a log line (a `warning` event in the lifecycle). */

@@ -6,6 +6,8 @@
  * before closing idle keep-alive connections, and WebSockets upgraded through
  * the `upgrade` event (the `ws` package) stay open until they close; at the
  * drain timeout they get close code 1012 and are cut.
+ * A `node:http2` server's sessions get GOAWAY (a graceful close) spread
+ * over the drain's close spread rather than all at once.
  *
  * Nothing runs per request in steady state: connections are tracked as they
  * come (`connection` / `secureConnection`), and only when the drain starts
@@ -43,6 +45,22 @@ function closeUpgraded(socket: Socket): void {
   }
 }
 
+/** What the drain uses of a `node:http2` session. */
+interface Session {
+  close(): void;
+  destroy(): void;
+  once(event: "close", listener: () => void): unknown;
+}
+
+// GOAWAY, then the session closes once its streams end.
+function closeSession(session: Session): void {
+  try {
+    session.close();
+  } catch {
+    session.destroy();
+  }
+}
+
 /** The `upgrade` listeners of every NodeDrain: none of them answers an upgrade. */
 const TRACKERS = new WeakSet<(...args: never[]) => unknown>();
 
@@ -55,6 +73,8 @@ export class NodeDrain {
   #upgraded = new Set<Socket>();
   #closed: Promise<void> | undefined;
   #emptied: (() => void)[] = [];
+  // HTTP/2 sessions (a node:http2 server's `session` event): their clients move on GOAWAY only.
+  #sessions = new Set<Session>();
   #onRequest = (_req: http.IncomingMessage, res: Res) => this.#closing(res);
 
   /** Starts watching `server`'s connections and upgrades. */
@@ -69,6 +89,10 @@ export class NodeDrain {
     };
     server.prependListener("connection", track);
     server.prependListener("secureConnection", track);
+    server.prependListener("session", (session: Session) => {
+      this.#sessions.add(session);
+      session.once("close", () => this.#sessions.delete(session));
+    });
     this.#trackUpgrades(server);
   }
 
@@ -152,15 +176,21 @@ export class NodeDrain {
   /**
    * Stops the server: it closes its (duplicate) listening fd and its idle
    * connections; resolves when every connection, WebSockets included, ended.
+   * HTTP/2 sessions are first closed gracefully (GOAWAY, then closed once
+   * their streams end) a few at a time over `spreadMs`: the server's close
+   * would send GOAWAY to every idle one at once (Deno 2.9.6, Bun 1.4.5).
    */
-  finish(): Promise<void> {
+  async finish(spreadMs = 0): Promise<void> {
+    if (spreadMs > 0 && this.#sessions.size > 0) {
+      await spread(this.#sessions, closeSession, spreadMs);
+    }
     const s = this.#server;
     this.#closed ??= new Promise<void>((resolve) => {
       if (!s.listening) return resolve();
       s.close(() => resolve());
     });
     s.closeIdleConnections?.();
-    return this.#closed;
+    return await this.#closed;
   }
 
   /**
@@ -168,7 +198,10 @@ export class NodeDrain {
    * one closed meanwhile is skipped. Resolves once every one had its turn.
    */
   async closeSpread(windowMs: number): Promise<void> {
-    await spread(this.#upgraded, closeUpgraded, windowMs);
+    await Promise.all([
+      spread(this.#upgraded, closeUpgraded, windowMs),
+      spread(this.#sessions, closeSession, windowMs),
+    ]);
   }
 
   /** Closes the open WebSockets with 1012; resolves with how many closed within `ms`. */

@@ -272,15 +272,18 @@ async function start(
 
   let info: TransplantInfo | undefined;
   let fallbackReason: InstarError | undefined;
+  let restarts: { next: () => string; remove: () => void } | undefined;
   if (instar.mode !== "fallback") {
     try {
       const { dedupe, knownMasks } = instar;
       info = transplant({ throwaway: native.throwaway, fd, dedupe, knownMasks });
       // The throwaway socket is closed now; its name on disk is left.
       throwaway.remove();
-      // A Unix throwaway's directory is gone by now: only a TCP server can be started again.
-      if (addr.transport === "tcp") {
-        s.reattach = (at) => reattach(paths, { throwaway: at, fd, dedupe, knownMasks });
+      s.reattach = (at) => reattach(paths, { throwaway: at, fd, dedupe, knownMasks });
+      // A Unix throwaway's directory is gone by now: a restart starts in a directory of its own.
+      if (addr.transport === "unix") {
+        restarts = unixRestarts();
+        s.restartOn = restarts.next;
       }
     } catch (err) {
       // TRANSPLANT_FAILED: the socket may be half moved, not safe to go on.
@@ -300,7 +303,11 @@ async function start(
   const url = urlOf(addr, tls);
   native.listening(addr, url);
   const paths: Paths = { info, proxy };
-  const { server, drain } = wrap(native, paths, addr, instar, throwaway.remove);
+  const remove = () => {
+    throwaway.remove();
+    restarts?.remove();
+  };
+  const { server, drain } = wrap(native, paths, addr, instar, remove);
   Object.assign(
     self,
     server,
@@ -311,6 +318,23 @@ async function start(
     },
   );
   return { server: self, drain };
+}
+
+/**
+ * Where a native server restarted on a Unix socket starts (its accept loop
+ * ended at the fd limit): a fresh name in one private directory, made at the
+ * first restart and removed with the server (a transplant leaves the name).
+ */
+function unixRestarts(): { next: () => string; remove: () => void } {
+  let dir: string | undefined;
+  let n = 0;
+  return {
+    next: () => `${(dir ??= makeTempDirSync("instar-serve-"))}/r${++n}.sock`,
+    remove: () => {
+      if (dir) removeTreeSync(dir);
+      dir = undefined;
+    },
+  };
 }
 
 /**

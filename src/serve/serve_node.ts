@@ -24,7 +24,7 @@ import type * as https from "node:https";
 import * as host from "../host.ts";
 import { makeTempDirSync, removeTreeSync } from "../host.ts";
 import { InstarError, invalid } from "../errors.ts";
-import { getsockname } from "../ffi/mod.ts";
+import { close as closeFd, getsockname } from "../ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
 import type { Socket } from "node:net";
 import {
@@ -48,6 +48,7 @@ import { serveNodeAdapter } from "../runtime/mod.ts";
 import { watchDeafness } from "../runtime/fd_watch.ts";
 import { deadline } from "../timeout.ts";
 import type { SocketSpec } from "../net/specs.ts";
+import { openSocket } from "../net/listener.ts";
 import { NodeDrain } from "./node_drain.ts";
 import type {
   NodeHttpServer,
@@ -148,6 +149,9 @@ async function viaTransplant(
   addr: Addr,
   o: NodeServeOptions & { mode: ServeMode },
 ): Promise<Accepting> {
+  if (o.mode === "fallback" && serveNodeAdapter().auto === "fd") {
+    return await viaOwnUpstream(server, fd, addr, o);
+  }
   const throwaway = throwawayFor(addr);
   const at = await listenOn(server, throwaway.listen);
   if (o.mode !== "fallback") {
@@ -170,6 +174,42 @@ async function viaTransplant(
   }
   return await viaProxy(server, fd, at, throwaway.remove, o.onWarning);
 }
+
+/**
+ * The fallback where the runtime's `node:http` listens on an fd (Deno): the
+ * server behind the proxy listens on a throwaway socket instar opened, so
+ * that the fd watchdog can read its queue and have it listen anew when it
+ * stopped accepting at EMFILE (it would stay deaf: Deno's node:net sends no
+ * event). Closing the handle on its own port would reset the waiting connections.
+ */
+async function viaOwnUpstream(
+  server: NodeHttpServer,
+  fd: number,
+  addr: Addr,
+  o: NodeServeOptions,
+): Promise<Accepting> {
+  const dir = addr.transport === "unix" ? makeTempDirSync("instar-node-") : undefined;
+  const where = dir ? { path: `${dir}/s.sock` } : { hostname: "127.0.0.1", port: 0 };
+  let up: { fd: number; addr: Addr } | undefined;
+  const remove = () => {
+    if (up) closeFd(up.fd);
+    up = undefined;
+    if (dir) removeTreeSync(dir);
+  };
+  try {
+    up = await openSocket(where);
+    await serveNodeAdapter().listenOnFd(server, up.fd);
+    const upFd = up.fd;
+    watchDeafness(server, upFd, { warn: o.onWarning ?? warnOnConsole });
+    return await viaProxy(server, fd, up.addr, remove, o.onWarning);
+  } catch (err) {
+    if (server.listening) await new Promise((r) => server.close(r));
+    remove();
+    throw err;
+  }
+}
+
+const warnOnConsole = (message: string) => console.warn(`instar: warning: ${message}`);
 
 async function viaProxy(
   server: NodeHttpServer,
@@ -351,7 +391,7 @@ function serverDrain(
       d.draining(false);
       accept.resume();
     },
-    finish: async () => {
+    finish: async (spreadMs?: number) => {
       if (idle === "keep") {
         // server.close() would close idle connections: each goes when its client closes
         // it (its next request answered with Connection: close), or is cut at the timeout.
@@ -360,7 +400,7 @@ function serverDrain(
         // Busy keep-alive connections get their last answer, with Connection: close, first.
         await d.quiet(QUIET_MS, QUIET_MAX_MS);
       }
-      await d.finish();
+      await d.finish(spreadMs);
       await a.proxy?.drained();
       a.remove();
     },
@@ -391,7 +431,7 @@ function serving(
     // Deno's node:net server stops accepting for good at EMFILE, without an event.
     watchDeafness(server, fd, {
       paused: accept.paused,
-      warn: o.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+      warn: o.onWarning ?? warnOnConsole,
     });
   }
   const drain = serverDrain(d, accept, addr, a, o.idleConnections ?? DEFAULT_IDLE_CONNECTIONS);
