@@ -34,7 +34,7 @@ const LAZY = [
 /**
  * instar's own modules that a generation serving HTTP with up.serve() never runs: imported by the
  * first up.serveNode(), up.listenDatagram() or up.listen() (this runtime's acceptor only), by the
- * proxy fallback, or in portable mode (docs/benchmarks.md, "A minimal app's memory").
+ * proxy fallback, by ready() with a control socket, or in portable mode (docs/benchmarks.md, "A minimal app's memory").
  */
 const LAZY_MODULES = [
   "src/serve/serve_node.ts",
@@ -43,6 +43,7 @@ const LAZY_MODULES = [
   "src/net/datagram_portable.ts",
   "src/lifecycle/datagram_endpoint.ts",
   "src/lifecycle/portable.ts",
+  "src/lifecycle/control.ts",
   "src/runtime/listener_deno.ts",
   "src/runtime/listener_bun.ts",
   "src/runtime/conn.ts",
@@ -79,7 +80,7 @@ describe("start-up imports", () => {
     assert.deepEqual(found, [], "load these where they are first needed, not at start-up");
   });
 
-  test("mod.ts loads serveNode(), datagram sockets, acceptors, the proxy and portable mode on first use", () => {
+  test("mod.ts loads serveNode(), datagram sockets, acceptors, the proxy, the control server and portable mode on first use", () => {
     const graph = staticGraph(join(ROOT, "mod.ts"));
     const loaded = [...graph.keys()].map((f) => relative(ROOT, f));
     assert.ok(
