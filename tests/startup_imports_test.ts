@@ -5,7 +5,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { spawnSync } from "node:child_process";
 import { ROOT, runtimeCmd } from "./support/procs.ts";
 
@@ -29,6 +29,28 @@ const LAZY = [
   "node:fs",
   "node:path",
   "node:os",
+];
+
+/**
+ * instar's own modules that a generation serving HTTP with up.serve() never runs: imported by the
+ * first up.serveNode(), up.listenDatagram() or up.listen() (this runtime's acceptor only), by the
+ * proxy fallback, by ready() with a control socket, or in portable mode (docs/benchmarks.md, "A minimal app's memory").
+ */
+const LAZY_MODULES = [
+  "src/serve/serve_node.ts",
+  "src/serve/proxy.ts",
+  "src/net/datagram.ts",
+  "src/net/datagram_portable.ts",
+  "src/lifecycle/datagram_endpoint.ts",
+  "src/lifecycle/portable.ts",
+  "src/lifecycle/control.ts",
+  "src/runtime/listener_deno.ts",
+  "src/runtime/listener_bun.ts",
+  "src/runtime/conn.ts",
+  "src/runtime/datagram_bun.ts",
+  "src/runtime/datagram_reader.ts",
+  "src/runtime/serve_node_deno.ts",
+  "src/runtime/serve_node_bun.ts",
 ];
 
 // Static imports and re-exports that stay at run time (`import type` / `export type` are erased).
@@ -56,6 +78,20 @@ describe("start-up imports", () => {
       specs.filter((s) => LAZY.includes(s)).map((s) => `${file.slice(ROOT.length)}: ${s}`)
     );
     assert.deepEqual(found, [], "load these where they are first needed, not at start-up");
+  });
+
+  test("mod.ts loads serveNode(), datagram sockets, acceptors, the proxy, the control server and portable mode on first use", () => {
+    const graph = staticGraph(join(ROOT, "mod.ts"));
+    const loaded = [...graph.keys()].map((f) => relative(ROOT, f));
+    assert.ok(
+      loaded.includes("src/serve/serve.ts"),
+      `serve.ts not found in ${loaded.length} modules`,
+    );
+    assert.deepEqual(
+      loaded.filter((f) => LAZY_MODULES.includes(f)),
+      [],
+      "import these on first use",
+    );
   });
 
   // A dynamic import or a `globalThis.process` use is invisible to the walk above: the child runs

@@ -21,7 +21,12 @@ import * as sys from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import { openSocket } from "../net/listener.ts";
 import { shown } from "../protocol/fault.ts";
-import { type Message, messages, type StatusReport } from "../protocol/messages.ts";
+import {
+  MAX_REQUEST_BYTES,
+  type Message,
+  messages,
+  type StatusReport,
+} from "../protocol/messages.ts";
 import { triggerOf } from "../protocol/validate.ts";
 import { closeWith, MessageSocket } from "../protocol/message_socket.ts";
 import type { UpgradeReport } from "../observe/report.ts";
@@ -48,14 +53,14 @@ export interface ControlActions {
   warn(message: string): void;
 }
 
+export { MAX_REQUEST_BYTES };
+
 /** The most control connections open at once; more are refused (`busy`). */
 export const MAX_PEERS = 16;
 /** Accepted sockets open at once, peers and refusals still flushing; more are closed at once. */
 const MAX_OPEN = 2 * MAX_PEERS;
 /** A control connection with no traffic for this long is closed (`idle`); not while an upgrade or handover runs. */
 export const IDLE_MS = 5_000;
-/** The longest request line; longer is refused (`protocol-error`). Requests are under 100 bytes. */
-export const MAX_REQUEST_BYTES = 4096;
 /**
  * Connections accepted in a burst, and per second after that. Past it the
  * server stops accepting for {@link ACCEPT_PAUSE_MS}: connections wait in the

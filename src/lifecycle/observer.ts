@@ -12,7 +12,12 @@ import * as host from "../host.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
 import { processRuns } from "../proc.ts";
 import { ControlClient } from "../protocol/client.ts";
-import { type FdLimit, messages, type StatusReport } from "../protocol/messages.ts";
+import {
+  type FdLimit,
+  MAX_REQUEST_BYTES,
+  messages,
+  type StatusReport,
+} from "../protocol/messages.ts";
 import type { Endpoint, State } from "../types.ts";
 import { type CarriedCounters, MAX_COUNTER_KEYS, validateCounters } from "../observe/counters.ts";
 import { Tally } from "../observe/tally.ts";
@@ -25,7 +30,6 @@ import {
 } from "../observe/metrics.ts";
 import { Reporter, type UpgradeReport, validateReport } from "../observe/report.ts";
 import { supervisorRegion } from "./child.ts";
-import { MAX_REQUEST_BYTES } from "./control.ts";
 import type { Emitter } from "./events.ts";
 import type { Shared } from "./shared.ts";
 import { statusReport } from "./status.ts";

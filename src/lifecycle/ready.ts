@@ -11,7 +11,7 @@ import * as host from "../host.ts";
 import { InstarError } from "../errors.ts";
 import { systemdNotifier } from "../systemd/notify.ts";
 import type { ExitReason } from "../types.ts";
-import { type ControlActions, ControlServer } from "./control.ts";
+import type { ControlActions } from "./control.ts";
 import { writePidFile } from "./pid_file.ts";
 import { Probation, unhealthy } from "./promotion.ts";
 import type { Shared } from "./shared.ts";
@@ -65,6 +65,8 @@ export class Readiness {
     this.#called = true;
     if (path) {
       const inherited = s.portable ? undefined : sockets.registry.takeControl(path);
+      // Only a generation with a control socket loads its server (memory), decided at start-up.
+      const { ControlServer } = await import("./control.ts");
       s.control = await ControlServer.open(path, inherited, s.portable);
     }
     this.#stillStarting();

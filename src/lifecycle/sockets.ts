@@ -13,12 +13,11 @@
 import type { InstarError } from "../errors.ts";
 import { close as closeFd } from "../ffi/mod.ts";
 import { formatAddr } from "../ffi/sockaddr.ts";
-import { type DatagramSocket, type DatagramSocketControl, openDatagram } from "../net/datagram.ts";
-import { openDatagramAt } from "../net/datagram_portable.ts";
+import type { DatagramSocket, DatagramSocketControl } from "../net/datagram.ts";
 import { type Listener, openListener, openListenerAt, openSocket } from "../net/listener.ts";
 import { addressOf, type DatagramSpec, type SocketSpec } from "../net/specs.ts";
 import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transplant.ts";
-import { checkOneObject, splitListenOptions } from "../serve/options.ts";
+import { checkOneObject, splitListenOptions, splitNodeOptions } from "../serve/options.ts";
 import {
   type DirectAddress,
   type Server,
@@ -27,21 +26,17 @@ import {
   startServeAt,
   type UpgraderServeOptions,
 } from "../serve/serve.ts";
-import {
-  type NodeHttpServer,
-  type NodeServing,
-  splitNodeOptions,
-  startServeNode,
-  startServeNodeAt,
-  type UpgraderServeNodeOptions,
-} from "../serve/serve_node.ts";
+import type { NodeHttpServer, NodeServing, UpgraderServeNodeOptions } from "../serve/serve_node.ts";
 import type { Addr, IdleConnections } from "../types.ts";
-import { datagramEndpoint } from "./datagram_endpoint.ts";
 import { listenerEndpoint, serverEndpoint } from "./endpoints.ts";
 import type { Observer } from "./observer.ts";
-import { portableAddress, portableListenerEndpoint, serveDirect } from "./portable.ts";
 import { activatedListeners, Registry } from "./registry.ts";
 import type { Shared } from "./shared.ts";
+
+// serveNode(), datagram sockets and portable mode are imported by the first call that needs them,
+// so that a generation that uses none of them never loads them (memory: docs/benchmarks.md, "A
+// minimal app's memory"). Applications open their sockets at start-up: none of these imports is on
+// an upgrade's path, where the files on disk may already be the next version's.
 
 /** What a server started on a claimed socket gets from the lifecycle. */
 type ServerSettings = {
@@ -71,13 +66,14 @@ export class Sockets {
 
   /** `up.listen()`: a listener that counts what it accepts. */
   async listen(spec: SocketSpec): Promise<Listener> {
+    const portable = this.#s.portable ? await import("./portable.ts") : undefined;
     const { key, fd, activated } = this.registry.claim(spec);
     let listener: Listener;
     try {
       // What the accept loop recovers from (EMFILE) is a warning event, named by the socket's key.
       const warn = (message: string) => this.#s.warn(`${key}: ${message}`);
-      listener = this.#s.portable
-        ? await openListenerAt(portableAddress(spec))
+      listener = portable
+        ? await openListenerAt(portable.portableAddress(spec))
         : await openListener(fd === undefined ? addressOf(spec) : { fd }, "auto", warn);
     } catch (err) {
       this.registry.unclaim(key);
@@ -85,8 +81,8 @@ export class Sockets {
     }
     if (fd !== undefined) this.#holdUntilReady(listener.fd);
     this.registry.add(
-      this.#s.portable
-        ? portableListenerEndpoint(key, listener)
+      portable
+        ? portable.portableListenerEndpoint(key, listener)
         : listenerEndpoint(key, listener, activated),
     );
     this.#observer.countAccepts(key, listener);
@@ -119,7 +115,10 @@ export class Sockets {
   /** `up.serveNode()`: a `node:http` server on the socket. */
   async serveNode(server: NodeHttpServer, options: UpgraderServeNodeOptions): Promise<NodeServing> {
     const { listen: spec, node } = splitNodeOptions(options);
-    return await this.#onSocket(spec, (_key, at, addr) => {
+    const loaded = import("../serve/serve_node.ts");
+    loaded.catch(() => {}); // awaited below, once the socket is claimed: a failure rejects there
+    return await this.#onSocket(spec, async (_key, at, addr) => {
+      const { startServeNode, startServeNodeAt } = await loaded;
       const settings = this.#serverSettings(addr, node.onFallback);
       const o = {
         ...settings,
@@ -155,19 +154,25 @@ export class Sockets {
 
   /** `up.listenDatagram()`: a datagram socket that reads nothing before `ready()` if adopted. */
   async listenDatagram(spec: DatagramSpec): Promise<DatagramSocket> {
+    // Claimed at once, as before ready() closes what is unclaimed; the modules are loaded after.
     const { key, fd } = this.registry.claimDatagram(spec);
     const hold = fd !== undefined && this.#s.holding;
     let sock: DatagramSocketControl;
+    let endpoint: typeof import("./datagram_endpoint.ts").datagramEndpoint;
     try {
+      endpoint = (await import("./datagram_endpoint.ts")).datagramEndpoint;
       sock = this.#s.portable
-        ? await openDatagramAt(spec)
-        : await openDatagram(fd === undefined ? spec : { fd }, { paused: hold });
+        ? await (await import("../net/datagram_portable.ts")).openDatagramAt(spec)
+        : await (await import("../net/datagram.ts")).openDatagram(
+          fd === undefined ? spec : { fd },
+          { paused: hold },
+        );
     } catch (err) {
       this.registry.unclaim(key);
       throw err;
     }
     if (hold) this.#resumeOnReady.push(() => sock.resumeReceiving());
-    this.registry.add(datagramEndpoint(key, sock));
+    this.registry.add(endpoint(key, sock));
     return sock;
   }
 
@@ -184,7 +189,9 @@ export class Sockets {
     spec: SocketSpec,
     start: (key: string, at: number | DirectAddress, addr: Addr) => Promise<Serving<T>>,
   ): Promise<T> {
-    if (this.#s.portable) return await serveDirect(this.registry, spec, start);
+    if (this.#s.portable) {
+      return await (await import("./portable.ts")).serveDirect(this.registry, spec, start);
+    }
     const { key, fd: claimed, activated } = this.registry.claim(spec);
     let socket: { fd: number; addr: Addr } | undefined;
     try {

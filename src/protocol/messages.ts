@@ -30,6 +30,12 @@ import type { CarriedCounters } from "../observe/counters.ts";
 import type { UpgradeReport } from "../observe/report.ts";
 import { shown } from "./fault.ts";
 
+/**
+ * The longest control-socket request line; the control server refuses longer (`protocol-error`),
+ * and a generation sends no upgrade report that long. Requests are under 100 bytes.
+ */
+export const MAX_REQUEST_BYTES = 4096;
+
 /** The protocol version this build speaks. */
 export const PROTOCOL_VERSION = 1;
 

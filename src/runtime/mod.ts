@@ -25,15 +25,16 @@ import { InstarError } from "../errors.ts";
 import { C, close as closeFd, dupCloexec, getsockoptInt, runtimeName } from "../ffi/mod.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { Acceptor, BaseConn } from "./conn.ts";
-import { bunAcceptor } from "./listener_bun.ts";
-import { bunDatagramReader } from "./datagram_bun.ts";
-import { type DatagramReader, type OnDatagram, pollReader } from "./datagram_reader.ts";
-import { denoAcceptor } from "./listener_deno.ts";
+import type { DatagramReader, OnDatagram } from "./datagram_reader.ts";
 import { bunAdapter } from "./serve_bun.ts";
 import { denoAdapter } from "./serve_deno.ts";
-import { bunNodeAdapter } from "./serve_node_bun.ts";
-import { denoNodeAdapter } from "./serve_node_deno.ts";
 import type { NodeServeAdapter, ServeAdapter } from "./serve_types.ts";
+
+// The acceptors, the datagram readers and the node:http adapters are imported by the first
+// up.listen(), up.listenDatagram() or up.serveNode() that needs them, and only this runtime's:
+// an application opens its sockets at start-up, and a generation that serves HTTP only never
+// loads them (memory: docs/benchmarks.md, "A minimal app's memory"). Never on an upgrade's path,
+// where the files on disk may already be the next version's.
 
 /** How a listener serves its socket (tests force the portable path). */
 export type ListenerBackend = "auto" | "node";
@@ -51,6 +52,7 @@ export async function startAcceptor(
 ): Promise<Acceptor> {
   const rt = runtimeName();
   if (backend === "auto" && rt === "deno") {
+    const { denoAcceptor } = await import("./listener_deno.ts");
     try {
       return denoAcceptor(fd, addr, track, warn);
     } catch (err) {
@@ -59,7 +61,9 @@ export async function startAcceptor(
   }
   const dup = dupCloexec(fd);
   try {
-    if (backend === "auto" && rt === "bun") return bunAcceptor(dup, addr, track);
+    if (backend === "auto" && rt === "bun") {
+      return (await import("./listener_bun.ts")).bunAcceptor(dup, addr, track);
+    }
     // The fallback and its node:net are loaded only when a listener needs them (memory).
     const { nodeAcceptor } = await import("./listener_node.ts");
     return await nodeAcceptor(dup, addr, track);
@@ -108,10 +112,10 @@ export function serveAdapter(): ServeAdapter {
 }
 
 /** How this runtime's `node:http` gets onto a socket, for `serveNode()`. */
-export function serveNodeAdapter(): NodeServeAdapter {
+export async function serveNodeAdapter(): Promise<NodeServeAdapter> {
   const rt = runtimeName();
-  if (rt === "deno") return denoNodeAdapter;
-  if (rt === "bun") return bunNodeAdapter;
+  if (rt === "deno") return (await import("./serve_node_deno.ts")).denoNodeAdapter;
+  if (rt === "bun") return (await import("./serve_node_bun.ts")).bunNodeAdapter;
   throw new InstarError("UNSUPPORTED_RUNTIME", "serveNode() runs on Deno and Bun");
 }
 
@@ -140,6 +144,7 @@ export async function startDatagramReader(
   const rt = runtimeName();
   const inet = getsockoptInt(fd, C.SOL_SOCKET, C.SO_DOMAIN) !== C.AF_UNIX;
   if (options.backend === "auto" && inet && rt === "bun") {
+    const { bunDatagramReader } = await import("./datagram_bun.ts");
     return await bunDatagramReader(fd, onDatagram, options.paused);
   }
   if (options.backend === "auto" && inet && rt === "deno") {
@@ -151,5 +156,6 @@ export async function startDatagramReader(
       if (!(err instanceof InstarError) || err.code !== "TRANSPLANT_UNSUPPORTED") throw err;
     }
   }
+  const { pollReader } = await import("./datagram_reader.ts");
   return await pollReader(fd, onDatagram, options.paused);
 }

@@ -12,6 +12,7 @@ import { servesRoutesAlone } from "../runtime/mod.ts";
 import type { SocketSpec } from "../net/specs.ts";
 import type { Addr } from "../ffi/sockaddr.ts";
 import type { ServeMode, ServeOptions, ServeTarget, UpgraderServeOptions } from "./types.ts";
+import type { NodeServeOptions, UpgraderServeNodeOptions } from "./node_types.ts";
 
 /**
  * After the drain delay, a server waits until it answered nothing for this long
@@ -235,4 +236,50 @@ export function splitListenOptions<WebSocketData = undefined>(
 // Listen options as a caller would write them: without the keys not given.
 function defined<T extends object>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
+
+// Here rather than in serve_node.ts: up.serveNode() claims its socket before it loads serveNode().
+const NODE_KEYS = new Set([
+  "mode",
+  "onFallback",
+  "onWarning",
+  "drainDelayMs",
+  "idleConnections",
+  "dedupe",
+  "knownMasks",
+]);
+const NODE_LISTEN_KEYS = new Set(["hostname", "port", "path", "backlog", "socketMode", "name"]);
+
+/**
+ * Splits `up.serveNode()`'s options into where to listen and instar's
+ * options; an unknown key or a TCP and Unix address together is
+ * `INVALID_ARGUMENT`, before any socket is claimed.
+ */
+export function splitNodeOptions(
+  options: UpgraderServeNodeOptions,
+): { listen: SocketSpec; node: NodeServeOptions } {
+  if (options === null || typeof options !== "object") {
+    invalid("up.serveNode() options", options, "{ port, hostname? } or { path } and instar's");
+  }
+  refuseDrainTimeout("up.serveNode()", options);
+  const listen: Record<string, unknown> = {}, node: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (v === undefined) continue;
+    if (NODE_LISTEN_KEYS.has(k)) listen[k === "socketMode" ? "mode" : k] = v;
+    else if (NODE_KEYS.has(k)) node[k] = v;
+    else {
+      invalid(
+        "up.serveNode() option",
+        k,
+        "hostname, port, path, backlog, socketMode, name, mode, onFallback, onWarning, drainDelayMs",
+      );
+    }
+  }
+  if (listen.path !== undefined && (listen.port !== undefined || listen.hostname !== undefined)) {
+    invalid("up.serveNode() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
+  }
+  if (listen.path === undefined && listen.port === undefined && listen.name === undefined) {
+    invalid("up.serveNode() options", JSON.stringify(options), "a `port`, a `path` or a `name`");
+  }
+  return { listen: listen as SocketSpec, node: node as NodeServeOptions };
 }

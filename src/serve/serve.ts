@@ -56,7 +56,7 @@ import { checkIdleConnections, drainAlone, type ServerDrain } from "../net/drain
 import { cutConnections, noConnections } from "../net/connections.ts";
 import type { IdleConnections } from "../types.ts";
 import { deadline, sleep } from "../timeout.ts";
-import { ConnectionProxy } from "./proxy.ts";
+import type { ConnectionProxy } from "./proxy.ts";
 import type {
   AdapterStart,
   InstarServeOptions,
@@ -295,6 +295,8 @@ async function start(
     }
   }
   if (!info) {
+    // The fallback's proxy is loaded only by a server that needs it (memory, as its node:net).
+    const { ConnectionProxy } = await import("./proxy.ts");
     proxy = new ConnectionProxy(fd, native.throwaway, instar.onWarning);
     s.proxied = true;
     s.sameAddress = true;

@@ -23,7 +23,7 @@
 import type * as https from "node:https";
 import * as host from "../host.ts";
 import { makeTempDirSync, removeTreeSync } from "../host.ts";
-import { InstarError, invalid } from "../errors.ts";
+import { InstarError } from "../errors.ts";
 import { close as closeFd, getsockname } from "../ffi/mod.ts";
 import { type Addr, decode, type NetAddr } from "../ffi/sockaddr.ts";
 import type { Socket } from "node:net";
@@ -47,25 +47,10 @@ import {
 import { serveNodeAdapter } from "../runtime/mod.ts";
 import { watchDeafness } from "../runtime/fd_watch.ts";
 import { deadline } from "../timeout.ts";
-import type { SocketSpec } from "../net/specs.ts";
 import { openSocket } from "../net/listener.ts";
 import { NodeDrain } from "./node_drain.ts";
-import type {
-  NodeHttpServer,
-  NodeServeOptions,
-  NodeServePath,
-  NodeServing,
-  UpgraderServeNodeOptions,
-} from "./node_types.ts";
-import {
-  checkServeMode,
-  QUIET_MAX_MS,
-  QUIET_MS,
-  refuseDrainTimeout,
-  targetFd,
-  urlOf,
-  WS_CLOSE_MS,
-} from "./options.ts";
+import type { NodeHttpServer, NodeServeOptions, NodeServePath, NodeServing } from "./node_types.ts";
+import { checkServeMode, QUIET_MAX_MS, QUIET_MS, targetFd, urlOf, WS_CLOSE_MS } from "./options.ts";
 import type { DirectAddress, Serving } from "./serve.ts";
 import { ConnectionProxy } from "./proxy.ts";
 import type { ServeMode, ServeTarget } from "./types.ts";
@@ -77,6 +62,7 @@ export type {
   NodeServing,
   UpgraderServeNodeOptions,
 } from "./node_types.ts";
+export { splitNodeOptions } from "./options.ts";
 
 function checkServer(server: unknown): NodeHttpServer {
   const s = server as Partial<NodeHttpServer> | null;
@@ -295,7 +281,7 @@ export async function startServeNode(
     pauseSocket(fd);
   }
   const drainer = new NodeDrain(server);
-  const adapter = serveNodeAdapter();
+  const adapter = await serveNodeAdapter();
   let a: Accepting;
   if (o.mode === "auto" && adapter.auto === "fd") {
     await adapter.listenOnFd(server, fd);
@@ -458,49 +444,4 @@ function serving(
       }).then(() => {}),
   };
   return { handle, drain };
-}
-
-const NODE_KEYS = new Set([
-  "mode",
-  "onFallback",
-  "onWarning",
-  "drainDelayMs",
-  "idleConnections",
-  "dedupe",
-  "knownMasks",
-]);
-const LISTEN_KEYS = new Set(["hostname", "port", "path", "backlog", "socketMode", "name"]);
-
-/**
- * Splits `up.serveNode()`'s options into where to listen and instar's
- * options; an unknown key or a TCP and Unix address together is
- * `INVALID_ARGUMENT`, before any socket is claimed.
- */
-export function splitNodeOptions(
-  options: UpgraderServeNodeOptions,
-): { listen: SocketSpec; node: NodeServeOptions } {
-  if (options === null || typeof options !== "object") {
-    invalid("up.serveNode() options", options, "{ port, hostname? } or { path } and instar's");
-  }
-  refuseDrainTimeout("up.serveNode()", options);
-  const listen: Record<string, unknown> = {}, node: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(options)) {
-    if (v === undefined) continue;
-    if (LISTEN_KEYS.has(k)) listen[k === "socketMode" ? "mode" : k] = v;
-    else if (NODE_KEYS.has(k)) node[k] = v;
-    else {
-      invalid(
-        "up.serveNode() option",
-        k,
-        "hostname, port, path, backlog, socketMode, name, mode, onFallback, onWarning, drainDelayMs",
-      );
-    }
-  }
-  if (listen.path !== undefined && (listen.port !== undefined || listen.hostname !== undefined)) {
-    invalid("up.serveNode() options", "`path` with `port`/`hostname`", "a TCP or a Unix socket");
-  }
-  if (listen.path === undefined && listen.port === undefined && listen.name === undefined) {
-    invalid("up.serveNode() options", JSON.stringify(options), "a `port`, a `path` or a `name`");
-  }
-  return { listen: listen as SocketSpec, node: node as NodeServeOptions };
 }
