@@ -135,7 +135,7 @@ async function viaTransplant(
   addr: Addr,
   o: NodeServeOptions & { mode: ServeMode },
 ): Promise<Accepting> {
-  if (o.mode === "fallback" && serveNodeAdapter().auto === "fd") {
+  if (o.mode === "fallback" && (await serveNodeAdapter()).auto === "fd") {
     return await viaOwnUpstream(server, fd, addr, o);
   }
   const throwaway = throwawayFor(addr);
@@ -184,7 +184,7 @@ async function viaOwnUpstream(
   };
   try {
     up = await openSocket(where);
-    await serveNodeAdapter().listenOnFd(server, up.fd);
+    await (await serveNodeAdapter()).listenOnFd(server, up.fd);
     const upFd = up.fd;
     watchDeafness(server, upFd, { warn: o.onWarning ?? warnOnConsole });
     return await viaProxy(server, fd, up.addr, remove, o.onWarning);
