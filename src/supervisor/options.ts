@@ -6,10 +6,10 @@
  * @module
  */
 
-import { accessSync, constants } from "node:fs";
-import { delimiter, isAbsolute, join, resolve } from "node:path";
+import { resolve } from "node:path";
 import process from "node:process";
 import { autoCommand } from "./auto_script.ts";
+import { resolveCommand } from "./command_path.ts";
 import { checkReadyPath } from "../auto/settings.ts";
 import { parseArgs } from "node:util";
 import { InstarError, invalid } from "../errors.ts";
@@ -105,40 +105,6 @@ function positiveMs(option: string, text: string | undefined, fallback: number):
     invalid(option, text, "a positive whole number of milliseconds");
   }
   return n;
-}
-
-/**
- * The absolute path of `command`: as given when it holds a slash, else the
- * first executable of that name on `PATH`. Throws `ENOENT` naming the search.
- *
- * @example
- * ```ts
- * import { resolveCommand } from "./options.ts";
- *
- * console.log(resolveCommand("sh")); // "/usr/bin/sh" or "/bin/sh"
- * ```
- */
-export function resolveCommand(command: string, path = process.env.PATH ?? ""): string {
-  const executable = (p: string) => {
-    try {
-      accessSync(p, constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (command.includes("/")) {
-    const abs = isAbsolute(command) ? command : resolve(command);
-    if (executable(abs)) return abs;
-    throw new InstarError("ENOENT", `${command} is not an executable file`);
-  }
-  for (const dir of path.split(delimiter)) {
-    if (dir && executable(join(dir, command))) return resolve(join(dir, command));
-  }
-  throw new InstarError(
-    "ENOENT",
-    `${command} was not found on PATH (${path || "empty"}): give its absolute path`,
-  );
 }
 
 /**
