@@ -26,6 +26,8 @@
 import { existsSync } from "node:fs";
 import { basename } from "node:path";
 import { invalid } from "../errors.ts";
+import { isCompiledBun } from "./bun_binary.ts";
+import { resolveCommand } from "./command_path.ts";
 
 /** The preload's path in this copy of instar. */
 export const AUTO_PRELOAD: string = decodeURIComponent(
@@ -98,9 +100,20 @@ export function autoArgv(
     }
     return [runtime, "run", "--preload", preload, ...rest.slice(1)];
   }
-  return invalid(
-    "--auto with",
-    argv.join(" "),
-    "a bun or deno command (instar/auto runs in those)",
-  );
+  return invalid("--auto with", argv.join(" "), notBunNorDeno(runtime));
+}
+
+/** What a program that is neither bun nor deno should be instead; a compiled Bun binary gets the entry form. */
+function notBunNorDeno(program: string): string {
+  let path: string;
+  try {
+    path = resolveCommand(program);
+  } catch {
+    return "a bun or deno command (instar/auto runs in those)";
+  }
+  if (!isCompiledBun(path)) return "a bun or deno command (instar/auto runs in those)";
+  return `a bun or deno command: ${program} is a compiled Bun binary (bun build --compile), ` +
+    "which takes no preload at run time. Compile instar/auto into it, from an entry file " +
+    '`import "instar/auto"; await import("./server.js");` (docs/compiled-binaries.md), ' +
+    `and run it without --auto: instar run -- ${program}`;
 }
