@@ -1,11 +1,14 @@
 // A `bun build --compile` binary upgrades itself in place: the file on disk is
 // replaced (write + rename, as deploy tools do) and SIGHUP starts the new
-// binary on the same socket, without a failed request. Under `deno test` this
+// binary on the same socket, without a failed request. An unmodified app
+// compiled with instar/auto in (the entry form of docs/compiled-binaries.md)
+// upgrades the same way, and `instar run --auto` refuses a compiled binary
+// naming that form. Under `deno test` this
 // still builds and runs the Bun binary: `deno compile` needs a runtime download
 // these machines cannot reach (see docs/compiled-binaries.md).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { renameSync, statSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { runLoad } from "./support/load_client.ts";
@@ -20,6 +23,10 @@ import {
   startServer,
 } from "./support/helpers.ts";
 import { nextPidInPidFile, portOf, readyGeneration } from "./support/status.ts";
+import { autoArgv } from "../src/supervisor/auto_argv.ts";
+import { parseRunArgs } from "../src/supervisor/options.ts";
+import { isCompiledBun } from "../src/supervisor/bun_binary.ts";
+import type { InstarError } from "../src/errors.ts";
 
 const { servers, tempDir } = cleanupAfterTests();
 const dir = tempDir("instar-compile-");
@@ -35,21 +42,33 @@ await import(${JSON.stringify(join(ROOT, "examples", "http_server.ts"))});
 async function build(version: string, out: string): Promise<void> {
   const entry = join(dir, "entry.ts");
   writeFileSync(entry, ENTRY);
+  await compile(entry, out, ["--define", `APP_VERSION=${JSON.stringify(version)}`]);
+}
+
+async function compile(entry: string, out: string, flags: string[] = []): Promise<void> {
   const r = await runCommand(
-    [
-      bunBin(),
-      "build",
-      "--compile",
-      "--define",
-      `APP_VERSION=${JSON.stringify(version)}`,
-      entry,
-      "--outfile",
-      out,
-    ],
+    [bunBin(), "build", "--compile", ...flags, entry, "--outfile", out],
     { timeoutMs: 180_000 },
   );
   assert.equal(r.code, 0, showResult(r, 3000));
   assert.ok(statSync(out).mode & 0o100, "the binary is executable");
+}
+
+// An unmodified Bun.serve app with instar/auto compiled in: the preload first, then the app
+// by a dynamic import, which starts only once the preload's top-level await has finished
+// (two static imports would start the app before it, outside a bundle).
+const AUTO_ENTRY = `import ${JSON.stringify(join(ROOT, "src", "auto", "preload.ts"))};
+await import(${JSON.stringify(join(ROOT, "tests", "fixtures", "auto", "bun_serve.js"))});
+`;
+let autoBinary: Promise<string> | undefined;
+/** The compiled unmodified app, built once for the tests that need it. */
+function compiledAutoApp(): Promise<string> {
+  return autoBinary ??= (async () => {
+    const entry = join(dir, "auto_entry.mjs"), out = join(dir, "auto_app");
+    writeFileSync(entry, AUTO_ENTRY);
+    await compile(entry, out);
+    return out;
+  })();
 }
 
 describe("compiled binaries (bun build --compile)", () => {
@@ -106,5 +125,69 @@ describe("compiled binaries (bun build --compile)", () => {
     process.kill(next, "SIGTERM");
     for (let t = 0; t < 200 && alive(next); t++) await sleep(50);
     assert.equal(alive(next), false);
+  });
+});
+
+describe("an unmodified app compiled with instar/auto in", () => {
+  test("upgrades by SIGHUP under keep-alive load without a failed request, answered by both generations", async () => {
+    const binary = await compiledAutoApp();
+    const ctl = join(dir, "auto.sock"), pidFile = join(dir, "auto.pid");
+    const server = startServer([binary], {
+      PORT: "0",
+      INSTAR_PID_FILE: pidFile,
+      INSTAR_CONTROL: ctl,
+      INSTAR_DRAIN_TIMEOUT: "10000",
+    });
+    servers.push(server);
+    const log = server.lines;
+    const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log }));
+    const seen = new Map<string, number>();
+    const ac = new AbortController();
+    const load = runLoad({
+      port,
+      connections: 8,
+      durationMs: 60_000,
+      signal: ac.signal,
+      onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
+    });
+    let next = 0;
+    try {
+      await sleep(200);
+      process.kill(server.pid, "SIGHUP"); // the same binary: it re-executes itself
+      next = await nextPidInPidFile(pidFile, server.pid, { timeoutMs: 60_000, log });
+      server.pids.add(next);
+      for (let t = 0; t < 200 && !seen.has(`pid ${next}`); t++) await sleep(50);
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await load;
+    assert.deepEqual([...seen.keys()].sort(), [`pid ${server.pid}`, `pid ${next}`].sort());
+    assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    // the new generation is the compiled binary again, not bun: the preload came with it
+    assert.equal(readFileSync(`/proc/${next}/cmdline`, "utf8").split("\0")[0], binary);
+    assert.equal(await server.exited, 0, "the old generation drains and exits");
+    process.kill(next, "SIGTERM");
+    for (let t = 0; t < 200 && alive(next); t++) await sleep(50);
+    assert.equal(alive(next), false);
+  });
+
+  test("instar run --auto refuses a compiled binary, naming the entry form and instar run without --auto", async () => {
+    const binary = await compiledAutoApp();
+    const named = (e: InstarError) =>
+      e.code === "INVALID_ARGUMENT" && e.message.includes("is a compiled Bun binary") &&
+      e.message.includes('import "instar/auto"; await import("./server.js");') &&
+      e.message.includes(`instar run -- ${binary}`);
+    assert.throws(() => autoArgv([binary, "--port", "8080"]), named);
+    assert.throws(() => parseRunArgs(["--auto", "--", binary]), named);
+    // the runtime itself is no compiled binary, and another program's refusal stays plain
+    assert.equal(isCompiledBun(binary), true);
+    assert.equal(isCompiledBun(bunBin()), false);
+    assert.throws(
+      () => autoArgv(["/bin/sh", "x.sh"]),
+      (e: InstarError) =>
+        e.code === "INVALID_ARGUMENT" && e.message.includes("a bun or deno command") &&
+        !e.message.includes("compiled"),
+    );
   });
 });
