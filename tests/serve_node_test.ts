@@ -231,6 +231,7 @@ const hello = () =>
 // process (the last describe()).
 const IN_PROCESS: Record<string, () => Promise<void>> = {};
 const inProcessTests: [string, { skip: string | false }][] = [];
+/** An in-process test: its body joins the scenarios unless skipped; its test() is declared below. */
 function inProcess(
   name: string,
   ...args: [body: () => Promise<void>] | [
