@@ -27,6 +27,7 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
+  sideBySide,
   skipIf,
   sleep,
   startServer,
@@ -76,7 +77,10 @@ c.close()
 `;
 
 describe(`hostile input (${RUNTIME})`, () => {
-  test(
+  // Each of these starts a process or two of its own, puts no load on it and bounds no time
+  // tightly: they mostly wait for a runtime to start, so they run side by side (sideBySide()).
+  const testSideBySide = sideBySide();
+  testSideBySide(
     "instar upgrade refuses a control socket answered by another user",
     skipIf(
       !asRoot
@@ -103,36 +107,42 @@ describe(`hostile input (${RUNTIME})`, () => {
     },
   );
 
-  test("instar upgrade --pid-file refuses to signal a process started after the PID file was written", async () => {
-    const dir = left.tempDir("instar-pid-");
-    const pidFile = join(dir, "app.pid");
-    const sleeper = spawn("sleep", ["30"], { stdio: "ignore" });
-    left.sockets.push({ close: () => sleeper.kill("SIGKILL") });
-    writeFileSync(pidFile, `${sleeper.pid}\n`);
-    const past = new Date(Date.now() - 60_000);
-    utimesSync(pidFile, past, past); // written a minute before the sleeper started: stale
-    const r = await runCommand(
-      runtimeCmd(RUNTIME, CLI, ["upgrade", "--pid-file", pidFile, "--timeout", "2000"]),
-    );
-    assert.equal(r.code, 1, showResult(r));
-    assert.match(r.stderr, /stale/);
-    await sleep(100);
-    assert.equal(alive(sleeper.pid!), true, "the unrelated process got no signal");
-  });
+  testSideBySide(
+    "instar upgrade --pid-file refuses to signal a process started after the PID file was written",
+    async () => {
+      const dir = left.tempDir("instar-pid-");
+      const pidFile = join(dir, "app.pid");
+      const sleeper = spawn("sleep", ["30"], { stdio: "ignore" });
+      left.sockets.push({ close: () => sleeper.kill("SIGKILL") });
+      writeFileSync(pidFile, `${sleeper.pid}\n`);
+      const past = new Date(Date.now() - 60_000);
+      utimesSync(pidFile, past, past); // written a minute before the sleeper started: stale
+      const r = await runCommand(
+        runtimeCmd(RUNTIME, CLI, ["upgrade", "--pid-file", pidFile, "--timeout", "2000"]),
+      );
+      assert.equal(r.code, 1, showResult(r));
+      assert.match(r.stderr, /stale/);
+      await sleep(100);
+      assert.equal(alive(sleeper.pid!), true, "the unrelated process got no signal");
+    },
+  );
 
   for (const value of ["1", "0", "2"]) {
-    test(`INSTAR_CONTROL_FD=${value} is refused with PROTOCOL_ERROR, writing nothing to stdout`, async () => {
-      const r = await runCommand(runtimeCmd(RUNTIME, HTTP, ["--port", "0"]), {
-        env: { INSTAR_CONTROL_FD: value },
-        timeoutMs: 30_000,
-      });
-      assert.notEqual(r.code, 0, showResult(r));
-      assert.match(r.stderr, new RegExp(`INSTAR_CONTROL_FD=${value} is a standard stream`));
-      assert.equal(r.stdout, "");
-    });
+    testSideBySide(
+      `INSTAR_CONTROL_FD=${value} is refused with PROTOCOL_ERROR, writing nothing to stdout`,
+      async () => {
+        const r = await runCommand(runtimeCmd(RUNTIME, HTTP, ["--port", "0"]), {
+          env: { INSTAR_CONTROL_FD: value },
+          timeoutMs: 30_000,
+        });
+        assert.notEqual(r.code, 0, showResult(r));
+        assert.match(r.stderr, new RegExp(`INSTAR_CONTROL_FD=${value} is a standard stream`));
+        assert.equal(r.stdout, "");
+      },
+    );
   }
 
-  test("INSTAR_CONTROL_FD naming a file is refused with PROTOCOL_ERROR", async () => {
+  testSideBySide("INSTAR_CONTROL_FD naming a file is refused with PROTOCOL_ERROR", async () => {
     const r = await runCommand(
       [
         "sh",

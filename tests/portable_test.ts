@@ -25,6 +25,7 @@ import {
   runtimeCmd,
   type ServerProcess,
   sleep,
+  startedTogether,
   startServer,
   within,
 } from "./support/helpers.ts";
@@ -167,6 +168,183 @@ describe(`portable mode, in this process (${RUNTIME})`, () => {
   });
 });
 
+/** The other APIs: listen, listenDatagram, a WebSocket. */
+const OTHER_APIS: Record<string, () => Promise<void>> = {
+  "listen echoes over TCP, and listenDatagram over UDP": async () => {
+    const tcp = await started(example("echo_server.ts"));
+    const udp = await started(example("udp_echo.ts"));
+    const echoed = await new Promise<string>((resolve, reject) => {
+      const s = net.connect({ host: "127.0.0.1", port: tcp.port }, () => s.write("over tcp\n"));
+      s.on("data", (d) => (resolve(d.toString()), s.destroy()));
+      s.on("error", reject);
+    });
+    assert.equal(echoed, "over tcp\n");
+    const sock = dgram.createSocket("udp4");
+    left.sockets.push({ close: () => sock.close() });
+    const answer = new Promise<string>((r) => sock.once("message", (m) => r(m.toString())));
+    sock.send("over udp", udp.port, "127.0.0.1");
+    assert.equal(await within(answer, 5_000, "udp echo"), "over udp");
+    for (const s of [tcp.server, udp.server]) process.kill(s.pid, "SIGTERM");
+    assert.deepEqual(await Promise.all([tcp.server.exited, udp.server.exited]), [0, 0]);
+  },
+
+  "a WebSocket chats, hears the draining notice, and is closed with 1012 at the drain timeout":
+    async () => {
+      const { server, port } = await started(example("ws_chat.ts", ["--drain-timeout", "700"]));
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
+      const heard: string[] = [];
+      const closed = new Promise<number>((r) => ws.addEventListener("close", (e) => r(e.code)));
+      const next = (re: RegExp) =>
+        new Promise<void>((resolve) => {
+          const check = () => heard.some((m) => re.test(m)) && resolve();
+          ws.addEventListener("message", (e) => (heard.push(String(e.data)), check()));
+          check();
+        });
+      await within(next(/^welcome pid/), 5_000, "welcome");
+      ws.send("hi");
+      await within(next(new RegExp(`^pid ${server.pid}: hi$`)), 5_000, "broadcast");
+      process.kill(server.pid, "SIGTERM");
+      await within(next(/^draining pid/), 5_000, "draining notice");
+      assert.equal(await within(closed, 5_000, "close"), 1012);
+      assert.equal(await within(server.exited, 10_000, "exit"), 0);
+    },
+};
+
+/** The zero-code preload. */
+const PRELOAD: Record<string, () => Promise<void>> = {
+  "an unmodified server under instar/auto serves, refuses SIGHUP with the reason, serves on, and stops with 0":
+    async () => {
+      const fixture = join(
+        ROOT,
+        "tests",
+        "fixtures",
+        "auto",
+        RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts",
+      );
+      const preload = join(ROOT, "src", "auto", "preload.ts");
+      const cmd = RUNTIME === "bun"
+        ? [process.execPath, "--preload", preload, fixture]
+        : [denoBin(), "run", "-A", "--no-check", "--preload", preload, fixture];
+      const { server, port } = await started(cmd, { ...PORTABLE, PORT: "0" });
+      const before = await get(port, "/");
+      assert.equal(before.status, 200);
+      await refusedHup(server, 0);
+      const after = await get(port, "/");
+      assert.equal(after.status, 200);
+      assert.equal(after.body, before.body, "the same process answers");
+      assert.equal(server.lines.filter((l) => WARNING.test(l)).length, 1, "one warning");
+      process.kill(server.pid, "SIGTERM");
+      assert.equal(await within(server.exited, 10_000, "the stop"), 0);
+    },
+};
+
+/** Deno with --allow-net only. */
+const ALLOW_NET: Record<string, () => Promise<void>> = {
+  "the HTTP example serves on a terminal without a permission prompt, warns once naming the missing flags, and refuses SIGHUP":
+    async () => {
+      // On a terminal (script(1) gives it one) a read or an environment lookup Deno has not
+      // granted would prompt and wait: the detection and the start-up must ask for nothing.
+      const deno = [denoBin(), "run", "--allow-net", "--no-check"];
+      const app = [join(ROOT, "examples", "http_server.ts"), "--port", "0"];
+      const { server, port } = await started(
+        ["script", "-qec", [...deno, ...app].join(" "), "/dev/null"],
+        {},
+      );
+      const pid = Number((await server.waitFor(/\[http pid=(\d+) gen=1\]/))[1]);
+      assert.match((await get(port, "/")).body, new RegExp(`hello from pid ${pid} generation 1`));
+      assert.ok(!server.lines.some((l) => /Deno requests/.test(l)), server.lines.join("\n"));
+      const warnings = server.lines.filter((l) => WARNING.test(l));
+      assert.equal(warnings.length, 1, server.lines.join("\n"));
+      assert.match(warnings[0], /Deno without --allow-ffi --allow-read --allow-env/);
+      assert.match(warnings[0], /run with -A to upgrade/);
+      process.kill(pid, "SIGHUP");
+      await server.waitFor(/upgrade-refused: unsupported-platform: portable mode/, 10_000);
+      assert.equal((await get(port, "/")).status, 200, "serves on after the refusal");
+      process.kill(pid, "SIGTERM");
+      assert.equal(await within(server.exited, 10_000, "exit"), 0);
+    },
+};
+
+/** instar run. */
+const RUN: Record<string, () => Promise<void>> = {
+  "restarts a crashed command, restarts it on SIGHUP and on a change under --watch, and stops it on SIGTERM":
+    async () => {
+      const port = await freePort();
+      const dir = left.tempDir("instar-portable-watch-");
+      const app = runtimeCmd(RUNTIME, join(ROOT, "examples", "http_server.ts"), [
+        "--port",
+        `${port}`,
+      ]);
+      const sup = startServer(
+        runtimeCmd(RUNTIME, CLI, ["run", "--restart", "on-failure", "--watch", dir, "--", ...app]),
+        PORTABLE,
+      );
+      left.servers.push(sup);
+      // Each start logs "ready"; resolves with the pid that answers once the n-th start is ready.
+      const readyLines = () => sup.lines.filter((l) => /\] ready on /.test(l));
+      const readyPid = async (n: number): Promise<number> => {
+        const deadline = Date.now() + 30_000;
+        while (readyLines().length < n && Date.now() < deadline) await sleep(50);
+        const all = readyLines();
+        assert.equal(all.length, n, all.join("\n"));
+        const pid = Number(/\[http pid=(\d+)/.exec(all[n - 1])![1]);
+        assert.match((await get(port, "/")).body, new RegExp(`hello from pid ${pid} `));
+        return pid;
+      };
+      const first = await readyPid(1);
+      assert.ok(sup.lines.some((l) => /instar run\[\d+\]: warning: portable mode/.test(l)));
+      process.kill(first, "SIGKILL");
+      const second = await readyPid(2);
+      process.kill(sup.pid, "SIGHUP");
+      const third = await readyPid(3);
+      writeFileSync(join(dir, "changed.txt"), "x");
+      const fourth = await readyPid(4);
+      assert.equal(new Set([first, second, third, fourth]).size, 4, "a new process each time");
+      assert.ok(sup.lines.some((l) => new RegExp(`\\[http pid=${third} gen=1\\] drained`).test(l)));
+      process.kill(sup.pid, "SIGTERM");
+      assert.equal(await within(sup.exited, 10_000, "supervisor exit"), 0, sup.lines.join("\n"));
+    },
+
+  "refuses --listen and --control, which need Linux": async () => {
+    const r = await runCommand(
+      runtimeCmd(RUNTIME, CLI, ["run", "--listen", "tcp://127.0.0.1:0", "--", "true"]),
+      { env: PORTABLE },
+    );
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /--listen needs Linux: instar run runs in portable mode here/);
+  },
+};
+
+// Each of the tests below starts a process of its own (or several), puts no load on it and bounds
+// no time tightly: they mostly wait for runtimes to start and stop, so they are started all at
+// once when the first of them runs, before the load test after them, and each test asserts on its
+// own (its assertions run inside it; a failure rejects it).
+const scenario = startedTogether<void>({ ...OTHER_APIS, ...PRELOAD, ...ALLOW_NET, ...RUN });
+const together = (tests: Record<string, unknown>) => {
+  for (const name of Object.keys(tests)) test(name, () => scenario(name));
+};
+
+describe(`portable mode, the other APIs (${RUNTIME})`, () => {
+  // Alone, before the others start: its slow request must be taken within 100 ms, in flight when
+  // the stop comes.
+  test("serveNode serves Express, and a stop lets its slow request finish", async () => {
+    const { server, port } = await started(example("express.ts"));
+    const hello = await get(port, "/");
+    assert.equal(hello.status, 200);
+    assert.match(hello.body, new RegExp(`hello from pid ${server.pid} generation 1 \\(express`));
+    const slow = exchange(port, httpGet("/slow?ms=600"));
+    await new Promise((r) => setTimeout(r, 100));
+    process.kill(server.pid, "SIGTERM");
+    assert.match(await within(slow, 5_000, "slow request"), /^HTTP\/1\.1 200[^]*hello from pid/);
+    assert.equal(await within(server.exited, 10_000, "exit"), 0);
+  });
+  together(OTHER_APIS);
+});
+
+describe(`portable mode, the zero-code preload (${RUNTIME})`, () => together(PRELOAD));
+describe("portable mode, Deno with --allow-net only", () => together(ALLOW_NET));
+describe(`portable mode, instar run (${RUNTIME})`, () => together(RUN));
+
 describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
   test("serves, warns once, refuses SIGHUP and `instar upgrade` under load without a failed request, answers `instar status`, and a stop drains a slow request and a stream", async () => {
     const ctl = join(left.tempDir("instar-portable-"), "ctl.sock");
@@ -241,156 +419,5 @@ describe(`portable mode, examples/http_server.ts (${RUNTIME})`, () => {
     assert.equal(r.failed, refused + reset + eof, `${JSON.stringify(r.failures)} ${r.samples}`);
     assert.ok(reset + eof <= 8, `at most two per connection: ${JSON.stringify(r.failures)}`);
     assert.ok(server.lines.some((l) => /\] drained: 0 connection/.test(l)), "nothing was cut");
-  });
-});
-
-describe(`portable mode, the other APIs (${RUNTIME})`, () => {
-  test("serveNode serves Express, and a stop lets its slow request finish", async () => {
-    const { server, port } = await started(example("express.ts"));
-    const hello = await get(port, "/");
-    assert.equal(hello.status, 200);
-    assert.match(hello.body, new RegExp(`hello from pid ${server.pid} generation 1 \\(express`));
-    const slow = exchange(port, httpGet("/slow?ms=600"));
-    await new Promise((r) => setTimeout(r, 100));
-    process.kill(server.pid, "SIGTERM");
-    assert.match(await within(slow, 5_000, "slow request"), /^HTTP\/1\.1 200[^]*hello from pid/);
-    assert.equal(await within(server.exited, 10_000, "exit"), 0);
-  });
-
-  test("listen echoes over TCP, and listenDatagram over UDP", async () => {
-    const tcp = await started(example("echo_server.ts"));
-    const udp = await started(example("udp_echo.ts"));
-    const echoed = await new Promise<string>((resolve, reject) => {
-      const s = net.connect({ host: "127.0.0.1", port: tcp.port }, () => s.write("over tcp\n"));
-      s.on("data", (d) => (resolve(d.toString()), s.destroy()));
-      s.on("error", reject);
-    });
-    assert.equal(echoed, "over tcp\n");
-    const sock = dgram.createSocket("udp4");
-    left.sockets.push({ close: () => sock.close() });
-    const answer = new Promise<string>((r) => sock.once("message", (m) => r(m.toString())));
-    sock.send("over udp", udp.port, "127.0.0.1");
-    assert.equal(await within(answer, 5_000, "udp echo"), "over udp");
-    for (const s of [tcp.server, udp.server]) process.kill(s.pid, "SIGTERM");
-    assert.deepEqual(await Promise.all([tcp.server.exited, udp.server.exited]), [0, 0]);
-  });
-
-  test("a WebSocket chats, hears the draining notice, and is closed with 1012 at the drain timeout", async () => {
-    const { server, port } = await started(example("ws_chat.ts", ["--drain-timeout", "700"]));
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/`);
-    const heard: string[] = [];
-    const closed = new Promise<number>((r) => ws.addEventListener("close", (e) => r(e.code)));
-    const next = (re: RegExp) =>
-      new Promise<void>((resolve) => {
-        const check = () => heard.some((m) => re.test(m)) && resolve();
-        ws.addEventListener("message", (e) => (heard.push(String(e.data)), check()));
-        check();
-      });
-    await within(next(/^welcome pid/), 5_000, "welcome");
-    ws.send("hi");
-    await within(next(new RegExp(`^pid ${server.pid}: hi$`)), 5_000, "broadcast");
-    process.kill(server.pid, "SIGTERM");
-    await within(next(/^draining pid/), 5_000, "draining notice");
-    assert.equal(await within(closed, 5_000, "close"), 1012);
-    assert.equal(await within(server.exited, 10_000, "exit"), 0);
-  });
-});
-
-describe(`portable mode, the zero-code preload (${RUNTIME})`, () => {
-  test("an unmodified server under instar/auto serves, refuses SIGHUP with the reason, serves on, and stops with 0", async () => {
-    const fixture = join(
-      ROOT,
-      "tests",
-      "fixtures",
-      "auto",
-      RUNTIME === "bun" ? "bun_serve.js" : "deno_serve.ts",
-    );
-    const preload = join(ROOT, "src", "auto", "preload.ts");
-    const cmd = RUNTIME === "bun"
-      ? [process.execPath, "--preload", preload, fixture]
-      : [denoBin(), "run", "-A", "--no-check", "--preload", preload, fixture];
-    const { server, port } = await started(cmd, { ...PORTABLE, PORT: "0" });
-    const before = await get(port, "/");
-    assert.equal(before.status, 200);
-    await refusedHup(server, 0);
-    const after = await get(port, "/");
-    assert.equal(after.status, 200);
-    assert.equal(after.body, before.body, "the same process answers");
-    assert.equal(server.lines.filter((l) => WARNING.test(l)).length, 1, "one warning");
-    process.kill(server.pid, "SIGTERM");
-    assert.equal(await within(server.exited, 10_000, "the stop"), 0);
-  });
-});
-
-describe("portable mode, Deno with --allow-net only", () => {
-  test("the HTTP example serves on a terminal without a permission prompt, warns once naming the missing flags, and refuses SIGHUP", async () => {
-    // On a terminal (script(1) gives it one) a read or an environment lookup Deno has not
-    // granted would prompt and wait: the detection and the start-up must ask for nothing.
-    const deno = [denoBin(), "run", "--allow-net", "--no-check"];
-    const app = [join(ROOT, "examples", "http_server.ts"), "--port", "0"];
-    const { server, port } = await started(
-      ["script", "-qec", [...deno, ...app].join(" "), "/dev/null"],
-      {},
-    );
-    const pid = Number((await server.waitFor(/\[http pid=(\d+) gen=1\]/))[1]);
-    assert.match((await get(port, "/")).body, new RegExp(`hello from pid ${pid} generation 1`));
-    assert.ok(!server.lines.some((l) => /Deno requests/.test(l)), server.lines.join("\n"));
-    const warnings = server.lines.filter((l) => WARNING.test(l));
-    assert.equal(warnings.length, 1, server.lines.join("\n"));
-    assert.match(warnings[0], /Deno without --allow-ffi --allow-read --allow-env/);
-    assert.match(warnings[0], /run with -A to upgrade/);
-    process.kill(pid, "SIGHUP");
-    await server.waitFor(/upgrade-refused: unsupported-platform: portable mode/, 10_000);
-    assert.equal((await get(port, "/")).status, 200, "serves on after the refusal");
-    process.kill(pid, "SIGTERM");
-    assert.equal(await within(server.exited, 10_000, "exit"), 0);
-  });
-});
-
-describe(`portable mode, instar run (${RUNTIME})`, () => {
-  test("restarts a crashed command, restarts it on SIGHUP and on a change under --watch, and stops it on SIGTERM", async () => {
-    const port = await freePort();
-    const dir = left.tempDir("instar-portable-watch-");
-    const app = runtimeCmd(RUNTIME, join(ROOT, "examples", "http_server.ts"), [
-      "--port",
-      `${port}`,
-    ]);
-    const sup = startServer(
-      runtimeCmd(RUNTIME, CLI, ["run", "--restart", "on-failure", "--watch", dir, "--", ...app]),
-      PORTABLE,
-    );
-    left.servers.push(sup);
-    // Each start logs "ready"; resolves with the pid that answers once the n-th start is ready.
-    const readyLines = () => sup.lines.filter((l) => /\] ready on /.test(l));
-    const readyPid = async (n: number): Promise<number> => {
-      const deadline = Date.now() + 30_000;
-      while (readyLines().length < n && Date.now() < deadline) await sleep(50);
-      const all = readyLines();
-      assert.equal(all.length, n, all.join("\n"));
-      const pid = Number(/\[http pid=(\d+)/.exec(all[n - 1])![1]);
-      assert.match((await get(port, "/")).body, new RegExp(`hello from pid ${pid} `));
-      return pid;
-    };
-    const first = await readyPid(1);
-    assert.ok(sup.lines.some((l) => /instar run\[\d+\]: warning: portable mode/.test(l)));
-    process.kill(first, "SIGKILL");
-    const second = await readyPid(2);
-    process.kill(sup.pid, "SIGHUP");
-    const third = await readyPid(3);
-    writeFileSync(join(dir, "changed.txt"), "x");
-    const fourth = await readyPid(4);
-    assert.equal(new Set([first, second, third, fourth]).size, 4, "a new process each time");
-    assert.ok(sup.lines.some((l) => new RegExp(`\\[http pid=${third} gen=1\\] drained`).test(l)));
-    process.kill(sup.pid, "SIGTERM");
-    assert.equal(await within(sup.exited, 10_000, "supervisor exit"), 0, sup.lines.join("\n"));
-  });
-
-  test("refuses --listen and --control, which need Linux", async () => {
-    const r = await runCommand(
-      runtimeCmd(RUNTIME, CLI, ["run", "--listen", "tcp://127.0.0.1:0", "--", "true"]),
-      { env: PORTABLE },
-    );
-    assert.equal(r.code, 1, r.stderr);
-    assert.match(r.stderr, /--listen needs Linux: instar run runs in portable mode here/);
   });
 });

@@ -23,7 +23,6 @@ import {
   RUNTIME,
   runtimeCmd,
   showResult,
-  sideBySide,
   skipIf,
   startedTogether,
   startServer,
@@ -216,14 +215,235 @@ const SCENARIOS = {
   "at a short drain timeout a WebSocket left open gets 1012 and the old generation exits 0":
     webSocketAtDrainTimeout,
 };
+
+// ---------------------------------------------------------------- serveNode() itself
+
+const hello = () =>
+  http.createServer((req, res) => {
+    if (req.url?.startsWith("/slow")) setTimeout(() => res.end("slow\n"), 600);
+    else if (req.url === "/peer") res.end(`${req.socket.remoteAddress} ${req.socket.remotePort}`);
+    else res.end("hi\n");
+  });
+
+// In this process, each on a socket of its own, these mostly wait for a shutdown's quiet time:
+// they are started with the framework scenarios (`scenario` below: their slow request outlasts
+// them all), so before any load test, and before the tests that patch console.warn or start a
+// process (the last describe()).
+const IN_PROCESS: Record<string, () => Promise<void>> = {};
+const inProcessTests: [string, { skip: string | false }][] = [];
+/** An in-process test: its body joins the scenarios unless skipped; its test() is declared below. */
+function inProcess(
+  name: string,
+  ...args: [body: () => Promise<void>] | [
+    options: { skip: string | false },
+    body: () => Promise<void>,
+  ]
+): void {
+  const [options, body] = args.length === 1 ? [{ skip: false as const }, args[0]] : args;
+  if (!options.skip) IN_PROCESS[name] = body;
+  inProcessTests.push([name, options]);
+}
+
+for (const mode of ["auto", "transplant", "fallback"] as const) {
+  inProcess(
+    `mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`,
+    async () => {
+      const { fd, port } = await rawListen();
+      const server = hello();
+      const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
+      try {
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
+        assert.equal((server.address() as { port: number }).port, port);
+        assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
+        const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+        const first = await get(port, "/", agent);
+        assert.equal(first.body, "hi\n");
+        assert.notEqual(first.headers.connection?.toLowerCase(), "close");
+        // The handler sees the client's own address on every path (behind the proxy too).
+        const peer = await new Promise<[string, string]>((resolve, reject) => {
+          const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => {
+              resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
+            });
+          }).on("error", reject);
+        });
+        assert.equal(peer[0], peer[1]);
+        const inFlight = get(port, "/slow", agent);
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(s.pauseAccepting(), true);
+        assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
+        agent.destroy();
+        s.resumeAccepting();
+        const again = new http.Agent({ keepAlive: true });
+        const resumed = await get(port, "/", again);
+        again.destroy();
+        assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
+        await within(s.shutdown(), 20_000, "shutdown");
+        await within(s.finished, 5_000, "finished");
+        // The socket is still ours and still listening: another server takes it over.
+        const next = await serveNode(fd, hello(), { mode: "fallback" });
+        assert.equal((await get(port, "/")).body, "hi\n");
+        await next.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    },
+  );
+}
+
+const noOpenssl = !onPath("openssl") && "openssl is not on the PATH (Debian package openssl)";
+inProcess(
+  "serves a node:https server on every path",
+  skipIf(noOpenssl, "https"),
+  async () => {
+    const dir = left.tempDir("instar-node-tls-");
+    // Not spawnSync: the key's generation would stall the tests beside this one.
+    const made = await runCommand([
+      "openssl",
+      ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
+      ...["-addext", "subjectAltName=IP:127.0.0.1"],
+      ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
+    ]);
+    assert.equal(made.code, 0, `openssl req failed: ${showResult(made)}`);
+    const cert = readFileSync(join(dir, "cert.pem"), "utf8");
+    const key = readFileSync(join(dir, "key.pem"), "utf8");
+    for (const mode of ["auto", "transplant", "fallback"] as const) {
+      const { fd, port } = await rawListen();
+      const server = https.createServer({ cert, key }, (req, res) => {
+        if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
+        else res.end("secure hello");
+      });
+      const s = await serveNode(fd, server, { mode });
+      const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
+      const get = (path: string) =>
+        new Promise<[string, string | undefined]>((resolve, reject) => {
+          https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
+            let b = "";
+            res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
+          }).on("error", reject);
+        });
+      try {
+        assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
+        // node:https takes the same path as node:http: auto never falls back silently here.
+        const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
+        assert.equal(s.mode, expected);
+        assert.equal(s.fallbackReason, undefined);
+        const [body, connection] = await get("/");
+        assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
+        assert.notEqual(connection?.toLowerCase(), "close");
+        // A request in flight when the drain starts closes its TLS connection too.
+        const slow = get("/slow");
+        await new Promise((r) => setTimeout(r, 200));
+        s.pauseAccepting();
+        assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
+        agent.destroy();
+        await s.shutdown();
+      } finally {
+        closeFd(fd);
+      }
+    }
+  },
+);
+
+inProcess("serves a Unix socket", async () => {
+  const dir = left.tempDir("instar-node-unix-");
+  const path = join(dir, "http.sock");
+  const { fd } = await openSocket({ path });
+  const s = await serveNode(fd, hello());
+  try {
+    const body = await new Promise<string>((resolve, reject) => {
+      http.get({ socketPath: path, path: "/" }, (res) => {
+        let b = "";
+        res.on("data", (d) => (b += d)).on("end", () => resolve(b));
+      }).on("error", reject);
+    });
+    assert.equal(body, "hi\n");
+    assert.equal(s.url.protocol, "http+unix:");
+    await s.shutdown();
+  } finally {
+    closeFd(fd);
+  }
+});
+
+inProcess(
+  "a Connection: Upgrade request to a server without an upgrade listener gets a plain answer (h2c probe)",
+  async () => {
+    const { fd, port } = await rawListen();
+    const s = await serveNode(fd, hello());
+    try {
+      const head = await within(
+        new Promise<string>((resolve, reject) => {
+          const c = net.connect(port, "127.0.0.1");
+          let got = "";
+          c.on("data", (d) => {
+            got += d;
+            if (got.endsWith("hi\n")) resolve(got), c.destroy();
+          }).on("error", reject).on("close", () => resolve(got));
+          c.write(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
+              "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+          );
+        }),
+        10_000,
+        "an answer to the upgrade request",
+      );
+      assert.match(head, /^HTTP\/1\.1 200 /);
+      assert.ok(head.endsWith("hi\n"), head);
+    } finally {
+      await s.shutdown();
+      closeFd(fd);
+    }
+  },
+);
+
+inProcess(
+  "upgrades are tracked whether the application listens before or after serveNode()",
+  async () => {
+    for (const when of ["before", "after"] as const) {
+      const { fd, port } = await rawListen();
+      const server = hello();
+      const onUpgrade = (_q: http.IncomingMessage, socket: Socket) =>
+        socket.write(
+          "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
+        );
+      if (when === "before") server.on("upgrade", onUpgrade);
+      const drainer = new NodeDrain(server);
+      const s = await serveNode(fd, server, { drainTimeoutMs: 1_000 });
+      if (when === "after") server.on("upgrade", onUpgrade);
+      const c = net.connect(port, "127.0.0.1");
+      try {
+        await within(
+          new Promise<void>((resolve, reject) => {
+            c.once("data", () => resolve()).on("error", reject);
+            c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
+          }),
+          10_000,
+          "101",
+        );
+        assert.equal(drainer.upgraded, 1, `listener ${when}`);
+        server.off("upgrade", onUpgrade);
+        assert.equal(server.listenerCount("upgrade"), 0, "ours left with the application's");
+      } finally {
+        c.destroy();
+        await s.shutdown();
+        closeFd(fd);
+      }
+    }
+  },
+);
+
 const here = FRAMEWORKS.filter((fw) => !bunOnlyHere(fw));
-const scenario = startedTogether(
-  Object.fromEntries(
+const scenario = startedTogether({
+  ...Object.fromEntries(
     here.flatMap((fw) =>
       Object.entries(SCENARIOS).map(([name, run]) => [`${fw.name}: ${name}`, () => run(fw)])
     ),
   ),
-);
+  ...IN_PROCESS,
+});
 
 describe(`every framework across an upgrade: in-flight requests and WebSockets (${RUNTIME})`, () => {
   for (const fw of here) {
@@ -231,6 +451,10 @@ describe(`every framework across an upgrade: in-flight requests and WebSockets (
       test(`${fw.name}: ${name}`, () => scenario(`${fw.name}: ${name}`));
     }
   }
+});
+
+describe(`serveNode() in this process, beside those scenarios (${RUNTIME})`, () => {
+  for (const [name, options] of inProcessTests) test(name, options, () => scenario(name));
 });
 
 for (const fw of FRAMEWORKS) {
@@ -280,211 +504,9 @@ for (const fw of FRAMEWORKS) {
   });
 }
 
-// ---------------------------------------------------------------- serveNode() itself
-
-const hello = () =>
-  http.createServer((req, res) => {
-    if (req.url?.startsWith("/slow")) setTimeout(() => res.end("slow\n"), 600);
-    else if (req.url === "/peer") res.end(`${req.socket.remoteAddress} ${req.socket.remotePort}`);
-    else res.end("hi\n");
-  });
+// ---------------------------------------------------------------- serveNode() one at a time
 
 describe(`serveNode() (${RUNTIME})`, () => {
-  // In this process, each on a socket of its own, these mostly wait for a shutdown's quiet
-  // time: they run side by side (sideBySide()), before the tests that patch console.warn or
-  // start a process.
-  const testSideBySide = sideBySide();
-  for (const mode of ["auto", "transplant", "fallback"] as const) {
-    testSideBySide(
-      `mode ${mode}: serves on the socket, reports its address, answers with Connection: close while draining`,
-      async () => {
-        const { fd, port } = await rawListen();
-        const server = hello();
-        const s = await serveNode(fd, server, { mode, drainTimeoutMs: 10_000 });
-        try {
-          const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
-          assert.equal(s.mode, expected);
-          assert.equal(s.fallbackReason, undefined);
-          assert.equal((server.address() as { port: number }).port, port);
-          assert.equal(s.url.href, `http://127.0.0.1:${port}/`);
-          const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-          const first = await get(port, "/", agent);
-          assert.equal(first.body, "hi\n");
-          assert.notEqual(first.headers.connection?.toLowerCase(), "close");
-          // The handler sees the client's own address on every path (behind the proxy too).
-          const peer = await new Promise<[string, string]>((resolve, reject) => {
-            const req = http.get({ host: "127.0.0.1", port, path: "/peer", agent }, (res) => {
-              let b = "";
-              res.on("data", (d) => (b += d)).on("end", () => {
-                resolve([b, `127.0.0.1 ${req.socket?.localPort}`]);
-              });
-            }).on("error", reject);
-          });
-          assert.equal(peer[0], peer[1]);
-          const inFlight = get(port, "/slow", agent);
-          await new Promise((r) => setTimeout(r, 200));
-          assert.equal(s.pauseAccepting(), true);
-          assert.equal((await inFlight).headers.connection?.toLowerCase(), "close");
-          agent.destroy();
-          s.resumeAccepting();
-          const again = new http.Agent({ keepAlive: true });
-          const resumed = await get(port, "/", again);
-          again.destroy();
-          assert.notEqual(resumed.headers.connection?.toLowerCase(), "close");
-          await within(s.shutdown(), 20_000, "shutdown");
-          await within(s.finished, 5_000, "finished");
-          // The socket is still ours and still listening: another server takes it over.
-          const next = await serveNode(fd, hello(), { mode: "fallback" });
-          assert.equal((await get(port, "/")).body, "hi\n");
-          await next.shutdown();
-        } finally {
-          closeFd(fd);
-        }
-      },
-    );
-  }
-
-  const noOpenssl = !onPath("openssl") && "openssl is not on the PATH (Debian package openssl)";
-  testSideBySide(
-    "serves a node:https server on every path",
-    skipIf(noOpenssl, "https"),
-    async () => {
-      const dir = left.tempDir("instar-node-tls-");
-      // Not spawnSync: the key's generation would stall the tests beside this one.
-      const made = await runCommand([
-        "openssl",
-        ..."req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1".split(" "),
-        ...["-addext", "subjectAltName=IP:127.0.0.1"],
-        ...["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")],
-      ]);
-      assert.equal(made.code, 0, `openssl req failed: ${showResult(made)}`);
-      const cert = readFileSync(join(dir, "cert.pem"), "utf8");
-      const key = readFileSync(join(dir, "key.pem"), "utf8");
-      for (const mode of ["auto", "transplant", "fallback"] as const) {
-        const { fd, port } = await rawListen();
-        const server = https.createServer({ cert, key }, (req, res) => {
-          if (req.url === "/slow") setTimeout(() => res.end("secure hello"), 600);
-          else res.end("secure hello");
-        });
-        const s = await serveNode(fd, server, { mode });
-        const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: cert });
-        const get = (path: string) =>
-          new Promise<[string, string | undefined]>((resolve, reject) => {
-            https.get({ host: "127.0.0.1", port, path, agent }, (res) => {
-              let b = "";
-              res.on("data", (d) => (b += d)).on("end", () => resolve([b, res.headers.connection]));
-            }).on("error", reject);
-          });
-        try {
-          assert.equal(s.url.href, `https://127.0.0.1:${port}/`);
-          // node:https takes the same path as node:http: auto never falls back silently here.
-          const expected = mode === "auto" ? (RUNTIME === "bun" ? "transplant" : "fd") : mode;
-          assert.equal(s.mode, expected);
-          assert.equal(s.fallbackReason, undefined);
-          const [body, connection] = await get("/");
-          assert.equal(body, "secure hello", `mode ${mode} (${s.mode})`);
-          assert.notEqual(connection?.toLowerCase(), "close");
-          // A request in flight when the drain starts closes its TLS connection too.
-          const slow = get("/slow");
-          await new Promise((r) => setTimeout(r, 200));
-          s.pauseAccepting();
-          assert.equal((await slow)[1]?.toLowerCase(), "close", `mode ${mode} (${s.mode})`);
-          agent.destroy();
-          await s.shutdown();
-        } finally {
-          closeFd(fd);
-        }
-      }
-    },
-  );
-
-  testSideBySide("serves a Unix socket", async () => {
-    const dir = left.tempDir("instar-node-unix-");
-    const path = join(dir, "http.sock");
-    const { fd } = await openSocket({ path });
-    const s = await serveNode(fd, hello());
-    try {
-      const body = await new Promise<string>((resolve, reject) => {
-        http.get({ socketPath: path, path: "/" }, (res) => {
-          let b = "";
-          res.on("data", (d) => (b += d)).on("end", () => resolve(b));
-        }).on("error", reject);
-      });
-      assert.equal(body, "hi\n");
-      assert.equal(s.url.protocol, "http+unix:");
-      await s.shutdown();
-    } finally {
-      closeFd(fd);
-    }
-  });
-
-  testSideBySide(
-    "a Connection: Upgrade request to a server without an upgrade listener gets a plain answer (h2c probe)",
-    async () => {
-      const { fd, port } = await rawListen();
-      const s = await serveNode(fd, hello());
-      try {
-        const head = await within(
-          new Promise<string>((resolve, reject) => {
-            const c = net.connect(port, "127.0.0.1");
-            let got = "";
-            c.on("data", (d) => {
-              got += d;
-              if (got.endsWith("hi\n")) resolve(got), c.destroy();
-            }).on("error", reject).on("close", () => resolve(got));
-            c.write(
-              "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n" +
-                "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
-            );
-          }),
-          10_000,
-          "an answer to the upgrade request",
-        );
-        assert.match(head, /^HTTP\/1\.1 200 /);
-        assert.ok(head.endsWith("hi\n"), head);
-      } finally {
-        await s.shutdown();
-        closeFd(fd);
-      }
-    },
-  );
-
-  testSideBySide(
-    "upgrades are tracked whether the application listens before or after serveNode()",
-    async () => {
-      for (const when of ["before", "after"] as const) {
-        const { fd, port } = await rawListen();
-        const server = hello();
-        const onUpgrade = (_q: http.IncomingMessage, socket: Socket) =>
-          socket.write(
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n",
-          );
-        if (when === "before") server.on("upgrade", onUpgrade);
-        const drainer = new NodeDrain(server);
-        const s = await serveNode(fd, server, { drainTimeoutMs: 1_000 });
-        if (when === "after") server.on("upgrade", onUpgrade);
-        const c = net.connect(port, "127.0.0.1");
-        try {
-          await within(
-            new Promise<void>((resolve, reject) => {
-              c.once("data", () => resolve()).on("error", reject);
-              c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
-            }),
-            10_000,
-            "101",
-          );
-          assert.equal(drainer.upgraded, 1, `listener ${when}`);
-          server.off("upgrade", onUpgrade);
-          assert.equal(server.listenerCount("upgrade"), 0, "ours left with the application's");
-        } finally {
-          c.destroy();
-          await s.shutdown();
-          closeFd(fd);
-        }
-      }
-    },
-  );
-
   test(
     "a failed transplant precondition falls back to the proxy and says why (Bun's auto)",
     skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback"),

@@ -34,6 +34,7 @@ import {
   type ServerProcess,
   skipIf,
   sleep,
+  startedTogether,
   startServer,
   stopped,
   within,
@@ -132,14 +133,17 @@ function tree(root: number): Map<number, string> {
 /**
  * Zombies under `root` that are still zombies 500 ms later (a process is a
  * zombie for the moment between its exit and its reaping; one that stays is
- * one nobody reaps).
+ * one nobody reaps). Returns as soon as every one of them was reaped.
  */
 async function lastingZombies(root: number): Promise<number[]> {
-  const z = [...tree(root)].filter(([, s]) => s === "Z").map(([p]) => p);
-  if (z.length === 0) return [];
-  await sleep(500);
-  const now = tree(root);
-  return z.filter((p) => now.get(p) === "Z");
+  let z = [...tree(root)].filter(([, s]) => s === "Z").map(([p]) => p);
+  const end = performance.now() + 500;
+  while (z.length > 0 && performance.now() < end) {
+    await sleep(25);
+    const now = tree(root);
+    z = z.filter((p) => now.get(p) === "Z");
+  }
+  return z;
 }
 
 /**
@@ -190,7 +194,237 @@ async function upgradesUnder(wrapper: string[], name: string): Promise<void> {
   assert.ok(s.lines.some((l) => /exiting with status 0/.test(l)), s.lines.join("\n"));
 }
 
+/** The generation the supervisor follows, killed with SIGKILL: the supervisor exits with 137. */
+async function killedWithSigkill(wrapper: readonly string[]): Promise<void> {
+  const port = await freePort();
+  const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+  const s = start([...wrapper, ...runCmd(["--control", ctl], port)]);
+  const sup = wrapper.length ? await childOf(s.pid) : s.pid;
+  const first = await statusWhere(ctl, (r) => r.state === "ready", "ready");
+  assert.equal(first.parentPid, sup, "the supervisor reports itself as the parent");
+  // An upgrade the supervisor did not trigger (SIGHUP to the generation itself) is followed too,
+  // and the new generation, started by the old one, becomes the supervisor's child.
+  process.kill(first.pid, "SIGHUP");
+  const st = await statusWhere(
+    ctl,
+    (r) => r.generation === 2 && r.state === "ready",
+    "upgrade",
+  );
+  assert.notEqual(st.pid, first.pid);
+  await within(
+    (async () => {
+      while (childrenOf(sup).join() !== String(st.pid)) await sleep(50);
+    })(),
+    30_000,
+    "generation 2 reparented to the supervisor",
+  );
+  process.kill(st.pid, "SIGKILL");
+  assert.equal(await within(s.exited, 30_000, "exit"), 137);
+  assert.ok(
+    s.lines.some((l) => /killed by SIGKILL \(status 137\)/.test(l)),
+    s.lines.join("\n"),
+  );
+}
+
+/** Hostile datagrams on the generation's NOTIFY_SOCKET: ignored, the generation stays. */
+async function hostileDatagrams(): Promise<void> {
+  const port = await freePort();
+  const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+  const s = start(runCmd(["--control", ctl], port));
+  const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
+  const env = readFileSync(`/proc/${st.pid}/environ`, "utf8").split("\0");
+  const path = env.find((e) => e.startsWith("NOTIFY_SOCKET="))!.slice("NOTIFY_SOCKET=".length);
+  assert.ok(path.length > 0, "the generation got the supervisor's NOTIFY_SOCKET");
+  const fd = sys.socket(sys.C.AF_UNIX, sys.C.SOCK_DGRAM | sys.C.SOCK_CLOEXEC);
+  const [r0, w0] = sys.pipe2(sys.C.O_CLOEXEC);
+  const pipe = readlinkSync(`/proc/self/fd/${r0}`);
+  try {
+    sys.connect(fd, encodeUnix(path));
+    const send = (text: string | Uint8Array, fds: number[] = []) =>
+      sys.sendFds(fd, typeof text === "string" ? new TextEncoder().encode(text) : text, fds);
+    send(`MAINPID=${process.pid}\nREADY=1\n`, [r0, w0]); // a stranger, with fds attached
+    send(`STATUS=${"x".repeat(5000)}\n`); // oversized
+    send("READY=1\nthis is no field\n"); // malformed
+    send(new Uint8Array([0xff, 0xfe, 0x3d, 0x0a])); // not UTF-8: malformed too, counted quietly
+  } finally {
+    sys.close(fd);
+    sys.close(r0);
+    sys.close(w0);
+  }
+  await s.waitFor(/not a descendant of the supervisor/, 10_000);
+  await s.waitFor(/ignored a 50\d\d-byte datagram/, 10_000);
+  await s.waitFor(/is not KEY=VALUE/, 10_000);
+  const after = await statusWhere(ctl, () => true, "status");
+  assert.equal(after.pid, st.pid, "the current generation did not change");
+  assert.equal(after.generation, 1);
+  const links = readdirSync(`/proc/${s.pid}/fd`).map((f) => {
+    try {
+      return readlinkSync(`/proc/${s.pid}/fd/${f}`);
+    } catch {
+      return "";
+    }
+  });
+  assert.ok(!links.includes(pipe), `the attached fds (${pipe}) were closed: ${links}`);
+  // It still follows the real generations: `instar upgrade --control` against the supervisor.
+  const cli = startServer(
+    runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["upgrade", "--control", ctl]),
+  );
+  assert.equal(await within(cli.exited, 60_000, "instar upgrade"), 0, cli.lines.join("\n"));
+  const up = await statusWhere(ctl, (r) => r.pid !== st.pid && r.state === "ready", "upgrade");
+  assert.equal(up.generation, 2);
+  assert.ok(
+    cli.lines.includes(String(up.pid)),
+    `instar upgrade printed the new pid: ${cli.lines}`,
+  );
+  process.kill(s.pid, "SIGTERM");
+  assert.equal(await within(s.exited, 30_000, "exit"), 0);
+}
+
+/** A successor announced after the stop is stopped too. */
+async function successorAfterStop(): Promise<void> {
+  const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+  const child = runtimeCmd(RUNTIME, join(ROOT, "tests/supervisor_handoff_child.ts"), []);
+  const s = start(
+    runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["run", "--control", ctl, "--", ...child]),
+  );
+  await statusWhere(ctl, (r) => r.state === "ready", "ready");
+  process.kill(s.pid, "SIGTERM");
+  const m = await s.waitFor(/generation 2 \(pid (\d+)\) took over/, 30_000);
+  // `sleep 60` would keep the supervisor a minute: it must get the stop too.
+  assert.equal(await within(s.exited, 20_000, "exit"), 128 + 15, s.lines.join("\n"));
+  assert.ok(!alive(Number(m[1])), "the successor is gone");
+}
+
+/** A program that is no instar app: upgrades refused, crashes restarted. */
+async function plainProgram(): Promise<void> {
+  const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
+  const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), args);
+  const s = start(
+    cli(["run", "--control", ctl, "--restart", "on-failure", "--", "sleep", "300"]),
+  );
+  const st = await statusWhere(ctl, (r) => r.state === "starting" && r.pid !== s.pid, "started");
+  process.kill(s.pid, "SIGHUP");
+  await s.waitFor(/upgrade \(SIGHUP\) refused: .*not an instar app/, 10_000);
+  const up = startServer(cli(["upgrade", "--control", ctl]));
+  assert.equal(await within(up.exited, 30_000, "instar upgrade"), 1);
+  assert.ok(up.lines.some((l) => /refused: not-ready/.test(l)), up.lines.join("\n"));
+  assert.ok(alive(st.pid), "the program was not signalled");
+  process.kill(st.pid, "SIGKILL");
+  const again = await statusWhere(ctl, (r) => r.pid !== st.pid && r.pid !== s.pid, "restart");
+  assert.equal(again.generation, 2);
+  process.kill(s.pid, "SIGTERM");
+  assert.equal(await within(s.exited, 30_000, "exit"), 128 + 15, "sleep's own status: SIGTERM");
+}
+
+/** A leftover that ignores SIGTERM, killed once the grace ends. */
+async function leftoverIgnoringTerm(): Promise<void> {
+  const dir = left.tempDir("instar-sup-");
+  const pidFile = join(dir, "leftover.pid");
+  // The program leaves a process behind that ignores SIGTERM, then ends on SIGTERM itself.
+  const script = `(trap '' TERM; exec sleep 300) & echo $! > ${pidFile}; ` +
+    `trap 'exit 0' TERM; while :; do sleep 0.1; done`;
+  const cli = runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), [
+    "run",
+    "--",
+    "sh",
+    "-c",
+    script,
+  ]);
+  const s = start(cli);
+  const until = Date.now() + 15_000;
+  while (!existsSync(pidFile) || !readFileSync(pidFile, "utf8").trim()) {
+    assert.ok(Date.now() < until, "the program never started its leftover");
+    await sleep(50);
+  }
+  const leftover = Number(readFileSync(pidFile, "utf8").trim());
+  try {
+    await sleep(300);
+    process.kill(s.pid, "SIGTERM");
+    assert.equal(await within(s.exited, 15_000, "supervisor exit"), 0);
+    assert.ok(s.lines.some((l) => /SIGTERM to 1 leftover/.test(l)), s.lines.join("\n"));
+    await stopped(leftover, 5_000);
+  } finally {
+    if (alive(leftover)) process.kill(leftover, "SIGKILL");
+  }
+}
+
+/** What the supervisor relays to a NOTIFY_SOCKET of the test's. */
+async function relaysNotify(): Promise<void> {
+  const port = await freePort();
+  const dir = left.tempDir("instar-sup-");
+  const ctl = join(dir, "ctl.sock");
+  const rx = datagramReceiver(join(dir, "systemd.sock"));
+  left.sockets.push({ close: () => sys.close(rx) });
+  const s = startServer(runCmd(["--control", ctl], port), {
+    NOTIFY_SOCKET: join(dir, "systemd.sock"),
+  });
+  left.servers.push(s);
+  const got: string[] = [];
+  const until = async (re: RegExp, what: string) => {
+    const end = Date.now() + 30_000;
+    while (!got.some((d) => re.test(d))) {
+      if (Date.now() > end) throw new Error(`${what}: got ${JSON.stringify(got)}`);
+      await sleep(50);
+      got.push(...drainDatagrams(rx));
+    }
+  };
+  await until(/^READY=1\n/m, "ready");
+  const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
+  got.length = 0;
+  process.kill(s.pid, "SIGHUP");
+  await until(/READY=1/, "reload done");
+  assert.ok(got.some((d) => /RELOADING=1\nMONOTONIC_USEC=\d+/.test(d)), got.join("|"));
+  await statusWhere(ctl, (r) => r.pid !== st.pid, "upgraded");
+  process.kill(s.pid, "SIGTERM");
+  await until(/STOPPING=1/, "stopping");
+  assert.equal(await within(s.exited, 30_000, "exit"), 0);
+  got.push(...drainDatagrams(rx));
+  assert.ok(!got.some((d) => d.includes("MAINPID")), `systemd never hears MAINPID: ${got}`);
+}
+
+const KILLED = (where: string) =>
+  `the current generation (reparented) killed with SIGKILL${where}: the supervisor exits with 137`;
+const HOSTILE = "hostile NOTIFY_SOCKET datagrams are ignored with a warning; the generation stays";
+const SUCCESSOR =
+  "a successor announced after the stop is stopped too (the supervisor does not wait for it)";
+const PLAIN = "a plain program: upgrades refused with the reason, crashes restarted";
+const LEFTOVER =
+  "a leftover that ignores SIGTERM is killed once the grace ends, then the supervisor exits";
+const RELAYS = "relays READY, RELOADING, READY and STOPPING, never MAINPID";
+
+// Each of these starts a supervisor of its own, puts no load on it and bounds no time tightly:
+// they mostly wait for runtimes to start and stop, so they are started all at once when the
+// first of them runs, before every test with load or a time bound (the first tests below), and
+// each test asserts on its own (its assertions run inside it; a failure rejects it).
+const scenario = startedTogether<void>({
+  [KILLED("")]: () => killedWithSigkill([]),
+  ...(noTini ? {} : { [KILLED(" under tini")]: () => killedWithSigkill(["tini", "--"]) }),
+  [HOSTILE]: hostileDatagrams,
+  [SUCCESSOR]: successorAfterStop,
+  [PLAIN]: plainProgram,
+  [LEFTOVER]: leftoverIgnoringTerm,
+  [RELAYS]: relaysNotify,
+});
+
+describe(`instar run leftovers (${RUNTIME})`, () => {
+  test(LEFTOVER, () => scenario(LEFTOVER));
+});
+
+describe(`instar run under systemd (${RUNTIME}, a NOTIFY_SOCKET of the test's)`, () => {
+  test(RELAYS, () => scenario(RELAYS));
+});
+
 describe(`instar run (${RUNTIME})`, () => {
+  test(KILLED(""), () => scenario(KILLED("")));
+  test(
+    KILLED(" under tini"),
+    skipIf(noTini, KILLED(" under tini")),
+    () => scenario(KILLED(" under tini")),
+  );
+  test(HOSTILE, () => scenario(HOSTILE));
+  test(SUCCESSOR, () => scenario(SUCCESSOR));
+  test(PLAIN, () => scenario(PLAIN));
+
   test(
     `as PID 1 of a new pid namespace: ${UPGRADES} upgrades under load, 0 failed, no zombie`,
     skipIf(noUnshare, "supervisor in a pid namespace"),
@@ -247,39 +481,6 @@ describe(`instar run (${RUNTIME})`, () => {
       [" under tini", ["tini", "--"], noTini],
     ] as const
   ) {
-    const killed =
-      `the current generation (reparented) killed with SIGKILL${where}: the supervisor exits with 137`;
-    test(killed, skipIf(skip, killed), async () => {
-      const port = await freePort();
-      const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
-      const s = start([...wrapper, ...runCmd(["--control", ctl], port)]);
-      const sup = wrapper.length ? await childOf(s.pid) : s.pid;
-      const first = await statusWhere(ctl, (r) => r.state === "ready", "ready");
-      assert.equal(first.parentPid, sup, "the supervisor reports itself as the parent");
-      // An upgrade the supervisor did not trigger (SIGHUP to the generation itself) is followed too,
-      // and the new generation, started by the old one, becomes the supervisor's child.
-      process.kill(first.pid, "SIGHUP");
-      const st = await statusWhere(
-        ctl,
-        (r) => r.generation === 2 && r.state === "ready",
-        "upgrade",
-      );
-      assert.notEqual(st.pid, first.pid);
-      await within(
-        (async () => {
-          while (childrenOf(sup).join() !== String(st.pid)) await sleep(50);
-        })(),
-        30_000,
-        "generation 2 reparented to the supervisor",
-      );
-      process.kill(st.pid, "SIGKILL");
-      assert.equal(await within(s.exited, 30_000, "exit"), 137);
-      assert.ok(
-        s.lines.some((l) => /killed by SIGKILL \(status 137\)/.test(l)),
-        s.lines.join("\n"),
-      );
-    });
-
     const crashes =
       `--restart on-failure --listen${where}: a load across two crashes sees 0 refused connections, no zombie`;
     test(crashes, skipIf(skip, crashes), async () => {
@@ -324,73 +525,6 @@ describe(`instar run (${RUNTIME})`, () => {
     });
   }
 
-  test("hostile NOTIFY_SOCKET datagrams are ignored with a warning; the generation stays", async () => {
-    const port = await freePort();
-    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
-    const s = start(runCmd(["--control", ctl], port));
-    const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
-    const env = readFileSync(`/proc/${st.pid}/environ`, "utf8").split("\0");
-    const path = env.find((e) => e.startsWith("NOTIFY_SOCKET="))!.slice("NOTIFY_SOCKET=".length);
-    assert.ok(path.length > 0, "the generation got the supervisor's NOTIFY_SOCKET");
-    const fd = sys.socket(sys.C.AF_UNIX, sys.C.SOCK_DGRAM | sys.C.SOCK_CLOEXEC);
-    const [r0, w0] = sys.pipe2(sys.C.O_CLOEXEC);
-    const pipe = readlinkSync(`/proc/self/fd/${r0}`);
-    try {
-      sys.connect(fd, encodeUnix(path));
-      const send = (text: string | Uint8Array, fds: number[] = []) =>
-        sys.sendFds(fd, typeof text === "string" ? new TextEncoder().encode(text) : text, fds);
-      send(`MAINPID=${process.pid}\nREADY=1\n`, [r0, w0]); // a stranger, with fds attached
-      send(`STATUS=${"x".repeat(5000)}\n`); // oversized
-      send("READY=1\nthis is no field\n"); // malformed
-      send(new Uint8Array([0xff, 0xfe, 0x3d, 0x0a])); // not UTF-8: malformed too, counted quietly
-    } finally {
-      sys.close(fd);
-      sys.close(r0);
-      sys.close(w0);
-    }
-    await s.waitFor(/not a descendant of the supervisor/, 10_000);
-    await s.waitFor(/ignored a 50\d\d-byte datagram/, 10_000);
-    await s.waitFor(/is not KEY=VALUE/, 10_000);
-    const after = await statusWhere(ctl, () => true, "status");
-    assert.equal(after.pid, st.pid, "the current generation did not change");
-    assert.equal(after.generation, 1);
-    const links = readdirSync(`/proc/${s.pid}/fd`).map((f) => {
-      try {
-        return readlinkSync(`/proc/${s.pid}/fd/${f}`);
-      } catch {
-        return "";
-      }
-    });
-    assert.ok(!links.includes(pipe), `the attached fds (${pipe}) were closed: ${links}`);
-    // It still follows the real generations: `instar upgrade --control` against the supervisor.
-    const cli = startServer(
-      runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["upgrade", "--control", ctl]),
-    );
-    assert.equal(await within(cli.exited, 60_000, "instar upgrade"), 0, cli.lines.join("\n"));
-    const up = await statusWhere(ctl, (r) => r.pid !== st.pid && r.state === "ready", "upgrade");
-    assert.equal(up.generation, 2);
-    assert.ok(
-      cli.lines.includes(String(up.pid)),
-      `instar upgrade printed the new pid: ${cli.lines}`,
-    );
-    process.kill(s.pid, "SIGTERM");
-    assert.equal(await within(s.exited, 30_000, "exit"), 0);
-  });
-
-  test("a successor announced after the stop is stopped too (the supervisor does not wait for it)", async () => {
-    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
-    const child = runtimeCmd(RUNTIME, join(ROOT, "tests/supervisor_handoff_child.ts"), []);
-    const s = start(
-      runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), ["run", "--control", ctl, "--", ...child]),
-    );
-    await statusWhere(ctl, (r) => r.state === "ready", "ready");
-    process.kill(s.pid, "SIGTERM");
-    const m = await s.waitFor(/generation 2 \(pid (\d+)\) took over/, 30_000);
-    // `sleep 60` would keep the supervisor a minute: it must get the stop too.
-    assert.equal(await within(s.exited, 20_000, "exit"), 128 + 15, s.lines.join("\n"));
-    assert.ok(!alive(Number(m[1])), "the successor is gone");
-  });
-
   test("SIGINT twice: the second is forwarded as SIGINT, and the generation stops without its drain", async () => {
     const port = await freePort();
     const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
@@ -417,94 +551,6 @@ describe(`instar run (${RUNTIME})`, () => {
       `exited ${Math.round(ms)} ms after the second SIGINT: ${s.lines.join("\n")}`,
     );
     await slow;
-  });
-
-  test("a plain program: upgrades refused with the reason, crashes restarted", async () => {
-    const ctl = join(left.tempDir("instar-sup-"), "ctl.sock");
-    const cli = (args: string[]) => runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), args);
-    const s = start(
-      cli(["run", "--control", ctl, "--restart", "on-failure", "--", "sleep", "300"]),
-    );
-    const st = await statusWhere(ctl, (r) => r.state === "starting" && r.pid !== s.pid, "started");
-    process.kill(s.pid, "SIGHUP");
-    await s.waitFor(/upgrade \(SIGHUP\) refused: .*not an instar app/, 10_000);
-    const up = startServer(cli(["upgrade", "--control", ctl]));
-    assert.equal(await within(up.exited, 30_000, "instar upgrade"), 1);
-    assert.ok(up.lines.some((l) => /refused: not-ready/.test(l)), up.lines.join("\n"));
-    assert.ok(alive(st.pid), "the program was not signalled");
-    process.kill(st.pid, "SIGKILL");
-    const again = await statusWhere(ctl, (r) => r.pid !== st.pid && r.pid !== s.pid, "restart");
-    assert.equal(again.generation, 2);
-    process.kill(s.pid, "SIGTERM");
-    assert.equal(await within(s.exited, 30_000, "exit"), 128 + 15, "sleep's own status: SIGTERM");
-  });
-});
-
-describe(`instar run leftovers (${RUNTIME})`, () => {
-  test("a leftover that ignores SIGTERM is killed once the grace ends, then the supervisor exits", async () => {
-    const dir = left.tempDir("instar-sup-");
-    const pidFile = join(dir, "leftover.pid");
-    // The program leaves a process behind that ignores SIGTERM, then ends on SIGTERM itself.
-    const script = `(trap '' TERM; exec sleep 300) & echo $! > ${pidFile}; ` +
-      `trap 'exit 0' TERM; while :; do sleep 0.1; done`;
-    const cli = runtimeCmd(RUNTIME, join(ROOT, "src/cli/main.ts"), [
-      "run",
-      "--",
-      "sh",
-      "-c",
-      script,
-    ]);
-    const s = start(cli);
-    const until = Date.now() + 15_000;
-    while (!existsSync(pidFile) || !readFileSync(pidFile, "utf8").trim()) {
-      assert.ok(Date.now() < until, "the program never started its leftover");
-      await sleep(50);
-    }
-    const leftover = Number(readFileSync(pidFile, "utf8").trim());
-    try {
-      await sleep(300);
-      process.kill(s.pid, "SIGTERM");
-      assert.equal(await within(s.exited, 15_000, "supervisor exit"), 0);
-      assert.ok(s.lines.some((l) => /SIGTERM to 1 leftover/.test(l)), s.lines.join("\n"));
-      await stopped(leftover, 5_000);
-    } finally {
-      if (alive(leftover)) process.kill(leftover, "SIGKILL");
-    }
-  });
-});
-
-describe(`instar run under systemd (${RUNTIME}, a NOTIFY_SOCKET of the test's)`, () => {
-  test("relays READY, RELOADING, READY and STOPPING, never MAINPID", async () => {
-    const port = await freePort();
-    const dir = left.tempDir("instar-sup-");
-    const ctl = join(dir, "ctl.sock");
-    const rx = datagramReceiver(join(dir, "systemd.sock"));
-    left.sockets.push({ close: () => sys.close(rx) });
-    const s = startServer(runCmd(["--control", ctl], port), {
-      NOTIFY_SOCKET: join(dir, "systemd.sock"),
-    });
-    left.servers.push(s);
-    const got: string[] = [];
-    const until = async (re: RegExp, what: string) => {
-      const end = Date.now() + 30_000;
-      while (!got.some((d) => re.test(d))) {
-        if (Date.now() > end) throw new Error(`${what}: got ${JSON.stringify(got)}`);
-        await sleep(50);
-        got.push(...drainDatagrams(rx));
-      }
-    };
-    await until(/^READY=1\n/m, "ready");
-    const st = await statusWhere(ctl, (r) => r.state === "ready", "ready");
-    got.length = 0;
-    process.kill(s.pid, "SIGHUP");
-    await until(/READY=1/, "reload done");
-    assert.ok(got.some((d) => /RELOADING=1\nMONOTONIC_USEC=\d+/.test(d)), got.join("|"));
-    await statusWhere(ctl, (r) => r.pid !== st.pid, "upgraded");
-    process.kill(s.pid, "SIGTERM");
-    await until(/STOPPING=1/, "stopping");
-    assert.equal(await within(s.exited, 30_000, "exit"), 0);
-    got.push(...drainDatagrams(rx));
-    assert.ok(!got.some((d) => d.includes("MAINPID")), `systemd never hears MAINPID: ${got}`);
   });
 });
 

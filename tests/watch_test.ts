@@ -18,6 +18,7 @@ import {
   ROOT,
   RUNTIME,
   runtimeCmd,
+  sideBySide,
   sleep,
   startServer,
 } from "./support/helpers.ts";
@@ -50,7 +51,11 @@ function recorded(paths: string[], debounceMs: number) {
 const settle = () => sleep(150);
 
 describe(`watchPaths (${RUNTIME})`, () => {
-  test("writes in place: a burst of writes is one call naming the file", async () => {
+  // Each on a directory and a watch of its own, these mostly wait out debounces and quiet
+  // times: their bodies run side by side (sideBySide()). The test that bounds how late a call
+  // comes runs alone after them.
+  const testSideBySide = sideBySide();
+  testSideBySide("writes in place: a burst of writes is one call naming the file", async () => {
     const dir = left.tempDir("instar-watch-");
     const file = join(dir, "app.ts");
     writeFileSync(file, "1");
@@ -68,32 +73,35 @@ describe(`watchPaths (${RUNTIME})`, () => {
     }
   });
 
-  test("editors that save by rename over the file, or unlink + create: every save is seen", async () => {
-    const dir = left.tempDir("instar-watch-");
-    const file = join(dir, "app.ts");
-    writeFileSync(file, "1");
-    const r = recorded([file], 100);
-    try {
-      await settle();
-      for (let i = 1; i <= 3; i++) {
-        const tmp = join(dir, `.app.ts.${i}.tmp`);
-        writeFileSync(tmp, `saved ${i}`);
-        renameSync(tmp, file); // the file is a new inode each time
-        assert.deepEqual((await r.waitCalls(i))[i - 1], [file], `rename save ${i}`);
+  testSideBySide(
+    "editors that save by rename over the file, or unlink + create: every save is seen",
+    async () => {
+      const dir = left.tempDir("instar-watch-");
+      const file = join(dir, "app.ts");
+      writeFileSync(file, "1");
+      const r = recorded([file], 100);
+      try {
+        await settle();
+        for (let i = 1; i <= 3; i++) {
+          const tmp = join(dir, `.app.ts.${i}.tmp`);
+          writeFileSync(tmp, `saved ${i}`);
+          renameSync(tmp, file); // the file is a new inode each time
+          assert.deepEqual((await r.waitCalls(i))[i - 1], [file], `rename save ${i}`);
+          await sleep(300);
+        }
+        unlinkSync(file);
+        writeFileSync(file, "re-created");
+        assert.deepEqual((await r.waitCalls(4))[3], [file], "unlink + create");
         await sleep(300);
+        writeFileSync(file, "in place after all that");
+        assert.deepEqual((await r.waitCalls(5))[4], [file], "still watched afterwards");
+      } finally {
+        r.close();
       }
-      unlinkSync(file);
-      writeFileSync(file, "re-created");
-      assert.deepEqual((await r.waitCalls(4))[3], [file], "unlink + create");
-      await sleep(300);
-      writeFileSync(file, "in place after all that");
-      assert.deepEqual((await r.waitCalls(5))[4], [file], "still watched afterwards");
-    } finally {
-      r.close();
-    }
-  });
+    },
+  );
 
-  test("other files in the same directory do not count", async () => {
+  testSideBySide("other files in the same directory do not count", async () => {
     const dir = left.tempDir("instar-watch-");
     const file = join(dir, "app.ts");
     writeFileSync(file, "1");
@@ -111,27 +119,30 @@ describe(`watchPaths (${RUNTIME})`, () => {
     }
   });
 
-  test("a directory: changes below it are reported with their paths; editor droppings and .git are not", async () => {
-    const dir = left.tempDir("instar-watch-");
-    mkdirSync(join(dir, "lib"));
-    mkdirSync(join(dir, ".git"));
-    writeFileSync(join(dir, "lib", "a.ts"), "1");
-    const r = recorded([dir], 150);
-    try {
-      await settle();
-      writeFileSync(join(dir, ".git", "index"), "x");
-      writeFileSync(join(dir, "lib", ".a.ts.swp"), "x");
-      writeFileSync(join(dir, "lib", "a.ts~"), "x");
-      await sleep(600);
-      assert.deepEqual(r.calls, [], "nothing but droppings changed");
-      writeFileSync(join(dir, "lib", "a.ts"), "2");
-      assert.deepEqual(await r.waitCalls(1), [[join(dir, "lib", "a.ts")]]);
-    } finally {
-      r.close();
-    }
-  });
+  testSideBySide(
+    "a directory: changes below it are reported with their paths; editor droppings and .git are not",
+    async () => {
+      const dir = left.tempDir("instar-watch-");
+      mkdirSync(join(dir, "lib"));
+      mkdirSync(join(dir, ".git"));
+      writeFileSync(join(dir, "lib", "a.ts"), "1");
+      const r = recorded([dir], 150);
+      try {
+        await settle();
+        writeFileSync(join(dir, ".git", "index"), "x");
+        writeFileSync(join(dir, "lib", ".a.ts.swp"), "x");
+        writeFileSync(join(dir, "lib", "a.ts~"), "x");
+        await sleep(600);
+        assert.deepEqual(r.calls, [], "nothing but droppings changed");
+        writeFileSync(join(dir, "lib", "a.ts"), "2");
+        assert.deepEqual(await r.waitCalls(1), [[join(dir, "lib", "a.ts")]]);
+      } finally {
+        r.close();
+      }
+    },
+  );
 
-  test("a watched directory removed and made again is watched again", async () => {
+  testSideBySide("a watched directory removed and made again is watched again", async () => {
     const base = left.tempDir("instar-watch-");
     const dir = join(base, "src");
     mkdirSync(dir);
@@ -152,6 +163,20 @@ describe(`watchPaths (${RUNTIME})`, () => {
     }
   });
 
+  testSideBySide("close(): no call after it, even for a change already pending", async () => {
+    const dir = left.tempDir("instar-watch-");
+    const file = join(dir, "app.ts");
+    writeFileSync(file, "1");
+    const r = recorded([file], 300);
+    await settle();
+    writeFileSync(file, "2");
+    await sleep(50);
+    r.close();
+    writeFileSync(file, "3");
+    await sleep(700);
+    assert.deepEqual(r.calls, []);
+  });
+
   test("a file written without pause is reported at the latest 10 debounce periods (at least 1 s) after the first event", async () => {
     const dir = left.tempDir("instar-watch-");
     const file = join(dir, "log.ts");
@@ -169,20 +194,6 @@ describe(`watchPaths (${RUNTIME})`, () => {
     } finally {
       r.close();
     }
-  });
-
-  test("close(): no call after it, even for a change already pending", async () => {
-    const dir = left.tempDir("instar-watch-");
-    const file = join(dir, "app.ts");
-    writeFileSync(file, "1");
-    const r = recorded([file], 300);
-    await settle();
-    writeFileSync(file, "2");
-    await sleep(50);
-    r.close();
-    writeFileSync(file, "3");
-    await sleep(700);
-    assert.deepEqual(r.calls, []);
   });
 
   test("bad arguments: INVALID_ARGUMENT naming what was wrong", () => {
