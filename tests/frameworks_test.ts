@@ -107,10 +107,10 @@ class Answers {
     this.#waiters.get(pid)?.();
   }
 
-  /** Resolves once `pid` answered a request of the load; rejects after 10 s. */
+  /** Resolves once `pid` answered a request of the load; rejects after 20 s. */
   from(pid: number): Promise<void> {
     if (this.pids.has(pid)) return Promise.resolve();
-    return within(new Promise((r) => this.#waiters.set(pid, r)), 10_000, `an answer from ${pid}`);
+    return within(new Promise((r) => this.#waiters.set(pid, r)), 20_000, `an answer from ${pid}`);
   }
 }
 
@@ -152,6 +152,7 @@ async function matrixRow(c: Case): Promise<void> {
   left.servers.push(sup);
   const [, first] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/, 30_000);
   const answers = new Answers();
+  const failures: string[] = []; // the first few, for the message of a wait that timed out
   const stop = new AbortController();
   const common = {
     port,
@@ -159,19 +160,30 @@ async function matrixRow(c: Case): Promise<void> {
     pauseMs: PAUSE_MS,
     signal: stop.signal,
     onResponse: (b: string) => answers.add(b),
+    onFailure: (kind: string, _t0: number, _t1: number, msg: string) =>
+      void (failures.length < 5 && failures.push(`${kind}: ${msg}`)),
   };
   const gets = runLoad({ ...common, connections: 4 });
   const posts = runLoad({ ...common, connections: 2, postBytes: 16 * 1024 });
   const generations = [Number(first)];
   const times: number[] = [];
+  // Says where it stopped: the generation waited for, what answered, the supervisor's last lines.
+  const answered = (pid: number) =>
+    answers.from(pid).catch((e) => {
+      const log = sup.lines.slice(-40).join("\n");
+      throw new Error(
+        `${c.name}: ${(e as Error).message} (generation ${generations.indexOf(pid) + 1}; ` +
+          `answered: ${[...answers.pids].join(" ")}; failed: ${failures.join("; ")})\n${log}`,
+      );
+    });
   try {
-    await answers.from(generations[0]);
+    await answered(generations[0]);
     for (let i = 1; i <= UPGRADES; i++) {
       const t0 = performance.now();
       generations.push(await upgrade(sup, i));
       times.push(performance.now() - t0);
     }
-    await answers.from(generations.at(-1)!);
+    await answered(generations.at(-1)!);
   } finally {
     stop.abort();
   }
