@@ -23,6 +23,13 @@ export interface LoadOptions {
   durationMs: number;
   /** Stop after this many requests in total (default unbounded within the duration). */
   maxRequests?: number;
+  /**
+   * Each connection waits this many ms after an answer before its next request
+   * (default 0: at once). A paced load leaves CPU for the generations that start
+   * during an upgrade, and leaves keep-alive connections idle between requests,
+   * as real clients do, so that a drain meets idle connections too.
+   */
+  pauseMs?: number;
   /** Reuse connections (default true); false opens one connection per request. */
   keepAlive?: boolean;
   /** Per-request timeout in ms (default 5000). */
@@ -57,6 +64,8 @@ export interface LoadOptions {
 
 /** What {@link runLoad} measured. */
 export interface LoadResult {
+  /** Requests started (each ends in `ok` or in `failed`: none is re-sent). */
+  sent: number;
   /** Responses with status 200. */
   ok: number;
   /** Failures by kind. */
@@ -92,6 +101,7 @@ function loopbackHost(hostname = "127.0.0.1"): string {
 
 function emptyResult(): LoadResult {
   return {
+    sent: 0,
     ok: 0,
     failures: { refused: 0, reset: 0, eof: 0, timeout: 0, status: 0, other: 0 },
     failed: 0,
@@ -236,6 +246,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
         const ms = success(res, start, t0);
         o.onLatency?.(t0, ms);
         o.onResponse?.(body);
+        if (o.pauseMs) await new Promise((r) => setTimeout(r, o.pauseMs));
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
         sock?.destroy();
@@ -248,6 +259,7 @@ export async function runLoad(o: LoadOptions): Promise<LoadResult> {
     sock?.destroy();
   };
   await Promise.all(Array.from({ length: o.connections ?? 20 }, worker));
+  res.sent = issued;
   res.elapsedMs = performance.now() - start;
   for (let i = 0; i < res.perSecond.length; i++) res.perSecond[i] ??= 0;
   return res;
@@ -320,6 +332,7 @@ export async function runEchoLoad(o: EchoLoadOptions): Promise<LoadResult> {
     });
   const worker = async () => {
     while (performance.now() < deadline && !o.signal?.aborted) {
+      res.sent++;
       const t0 = performance.now();
       try {
         await one();
