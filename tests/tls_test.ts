@@ -23,6 +23,7 @@ import {
   RUNTIME,
   skipIf,
   sleep,
+  stopped,
 } from "./support/helpers.ts";
 import { startGenerations, upgradeAndDrain, upgradeByHup } from "./support/generations.ts";
 
@@ -233,9 +234,12 @@ describe(`TLS (${RUNTIME})`, () => {
         // Rotation: the new pair on disk, then an upgrade.
         copyFileSync(b.cert, cert);
         copyFileSync(b.key, key);
-        // Once the old generation drains, a new connection reaches the new one (the PID file
-        // is written at ready, a moment before the old generation stops accepting).
+        // Once the old generation has ended, a new connection reaches the new one. (Its
+        // `draining` line comes a moment before it stops accepting, and a connection its
+        // runtime took just before that is answered, with the old certificate: seen once.)
+        let old = current;
         current = await upgradeAndDrain(g, current);
+        await stopped(old, 30_000);
         assert.equal(await servedFingerprint(g.port), b.fingerprint);
 
         // Broken pairs: each upgrade fails before ready, naming the file; b serves on.
@@ -273,7 +277,9 @@ describe(`TLS (${RUNTIME})`, () => {
         // Repaired, the next upgrade takes c (once b's generation drained, as above).
         copyFileSync(c.cert, cert);
         copyFileSync(c.key, key);
+        old = current;
         current = await upgradeAndDrain(g, current);
+        await stopped(old, 30_000);
         assert.equal(await servedFingerprint(g.port), c.fingerprint);
         await sleep(300);
       } finally {
