@@ -2,10 +2,11 @@
 // replaced (write + rename, as deploy tools do) and SIGHUP starts the new
 // binary on the same socket, without a failed request. An unmodified app
 // compiled with instar/auto in (the entry form of docs/compiled-binaries.md)
-// upgrades the same way, and `instar run --auto` refuses a compiled binary
-// naming that form. Under `deno test` this
-// still builds and runs the Bun binary: `deno compile` needs a runtime download
-// these machines cannot reach (see docs/compiled-binaries.md).
+// upgrades the same way, alone and under `instar run -- ./app` (the supervisor's
+// SIGHUP), and `instar run --auto` refuses a compiled binary naming that form.
+// Under `deno test` this still builds and runs the Bun binary: `deno compile`
+// needs a runtime download these machines cannot reach (see
+// docs/compiled-binaries.md).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
@@ -16,8 +17,11 @@ import {
   alive,
   bunBin,
   cleanupAfterTests,
+  denoBin,
+  freePort,
   ROOT,
   runCommand,
+  RUNTIME,
   showResult,
   sleep,
   startServer,
@@ -170,6 +174,50 @@ describe("an unmodified app compiled with instar/auto in", () => {
     process.kill(next, "SIGTERM");
     for (let t = 0; t < 200 && alive(next); t++) await sleep(50);
     assert.equal(alive(next), false);
+  });
+
+  test("runs under instar run without --auto: a SIGHUP to the supervisor upgrades it under keep-alive load without a failed request, and SIGTERM ends with status 0", async () => {
+    const binary = await compiledAutoApp();
+    const port = await freePort();
+    const cli = join(ROOT, "src", "cli", "main.ts");
+    const runtime = RUNTIME === "deno"
+      ? [denoBin(), "run", "-A", "--no-check", cli]
+      : [bunBin(), cli];
+    // the command line the --auto refusal recommends: instar run -- ./app
+    const sup = startServer([...runtime, "run", "--", binary], {
+      PORT: String(port),
+      INSTAR_DRAIN_TIMEOUT: "10000",
+    });
+    servers.push(sup);
+    const [, first] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/, 60_000);
+    sup.pids.add(Number(first));
+    const seen = new Map<string, number>();
+    const ac = new AbortController();
+    const load = runLoad({
+      port,
+      connections: 8,
+      durationMs: 60_000,
+      signal: ac.signal,
+      onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
+    });
+    let next = "";
+    try {
+      for (let t = 0; t < 100 && !seen.has(`pid ${first}`); t++) await sleep(50);
+      process.kill(sup.pid, "SIGHUP");
+      [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/, 60_000);
+      sup.pids.add(Number(next));
+      for (let t = 0; t < 200 && !seen.has(`pid ${next}`); t++) await sleep(50);
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await load;
+    assert.deepEqual([...seen.keys()].sort(), [`pid ${first}`, `pid ${next}`].sort());
+    assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    await sup.waitFor(new RegExp(`generation 1 \\(pid ${first}\\) exited with status 0`), 30_000);
+    process.kill(sup.pid, "SIGTERM");
+    assert.equal(await sup.exited, 0, "the supervisor stops the new generation and exits 0");
+    await sup.waitFor(new RegExp(`generation 2 \\(pid ${next}\\) exited with status 0`), 5_000);
   });
 
   test("instar run --auto refuses a compiled binary, naming the entry form and instar run without --auto", async () => {
