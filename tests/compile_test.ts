@@ -239,3 +239,42 @@ describe("an unmodified app compiled with instar/auto in", () => {
     );
   });
 });
+
+// A crafted ELF64 file: a null section, the section-name table and a `.bun` section
+// holding the compiled-binary trailer, with `entSize`-byte section headers.
+function craftedElf(entSize: number, count = 3): Uint8Array {
+  const names = new TextEncoder().encode("\0.shstrtab\0.bun\0");
+  const bun = new TextEncoder().encode("\0".repeat(8) + "graph" + "\n---- Bun! ----\n");
+  const namesAt = 64, bunAt = namesAt + names.length, tableAt = bunAt + bun.length;
+  const file = new Uint8Array(tableAt + entSize * count);
+  const v = new DataView(file.buffer);
+  file.set([0x7f, 0x45, 0x4c, 0x46, 2, 1]); // "\x7fELF", ELFCLASS64, little-endian
+  v.setBigUint64(0x28, BigInt(tableAt), true);
+  v.setUint16(0x3a, entSize, true);
+  v.setUint16(0x3c, count, true);
+  v.setUint16(0x3e, 1, true);
+  file.set(names, namesAt);
+  file.set(bun, bunAt);
+  const section = (i: number, name: number, offset: number, size: number) => {
+    v.setUint32(tableAt + i * entSize, name, true);
+    v.setBigUint64(tableAt + i * entSize + 24, BigInt(offset), true);
+    v.setBigUint64(tableAt + i * entSize + 32, BigInt(size), true);
+  };
+  section(1, 1, namesAt, names.length);
+  section(2, 11, bunAt, bun.length);
+  return file;
+}
+
+describe("recognising a compiled Bun binary by its ELF sections", () => {
+  test("only 64-byte ELF64 section headers are read, so a crafted header cannot make it read more", () => {
+    const path = join(dir, "crafted");
+    const check = (file: Uint8Array) => (writeFileSync(path, file), isCompiledBun(path));
+    assert.equal(check(craftedElf(64)), true, "the crafted file is recognised with ELF64 headers");
+    // the same sections at a larger stride: padded entries are no ELF64 layout Bun writes
+    assert.equal(check(craftedElf(128)), false);
+    assert.equal(check(craftedElf(65535)), false);
+    // more sections than any binary has: refused before the table is read
+    assert.equal(check(craftedElf(64, 4097)), false);
+    assert.equal(check(craftedElf(64, 4096)), true, "4096 sections are still read");
+  });
+});
