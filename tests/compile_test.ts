@@ -2,10 +2,11 @@
 // replaced (write + rename, as deploy tools do) and SIGHUP starts the new
 // binary on the same socket, without a failed request. An unmodified app
 // compiled with instar/auto in (the entry form of docs/compiled-binaries.md)
-// upgrades the same way, and `instar run --auto` refuses a compiled binary
-// naming that form. Under `deno test` this
-// still builds and runs the Bun binary: `deno compile` needs a runtime download
-// these machines cannot reach (see docs/compiled-binaries.md).
+// upgrades the same way, alone and under `instar run -- ./app` (the supervisor's
+// SIGHUP), and `instar run --auto` refuses a compiled binary naming that form.
+// Under `deno test` this still builds and runs the Bun binary: `deno compile`
+// needs a runtime download these machines cannot reach (see
+// docs/compiled-binaries.md).
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
@@ -16,8 +17,11 @@ import {
   alive,
   bunBin,
   cleanupAfterTests,
+  denoBin,
+  freePort,
   ROOT,
   runCommand,
+  RUNTIME,
   showResult,
   sleep,
   startServer,
@@ -172,6 +176,50 @@ describe("an unmodified app compiled with instar/auto in", () => {
     assert.equal(alive(next), false);
   });
 
+  test("runs under instar run without --auto: a SIGHUP to the supervisor upgrades it under keep-alive load without a failed request, and SIGTERM ends with status 0", async () => {
+    const binary = await compiledAutoApp();
+    const port = await freePort();
+    const cli = join(ROOT, "src", "cli", "main.ts");
+    const runtime = RUNTIME === "deno"
+      ? [denoBin(), "run", "-A", "--no-check", cli]
+      : [bunBin(), cli];
+    // the command line the --auto refusal recommends: instar run -- ./app
+    const sup = startServer([...runtime, "run", "--", binary], {
+      PORT: String(port),
+      INSTAR_DRAIN_TIMEOUT: "10000",
+    });
+    servers.push(sup);
+    const [, first] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/, 60_000);
+    sup.pids.add(Number(first));
+    const seen = new Map<string, number>();
+    const ac = new AbortController();
+    const load = runLoad({
+      port,
+      connections: 8,
+      durationMs: 60_000,
+      signal: ac.signal,
+      onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
+    });
+    let next = "";
+    try {
+      for (let t = 0; t < 100 && !seen.has(`pid ${first}`); t++) await sleep(50);
+      process.kill(sup.pid, "SIGHUP");
+      [, next] = await sup.waitFor(/upgraded: pid (\d+) serves/, 60_000);
+      sup.pids.add(Number(next));
+      for (let t = 0; t < 200 && !seen.has(`pid ${next}`); t++) await sleep(50);
+      await sleep(300);
+    } finally {
+      ac.abort();
+    }
+    const r = await load;
+    assert.deepEqual([...seen.keys()].sort(), [`pid ${first}`, `pid ${next}`].sort());
+    assert.equal(r.failed, 0, `failures ${JSON.stringify(r.failures)} ${r.samples.join("; ")}`);
+    await sup.waitFor(new RegExp(`generation 1 \\(pid ${first}\\) exited with status 0`), 30_000);
+    process.kill(sup.pid, "SIGTERM");
+    assert.equal(await sup.exited, 0, "the supervisor stops the new generation and exits 0");
+    await sup.waitFor(new RegExp(`generation 2 \\(pid ${next}\\) exited with status 0`), 5_000);
+  });
+
   test("instar run --auto refuses a compiled binary, naming the entry form and instar run without --auto", async () => {
     const binary = await compiledAutoApp();
     const named = (e: InstarError) =>
@@ -189,5 +237,44 @@ describe("an unmodified app compiled with instar/auto in", () => {
         e.code === "INVALID_ARGUMENT" && e.message.includes("a bun or deno command") &&
         !e.message.includes("compiled"),
     );
+  });
+});
+
+// A crafted ELF64 file: a null section, the section-name table and a `.bun` section
+// holding the compiled-binary trailer, with `entSize`-byte section headers.
+function craftedElf(entSize: number, count = 3): Uint8Array {
+  const names = new TextEncoder().encode("\0.shstrtab\0.bun\0");
+  const bun = new TextEncoder().encode("\0".repeat(8) + "graph" + "\n---- Bun! ----\n");
+  const namesAt = 64, bunAt = namesAt + names.length, tableAt = bunAt + bun.length;
+  const file = new Uint8Array(tableAt + entSize * count);
+  const v = new DataView(file.buffer);
+  file.set([0x7f, 0x45, 0x4c, 0x46, 2, 1]); // "\x7fELF", ELFCLASS64, little-endian
+  v.setBigUint64(0x28, BigInt(tableAt), true);
+  v.setUint16(0x3a, entSize, true);
+  v.setUint16(0x3c, count, true);
+  v.setUint16(0x3e, 1, true);
+  file.set(names, namesAt);
+  file.set(bun, bunAt);
+  const section = (i: number, name: number, offset: number, size: number) => {
+    v.setUint32(tableAt + i * entSize, name, true);
+    v.setBigUint64(tableAt + i * entSize + 24, BigInt(offset), true);
+    v.setBigUint64(tableAt + i * entSize + 32, BigInt(size), true);
+  };
+  section(1, 1, namesAt, names.length);
+  section(2, 11, bunAt, bun.length);
+  return file;
+}
+
+describe("recognising a compiled Bun binary by its ELF sections", () => {
+  test("only 64-byte ELF64 section headers are read, so a crafted header cannot make it read more", () => {
+    const path = join(dir, "crafted");
+    const check = (file: Uint8Array) => (writeFileSync(path, file), isCompiledBun(path));
+    assert.equal(check(craftedElf(64)), true, "the crafted file is recognised with ELF64 headers");
+    // the same sections at a larger stride: padded entries are no ELF64 layout Bun writes
+    assert.equal(check(craftedElf(128)), false);
+    assert.equal(check(craftedElf(65535)), false);
+    // more sections than any binary has: refused before the table is read
+    assert.equal(check(craftedElf(64, 4097)), false);
+    assert.equal(check(craftedElf(64, 4096)), true, "4096 sections are still read");
   });
 });

@@ -14,7 +14,11 @@
 import { closeSync, openSync, readSync } from "node:fs";
 
 const TRAILER = "\n---- Bun! ----\n";
-const MAX_SECTIONS = 4096; // far above any real binary's; bounds what is read
+const MAX_SECTIONS = 4096; // far above any real binary's (a compiled Bun 1.4.5 binary has 38)
+/** sizeof(Elf64_Shdr): any other entry size is no ELF64 file Bun wrote, only a way to make us read more. */
+const SECTION_HEADER_SIZE = 64;
+const MAX_NAMES = 1 << 20; // the section-name table read, at most
+// So at most 64 B + 4096 × 64 B (256 KiB) + 1 MiB + the 16-byte trailer are read, whatever the file says.
 
 /** `length` bytes of `fd` at `position` (fewer at the end of the file). */
 function readAt(fd: number, position: number, length: number): Uint8Array {
@@ -34,7 +38,9 @@ function bunSection(fd: number): { offset: number; size: number } | null {
   const shoff = Number(h.getBigUint64(0x28, true));
   const entSize = h.getUint16(0x3a, true), count = h.getUint16(0x3c, true);
   const strIndex = h.getUint16(0x3e, true);
-  if (entSize < 64 || count === 0 || count > MAX_SECTIONS || strIndex >= count) return null;
+  if (entSize !== SECTION_HEADER_SIZE || count === 0 || count > MAX_SECTIONS || strIndex >= count) {
+    return null;
+  }
   const raw = readAt(fd, shoff, entSize * count);
   if (raw.length < entSize * count) return null;
   const table = new DataView(raw.buffer, raw.byteOffset, raw.length);
@@ -44,7 +50,7 @@ function bunSection(fd: number): { offset: number; size: number } | null {
     size: Number(table.getBigUint64(i * entSize + 32, true)),
   });
   const strtab = at(strIndex);
-  const names = readAt(fd, strtab.offset, Math.min(strtab.size, 1 << 20));
+  const names = readAt(fd, strtab.offset, Math.min(strtab.size, MAX_NAMES));
   const wanted = new TextEncoder().encode(".bun\0");
   for (let i = 0; i < count; i++) {
     const s = at(i);
