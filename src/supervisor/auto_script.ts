@@ -21,7 +21,10 @@
  * `bun run --bun`, or one whose `#!` line names bun. Refused with
  * `INVALID_ARGUMENT`, naming the script and why: shell syntax (`&&`, `|`,
  * quotes, `$`), a script that runs `node` (or any other program instar/auto
- * does not load into), `pre`/`post` scripts, deno task dependencies.
+ * does not load into), `pre`/`post` scripts, deno task dependencies, an empty
+ * script or a bare `bun`/`deno`, a config file over 1 MiB, bun flags other
+ * than `--bun` before a script (they would apply to the runner, not started)
+ * and flags before a deno task's name other than `-q`.
  *
  * @module
  */
