@@ -182,21 +182,29 @@ export interface SocketHolder {
   command: string | null;
 }
 
+/** How far tcpListenerHolders looks: processes, and fd links read in all. */
+const HOLDER_SCAN = { processes: 4096, fds: 65536 };
+
 /**
  * The processes that hold a listening TCP socket on local `port` (either
  * family, any address), as far as this user may see their fds; `[]` when
  * /proc cannot tell. For an EADDRINUSE worth acting on: it names who holds
  * the port (another `instar run`, a copy of the app), which bind(2) does not.
+ * At most `max` of them, and the scan is bounded (HOLDER_SCAN): it reads
+ * /proc synchronously, on the event loop, and a host may run thousands of
+ * processes holding thousands of fds each; past the bound it answers with
+ * what it found.
  */
-export function tcpListenerHolders(port: number): SocketHolder[] {
+export function tcpListenerHolders(port: number, max: number = 3): SocketHolder[] {
   try {
     const inodes = new Set(TCP_TABLES.flatMap((t) => inState(readTextSync(t), port, "0A")));
     if (inodes.size === 0) return [];
     const out: SocketHolder[] = [];
-    for (const entry of readDirSync("/proc")) {
-      const pid = Number(entry);
-      if (!Number.isInteger(pid) || pid === 0 || !holdsAny(pid, inodes)) continue;
-      out.push({ pid, command: commandLine(pid) });
+    const budget = { fds: HOLDER_SCAN.fds };
+    const pids = readDirSync("/proc").map(Number).filter((p) => Number.isInteger(p) && p > 0);
+    for (const pid of pids.slice(0, HOLDER_SCAN.processes)) {
+      if (out.length >= max || budget.fds <= 0) break;
+      if (holdsAny(pid, inodes, budget)) out.push({ pid, command: commandLine(pid) });
     }
     return out;
   } catch {
@@ -204,9 +212,12 @@ export function tcpListenerHolders(port: number): SocketHolder[] {
   }
 }
 
-function holdsAny(pid: number, inodes: Set<number>): boolean {
+/** Whether `pid` holds one of `inodes`, reading at most `budget.fds` fd links (spent from it). */
+function holdsAny(pid: number, inodes: Set<number>, budget: { fds: number }): boolean {
   try {
-    return openFds(pid).some((fd) => inodes.has(socketInode(fd, pid) ?? -1));
+    const fds = openFds(pid).slice(0, budget.fds);
+    budget.fds -= fds.length;
+    return fds.some((fd) => inodes.has(socketInode(fd, pid) ?? -1));
   } catch {
     return false; // another user's process, or gone
   }

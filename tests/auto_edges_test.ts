@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as http from "node:http";
+import * as net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { after, before, describe, test } from "node:test";
@@ -27,6 +28,8 @@ import { bin } from "./support/procs.ts";
 import { runLoad } from "./support/load_client.ts";
 import { nextPidInPidFile } from "./support/status.ts";
 import { autoCommand } from "../src/supervisor/auto_script.ts";
+import { autoArgv } from "../src/supervisor/auto_argv.ts";
+import { tcpListenerHolders } from "../src/proc.ts";
 import { serveAddressOverride } from "../src/auto/deno_serve.ts";
 import type { InstarError } from "../src/errors.ts";
 
@@ -144,6 +147,17 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
         [["bun", "run", "prepped"], /without "preprepped"/],
         [["deno", "task", "deps"], /without dependencies/],
         [["bun", "run", "missing"], /a script "missing"/],
+        // Bun flags before `run`, or before a script in the short form, apply to the runner.
+        [["bun", "--smol", "run", "start"], /\(--smol would apply to the runner/],
+        [["bun", "--hot", "start"], /\(--hot would apply to the runner/],
+        [["bun", "--bun", "--env-file", ".env", "run", "next"], /\(--env-file \.env would/],
+        [["bun", "--frobnicate", "run", "start"], /`--frobnicate` is not one instar run knows/],
+        [["bun", "--cwd", dir, "run", "start"], /without bun's --cwd/],
+        [
+          ["deno", "task", "--config", "x.json", "start"],
+          /without other flags before the task \(`--config`/,
+        ],
+        [["deno", "task", "--cwd=/", "start"], /without other flags before the task \(`--cwd=\/`/],
       ] as const
     ) {
       assert.throws(
@@ -151,6 +165,68 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
         (e: InstarError) => e.code === "INVALID_ARGUMENT" && why.test(e.message),
         argv.join(" "),
       );
+    }
+    // A flag's value is not taken for the file, with or without `run`; --bun passes on.
+    const envFile = ["--env-file", ".env", "server.js"];
+    assert.deepEqual(ok(["bun", ...envFile]).argv, ["bun", "--preload", "P", ...envFile]);
+    const file = join(dir, "server.js");
+    const smol = ["--smol", "run", file];
+    assert.deepEqual(ok(["bun", ...smol]).argv, ["bun", "--preload", "P", ...smol]);
+    assert.deepEqual(ok(["bun", "--bun", "run", "start"]).argv, [
+      "bun",
+      "--preload",
+      "P",
+      "--bun",
+      "--smol",
+      "server.js",
+    ]);
+    assert.deepEqual(ok(["deno", "task", "-q", "start"]).argv, ok(["deno", "task", "start"]).argv);
+    // The net under the script resolution refuses `run <script>` past flags too.
+    for (const argv of [["bun", "--smol", "run", "start"], ["bun", "-r", "x", "run", "start"]]) {
+      assert.throws(() => autoArgv(argv, "P", "L"), /starts the server as another process/);
+    }
+  });
+
+  test("instar run --auto refuses an empty script, a bare runtime, and a package.json over 1 MiB, and reads only a binary's first line", () => {
+    const dir = project({ empty: "  ", bare: "bun", bareDeno: "deno", big: "bun server.js" });
+    const ok = (argv: string[], cwd = dir) => autoCommand(argv, cwd, "P", "L");
+    for (const name of ["empty", "bare", "bareDeno"]) {
+      assert.throws(
+        () => ok(["bun", "run", name, "server.js"]),
+        (e: InstarError) =>
+          e.code === "INVALID_ARGUMENT" && /names the command to run and its file/.test(e.message),
+        name,
+      );
+    }
+    const big = project({ start: "bun server.js" });
+    const pkg = join(big, "package.json");
+    writeFileSync(
+      pkg,
+      JSON.stringify({ scripts: { start: "bun server.js" }, pad: "x".repeat(1 << 20) }),
+    );
+    assert.throws(
+      () => ok(["bun", "run", "start"], big),
+      (e: InstarError) =>
+        e.code === "INVALID_ARGUMENT" && e.message.includes(`a ${pkg} of at most 1 MiB`),
+    );
+    // A package binary whose `#!` names bun, and past it more than is read.
+    const bunBin = join(dir, "node_modules", ".bin", "bunsrv");
+    writeFileSync(bunBin, "#!/usr/bin/env bun\n" + "//".repeat(100_000) + "\n");
+    chmodSync(bunBin, 0o755);
+    assert.deepEqual(ok(["bun", "bunsrv", "--x"]).argv, ["bun", "--preload", "P", bunBin, "--x"]);
+  });
+
+  test("tcpListenerHolders names this process for a port it listens on, and no more holders than asked for", async () => {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      const holders = tcpListenerHolders(port);
+      assert.deepEqual(holders.map((h) => h.pid), [process.pid]);
+      assert.ok(holders[0].command, "its command line");
+      assert.deepEqual(tcpListenerHolders(port, 0), []);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 

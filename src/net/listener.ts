@@ -236,7 +236,7 @@ function bindTcp(fd: number, sa: Uint8Array, shown: string, port: number): void 
     bindExplained(fd, sa, shown, "listen on");
   } catch (err) {
     if (!(err instanceof SystemError) || err.code !== "EADDRINUSE" || port === 0) throw err;
-    const holders = tcpListenerHolders(port).slice(0, 3);
+    const holders = tcpListenerHolders(port);
     if (holders.length === 0) throw err;
     const who = holders.map((h) => `pid ${h.pid} (${h.command ?? "?"})`).join(", ");
     const detail = err.message.replace(/^bind failed: EADDRINUSE \(errno \d+\): /, "");

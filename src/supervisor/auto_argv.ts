@@ -5,7 +5,8 @@
  * line, so every later generation (started from `/proc/self/cmdline`) loads
  * it too.
  *
- * - `bun [flags] <file> …` and `bun run <file> …` → `bun --preload <auto> …`
+ * - `bun [flags] <file> …` and `bun [flags] run [flags] <file> …` → `bun --preload <auto> …`
+ *   (bun's flags known by name, so that the file is found: an unknown one is refused)
  * - `deno run [flags] <file> …` → `deno run --preload <auto> [flags] <file> …`
  * - `deno serve [flags] <file>` → `deno run [flags] <auto/deno_serve_main.ts> <file> --port
  *   <p> --host <h>`: Deno 2.9.6 does not run a preload for `deno serve`, so a launcher
@@ -70,6 +71,64 @@ function denoServeArgv(argv: readonly string[], launcher: string): string[] {
   return [runtime, "run", ...flags, launcher, file, "--port", port, "--host", host];
 }
 
+/** Bun 1.4.5's flags (`bun --help`) that take the next word as their value. */
+const BUN_VALUE_FLAGS = new Set(
+  ("-r --preload --require --import --elide-lines -F --filter --shell --watch-kill-signal " +
+    "--cpu-prof-name --cpu-prof-dir --cpu-prof-interval --heap-prof-name --heap-prof-dir " +
+    "--heap-prof-interval --install -e --eval -p --print --port --conditions " +
+    "--fetch-preconnect --max-http-header-size --dns-result-order --redirect-warnings " +
+    "--disable-warning --title --unhandled-rejections --console-depth --user-agent " +
+    "--cron-title --cron-period --main-fields --extension-order --tsconfig-override -d " +
+    "--define --drop --feature -l --loader --jsx-factory --jsx-fragment --jsx-import-source " +
+    "--jsx-runtime --env-file -c --config").split(" "),
+);
+
+/** Bun 1.4.5's flags that take no value (or only one written with `=`, like `--inspect`). */
+const BUN_BOOLEAN_FLAGS = new Set(
+  ("-b --bun --silent --smol --hot --watch --no-clear-screen --if-present --no-install -i " +
+    "--prefer-offline --prefer-latest --expose-gc --no-deprecation --throw-deprecation " +
+    "--no-warnings --trace-warnings --trace-deprecation --pending-deprecation " +
+    "--zero-fill-buffers --use-system-ca --use-openssl-ca --use-bundled-ca --no-addons " +
+    "--no-ffi-cc --no-macros --no-env-file --preserve-symlinks --preserve-symlinks-main " +
+    "--insecure-http-parser --inspect --inspect-wait --inspect-brk --check --cpu-prof " +
+    "--cpu-prof-md --heap-prof --heap-prof-md --no-orphans --jsx-side-effects " +
+    "--ignore-dce-annotations --experimental-http2-fetch --experimental-http3-fetch " +
+    "--experimental-stream-iter --tls-min-v1.0 --tls-min-v1.1 --tls-min-v1.2 --tls-min-v1.3 " +
+    "--tls-max-v1.2 --tls-max-v1.3 --redis-preconnect --sql-preconnect").split(" "),
+);
+
+/**
+ * The index of the first word of `args` from `from` on that is not a bun flag
+ * (or a flag's value): where `run`, a script, or a file is. A flag it does not
+ * know is refused, as is `--cwd` (scripts and files would be looked up
+ * elsewhere than where instar run looks): whether it takes the next word
+ * decides what the command runs.
+ */
+export function bunPositional(args: readonly string[], from: number, shown: string): number {
+  let i = from;
+  for (; i < args.length && args[i].startsWith("-") && args[i] !== "-"; i++) {
+    const flag = args[i].split("=", 1)[0];
+    if (flag === "--cwd") {
+      invalid(
+        "--auto with",
+        shown,
+        "a command without bun's --cwd (run instar run in that directory)",
+      );
+    }
+    if (args[i].includes("=") && flag.startsWith("--")) continue;
+    if (BUN_VALUE_FLAGS.has(flag)) i++;
+    else if (!BUN_BOOLEAN_FLAGS.has(flag)) {
+      invalid(
+        "--auto with",
+        shown,
+        `bun flags of Bun 1.4.5 (\`${flag}\` is not one instar run knows; ` +
+          "whether it takes a value decides which word is the file or script)",
+      );
+    }
+  }
+  return i;
+}
+
 /** `argv` (argv[0] the runtime) with instar/auto preloaded; throws for a command it cannot serve. */
 export function autoArgv(
   argv: readonly string[],
@@ -79,7 +138,10 @@ export function autoArgv(
   const [runtime, ...rest] = argv;
   const name = basename(runtime);
   if (name === "bun") {
-    if (rest[0] === "run" && !(rest[1] !== undefined && existsSync(rest[1]))) {
+    const shown = argv.join(" ");
+    const first = bunPositional(rest, 0, shown);
+    const file = rest[first] === "run" ? rest[bunPositional(rest, first + 1, shown)] : "";
+    if (file !== "" && !(file !== undefined && existsSync(file))) {
       invalid(
         "--auto with",
         argv.join(" "),

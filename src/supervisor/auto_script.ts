@@ -21,16 +21,19 @@
  * `bun run --bun`, or one whose `#!` line names bun. Refused with
  * `INVALID_ARGUMENT`, naming the script and why: shell syntax (`&&`, `|`,
  * quotes, `$`), a script that runs `node` (or any other program instar/auto
- * does not load into), `pre`/`post` scripts, deno task dependencies.
+ * does not load into), `pre`/`post` scripts, deno task dependencies, an empty
+ * script or a bare `bun`/`deno`, a config file over 1 MiB, bun flags other
+ * than `--bun` before a script (they would apply to the runner, not started)
+ * and flags before a deno task's name other than `-q`.
  *
  * @module
  */
 
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readSync } from "node:fs";
 import { basename, delimiter, join, resolve as resolvePath } from "node:path";
 import process from "node:process";
 import { invalid } from "../errors.ts";
-import { AUTO_PRELOAD, AUTO_SERVE_LAUNCHER, autoArgv } from "./auto_argv.ts";
+import { AUTO_PRELOAD, AUTO_SERVE_LAUNCHER, autoArgv, bunPositional } from "./auto_argv.ts";
 
 /** A command line with instar/auto preloaded, and what it adds to every generation's environment. */
 export interface AutoCommand {
@@ -53,6 +56,17 @@ interface Script {
 const SHELL = /[|&;<>()$`\\*?{}[\]~#!'"\n]/;
 const ASSIGNMENT = /^[A-Za-z_][A-Za-z0-9_]*=/;
 const MAX_DEPTH = 4; // a script that runs `bun run <another script>`, and so on
+/** The largest package.json / deno.json(c) read: a larger one is refused, not read whole. */
+const MAX_CONFIG_BYTES = 1 << 20;
+/** Bun flags a script or package binary may be run with: the others would apply to the runner, which is gone. */
+const RUNNER_FLAGS = new Set(["--bun", "-b", "--silent"]);
+
+/** One resolution's directory, environment, and the config files it has read (each once). */
+interface Ctx {
+  cwd: string;
+  env: Record<string, string>;
+  json: Map<string, Record<string, unknown>>;
+}
 
 /**
  * `argv` with instar/auto preloaded, a package.json script or deno task
@@ -65,34 +79,48 @@ export function autoCommand(
   preload: string = AUTO_PRELOAD,
   launcher: string = AUTO_SERVE_LAUNCHER,
 ): AutoCommand {
-  const env: Record<string, string> = {};
-  const out = resolve(argv, cwd, env, 0);
-  return { argv: autoArgv(out, preload, launcher), env };
+  const ctx: Ctx = { cwd, env: {}, json: new Map() };
+  const out = resolve(argv, ctx, 0);
+  return { argv: autoArgv(out, preload, launcher), env: ctx.env };
 }
 
-function resolve(
-  argv: readonly string[],
-  cwd: string,
-  env: Record<string, string>,
-  depth: number,
-): readonly string[] {
+function resolve(argv: readonly string[], ctx: Ctx, depth: number): readonly string[] {
   if (depth > MAX_DEPTH) invalid("--auto with", argv.join(" "), "scripts that end in a command");
   const [runtime, ...rest] = argv;
   const name = basename(runtime);
   if (name === "bun") {
-    const run = bunRun(rest, cwd);
+    const run = bunRun(rest, ctx, argv.join(" "));
     if (!run) return argv;
-    if (run.bin) return binArgv(runtime, run.bun, run.name, [...run.args], cwd, argv.join(" "));
-    const script = packageScript(cwd, run.name, `bun run ${run.name}`);
-    return fromScript(script, runtime, run.bun, [...run.args], cwd, env, depth);
+    if (run.bin) return binArgv(runtime, run.bun, run.name, [...run.args], ctx.cwd, argv.join(" "));
+    const script = packageScript(ctx, run.name, `bun run ${run.name}`);
+    return fromScript(script, runtime, run.bun, [...run.args], ctx, depth);
   }
   if (name === "deno" && rest[0] === "task") {
-    const i = rest.findIndex((a, k) => k > 0 && !a.startsWith("-"));
-    if (i < 0) invalid("--auto with", argv.join(" "), "`deno task <task>`");
-    const script = denoTask(cwd, rest[i]);
-    return fromScript(script, runtime, false, rest.slice(i + 1), cwd, env, depth);
+    const i = taskIndex(rest, argv.join(" "));
+    const script = denoTask(ctx, rest[i]);
+    return fromScript(script, runtime, false, rest.slice(i + 1), ctx, depth);
   }
   return argv;
+}
+
+/**
+ * Where `deno task [-q] <task>`'s task name is. Other flags before it are
+ * refused: `--config` / `--cwd` name another file or directory than the one
+ * instar run reads, and a flag's value would be taken for the task.
+ */
+function taskIndex(rest: readonly string[], shown: string): number {
+  let i = 1;
+  while (rest[i] === "-q" || rest[i] === "--quiet") i++;
+  if (rest[i]?.startsWith("-")) {
+    invalid(
+      "--auto with",
+      shown,
+      `\`deno task [-q] <task>\` without other flags before the task (\`${rest[i]}\`: ` +
+        "run instar run in the directory that holds deno.json, or name the command itself)",
+    );
+  }
+  if (rest[i] === undefined) invalid("--auto with", shown, "`deno task <task>`");
+  return i;
 }
 
 /**
@@ -102,23 +130,39 @@ function resolve(
  */
 function bunRun(
   rest: readonly string[],
-  cwd: string,
+  ctx: Ctx,
+  shown: string,
 ): { name: string; args: readonly string[]; bun: boolean; bin: boolean } | null {
-  let i = 0, bun = false, run = false;
-  for (; i < rest.length; i++) {
-    if (rest[i] === "--bun" || rest[i] === "-b") bun = true;
-    else if (rest[i] === "run" && !run) run = true;
-    else if (rest[i] === "--silent") continue;
-    else break;
-  }
+  let i = bunPositional(rest, 0, shown);
+  const run = rest[i] === "run";
+  if (run) i = bunPositional(rest, i + 1, shown);
   const name = rest[i];
-  if (name === undefined || name.startsWith("-") || existsSync(resolvePath(cwd, name))) return null;
+  if (name === undefined || existsSync(resolvePath(ctx.cwd, name))) return null;
+  const flags = rest.slice(0, i).filter((a) => a !== "run");
   // `bun <name>` runs a script by that name when there is one, else a package binary,
   // as `bun run <name>` does; either in a child process the preload would not reach.
   const args = rest.slice(i + 1);
-  if (scriptsOf(cwd)?.[name] !== undefined) return { name, args, bun, bin: false };
-  if (existsSync(join(cwd, "node_modules", ".bin", name))) return { name, args, bun, bin: true };
-  return run ? { name, args, bun, bin: false } : null;
+  const bun = flags.some((f) => f === "--bun" || f === "-b");
+  let out: { name: string; args: readonly string[]; bun: boolean; bin: boolean } | null = null;
+  if (scriptsOf(ctx)?.[name] !== undefined) out = { name, args, bun, bin: false };
+  else if (existsSync(join(ctx.cwd, "node_modules", ".bin", name))) {
+    out = { name, args, bun, bin: true };
+  } else if (run) out = { name, args, bun, bin: false };
+  if (out) runnerFlagsOnly(flags, name, shown);
+  return out;
+}
+
+/** Refuses bun flags (other than --bun) given to the runner of a script or package binary. */
+function runnerFlagsOnly(flags: readonly string[], name: string, shown: string): void {
+  const other = flags.filter((f) => !RUNNER_FLAGS.has(f));
+  if (other.length === 0) return;
+  invalid(
+    "--auto with",
+    shown,
+    `no bun flags but --bun before the script or binary \`${name}\` (${other.join(" ")} ` +
+      "would apply to the runner, which instar run replaces by the command the script names: " +
+      "put them in the script, e.g. `bun --smol server.js`)",
+  );
 }
 
 /**
@@ -150,27 +194,55 @@ function binArgv(
   );
 }
 
-function readJson(file: string, what: string): Record<string, unknown> {
+/** `file`'s object, read once per resolution, at most MAX_CONFIG_BYTES of it. */
+function readJson(file: string, what: string, ctx: Ctx): Record<string, unknown> {
+  const known = ctx.json.get(file);
+  if (known) return known;
+  let head: Uint8Array;
   try {
-    const value = JSON.parse(stripJsonc(readFileSync(file, "utf8")));
-    if (value !== null && typeof value === "object") return value as Record<string, unknown>;
+    head = readHead(file, MAX_CONFIG_BYTES + 1);
+  } catch (err) {
+    return invalid("--auto with", what, `a readable ${file} (${(err as Error).message})`);
+  }
+  if (head.length > MAX_CONFIG_BYTES) {
+    invalid("--auto with", what, `a ${file} of at most 1 MiB (it is larger)`);
+  }
+  try {
+    const value = JSON.parse(stripJsonc(new TextDecoder().decode(head)));
+    if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+      ctx.json.set(file, value);
+      return value as Record<string, unknown>;
+    }
   } catch (err) {
     invalid("--auto with", what, `a readable ${file} (${(err as Error).message})`);
   }
   return invalid("--auto with", what, `${file} holding an object`);
 }
 
-function scriptsOf(cwd: string): Record<string, unknown> | null {
-  const file = join(cwd, "package.json");
+/** The first `max` bytes of `file` (fewer when it is shorter). */
+function readHead(file: string, max: number): Uint8Array {
+  const fd = openSync(file, "r");
+  try {
+    const buf = new Uint8Array(max);
+    let n = 0;
+    for (let got = -1; got !== 0 && n < max; n += got) got = readSync(fd, buf, n, max - n, null);
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function scriptsOf(ctx: Ctx): Record<string, unknown> | null {
+  const file = join(ctx.cwd, "package.json");
   if (!existsSync(file)) return null;
-  const scripts = readJson(file, file).scripts;
+  const scripts = readJson(file, file, ctx).scripts;
   return scripts !== null && typeof scripts === "object" ? scripts as Record<string, unknown> : {};
 }
 
-function packageScript(cwd: string, name: string, what: string): Script {
-  const file = join(cwd, "package.json");
-  const scripts = scriptsOf(cwd);
-  if (scripts === null) invalid("--auto with", what, `a package.json in ${cwd} (none there)`);
+function packageScript(ctx: Ctx, name: string, what: string): Script {
+  const file = join(ctx.cwd, "package.json");
+  const scripts = scriptsOf(ctx);
+  if (scripts === null) invalid("--auto with", what, `a package.json in ${ctx.cwd} (none there)`);
   const text = scripts[name];
   if (typeof text !== "string") invalid("--auto with", what, `a script "${name}" in ${file}`);
   for (const extra of [`pre${name}`, `post${name}`]) {
@@ -183,15 +255,15 @@ function packageScript(cwd: string, name: string, what: string): Script {
       );
     }
   }
-  return { what, text, file, pkg: readJson(file, what) };
+  return { what, text, file, pkg: readJson(file, what, ctx) };
 }
 
-function denoTask(cwd: string, name: string): Script {
+function denoTask(ctx: Ctx, name: string): Script {
   const what = `deno task ${name}`;
   for (const config of ["deno.json", "deno.jsonc"]) {
-    const file = join(cwd, config);
+    const file = join(ctx.cwd, config);
     if (!existsSync(file)) continue;
-    const tasks = readJson(file, what).tasks as Record<string, unknown> | undefined;
+    const tasks = readJson(file, what, ctx).tasks as Record<string, unknown> | undefined;
     const task = tasks?.[name];
     if (task === undefined) break;
     if (typeof task === "string") return { what, text: task, file, pkg: {} };
@@ -203,7 +275,7 @@ function denoTask(cwd: string, name: string): Script {
     return { what, text: t.command, file, pkg: {} };
   }
   // Deno runs package.json's scripts too when no deno.json task has the name.
-  return packageScript(cwd, name, what);
+  return packageScript(ctx, name, what);
 }
 
 function fromScript(
@@ -211,37 +283,40 @@ function fromScript(
   runtime: string,
   bunFlag: boolean,
   args: string[],
-  cwd: string,
-  env: Record<string, string>,
+  ctx: Ctx,
   depth: number,
 ): readonly string[] {
   const shown = `${s.what} (${JSON.stringify(s.text)} in ${s.file})`;
   if (SHELL.test(s.text)) {
     invalid("--auto with", shown, "a script that is one command, without shell syntax");
   }
-  const words = s.text.trim().split(/\s+/);
+  const words = s.text.trim().split(/\s+/).filter((w) => w !== "");
   while (words.length > 1 && ASSIGNMENT.test(words[0])) {
     const [k, v] = words.shift()!.split(/=(.*)/s, 2);
-    env[k] = v;
+    ctx.env[k] = v;
   }
-  scriptEnv(s, cwd, env);
   const [program, ...more] = words;
+  if (program === undefined || ((program === "bun" || program === "deno") && !more.length)) {
+    invalid("--auto with", shown, "a script that names the command to run and its file");
+  }
+  scriptEnv(s, ctx);
   const rest = [...more, ...args];
   // `bun run --bun` runs `node` as bun (Bun puts a `node` that is bun first on PATH).
   if (program === "node" && bunFlag && basename(runtime) === "bun") {
-    return resolve([runtime, "--bun", ...rest], cwd, env, depth + 1);
+    return resolve([runtime, "--bun", ...rest], ctx, depth + 1);
   }
   if (program === "bun" || program === "deno") {
     // The same binary as given when the script names the same runtime.
     const exe = basename(runtime) === program ? runtime : program;
     const flag = program === "bun" && bunFlag ? ["--bun"] : [];
-    return resolve([exe, ...flag, ...rest], cwd, env, depth + 1);
+    return resolve([exe, ...flag, ...rest], ctx, depth + 1);
   }
-  return binArgv(runtime, bunFlag, program, rest, cwd, shown);
+  return binArgv(runtime, bunFlag, program, rest, ctx.cwd, shown);
 }
 
 /** What `bun run` / `deno task` add: node_modules/.bin first on PATH, npm_* names. */
-function scriptEnv(s: Script, cwd: string, env: Record<string, string>): void {
+function scriptEnv(s: Script, ctx: Ctx): void {
+  const { cwd, env } = ctx;
   env.PATH ??= [join(cwd, "node_modules", ".bin"), process.env.PATH ?? ""].join(delimiter);
   env.npm_lifecycle_event ??= s.what.split(" ").at(-1)!;
   env.npm_lifecycle_script ??= s.text;
@@ -252,8 +327,9 @@ function scriptEnv(s: Script, cwd: string, env: Record<string, string>): void {
   }
 }
 
+/** Whether `file`'s `#!` line names bun: its first 256 bytes read, not the whole (maybe large) binary. */
 function shebangIsBun(file: string): boolean {
-  const head = readFileSync(file, "utf8").slice(0, 200).split("\n")[0];
+  const head = new TextDecoder().decode(readHead(file, 256)).split("\n")[0];
   return /^#!.*\bbun\b/.test(head);
 }
 
