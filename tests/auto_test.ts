@@ -120,7 +120,8 @@ async function upgradesUnderLoad(app: App, { upgrades = 2, tls = false } = {}): 
     port: app.port,
     tls,
     durationMs: 60_000,
-    onResponse: (b: string) => seen.add(b),
+    // "pid <pid>" (a POST to bun_serve.js or deno_serve.ts adds " read <bytes>"): one per generation.
+    onResponse: (b: string) => seen.add(/^\S+ \d+/.exec(b)?.[0] ?? b),
   };
   const stop = new AbortController();
   const gets = runLoad({ ...common, connections: 8, signal: stop.signal });
