@@ -8,6 +8,8 @@
 // in `auto` mode and in `fallback` mode (node:http behind the proxy, watched too). A generation
 // with up.serve and up.serveNode on Unix sockets (tests/fd_limit_child.ts) answers on both once
 // its idle clients leave (on Deno: Deno.serve restarted, node:http's server listened anew).
+// The watchdog stops watching an fd whose number was closed and reused (by a pipe that polls
+// readable): the server is not listened anew on it.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
@@ -33,12 +35,15 @@ import {
   bind,
   C,
   close as closeFd,
+  dup3,
   dupCloexec,
   getNofileLimit,
   getsockname,
   listenFd,
+  pipe2,
   setNofileLimit,
   socket,
+  write,
 } from "../src/ffi/mod.ts";
 import { decode, encodeInet, type NetAddr } from "../src/ffi/sockaddr.ts";
 import { WATCH_EVERY_MS, watchDeafness } from "../src/runtime/fd_watch.ts";
@@ -367,6 +372,38 @@ describe(`at the fd limit (${RUNTIME})`, () => {
         await new Promise((r) => server.close(r));
       } finally {
         closeFd(fd);
+      }
+    },
+  );
+
+  test(
+    "on Deno the watchdog stops watching an fd whose number a pipe took over, and leaves the server listening",
+    async () => {
+      const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+      bind(fd, encodeInet("127.0.0.1", 0)!);
+      listenFd(fd, 64);
+      const port = (decode(getsockname(fd)) as NetAddr).port;
+      const server = net.createServer((c) => c.end("hi"));
+      await new Promise<void>((r) => server.listen({ fd: dupCloexec(fd) }, r));
+      const warnings: string[] = [];
+      let relistens = 0;
+      watchDeafness(server, fd, {
+        warn: (m) => warnings.push(m),
+        listen: (o, cb) => void (relistens++, server.listen(o, cb)),
+      });
+      // instar's fd closed and its number reused by a pipe with a byte waiting: it polls
+      // readable, as a queue of connections would, and nobody accepts from it.
+      const [r, w] = pipe2(C.O_CLOEXEC);
+      try {
+        write(w, new Uint8Array([1]));
+        dup3(r, fd, C.O_CLOEXEC);
+        // Three checks, the second of which would have found the "queue" still waiting.
+        await sleep(3 * WATCH_EVERY_MS);
+        assert.deepEqual({ warnings, relistens }, { warnings: [], relistens: 0 });
+        assert.equal(await read(port, 2_000), "hi", "the server still listens on its socket");
+      } finally {
+        await new Promise((r) => server.close(r));
+        for (const f of [fd, r, w]) closeFd(f);
       }
     },
   );

@@ -16,6 +16,10 @@
  * poll(2) (a listening socket is readable while a connection waits), which
  * is all the check needs.
  *
+ * The watch ends when the fd no longer is the socket it was given (closed,
+ * or its number reused: a pipe or a file polls readable, and would read as a
+ * queue waiting): each check first compares its inode and SO_ACCEPTCONN.
+ *
  * @module
  */
 
@@ -25,9 +29,11 @@ import {
   C,
   close as closeFd,
   dupCloexec,
+  getsockoptInt,
   poll,
   runtimeName,
 } from "../ffi/mod.ts";
+import { socketInode } from "../proc.ts";
 import { RateLimitedWarning } from "./fd_exhaustion.ts";
 
 /** How often the watchdog reads the watched sockets' accept queues. */
@@ -49,6 +55,9 @@ export interface DeafWatchOptions {
 interface Watched {
   server: net.Server;
   fd: number;
+  // The listening socket `fd` was when the watch began (its inode): a reused number is not it.
+  inode: number;
+  stop: () => void;
   o: DeafWatchOptions;
   warning: RateLimitedWarning;
   // TCP_INFO counts the queue; a Unix socket's is only known to be empty or not.
@@ -69,14 +78,18 @@ let soon: ReturnType<typeof setTimeout> | undefined;
 /**
  * Watches `server` (a `node:net` or `node:http` server listening on a
  * duplicate of instar's TCP or Unix socket `fd`) until it closes or the
- * returned function is called. Only on Deno: elsewhere it does nothing.
- * Costs one counter increment per accepted connection.
+ * returned function is called, or until `fd` no longer is that listening
+ * socket. Only on Deno: elsewhere (and for an fd that is not a listening
+ * socket) it does nothing. Costs one counter increment per accepted connection.
  */
 export function watchDeafness(server: net.Server, fd: number, o: DeafWatchOptions): () => void {
-  if (runtimeName() !== "deno") return () => {};
+  const inode = runtimeName() === "deno" ? listeningInode(fd) : null;
+  if (inode === null) return () => {};
   const w: Watched = {
     server,
     fd,
+    inode,
+    stop: () => {},
     o,
     warning: new RateLimitedWarning(o.warn),
     tcp: acceptQueueLength(fd) !== null,
@@ -96,6 +109,7 @@ export function watchDeafness(server: net.Server, fd: number, o: DeafWatchOption
       timer = undefined;
     }
   };
+  w.stop = stop;
   server.on("connection", counted);
   server.once("close", stop);
   watched.add(w);
@@ -104,6 +118,17 @@ export function watchDeafness(server: net.Server, fd: number, o: DeafWatchOption
     (timer as { unref?: () => void }).unref?.();
   }
   return stop;
+}
+
+/** The inode of `fd` if it is a listening socket, else `null` (closed, not a socket, not listening). */
+function listeningInode(fd: number): number | null {
+  const inode = socketInode(fd);
+  if (inode === null) return null;
+  try {
+    return getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN) === 1 ? inode : null;
+  } catch {
+    return null; // closed since
+  }
 }
 
 function checkAll(): void {
@@ -121,14 +146,15 @@ function checkSoon(): void {
 }
 
 function check(w: Watched): void {
+  // Closed (the drain closes the server soon) or its number reused: nothing of ours to read.
+  if (listeningInode(w.fd) !== w.inode) return w.stop();
   if (w.relistening || w.o.paused?.()) {
     w.queued = false;
     return;
   }
   if (w.down) return relisten(w, 0);
   if (!w.server.listening) return;
-  const queue = waiting(w.fd);
-  if (queue === null) return; // instar's fd was closed: the drain closes the server soon
+  const queue = waiting(w);
   const idle = queue > 0 && w.accepted === w.acceptedThen;
   const deaf = w.queued && idle;
   w.queued = queue > 0;
@@ -138,20 +164,14 @@ function check(w: Watched): void {
 }
 
 /**
- * How many connections wait in the accept queue of the listening socket
- * `fd` (TCP_INFO); for a Unix socket 1 or 0 (poll(2): whether one waits);
- * `null` once `fd` is closed.
+ * How many connections wait in the accept queue of the watched listening
+ * socket (TCP_INFO); for a Unix socket 1 or 0 (poll(2): whether one waits).
  */
-function waiting(fd: number): number | null {
-  try {
-    const queue = acceptQueueLength(fd);
-    if (queue !== null) return queue;
-  } catch {
-    return null; // EBADF
-  }
-  const p = { fd, events: C.POLLIN, revents: 0 };
+function waiting(w: Watched): number {
+  const queue = w.tcp ? acceptQueueLength(w.fd) : null;
+  if (queue !== null) return queue;
+  const p = { fd: w.fd, events: C.POLLIN, revents: 0 };
   poll([p], 0);
-  if (p.revents & C.POLLNVAL) return null;
   return p.revents & C.POLLIN ? 1 : 0;
 }
 

@@ -7,7 +7,10 @@
  * the `upgrade` event (the `ws` package) stay open until they close; at the
  * drain timeout they get close code 1012 and are cut.
  * A `node:http2` server's sessions get GOAWAY (a graceful close) spread
- * over the drain's close spread rather than all at once.
+ * over the drain's close spread rather than all at once. Such a server gets
+ * no `request` listener from the drain: the first one turns on its
+ * compatibility API, and an application answering on `stream` would get a
+ * second handler for each stream (and `Connection: close` is not HTTP/2).
  *
  * Nothing runs per request in steady state: connections are tracked as they
  * come (`connection` / `secureConnection`), and only when the drain starts
@@ -19,7 +22,9 @@
  */
 
 import type * as http from "node:http";
+import type * as http2 from "node:http2";
 import type { Socket } from "node:net";
+import * as host from "../host.ts";
 import { QuietClock, RESTART_REASON, SERVICE_RESTART } from "../runtime/http_drain.ts";
 import { deadline, spread } from "../timeout.ts";
 
@@ -61,6 +66,16 @@ function closeSession(session: Session): void {
   }
 }
 
+/** The prototypes of `node:http2`'s two server classes, which the module does not export. */
+let h2Prototypes: object[] | undefined;
+
+// node:http2 is loaded here, only for a server given to serveNode().
+function isHttp2Server(server: http.Server): boolean {
+  const h2 = host.builtin<typeof http2>("node:http2");
+  h2Prototypes ??= [h2.createServer(), h2.createSecureServer()].map(Object.getPrototypeOf);
+  return h2Prototypes.some((p) => Object.prototype.isPrototypeOf.call(p, server));
+}
+
 /** The `upgrade` listeners of every NodeDrain: none of them answers an upgrade. */
 const TRACKERS = new WeakSet<(...args: never[]) => unknown>();
 
@@ -75,11 +90,15 @@ export class NodeDrain {
   #emptied: (() => void)[] = [];
   // HTTP/2 sessions (a node:http2 server's `session` event): their clients move on GOAWAY only.
   #sessions = new Set<Session>();
+  // A node:http2 server (or one whose `session` event fired): no `request` listener of ours.
+  #h2: boolean;
+  #onStream = (stream: http2.ServerHttp2Stream) => stream.once("close", () => this.#clock.mark());
   #onRequest = (_req: http.IncomingMessage, res: Res) => this.#closing(res);
 
   /** Starts watching `server`'s connections and upgrades. */
   constructor(server: http.Server) {
     this.#server = server;
+    this.#h2 = isHttp2Server(server);
     const track = (socket: Socket) => {
       this.#sockets.add(socket);
       socket.once("close", () => {
@@ -90,6 +109,7 @@ export class NodeDrain {
     server.prependListener("connection", track);
     server.prependListener("secureConnection", track);
     server.prependListener("session", (session: Session) => {
+      this.#h2 = true;
       this.#sessions.add(session);
       session.once("close", () => this.#sessions.delete(session));
     });
@@ -142,15 +162,25 @@ export class NodeDrain {
     } catch { /* headers went out meanwhile */ }
   }
 
-  /** Switches the answers to `Connection: close` (and back). */
+  /**
+   * Switches the answers to `Connection: close` (and back). On HTTP/2 the
+   * answers stay as they are (its sessions get GOAWAY): the end of each
+   * stream marks the quiet clock.
+   */
   draining(on: boolean): void {
     if (on === this.#draining) return;
     this.#draining = on;
     if (!on) {
       this.#server.off("request", this.#onRequest);
+      this.#server.off("stream", this.#onStream);
       return;
     }
     this.#clock.mark();
+    if (this.#h2) {
+      // A `stream` listener, unlike a `request` one, changes nothing of how streams are answered.
+      this.#server.on("stream", this.#onStream);
+      return;
+    }
     // In front of the framework's listener: the header is set before it answers.
     this.#server.prependListener("request", this.#onRequest);
     // Requests taken before the drain and not answered yet close their connection too.

@@ -84,13 +84,20 @@ function checkServer(server: unknown): NodeHttpServer {
   return s as NodeHttpServer;
 }
 
+/**
+ * A path for a Unix socket of the server's own, and how to remove it: as
+ * serve(), in a fresh 0700 directory, never easier to reach than ours.
+ */
+function privateSocketPath(): { path: string; remove: () => void } {
+  const dir = makeTempDirSync("instar-node-");
+  return { path: `${dir}/s.sock`, remove: () => removeTreeSync(dir) };
+}
+
 /** Where the server starts before the transplant (or behind the proxy), and how to clean up. */
 function throwawayFor(addr: Addr): { listen: object; remove: () => void } {
   if (addr.transport === "unix") {
-    // As serve(): a Unix socket in a 0700 directory, never easier to reach than ours.
-    const dir = makeTempDirSync("instar-node-");
-    const remove = () => removeTreeSync(dir);
-    return { listen: { path: `${dir}/s.sock` }, remove };
+    const { path, remove } = privateSocketPath();
+    return { listen: { path }, remove };
   }
   const host = addr.hostname.includes(":") ? "::1" : "127.0.0.1";
   return { listen: { host, port: 0, exclusive: true }, remove: () => {} };
@@ -126,6 +133,8 @@ interface Accepting {
   info?: TransplantInfo;
   proxy?: ConnectionProxy;
   fallbackReason?: InstarError;
+  /** The fd the server listens on itself, if it is instar's (the fd watchdog reads it). */
+  watchFd?: number;
   remove: () => void;
 }
 
@@ -174,20 +183,19 @@ async function viaOwnUpstream(
   addr: Addr,
   o: NodeServeOptions,
 ): Promise<Accepting> {
-  const dir = addr.transport === "unix" ? makeTempDirSync("instar-node-") : undefined;
-  const where = dir ? { path: `${dir}/s.sock` } : { hostname: "127.0.0.1", port: 0 };
+  const unix = addr.transport === "unix" ? privateSocketPath() : undefined;
+  const where = unix ? { path: unix.path } : { hostname: "127.0.0.1", port: 0 };
   let up: { fd: number; addr: Addr } | undefined;
   const remove = () => {
     if (up) closeFd(up.fd);
     up = undefined;
-    if (dir) removeTreeSync(dir);
+    unix?.remove();
   };
   try {
     up = await openSocket(where);
     await (await serveNodeAdapter()).listenOnFd(server, up.fd);
-    const upFd = up.fd;
-    watchDeafness(server, upFd, { warn: o.onWarning ?? warnOnConsole });
-    return await viaProxy(server, fd, up.addr, remove, o.onWarning);
+    const a = await viaProxy(server, fd, up.addr, remove, o.onWarning);
+    return { ...a, watchFd: up.fd };
   } catch (err) {
     if (server.listening) await new Promise((r) => server.close(r));
     remove();
@@ -404,6 +412,34 @@ function serverDrain(
   };
 }
 
+/**
+ * Deno's node:net server stops accepting for good at EMFILE, without an event:
+ * the watchdog reads `fd`, the socket it listens on, until the server closes or
+ * the returned path's `remove()` runs (before the fd is closed). Behind the
+ * proxy (`watchFd`) the drain pauses the proxy, never the server: `paused`
+ * stays false there.
+ */
+function watchServer(
+  server: NodeHttpServer,
+  fd: number | undefined,
+  a: Accepting,
+  accept: AcceptControl,
+  o: NodeServeOptions,
+): Accepting {
+  if (fd === undefined) return a;
+  const stop = watchDeafness(server, fd, {
+    paused: accept.paused,
+    warn: o.onWarning ?? warnOnConsole,
+  });
+  return {
+    ...a,
+    remove: () => {
+      stop();
+      a.remove();
+    },
+  };
+}
+
 function serving(
   server: NodeHttpServer,
   d: NodeDrain,
@@ -413,14 +449,14 @@ function serving(
   o: NodeServeOptions,
 ): { handle: Omit<NodeServing, "url"> & { url?: URL }; drain: ServerDrain } {
   const accept = acceptControl(fd, a);
-  if (a.mode === "fd") {
-    // Deno's node:net server stops accepting for good at EMFILE, without an event.
-    watchDeafness(server, fd, {
-      paused: accept.paused,
-      warn: o.onWarning ?? warnOnConsole,
-    });
-  }
-  const drain = serverDrain(d, accept, addr, a, o.idleConnections ?? DEFAULT_IDLE_CONNECTIONS);
+  const watched = watchServer(server, a.mode === "fd" ? fd : a.watchFd, a, accept, o);
+  const drain = serverDrain(
+    d,
+    accept,
+    addr,
+    watched,
+    o.idleConnections ?? DEFAULT_IDLE_CONNECTIONS,
+  );
   let shutdownPromise: Promise<void> | undefined;
   const handle = {
     server,
