@@ -9,7 +9,6 @@
  */
 import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import * as http from "node:http";
 import * as net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
@@ -17,6 +16,7 @@ import { after, before, describe, test } from "node:test";
 import {
   cleanupAfterTests,
   freePort,
+  getBody,
   ROOT,
   runCommand,
   RUNTIME,
@@ -39,15 +39,8 @@ const fixture = (name: string) => join(ROOT, "tests/fixtures/auto", name);
 const RUNTIME_CMD = RUNTIME === "deno" ? [bin("deno"), "run", "-A", "--no-check"] : [bin("bun")];
 const CLI = [...RUNTIME_CMD, join(ROOT, "src/cli/main.ts")];
 
-function get(o: { port?: number; socketPath?: string }): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: "127.0.0.1", ...o, path: "/", agent: false }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve(body));
-    }).on("error", reject);
-  });
-}
+/** GET / on a TCP port or a Unix socket path. */
+const get = (o: { port?: number; socketPath?: string }) => getBody(o.socketPath ?? o.port!);
 
 /** A package directory: package.json scripts, a deno.jsonc task, a package binary `fakesrv` with a node `#!`. */
 function project(scripts: Record<string, string>, tasks: Record<string, unknown> = {}): string {

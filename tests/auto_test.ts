@@ -11,7 +11,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import * as http from "node:http";
 import * as net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
@@ -19,6 +18,7 @@ import { describe, test } from "node:test";
 import {
   cleanupAfterTests,
   freePort,
+  getBody,
   onPath,
   ROOT,
   runCommand,
@@ -93,25 +93,7 @@ async function upgrade(app: App): Promise<number> {
   return (app.pid = next);
 }
 
-function get(port: number, path = "/"): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve(body));
-    }).on("error", reject);
-  });
-}
-
-function getUnix(socketPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ socketPath, path: "/", agent: false }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve(body));
-    }).on("error", reject);
-  });
-}
+const get = (port: number, path = "/") => getBody(port, path);
 
 /** Upgrades (two by default) under a keep-alive GET load and a 16 KiB POST load: no request may fail. */
 async function upgradesUnderLoad(app: App, { upgrades = 2, tls = false } = {}): Promise<void> {
@@ -213,7 +195,7 @@ describe(`instar/auto (${RUNTIME})`, () => {
     const [, zeroAgain] = await app.server.waitFor(/^port0 (\d+)/, 5_000, firstLine + 1);
     assert.equal(zeroAgain, zero, "port 0 keeps the port generation 1 got");
     assert.equal(await get(app.port), `express ${app.pid}\n`);
-    assert.equal(await getUnix(sock), `unix ${app.pid}\n`);
+    assert.equal(await getBody(sock), `unix ${app.pid}\n`);
     assert.equal(await get(Number(zero)), `zero ${app.pid}\n`);
     const status = await serverStatus(ctl);
     assert.equal(status?.generation, 2, "instar status answers on INSTAR_CONTROL");

@@ -75,6 +75,23 @@ function compiledAutoApp(): Promise<string> {
   })();
 }
 
+/**
+ * A keep-alive GET load (8 connections, never re-sending) on `port`, stopped by
+ * `ac` or after `durationMs`; `seen` counts the answers by body.
+ */
+function countedLoad(port: number, durationMs: number) {
+  const seen = new Map<string, number>();
+  const ac = new AbortController();
+  const load = runLoad({
+    port,
+    connections: 8,
+    durationMs,
+    signal: ac.signal,
+    onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
+  });
+  return { seen, ac, load };
+}
+
 describe("compiled binaries (bun build --compile)", () => {
   test("replacing the binary on disk and sending SIGHUP upgrades to the new build without a failed request", async () => {
     const binary = join(dir, "app");
@@ -88,18 +105,7 @@ describe("compiled binaries (bun build --compile)", () => {
     const log = server.lines;
     const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log }));
 
-    const seen = new Map<string, number>();
-    const ac = new AbortController();
-    const load = runLoad({
-      port,
-      connections: 8,
-      durationMs: 120_000,
-      signal: ac.signal,
-      onResponse: (body) => {
-        const k = body.trim();
-        seen.set(k, (seen.get(k) ?? 0) + 1);
-      },
-    });
+    const { seen, ac, load } = countedLoad(port, 120_000);
     let next = 0;
     try {
       // Deploy: build B next to it, then rename over the running binary.
@@ -145,15 +151,7 @@ describe("an unmodified app compiled with instar/auto in", () => {
     servers.push(server);
     const log = server.lines;
     const port = portOf(await readyGeneration(ctl, 1, { pid: server.pid, timeoutMs: 60_000, log }));
-    const seen = new Map<string, number>();
-    const ac = new AbortController();
-    const load = runLoad({
-      port,
-      connections: 8,
-      durationMs: 60_000,
-      signal: ac.signal,
-      onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
-    });
+    const { seen, ac, load } = countedLoad(port, 60_000);
     let next = 0;
     try {
       await sleep(200);
@@ -191,15 +189,7 @@ describe("an unmodified app compiled with instar/auto in", () => {
     servers.push(sup);
     const [, first] = await sup.waitFor(/generation 1 \(pid (\d+)\) is ready/, 60_000);
     sup.pids.add(Number(first));
-    const seen = new Map<string, number>();
-    const ac = new AbortController();
-    const load = runLoad({
-      port,
-      connections: 8,
-      durationMs: 60_000,
-      signal: ac.signal,
-      onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
-    });
+    const { seen, ac, load } = countedLoad(port, 60_000);
     let next = "";
     try {
       for (let t = 0; t < 100 && !seen.has(`pid ${first}`); t++) await sleep(50);

@@ -156,6 +156,20 @@ const noPrlimit = !onPath("prlimit") && "needs prlimit (Debian: util-linux)";
 const tooFewFds = nofile("self").soft < IDLE_CLIENTS + 100 &&
   `the test process may open only ${nofile("self").soft} fds; it needs ${IDLE_CLIENTS + 100}`;
 
+/**
+ * A listening TCP socket of instar's (its fd, on a free loopback port) and a
+ * node:net server answering "hi" on a duplicate of it: what the watchdog watches.
+ */
+async function echoOnOwnSocket(): Promise<{ fd: number; port: number; server: net.Server }> {
+  const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
+  bind(fd, encodeInet("127.0.0.1", 0)!);
+  listenFd(fd, 64);
+  const port = (decode(getsockname(fd)) as NetAddr).port;
+  const server = net.createServer((c) => c.end("hi"));
+  await new Promise<void>((r) => server.listen({ fd: dupCloexec(fd) }, r));
+  return { fd, port, server };
+}
+
 describe(`at the fd limit (${RUNTIME})`, () => {
   test("a soft fd limit below the hard one is raised to it, without a warning", () => {
     const before = getNofileLimit();
@@ -336,12 +350,7 @@ describe(`at the fd limit (${RUNTIME})`, () => {
   test(
     "on Deno the watchdog has a node:net server whose socket stopped accepting listen anew; on Bun it does nothing",
     async () => {
-      const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
-      bind(fd, encodeInet("127.0.0.1", 0)!);
-      listenFd(fd, 64);
-      const port = (decode(getsockname(fd)) as NetAddr).port;
-      const server = net.createServer((c) => c.end("hi"));
-      await new Promise<void>((r) => server.listen({ fd: dupCloexec(fd) }, r));
+      const { fd, port, server } = await echoOnOwnSocket();
       const warnings: string[] = [];
       let paused = true;
       watchDeafness(server, fd, { warn: (m) => warnings.push(m), paused: () => paused });
@@ -379,12 +388,7 @@ describe(`at the fd limit (${RUNTIME})`, () => {
   test(
     "on Deno the watchdog stops watching an fd whose number a pipe took over, and leaves the server listening",
     async () => {
-      const fd = socket(C.AF_INET, C.SOCK_STREAM | C.SOCK_CLOEXEC);
-      bind(fd, encodeInet("127.0.0.1", 0)!);
-      listenFd(fd, 64);
-      const port = (decode(getsockname(fd)) as NetAddr).port;
-      const server = net.createServer((c) => c.end("hi"));
-      await new Promise<void>((r) => server.listen({ fd: dupCloexec(fd) }, r));
+      const { fd, port, server } = await echoOnOwnSocket();
       const warnings: string[] = [];
       let relistens = 0;
       watchDeafness(server, fd, {

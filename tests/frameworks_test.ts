@@ -13,13 +13,13 @@
  * is the Deno.serve row.
  */
 import assert from "node:assert/strict";
-import * as http from "node:http";
 import { join } from "node:path";
 import process from "node:process";
 import { describe } from "node:test";
 import {
   cleanupAfterTests,
   freePort,
+  getBody,
   ROOT,
   RUNTIME,
   type ServerProcess,
@@ -90,16 +90,6 @@ function pidOf(body: string): number {
 
 // The answer to a 16 KiB POST whose body the framework read in full.
 const READ_IN_FULL = /^\S+ \d+ read 16384\n$/;
-
-function get(port: number, path: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get({ host: "127.0.0.1", port, path, agent: false }, (res) => {
-      let body = "";
-      res.on("data", (d) => (body += d));
-      res.on("end", () => resolve(body));
-    }).on("error", reject);
-  });
-}
 
 /** The pids that answered the load, and a wait for a given one to answer. */
 class Answers {
@@ -221,7 +211,7 @@ async function stopsAfterSlowRequest(
   last: number,
 ): Promise<void> {
   const from = sup.lines.length;
-  const slow = get(port, "/slow");
+  const slow = getBody(port, "/slow");
   slow.catch(() => {}); // awaited below; a cut request must not be an unhandled rejection first
   await sup.waitFor(new RegExp(`^slow ${last}$`), 10_000, from);
   process.kill(sup.pid, "SIGTERM");

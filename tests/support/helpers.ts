@@ -8,6 +8,7 @@
  * @module
  */
 import process from "node:process";
+import * as http from "node:http";
 import net from "node:net";
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -188,6 +189,21 @@ export function echoOnce(port: number, conn?: net.Socket): Promise<string> {
 /** `r`'s exit code and output, for assertion messages (`tail`: the last characters of each stream). */
 export function showResult(r: CommandResult, tail = Infinity): string {
   return `exit ${r.code}\nstdout: ${r.stdout.slice(-tail)}\nstderr: ${r.stderr.slice(-tail)}`;
+}
+
+/**
+ * GET `path` on 127.0.0.1:`to` (a port) or on the Unix socket `to` (a path), on a
+ * connection of its own; resolves with the body, whatever the status.
+ */
+export function getBody(to: number | string, path = "/"): Promise<string> {
+  const where = typeof to === "number" ? { host: "127.0.0.1", port: to } : { socketPath: to };
+  return new Promise((resolve, reject) => {
+    http.get({ ...where, path, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
 }
 
 /** An HTTP/1.1 GET request that asks the server to close the connection afterwards. */
