@@ -429,10 +429,12 @@ async function atLimit(pid: number): Promise<void> {
 
 /** Resolves once process `pid` holds fewer than `n` fds (within 5 s, else fails). */
 async function fdsBelow(pid: number, n: number): Promise<void> {
-  const until = performance.now() + 5_000;
+  // 15 s: in CI (three files at once on 2 saturated cores) Deno's proxy once still held 194
+  // after 5 s; on a quieter machine it takes under 1 s.
+  const until = performance.now() + 15_000;
   let open = Infinity;
   while ((open = readdirSync(`/proc/${pid}/fd`).length) >= n) {
-    if (performance.now() > until) assert.fail(`pid ${pid} still holds ${open} fds after 5 s`);
+    if (performance.now() > until) assert.fail(`pid ${pid} still holds ${open} fds after 15 s`);
     await sleep(20);
   }
 }
