@@ -43,6 +43,13 @@ type ServerSettings = {
   drainTimeoutMs: number;
   idleConnections: IdleConnections;
   onFallback(e: InstarError): void;
+  onWarning(message: string): void;
+};
+
+/** The application's own hooks on `up.serve()` / `up.serveNode()`. */
+type AppHooks = {
+  onFallback?: (e: InstarError) => void;
+  onWarning?: (message: string) => void;
 };
 
 /** Opens, serves and records the sockets of one generation. */
@@ -98,15 +105,12 @@ export class Sockets {
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
     return await this.#onSocket(spec, (key, at, addr) => {
       const counted = this.#observer.countRequests(key, serveOptions);
-      const settings = this.#serverSettings(addr, serveOptions.onFallback);
+      const settings = this.#serverSettings(addr, serveOptions);
       const o = {
         ...settings,
         ...counted,
         onFallback: settings.onFallback,
-        onWarning: (message: string) => {
-          this.#s.warn(`${formatAddr(addr)}: ${message}`);
-          serveOptions.onWarning?.(message);
-        },
+        onWarning: settings.onWarning,
       };
       return typeof at === "number" ? startServe(at, o) : startServeAt(at, o);
     });
@@ -119,15 +123,12 @@ export class Sockets {
     loaded.catch(() => {}); // awaited below, once the socket is claimed: a failure rejects there
     return await this.#onSocket(spec, async (_key, at, addr) => {
       const { startServeNode, startServeNodeAt } = await loaded;
-      const settings = this.#serverSettings(addr, node.onFallback);
+      const settings = this.#serverSettings(addr, node);
       const o = {
         ...settings,
         ...node,
         onFallback: settings.onFallback,
-        onWarning: (message: string) => {
-          this.#s.warn(`${formatAddr(addr)}: ${message}`);
-          node.onWarning?.(message);
-        },
+        onWarning: settings.onWarning,
       };
       return typeof at === "number"
         ? startServeNode(at, server, o)
@@ -210,13 +211,21 @@ export class Sockets {
 
   // What every HTTP server gets from the lifecycle: the drain timeout, and fallbacks reported.
   // The application's own onFallback is told too: it does not silence the lifecycle's event.
-  #serverSettings(addr: Addr, app: ((reason: InstarError) => void) | undefined): ServerSettings {
+  /**
+   * The lifecycle's settings for a server on `addr`, and the application's
+   * `onFallback` / `onWarning` wrapped so that the lifecycle hears them first.
+   */
+  #serverSettings(addr: Addr, app: AppHooks): ServerSettings {
     return {
       drainTimeoutMs: this.#s.settings.drainTimeout,
       idleConnections: this.#s.settings.idleConnections,
       onFallback: (reason) => {
         this.#s.events.emit("serve-fallback", { addr: formatAddr(addr), reason });
-        app?.(reason);
+        app.onFallback?.(reason);
+      },
+      onWarning: (message) => {
+        this.#s.warn(`${formatAddr(addr)}: ${message}`);
+        app.onWarning?.(message);
       },
     };
   }
