@@ -194,3 +194,44 @@ describe("Upgrader options and triggers", () => {
     assert.equal(err?.reason, "stopping");
   });
 });
+
+describe("up.serve() per request", () => {
+  test("up.serve() counts the requests of a handler that takes no arguments, and passes the runtime's server a handler that takes none", async () => {
+    // Deno builds no Request for a handler of length 0: a wrapper that took arguments would undo
+    // that on every request. Spy on what the runtime's own serve() is given.
+    const G = globalThis as unknown as Record<string, Record<string, unknown>>;
+    const ns = "Bun" in globalThis ? G.Bun : G.Deno;
+    const own = ns.serve as (...a: unknown[]) => unknown;
+    const lengths: number[] = [];
+    ns.serve = function (this: unknown, ...a: unknown[]) {
+      const o = a[0] as { fetch?: () => unknown };
+      lengths.push(typeof a[1] === "function" ? a[1].length : o.fetch!.length);
+      return own.apply(this, a);
+    };
+    const up = await Upgrader.create({
+      upgradeSignal: null,
+      stopSignals: [],
+      exitAfterDrain: false,
+    });
+    try {
+      const server = await up.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: () => new Response("no arguments\n"),
+      });
+      ns.serve = own;
+      await up.ready();
+      assert.deepEqual(lengths, [0]);
+      for (let i = 0; i < 3; i++) {
+        const res = await fetch(server.url, { headers: { connection: "close" } });
+        assert.equal(await res.text(), "no arguments\n");
+      }
+      const [endpoint] = (await up.metrics()).endpoints;
+      assert.equal(endpoint.kind, "serve");
+      assert.equal(endpoint.accepted, 3);
+    } finally {
+      ns.serve = own;
+      await up.stop();
+    }
+  });
+});

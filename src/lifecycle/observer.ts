@@ -146,24 +146,14 @@ export class Observer {
     return this.#tally.regionFd;
   }
 
-  /** `options` with its request handler counting requests on `key` (one increment each). */
-  countRequests<O extends object>(key: string, options: O): O {
-    // This generation's count in the shared region: every generation reads the sum.
-    const counter = this.#tally.requests(key);
+  /**
+   * The counter of requests served on `key`: element 0, incremented once per
+   * request by the server's adapter (serve.ts `REQUEST_COUNTER`).
+   */
+  requestCounter(key: string): Float64Array {
     this.#counted.set(key, { kind: "serve" });
-    const wrap = (h: unknown) => {
-      if (typeof h !== "function") return h;
-      // Both runtimes call a fetch handler with two arguments (request, info or server):
-      // fixed parameters, no rest array per request.
-      return function (this: unknown, a: unknown, b: unknown) {
-        counter[0]++;
-        return h.call(this, a, b);
-      };
-    };
-    const out: Record<string, unknown> = { ...options as Record<string, unknown> };
-    if ("fetch" in out) out.fetch = wrap(out.fetch);
-    if ("handler" in out) out.handler = wrap(out.handler);
-    return out as O;
+    // This generation's count in the shared region: every generation reads the sum.
+    return this.#tally.requests(key);
   }
 
   /** Counts what the listener on `key` accepts (the listener counts; nothing is added per connection). */

@@ -20,6 +20,7 @@ import { type PausedSocket, pauseSocket, resumeSocket } from "../runtime/transpl
 import { checkOneObject, splitListenOptions, splitNodeOptions } from "../serve/options.ts";
 import {
   type DirectAddress,
+  REQUEST_COUNTER,
   type Server,
   type Serving,
   startServe,
@@ -104,11 +105,11 @@ export class Sockets {
     checkOneObject("up.serve()", options, args);
     const { listen: spec, serve: serveOptions } = splitListenOptions(options);
     return await this.#onSocket(spec, (key, at, addr) => {
-      const counted = this.#observer.countRequests(key, serveOptions);
       const settings = this.#serverSettings(addr, serveOptions);
       const o = {
         ...settings,
-        ...counted,
+        ...serveOptions,
+        [REQUEST_COUNTER]: this.#observer.requestCounter(key),
         onFallback: settings.onFallback,
         onWarning: settings.onWarning,
       };

@@ -34,7 +34,7 @@ export const bunAdapter: ServeAdapter = {
     // The socket decides where to listen.
     for (const k of ["fd", "reusePort", "ipv6Only"]) delete opts[k];
     // Given as `fetch` or as `handler` (Deno's name): on Bun it is `fetch(req, server)`.
-    if (s.handler !== undefined) opts.fetch = s.handler;
+    if (s.handler !== undefined) opts.fetch = s.count ? counting(s.handler, s.count) : s.handler;
     Object.assign(
       opts,
       "path" in s.listenOn
@@ -118,6 +118,21 @@ export const bunAdapter: ServeAdapter = {
 };
 
 type Handler = (...args: unknown[]) => unknown;
+
+// `fetch` counting its calls in `count[0]`, with the same number of parameters (fixed ones: no
+// rest array per request).
+function counting(fetch: (req: Request, server: never) => unknown, count: Float64Array): unknown {
+  if (fetch.length === 0) {
+    return function (this: unknown) {
+      count[0]++;
+      return (fetch as () => unknown).call(this);
+    };
+  }
+  return function (this: unknown, req: Request, server: never) {
+    count[0]++;
+    return fetch.call(this, req, server);
+  };
+}
 type SocketHandler = (socket: ClosableSocket, ...rest: unknown[]) => unknown;
 type WebSocketHandlers = Record<string, unknown> & { open?: SocketHandler; close?: SocketHandler };
 

@@ -45,6 +45,12 @@ export interface AdapterStart {
   sameAddress?: boolean;
   /** Reports a recovery worth a log line (a `warning` event in the lifecycle). */
   warn: (message: string) => void;
+  /**
+   * Counts requests: one increment of element 0 each time the handler is
+   * called, in the one wrapper the adapter puts around it (a second layer of
+   * wrapping costs CPU per request on Deno). Unset: not counted.
+   */
+  count?: Float64Array;
 }
 
 /** A native server started by an adapter. */

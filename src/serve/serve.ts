@@ -190,6 +190,7 @@ export async function startServeAt<WebSocketData = undefined>(
     remoteOf: () => undefined,
     shutdown: () => void self.shutdown(),
     warn: instar.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+    count: instar.count,
   });
   const addr = real.addr = native.throwaway;
   const url = real.url = urlOf(addr, native.tls);
@@ -207,6 +208,13 @@ export async function startServeAt<WebSocketData = undefined>(
   return { server: self, drain };
 }
 
+/**
+ * The key of an options field the lifecycle sets for `up.serve()`: a
+ * `Float64Array` whose element 0 counts the requests (the adapter's
+ * `AdapterStart.count`). Not part of the public options.
+ */
+export const REQUEST_COUNTER: unique symbol = Symbol("instar.requestCounter");
+
 // The options object split into instar's (checked), the handler and the runtime's own.
 function splitServe(options: ServeOptions<unknown>): {
   instar: Instar;
@@ -222,8 +230,11 @@ function splitServe(options: ServeOptions<unknown>): {
     idleConnections,
     dedupe,
     knownMasks,
+    [REQUEST_COUNTER]: count,
     ...runtimeOptions
-  } = options as unknown as InstarServeOptions & Record<string, unknown>;
+  } = options as unknown as InstarServeOptions & Record<string, unknown> & {
+    [REQUEST_COUNTER]?: Float64Array;
+  };
   const instar = {
     mode: checkServeMode(mode),
     idleConnections: checkIdleConnections("idleConnections", idleConnections),
@@ -233,12 +244,17 @@ function splitServe(options: ServeOptions<unknown>): {
     drainTimeoutMs,
     dedupe,
     knownMasks,
+    count,
   };
   refuseListenKeys(runtimeOptions);
   return { instar, ...takeHandler(runtimeOptions) };
 }
 
-type Instar = InstarServeOptions & { mode: ServeMode; idleConnections: IdleConnections };
+type Instar = InstarServeOptions & {
+  mode: ServeMode;
+  idleConnections: IdleConnections;
+  count: Float64Array | undefined;
+};
 
 /** Starts the native server, then moves it onto `fd` (or proxies to it). */
 async function start(
@@ -261,6 +277,7 @@ async function start(
     remoteOf: (port) => proxy?.remoteOf(port),
     shutdown: () => void self.shutdown(),
     warn: instar.onWarning ?? ((message) => console.warn(`instar: warning: ${message}`)),
+    count: instar.count,
   };
   const native = serveAdapter().start(s);
   tls = native.tls;
