@@ -33,7 +33,7 @@ import { autoArgv } from "../src/supervisor/auto_argv.ts";
 import { parseRunArgs } from "../src/supervisor/options.ts";
 import { checkReadyPath } from "../src/auto/settings.ts";
 import type { InstarError } from "../src/errors.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import { nextPidInPidFile, serverStatus } from "./support/status.ts";
 
 const left = cleanupAfterTests();
@@ -102,6 +102,7 @@ async function upgradesUnderLoad(app: App, { upgrades = 2, tls = false } = {}): 
     port: app.port,
     tls,
     durationMs: 60_000,
+    pauseMs: TEST_PAUSE_MS,
     // "pid <pid>" (a POST to bun_serve.js or deno_serve.ts adds " read <bytes>"): one per generation.
     onResponse: (b: string) => seen.add(/^\S+ \d+/.exec(b)?.[0] ?? b),
   };

@@ -24,7 +24,7 @@ import {
   startServer,
   stopped,
 } from "./support/helpers.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import { childrenOf, netGet, noPidNamespaces, startInPidNamespace } from "./support/namespace.ts";
 import { portOf, readyGeneration } from "./support/status.ts";
 
@@ -39,7 +39,7 @@ const noTini = !onPath("tini") && "tini is missing (Debian package tini; .ci/run
  */
 async function refusedUnderLoad(server: ServerProcess, pid: number, port: number, reason: string) {
   const ac = new AbortController();
-  const common = { port, durationMs: 60_000, signal: ac.signal };
+  const common = { port, durationMs: 60_000, pauseMs: TEST_PAUSE_MS, signal: ac.signal };
   const bodies = new Set<string>();
   const onResponse = (b: string) => bodies.add(b.replace(/ \(.*$/, "").trim());
   const keepAlive = runLoad({ ...common, connections: 16, onResponse });
@@ -128,7 +128,7 @@ describe(`containers without the supervisor (${RUNTIME})`, () => {
     try {
       const port = portOf(await readyGeneration(ctl, 1, { pid: 1, log: ns.server.lines }));
       const ac = new AbortController();
-      const common = { port, durationMs: 60_000, signal: ac.signal };
+      const common = { port, durationMs: 60_000, pauseMs: TEST_PAUSE_MS, signal: ac.signal };
       const pids = new Set<string>();
       const onResponse = (b: string) => pids.add(/pid (\d+)/.exec(b)?.[1] ?? "?");
       const keepAlive = runLoad({ ...common, connections: 16, onResponse });

@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -209,7 +209,13 @@ describe(`SIGHUP storms (${RUNTIME})`, () => {
   test("50 SIGHUPs within a second during an upgrade start one upgrade and fail no request", async () => {
     const s = await start("transplant", ["--ready-timeout", "20000"]);
     const ac = new AbortController();
-    const load = runLoad({ port: s.port, connections: 16, durationMs: 30_000, signal: ac.signal });
+    const load = runLoad({
+      port: s.port,
+      connections: 16,
+      durationMs: 30_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: ac.signal,
+    });
     const old = s.server.pid;
     let sent = 0;
     for (; sent < 50; sent++) {

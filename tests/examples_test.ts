@@ -5,7 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -67,7 +67,13 @@ describe(`examples/hono.ts (${RUNTIME})`, () => {
     const ac = new AbortController();
     const generations = new Set<string>();
     const onResponse = (body: string) => generations.add(/pid (\d+)/.exec(body)?.[1] ?? "?");
-    const common = { port, durationMs: 120_000, signal: ac.signal, onResponse };
+    const common = {
+      port,
+      durationMs: 120_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: ac.signal,
+      onResponse,
+    };
     const keepAlive = runLoad({ ...common, connections: 8 });
     const short = runLoad({ ...common, connections: 2, keepAlive: false });
     let current = server.pid;

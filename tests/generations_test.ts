@@ -6,7 +6,7 @@ import net from "node:net";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runEchoLoad } from "./support/load_client.ts";
+import { runEchoLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -125,7 +125,13 @@ for (const backend of BACKENDS) {
       const started = await start(backend);
       const { port, server } = started;
       const ac = new AbortController();
-      const load = runEchoLoad({ port, connections: 8, durationMs: 120_000, signal: ac.signal });
+      const load = runEchoLoad({
+        port,
+        connections: 8,
+        durationMs: 120_000,
+        pauseMs: TEST_PAUSE_MS,
+        signal: ac.signal,
+      });
       let current = server.pid;
       try {
         for (let i = 0; i < 20; i++) current = await upgradeTo(started, current);
@@ -176,7 +182,13 @@ for (const backend of BACKENDS) {
         const started = await start(backend, ["--ready-timeout", readyTimeout]);
         const { server, port, deploy } = started;
         const ac = new AbortController();
-        const load = runEchoLoad({ port, connections: 4, durationMs: 60_000, signal: ac.signal });
+        const load = runEchoLoad({
+          port,
+          connections: 4,
+          durationMs: 60_000,
+          pauseMs: TEST_PAUSE_MS,
+          signal: ac.signal,
+        });
         deploy(source);
         const failure = await failedUpgrade(server, server.pid);
         ac.abort();
@@ -331,7 +343,13 @@ describe(`generations (${RUNTIME})`, () => {
     // SIGTERM would kill it: a different reason).
     await server.waitFor(/never-ready: listening/, 30_000, from);
     const ac = new AbortController();
-    const load = runEchoLoad({ port, connections: 4, durationMs: 30_000, signal: ac.signal });
+    const load = runEchoLoad({
+      port,
+      connections: 4,
+      durationMs: 30_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: ac.signal,
+    });
     process.kill(child, "SIGTERM"); // a stop of a starting generation: it closes only its own fds
     const failed = await server.waitFor(/upgrade-failed: (.*)/, 30_000, from);
     assert.match(failed[1], /^exited: /);

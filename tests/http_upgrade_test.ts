@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { assertLoadsAnswered, assertPostsRead } from "./support/generations.ts";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -52,7 +52,13 @@ for (const backend of ["fork", "posix_spawn"] as const) {
         const ac = new AbortController();
         const pids = new Set<string>();
         const onResponse = (body: string) => pids.add(/pid (\d+)/.exec(body)?.[1] ?? "?");
-        const common = { port, durationMs: 120_000, signal: ac.signal, onResponse };
+        const common = {
+          port,
+          durationMs: 120_000,
+          pauseMs: TEST_PAUSE_MS,
+          signal: ac.signal,
+          onResponse,
+        };
         const keepAlive = runLoad({ ...common, connections: 64 });
         const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
         const short = runLoad({ ...common, connections: 4, keepAlive: false });

@@ -36,7 +36,7 @@ import {
   nextMissing,
   tryLock,
 } from "./support/next_build.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 
 const left = cleanupAfterTests();
 const UPGRADES = 20;
@@ -157,7 +157,13 @@ describeUnless(nextMissing(), `Next.js standalone under instar run --auto (${RUN
     const answered = new Set<string>(), partial: string[] = [];
     let fullPosts = 0;
     const stop = new AbortController();
-    const load = { port: app.port, path: "/api/pid", durationMs: 180_000, signal: stop.signal };
+    const load = {
+      port: app.port,
+      path: "/api/pid",
+      durationMs: 180_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: stop.signal,
+    };
     const gets = runLoad({
       ...load,
       connections: 8,

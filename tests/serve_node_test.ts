@@ -11,7 +11,7 @@ import net, { type Socket } from "node:net";
 import https from "node:https";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -479,7 +479,13 @@ for (const fw of FRAMEWORKS) {
         const ac = new AbortController();
         const pids = new Set<number>();
         const onResponse = (body: string) => void pids.add(pidOf(body));
-        const common = { port, durationMs: 150_000, signal: ac.signal, onResponse };
+        const common = {
+          port,
+          durationMs: 150_000,
+          pauseMs: TEST_PAUSE_MS,
+          signal: ac.signal,
+          onResponse,
+        };
         const keepAlive = runLoad({ ...common, connections: 32 });
         const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
         let current = server.pid;

@@ -39,7 +39,7 @@ import {
   stopped,
   within,
 } from "./support/helpers.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import { serverStatus, type StatusReport } from "./support/status.ts";
 
 const left = cleanupAfterTests();
@@ -162,6 +162,7 @@ async function upgradesUnder(wrapper: string[], name: string): Promise<void> {
     port,
     connections: 8,
     durationMs: 300_000,
+    pauseMs: TEST_PAUSE_MS,
     signal: ac.signal,
     onResponse: (body) => servedBy.add(body.split(" ")[3]),
   });
@@ -500,6 +501,7 @@ describe(`instar run (${RUNTIME})`, () => {
         keepAlive: false,
         durationMs: 120_000,
         timeoutMs: 20_000,
+        pauseMs: TEST_PAUSE_MS,
         signal: ac.signal,
         onResponse: (body) => served.add(body.split(" ")[3]),
       });

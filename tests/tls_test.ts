@@ -14,7 +14,7 @@ import { join } from "node:path";
 import process from "node:process";
 import tls from "node:tls";
 import { InstarError, readTlsFiles } from "../mod.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -138,6 +138,7 @@ describe(`TLS (${RUNTIME})`, () => {
         port: g.port,
         tls: true,
         durationMs: 120_000,
+        pauseMs: TEST_PAUSE_MS,
         signal: ac.signal,
         onResponse: (body: string) => pids.add(/pid (\d+)/.exec(body)?.[1] ?? "?"),
       };
@@ -226,6 +227,7 @@ describe(`TLS (${RUNTIME})`, () => {
         connections: 8,
         keepAlive: false,
         durationMs: 120_000,
+        pauseMs: TEST_PAUSE_MS,
         signal: ac.signal,
         onCertificate: (fp) => seen.add(fp),
       });

@@ -16,7 +16,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   bunBin,
@@ -199,6 +199,7 @@ describeUnless(skip, `supported runtime versions (from ${RUNTIME})`, () => {
       const common = {
         port,
         durationMs: 120_000,
+        pauseMs: TEST_PAUSE_MS,
         signal: ac.signal,
         onResponse: (b: string) => seen.add(b.split(" (")[1] ?? b),
       };

@@ -22,7 +22,7 @@ import {
   sleep,
   startServer,
 } from "./support/helpers.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 
 const left = cleanupAfterTests();
 
@@ -292,7 +292,13 @@ describe(`instar run --watch (${RUNTIME})`, () => {
       times.push(performance.now());
       versions.push(b.trim());
     };
-    const common = { port, durationMs: 180_000, signal: ac.signal, onResponse };
+    const common = {
+      port,
+      durationMs: 180_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: ac.signal,
+      onResponse,
+    };
     let v6At = Infinity;
     const keepAlive = runLoad({ ...common, connections: 16 });
     const short = runLoad({ ...common, connections: 4, keepAlive: false });

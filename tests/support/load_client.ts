@@ -11,6 +11,18 @@
 import net from "node:net";
 import tls from "node:tls";
 
+/**
+ * The pace of the tests' loads: each connection waits this many ms between an
+ * answer and its next request (`pauseMs`). An upgrade's time is the new
+ * generation's start-up, which is CPU; an unpaced load takes every cycle the
+ * start-up would use, and under `npm test` (three files at once on 2 cores, the
+ * CPU saturated throughout) it took a share of both cores from every other file for
+ * as long as its own stretched upgrades lasted. Paced, dozens of connections still
+ * send thousands of requests a second, and keep-alive connections are also idle
+ * between requests when a drain meets them, as real clients' are.
+ */
+export const TEST_PAUSE_MS = 10;
+
 /** Options of {@link runLoad}. */
 export interface LoadOptions {
   /** Loopback address to hit (127.0.0.1 or ::1). */
@@ -286,6 +298,8 @@ export interface EchoLoadOptions {
   timeoutMs?: number;
   /** Stops early when aborted. */
   signal?: AbortSignal;
+  /** Each worker waits this many ms after an exchange before its next one (default 0). */
+  pauseMs?: number;
 }
 
 /**
@@ -337,6 +351,7 @@ export async function runEchoLoad(o: EchoLoadOptions): Promise<LoadResult> {
       try {
         await one();
         success(res, start, t0);
+        if (o.pauseMs) await new Promise((r) => setTimeout(r, o.pauseMs));
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
         record(res, classify(err), err.message);
