@@ -1,6 +1,7 @@
 /**
- * The cost of counting one request: the handler wrapper of `up.serve()`
- * (src/lifecycle/observer.ts `countRequests`) around an empty handler, with
+ * The cost of counting one request: a handler wrapper like the one `up.serve()`
+ * counts in (Bun's src/runtime/serve_bun.ts `counting`; on Deno the adapter's
+ * one wrapper, which also counts) around an empty handler, with
  * the count in a JavaScript object (`object`: instar before the counter
  * region), in a Float64Array of the JavaScript heap (`heap`), and in this
  * generation's slot of the shared counter region (`region`: a one-element
@@ -30,7 +31,7 @@ region.claim(process.pid, 1);
 type Handler = (a: unknown, b: unknown) => unknown;
 const empty: Handler = (a) => a;
 
-// The wrappers, shaped as countRequests() builds them.
+// The wrappers, shaped as serve_bun.ts's counting() builds them.
 function objectCounted(h: Handler): [Handler, () => number] {
   const counter = { n: 0 };
   return [function (this: unknown, a, b) {

@@ -119,15 +119,9 @@ export const bunAdapter: ServeAdapter = {
 
 type Handler = (...args: unknown[]) => unknown;
 
-// `fetch` counting its calls in `count[0]`, with the same number of parameters (fixed ones: no
-// rest array per request).
+// `fetch` counting its calls in `count[0]`. Bun passes `(req, server)` whatever the handler's
+// length, so the wrapper always passes both on (fixed parameters: no rest array per request).
 function counting(fetch: (req: Request, server: never) => unknown, count: Float64Array): unknown {
-  if (fetch.length === 0) {
-    return function (this: unknown) {
-      count[0]++;
-      return (fetch as () => unknown).call(this);
-    };
-  }
   return function (this: unknown, req: Request, server: never) {
     count[0]++;
     return fetch.call(this, req, server);
