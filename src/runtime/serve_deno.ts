@@ -37,6 +37,55 @@ interface DenoServeNs {
 // Deno keeps the WebSocket of an upgrade response under this symbol (ext/http 00_serve).
 const ASSOCIATED_WS = "[[associated_ws]]";
 
+// The WebSockets Deno.upgradeWebSocket made, by their upgrade response, until the handler of one
+// of instar's servers returns that response. `pending` counts them, so that a server's handler
+// wrapper looks one up only while there is one (an upgrade response a handler never returned
+// keeps it above 0: then each response costs one WeakMap lookup).
+const upgrades = new WeakMap<object, WebSocket>();
+let pending = 0;
+let watching = false;
+
+// Wraps Deno.upgradeWebSocket, once, when this module loads (before the application's own
+// modules run: instar/auto's preload, or the application's import of instar).
+function watchUpgrades(): void {
+  const deno = (globalThis as { Deno?: { upgradeWebSocket?: unknown } }).Deno;
+  const own = deno?.upgradeWebSocket;
+  if (!deno || typeof own !== "function" || watching) return;
+  const watched = function upgradeWebSocket(this: unknown, ...args: unknown[]): unknown {
+    const made = own.apply(deno, args) as { socket: WebSocket; response: Response };
+    upgrades.set(made.response, made.socket);
+    pending++;
+    return made;
+  };
+  try {
+    deno.upgradeWebSocket = watched;
+    watching = deno.upgradeWebSocket === watched;
+  } catch {
+    // Read-only: every response's status is read instead (claimUpgrade).
+  }
+}
+watchUpgrades();
+
+// The WebSocket `res` upgrades to, taken out of the watch; undefined for any other response.
+function claimUpgrade(res: Response): WebSocket | undefined {
+  if (!watching) return res?.status === 101 ? associatedSocket(res) : undefined;
+  if (pending === 0) return undefined;
+  const ws = upgrades.get(res);
+  if (ws === undefined) return undefined;
+  upgrades.delete(res);
+  pending--;
+  return ws;
+}
+
+let wsKey: symbol | undefined;
+
+// The WebSocket Deno keeps on an upgrade response (made without the watch).
+function associatedSocket(res: Response): WebSocket | undefined {
+  wsKey ??= Object.getOwnPropertySymbols(res).find((k) => k.description === ASSOCIATED_WS);
+  const ws = wsKey === undefined ? undefined : (res as unknown as Record<symbol, unknown>)[wsKey];
+  return ws instanceof WebSocket ? ws : undefined;
+}
+
 /** Starts `Deno.serve` for {@link serve}. */
 export const denoAdapter: ServeAdapter = {
   start(s: AdapterStart): NativeServer {
@@ -63,19 +112,23 @@ export const denoAdapter: ServeAdapter = {
     const sockets = new WebSocketSet<WebSocket>();
     let draining = false;
     const clock = new QuietClock();
-    let wsKey: symbol | undefined;
+    const add = (ws: WebSocket): void => {
+      sockets.add(ws);
+      ws.addEventListener("close", () => sockets.delete(ws));
+    };
+    // Reading a response's `status` costs Deno's fast path for it (about 270 instructions of a
+    // hello world's 10,100 per request, counted with callgrind): the WebSockets are known from
+    // Deno.upgradeWebSocket instead (watchUpgrades()), and `status` is read only while draining.
     const track = (res: Response): Response => {
-      if (res?.status !== 101) {
-        if (!draining) return res;
+      const ws = claimUpgrade(res);
+      if (ws) add(ws);
+      else if (draining && res?.status === 101) {
+        // Made through a reference to Deno.upgradeWebSocket taken before instar wrapped it.
+        const upgraded = associatedSocket(res);
+        if (upgraded) add(upgraded);
+      } else if (draining) {
         clock.mark();
         return withClose(res);
-      }
-      const r = res as unknown as Record<symbol, unknown>;
-      wsKey ??= Object.getOwnPropertySymbols(res).find((k) => k.description === ASSOCIATED_WS);
-      const ws = wsKey === undefined ? undefined : r[wsKey];
-      if (ws instanceof WebSocket) {
-        sockets.add(ws);
-        ws.addEventListener("close", () => sockets.delete(ws));
       }
       return res;
     };
