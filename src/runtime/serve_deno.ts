@@ -39,22 +39,30 @@ const ASSOCIATED_WS = "[[associated_ws]]";
 
 // The WebSockets Deno.upgradeWebSocket made, by their upgrade response, until the handler of one
 // of instar's servers returns that response. `pending` counts them, so that a server's handler
-// wrapper looks one up only while there is one (an upgrade response a handler never returned
-// keeps it above 0: then each response costs one WeakMap lookup).
+// wrapper looks one up only while there is one (until an upgrade response no handler returned
+// is collected, each response costs one WeakMap lookup).
 const upgrades = new WeakMap<object, WebSocket>();
 let pending = 0;
 let watching = false;
+// An upgrade response no handler of instar's returned (the handler threw, or it was served by
+// another server) is forgotten once collected, so that `pending` comes back down.
+const unclaimed = new FinalizationRegistry<undefined>(() => void pending--);
 
-// Wraps Deno.upgradeWebSocket, once, when this module loads (before the application's own
-// modules run: instar/auto's preload, or the application's import of instar).
+// Wraps Deno.upgradeWebSocket, once, when this module loads: before every module of the
+// application under instar/auto's preload; with `import` of instar, before the modules evaluated
+// after instar's (a reference taken earlier is noticed only while draining: design.md).
 function watchUpgrades(): void {
   const deno = (globalThis as { Deno?: { upgradeWebSocket?: unknown } }).Deno;
   const own = deno?.upgradeWebSocket;
   if (!deno || typeof own !== "function" || watching) return;
   const watched = function upgradeWebSocket(this: unknown, ...args: unknown[]): unknown {
-    const made = own.apply(deno, args) as { socket: WebSocket; response: Response };
-    upgrades.set(made.response, made.socket);
-    pending++;
+    const made = own.apply(deno, args) as { socket?: unknown; response?: unknown } | undefined;
+    // A replaced global (a mock, a polyfill) may return something else: passed on untouched.
+    if (typeof made?.response === "object" && made.response && made.socket instanceof WebSocket) {
+      upgrades.set(made.response, made.socket);
+      unclaimed.register(made.response, undefined, made.response);
+      pending++;
+    }
     return made;
   };
   try {
@@ -73,6 +81,7 @@ function claimUpgrade(res: Response): WebSocket | undefined {
   const ws = upgrades.get(res);
   if (ws === undefined) return undefined;
   upgrades.delete(res);
+  unclaimed.unregister(res);
   pending--;
   return ws;
 }
