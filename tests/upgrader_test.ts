@@ -3,7 +3,7 @@
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { UpgradeError, Upgrader } from "../mod.ts";
-import { zombieChildren } from "./support/helpers.ts";
+import { getBody, zombieChildren } from "./support/helpers.ts";
 import process from "node:process";
 
 async function upgrader(extra: Record<string, unknown>) {
@@ -201,8 +201,6 @@ describe("up.serve() per request", () => {
   const own = ns.serve as (...a: unknown[]) => unknown;
   const create = () =>
     Upgrader.create({ upgradeSignal: null, stopSignals: [], exitAfterDrain: false });
-  const get = async (url: URL | string) =>
-    await (await fetch(url, { headers: { connection: "close" } })).text();
 
   test("up.serve() counts the requests of a handler that takes no arguments, and on Deno passes Deno.serve a handler that takes none", async () => {
     // Deno builds no Request for a handler of length 0: a wrapper that took arguments would undo
@@ -224,7 +222,7 @@ describe("up.serve() per request", () => {
       await up.ready();
       // Bun passes (req, server) whatever the length: there the wrapper's length plays no part.
       if (!("Bun" in globalThis)) assert.deepEqual(lengths, [0]);
-      for (let i = 0; i < 3; i++) assert.equal(await get(server.url), "no arguments\n");
+      for (let i = 0; i < 3; i++) assert.equal(await getBody(server.port!), "no arguments\n");
       const [endpoint] = (await up.metrics()).endpoints;
       assert.equal(endpoint.kind, "serve");
       assert.equal(endpoint.accepted, 3);
@@ -240,21 +238,21 @@ describe("up.serve() per request", () => {
       new Response(`${a.length > 0 && a[0] instanceof Request ? "a request" : "nothing"}\n`);
     const bare = "Bun" in globalThis
       ? own.call(ns, { hostname: "127.0.0.1", port: 0, fetch: handler }) as {
-        url: URL;
+        port: number;
         stop(): unknown;
       }
       : own.call(ns, { hostname: "127.0.0.1", port: 0, onListen() {} }, handler) as {
         addr: { port: number };
         shutdown(): Promise<void>;
       };
-    const bareUrl = "url" in bare ? bare.url : `http://127.0.0.1:${bare.addr.port}/`;
+    const barePort = "port" in bare ? bare.port : bare.addr.port;
     const up = await create();
     try {
       const server = await up.serve({ hostname: "127.0.0.1", port: 0, fetch: handler });
       await up.ready();
-      const expected = await get(bareUrl);
+      const expected = await getBody(barePort);
       assert.equal(expected, "Bun" in globalThis ? "a request\n" : "nothing\n");
-      assert.equal(await get(server.url), expected);
+      assert.equal(await getBody(server.port!), expected);
     } finally {
       await up.stop();
       await ("stop" in bare ? bare.stop() : bare.shutdown());
