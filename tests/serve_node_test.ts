@@ -487,8 +487,8 @@ for (const fw of FRAMEWORKS) {
           signal: ac.signal,
           onResponse,
         };
-        const keepAlive = runLoad({ ...common, connections: 32 });
-        const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
+        const keepAlive = runLoad({ ...common, connections: 16 });
+        const posts = runLoad({ ...common, connections: 4, postBytes: 16 * 1024 });
         let current = server.pid;
         try {
           for (let i = 0; i < upgrades; i++) {
