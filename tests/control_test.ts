@@ -394,6 +394,13 @@ process.exit(0);
     const spin = runCommand(runtimeCmd(RUNTIME, flooder, [nobody, "3500"]), { timeoutMs: 30_000 });
     await sleep(500);
     const spinning = await probeHttp(port, spin);
+    const spun = await spin;
+    assert.equal(spun.code, 0, spun.stderr);
+    assert.deepEqual(spinning.failures, []);
+    assert.ok(
+      spinning.n >= 20,
+      `only ${spinning.n} HTTP requests beside the flooder aimed elsewhere`,
+    );
     const flood = runCommand(runtimeCmd(RUNTIME, flooder, [ctl, "4000"]), { timeoutMs: 30_000 });
     await sleep(500);
     const http = await probeHttp(port, sleep(3000));

@@ -232,6 +232,8 @@ describe(`generations (${RUNTIME})`, () => {
       Math.max(...last) <= Math.max(...first) + 2,
       `fd count grew: first ${first} last ${last}`,
     );
+    // Every earlier generation finished its drain and exited, the unwaited ones too.
+    for (const pid of started.server.pids) if (pid !== current) await stopped(pid, 10_000);
     process.kill(current, "SIGTERM");
   });
 

@@ -87,7 +87,7 @@ function checkTable(path: string): void {
     dl = Deno.dlopen(path, DL_SYMBOLS).symbols as unknown as DlFunctions;
   } catch { /* no dlsym here */ }
   const missing = dl ? missingSymbols(dl, path) : null;
-  if (missing === null) Deno.dlopen(path, SYMBOLS);
+  if (missing === null) Deno.dlopen(path, SYMBOLS).close(); // throws naming what is missing
   else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
 }
 

@@ -199,12 +199,13 @@ export class NodeDrain {
     }
   }
 
-  /**
-   * Resolves once no response went out for `idleMs` (at most `maxMs`); at once
-   * when the server holds no connection: nothing is left to answer or to close.
-   */
+  /** How many connections the server has open. */
+  get connections(): number {
+    return this.#sockets.size;
+  }
+
+  /** Resolves once no response went out for `idleMs` (at most `maxMs`). */
   quiet(idleMs: number, maxMs: number): Promise<void> {
-    if (this.#sockets.size === 0) return Promise.resolve();
     return this.#clock.quiet(idleMs, maxMs);
   }
 
