@@ -25,7 +25,7 @@ import {
   stopped,
 } from "./support/helpers.ts";
 import { bin } from "./support/procs.ts";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import { nextPidInPidFile } from "./support/status.ts";
 import { autoCommand } from "../src/supervisor/auto_script.ts";
 import { autoArgv } from "../src/supervisor/auto_argv.ts";
@@ -273,6 +273,7 @@ describe(`instar/auto's edges (${RUNTIME})`, () => {
         port,
         connections: 4,
         durationMs: 30_000,
+        pauseMs: TEST_PAUSE_MS,
         signal: stop.signal,
         onResponse: (b) => seen.add(b),
       });

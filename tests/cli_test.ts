@@ -19,7 +19,7 @@ import {
 import { join } from "node:path";
 import process from "node:process";
 import { spawnSync } from "node:child_process";
-import { runEchoLoad } from "./support/load_client.ts";
+import { runEchoLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import * as sys from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import {
@@ -347,7 +347,13 @@ describe(`handoff between independent processes (${RUNTIME})`, () => {
     const ctl = join(dir, "ctl.sock");
     const { server: first, port } = await startEcho(script, ctl);
     const ac = new AbortController();
-    const load = runEchoLoad({ port, connections: 6, durationMs: 90_000, signal: ac.signal });
+    const load = runEchoLoad({
+      port,
+      connections: 6,
+      durationMs: 90_000,
+      pauseMs: TEST_PAUSE_MS,
+      signal: ac.signal,
+    });
     let second: ServerProcess | undefined;
     try {
       await sleep(300);

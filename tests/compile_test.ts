@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { runLoad } from "./support/load_client.ts";
+import { runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   bunBin,
@@ -86,6 +86,7 @@ function countedLoad(port: number, durationMs: number) {
     port,
     connections: 8,
     durationMs,
+    pauseMs: TEST_PAUSE_MS,
     signal: ac.signal,
     onResponse: (body) => seen.set(body.trim(), (seen.get(body.trim()) ?? 0) + 1),
   });

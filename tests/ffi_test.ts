@@ -214,6 +214,19 @@ describe("ffi layer", () => {
     }
   });
 
+  test("each libc symbol is bound on its first use, not when the library opens", async () => {
+    // Binding costs a trampoline per symbol (time and memory at every generation's start-up).
+    const open = "Bun" in globalThis
+      ? (await import("../src/ffi/backend_bun.ts")).openBun
+      : (await import("../src/ffi/backend_deno.ts")).openDeno;
+    const libc = open(["libc.so.6"], false).libc;
+    const bound = (name: string) => "value" in Object.getOwnPropertyDescriptor(libc, name)!;
+    assert.deepEqual(Object.keys(SYMBOLS).filter(bound), []);
+    assert.equal(Number(libc.getpid()), process.pid);
+    assert.deepEqual(Object.keys(SYMBOLS).filter(bound), ["getpid"]);
+    assert.equal(libc.getpid, libc.getpid, "bound once");
+  });
+
   test("a failed libc call throws SystemError carrying the errno name, number and syscall", () => {
     assert.throws(() => sys.close(987654), SystemError);
     try {

@@ -28,14 +28,10 @@ import {
   within,
 } from "./support/helpers.ts";
 import { bin } from "./support/procs.ts";
-import { type LoadResult, runLoad } from "./support/load_client.ts";
+import { type LoadResult, runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 
 const left = cleanupAfterTests();
 const UPGRADES = 20;
-// Each load connection waits 10 ms between an answer and its next request: an upgrade's time is
-// the new generation's start-up, which is CPU (docs/benchmarks.md), and a load that took every
-// cycle would only slow it; connections idle between requests meet the drain too.
-const PAUSE_MS = 10;
 const fixture = (name: string) => join(ROOT, "tests/fixtures/auto", name);
 
 /** One row of the matrix: a fixture and the command line that runs it under this runtime. */
@@ -160,7 +156,7 @@ async function matrixRow(c: Case): Promise<void> {
   const common = {
     port,
     durationMs: 90_000,
-    pauseMs: PAUSE_MS,
+    pauseMs: TEST_PAUSE_MS,
     signal: stop.signal,
     onResponse: (b: string) => answers.add(b),
     onFailure: (kind: string, _t0: number, _t1: number, msg: string) =>

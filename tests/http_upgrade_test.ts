@@ -59,12 +59,13 @@ for (const backend of ["fork", "posix_spawn"] as const) {
           signal: ac.signal,
           onResponse,
         };
-        const keepAlive = runLoad({ ...common, connections: 64 });
-        // Back to back (no pause), so that at every drain POSTs are mid-body and new connections
-        // are in the accept queue: the races a paced load meets less often. Few connections, so
-        // that they do not take the CPU the upgrades need.
-        const posts = runLoad({ ...common, pauseMs: 0, connections: 8, postBytes: 16 * 1024 });
-        const short = runLoad({ ...common, pauseMs: 0, connections: 4, keepAlive: false });
+        const keepAlive = runLoad({ ...common, connections: 32 });
+        // Back to back (no pause), so that drains meet POSTs mid-body and new connections in the
+        // accept queue more often than a paced load does (not asserted: those are the races it
+        // gives a chance to fail). Few connections, so that they do not take the CPU the upgrades
+        // need (the loads were most of this file's CPU).
+        const posts = runLoad({ ...common, pauseMs: 0, connections: 4, postBytes: 16 * 1024 });
+        const short = runLoad({ ...common, pauseMs: 0, connections: 2, keepAlive: false });
         let current = server.pid;
         try {
           for (let i = 0; i < 20; i++) {

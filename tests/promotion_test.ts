@@ -10,7 +10,7 @@ import net from "node:net";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { type LoadResult, runLoad } from "./support/load_client.ts";
+import { type LoadResult, runLoad, TEST_PAUSE_MS } from "./support/load_client.ts";
 import {
   alive,
   cleanupAfterTests,
@@ -87,6 +87,7 @@ function load(port: number, keepAlive: boolean) {
     connections: 8,
     keepAlive,
     durationMs: 90_000,
+    pauseMs: TEST_PAUSE_MS,
     signal: ac.signal,
     onResponse: (body) => {
       const pid = /pid (\d+)/.exec(body)?.[1] ?? "?";

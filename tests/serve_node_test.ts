@@ -43,6 +43,7 @@ import { NodeDrain } from "../src/serve/node_drain.ts";
 import { InstarError } from "../src/errors.ts";
 import { close as closeFd } from "../src/ffi/mod.ts";
 import { openSocket } from "../src/net/listener.ts";
+import { QUIET_MS } from "../src/serve/options.ts";
 
 const left = cleanupAfterTests();
 
@@ -486,8 +487,8 @@ for (const fw of FRAMEWORKS) {
           signal: ac.signal,
           onResponse,
         };
-        const keepAlive = runLoad({ ...common, connections: 32 });
-        const posts = runLoad({ ...common, connections: 8, postBytes: 16 * 1024 });
+        const keepAlive = runLoad({ ...common, connections: 16 });
+        const posts = runLoad({ ...common, connections: 4, postBytes: 16 * 1024 });
         let current = server.pid;
         try {
           for (let i = 0; i < upgrades; i++) {
@@ -513,6 +514,27 @@ for (const fw of FRAMEWORKS) {
 // ---------------------------------------------------------------- serveNode() one at a time
 
 describe(`serveNode() (${RUNTIME})`, () => {
+  test("shutdown() waits for a quiet second only while the server holds a connection", async () => {
+    const timedShutdown = async (hold: boolean) => {
+      const { fd, port } = await rawListen();
+      const s = await serveNode(fd, hello());
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        // An idle keep-alive connection might still carry a request: the quiet wait runs for it.
+        if (hold) assert.equal((await get(port, "/", agent)).body, "hi\n");
+        const t0 = performance.now();
+        await within(s.shutdown(), 20_000, "shutdown");
+        return performance.now() - t0;
+      } finally {
+        agent.destroy();
+        closeFd(fd);
+      }
+    };
+    const held = await timedShutdown(true), none = await timedShutdown(false);
+    assert.ok(held >= QUIET_MS, `with an idle connection: ${held.toFixed(0)} ms`);
+    assert.ok(none < QUIET_MS, `with no connection: ${none.toFixed(0)} ms`);
+  });
+
   test(
     "a failed transplant precondition falls back to the proxy and says why (Bun's auto)",
     skipIf(RUNTIME !== "bun" && "Deno's auto uses listen({ fd }), no transplant", "fallback"),

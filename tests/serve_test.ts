@@ -12,6 +12,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { C } from "../src/ffi/mod.ts";
 import { encodeUnix } from "../src/ffi/sockaddr.ts";
 import { InstarError } from "../src/errors.ts";
+import { QUIET_MS } from "../src/serve/options.ts";
 import {
   type InstarServeOptions,
   type PortableServeOptions,
@@ -124,15 +125,17 @@ function body(raw: string): string {
 }
 
 /** Runs `fn` with our own listening socket; checks no socket leaked once it is closed. */
-async function withSocket(fn: (ours: { fd: number; port: number }) => Promise<void>) {
+async function withSocket<T>(fn: (ours: { fd: number; port: number }) => Promise<T>): Promise<T> {
   const before = openFds();
   const ours = await rawListen();
+  let result: T;
   try {
-    await fn(ours);
+    result = await fn(ours);
   } finally {
     sys.close(ours.fd);
   }
   assert.deepEqual(await leakedSockets(before), [], "leaked sockets");
+  return result;
 }
 
 /** Two GETs on one keep-alive connection, `between()` called between them; the raw answers. */
@@ -180,6 +183,37 @@ for (const mode of ["transplant", "fallback"] as const) {
           await server.shutdown();
         }
       });
+    });
+
+    test("shutdown() waits for a quiet second only while the server holds a connection", async () => {
+      const timedShutdown = async (server: Server) => {
+        const t0 = performance.now();
+        await server.shutdown();
+        return performance.now() - t0;
+      };
+      // An idle keep-alive connection: it might still carry a request, so the quiet wait runs.
+      const held = await withSocket(async (ours) => {
+        const server = await app({ fd: ours.fd }, mode);
+        const s = net.connect({ host: "127.0.0.1", port: ours.port });
+        try {
+          await new Promise<void>((resolve, reject) => {
+            let got = "";
+            s.setEncoding("latin1");
+            s.on("data", (d: string) => (got += d, /\r\n\r\n[^]*hello/.test(got) && resolve()));
+            s.on("error", reject);
+            s.write("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+          });
+          return await timedShutdown(server);
+        } finally {
+          s.destroy();
+        }
+      });
+      // None: nothing to answer or to close.
+      const none = await withSocket(async (ours) =>
+        timedShutdown(await app({ fd: ours.fd }, mode))
+      );
+      assert.ok(held >= QUIET_MS, `with an idle connection: ${held.toFixed(0)} ms`);
+      assert.ok(none < QUIET_MS - 100, `with no connection: ${none.toFixed(0)} ms`);
     });
 
     test("answers requests and the connections queued before serve(), reporting the real addresses", async () => {

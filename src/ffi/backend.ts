@@ -5,7 +5,13 @@
  * @module
  */
 
-import type { LibcSymbols, NativeFunction, Signature } from "./symbols.ts";
+import {
+  type DL_SYMBOLS,
+  type LibcSymbols,
+  type NativeFunction,
+  type Signature,
+  SYMBOLS,
+} from "./symbols.ts";
 
 /** One runtime's FFI over libc. */
 export interface Backend {
@@ -28,4 +34,23 @@ export interface Backend {
   readCString(addr: bigint): string;
   /** A callable for native code at `addr` with the given signature. */
   fn<S extends Signature>(addr: bigint, sig: S): NativeFunction<S>;
+}
+
+/** dlopen(3) and dlsym(3) as a backend bound them from {@link DL_SYMBOLS}. */
+export type DlFunctions = {
+  readonly [K in keyof typeof DL_SYMBOLS]: NativeFunction<(typeof DL_SYMBOLS)[K]>;
+};
+
+/**
+ * The symbols of {@link SYMBOLS} that the library at `path` lacks, looked up
+ * with `dl` (dlopen(3)/dlsym(3) of that same library), so that a libc missing
+ * one fails at start-up rather than at that function's first use; null when
+ * dlopen(3) cannot open it by that name.
+ */
+export function missingSymbols(dl: DlFunctions, path: string): string[] | null {
+  const cString = (text: string) => new TextEncoder().encode(`${text}\0`);
+  const RTLD_LAZY = 1; // the same on Linux and macOS
+  const handle = dl.dlopen(cString(path), RTLD_LAZY);
+  if (!handle) return null;
+  return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
 }

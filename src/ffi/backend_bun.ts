@@ -6,8 +6,9 @@
  */
 
 import { InstarError } from "../errors.ts";
-import type { Backend } from "./backend.ts";
+import { type Backend, type DlFunctions, missingSymbols } from "./backend.ts";
 import {
+  DL_SYMBOLS,
   ERRNO_SYMBOLS,
   ERRNO_SYMBOLS_DARWIN,
   type LibcSymbols,
@@ -102,31 +103,23 @@ function lazySymbols(ffi: BunFfi, path: string): BunSymbols {
 }
 
 /**
- * The table's symbols that the library at `path` lacks, looked up with
- * dlopen(3)/dlsym(3) from that library without compiling them; null when it
- * has no dlsym of its own (glibc before 2.34 keeps it in libdl): then the
- * whole table is compiled once instead, which fails the same way.
+ * The table's symbols that the library at `path` lacks ({@link missingSymbols});
+ * null when it has no dlsym of its own (glibc before 2.34 keeps it in libdl):
+ * then the whole table is compiled once instead, which fails the same way.
  */
-function missingSymbols(ffi: BunFfi, path: string): string[] | null {
+function missingBun(ffi: BunFfi, path: string): string[] | null {
   let dl;
   try {
-    dl = ffi.dlopen(path, {
-      dlopen: { args: ["ptr", "i32"], returns: "ptr" }, // void *dlopen(const char *file, int mode)
-      dlsym: { args: ["ptr", "ptr"], returns: "ptr" }, // void *dlsym(void *handle, const char *name)
-    }).symbols;
+    dl = ffi.dlopen(path, toBun(DL_SYMBOLS)).symbols as unknown as DlFunctions;
   } catch {
     return null;
   }
-  const cString = (text: string) => new TextEncoder().encode(`${text}\0`);
-  const RTLD_LAZY = 1; // the same on Linux and macOS
-  const handle = dl.dlopen(cString(path), RTLD_LAZY);
-  if (!handle) return null;
-  return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
+  return missingSymbols(dl, path);
 }
 
 /** Checks that the library at `path` has every symbol of the table; throws naming the first missing. */
 function checkTable(ffi: BunFfi, path: string): void {
-  const missing = missingSymbols(ffi, path);
+  const missing = missingBun(ffi, path);
   if (missing === null) ffi.dlopen(path, toBun(SYMBOLS));
   else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
 }

@@ -5,8 +5,9 @@
  */
 
 import { InstarError } from "../errors.ts";
-import type { Backend } from "./backend.ts";
+import { type Backend, type DlFunctions, missingSymbols } from "./backend.ts";
 import {
+  DL_SYMBOLS,
   ERRNO_SYMBOLS,
   ERRNO_SYMBOLS_DARWIN,
   type LibcSymbols,
@@ -43,26 +44,77 @@ function requireProcAccess(): void {
   }
 }
 
-/** Opens the first library of `candidates` that loads; returns the Deno backend. */
+/**
+ * The table's functions, each bound on its first use: `Deno.dlopen` builds a
+ * call trampoline per symbol, about 0.35 ms each here, so binding all of them
+ * up front cost every generation ~18 ms of its start-up (and ~0.5 MB) for
+ * functions most never call (docs/benchmarks.md). A getter binds its symbol
+ * once and replaces itself with the function, so later calls cost what they
+ * did. The library has been checked to have each; binding one can still fail
+ * (out of memory): `FFI_UNAVAILABLE`, naming the symbol.
+ */
+function lazySymbols(path: string): LibcSymbols {
+  const out = {};
+  for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
+    Object.defineProperty(out, name, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        let f;
+        try {
+          f = Deno.dlopen(path, { [name]: SYMBOLS[name] }).symbols[name];
+        } catch (err) {
+          throw new InstarError("FFI_UNAVAILABLE", `could not load ${name} from ${path}`, {
+            cause: err,
+          });
+        }
+        Object.defineProperty(out, name, { value: f, enumerable: true });
+        return f;
+      },
+    });
+  }
+  return out as LibcSymbols;
+}
+
+/**
+ * Checks that the library at `path` has every symbol of the table, without
+ * binding them (dlsym(3)); where it has no dlsym of its own (glibc before
+ * 2.34) by binding the whole table once, which fails the same way.
+ */
+function checkTable(path: string): void {
+  let dl: DlFunctions | undefined;
+  try {
+    dl = Deno.dlopen(path, DL_SYMBOLS).symbols as unknown as DlFunctions;
+  } catch { /* no dlsym here */ }
+  const missing = dl ? missingSymbols(dl, path) : null;
+  if (missing === null) Deno.dlopen(path, SYMBOLS).close(); // throws naming what is missing
+  else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
+}
+
+/**
+ * Opens the first library of `candidates` that loads and has every symbol of
+ * the table (checked now, so that a libc that lacks one fails at start-up, not
+ * at its first use); returns the Deno backend.
+ */
 export function openDeno(candidates: readonly string[], darwin: boolean): Backend {
-  let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
   let errnoLib: { symbols: Record<string, () => number | bigint> } | undefined;
   let lastError: unknown;
   let loaded = "";
   for (const path of candidates) {
     try {
-      lib = Deno.dlopen(path, SYMBOLS);
       errnoLib = Deno.dlopen(path, darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS);
+      checkTable(path);
       loaded = path;
       break;
     } catch (err) {
       if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
         permissionHint(err);
       }
+      errnoLib = undefined;
       lastError = err;
     }
   }
-  if (!lib || !errnoLib) {
+  if (!errnoLib) {
     throw new InstarError(
       "FFI_UNAVAILABLE",
       `could not load libc (tried ${candidates.join(", ")})`,
@@ -75,7 +127,7 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
   return {
     runtime: "deno",
     path: loaded,
-    libc: lib.symbols as unknown as LibcSymbols,
+    libc: lazySymbols(loaded),
     errno(): number {
       // The errno address is per thread and never changes for the JS thread.
       errnoView ??= new Deno.UnsafePointerView(

@@ -132,6 +132,18 @@ export const SYMBOLS = {
   strerror: { parameters: ["i32"], result: "usize" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
+/**
+ * dlopen(3) and dlsym(3), with which a backend checks that the library has
+ * every symbol of {@link SYMBOLS} without binding any (each binding costs a
+ * trampoline). libc has them since glibc 2.34, and in musl and macOS.
+ */
+export const DL_SYMBOLS = {
+  // void *dlopen(const char *file, int mode);
+  dlopen: { parameters: ["buffer", "i32"], result: "usize" },
+  // void *dlsym(void *handle, const char *name);
+  dlsym: { parameters: ["usize", "buffer"], result: "usize" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
 /** How errno is reached: glibc and musl export `__errno_location`, macOS `__error`. */
 export const ERRNO_SYMBOLS = {
   // int *__errno_location(void);

@@ -45,18 +45,20 @@ export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
 /**
  * Whether this process holds a connection accepted on `addr`: a socket that
  * is not listening and whose local address (getsockname(2): for an accepted
- * Unix socket, the listener's path) is `addr`'s port or path; for TCP only an
+ * Unix socket, the listener's path) is `addr`'s port or path. For TCP only an
  * ESTABLISHED one, as {@link connectionFds} counts (a connection its client
- * closed is over, whenever the runtime gets to close its fd).
+ * closed is over, whenever the runtime gets to close its fd), unless
+ * `anyState`: a client that sent its request and closed its side may not have
+ * been read yet.
  */
-export function holdsConnection(addr: Addr): boolean {
+export function holdsConnection(addr: Addr, anyState = false): boolean {
   for (const fd of socketInodes().values()) {
     try {
       if (getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN)) continue;
       const local = decode(getsockname(fd));
       const ours = addr.transport === "tcp"
         ? local.transport === "tcp" && local.port === addr.port &&
-          tcpState(fd) === TCP_ESTABLISHED
+          (anyState || tcpState(fd) === TCP_ESTABLISHED)
         : local.transport === "unix" && local.path === addr.path;
       if (ours) return true;
     } catch {
@@ -64,6 +66,19 @@ export function holdsConnection(addr: Addr): boolean {
     }
   }
   return false;
+}
+
+/**
+ * Whether a draining server on `addr` may have a request left to answer: it
+ * holds an accepted socket in any state. When that cannot be told (no fd left
+ * to read /proc/self/fd with, at the fd limit), it may.
+ */
+export function mayHoldConnection(addr: Addr): boolean {
+  try {
+    return holdsConnection(addr, true);
+  } catch {
+    return true;
+  }
 }
 
 /** Shuts down both directions of every connection accepted on `addr`; returns how many. */

@@ -199,6 +199,11 @@ export class NodeDrain {
     }
   }
 
+  /** How many connections the server has open. */
+  get connections(): number {
+    return this.#sockets.size;
+  }
+
   /** Resolves once no response went out for `idleMs` (at most `maxMs`). */
   quiet(idleMs: number, maxMs: number): Promise<void> {
     return this.#clock.quiet(idleMs, maxMs);

@@ -53,7 +53,7 @@ import {
   WS_CLOSE_MS,
 } from "./options.ts";
 import { checkIdleConnections, drainAlone, type ServerDrain } from "../net/drain.ts";
-import { cutConnections, noConnections } from "../net/connections.ts";
+import { cutConnections, mayHoldConnection, noConnections } from "../net/connections.ts";
 import type { IdleConnections } from "../types.ts";
 import { deadline, sleep } from "../timeout.ts";
 import type { ConnectionProxy } from "./proxy.ts";
@@ -426,11 +426,13 @@ function drainParts(
         // Every connection goes when its client closes it, after a last answer with
         // Connection: close or without one; what stays past the drain timeout is cut.
         await noConnections(addr);
-      } else {
+      } else if (direct || mayHoldConnection(addr)) {
         // Busy keep-alive connections get their last answer, with Connection: close, first.
         // A direct server that still accepts (Deno) is never quiet under load: one grace then.
         await native.quiet(QUIET_MS, direct ? QUIET_MS : QUIET_MAX_MS);
       }
+      // Otherwise this process holds no socket accepted on the listener, in any state (it stopped
+      // accepting before the drain delay): nothing is left to answer or to close, so no quiet wait.
       await native.finish();
       await proxy?.drained();
       removeThrowaway();

@@ -390,10 +390,12 @@ function serverDrain(
         // server.close() would close idle connections: each goes when its client closes
         // it (its next request answered with Connection: close), or is cut at the timeout.
         await d.noConnections();
-      } else {
+      } else if (a.mode === "direct" || d.connections > 0) {
         // Busy keep-alive connections get their last answer, with Connection: close, first.
         await d.quiet(QUIET_MS, QUIET_MAX_MS);
       }
+      // Otherwise the server holds no connection (it stopped accepting before the drain
+      // delay): nothing is left to answer or to close. Portable mode still accepts: it waits.
       await d.finish(spreadMs);
       await a.proxy?.drained();
       a.remove();

@@ -15,13 +15,14 @@ import tls from "node:tls";
  * The pace of the tests' loads: each connection waits this many ms between an
  * answer and its next request (`pauseMs`). An upgrade's time is the new
  * generation's start-up, which is CPU; an unpaced load takes every cycle the
- * start-up would use, and under `npm test` (three files at once on 2 cores, the
+ * start-up would use, and under `npm test` (several files at once on 2 cores, the
  * CPU saturated throughout) it took a share of both cores from every other file for
  * as long as its own stretched upgrades lasted. Paced, dozens of connections still
- * send thousands of requests a second, and keep-alive connections are also idle
- * between requests when a drain meets them, as real clients' are.
+ * send over a thousand requests a second, each connection about ten while a drain
+ * waits its 250 ms, and keep-alive connections are also idle between requests when
+ * a drain meets them, as real clients' are (docs/testing.md).
  */
-export const TEST_PAUSE_MS = 10;
+export const TEST_PAUSE_MS = 25;
 
 /** Options of {@link runLoad}. */
 export interface LoadOptions {
