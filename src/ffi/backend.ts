@@ -5,6 +5,7 @@
  * @module
  */
 
+import { InstarError } from "../errors.ts";
 import {
   type DL_SYMBOLS,
   type LibcSymbols,
@@ -53,4 +54,40 @@ export function missingSymbols(dl: DlFunctions, path: string): string[] | null {
   const handle = dl.dlopen(cString(path), RTLD_LAZY);
   if (!handle) return null;
   return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
+}
+
+/**
+ * The table's functions, each bound by `bind` on its first use: both
+ * runtimes build a trampoline per symbol (Deno ~0.35 ms each, `bun:ffi` ~45 KB
+ * resident each), so binding all of them up front cost every generation for
+ * functions most never call (docs/benchmarks.md, "Start-up time of a
+ * generation" and "A minimal app's memory"). A getter binds its symbol once
+ * and replaces itself with the function, so later calls cost what they did.
+ * The library at `path` has been checked to have each; binding one can still
+ * fail (out of memory): `FFI_UNAVAILABLE`, naming the symbol.
+ */
+export function lazySymbols(
+  path: string,
+  bind: (name: keyof typeof SYMBOLS) => unknown,
+): LibcSymbols {
+  const out = {};
+  for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
+    Object.defineProperty(out, name, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        let f;
+        try {
+          f = bind(name);
+        } catch (err) {
+          throw new InstarError("FFI_UNAVAILABLE", `could not load ${name} from ${path}`, {
+            cause: err,
+          });
+        }
+        Object.defineProperty(out, name, { value: f, enumerable: true });
+        return f;
+      },
+    });
+  }
+  return out as LibcSymbols;
 }

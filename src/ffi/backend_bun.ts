@@ -6,7 +6,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, type DlFunctions, missingSymbols } from "./backend.ts";
+import { type Backend, type DlFunctions, lazySymbols, missingSymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
@@ -66,42 +66,6 @@ function toBun(table: Record<string, Signature>): Record<string, BunFfiFunction>
   return out;
 }
 
-type BunSymbols = Record<string, (...args: unknown[]) => unknown>;
-
-/**
- * The table's functions, each compiled by `bun:ffi` on its first use: `dlopen`
- * compiles a trampoline per symbol, and compiling all of them up front costs a
- * generation ~1 MB resident for functions most never call (docs/benchmarks.md,
- * "A minimal app's memory"). A getter compiles its symbol once and replaces
- * itself with the function, so later calls cost what they did. `openBun`
- * has checked that each is present; compiling one can still fail (out of
- * memory): `FFI_UNAVAILABLE`, naming the symbol.
- */
-function lazySymbols(ffi: BunFfi, path: string): BunSymbols {
-  const out: BunSymbols = {};
-  for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
-    Object.defineProperty(out, name, {
-      configurable: true,
-      enumerable: true,
-      get() {
-        let f;
-        try {
-          f = ffi.dlopen(path, toBun({ [name]: SYMBOLS[name] })).symbols[name];
-        } catch (err) {
-          throw new InstarError(
-            "FFI_UNAVAILABLE",
-            `could not load ${name} from ${path}`,
-            { cause: err },
-          );
-        }
-        Object.defineProperty(out, name, { value: f, enumerable: true });
-        return f;
-      },
-    });
-  }
-  return out;
-}
-
 /**
  * The table's symbols that the library at `path` lacks ({@link missingSymbols});
  * null when it has no dlsym of its own (glibc before 2.34 keeps it in libdl):
@@ -131,7 +95,7 @@ function checkTable(ffi: BunFfi, path: string): void {
  */
 export function openBun(candidates: readonly string[], darwin: boolean): Backend {
   const ffi = (import.meta as unknown as { require(id: string): BunFfi }).require("bun:ffi");
-  let symbols: BunSymbols | undefined;
+  let symbols: LibcSymbols | undefined;
   let errnoFn: (() => unknown) | undefined;
   const errors: string[] = [];
   let lastError: unknown;
@@ -142,7 +106,10 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
       checkTable(ffi, path);
       errnoFn = Object.values(e)[0];
-      symbols = lazySymbols(ffi, path);
+      symbols = lazySymbols(
+        path,
+        (name) => ffi.dlopen(path, toBun({ [name]: SYMBOLS[name] })).symbols[name],
+      );
       loaded = path;
       break;
     } catch (err) {
@@ -161,7 +128,7 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
   return {
     runtime: "bun",
     path: loaded,
-    libc: symbols as unknown as LibcSymbols,
+    libc: symbols,
     errno(): number {
       // The errno address is per thread and never changes for the JS thread.
       errnoAddr ??= Number(errnoFn());

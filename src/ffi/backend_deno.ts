@@ -5,12 +5,11 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, type DlFunctions, missingSymbols } from "./backend.ts";
+import { type Backend, type DlFunctions, lazySymbols, missingSymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
   ERRNO_SYMBOLS_DARWIN,
-  type LibcSymbols,
   type NativeFunction,
   type Signature,
   SYMBOLS,
@@ -42,38 +41,6 @@ function requireProcAccess(): void {
       { cause: err },
     );
   }
-}
-
-/**
- * The table's functions, each bound on its first use: `Deno.dlopen` builds a
- * call trampoline per symbol, about 0.35 ms each here, so binding all of them
- * up front cost every generation ~18 ms of its start-up (and ~0.5 MB) for
- * functions most never call (docs/benchmarks.md). A getter binds its symbol
- * once and replaces itself with the function, so later calls cost what they
- * did. The library has been checked to have each; binding one can still fail
- * (out of memory): `FFI_UNAVAILABLE`, naming the symbol.
- */
-function lazySymbols(path: string): LibcSymbols {
-  const out = {};
-  for (const name of Object.keys(SYMBOLS) as (keyof typeof SYMBOLS)[]) {
-    Object.defineProperty(out, name, {
-      configurable: true,
-      enumerable: true,
-      get() {
-        let f;
-        try {
-          f = Deno.dlopen(path, { [name]: SYMBOLS[name] }).symbols[name];
-        } catch (err) {
-          throw new InstarError("FFI_UNAVAILABLE", `could not load ${name} from ${path}`, {
-            cause: err,
-          });
-        }
-        Object.defineProperty(out, name, { value: f, enumerable: true });
-        return f;
-      },
-    });
-  }
-  return out as LibcSymbols;
 }
 
 /**
@@ -127,7 +94,10 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
   return {
     runtime: "deno",
     path: loaded,
-    libc: lazySymbols(loaded),
+    libc: lazySymbols(
+      loaded,
+      (name) => Deno.dlopen(loaded, { [name]: SYMBOLS[name] }).symbols[name],
+    ),
     errno(): number {
       // The errno address is per thread and never changes for the JS thread.
       errnoView ??= new Deno.UnsafePointerView(
