@@ -216,6 +216,32 @@ for (const mode of ["transplant", "fallback"] as const) {
       assert.ok(none < QUIET_MS - 100, `with no connection: ${none.toFixed(0)} ms`);
     });
 
+    for (const idleConnections of ["close-when-quiet", "keep"] as const) {
+      test(`at the fd limit, shutdown() still lets a request in flight finish (idleConnections ${idleConnections})`, async () => {
+        await withSocket(async (ours) => {
+          const server = await app({ fd: ours.fd }, mode, { idleConnections });
+          const c = await connectClient(ours.port);
+          // A streamed answer: in flight for 8 × 50 ms, long after the fds run out.
+          const answer = c.request(httpGet("/stream"));
+          await new Promise((r) => setTimeout(r, 60));
+          const limit = sys.getNofileLimit();
+          const filler: number[] = [];
+          try {
+            sys.setNofileLimit({ ...limit, soft: Math.min(limit.soft, 1024) });
+            try {
+              for (;;) filler.push(sys.dupCloexec(0));
+            } catch { /* EMFILE: the process cannot open one more fd, not even /proc/self/fd */ }
+            const shutdown = server.shutdown();
+            assert.match(await answer, /chunk7\n/, "the streamed answer ends in full");
+            await shutdown;
+          } finally {
+            for (const fd of filler) sys.close(fd);
+            sys.setNofileLimit(limit);
+          }
+        });
+      });
+    }
+
     test("answers requests and the connections queued before serve(), reporting the real addresses", async () => {
       await withSocket(async (ours) => {
         const queued = await Promise.all([1, 2, 3].map(() => connectClient(ours.port)));

@@ -36,10 +36,11 @@ export function connectionFds(addr: Addr): number[] {
  * neither runtime's server tells when a connection closes). Asked of this
  * process's own sockets, never of the system-wide tables: on a host whose TCP
  * table holds tens of thousands of entries, reading /proc/net/tcp every 100 ms
- * would stall the event loop.
+ * would stall the event loop. At the fd limit, where /proc cannot be read, it
+ * keeps waiting ({@link mayHoldConnection}).
  */
 export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
-  while (holdsConnection(addr)) await sleep(everyMs);
+  while (mayHoldConnection(addr, false)) await sleep(everyMs);
 }
 
 /**
@@ -69,22 +70,32 @@ export function holdsConnection(addr: Addr, anyState = false): boolean {
 }
 
 /**
- * Whether a draining server on `addr` may have a request left to answer: it
- * holds an accepted socket in any state. When that cannot be told (no fd left
- * to read /proc/self/fd with, at the fd limit), it may.
+ * {@link holdsConnection}, where what cannot be told (no fd left to read
+ * /proc/self/fd with, at the fd limit) counts as held: a draining server then
+ * waits (the drain timeout bounds it) rather than end connections it cannot see.
  */
-export function mayHoldConnection(addr: Addr): boolean {
+export function mayHoldConnection(addr: Addr, anyState = true): boolean {
   try {
-    return holdsConnection(addr, true);
+    return holdsConnection(addr, anyState);
   } catch {
     return true;
   }
 }
 
-/** Shuts down both directions of every connection accepted on `addr`; returns how many. */
+/**
+ * Shuts down both directions of every connection accepted on `addr`; returns
+ * how many. At the fd limit, where /proc cannot be read, none (0): the caller's
+ * close of its server, and the exit that follows a drain, still end them.
+ */
 export function cutConnections(addr: Addr): number {
+  let fds: number[];
+  try {
+    fds = connectionFds(addr);
+  } catch {
+    return 0;
+  }
   let n = 0;
-  for (const fd of connectionFds(addr)) {
+  for (const fd of fds) {
     try {
       shutdown(fd, C.SHUT_RDWR);
       n++;
