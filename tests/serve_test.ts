@@ -230,13 +230,20 @@ for (const mode of ["transplant", "fallback"] as const) {
             sys.setNofileLimit({ ...limit, soft: Math.min(limit.soft, 1024) });
             try {
               for (;;) filler.push(sys.dupCloexec(0));
-            } catch { /* EMFILE: the process cannot open one more fd, not even /proc/self/fd */ }
+            } catch (err) {
+              assert.equal((err as { code?: string }).code, "EMFILE");
+            }
+            // The drain cannot read /proc/self/fd now: what it does then is the subject.
+            assert.throws(() => openFds(), { code: "EMFILE" });
             const shutdown = server.shutdown();
             assert.match(await answer, /chunk7\n/, "the streamed answer ends in full");
             await shutdown;
           } finally {
-            for (const fd of filler) sys.close(fd);
-            sys.setNofileLimit(limit);
+            try {
+              for (const fd of filler) sys.close(fd);
+            } finally {
+              sys.setNofileLimit(limit);
+            }
           }
         });
       });

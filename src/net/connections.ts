@@ -40,7 +40,9 @@ export function connectionFds(addr: Addr): number[] {
  * keeps waiting ({@link mayHoldConnection}).
  */
 export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
-  while (mayHoldConnection(addr, false)) await sleep(everyMs);
+  // Unref'd: at the fd limit this may poll past the drain's timeout, which must not keep a
+  // process alive that would otherwise end (the drain's own timer keeps it alive meanwhile).
+  while (mayHoldConnection(addr, false)) await sleep(everyMs, true);
 }
 
 /**
@@ -84,8 +86,10 @@ export function mayHoldConnection(addr: Addr, anyState = true): boolean {
 
 /**
  * Shuts down both directions of every connection accepted on `addr`; returns
- * how many. At the fd limit, where /proc cannot be read, none (0): the caller's
- * close of its server, and the exit that follows a drain, still end them.
+ * how many. At the fd limit, where /proc cannot be read, none (0): Bun's forced
+ * stop, the proxy and node:http's server still end them, and so does the exit
+ * after a generation's drain; a standalone Deno server on the transplant path
+ * does not (its graceful shutdown waits for a response that never ends).
  */
 export function cutConnections(addr: Addr): number {
   let fds: number[];
