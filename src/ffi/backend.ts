@@ -43,12 +43,25 @@ export type DlFunctions = {
 };
 
 /**
- * The symbols of {@link SYMBOLS} that the library at `path` lacks, looked up
- * with `dl` (dlopen(3)/dlsym(3) of that same library), so that a libc missing
- * one fails at start-up rather than at that function's first use; null when
- * dlopen(3) cannot open it by that name.
+ * Checks that the library at `path` has every symbol of {@link SYMBOLS}, so
+ * that a libc that lacks one fails at start-up rather than at that function's
+ * first use. They are looked up with dlopen(3)/dlsym(3) of that library
+ * (`openDl` binds only those two), without binding any other. Where it has no
+ * dlsym of its own (glibc before 2.34 keeps it in libdl), `bindAll` binds the
+ * whole table once instead, which fails the same way.
  */
-export function missingSymbols(dl: DlFunctions, path: string): string[] | null {
+export function checkTable(path: string, openDl: () => DlFunctions, bindAll: () => void): void {
+  let dl: DlFunctions | undefined;
+  try {
+    dl = openDl();
+  } catch { /* no dlsym of its own */ }
+  const missing = dl ? missingSymbols(dl, path) : null;
+  if (missing === null) bindAll();
+  else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
+}
+
+// The symbols of the table that `dl`'s library lacks; null when dlopen(3) cannot open it by `path`.
+function missingSymbols(dl: DlFunctions, path: string): string[] | null {
   const cString = (text: string) => new TextEncoder().encode(`${text}\0`);
   const RTLD_LAZY = 1; // the same on Linux and macOS
   const handle = dl.dlopen(cString(path), RTLD_LAZY);

@@ -6,7 +6,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, type DlFunctions, lazySymbols, missingSymbols } from "./backend.ts";
+import { type Backend, checkTable, type DlFunctions, lazySymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
@@ -67,28 +67,6 @@ function toBun(table: Record<string, Signature>): Record<string, BunFfiFunction>
 }
 
 /**
- * The table's symbols that the library at `path` lacks ({@link missingSymbols});
- * null when it has no dlsym of its own (glibc before 2.34 keeps it in libdl):
- * then the whole table is compiled once instead, which fails the same way.
- */
-function missingBun(ffi: BunFfi, path: string): string[] | null {
-  let dl;
-  try {
-    dl = ffi.dlopen(path, toBun(DL_SYMBOLS)).symbols as unknown as DlFunctions;
-  } catch {
-    return null;
-  }
-  return missingSymbols(dl, path);
-}
-
-/** Checks that the library at `path` has every symbol of the table; throws naming the first missing. */
-function checkTable(ffi: BunFfi, path: string): void {
-  const missing = missingBun(ffi, path);
-  if (missing === null) ffi.dlopen(path, toBun(SYMBOLS));
-  else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
-}
-
-/**
  * Opens the first library of `candidates` that loads and has every symbol of
  * the table (checked now, so a libc that lacks one fails at start-up as on
  * Deno, not at its first use); returns the Bun backend.
@@ -104,7 +82,11 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
     try {
       // The errno symbol is compiled now; the others compile on first use, once checked present.
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
-      checkTable(ffi, path);
+      checkTable(
+        path,
+        () => ffi.dlopen(path, toBun(DL_SYMBOLS)).symbols as unknown as DlFunctions,
+        () => void ffi.dlopen(path, toBun(SYMBOLS)),
+      );
       errnoFn = Object.values(e)[0];
       symbols = lazySymbols(
         path,

@@ -5,7 +5,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, type DlFunctions, lazySymbols, missingSymbols } from "./backend.ts";
+import { type Backend, checkTable, type DlFunctions, lazySymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
@@ -44,21 +44,6 @@ function requireProcAccess(): void {
 }
 
 /**
- * Checks that the library at `path` has every symbol of the table, without
- * binding them (dlsym(3)); where it has no dlsym of its own (glibc before
- * 2.34) by binding the whole table once, which fails the same way.
- */
-function checkTable(path: string): void {
-  let dl: DlFunctions | undefined;
-  try {
-    dl = Deno.dlopen(path, DL_SYMBOLS).symbols as unknown as DlFunctions;
-  } catch { /* no dlsym here */ }
-  const missing = dl ? missingSymbols(dl, path) : null;
-  if (missing === null) Deno.dlopen(path, SYMBOLS).close(); // throws naming what is missing
-  else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
-}
-
-/**
  * Opens the first library of `candidates` that loads and has every symbol of
  * the table (checked now, so that a libc that lacks one fails at start-up, not
  * at its first use); returns the Deno backend.
@@ -70,7 +55,11 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
   for (const path of candidates) {
     try {
       errnoLib = Deno.dlopen(path, darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS);
-      checkTable(path);
+      checkTable(
+        path,
+        () => Deno.dlopen(path, DL_SYMBOLS).symbols as unknown as DlFunctions,
+        () => Deno.dlopen(path, SYMBOLS).close(), // throws naming what is missing
+      );
       loaded = path;
       break;
     } catch (err) {

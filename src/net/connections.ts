@@ -54,7 +54,7 @@ export async function noConnections(addr: Addr, everyMs = 100): Promise<void> {
  * `anyState`: a client that sent its request and closed its side may not have
  * been read yet.
  */
-export function holdsConnection(addr: Addr, anyState = false): boolean {
+export function holdsConnection(addr: Addr, anyState: boolean): boolean {
   for (const fd of socketInodes().values()) {
     try {
       if (getsockoptInt(fd, C.SOL_SOCKET, C.SO_ACCEPTCONN)) continue;
@@ -76,7 +76,7 @@ export function holdsConnection(addr: Addr, anyState = false): boolean {
  * /proc/self/fd with, at the fd limit) counts as held: a draining server then
  * waits (the drain timeout bounds it) rather than end connections it cannot see.
  */
-export function mayHoldConnection(addr: Addr, anyState = true): boolean {
+export function mayHoldConnection(addr: Addr, anyState: boolean): boolean {
   try {
     return holdsConnection(addr, anyState);
   } catch {

@@ -426,7 +426,7 @@ function drainParts(
         // Every connection goes when its client closes it, after a last answer with
         // Connection: close or without one; what stays past the drain timeout is cut.
         await noConnections(addr);
-      } else if (direct || mayHoldConnection(addr)) {
+      } else if (direct || mayHoldConnection(addr, true)) {
         // Busy keep-alive connections get their last answer, with Connection: close, first.
         // A direct server that still accepts (Deno) is never quiet under load: one grace then.
         await native.quiet(QUIET_MS, direct ? QUIET_MS : QUIET_MAX_MS);
