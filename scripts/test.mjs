@@ -1,16 +1,24 @@
 // Runs every test file under `deno test` and `bun test`, one runner process per
-// file and runtime, a few at a time (longest first, by the durations measured in
-// scripts/test_durations.json), and prints per runtime and in total
+// file and runtime, several at a time (longest first by the durations measured in
+// scripts/test_durations.json, as many as the CPU they use leaves room for:
+// scripts/test_schedule.mjs), and prints per runtime and in total
 // `N passed, N failed, N skipped`, each skip with its reason, and the slowest files.
 // Under CI=true a skip whose reason is not on tests/support/allowed_skips.json
 // fails the run (docs/testing.md).
 //
-//   node scripts/test.mjs [--jobs N] [--runtime deno|bun] [--verbose] [files...]
+//   node scripts/test.mjs [--jobs N] [--cpus N] [--measure-cpu] [--runtime deno|bun]
+//                         [--verbose] [files...]
+//
+// --jobs: at most N files at once (default 6); --cpus: the cores their summed load may
+// use (default: this machine's, or INSTAR_TEST_CPUS); --measure-cpu: count each file's
+// CPU in a cgroup (root only), for scripts/test_durations.json.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
+import { cgroupRoot, makeCgroup, removeRoot } from "./test_cgroup.mjs";
 import { countBun, countDeno, skipLines } from "./test_counts.mjs";
+import { expectation, pickNext } from "./test_schedule.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = (name) => {
@@ -19,17 +27,36 @@ const bin = (name) => {
 };
 const readJson = (path) => JSON.parse(readFileSync(join(root, path), "utf8"));
 
-const opts = { jobs: 0, runtimes: ["deno", "bun"], verbose: false, files: [] };
+const opts = {
+  jobs: undefined,
+  cpus: undefined,
+  measureCpu: false,
+  runtimes: ["deno", "bun"],
+  verbose: false,
+  files: [],
+};
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i];
-  if (a === "--jobs") opts.jobs = Number(process.argv[++i]);
+  if (a === "--jobs") opts.jobs = process.argv[++i];
+  else if (a === "--cpus") opts.cpus = process.argv[++i];
+  else if (a === "--measure-cpu") opts.measureCpu = true;
   else if (a === "--runtime") opts.runtimes = [process.argv[++i]];
   else if (a === "--verbose") opts.verbose = true;
   else opts.files.push(a.replace(/^\.\//, ""));
 }
-// Most of a test's time is spent waiting for child servers, upgrades and drains, so
-// a few runner processes share 2 cores safely (docs/testing.md has the measurements).
-const jobs = opts.jobs || Number(process.env.INSTAR_TEST_JOBS) || Math.max(3, cpus().length + 1);
+// Files that mostly wait for child servers, upgrades and drains run beside the ones that
+// compute, within the cores' budget (docs/testing.md has the measurements).
+/** A count given as `what`, or `fallback` when none was given; anything but a number > 0 throws. */
+function count(what, given, fallback) {
+  if (given === undefined || given === "") return fallback;
+  const n = Number(given);
+  if (!(n > 0)) throw new Error(`${what} ${given}: give a number above 0`);
+  return n;
+}
+const jobs = count("--jobs", opts.jobs ?? process.env.INSTAR_TEST_JOBS, 6);
+const budget = count("--cpus", opts.cpus ?? process.env.INSTAR_TEST_CPUS, cpus().length);
+const cgroups = opts.measureCpu ? cgroupRoot() : null;
+if (cgroups instanceof Error) throw cgroups;
 const files = (opts.files.length ? opts.files : ["tests/"]).flatMap((f) =>
   f.endsWith("/")
     ? readdirSync(join(root, f)).filter((n) => n.endsWith("_test.ts")).sort().map((n) => f + n)
@@ -41,16 +68,19 @@ const ci = process.env.CI === "true";
 const outDir = mkdtempSync(join(tmpdir(), "instar-test-"));
 
 const queue = opts.runtimes.flatMap((runtime) => files.map((file) => ({ runtime, file })))
-  .map((j) => ({ ...j, expect: durations[j.runtime]?.[j.file] ?? 60 }))
-  .sort((a, b) => b.expect - a.expect);
+  .map((j) => ({ ...j, ...expectation(durations, j.runtime, j.file) }))
+  .sort((a, b) => b.wall - a.wall);
 
 /** Runs one file under one runtime; resolves with its output, exit status and wall time. */
 function run(job) {
   const base = `${job.runtime}-${job.file.replace(/\W+/g, "_")}`;
   const junit = join(outDir, `${base}.xml`);
-  const [cmd, args] = job.runtime === "deno"
-    ? [bin("deno"), ["test", "-A", "--no-check", `--junit-path=${junit}`, job.file]]
-    : [bin("bun"), ["test", "--timeout", "300000", job.file]];
+  const cg = cgroups && makeCgroup(cgroups, base);
+  const [cmd, args] = (cg ? cg.wrap : (c, a) => [c, a])(
+    ...(job.runtime === "deno"
+      ? [bin("deno"), ["test", "-A", "--no-check", `--junit-path=${junit}`, job.file]]
+      : [bin("bun"), ["test", "--timeout", "300000", job.file]]),
+  );
   const t0 = performance.now();
   return new Promise((resolve) => {
     const child = spawn(cmd, args, {
@@ -63,7 +93,10 @@ function run(job) {
     child.stderr.on("data", (d) => out += d);
     child.on("close", (status, signal) => {
       writeFileSync(join(outDir, `${base}.log`), out);
+      const cpu = cg?.seconds();
+      if (cg && !cg.remove()) leftCgroups.push(cg);
       resolve({
+        cpu,
         ...job,
         out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
         status: status ?? signal,
@@ -103,28 +136,48 @@ function judge(r) {
   return { ...r, ...counts, skips, problems };
 }
 
+/** Prints one finished file's line, and its whole output when asked or when it had problems. */
+function report(r) {
+  const line =
+    `${r.runtime} ${r.file}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped ` +
+    `(${r.seconds.toFixed(1)} s${r.cpu === undefined ? "" : `, ${r.cpu.toFixed(1)} CPU s`})`;
+  if (opts.verbose || r.problems.length) {
+    console.log(`\n===== ${line}\n${r.out}`);
+    for (const p of r.problems) console.log(`!!! ${r.runtime} ${r.file}: ${p}`);
+  } else console.log(line);
+}
+
 const results = [];
+const leftCgroups = [];
 const t0 = performance.now();
 console.log(
-  `running ${queue.length} test files (${
-    opts.runtimes.join(", ")
-  }) ${jobs} at a time; logs in ${outDir}`,
+  `running ${queue.length} test files (${opts.runtimes.join(", ")}), up to ${jobs} at a time ` +
+    `within ${budget} cores; logs in ${outDir}`,
 );
-async function worker() {
-  for (let job = queue.shift(); job; job = queue.shift()) {
-    const r = judge(await run(job));
-    results.push(r);
-    const line =
-      `${r.runtime} ${r.file}: ${r.passed} passed, ${r.failed} failed, ${r.skipped} skipped ` +
-      `(${r.seconds.toFixed(1)} s)`;
-    if (opts.verbose || r.problems.length) {
-      console.log(`\n===== ${line}\n${r.out}`);
-      for (const p of r.problems) console.log(`!!! ${r.runtime} ${r.file}: ${p}`);
-    } else console.log(line);
-  }
-}
-await Promise.all(Array.from({ length: jobs }, worker));
+await new Promise((done) => {
+  const running = new Set();
+  const launch = () => {
+    for (let i = pickNext(queue, [...running], { budget, maxJobs: jobs }); i >= 0;) {
+      const [job] = queue.splice(i, 1);
+      running.add(job);
+      run(job).then((r) => {
+        running.delete(job);
+        results.push(judge(r));
+        report(results.at(-1));
+        if (queue.length === 0 && running.size === 0) done();
+        else launch();
+      });
+      i = pickNext(queue, [...running], { budget, maxJobs: jobs });
+    }
+  };
+  if (queue.length === 0) done();
+  else launch();
+});
 const wall = (performance.now() - t0) / 1000;
+for (const cg of leftCgroups) {
+  if (!cg.remove()) console.log(`a cgroup still holds processes: ${cg.dir}`);
+}
+if (cgroups) removeRoot(cgroups);
 
 const sum = (rs, k) => rs.reduce((n, r) => n + r[k], 0);
 const line = (rs) =>
@@ -134,7 +187,8 @@ const bad = results.some((r) => r.problems.length > 0);
 // The measured durations, in scripts/test_durations.json's shape, to update it from.
 const measured = Object.fromEntries(opts.runtimes.map((rt) => [rt, {}]));
 for (const r of [...results].sort((a, b) => b.seconds - a.seconds)) {
-  measured[r.runtime][r.file] = Math.round(r.seconds);
+  const cpu = r.cpu === undefined ? {} : { cpu: Math.round(r.cpu * 10) / 10 };
+  measured[r.runtime][r.file] = { wall: Math.round(r.seconds), ...cpu };
 }
 writeFileSync(join(outDir, "durations.json"), JSON.stringify(measured, null, 2) + "\n");
 
@@ -156,7 +210,7 @@ for (const rt of opts.runtimes) {
   const rs = results.filter((r) => r.runtime === rt);
   console.log(`${rt}: ${line(rs)} (${sum(rs, "seconds").toFixed(0)} s of test time)`);
 }
-console.log(`wall time ${wall.toFixed(0)} s with ${jobs} at a time`);
+console.log(`wall time ${wall.toFixed(0)} s, up to ${jobs} at a time within ${budget} cores`);
 if (results.some((r) => r.problems.length)) {
   console.log("some files had problems (marked !!! above)");
 }
