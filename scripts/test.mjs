@@ -14,11 +14,11 @@
 // CPU in a cgroup (root only), for scripts/test_durations.json.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cgroupRoot, makeCgroup, removeRoot } from "./test_cgroup.mjs";
 import { countBun, countDeno, skipLines } from "./test_counts.mjs";
-import { expectation, pickNext } from "./test_schedule.mjs";
+import { expectation, takeNext, usableCores } from "./test_schedule.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
 const bin = (name) => {
@@ -54,7 +54,7 @@ function count(what, given, fallback) {
   return n;
 }
 const jobs = count("--jobs", opts.jobs ?? process.env.INSTAR_TEST_JOBS, 6);
-const budget = count("--cpus", opts.cpus ?? process.env.INSTAR_TEST_CPUS, cpus().length);
+const budget = count("--cpus", opts.cpus ?? process.env.INSTAR_TEST_CPUS, usableCores());
 const cgroups = opts.measureCpu ? cgroupRoot() : null;
 if (cgroups instanceof Error) throw cgroups;
 const files = (opts.files.length ? opts.files : ["tests/"]).flatMap((f) =>
@@ -66,6 +66,7 @@ const durations = readJson("scripts/test_durations.json");
 const allowed = readJson("tests/support/allowed_skips.json").skips;
 const ci = process.env.CI === "true";
 const outDir = mkdtempSync(join(tmpdir(), "instar-test-"));
+const suiteStart = performance.now();
 
 const queue = opts.runtimes.flatMap((runtime) => files.map((file) => ({ runtime, file })))
   .map((j) => ({ ...j, ...expectation(durations, j.runtime, j.file) }))
@@ -89,6 +90,8 @@ function run(job) {
       stdio: ["ignore", "pipe", "pipe"],
     });
     let out = "";
+    // A runner that cannot start ('close' still follows) fails its file, not the whole run.
+    child.on("error", (err) => out += `\ncould not run ${cmd}: ${err.message}\n`);
     child.stdout.on("data", (d) => out += d);
     child.stderr.on("data", (d) => out += d);
     child.on("close", (status, signal) => {
@@ -100,6 +103,7 @@ function run(job) {
         ...job,
         out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
         status: status ?? signal,
+        started: (t0 - suiteStart) / 1000,
         seconds: (performance.now() - t0) / 1000,
         junit,
         log: join(outDir, `${base}.log`),
@@ -156,26 +160,38 @@ console.log(
 );
 await new Promise((done) => {
   const running = new Set();
+  const finish = (job, r) => {
+    running.delete(job);
+    results.push(r);
+    report(r);
+    if (queue.length === 0 && running.size === 0) done();
+    else launch();
+  };
   const launch = () => {
-    for (let i = pickNext(queue, [...running], { budget, maxJobs: jobs }); i >= 0;) {
-      const [job] = queue.splice(i, 1);
+    for (let job; (job = takeNext(queue, [...running], { budget, maxJobs: jobs }));) {
       running.add(job);
-      run(job).then((r) => {
-        running.delete(job);
-        results.push(judge(r));
-        report(results.at(-1));
-        if (queue.length === 0 && running.size === 0) done();
-        else launch();
-      });
-      i = pickNext(queue, [...running], { budget, maxJobs: jobs });
+      // A throw in the runner itself (not in a test) still ends as this file's failure.
+      Promise.resolve(job).then(run).then(judge).catch((err) => ({
+        ...job,
+        passed: 0,
+        failed: 1,
+        skipped: 0,
+        skips: [],
+        seconds: 0,
+        started: 0,
+        out: String(err?.stack ?? err),
+        problems: [`scripts/test.mjs could not run it: ${err?.message ?? err}`],
+      })).then((r) => finish(job, r));
     }
   };
   if (queue.length === 0) done();
   else launch();
 });
 const wall = (performance.now() - t0) / 1000;
+// A file's leftover processes would be counted by nobody and run on: killed here.
 for (const cg of leftCgroups) {
-  if (!cg.remove()) console.log(`a cgroup still holds processes: ${cg.dir}`);
+  console.log(`killing what a file left running in ${cg.dir}`);
+  if (!cg.kill()) console.log(`could not empty ${cg.dir}`);
 }
 if (cgroups) removeRoot(cgroups);
 
@@ -191,6 +207,16 @@ for (const r of [...results].sort((a, b) => b.seconds - a.seconds)) {
   measured[r.runtime][r.file] = { wall: Math.round(r.seconds), ...cpu };
 }
 writeFileSync(join(outDir, "durations.json"), JSON.stringify(measured, null, 2) + "\n");
+// When each file started and how long it ran, with the load it was admitted with: how full the
+// cores were kept (docs/testing.md, "Scheduling by CPU").
+const timeline = [...results].sort((a, b) => a.started - b.started).map((r) => ({
+  runtime: r.runtime,
+  file: r.file,
+  started: Math.round(r.started * 10) / 10,
+  seconds: Math.round(r.seconds * 10) / 10,
+  load: Math.round(r.load * 100) / 100,
+}));
+writeFileSync(join(outDir, "timeline.json"), JSON.stringify(timeline, null, 1) + "\n");
 
 console.log("\n===== slowest files");
 for (const r of [...results].sort((a, b) => b.seconds - a.seconds).slice(0, 10)) {

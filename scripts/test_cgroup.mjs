@@ -3,24 +3,46 @@
 // included (a process's rusage loses them once they are reparented). Needs root and a
 // cgroup v1 `cpuacct` hierarchy or cgroup v2. For refreshing scripts/test_durations.json's
 // `cpu` figures, which the scheduler reads (scripts/test_schedule.mjs); not for CI.
-import { existsSync, mkdirSync, readFileSync, rmdirSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 
 const V1 = "/sys/fs/cgroup/cpuacct";
 const V2 = "/sys/fs/cgroup";
 
-/** The cgroup root to measure under, or an Error saying why there is none. */
+/**
+ * This run's own parent cgroup (named after its pid, so that neither an earlier run's leftovers
+ * nor a concurrent run are counted), made and tried once; or an Error saying why there is none.
+ */
 export function cgroupRoot() {
   if (process.getuid?.() !== 0) return new Error("--measure-cpu needs root (it makes cgroups)");
-  if (existsSync(join(V1, "cpuacct.usage"))) return { dir: join(V1, "instar-test"), v2: false };
-  if (existsSync(join(V2, "cgroup.controllers"))) return { dir: join(V2, "instar-test"), v2: true };
-  return new Error(`--measure-cpu: neither ${V1} (cgroup v1 cpuacct) nor cgroup v2 at ${V2}`);
+  const name = `instar-test-${process.pid}`;
+  const root = existsSync(join(V1, "cpuacct.usage"))
+    ? { dir: join(V1, name), v2: false }
+    : existsSync(join(V2, "cgroup.controllers"))
+    ? { dir: join(V2, name), v2: true }
+    : null;
+  if (!root) {
+    return new Error(`--measure-cpu: neither ${V1} (cgroup v1 cpuacct) nor cgroup v2 at ${V2}`);
+  }
+  try {
+    mkdirSync(root.dir);
+    const probe = makeCgroup(root, "probe");
+    const [cmd, args] = probe.wrap("true", []);
+    const r = spawnSync(cmd, args, { encoding: "utf8" });
+    probe.remove();
+    if (r.status !== 0) throw new Error(`a process cannot join it: ${r.stderr.trim()}`);
+    return root;
+  } catch (err) {
+    removeRoot(root);
+    return new Error(`--measure-cpu: cannot use a cgroup at ${root.dir}: ${err.message}`);
+  }
 }
 
-/** A fresh cgroup for one runner: `wrap(cmd, args)` runs a command inside it. */
+/** A fresh cgroup for one runner under `root`: `wrap(cmd, args)` runs a command inside it. */
 export function makeCgroup(root, name) {
   const dir = join(root.dir, name);
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir); // never an existing one: its counter would hold someone else's CPU
   const procs = join(dir, "cgroup.procs");
   return {
     dir,
@@ -33,22 +55,38 @@ export function makeCgroup(root, name) {
       return m ? Number(m[1]) / 1e6 : NaN;
     },
     /** Removes it; false while a process still runs in it. */
-    remove() {
-      try {
-        rmdirSync(dir);
-        return true;
-      } catch {
-        return false;
+    remove: () => tryRmdir(dir),
+    /** Kills whatever still runs in it (a test's leftover), then removes it. */
+    kill() {
+      for (let i = 0; i < 50 && !tryRmdir(dir); i++) {
+        for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
+          try {
+            process.kill(Number(pid), "SIGKILL");
+          } catch {
+            // Gone already.
+          }
+        }
+        spawnSync("sleep", ["0.1"]);
       }
+      return !existsSync(dir);
     },
   };
 }
 
-/** Removes the runners' parent cgroup once it is empty (it stays while one still holds a process). */
+/** Removes the run's parent cgroup and any leaf left in it (empty ones only). */
 export function removeRoot(root) {
+  if (!existsSync(root.dir)) return;
+  for (const e of readdirSync(root.dir, { withFileTypes: true })) {
+    if (e.isDirectory()) tryRmdir(join(root.dir, e.name));
+  }
+  tryRmdir(root.dir);
+}
+
+function tryRmdir(dir) {
   try {
-    rmdirSync(root.dir);
+    rmdirSync(dir);
+    return true;
   } catch {
-    // Not empty: a runner's cgroup is still there, and said so.
+    return false;
   }
 }

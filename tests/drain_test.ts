@@ -130,8 +130,8 @@ for (const mode of MODES) {
       assert.ok(ended >= drainMs - 300, `cut after ${ended} ms, before the drain timeout`);
       assert.equal(await within(s.server.exited, drainMs + 1000, "old generation exit"), 0);
       // The timeout counts from the end of the drain's first pause (DRAIN_DELAY_MS); the 1 s is
-      // the bound on closing the native server; the rest is a loaded machine's slack (CI runs
-      // three files at once on 2 cores, saturated since the zero-code matrix: 3,110 and 3,630 ms
+      // the bound on closing the native server; the rest is a loaded machine's slack (CI ran
+      // three files at once on 2 saturated cores after the zero-code matrix: 3,110 and 3,630 ms
       // seen on Bun, 2,000 ms on a quiet machine). A hung exit would still fail it.
       const gone = performance.now() - t0;
       assert.ok(gone <= DRAIN_DELAY_MS + drainMs + 1000 + 1500, `gone after ${gone} ms`);

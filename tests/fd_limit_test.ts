@@ -429,7 +429,7 @@ async function atLimit(pid: number): Promise<void> {
 
 /** Resolves once process `pid` holds fewer than `n` fds (within 5 s, else fails). */
 async function fdsBelow(pid: number, n: number): Promise<void> {
-  // 15 s: in CI (three files at once on 2 saturated cores) Deno's proxy once still held 194
+  // 15 s: in CI (then three files at once on 2 saturated cores) Deno's proxy once still held 194
   // after 5 s; on a quieter machine it takes under 1 s.
   const until = performance.now() + 15_000;
   let open = Infinity;
