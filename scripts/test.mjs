@@ -10,8 +10,10 @@
 //                         [--verbose] [files...]
 //
 // --jobs: at most N files at once (default 6); --cpus: the cores their summed load may
-// use (default: this machine's, or INSTAR_TEST_CPUS); --measure-cpu: count each file's
-// CPU in a cgroup (root only), for scripts/test_durations.json.
+// use (default: the cores this process may use, affinity and cgroup quota counted, or
+// INSTAR_TEST_CPUS); --measure-cpu: count each file's CPU in a cgroup (root only), for
+// scripts/test_durations.json. Each run writes durations.json and timeline.json to its log
+// directory.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -83,7 +85,8 @@ function run(job) {
       : [bin("bun"), ["test", "--timeout", "300000", job.file]]),
   );
   const t0 = performance.now();
-  return new Promise((resolve) => {
+  job.started = (t0 - suiteStart) / 1000;
+  return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       cwd: root,
       env: { ...process.env, NO_COLOR: "1" },
@@ -95,19 +98,23 @@ function run(job) {
     child.stdout.on("data", (d) => out += d);
     child.stderr.on("data", (d) => out += d);
     child.on("close", (status, signal) => {
-      writeFileSync(join(outDir, `${base}.log`), out);
-      const cpu = cg?.seconds();
-      if (cg && !cg.remove()) leftCgroups.push(cg);
-      resolve({
-        cpu,
-        ...job,
-        out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
-        status: status ?? signal,
-        started: (t0 - suiteStart) / 1000,
-        seconds: (performance.now() - t0) / 1000,
-        junit,
-        log: join(outDir, `${base}.log`),
-      });
+      // A throw here (the log, the cgroup's counter) fails this file through launch()'s catch.
+      try {
+        writeFileSync(join(outDir, `${base}.log`), out);
+        const cpu = cg?.seconds();
+        if (cg && !cg.remove()) leftCgroups.push(cg);
+        resolve({
+          cpu,
+          ...job,
+          out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
+          status: status ?? signal,
+          seconds: (performance.now() - t0) / 1000,
+          junit,
+          log: join(outDir, `${base}.log`),
+        });
+      } catch (err) {
+        reject(err);
+      }
     });
   });
 }
@@ -177,8 +184,8 @@ await new Promise((done) => {
         failed: 1,
         skipped: 0,
         skips: [],
-        seconds: 0,
-        started: 0,
+        started: job.started ?? (performance.now() - suiteStart) / 1000,
+        seconds: NaN, // not a measurement: left out of durations.json
         out: String(err?.stack ?? err),
         problems: [`scripts/test.mjs could not run it: ${err?.message ?? err}`],
       })).then((r) => finish(job, r));
@@ -195,7 +202,7 @@ for (const cg of leftCgroups) {
 }
 if (cgroups) removeRoot(cgroups);
 
-const sum = (rs, k) => rs.reduce((n, r) => n + r[k], 0);
+const sum = (rs, k) => rs.reduce((n, r) => n + (Number.isFinite(r[k]) ? r[k] : 0), 0);
 const line = (rs) =>
   `${sum(rs, "passed")} passed, ${sum(rs, "failed")} failed, ${sum(rs, "skipped")} skipped`;
 const bad = results.some((r) => r.problems.length > 0);
@@ -203,8 +210,11 @@ const bad = results.some((r) => r.problems.length > 0);
 // The measured durations, in scripts/test_durations.json's shape, to update it from.
 const measured = Object.fromEntries(opts.runtimes.map((rt) => [rt, {}]));
 for (const r of [...results].sort((a, b) => b.seconds - a.seconds)) {
+  if (!Number.isFinite(r.seconds)) continue;
   const cpu = r.cpu === undefined ? {} : { cpu: Math.round(r.cpu * 10) / 10 };
-  measured[r.runtime][r.file] = { wall: Math.round(r.seconds), ...cpu };
+  // `quiet` is a judgement about the file, not a measurement: carried over.
+  const quiet = durations[r.runtime]?.[r.file]?.quiet ? { quiet: true } : {};
+  measured[r.runtime][r.file] = { wall: Math.round(r.seconds), ...cpu, ...quiet };
 }
 writeFileSync(join(outDir, "durations.json"), JSON.stringify(measured, null, 2) + "\n");
 // When each file started and how long it ran, with the load it was admitted with: how full the

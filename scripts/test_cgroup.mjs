@@ -4,7 +4,14 @@
 // cgroup v1 `cpuacct` hierarchy or cgroup v2. For refreshing scripts/test_durations.json's
 // `cpu` figures, which the scheduler reads (scripts/test_schedule.mjs); not for CI.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 
 const V1 = "/sys/fs/cgroup/cpuacct";
@@ -27,11 +34,15 @@ export function cgroupRoot() {
   }
   try {
     mkdirSync(root.dir);
+  } catch (err) {
+    return new Error(`--measure-cpu: cannot make ${root.dir}: ${err.message}`);
+  }
+  try {
     const probe = makeCgroup(root, "probe");
     const [cmd, args] = probe.wrap("true", []);
     const r = spawnSync(cmd, args, { encoding: "utf8" });
     probe.remove();
-    if (r.status !== 0) throw new Error(`a process cannot join it: ${r.stderr.trim()}`);
+    if (r.status !== 0) throw new Error(`a process cannot join it: ${r.stderr?.trim()}`);
     return root;
   } catch (err) {
     removeRoot(root);
@@ -59,12 +70,15 @@ export function makeCgroup(root, name) {
     /** Kills whatever still runs in it (a test's leftover), then removes it. */
     kill() {
       for (let i = 0; i < 50 && !tryRmdir(dir); i++) {
-        for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
-          try {
-            process.kill(Number(pid), "SIGKILL");
-          } catch {
-            // Gone already.
-          }
+        try {
+          // v2 (5.14+) kills the whole subtree at once; v1 one listed process at a time.
+          if (root.v2 && existsSync(join(dir, "cgroup.kill"))) {
+            writeFileSync(join(dir, "cgroup.kill"), "1");
+          } else {for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
+              process.kill(Number(pid), "SIGKILL");
+            }}
+        } catch {
+          // Gone already, or the cgroup with it.
         }
         spawnSync("sleep", ["0.1"]);
       }

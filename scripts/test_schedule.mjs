@@ -51,26 +51,49 @@ export function takeNext(queue, running, { budget, maxJobs }) {
 
 /**
  * The cores this process may use: the CPUs it may run on (affinity), fewer when a cgroup
- * quota caps it (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`), as in a container limited to
- * 2 CPUs on a larger host.
+ * quota caps it or one of the cgroups above it (cgroup v2 `cpu.max`, v1
+ * `cpu.cfs_quota_us` / `cpu.cfs_period_us`), as in a container limited to 2 CPUs on a larger
+ * host or a systemd unit with `CPUQuota=`.
  */
 export function usableCores() {
-  const quota = cgroupQuota();
+  const quota = cgroupQuota(read("/proc/self/cgroup") ?? "", read);
   return quota ? Math.max(1, Math.min(availableParallelism(), quota)) : availableParallelism();
 }
 
-/** The CPU quota of this process's cgroup in cores, or undefined when none is set or readable. */
-function cgroupQuota() {
-  const read = (path) => {
-    try {
-      return readFileSync(path, "utf8").trim();
-    } catch {
-      return undefined;
+function read(path) {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The smallest CPU quota, in cores, of this process's cgroup and those above it, from
+ * `/proc/self/cgroup`'s text (`0::/path` on v2; `N:…cpu…:/path` on v1) and `readFile(path)`
+ * (undefined for a file that is not there); undefined when none sets one.
+ */
+export function cgroupQuota(procSelfCgroup, readFile) {
+  const lines = procSelfCgroup.split("\n");
+  const v1 = lines.map((l) => l.split(":")).find((f) => f[1]?.split(",").includes("cpu"));
+  const v2 = lines.find((l) => l.startsWith("0::"));
+  const quotas = [];
+  for (const dir of ancestors(v1 ? v1.slice(2).join(":") : v2?.slice(3))) {
+    if (v1) {
+      const q = Number(readFile(`/sys/fs/cgroup/cpu${dir}/cpu.cfs_quota_us`));
+      const p = Number(readFile(`/sys/fs/cgroup/cpu${dir}/cpu.cfs_period_us`));
+      if (q > 0 && p > 0) quotas.push(q / p);
+    } else {
+      const [q, p] = (readFile(`/sys/fs/cgroup${dir}/cpu.max`) ?? "max").trim().split(" ");
+      if (q !== "max" && Number(q) > 0 && Number(p) > 0) quotas.push(Number(q) / Number(p));
     }
-  };
-  const v2 = read("/sys/fs/cgroup/cpu.max")?.split(" ");
-  if (v2 && v2[0] !== "max") return Number(v2[0]) / Number(v2[1]) || undefined;
-  const q = Number(read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"));
-  const p = Number(read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"));
-  return q > 0 && p > 0 ? q / p : undefined;
+  }
+  return quotas.length ? Math.min(...quotas) : undefined;
+}
+
+// "/a/b" → ["/a/b", "/a", ""]: a cgroup and those above it, as paths under the mount.
+function ancestors(path) {
+  if (path === undefined) return [];
+  const parts = path.split("/").filter(Boolean);
+  return parts.map((_, i) => "/" + parts.slice(0, parts.length - i).join("/")).concat([""]);
 }

@@ -3,7 +3,13 @@
 // ever, and never stuck with nothing running.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { expectation, PASS_LIMIT, takeNext, usableCores } from "../scripts/test_schedule.mjs";
+import {
+  cgroupQuota,
+  expectation,
+  PASS_LIMIT,
+  takeNext,
+  usableCores,
+} from "../scripts/test_schedule.mjs";
 
 interface Job {
   file: string;
@@ -74,6 +80,51 @@ describe("the test scheduler", () => {
 
   test("takeNext() starts a job alone whatever its load, so the run never stalls", () => {
     assert.equal(next([job("huge", 5)], []), "huge");
+  });
+
+  test("takeNext() counts passes per head: a new head starts with none", () => {
+    const queue = [job("h1", 0.5), job("h2", 0.6), job("l1", 0.05), job("l2", 0.05)];
+    const running = [job("r1", 0.9), job("r2", 0.7)];
+    assert.equal(next(queue, running), "l1");
+    assert.equal(next(queue, [job("r1", 0.9)]), "h1");
+    assert.equal(queue[0].file, "h2");
+    assert.equal(queue[0].passedOver, undefined);
+  });
+
+  test("cgroupQuota() takes the smallest CPU quota of the process's cgroup and those above it", () => {
+    const files = (map: Record<string, string>) => (path: string) => map[path];
+    const v2 = "0::/system.slice/app.service\n";
+    assert.equal(cgroupQuota(v2, files({})), undefined);
+    assert.equal(
+      cgroupQuota(v2, files({ "/sys/fs/cgroup/system.slice/app.service/cpu.max": "max 100000\n" })),
+      undefined,
+    );
+    assert.equal(
+      cgroupQuota(
+        v2,
+        files({
+          "/sys/fs/cgroup/system.slice/app.service/cpu.max": "300000 100000\n",
+          "/sys/fs/cgroup/system.slice/cpu.max": "150000 100000\n",
+        }),
+      ),
+      1.5,
+    );
+    const v1 = "4:memory:/x\n2:cpu,cpuacct:/docker/abc\n0::/\n";
+    assert.equal(
+      cgroupQuota(v1, files({ "/sys/fs/cgroup/cpu/docker/abc/cpu.cfs_quota_us": "-1" })),
+      undefined,
+    );
+    assert.equal(
+      cgroupQuota(
+        v1,
+        files({
+          "/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "200000",
+          "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000",
+        }),
+      ),
+      2,
+      "a container's own cgroup, mounted at the root, is read too",
+    );
   });
 
   test("usableCores() is the number of cores this process may use, at least 1", () => {
