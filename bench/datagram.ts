@@ -20,11 +20,11 @@
 
 import { spawn } from "node:child_process";
 import dgram from "node:dgram";
-import { readFileSync } from "node:fs";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { openDatagram } from "../src/net/datagram.ts";
+import { cpuMs } from "./wrk_run.ts";
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const IS_BUN = "Bun" in globalThis;
@@ -67,12 +67,6 @@ async function serve(mode: Mode): Promise<number> {
 }
 
 // ---------------------------------------------------------------- client
-
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms
-}
 
 async function client(): Promise<dgram.Socket> {
   const c = dgram.createSocket("udp4");

@@ -17,12 +17,12 @@
  * @module
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { freePort } from "../tests/support/helpers.ts";
 import { ROOT, runtimeCmd, sleep } from "../tests/support/procs.ts";
+import { cpuMs, median } from "./wrk_run.ts";
 
 type Runtime = "deno" | "bun";
 
@@ -55,15 +55,6 @@ if (values.checkout) {
   variants["minimal (--checkout)"] = join(values.checkout, "bench/idle_minimal.ts");
 }
 
-const TICKS_PER_S = 100; // USER_HZ on Linux
-
-/** CPU seconds (user + system) of `pid` so far. */
-function cpuOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / TICKS_PER_S;
-}
-
 /** Starts `script` on a free port; resolves with ms to its first answer and CPU s by then. */
 async function once(runtime: Runtime, script: string): Promise<{ ms: number; cpu: number }> {
   const port = await freePort();
@@ -81,13 +72,11 @@ async function once(runtime: Runtime, script: string): Promise<{ ms: number; cpu
         await sleep(5);
       }
     }
-    return { ms: performance.now() - t0, cpu: cpuOf(child.pid!) };
+    return { ms: performance.now() - t0, cpu: cpuMs(child.pid!) / 1000 };
   } finally {
     child.kill("SIGKILL");
   }
 }
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 for (const runtime of runtimes) {
   const got: Record<string, { ms: number[]; cpu: number[] }> = {};

@@ -55,6 +55,15 @@ export function makeCgroup(root, name) {
   const dir = join(root.dir, name);
   mkdirSync(dir); // never an existing one: its counter would hold someone else's CPU
   const procs = join(dir, "cgroup.procs");
+  // v2 (5.14+) kills the whole subtree at once; v1 one listed process at a time.
+  const killAll = () => {
+    if (root.v2 && existsSync(join(dir, "cgroup.kill"))) {
+      return writeFileSync(join(dir, "cgroup.kill"), "1");
+    }
+    for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
+      process.kill(Number(pid), "SIGKILL");
+    }
+  };
   return {
     dir,
     // The shell joins the cgroup, then becomes the runner: everything it starts is counted.
@@ -71,12 +80,7 @@ export function makeCgroup(root, name) {
     kill() {
       for (let i = 0; i < 50 && !tryRmdir(dir); i++) {
         try {
-          // v2 (5.14+) kills the whole subtree at once; v1 one listed process at a time.
-          if (root.v2 && existsSync(join(dir, "cgroup.kill"))) {
-            writeFileSync(join(dir, "cgroup.kill"), "1");
-          } else {for (const pid of readFileSync(procs, "utf8").split("\n").filter(Boolean)) {
-              process.kill(Number(pid), "SIGKILL");
-            }}
+          killAll();
         } catch {
           // Gone already, or the cgroup with it.
         }
