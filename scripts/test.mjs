@@ -6,20 +6,22 @@
 // Under CI=true a skip whose reason is not on tests/support/allowed_skips.json
 // fails the run (docs/testing.md).
 //
-//   node scripts/test.mjs [--jobs N] [--cpus N] [--measure-cpu] [--runtime deno|bun]
-//                         [--verbose] [files...]
+//   node scripts/test.mjs [--jobs N] [--cpus N] [--file-timeout S] [--measure-cpu]
+//                         [--runtime deno|bun] [--verbose] [files...]
 //
 // --jobs: at most N files at once (default 6); --cpus: the cores their summed load may
 // use (default: the cores this process may use, affinity and cgroup quota counted, or
-// INSTAR_TEST_CPUS); --measure-cpu: count each file's CPU in a cgroup (root only), for
-// scripts/test_durations.json. Each run writes durations.json and timeline.json to its log
-// directory.
+// INSTAR_TEST_CPUS); --file-timeout: a file still running after S seconds (default 600, or
+// INSTAR_TEST_FILE_TIMEOUT) fails, its runner's process group killed; --measure-cpu: count
+// each file's CPU in a cgroup (root only), for scripts/test_durations.json. Each run writes
+// durations.json and timeline.json to its log directory.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { cgroupRoot, makeCgroup, removeRoot } from "./test_cgroup.mjs";
 import { countBun, countDeno, skipLines } from "./test_counts.mjs";
+import { groupMembers, killGroup } from "./test_group.mjs";
 import { expectation, takeNext, usableCores } from "./test_schedule.mjs";
 
 const root = new URL("..", import.meta.url).pathname;
@@ -32,6 +34,7 @@ const readJson = (path) => JSON.parse(readFileSync(join(root, path), "utf8"));
 const opts = {
   jobs: undefined,
   cpus: undefined,
+  fileTimeout: undefined,
   measureCpu: false,
   runtimes: ["deno", "bun"],
   verbose: false,
@@ -41,6 +44,7 @@ for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i];
   if (a === "--jobs") opts.jobs = process.argv[++i];
   else if (a === "--cpus") opts.cpus = process.argv[++i];
+  else if (a === "--file-timeout") opts.fileTimeout = process.argv[++i];
   else if (a === "--measure-cpu") opts.measureCpu = true;
   else if (a === "--runtime") opts.runtimes = [process.argv[++i]];
   else if (a === "--verbose") opts.verbose = true;
@@ -57,6 +61,12 @@ function count(what, given, fallback) {
 }
 const jobs = count("--jobs", opts.jobs ?? process.env.INSTAR_TEST_JOBS, 6);
 const budget = count("--cpus", opts.cpus ?? process.env.INSTAR_TEST_CPUS, usableCores());
+// About six times the slowest file (~100 s): only a file that hangs meets it.
+const fileTimeout = count(
+  "--file-timeout",
+  opts.fileTimeout ?? process.env.INSTAR_TEST_FILE_TIMEOUT,
+  600,
+);
 const cgroups = opts.measureCpu ? cgroupRoot() : null;
 if (cgroups instanceof Error) throw cgroups;
 const files = (opts.files.length ? opts.files : ["tests/"]).flatMap((f) =>
@@ -87,11 +97,14 @@ function run(job) {
   const t0 = performance.now();
   job.started = (t0 - suiteStart) / 1000;
   return new Promise((resolve, reject) => {
+    // The leader of a session of its own: what its tests leave behind can be found and ended.
     const child = spawn(cmd, args, {
       cwd: root,
       env: { ...process.env, NO_COLOR: "1" },
       stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
     });
+    const seen = watchGroup(child);
     let out = "";
     // A runner that cannot start ('close' still follows) fails its file, not the whole run.
     child.on("error", (err) => out += `\ncould not run ${cmd}: ${err.message}\n`);
@@ -100,7 +113,7 @@ function run(job) {
     child.on("close", (status, signal) => {
       // A throw here (the log, the cgroup's counter) fails this file through launch()'s catch.
       try {
-        writeFileSync(join(outDir, `${base}.log`), out);
+        writeFileSync(join(outDir, `${base}.log`), out + notes(seen));
         const cpu = cg?.seconds();
         if (cg && !cg.remove()) leftCgroups.push(cg);
         resolve({
@@ -108,6 +121,7 @@ function run(job) {
           ...job,
           out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
           status: status ?? signal,
+          ...seen,
           seconds: (performance.now() - t0) / 1000,
           junit,
           log: join(outDir, `${base}.log`),
@@ -119,13 +133,52 @@ function run(job) {
   });
 }
 
+/**
+ * Watches a runner that leads a process group (and session) of its own: `--file-timeout` after
+ * its start the whole group is killed; once it has exited, whatever is left in the group (its
+ * tests started it and did not stop it) is named and killed; and its output is closed after a
+ * grace in case something that left the group (setsid) still holds it, or 'close' never comes.
+ * The returned record is filled in by then.
+ */
+function watchGroup(child) {
+  const seen = { timedOut: false, leftovers: [] };
+  const group = child.pid;
+  if (!group) return seen; // it never started: 'error'
+  runningGroups.add(group);
+  const timer = setTimeout(() => {
+    seen.timedOut = true;
+    killGroup(group);
+  }, Math.min(fileTimeout * 1000, 2 ** 31 - 1)); // setTimeout's longest delay
+  child.on("exit", () => {
+    clearTimeout(timer);
+    runningGroups.delete(group);
+    if (!seen.timedOut) seen.leftovers = groupMembers(group);
+    killGroup(group); // also where there is no /proc to list them
+    setTimeout(() => (child.stdout.destroy(), child.stderr.destroy()), OUTPUT_GRACE_MS).unref();
+  });
+  return seen;
+}
+
+/** What scripts/test.mjs did to a runner's process group, for the end of its log. */
+function notes({ timedOut, leftovers }) {
+  const lines = [];
+  if (timedOut) lines.push(`no end after ${fileTimeout} s: its process group was killed`);
+  if (leftovers.length) {
+    lines.push(`left running after its runner exited, killed: ${named(leftovers)}`);
+  }
+  return lines.map((l) => `\n!!! scripts/test.mjs: ${l}`).join("") + (lines.length ? "\n" : "");
+}
+
+const named = (procs) => procs.map((p) => `${p.pid} (${p.name})`).join(", ");
+
 /** Counts one finished job and checks its skip lines against the runner's own count. */
 function judge(r) {
   const c = r.runtime === "deno" ? countDeno(r.junit) : countBun(r.out);
   const skips = skipLines(r.out, r.runtime);
   const problems = [];
   if (!c) problems.push("the runner printed no counts");
-  if (r.status !== 0) problems.push(`exit ${r.status}`);
+  if (r.timedOut) problems.push(`no end after ${fileTimeout} s: its process group was killed`);
+  else if (r.status !== 0) problems.push(`exit ${r.status}`);
   const counts = c ?? { passed: 0, failed: 0, skipped: 0 };
   if (r.status !== 0 && counts.failed === 0) counts.failed = 1;
   if (!c && r.status === 0) counts.failed += 1;
@@ -156,10 +209,24 @@ function report(r) {
     console.log(`\n===== ${line}\n${r.out}`);
     for (const p of r.problems) console.log(`!!! ${r.runtime} ${r.file}: ${p}`);
   } else console.log(line);
+  // Not a failure (the tests passed), but a cleanup to mend: named every time.
+  if (r.leftovers?.length) {
+    console.log(`note: ${r.runtime} ${r.file} left running (killed): ${named(r.leftovers)}`);
+  }
 }
 
 const results = [];
 const leftCgroups = [];
+// Once a runner has exited, how long its output may stay open before it is closed.
+const OUTPUT_GRACE_MS = 5_000;
+const runningGroups = new Set();
+// The runners lead sessions of their own, so neither a Ctrl-C at the terminal nor its closing
+// reaches them: whichever way this process ends, it ends them first.
+const killRunning = () => runningGroups.forEach(killGroup);
+process.on("exit", killRunning);
+for (const [sig, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]]) {
+  process.on(sig, () => process.exit(code));
+}
 const t0 = performance.now();
 console.log(
   `running ${queue.length} test files (${opts.runtimes.join(", ")}), up to ${jobs} at a time ` +
@@ -210,7 +277,7 @@ const bad = results.some((r) => r.problems.length > 0);
 // The measured durations, in scripts/test_durations.json's shape, to update it from.
 const measured = Object.fromEntries(opts.runtimes.map((rt) => [rt, {}]));
 for (const r of [...results].sort((a, b) => b.seconds - a.seconds)) {
-  if (!Number.isFinite(r.seconds)) continue;
+  if (!Number.isFinite(r.seconds) || r.timedOut) continue; // not how long the file takes
   const cpu = r.cpu === undefined ? {} : { cpu: Math.round(r.cpu * 10) / 10 };
   // `quiet` is a judgement about the file, not a measurement: carried over.
   const quiet = durations[r.runtime]?.[r.file]?.quiet ? { quiet: true } : {};
