@@ -7,7 +7,6 @@
  */
 
 import type * as Fs from "node:fs";
-import type * as crypto from "node:crypto";
 import * as host from "../host.ts";
 import type * as Path from "node:path";
 
@@ -19,10 +18,12 @@ const fs = (): typeof Fs => host.builtin("node:fs");
 
 /** A fresh temp file name next to `path`: nobody can plant a file there in advance. */
 function randomTempName(path: string): string {
-  // node:crypto is loaded on first use: only generations with a pid file pay for it (memory).
-  const { randomBytes } = host.builtin("node:crypto") as typeof crypto;
+  // Web Crypto's global, not node:crypto: loading that cost each generation with a pid file
+  // ~13 ms of CPU on Deno and a few MB resident in both runtimes (docs/benchmarks.md).
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   const { dirname, join } = nodePath();
-  return join(dirname(path), `.${randomBytes(8).toString("hex")}.pid.tmp`);
+  return join(dirname(path), `.${hex}.pid.tmp`);
 }
 
 // How many names are tried when one exists already (only a planted file, or a 2^-64 collision).
