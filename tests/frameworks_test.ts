@@ -185,16 +185,18 @@ async function matrixRow(c: Case): Promise<void> {
     await answered(generations[0]);
     for (let i = 1; i <= UPGRADES; i++) {
       const t0 = performance.now();
-      generations.push(await upgrade(sup, i));
+      const pid = await upgrade(sup, i);
       times.push(performance.now() - t0);
+      generations.push(pid);
+      // Every generation answers before the next upgrade: back to back, a generation replaced as
+      // soon as it was ready could miss the paced load altogether (seen once under npm test on
+      // Bun, with no request failed), which would prove nothing about it.
+      await answered(pid);
     }
-    await answered(generations.at(-1)!);
   } finally {
     stop.abort();
   }
   assertAnswered(c.name, { gets: await gets, posts: await posts }, partial);
-  const silent = generations.filter((pid) => !answers.pids.has(pid));
-  assert.deepEqual(silent, [], `${c.name}: generations that answered no request`);
   console.log(summary(c.name, times));
   await stopsAfterSlowRequest(c.name, sup, port, generations.at(-1)!);
 }

@@ -175,13 +175,16 @@ describeUnless(nextMissing(), `Next.js standalone under instar run --auto (${RUN
       postBytes: 16 * 1024,
       onResponse: (b) => / read 16384\n$/.test(b) ? fullPosts++ : partial.push(b),
     });
-    for (let i = 0; i < UPGRADES; i++) await upgrade(app);
-    const last = String(app.pids.at(-1));
-    for (
-      const until = performance.now() + 10_000;
-      !answered.has(last) && performance.now() < until;
-    ) {
-      await sleep(20); // the load runs on until the last generation has answered too
+    // Every generation answers the load before the next upgrade (or within 10 s: the assertion
+    // below names the silent ones), so that none is replaced before the load has reached it.
+    for (let i = 0; i < UPGRADES; i++) {
+      const pid = String(await upgrade(app));
+      for (
+        const until = performance.now() + 10_000;
+        !answered.has(pid) && performance.now() < until;
+      ) {
+        await sleep(20);
+      }
     }
     stop.abort();
     const [g, p] = [await gets, await posts];
