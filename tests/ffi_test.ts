@@ -9,6 +9,7 @@ import * as sys from "../src/ffi/mod.ts";
 import { C, type Layout, LINUX_AARCH64, LINUX_X86_64, platform } from "../src/ffi/layout.ts";
 import { decode, encodeInet, encodeUnix, formatIPv6, parseIPv6 } from "../src/ffi/sockaddr.ts";
 import { SYMBOLS } from "../src/ffi/symbols.ts";
+import { checkTable, type DlLibrary } from "../src/ffi/backend.ts";
 import { SystemError } from "../src/errors.ts";
 import { denoBin, skipIf } from "./support/helpers.ts";
 
@@ -187,6 +188,36 @@ describe("ffi layer", () => {
       assert.equal(typeof (b.libc as unknown as Record<string, unknown>)[name], "function", name);
     }
     assert.equal(sys.getpid(), process.pid);
+  });
+
+  test("checkTable() closes what it opened, whether every symbol is there or one is missing", () => {
+    // A stand-in for the runtime's library of dlopen/dlsym/dlclose, recording what was closed.
+    const fake = (lacking: string[]) => {
+      const closed: string[] = [];
+      const text = (b: Uint8Array) => new TextDecoder().decode(b.subarray(0, b.indexOf(0)));
+      const symbols = {
+        dlopen: () => 42n,
+        dlsym: (_h: bigint, name: Uint8Array) => (lacking.includes(text(name)) ? 0n : 1n),
+        dlclose: (h: bigint) => (closed.push(`handle ${h}`), 0),
+      };
+      const lib = { symbols, close: () => void closed.push("library") };
+      return { closed, open: () => lib as unknown as DlLibrary };
+    };
+    const all = fake([]);
+    checkTable("libfake.so", all.open, () => assert.fail("bindAll with dlsym at hand"));
+    assert.deepEqual(all.closed, ["handle 42", "library"]);
+    const some = fake(["socket"]);
+    assert.throws(
+      () => checkTable("libfake.so", some.open, () => {}),
+      /libfake\.so lacks socket/,
+    );
+    assert.deepEqual(some.closed, ["handle 42", "library"]);
+    // Without a dlsym of its own (glibc before 2.34), the whole table is bound instead.
+    let bound = 0;
+    checkTable("libold.so", () => {
+      throw new Error("no dlsym");
+    }, () => void bound++);
+    assert.equal(bound, 1);
   });
 
   test("a library that lacks a symbol of the table is passed over for the next candidate", async () => {

@@ -37,10 +37,16 @@ export interface Backend {
   fn<S extends Signature>(addr: bigint, sig: S): NativeFunction<S>;
 }
 
-/** dlopen(3) and dlsym(3) as a backend bound them from {@link DL_SYMBOLS}. */
+/** dlopen(3), dlsym(3) and dlclose(3) as a backend bound them from {@link DL_SYMBOLS}. */
 export type DlFunctions = {
   readonly [K in keyof typeof DL_SYMBOLS]: NativeFunction<(typeof DL_SYMBOLS)[K]>;
 };
+
+/** The runtime's library object for {@link DL_SYMBOLS}: both runtimes' have these two members. */
+export interface DlLibrary {
+  readonly symbols: DlFunctions;
+  close(): void;
+}
 
 /**
  * Checks that the library at `path` has every symbol of {@link SYMBOLS}, so
@@ -50,12 +56,17 @@ export type DlFunctions = {
  * dlsym of its own (glibc before 2.34 keeps it in libdl), `bindAll` binds the
  * whole table once instead, which fails the same way.
  */
-export function checkTable(path: string, openDl: () => DlFunctions, bindAll: () => void): void {
-  let dl: DlFunctions | undefined;
+export function checkTable(path: string, openDl: () => DlLibrary, bindAll: () => void): void {
+  let lib: DlLibrary | undefined;
   try {
-    dl = openDl();
+    lib = openDl();
   } catch { /* no dlsym of its own */ }
-  const missing = dl ? missingSymbols(dl, path) : null;
+  let missing: string[] | null = null;
+  try {
+    missing = lib ? missingSymbols(lib.symbols, path) : null;
+  } finally {
+    lib?.close(); // used once: its trampolines are not kept
+  }
   if (missing === null) bindAll();
   else if (missing.length) throw new Error(`${path} lacks ${missing.join(", ")}`);
 }
@@ -66,7 +77,11 @@ function missingSymbols(dl: DlFunctions, path: string): string[] | null {
   const RTLD_LAZY = 1; // the same on Linux and macOS
   const handle = dl.dlopen(cString(path), RTLD_LAZY);
   if (!handle) return null;
-  return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
+  try {
+    return Object.keys(SYMBOLS).filter((name) => !dl.dlsym(handle, cString(name)));
+  } finally {
+    dl.dlclose(handle); // the library stays loaded: the runtime links it, and instar binds from it
+  }
 }
 
 /**

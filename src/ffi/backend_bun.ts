@@ -6,7 +6,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, checkTable, type DlFunctions, lazySymbols } from "./backend.ts";
+import { type Backend, checkTable, type DlLibrary, lazySymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
@@ -28,7 +28,7 @@ interface BunFfi {
   dlopen(
     path: string,
     symbols: Record<string, BunFfiFunction>,
-  ): { symbols: Record<string, (...args: unknown[]) => unknown> };
+  ): { symbols: Record<string, (...args: unknown[]) => unknown>; close(): void };
   ptr(view: Uint8Array): number;
   read: { i32(ptr: number, offset?: number): number };
   CString: new (ptr: number) => { toString(): string };
@@ -84,8 +84,8 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
       const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
       checkTable(
         path,
-        () => ffi.dlopen(path, toBun(DL_SYMBOLS)).symbols as unknown as DlFunctions,
-        () => void ffi.dlopen(path, toBun(SYMBOLS)),
+        () => ffi.dlopen(path, toBun(DL_SYMBOLS)) as unknown as DlLibrary,
+        () => ffi.dlopen(path, toBun(SYMBOLS)).close(), // throws naming what is missing
       );
       errnoFn = Object.values(e)[0];
       symbols = lazySymbols(

@@ -5,7 +5,7 @@
  */
 
 import { InstarError } from "../errors.ts";
-import { type Backend, checkTable, type DlFunctions, lazySymbols } from "./backend.ts";
+import { type Backend, checkTable, type DlLibrary, lazySymbols } from "./backend.ts";
 import {
   DL_SYMBOLS,
   ERRNO_SYMBOLS,
@@ -57,7 +57,7 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
       errnoLib = Deno.dlopen(path, darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS);
       checkTable(
         path,
-        () => Deno.dlopen(path, DL_SYMBOLS).symbols as unknown as DlFunctions,
+        () => Deno.dlopen(path, DL_SYMBOLS) as unknown as DlLibrary,
         () => Deno.dlopen(path, SYMBOLS).close(), // throws naming what is missing
       );
       loaded = path;

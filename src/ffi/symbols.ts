@@ -142,6 +142,8 @@ export const DL_SYMBOLS = {
   dlopen: { parameters: ["buffer", "i32"], result: "usize" },
   // void *dlsym(void *handle, const char *name);
   dlsym: { parameters: ["usize", "buffer"], result: "usize" },
+  // int dlclose(void *handle);
+  dlclose: { parameters: ["usize"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** How errno is reached: glibc and musl export `__errno_location`, macOS `__error`. */
