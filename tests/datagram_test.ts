@@ -609,5 +609,6 @@ for await (const { data, addr } of sock) await sock.send("0 " + new TextDecoder(
     assert.equal(await c.next(5000), `${next} seq 2`);
     c.sock.close();
     process.kill(next, "SIGTERM");
+    await stopped(next); // drained and gone before the runner ends (else a leftover)
   });
 });

@@ -20,6 +20,7 @@ import {
   skipIf,
   sleep,
   startServer,
+  stopped,
 } from "./support/helpers.ts";
 import { nextPidInPidFile, readyGeneration } from "./support/status.ts";
 
@@ -121,6 +122,7 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       assert.equal(all[5], "STOPPING=1\n");
       await sleep(300);
       assert.equal((await notify.until(6)).length, 6, "nothing else was sent");
+      await stopped(child); // drained and gone before the runner ends (else a leftover)
     } finally {
       notify.close();
     }
@@ -153,6 +155,7 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       assert.deepEqual(next.listeners.map((l) => l.addr), [`127.0.0.1:${port}`]);
       assert.equal(await echo(port), "ping\n", "generation 2 inherited it by the name's key");
       process.kill(child, "SIGTERM");
+      await stopped(child); // drained and gone before the runner ends (else a leftover)
     },
   );
 
@@ -183,6 +186,7 @@ describe(`systemd and the lifecycle (${RUNTIME})`, () => {
       const environ = readFileSync(`/proc/${child}/environ`, "utf8").split("\0");
       assert.deepEqual(environ.filter((e) => e.startsWith("LISTEN_")), []);
       process.kill(child, "SIGTERM");
+      await stopped(child); // drained and gone before the runner ends (else a leftover)
     },
   );
 });

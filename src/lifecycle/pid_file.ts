@@ -19,7 +19,7 @@ const fs = (): typeof Fs => host.builtin("node:fs");
 /** A fresh temp file name next to `path`: nobody can plant a file there in advance. */
 function randomTempName(path: string): string {
   // Web Crypto's global, not node:crypto: loading that cost each generation with a pid file
-  // ~13 ms of CPU on Deno and a few MB resident in both runtimes (docs/benchmarks.md).
+  // ~13 ms of CPU on Deno (and up to +7 MB resident where nothing else of node: was loaded).
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   const { dirname, join } = nodePath();
