@@ -110,26 +110,29 @@ function run(job) {
     child.on("error", (err) => out += `\ncould not run ${cmd}: ${err.message}\n`);
     child.stdout.on("data", (d) => out += d);
     child.stderr.on("data", (d) => out += d);
-    child.on("close", (status, signal) => {
-      // A throw here (the log, the cgroup's counter) fails this file through launch()'s catch.
-      try {
-        writeFileSync(join(outDir, `${base}.log`), out + notes(seen));
-        const cpu = cg?.seconds();
-        if (cg && !cg.remove()) leftCgroups.push(cg);
-        resolve({
-          cpu,
-          ...job,
-          out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
-          status: status ?? signal,
-          ...seen,
-          seconds: (performance.now() - t0) / 1000,
-          junit,
-          log: join(outDir, `${base}.log`),
-        });
-      } catch (err) {
-        reject(err);
-      }
-    });
+    // After the group is dealt with: its leftovers are part of the result.
+    child.on("close", (status, signal) =>
+      seen.settled.then(() => {
+        // A throw here (the log, the cgroup's counter) fails this file through launch()'s catch.
+        try {
+          writeFileSync(join(outDir, `${base}.log`), out + notes(seen));
+          const cpu = cg?.seconds();
+          if (cg && !cg.remove()) leftCgroups.push(cg);
+          resolve({
+            cpu,
+            ...job,
+            out: out.replaceAll("\x1b", "").replace(/\[[0-9;]*m/g, ""),
+            status: status ?? signal,
+            timedOut: seen.timedOut,
+            leftovers: seen.leftovers,
+            seconds: (performance.now() - t0) / 1000,
+            junit,
+            log: join(outDir, `${base}.log`),
+          });
+        } catch (err) {
+          reject(err);
+        }
+      }));
   });
 }
 
@@ -141,7 +144,7 @@ function run(job) {
  * The returned record is filled in by then.
  */
 function watchGroup(child) {
-  const seen = { timedOut: false, leftovers: [] };
+  const seen = { timedOut: false, leftovers: [], settled: Promise.resolve() };
   const group = child.pid;
   if (!group) return seen; // it never started: 'error'
   runningGroups.add(group);
@@ -149,14 +152,29 @@ function watchGroup(child) {
     seen.timedOut = true;
     killGroup(group);
   }, Math.min(fileTimeout * 1000, 2 ** 31 - 1)); // setTimeout's longest delay
-  child.on("exit", () => {
+  let settle;
+  seen.settled = new Promise((resolve) => (settle = resolve));
+  child.on("exit", async () => {
     clearTimeout(timer);
-    runningGroups.delete(group);
-    if (!seen.timedOut) seen.leftovers = groupMembers(group);
+    if (!seen.timedOut) seen.leftovers = await stillThere(group);
     killGroup(group); // also where there is no /proc to list them
+    runningGroups.delete(group);
     setTimeout(() => (child.stdout.destroy(), child.stderr.destroy()), OUTPUT_GRACE_MS).unref();
+    settle();
   });
   return seen;
+}
+
+/**
+ * The members of `group` still there a moment after its runner exited: a process its tests
+ * killed as they ended may not have died yet on busy cores, and is not a leftover.
+ */
+async function stillThere(group) {
+  for (let waited = 0;; waited += 50) {
+    const members = groupMembers(group);
+    if (members.length === 0 || waited >= SETTLE_MS) return members;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** What scripts/test.mjs did to a runner's process group, for the end of its log. */
@@ -219,6 +237,8 @@ const results = [];
 const leftCgroups = [];
 // Once a runner has exited, how long its output may stay open before it is closed.
 const OUTPUT_GRACE_MS = 5_000;
+// How long a runner's group may take to empty by itself once the runner has exited.
+const SETTLE_MS = 500;
 const runningGroups = new Set();
 // The runners lead sessions of their own, so neither a Ctrl-C at the terminal nor its closing
 // reaches them: whichever way this process ends, it ends them first.

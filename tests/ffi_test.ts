@@ -192,11 +192,11 @@ describe("ffi layer", () => {
 
   test("checkTable() closes what it opened, whether every symbol is there or one is missing", () => {
     // A stand-in for the runtime's library of dlopen/dlsym/dlclose, recording what was closed.
-    const fake = (lacking: string[]) => {
+    const fake = (lacking: string[], handle = 42n) => {
       const closed: string[] = [];
       const text = (b: Uint8Array) => new TextDecoder().decode(b.subarray(0, b.indexOf(0)));
       const symbols = {
-        dlopen: () => 42n,
+        dlopen: () => handle,
         dlsym: (_h: bigint, name: Uint8Array) => (lacking.includes(text(name)) ? 0n : 1n),
         dlclose: (h: bigint) => (closed.push(`handle ${h}`), 0),
       };
@@ -212,6 +212,12 @@ describe("ffi layer", () => {
       /libfake\.so lacks socket/,
     );
     assert.deepEqual(some.closed, ["handle 42", "library"]);
+    // dlopen(3) cannot open it by its path: the whole table is bound instead, the library closed.
+    const unnamed = fake([], 0n);
+    let boundAll = 0;
+    checkTable("libfake.so", unnamed.open, () => void boundAll++);
+    assert.equal(boundAll, 1);
+    assert.deepEqual(unnamed.closed, ["library"]);
     // Without a dlsym of its own (glibc before 2.34), the whole table is bound instead.
     let bound = 0;
     checkTable("libold.so", () => {

@@ -155,7 +155,7 @@ async function matrixRow(c: Case): Promise<void> {
   const stop = new AbortController();
   const common = {
     port,
-    durationMs: 90_000,
+    durationMs: 300_000, // a bound only: the load is aborted once the upgrades are done
     pauseMs: TEST_PAUSE_MS,
     signal: stop.signal,
     onResponse: (b: string) => answers.add(b),

@@ -177,15 +177,12 @@ describeUnless(nextMissing(), `Next.js standalone under instar run --auto (${RUN
     });
     // Every generation answers the load before the next upgrade (or within 10 s: the assertion
     // below names the silent ones), so that none is replaced before the load has reached it.
-    for (let i = 0; i < UPGRADES; i++) {
-      const pid = String(await upgrade(app));
-      for (
-        const until = performance.now() + 10_000;
-        !answered.has(pid) && performance.now() < until;
-      ) {
-        await sleep(20);
-      }
-    }
+    const answeredBy = async (pid: number) => {
+      const until = performance.now() + 10_000;
+      while (!answered.has(String(pid)) && performance.now() < until) await sleep(20);
+    };
+    await answeredBy(app.pids[0]);
+    for (let i = 0; i < UPGRADES; i++) await answeredBy(await upgrade(app));
     stop.abort();
     const [g, p] = [await gets, await posts];
     for (const [name, r] of Object.entries({ GET: g, POST: p })) {

@@ -52,9 +52,10 @@ export interface DlLibrary {
  * Checks that the library at `path` has every symbol of {@link SYMBOLS}, so
  * that a libc that lacks one fails at start-up rather than at that function's
  * first use. They are looked up with dlopen(3)/dlsym(3) of that library
- * (`openDl` binds only those two), without binding any other. Where it has no
- * dlsym of its own (glibc before 2.34 keeps it in libdl), `bindAll` binds the
- * whole table once instead, which fails the same way.
+ * (`openDl` binds only {@link DL_SYMBOLS}), without binding any other; the
+ * handle and the library object are closed after. Where it has no dlsym of its
+ * own (glibc before 2.34 keeps it in libdl), `bindAll` binds the whole table
+ * once instead, which fails the same way.
  */
 export function checkTable(path: string, openDl: () => DlLibrary, bindAll: () => void): void {
   let lib: DlLibrary | undefined;

@@ -79,9 +79,11 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
   let lastError: unknown;
   let loaded = "";
   for (const path of candidates) {
+    let errnoLib: ReturnType<BunFfi["dlopen"]> | undefined;
     try {
       // The errno symbol is compiled now; the others compile on first use, once checked present.
-      const e = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS)).symbols;
+      errnoLib = ffi.dlopen(path, toBun(darwin ? ERRNO_SYMBOLS_DARWIN : ERRNO_SYMBOLS));
+      const e = errnoLib.symbols;
       checkTable(
         path,
         () => ffi.dlopen(path, toBun(DL_SYMBOLS)) as unknown as DlLibrary,
@@ -95,6 +97,7 @@ export function openBun(candidates: readonly string[], darwin: boolean): Backend
       loaded = path;
       break;
     } catch (err) {
+      errnoLib?.close(); // a candidate passed over keeps nothing open
       lastError = err;
       errors.push(err instanceof Error ? err.message : String(err));
     }

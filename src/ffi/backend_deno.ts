@@ -49,7 +49,7 @@ function requireProcAccess(): void {
  * at its first use); returns the Deno backend.
  */
 export function openDeno(candidates: readonly string[], darwin: boolean): Backend {
-  let errnoLib: { symbols: Record<string, () => number | bigint> } | undefined;
+  let errnoLib: { symbols: Record<string, () => number | bigint>; close(): void } | undefined;
   let lastError: unknown;
   let loaded = "";
   for (const path of candidates) {
@@ -66,6 +66,7 @@ export function openDeno(candidates: readonly string[], darwin: boolean): Backen
       if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
         permissionHint(err);
       }
+      errnoLib?.close(); // a candidate passed over keeps nothing open
       errnoLib = undefined;
       lastError = err;
     }

@@ -133,9 +133,10 @@ export const SYMBOLS = {
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /**
- * dlopen(3) and dlsym(3), with which a backend checks that the library has
- * every symbol of {@link SYMBOLS} without binding any (each binding costs a
- * trampoline). libc has them since glibc 2.34, and in musl and macOS.
+ * dlopen(3), dlsym(3) and dlclose(3), with which a backend checks that the
+ * library has every symbol of {@link SYMBOLS} without binding any (each
+ * binding costs a trampoline). libc has them since glibc 2.34, and in musl and
+ * macOS.
  */
 export const DL_SYMBOLS = {
   // void *dlopen(const char *file, int mode);
