@@ -121,7 +121,12 @@ describe(`a WebSocket herd across an upgrade (${RUNTIME})`, () => {
     });
     assert.equal(out.failedHandshakes, 0);
     const notices = out.notices[0];
-    assert.equal(notices.length, 600);
+    // Every client was told at least once. A few more notices than clients are not an error: the
+    // first notices go out in the same turn as the old generation stops accepting, and a client
+    // whose new connection that generation still took (3 of 600 once under npm test on Bun) is
+    // welcomed and told again, then moves; every client ends on the new generation either way
+    // (herdThroughUpgrades waits for all 600 to be welcomed there).
+    assert.ok(notices.length >= 600, `${notices.length} notices for 600 clients`);
     // All at once, the clients would get them within a few hundred ms (their own reading time).
     assert.ok(notices.at(-1)! >= windowMs * 0.7, `notices span ${notices.at(-1)} ms`);
     assert.ok(notices[300] >= windowMs * 0.3, `the median notice came at ${notices[300]} ms`);
