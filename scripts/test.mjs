@@ -67,6 +67,7 @@ const fileTimeout = count(
   opts.fileTimeout ?? process.env.INSTAR_TEST_FILE_TIMEOUT,
   600,
 );
+const TIMED_OUT = `no end after ${fileTimeout} s: its process group was killed`;
 const cgroups = opts.measureCpu ? cgroupRoot() : null;
 if (cgroups instanceof Error) throw cgroups;
 const files = (opts.files.length ? opts.files : ["tests/"]).flatMap((f) =>
@@ -180,7 +181,7 @@ async function stillThere(group) {
 /** What scripts/test.mjs did to a runner's process group, for the end of its log. */
 function notes({ timedOut, leftovers }) {
   const lines = [];
-  if (timedOut) lines.push(`no end after ${fileTimeout} s: its process group was killed`);
+  if (timedOut) lines.push(TIMED_OUT);
   if (leftovers.length) {
     lines.push(`left running after its runner exited, killed: ${named(leftovers)}`);
   }
@@ -195,7 +196,7 @@ function judge(r) {
   const skips = skipLines(r.out, r.runtime);
   const problems = [];
   if (!c) problems.push("the runner printed no counts");
-  if (r.timedOut) problems.push(`no end after ${fileTimeout} s: its process group was killed`);
+  if (r.timedOut) problems.push(TIMED_OUT);
   else if (r.status !== 0) problems.push(`exit ${r.status}`);
   const counts = c ?? { passed: 0, failed: 0, skipped: 0 };
   if (r.status !== 0 && counts.failed === 0) counts.failed = 1;

@@ -17,25 +17,28 @@ export function groupMembers(pgid) {
   }
   const members = [];
   for (const pid of pids) {
-    const stat = readStat(pid);
-    // After the name in parentheses (which may hold spaces): state, ppid, pgrp.
-    const fields = stat?.slice(stat.lastIndexOf(")") + 2).split(" ");
-    if (fields && Number(fields[2]) === pgid && fields[0] !== "Z") {
-      members.push({
-        pid: Number(pid),
-        name: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")),
-      });
-    }
+    const s = stat(pid);
+    if (s && s.group === pgid && s.state !== "Z") members.push({ pid: Number(pid), name: s.name });
   }
   return members;
 }
 
-function readStat(pid) {
+/** The process group of process `pid` (or "self"), or null when it is gone or there is no /proc. */
+export function groupOf(pid) {
+  return stat(pid)?.group ?? null;
+}
+
+// /proc/<pid>/stat: the name in parentheses (which may hold spaces), then state, ppid, pgrp.
+function stat(pid) {
+  let text;
   try {
-    return readFileSync(`/proc/${pid}/stat`, "utf8");
+    text = readFileSync(`/proc/${pid}/stat`, "utf8");
   } catch {
     return null; // gone meanwhile
   }
+  const close = text.lastIndexOf(")");
+  const [state, , group] = text.slice(close + 2).split(" ");
+  return { name: text.slice(text.indexOf("(") + 1, close), state, group: Number(group) };
 }
 
 /** SIGKILL to every process of group `pgid`; false when the group was already empty. */

@@ -4,6 +4,7 @@
 // in each test, whichever runtime runs this file: the runner's handling does not depend on it.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
@@ -17,7 +18,7 @@ import {
   skipIf,
   stopped,
 } from "./support/helpers.ts";
-import { groupMembers } from "../scripts/test_group.mjs";
+import { groupMembers, groupOf } from "../scripts/test_group.mjs";
 
 const left = cleanupAfterTests();
 const cannot = (!onPath("node") && "node is not on PATH (scripts/test.mjs runs on it)") ||
@@ -94,14 +95,21 @@ describe("the test runner's process groups", () => {
   );
 
   test(
-    "groupMembers() lists this process under its own group, and nothing under an unused one",
+    "groupOf() and groupMembers() find a process that leads a group of its own, and nothing in an unused one",
     skipIf(cannot, "groupMembers()"),
-    () => {
-      const stat = readFileSync("/proc/self/stat", "utf8");
-      const group = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-      assert.ok(groupMembers(group).some((m: { pid: number }) => m.pid === process.pid));
+    async () => {
+      // detached: setsid(2), so its group is its own pid, whatever groupOf() reads.
+      const child = spawn("sleep", ["30"], { stdio: "ignore", detached: true });
+      try {
+        await new Promise((r) => child.once("spawn", r));
+        assert.equal(groupOf(child.pid!), child.pid);
+        assert.deepEqual(groupMembers(child.pid!), [{ pid: child.pid, name: "sleep" }]);
+      } finally {
+        child.kill("SIGKILL");
+      }
       // Above the largest pid Linux hands out (pid_max is at most 2^22).
       assert.deepEqual(groupMembers(2 ** 22 + 1), []);
+      assert.equal(groupOf(2 ** 22 + 1), null);
     },
   );
 });
